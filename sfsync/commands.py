@@ -1,0 +1,270 @@
+"""Sub-commands that live in their own modules register their parsers here.
+
+Each registrar takes argparse's sub-parsers object, adds one command and sets ``func``.
+Imports are lazy so ``sfsync codes`` does not pay for HTTP or SQLite modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from sfsync.errors import EXIT_OK, UsageError
+
+log = logging.getLogger("sfsync")
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options every worker command takes."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--env-file", metavar="PATH", help="read settings from this file (default: ./.env if present)")
+    parent.add_argument("-v", "--verbose", action="store_true", help="debug logging (may show full phone numbers)")
+    parent.add_argument("--log-format", choices=("auto", "json", "text"),
+                        help="log lines as JSON or text (default: JSON unless stderr is a terminal)")
+    return parent
+
+
+def settings_for(args: argparse.Namespace, *, messagemedia: bool = True, salesforce: bool = True) -> Any:
+    """Load settings, set up logging, and check the credentials this command needs."""
+    from sfsync import logs
+    from sfsync.config import load_settings, require
+
+    settings = load_settings(getattr(args, "env_file", None))
+    logs.setup(getattr(args, "log_format", None) or settings.log_format,
+               logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
+    return require(settings, messagemedia=messagemedia, salesforce=salesforce)
+
+
+def stop_on_signals() -> threading.Event:
+    """SIGTERM/SIGINT ask the run to stop after the batch in hand (a second SIGINT interrupts)."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.info("signal %d: stopping after the batch in hand", signum, extra={"event": "signal"})
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+# -- sfsync run -------------------------------------------------------------------------------------------
+def _run(sub: Any) -> None:
+    parser = sub.add_parser("run", parents=[common_options()], help="apply delivery reports to Salesforce Tasks",
+                            description="Fetch delivery reports, write SMS Status and Code on the matching Tasks, "
+                                        "confirm the reports. Without options: until the queue is empty.")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="one batch (at most 100 reports), then stop")
+    mode.add_argument("--loop", action="store_true", help="run again every --interval seconds until SIGTERM")
+    parser.add_argument("--interval", type=float, default=60.0, metavar="SECONDS", help="pause between loop runs")
+    parser.add_argument("--max-reports", type=int, metavar="N", help="stop after N reports")
+    parser.add_argument("--max-seconds", type=float, metavar="S", help="stop starting new batches after S seconds")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="fetch, resolve, match and print what would be written; write and confirm nothing")
+    parser.add_argument("--retry-waiting", action="store_true",
+                        help="retry every report waiting for its Task now, ignoring its back-off")
+    parser.add_argument("--inbox", action="store_true", help="drain pushed reports stored by 'sfsync serve'")
+    parser.add_argument("--metrics-file", metavar="PATH", help="write Prometheus metrics here after each run")
+    parser.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from sfsync.worker import RunOptions, Worker
+
+    if args.max_reports is not None and args.max_reports < 1:
+        raise UsageError("--max-reports must be at least 1")
+    settings = settings_for(args, messagemedia=not args.inbox)
+    stop = stop_on_signals()
+    worker = Worker(settings, stop=stop)
+    options = RunOptions(once=args.once, max_reports=args.max_reports, max_seconds=args.max_seconds,
+                         dry_run=args.dry_run, retry_waiting=args.retry_waiting, inbox=args.inbox)
+    while True:
+        summary = worker.run(options)
+        _write_metrics(args, summary)
+        if args.dry_run:
+            _print_changes(summary.changes, summary.counts, settings.field_status)
+        if not args.loop or stop.wait(args.interval):
+            return summary.exit_code
+
+
+def _write_metrics(args: argparse.Namespace, summary: Any) -> None:
+    path = getattr(args, "metrics_file", None)
+    if not path:
+        return
+    from sfsync import metrics
+
+    metrics.write_textfile(path, summary)
+
+
+def _print_changes(changes: list[dict[str, Any]], counts: Any, status_field: str) -> None:
+    from collections import Counter
+
+    print(f"dry run: {len(changes)} Task update(s) would be written, "
+          f"{counts.get('would_wait', 0)} report(s) would wait for their Task")
+    for change in changes[:200]:
+        fields = {k: v for k, v in change.items() if k not in ("task_id", "message_id", "was")}
+        print(f"  {change['task_id']}  {change['was'] or '(empty)'} -> {json.dumps(fields)}")
+    if len(changes) > 200:
+        print(f"  ... and {len(changes) - 200} more")
+    by_label = Counter(str(c.get(status_field, "")) for c in changes)
+    if by_label:
+        print("  by SMS Status: " + ", ".join(f"{k or '?'} {n}" for k, n in sorted(by_label.items())))
+
+
+# -- sfsync status ----------------------------------------------------------------------------------------
+def _status(sub: Any) -> None:
+    parser = sub.add_parser("status", parents=[common_options()], help="last runs, waiting and dead-letter counts")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--runs", type=int, default=5, help="how many recent runs to show")
+    parser.set_defaults(func=status_command)
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from sfsync.store import Store
+
+    settings = settings_for(args, messagemedia=False, salesforce=False)
+    store = Store(settings.store_path)
+    runs = store.recent_runs(args.runs)
+    data: dict[str, Any] = {"store": str(settings.store_path), "waiting": store.waiting_count(),
+            "dead_letters": store.dead_letter_count(), "inbox_pending": store.inbox_count(),
+            "runs": runs}
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return EXIT_OK
+    print(f"store: {data['store']}")
+    print(f"waiting for their Task: {data['waiting']}   dead letters: {data['dead_letters']}   "
+          f"inbox pending: {data['inbox_pending']}")
+    for run in runs:
+        c = run["counts"]
+        print(f"  #{run['id']} {run['kind']:7} {run['started_at'][:19]}  {run['exit_reason'] or 'running?':14} "
+              f"fetched {c.get('fetched', 0)}, applied {c.get('applied', 0)}, waiting {c.get('waiting', 0)}, "
+              f"dead {c.get('dead_lettered', 0)}, SF calls {c.get('salesforce_calls', 0)}")
+    return EXIT_OK
+
+
+# -- sfsync dead-letters ------------------------------------------------------------------------------------
+def _dead_letters(sub: Any) -> None:
+    parser = sub.add_parser("dead-letters", parents=[common_options()],
+                            help="list, show, retry or purge reports that could not be applied")
+    parser.add_argument("action", choices=("list", "show", "retry", "purge"))
+    parser.add_argument("ids", nargs="*", type=int, help="dead letter ids (show, retry); retry without ids: all")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--older-than-days", type=float, help="purge only letters older than this")
+    parser.add_argument("--yes", action="store_true", help="purge without asking")
+    parser.set_defaults(func=dead_letters_command)
+
+
+def dead_letters_command(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from sfsync.store import Store
+
+    settings = settings_for(args, messagemedia=False, salesforce=args.action == "retry")
+    store = Store(settings.store_path)
+    if args.action == "list":
+        letters = store.dead_letters(args.limit)
+        if args.json:
+            print(json.dumps([_letter_dict(d) for d in letters], indent=2, default=str))
+        else:
+            print(f"{store.dead_letter_count()} dead letter(s)")
+            for d in letters:
+                print(f"  #{d.id} {d.created_at:%Y-%m-%d %H:%M} report {d.report_id} message {d.message_id}: "
+                      f"{d.reason}{f' [{d.sf_error}]' if d.sf_error else ''}")
+        return EXIT_OK
+    if args.action == "show":
+        if not args.ids:
+            raise UsageError("dead-letters show needs an id (see 'sfsync dead-letters list')")
+        for letter_id in args.ids:
+            letter = store.dead_letter(letter_id)
+            if letter is None:
+                raise UsageError(f"no dead letter #{letter_id}")
+            print(json.dumps(_letter_dict(letter), indent=2, default=str))
+        return EXIT_OK
+    if args.action == "purge":
+        if not args.yes and sys.stdin.isatty() and input("Delete dead letters for good? [y/N] ").lower() != "y":
+            return EXIT_OK
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=args.older_than_days) if args.older_than_days else None
+        print(f"purged {store.purge_dead_letters(cutoff)} dead letter(s)")
+        return EXIT_OK
+    return _retry_dead_letters(settings, store, args.ids)
+
+
+def _retry_dead_letters(settings: Any, store: Any, ids: list[int]) -> int:
+    """Run dead letters through the pipeline again (after fixing the field, the Task, the rule...)."""
+    from sfsync.lock import RunLock
+    from sfsync.pipeline import Pipeline
+    from sfsync.salesforce import SalesforceClient
+
+    with RunLock(settings.lock_path):
+        letters = [store.dead_letter(i) for i in ids] if ids else store.dead_letters(10_000)
+        letters = [d for d in letters if d is not None and d.retried_at is None]
+        pipeline = Pipeline(settings, store, SalesforceClient(settings))
+        retried = 0
+        for start in range(0, len(letters), 100):
+            chunk = letters[start : start + 100]
+            raws = []
+            for letter in chunk:
+                try:
+                    raws.append(json.loads(letter.raw))
+                except ValueError:
+                    raws.append(letter.raw)
+            # Retired first: a letter that fails again is stored anew with today's error.
+            store.mark_retried([d.id for d in chunk])
+            result = pipeline.process(raws, "retry")
+            retried += len(result.confirm)
+        print(f"retried {len(letters)} dead letter(s); {store.dead_letter_count()} remain")
+    return EXIT_OK
+
+
+def _letter_dict(letter: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    data = asdict(letter)
+    with contextlib.suppress(ValueError):
+        data["raw"] = json.loads(letter.raw)
+    return data
+
+
+# -- sfsync sim ---------------------------------------------------------------------------------------------
+def _sim(sub: Any) -> None:
+    parser = sub.add_parser(
+        "sim", help="run the MessageMedia and Salesforce simulators on 127.0.0.1 (for demos and tests)",
+        add_help=False,
+    )
+    parser.add_argument("sim_args", nargs=argparse.REMAINDER, help="see 'sfsync sim --help'")
+
+    def run(args: argparse.Namespace) -> int:
+        from sfsync.sim.cli import main as sim_main
+
+        return sim_main(args.sim_args)
+
+    parser.set_defaults(func=run)
+
+
+# -- sfsync demo ------------------------------------------------------------------------------------------
+def _demo(sub: Any) -> None:
+    parser = sub.add_parser("demo", help="run the whole job against the bundled simulators (no set-up needed)")
+    parser.add_argument("--tasks", type=int, default=300, help="how many Tasks to seed")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--rows", type=int, default=25, help="Task rows to print")
+
+    def run(args: argparse.Namespace) -> int:
+        from sfsync.demo import main as demo_main
+
+        return demo_main(args)
+
+    parser.set_defaults(func=run)
+
+
+REGISTRARS: list[Callable[[Any], None]] = [_run, _status, _dead_letters, _demo, _sim]

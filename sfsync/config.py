@@ -1,0 +1,266 @@
+"""Settings from the environment (and optionally a ``.env`` file), validated once.
+
+Secrets are held in ``Secret`` so that no ``repr``, log line or error message can show them.
+Every error names the variable to set.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+from sfsync.errors import ConfigError
+
+SALESFORCE_ID_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(__c)?$")
+
+
+class Secret:
+    """A string that never shows itself in repr/str; ``.value`` is the only way in."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    @property
+    def value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    # MessageMedia
+    mm_base_url: str = "https://api.messagemedia.com"
+    mm_api_key: str = ""
+    mm_api_secret: Secret = field(default_factory=lambda: Secret(""))
+    mm_account: str = ""
+    # Salesforce: one of three ways to authenticate
+    sf_login_url: str = ""
+    sf_client_id: str = ""
+    sf_client_secret: Secret = field(default_factory=lambda: Secret(""))
+    sf_username: str = ""
+    sf_private_key_file: str = ""
+    sf_instance_url: str = ""
+    sf_access_token: Secret = field(default_factory=lambda: Secret(""))
+    sf_api_version: str = "59.0"
+    # Task fields
+    field_status: str = "SMS_Status__c"
+    field_code: str = "SMS_Status_Code__c"
+    field_message_id: str = "SMS_Message_Id__c"
+    field_updated: str = ""
+    metadata_task_key: str = "sf_task_id"
+    truncate_fields: tuple[str, ...] = ()
+    # Runtime
+    ca_bundle: str = ""
+    state_dir: Path = Path("var")
+    api_budget_pct: float = 90.0
+    wait_max_age_hours: float = 24.0
+    http_timeout: float = 30.0
+    retry_attempts: int = 6
+    retry_max_seconds: float = 120.0
+    log_format: str = "auto"
+
+    @property
+    def sf_auth_mode(self) -> str:
+        if self.sf_access_token:
+            return "token"
+        if self.sf_username and self.sf_private_key_file:
+            return "jwt"
+        return "client_credentials"
+
+    @property
+    def store_path(self) -> Path:
+        return self.state_dir / "sfsync.db"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.state_dir / "sfsync.lock"
+
+    def task_fields(self) -> list[str]:
+        """The Task fields the look-up reads: Id, the two status fields, the message id, the time."""
+        names = ["Id", self.field_status, self.field_code, self.field_message_id]
+        if self.field_updated:
+            names.append(self.field_updated)
+        return list(dict.fromkeys(names))
+
+
+# variable -> (attribute, kind)
+VARIABLES: dict[str, tuple[str, str]] = {
+    "SFSYNC_MM_BASE_URL": ("mm_base_url", "url"),
+    "SFSYNC_MM_API_KEY": ("mm_api_key", "str"),
+    "SFSYNC_MM_API_SECRET": ("mm_api_secret", "secret"),
+    "SFSYNC_MM_ACCOUNT": ("mm_account", "str"),
+    "SFSYNC_SF_LOGIN_URL": ("sf_login_url", "url"),
+    "SFSYNC_SF_CLIENT_ID": ("sf_client_id", "str"),
+    "SFSYNC_SF_CLIENT_SECRET": ("sf_client_secret", "secret"),
+    "SFSYNC_SF_USERNAME": ("sf_username", "str"),
+    "SFSYNC_SF_PRIVATE_KEY_FILE": ("sf_private_key_file", "str"),
+    "SFSYNC_SF_INSTANCE_URL": ("sf_instance_url", "url"),
+    "SFSYNC_SF_ACCESS_TOKEN": ("sf_access_token", "secret"),
+    "SFSYNC_SF_API_VERSION": ("sf_api_version", "version"),
+    "SFSYNC_FIELD_STATUS": ("field_status", "field"),
+    "SFSYNC_FIELD_CODE": ("field_code", "field"),
+    "SFSYNC_FIELD_MESSAGE_ID": ("field_message_id", "field"),
+    "SFSYNC_FIELD_UPDATED": ("field_updated", "field"),
+    "SFSYNC_METADATA_TASK_KEY": ("metadata_task_key", "str"),
+    "SFSYNC_TRUNCATE_FIELDS": ("truncate_fields", "fields"),
+    "SFSYNC_CA_BUNDLE": ("ca_bundle", "file"),
+    "SFSYNC_STATE_DIR": ("state_dir", "path"),
+    "SFSYNC_API_BUDGET_PCT": ("api_budget_pct", "pct"),
+    "SFSYNC_WAIT_MAX_AGE_HOURS": ("wait_max_age_hours", "float"),
+    "SFSYNC_HTTP_TIMEOUT": ("http_timeout", "float"),
+    "SFSYNC_RETRY_ATTEMPTS": ("retry_attempts", "int"),
+    "SFSYNC_RETRY_MAX_SECONDS": ("retry_max_seconds", "float"),
+    "SFSYNC_LOG_FORMAT": ("log_format", "log_format"),
+}
+
+
+def _convert(name: str, kind: str, raw: str) -> object:
+    raw = raw.strip()
+    try:
+        if kind == "url":
+            parts = urlsplit(raw)
+            if parts.scheme != "https" or not parts.netloc:
+                raise ConfigError(f"{name} must be an https:// URL (got {raw!r}); sfsync never speaks plain HTTP")
+            return raw.rstrip("/")
+        if kind == "secret":
+            return Secret(raw)
+        if kind == "field":
+            if raw and not SALESFORCE_ID_FIELD.match(raw):
+                raise ConfigError(f"{name}={raw!r} is not a Salesforce field API name (e.g. SMS_Status__c)")
+            return raw
+        if kind == "fields":
+            names = tuple(n.strip() for n in raw.split(",") if n.strip())
+            bad = [n for n in names if not SALESFORCE_ID_FIELD.match(n)]
+            if bad:
+                raise ConfigError(f"{name} holds names that are not field API names: {bad}")
+            return names
+        if kind == "version":
+            version = raw.lstrip("vV")
+            if not re.fullmatch(r"\d{2,3}\.0", version):
+                raise ConfigError(f"{name} must look like 59.0 (got {raw!r})")
+            return version
+        if kind == "file":
+            if raw and not Path(raw).is_file():
+                raise ConfigError(f"{name}={raw!r}: no such file")
+            return raw
+        if kind == "path":
+            return Path(raw)
+        if kind == "pct":
+            value = float(raw)
+            if not 0 < value <= 100:
+                raise ConfigError(f"{name} must be a percentage between 0 and 100 (got {raw!r})")
+            return value
+        if kind == "float":
+            value = float(raw)
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive (got {raw!r})")
+            return value
+        if kind == "int":
+            number = int(raw)
+            if number < 1:
+                raise ConfigError(f"{name} must be at least 1 (got {raw!r})")
+            return number
+        if kind == "log_format":
+            if raw not in ("auto", "json", "text"):
+                raise ConfigError(f"{name} must be auto, json or text (got {raw!r})")
+            return raw
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number (got {raw!r})") from exc
+    return raw
+
+
+def environment(env_file: str | Path | None = None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The process environment over a ``.env`` file: a real variable always wins.
+
+    ``env_file`` is read when given (it must exist); otherwise ``./.env`` when present.
+    """
+    env = dict(os.environ if environ is None else environ)
+    path = Path(env_file) if env_file else Path(".env")
+    if env_file and not path.is_file():
+        raise ConfigError(f"--env-file {str(env_file)!r}: no such file")
+    if path.is_file():
+        for key, value in dotenv_values(path).items():
+            if value is not None:
+                env.setdefault(key, value)
+    return env
+
+
+def load_settings(env_file: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings for the worker, without checking that credentials are present (see ``require``)."""
+    env = environment(env_file, environ)
+    values: dict[str, object] = {}
+    for name, (attr, kind) in VARIABLES.items():
+        raw = env.get(name)
+        if raw is not None and raw.strip() != "":
+            values[attr] = _convert(name, kind, raw)
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.truncate_fields:
+        allowed = {settings.field_status, settings.field_code}
+        if not set(settings.truncate_fields) <= allowed:
+            raise ConfigError(f"SFSYNC_TRUNCATE_FIELDS may name only {sorted(allowed)}")
+    return settings
+
+
+def missing_variables(settings: Settings, *, messagemedia: bool = True, salesforce: bool = True) -> list[str]:
+    """The variables still needed to talk to the services, in the words of the README."""
+    missing: list[str] = []
+    if messagemedia:
+        missing += [n for n, v in (("SFSYNC_MM_API_KEY", settings.mm_api_key),
+                                   ("SFSYNC_MM_API_SECRET", settings.mm_api_secret)) if not v]
+    if salesforce:
+        mode = settings.sf_auth_mode
+        if mode == "token":
+            if not settings.sf_instance_url:
+                missing.append("SFSYNC_SF_INSTANCE_URL (with SFSYNC_SF_ACCESS_TOKEN)")
+        elif mode == "jwt":
+            missing += [n for n, v in (("SFSYNC_SF_CLIENT_ID", settings.sf_client_id),
+                                       ("SFSYNC_SF_LOGIN_URL", settings.sf_login_url)) if not v]
+            if not Path(settings.sf_private_key_file).is_file():
+                missing.append(f"SFSYNC_SF_PRIVATE_KEY_FILE (no file at {settings.sf_private_key_file!r})")
+        else:
+            need = (("SFSYNC_SF_LOGIN_URL", settings.sf_login_url), ("SFSYNC_SF_CLIENT_ID", settings.sf_client_id),
+                    ("SFSYNC_SF_CLIENT_SECRET", settings.sf_client_secret))
+            missing += [n for n, v in need if not v]
+    return missing
+
+
+def require(settings: Settings, *, messagemedia: bool = True, salesforce: bool = True) -> Settings:
+    missing = missing_variables(settings, messagemedia=messagemedia, salesforce=salesforce)
+    if missing:
+        raise ConfigError(
+            "missing configuration: " + ", ".join(missing)
+            + ". Set them in the environment or in .env (see config/sfsync.env.example). Salesforce needs one of: "
+            "client credentials (LOGIN_URL, CLIENT_ID, CLIENT_SECRET), JWT bearer (LOGIN_URL, CLIENT_ID, USERNAME, "
+            "PRIVATE_KEY_FILE) or a token (INSTANCE_URL, ACCESS_TOKEN)."
+        )
+    return settings
+
+
+def describe(settings: Settings) -> dict[str, str]:
+    """Settings for logs and `sfsync status`: secrets shown only as set or not."""
+    shown: dict[str, str] = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        shown[f.name] = ("set" if value else "not set") if isinstance(value, Secret) else str(value)
+    return shown

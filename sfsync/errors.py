@@ -1,0 +1,75 @@
+"""One exception hierarchy for sfsync; each error knows its exit status.
+
+Exit statuses (documented in the README):
+  0  success (reports processed, or nothing to do)
+  1  unexpected error (a bug: please report it with the log)
+  2  usage error (bad command-line arguments)
+  3  configuration error (a missing or invalid setting, a field Salesforce rejects)
+  4  authentication error (MessageMedia or Salesforce credentials refused)
+  5  Salesforce API budget reached: stopped cleanly, the next run resumes
+  6  partial: some reports were dead-lettered (see `sfsync dead-letters list`)
+  7  already running: another sfsync run holds the lock
+  8  a service stayed unavailable after every retry: nothing lost, the next run resumes
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_AUTH = 4
+EXIT_BUDGET = 5
+EXIT_PARTIAL = 6
+EXIT_LOCKED = 7
+EXIT_UNAVAILABLE = 8
+
+
+class SfsyncError(Exception):
+    """Base of every error sfsync raises on purpose. The message tells the user what to do."""
+
+    exit_code = EXIT_UNEXPECTED
+
+
+class UsageError(SfsyncError):
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(SfsyncError):
+    """A setting is missing or wrong; the message names the variable to set."""
+
+    exit_code = EXIT_CONFIG
+
+
+class AuthError(SfsyncError):
+    """Credentials were refused (not retried)."""
+
+    exit_code = EXIT_AUTH
+
+
+class BudgetExhausted(SfsyncError):
+    """The Salesforce daily API allocation (or our share of it) is spent."""
+
+    exit_code = EXIT_BUDGET
+
+
+class AlreadyRunning(SfsyncError):
+    exit_code = EXIT_LOCKED
+
+
+class RemoteError(SfsyncError):
+    """A remote call failed. ``transient`` errors are retried; permanent ones are reported."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+    def __init__(self, message: str, *, transient: bool, status: int | None = None,
+                 code: str | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.transient = transient
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+
+
+class BadReport(SfsyncError):
+    """A delivery report that cannot be parsed; it becomes a dead letter, never a crash."""

@@ -1,0 +1,96 @@
+"""Logging: one JSON object per line when stderr is not a terminal, readable lines when it is.
+
+Phone numbers are masked (all but the last three digits) in every record above DEBUG, and any
+secret registered here is redacted from every record, whatever its level.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import sys
+import threading
+from typing import Any
+
+PHONE = re.compile(r"(?<![\w.\-/])\+?\d{8,15}(?![\w.])")
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+
+def register_secret(value: str) -> None:
+    """Redact this value from every log record from now on."""
+    if value and len(value) >= 4:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def mask_phone(text: str) -> str:
+    def hide(match: re.Match[str]) -> str:
+        digits = match.group(0)
+        return digits[0] + "*" * (len(digits) - 4) + digits[-3:] if digits.startswith("+") else \
+            "*" * (len(digits) - 3) + digits[-3:]
+
+    return PHONE.sub(hide, text)
+
+
+def _clean(value: Any, mask: bool) -> Any:
+    if isinstance(value, str):
+        for secret in _secrets:
+            if secret in value:
+                value = value.replace(secret, "***")
+        return mask_phone(value) if mask else value
+    if isinstance(value, dict):
+        return {k: _clean(v, mask) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v, mask) for v in value]
+    return value
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        mask = record.levelno > logging.DEBUG
+        payload: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": _clean(record.getMessage(), mask),
+        }
+        payload.update(_clean(_fields(record), mask))
+        if record.exc_info:
+            payload["exc"] = _clean(self.formatException(record.exc_info), mask)
+        return json.dumps(payload, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        mask = record.levelno > logging.DEBUG
+        extra = _fields(record)
+        extra.pop("event", None)
+        tail = "  " + " ".join(f"{k}={v}" for k, v in _clean(extra, mask).items()) if extra else ""
+        line = f"{record.levelname.lower():7} {_clean(record.getMessage(), mask)}{tail}"
+        if record.exc_info:
+            line += "\n" + _clean(self.formatException(record.exc_info), mask)
+        return line
+
+
+def setup(fmt: str = "auto", level: int = logging.INFO, stream: Any = None) -> None:
+    """Configure the root logger once per process (idempotent)."""
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "text" if getattr(stream, "isatty", lambda: False)() else "json"
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("urllib3", "simple_salesforce", "sfsync.sim"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

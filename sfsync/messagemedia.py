@@ -1,0 +1,142 @@
+"""Typed client for the parts of MessageMedia's API sfsync uses; it owns its error classification.
+
+401/403 -> AuthError (never retried); 429, 5xx, connection errors, timeouts and malformed JSON
+-> transient, retried by the shared policy (Retry-After honoured); other 4xx -> permanent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import requests
+
+from sfsync.config import Settings
+from sfsync.errors import AuthError, RemoteError
+from sfsync.http import make_session
+from sfsync.logs import register_secret
+from sfsync.retry import RetryPolicy, parse_retry_after
+
+log = logging.getLogger(__name__)
+
+CONFIRM_LIMIT = 100  # ids per confirm call, as the API allows
+WEBHOOK_EVENTS = ("ENROUTE_DR", "SUBMITTED_DR", "DELIVERED_DR", "EXPIRED_DR", "REJECTED_DR", "FAILED_DR")
+
+
+class MessageMediaClient:
+    def __init__(self, settings: Settings, *, session: requests.Session | None = None,
+                 policy: RetryPolicy | None = None):
+        self.base_url = settings.mm_base_url.rstrip("/")
+        self.session = session or make_session(settings.ca_bundle or None, timeout=(10.0, settings.http_timeout))
+        self.session.auth = (settings.mm_api_key, settings.mm_api_secret.value)
+        register_secret(settings.mm_api_secret.value)
+        self.session.headers["Accept"] = "application/json"
+        if settings.mm_account:
+            self.session.headers["Account"] = settings.mm_account
+        self.policy = policy or RetryPolicy(settings.retry_attempts, settings.retry_max_seconds)
+        self.calls: Counter[str] = Counter()
+
+    @property
+    def calls_total(self) -> int:
+        return sum(self.calls.values())
+
+    # -- plumbing ------------------------------------------------------------------------------------
+    def _call(self, name: str, method: str, path: str, *, expect_json: bool = True, allow_404: bool = False,
+              **kwargs: Any) -> Any:
+        def once() -> Any:
+            self.calls[name] += 1
+            response = self.session.request(method, self.base_url + path, **kwargs)
+            if allow_404 and response.status_code == 404:
+                return None
+            self._raise_for(response, name)
+            if not expect_json:
+                return response.text
+            try:
+                return response.json()
+            except ValueError as exc:
+                # A truncated or non-JSON 2xx answer: the request may be retried safely.
+                raise RemoteError(f"MessageMedia {name}: answer is not valid JSON", transient=True,
+                                  status=response.status_code) from exc
+
+        return self.policy.call(f"messagemedia.{name}", once)
+
+    @staticmethod
+    def _raise_for(response: requests.Response, name: str) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        detail = _error_message(response)
+        if status in (401, 403):
+            raise AuthError(
+                f"MessageMedia refused the credentials (HTTP {status}: {detail}). "
+                "Check SFSYNC_MM_API_KEY, SFSYNC_MM_API_SECRET and SFSYNC_MM_ACCOUNT."
+            )
+        transient = status == 429 or status >= 500
+        raise RemoteError(
+            f"MessageMedia {name}: HTTP {status} {detail}", transient=transient, status=status,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
+
+    # -- delivery reports ----------------------------------------------------------------------------
+    def fetch_reports(self) -> list[Any]:
+        """The oldest (at most 100) unconfirmed delivery reports, as raw JSON values."""
+        body = self._call("fetch", "GET", "/v1/delivery_reports")
+        reports = body.get("delivery_reports") if isinstance(body, dict) else None
+        if not isinstance(reports, list):
+            raise RemoteError("MessageMedia fetch: the answer has no delivery_reports list", transient=True)
+        return reports
+
+    def confirm(self, report_ids: list[str]) -> int:
+        """Confirm reports so they are not served again; returns how many ids were sent."""
+        ids = list(dict.fromkeys(report_ids))
+        for start in range(0, len(ids), CONFIRM_LIMIT):
+            chunk = ids[start : start + CONFIRM_LIMIT]
+            self._call("confirm", "POST", "/v1/delivery_reports/confirmed", expect_json=False,
+                       json={"delivery_report_ids": chunk})
+        return len(ids)
+
+    # -- messages and reporting (backfill) -------------------------------------------------------------
+    def message(self, message_id: str) -> dict[str, Any] | None:
+        """A sent message with its current status; None when unknown or older than 45 days."""
+        from urllib.parse import quote
+
+        body = self._call("message", "GET", f"/v1/messages/{quote(message_id, safe='')}", allow_404=True)
+        return body if isinstance(body, dict) else None
+
+    def reporting_page(self, query: dict[str, Any]) -> dict[str, Any]:
+        body = self._call("reporting", "POST", "/v2-preview/reporting/messages/detail", json=query)
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            raise RemoteError("MessageMedia reporting: the answer has no messages list", transient=True)
+        return body
+
+    # -- webhooks (push mode) ----------------------------------------------------------------------------
+    def create_webhook(self, payload: dict[str, Any]) -> dict[str, Any]:
+        body = self._call("webhooks", "POST", "/v1/webhooks/messages", json=payload)
+        return body if isinstance(body, dict) else {}
+
+    def list_webhooks(self) -> list[dict[str, Any]]:
+        body = self._call("webhooks", "GET", "/v1/webhooks/messages")
+        if isinstance(body, dict):
+            items = body.get("webhooks", body.get("data", []))
+            return list(items) if isinstance(items, list) else []
+        return list(body) if isinstance(body, list) else []
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        from urllib.parse import quote
+
+        self._call("webhooks", "DELETE", f"/v1/webhooks/messages/{quote(webhook_id, safe='')}", expect_json=False)
+
+
+def _error_message(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(body, dict):
+        message = str(body.get("message", ""))
+        details = body.get("details")
+        if isinstance(details, list) and details:
+            message += " (" + "; ".join(str(d) for d in details[:3]) + ")"
+        return message[:300]
+    return str(body)[:200]

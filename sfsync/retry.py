@@ -1,0 +1,124 @@
+"""Retry policies shared by both clients: which failures are transient, and how long to wait.
+
+Transient: connection errors, timeouts, 429, 5xx, malformed answers, UNABLE_TO_LOCK_ROW (raised
+by the clients as ``RemoteError(transient=True)``). Everything else is raised at once. Waits are
+exponential with jitter, or what ``Retry-After`` says when the server said it; attempts and total
+time are capped. ``sleep`` is injectable so tests never wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import requests
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+from tenacity.wait import wait_base
+
+from sfsync.errors import RemoteError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RETRY_AFTER_CAP = 300.0  # never sleep longer than this on a server's word
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, RemoteError):
+        return exc.transient
+    return isinstance(
+        exc, requests.ConnectionError | requests.Timeout | requests.exceptions.ChunkedEncodingError
+    )
+
+
+class wait_retry_after(wait_base):
+    """Wait what the server's Retry-After said; otherwise fall back to ``fallback``."""
+
+    def __init__(self, fallback: wait_base):
+        self.fallback = fallback
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, RemoteError) and exc.retry_after is not None:
+            return min(max(exc.retry_after, 0.0), RETRY_AFTER_CAP)
+        return float(self.fallback(retry_state))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds (the HTTP-date form is rare from these APIs; treated as 'unknown')."""
+    if not value:
+        return None
+    try:
+        return max(float(value.strip()), 0.0)
+    except ValueError:
+        return None
+
+
+class RetryCounter:
+    """Counts retries by operation for the run summary."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+
+    def add(self, name: str) -> None:
+        with self._lock:
+            self.counts[name] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class RetryPolicy:
+    """Builds tenacity ``Retrying`` objects with one set of limits."""
+
+    def __init__(self, attempts: int = 6, max_seconds: float = 120.0, initial: float = 0.5, max_wait: float = 30.0,
+                 sleep: Callable[[float], Any] = time.sleep, counter: RetryCounter | None = None):
+        self.attempts = attempts
+        self.max_seconds = max_seconds
+        self.initial = initial
+        self.max_wait = max_wait
+        self.sleep = sleep
+        self.counter = counter or RetryCounter()
+
+    def call(self, name: str, fn: Callable[[], T]) -> T:
+        """Run ``fn``, retrying transient failures; the last failure is re-raised as it was."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            self.counter.add(name)
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "%s failed (%s); retry %d in %.1fs", name, _describe(exc), state.attempt_number,
+                state.upcoming_sleep, extra={"event": "retry", "operation": name},
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception(is_transient),
+            wait=wait_retry_after(
+                wait_exponential_jitter(initial=self.initial, max=self.max_wait, jitter=self.initial)
+            ),
+            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.max_seconds),
+            sleep=self.sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return retrying(fn)
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown"
+    if isinstance(exc, RemoteError):
+        return str(exc)
+    return type(exc).__name__

@@ -1,0 +1,327 @@
+"""Typed client over simple-salesforce for what sfsync needs; it owns its error classification.
+
+Token: our own small OAuth client (simple-salesforce's login helpers hard-code salesforce.com
+hosts): client credentials, JWT bearer (RS256), or a given token. REST: simple-salesforce with
+our session (CA bundle, timeouts). Every answer's ``Sforce-Limit-Info`` is read to keep within the
+configured share of the daily API allocation.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import requests
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession
+from simple_salesforce.format import format_soql
+
+from sfsync.config import Settings
+from sfsync.errors import AuthError, BudgetExhausted, ConfigError, RemoteError
+from sfsync.http import make_session
+from sfsync.logs import register_secret
+from sfsync.retry import RetryPolicy, parse_retry_after
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+IN_LIST_LIMIT = 100  # values per SOQL IN list: keeps the URI under 16,384 bytes with 36-char ids
+COLLECTION_LIMIT = 200  # records per sObject Collections call
+LOCK_ERRORS = {"UNABLE_TO_LOCK_ROW"}
+CONFIG_ERRORS = {
+    "MALFORMED_QUERY", "INVALID_FIELD", "INVALID_TYPE", "JSON_PARSER_ERROR", "INVALID_FIELD_FOR_INSERT_UPDATE",
+}
+TASK_ID = re.compile(r"^00T[a-zA-Z0-9]{12}([a-zA-Z0-9]{3})?$")
+_USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
+
+
+def valid_task_id(value: str) -> bool:
+    """A 15- or 18-character Task Id (key prefix 00T), with the 18-character checksum checked."""
+    if not TASK_ID.match(value):
+        return False
+    if len(value) == 15:
+        return True
+    suffix = ""
+    for block in range(3):
+        bits = sum(1 << i for i, ch in enumerate(value[block * 5 : block * 5 + 5]) if ch.isupper())
+        suffix += "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"[bits]
+    return value[15:].upper() == suffix
+
+
+@dataclass
+class Usage:
+    used: int = 0
+    max: int = 0
+
+    @property
+    def ratio(self) -> float:
+        return self.used / self.max if self.max else 0.0
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    task_id: str
+    ok: bool
+    error_code: str | None = None
+    message: str | None = None
+    transient: bool = False  # still locked after retries: do not confirm, try next run
+
+
+@dataclass
+class _Token:
+    instance_url: str
+    access_token: str
+    obtained: float = field(default_factory=time.monotonic)
+
+
+class SalesforceClient:
+    def __init__(self, settings: Settings, *, session: requests.Session | None = None,
+                 policy: RetryPolicy | None = None, sleep: Callable[[float], Any] = time.sleep):
+        self.settings = settings
+        self.session = session or make_session(settings.ca_bundle or None, timeout=(10.0, settings.http_timeout))
+        self.session.hooks["response"].append(self._observe)
+        self.policy = policy or RetryPolicy(settings.retry_attempts, settings.retry_max_seconds, sleep=sleep)
+        self.budget_ratio = settings.api_budget_pct / 100.0
+        self.usage = Usage()
+        self.calls: Counter[str] = Counter()
+        self._local = threading.local()
+        self._token: _Token | None = None
+        self._sf: Salesforce | None = None
+        self._login_lock = threading.Lock()
+        for secret in (settings.sf_client_secret.value, settings.sf_access_token.value):
+            register_secret(secret)
+
+    @property
+    def calls_total(self) -> int:
+        return sum(self.calls.values())
+
+    # -- authentication -------------------------------------------------------------------------------
+    @property
+    def sf(self) -> Salesforce:
+        if self._sf is None:
+            self.login()
+        assert self._sf is not None
+        return self._sf
+
+    def login(self) -> None:
+        with self._login_lock:
+            token = self._fetch_token()
+            register_secret(token.access_token)
+            self._token = token
+            self._sf = Salesforce(instance_url=token.instance_url, session_id=token.access_token,
+                                  session=self.session, version=self.settings.sf_api_version)
+
+    def _fetch_token(self) -> _Token:
+        s = self.settings
+        if s.sf_auth_mode == "token":
+            return _Token(s.sf_instance_url, s.sf_access_token.value)
+        if s.sf_auth_mode == "jwt":
+            data = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": self._jwt_assertion()}
+        else:
+            data = {"grant_type": "client_credentials", "client_id": s.sf_client_id,
+                    "client_secret": s.sf_client_secret.value}
+
+        def once() -> _Token:
+            self.calls["token"] += 1
+            response = self.session.post(f"{s.sf_login_url}/services/oauth2/token", data=data,
+                                         headers={"Accept": "application/json"})
+            body = _json_or_none(response)
+            if response.status_code >= 500 or response.status_code == 429:
+                raise RemoteError(f"Salesforce token endpoint: HTTP {response.status_code}", transient=True,
+                                  status=response.status_code,
+                                  retry_after=parse_retry_after(response.headers.get("Retry-After")))
+            if response.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
+                error = body.get("error", "") if isinstance(body, dict) else ""
+                description = body.get("error_description", "") if isinstance(body, dict) else response.text[:200]
+                raise AuthError(
+                    f"Salesforce refused the {s.sf_auth_mode.replace('_', ' ')} login "
+                    f"({response.status_code} {error}: {description}). Check SFSYNC_SF_LOGIN_URL (your My Domain "
+                    "URL), SFSYNC_SF_CLIENT_ID and the secret or key, and that the connected app allows this flow."
+                )
+            instance = str(body.get("instance_url") or s.sf_instance_url or s.sf_login_url)
+            if not instance.startswith("https://"):
+                raise ConfigError(f"Salesforce returned a non-https instance URL {instance!r}")
+            return _Token(instance, str(body["access_token"]))
+
+        return self.policy.call("salesforce.token", once)
+
+    def _jwt_assertion(self) -> str:
+        s = self.settings
+        try:
+            with open(s.sf_private_key_file, "rb") as pem:
+                key = serialization.load_pem_private_key(pem.read(), password=None)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"SFSYNC_SF_PRIVATE_KEY_FILE: cannot read an unencrypted PEM private key ({exc})"
+            ) from exc
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ConfigError("SFSYNC_SF_PRIVATE_KEY_FILE must hold an RSA private key (JWT bearer uses RS256)")
+
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        header = b64(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
+        claims = b64(json.dumps({"iss": s.sf_client_id, "sub": s.sf_username, "aud": s.sf_login_url,
+                                 "exp": int(time.time()) + 180}).encode())
+        signature = key.sign(f"{header}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{header}.{claims}.{b64(signature)}"
+
+    # -- every call goes through here --------------------------------------------------------------------
+    def _observe(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self._local.last_headers = response.headers
+        found = _USAGE.search(response.headers.get("Sforce-Limit-Info", ""))
+        if found:
+            self.usage = Usage(int(found.group(1)), int(found.group(2)))
+
+    def check_budget(self) -> None:
+        if self.usage.max and self.usage.ratio >= self.budget_ratio:
+            raise BudgetExhausted(
+                f"Salesforce API usage {self.usage.used}/{self.usage.max} reached "
+                f"SFSYNC_API_BUDGET_PCT={self.settings.api_budget_pct:g}%; stopping cleanly, the next run resumes"
+            )
+
+    def _call(self, name: str, fn: Callable[[Salesforce], T]) -> T:
+        def once() -> T:
+            self.check_budget()
+            self.calls[name] += 1
+            try:
+                return fn(self.sf)
+            except SalesforceExpiredSession:
+                # One new token, one retry; a second 401 is an authentication problem.
+                log.info("Salesforce session expired; getting a new token", extra={"event": "token_refresh"})
+                self.login()
+                self.calls[name] += 1
+                try:
+                    return fn(self.sf)
+                except SalesforceExpiredSession as exc:
+                    raise AuthError("Salesforce rejected a fresh token (INVALID_SESSION_ID twice)") from exc
+                except SalesforceError as exc:
+                    raise self._translate(exc, name) from exc
+            except SalesforceError as exc:
+                raise self._translate(exc, name) from exc
+            except ValueError as exc:  # a 2xx answer that is not JSON
+                raise RemoteError(f"Salesforce {name}: answer is not valid JSON", transient=True) from exc
+
+        return self.policy.call(f"salesforce.{name}", once)
+
+    def _translate(self, exc: SalesforceError, name: str) -> Exception:
+        status = int(getattr(exc, "status", 0) or 0)
+        errors: list[Any] = exc.content if isinstance(exc.content, list) else []
+        first = errors[0] if errors and isinstance(errors[0], dict) else {}
+        code = str(first.get("errorCode", ""))
+        message = str(first.get("message", "")) or str(exc.content)[:200]
+        headers = getattr(self._local, "last_headers", {}) or {}
+        if code == "REQUEST_LIMIT_EXCEEDED" and status == 403:
+            return BudgetExhausted(f"Salesforce daily API limit exceeded ({message}); the next run resumes")
+        if status == 403:
+            return ConfigError(f"Salesforce refused {name} ({code}: {message}). Give the integration user access "
+                               "to Task and the SMS fields (config/salesforce permission set).")
+        if code in CONFIG_ERRORS:
+            return ConfigError(f"Salesforce rejected the {name} ({code}: {message}). Check the SFSYNC_FIELD_* "
+                               "variables against the Task fields in your org (sfsync doctor).")
+        transient = status == 429 or status >= 500 or code in LOCK_ERRORS
+        return RemoteError(f"Salesforce {name}: HTTP {status} {code} {message}".strip(), transient=transient,
+                           status=status, code=code or None, retry_after=parse_retry_after(headers.get("Retry-After")))
+
+    # -- look-ups -----------------------------------------------------------------------------------------
+    def query_all(self, soql: str, name: str = "query") -> Iterator[dict[str, Any]]:
+        """All records of a query, page by page (each page is one API call, retried on its own)."""
+        page = self._call(name, lambda sf: sf.query(soql))
+        while True:
+            yield from page.get("records", [])
+            next_url = page.get("nextRecordsUrl")
+            if page.get("done", True) or not next_url:
+                return
+            page = self._call("query_more", _query_more(next_url))
+
+    def find_tasks(self, task_ids: Iterable[str], message_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """Tasks whose Id is in ``task_ids`` or whose message-id field is in ``message_ids``, with
+        the fields precedence needs. Batched: at most 100 literals per query, all escaped."""
+        fields = ", ".join(self.settings.task_fields())
+        msg_field = self.settings.field_message_id
+        values = [("Id", v) for v in dict.fromkeys(task_ids)] + [(msg_field, v) for v in dict.fromkeys(message_ids)]
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(values), IN_LIST_LIMIT):
+            chunk = values[start : start + IN_LIST_LIMIT]
+            ids = [v for f, v in chunk if f == "Id"]
+            mids = [v for f, v in chunk if f != "Id"]
+            clauses = []
+            if ids:
+                clauses.append(format_soql("Id IN {}", ids))
+            if mids:
+                clauses.append(format_soql(f"{msg_field} IN {{}}", mids))
+            soql = f"SELECT {fields} FROM Task WHERE {' OR '.join(clauses)}"
+            for record in self.query_all(soql):
+                record.pop("attributes", None)
+                found[str(record["Id"])] = record
+        return list(found.values())
+
+    # -- writes -------------------------------------------------------------------------------------------
+    def update_tasks(self, records: list[dict[str, Any]]) -> list[WriteResult]:
+        """sObject Collections PATCH of at most 200 records, allOrNone false, results by position.
+        Records failing with UNABLE_TO_LOCK_ROW are retried alone, with back-off."""
+        if len(records) > COLLECTION_LIMIT:
+            raise ValueError(f"at most {COLLECTION_LIMIT} records per call")
+        results: dict[str, WriteResult] = {}
+        pending = records
+        for attempt in range(1, self.policy.attempts + 1):
+            payload = {"allOrNone": False,
+                       "records": [{"attributes": {"type": "Task"}, **r} for r in pending]}
+            answer = self._call("composite", lambda sf, p=payload: sf.restful(  # type: ignore[misc]
+                "composite/sobjects", method="PATCH", json=p))
+            if not isinstance(answer, list) or len(answer) != len(pending):
+                raise RemoteError("Salesforce composite: answer does not hold one result per record", transient=True)
+            locked = []
+            for record, result in zip(pending, answer, strict=True):
+                task_id = str(record["id"])
+                if isinstance(result, dict) and result.get("success"):
+                    results[task_id] = WriteResult(task_id, True)
+                    continue
+                errors = result.get("errors", []) if isinstance(result, dict) else []
+                first = errors[0] if errors and isinstance(errors[0], dict) else {}
+                code = str(first.get("statusCode", "UNKNOWN"))
+                message = str(first.get("message", ""))
+                # A trigger failing on a lock is as transient as the lock itself.
+                wrapped_lock = code == "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY" and "lock" in message.lower()
+                if code in LOCK_ERRORS or wrapped_lock:
+                    locked.append(record)
+                    results[task_id] = WriteResult(task_id, False, code, message, transient=True)
+                else:
+                    results[task_id] = WriteResult(task_id, False, code, message)
+            if not locked:
+                break
+            pending = locked
+            if attempt < self.policy.attempts:
+                self.policy.counter.add("salesforce.row_lock")
+                self.policy.sleep(min(self.policy.initial * 2 ** (attempt - 1), self.policy.max_wait))
+        return [results[str(r["id"])] for r in records]
+
+    # -- metadata -----------------------------------------------------------------------------------------
+    def describe_task(self) -> dict[str, Any]:
+        answer = self._call("describe", lambda sf: sf.restful("sobjects/Task/describe"))
+        return answer if isinstance(answer, dict) else {}
+
+    def limits(self) -> dict[str, Any]:
+        answer = self._call("limits", lambda sf: sf.restful("limits/"))
+        return answer if isinstance(answer, dict) else {}
+
+
+def _query_more(url: str) -> Callable[[Salesforce], Any]:
+    return lambda sf: sf.query_more(url, identifier_is_url=True)
+
+
+def _json_or_none(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None

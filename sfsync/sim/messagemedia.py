@@ -1,0 +1,597 @@
+"""A MessageMedia Messages API simulator: delivery reports (poll and confirm), message status,
+and the v2-preview reporting API, with the behaviour described in
+``/work/shared/reference/messagemedia.md``.
+
+State lives in memory under ``self.lock``. Reports are queued per account (the ``Account``
+header selects a sub-account); a message is derived from its reports (its status is the status
+of its latest report by ``submitted_date``) or added directly. Everything under ``/_sim/`` is
+the unauthenticated admin API; the Python methods and the admin routes share one code path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import datetime as dt
+import hashlib
+import hmac
+import itertools
+import re
+import time
+import uuid
+import zoneinfo
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from sfsync.sim.base import FaultConfig, Handler, HttpError, Request, Response, SimApp
+
+MAX_IDS = 100  # the most reports one poll returns and one confirmation accepts
+AUTH_MESSAGE = "Invalid authentication credentials"
+DEFAULT_ACCOUNT = "SimAccount"
+METADATA_SHAPES = ("object", "list")
+HMAC_MAX_SKEW_S = 900.0
+
+# The 30 published delivery status codes (source-lists/), for the reporting API's descriptions.
+STATUS_CODES: dict[str, str] = {
+    "101": "Message being processed by the gateway.",
+    "102": "Message is being rerouted to a different provider after failing via the first provider.",
+    "151": "Message held for screening.",
+    "200": "Message submitted to downstream provider for delivery.",
+    "210": "Message accepted by downstream provider.",
+    "211": "Message is enroute for delivery by provider.",
+    "212": "Message submitted. Delivery pending.",
+    "213": "Message scheduled for delivery by downstream provider.",
+    "220": "Message delivered.",
+    "221": "Message delivered to the handset.",
+    "301": "Usage threshold reached. Message discarded.",
+    "302": "Destination address blocked. Message discarded.",
+    "303": "Source address blocked. Message discarded.",
+    "304": "Message dropped. Contact support.",
+    "305": "Message discarded due to duplicate detection.",
+    "320": "Message validity period has expired (prior to submission).",
+    "330": "Gateway failure.",
+    "331": "Message discarded.",
+    "332": "No available route to destination.",
+    "333": "Source address unsupported for this destination.",
+    "400": "Message failed; undeliverable.",
+    "401": "Message validity period has expired (before delivery).",
+    "402": "Message rejected by downstream provider.",
+    "403": "Message skipped by downstream provider.",
+    "405": "Message cancelled or deleted by provider.",
+    "410": "Invalid source address.",
+    "411": "Invalid destination address.",
+    "412": "Destination address blocked.",
+    "413": "SMS service unavailable on destination.",
+    "414": "Destination unreachable.",
+}
+
+_HMAC_DIGESTS = {"hmac-sha1": hashlib.sha1, "hmac-sha256": hashlib.sha256}
+_HMAC_PARAM = re.compile(r'(\w+)="([^"]*)"')
+# Message fields that are the simulator's bookkeeping, not part of GET /v1/messages/{id}.
+_PRIVATE_MESSAGE_FIELDS = frozenset({"account", "account_id", "timestamp", "status_code"})
+
+
+def format_timestamp(moment: dt.datetime) -> str:
+    """UTC with milliseconds and Z, as MessageMedia writes them: 2017-05-20T06:30:37.642Z."""
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
+
+
+def now_timestamp() -> str:
+    return format_timestamp(dt.datetime.now(dt.UTC))
+
+
+def parse_timestamp(value: Any, zone: dt.tzinfo = dt.UTC) -> dt.datetime | None:
+    """Lenient ISO-8601; a value without zone is read in ``zone``. None when unreadable."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=zone) if moment.tzinfo is None else moment
+
+
+@dataclass
+class _Report:
+    wire: dict[str, Any]  # exactly what the poll serves; never mutated after insertion
+    account: str
+    confirmed_at: float | None = None
+
+
+@dataclass
+class _Message:
+    message_id: str
+    account: str
+    sent_at: dt.datetime
+    fields: dict[str, Any] = field(default_factory=dict)  # content, destination_number, metadata, ...
+    sent_fixed: bool = False  # True when added directly with its own send time
+    latest: dict[str, Any] | None = None  # the latest report by submitted_date
+    latest_at: dt.datetime | None = None
+    delivered_at: dt.datetime | None = None
+
+
+class MessageMediaSim(SimApp):
+    """The MessageMedia API on loopback. Run it with ``SimServer(MessageMediaSim(), ca)``."""
+
+    def __init__(
+        self,
+        api_key: str = "sim-api-key",
+        api_secret: str = "sim-api-secret",  # noqa: S107 - the simulator's well-known default
+        *,
+        faults: FaultConfig | None = None,
+        reporting_metadata_shape: str = "object",
+        reporting_naive_timestamps: bool = False,
+        auth_failure_status: int = 401,
+        account_id: str = DEFAULT_ACCOUNT,
+    ):
+        super().__init__(faults)
+        self.api_key = api_key
+        self.api_secret = api_secret
+        self.account_id = account_id  # the key's own account, used when no Account header is sent
+        self._initial_faults = copy.deepcopy(self.faults.config)
+        self._initial_settings = {
+            "reporting_metadata_shape": reporting_metadata_shape,
+            "reporting_naive_timestamps": reporting_naive_timestamps,
+            "auth_failure_status": auth_failure_status,
+        }
+        self.reporting_metadata_shape = "object"
+        self.reporting_naive_timestamps = False
+        self.auth_failure_status = 401
+        self.configure(**self._initial_settings)
+        self._clear()
+
+        api: list[tuple[str, str, Handler]] = [
+            ("GET", "/v1/delivery_reports", self._poll),
+            ("POST", "/v1/delivery_reports/confirmed", self._confirm_route),
+            ("GET", "/v1/messages/{message_id}", self._message_route),
+            ("POST", "/v2-preview/reporting/messages/detail", self._reporting_route),
+        ]
+        for method, pattern, handler in api:
+            self.route(method, pattern, self._authenticated(handler), name=f"{method} {pattern}")
+        admin: list[tuple[str, str, Handler]] = [
+            ("POST", "/_sim/reports", self._admin_add_reports),
+            ("GET", "/_sim/reports", self._admin_reports),
+            ("POST", "/_sim/messages", self._admin_add_messages),
+            ("GET", "/_sim/stats", lambda r: Response.json(200, self.stats())),
+            ("GET", "/_sim/confirm_log", self._admin_confirm_log),
+            ("GET", "/_sim/faults", lambda r: Response.json(200, self.faults.snapshot())),
+            ("POST", "/_sim/faults", self._admin_faults),
+            ("POST", "/_sim/config", self._admin_config),
+            ("POST", "/_sim/reset", self._admin_reset),
+        ]
+        for method, pattern, handler in admin:
+            self.route(method, pattern, handler)
+
+    # -- state -------------------------------------------------------------------------------
+    def _clear(self) -> None:
+        self._reports: dict[str, _Report] = {}  # every report, in insertion order
+        self._queues: dict[str, OrderedDict[str, _Report]] = {}  # unconfirmed, per account
+        self._messages: dict[str, _Message] = {}
+        self._confirm_log: list[tuple[str, float]] = []
+        self._confirm_counts: Counter[str] = Counter()
+        self._confirm_unknown = 0
+
+    def configure(self, **settings: Any) -> dict[str, Any]:
+        """Change behaviour at run time: reporting_metadata_shape, reporting_naive_timestamps,
+        auth_failure_status. Returns the current settings."""
+        with self.lock:
+            for key, value in settings.items():
+                if key == "reporting_metadata_shape" and value not in METADATA_SHAPES:
+                    raise ValueError(f"reporting_metadata_shape must be one of {METADATA_SHAPES}, not {value!r}")
+                if key == "auth_failure_status" and value not in (401, 403):
+                    raise ValueError(f"auth_failure_status must be 401 or 403, not {value!r}")
+                if key == "reporting_naive_timestamps" and not isinstance(value, bool):
+                    raise ValueError("reporting_naive_timestamps must be a boolean")
+                if key not in self._initial_settings:
+                    raise ValueError(f"unknown setting {key!r}")
+            for key, value in settings.items():
+                setattr(self, key, value)
+            return {key: getattr(self, key) for key in self._initial_settings}
+
+    def reset(self) -> None:
+        """Back to as constructed: no reports or messages, counters cleared, the constructor's
+        fault configuration and settings restored (a seeded fault sequence starts over)."""
+        with self.lock:
+            super().reset()
+            self._clear()
+            self.faults.configure(**vars(copy.deepcopy(self._initial_faults)))
+            self.configure(**self._initial_settings)
+
+    def add_reports(self, reports: list[dict[str, Any]], account: str | None = None) -> list[str]:
+        """Queue delivery reports (in list order) for ``account`` (default: the key's own).
+        Each needs ``message_id``; other fields get realistic defaults. Returns the report ids."""
+        account = account or self.account_id
+        now = now_timestamp()
+        prepared = [self._prepare_report(raw, account, now) for raw in reports]
+        with self.lock:
+            ids = [r["delivery_report_id"] for r in prepared]
+            clash = [i for i in ids if i in self._reports] or [i for i, n in Counter(ids).items() if n > 1]
+            if clash:
+                raise ValueError(f"duplicate delivery_report_id {clash[0]!r}")
+            queue = self._queues.setdefault(account, OrderedDict())
+            for wire in prepared:
+                stored = _Report(wire, account)
+                self._reports[wire["delivery_report_id"]] = stored
+                queue[wire["delivery_report_id"]] = stored
+                self._apply_to_message(wire, account)
+            return ids
+
+    def _prepare_report(self, raw: dict[str, Any], account: str, now: str) -> dict[str, Any]:
+        if not isinstance(raw, dict) or not raw.get("message_id"):
+            raise ValueError("every delivery report needs a message_id")
+        wire: dict[str, Any] = {
+            "delivery_report_id": raw.get("delivery_report_id") or str(uuid.uuid4()),
+            "message_id": raw["message_id"],
+            "status": "delivered",
+            "date_received": now,
+            "submitted_date": now,
+            "source_number": "+61491570156",
+            "original_text": "Message from sfsync simulator",
+            "metadata": {},
+            "vendor_account_id": {"vendor_id": "MessageMedia", "account_id": account},
+            "delay": 0,
+            "billing_units": 1,
+        }
+        # What is given is kept verbatim; error_code (like callback_url) appears only when given.
+        wire.update({k: v for k, v in raw.items() if v is not None})
+        return wire
+
+    def _apply_to_message(self, wire: dict[str, Any], account: str) -> None:
+        at = parse_timestamp(wire.get("submitted_date")) or dt.datetime.now(dt.UTC)
+        msg = self._messages.get(wire["message_id"])
+        if msg is None:
+            msg = _Message(wire["message_id"], account, at)
+            self._messages[msg.message_id] = msg
+        for key, source in (("content", "original_text"), ("destination_number", "source_number"),
+                            ("metadata", "metadata"), ("callback_url", "callback_url")):
+            # Addresses are inverted on reports: the report's source is the message's destination.
+            if source in wire:
+                msg.fields.setdefault(key, wire[source])
+        if not msg.sent_fixed:
+            msg.sent_at = min(msg.sent_at, at)
+        if msg.latest_at is None or at >= msg.latest_at:
+            msg.latest, msg.latest_at = wire, at
+        if str(wire.get("status")).lower() == "delivered" and (msg.delivered_at is None or at > msg.delivered_at):
+            msg.delivered_at = at
+
+    def add_messages(self, messages: list[dict[str, Any]]) -> list[str]:
+        """Add messages directly (``message_id`` required; ``status``, ``content``,
+        ``destination_number``, ``metadata``, ``timestamp`` (send time), ``account`` optional).
+        A message that also has reports takes its status from its latest report."""
+        for raw in messages:
+            if not isinstance(raw, dict) or not raw.get("message_id"):
+                raise ValueError("every message needs a message_id")
+        with self.lock:
+            for raw in messages:
+                fields = dict(raw)
+                account = fields.get("account") or fields.get("account_id") or self.account_id
+                sent = parse_timestamp(fields.get("timestamp"))
+                msg = self._messages.get(raw["message_id"])
+                if msg is None:
+                    msg = _Message(raw["message_id"], account, sent or dt.datetime.now(dt.UTC))
+                    self._messages[msg.message_id] = msg
+                msg.fields.update(fields)
+                if sent is not None:
+                    msg.sent_at, msg.sent_fixed = sent, True
+            return [m["message_id"] for m in messages]
+
+    def reports(self, state: str = "unconfirmed") -> list[dict[str, Any]]:
+        """Copies of the reports in insertion order: ``unconfirmed``, ``confirmed`` or ``all``."""
+        if state not in ("unconfirmed", "confirmed", "all"):
+            raise ValueError(f"state must be unconfirmed, confirmed or all, not {state!r}")
+        with self.lock:
+            return [
+                copy.deepcopy(r.wire) for r in self._reports.values()
+                if state == "all" or (r.confirmed_at is None) == (state == "unconfirmed")
+            ]
+
+    def confirm_log(self) -> list[tuple[str, float]]:
+        """Every confirmation of a known report, in order: (report id, time.time())."""
+        with self.lock:
+            return list(self._confirm_log)
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            calls = dict(self.calls)
+            unconfirmed = sum(len(q) for q in self._queues.values())
+            return {
+                "calls": calls,
+                "calls_total": sum(calls.values()),
+                "unconfirmed": unconfirmed,
+                "confirmed": len(self._reports) - unconfirmed,
+                "confirm_counts": dict(self._confirm_counts),
+                "confirm_unknown": self._confirm_unknown,
+                "messages": len(self._messages),
+                "faults": self.faults.snapshot(),
+            }
+
+    def confirm(self, ids: list[str], account: str | None = None) -> int:
+        """Confirm reports of ``account``; returns how many were known. Unknown ids (and ids of
+        another account) are ignored, as the real service does: it answers 202 regardless."""
+        account = account or self.account_id
+        now = time.time()
+        known = 0
+        with self.lock:
+            queue = self._queues.get(account, OrderedDict())
+            for report_id in ids:
+                stored = self._reports.get(report_id)
+                if stored is None or stored.account != account:
+                    self._confirm_unknown += 1
+                    continue
+                known += 1
+                self._confirm_log.append((report_id, now))
+                self._confirm_counts[report_id] += 1
+                if stored.confirmed_at is None:
+                    stored.confirmed_at = now
+                    queue.pop(report_id, None)
+        return known
+
+    # -- the API -----------------------------------------------------------------------------
+    def error(self, status: int, message: str, code: str | None = None, details: Any = None) -> Response:
+        payload: dict[str, Any] = {"message": message}
+        if details is None and status == 400:
+            details = [message]  # MessageMedia's validation errors always list their details
+        if details is not None:
+            payload["details"] = list(details) if isinstance(details, list | tuple) else [str(details)]
+        return Response.json(status, payload)
+
+    def _authenticated(self, handler: Handler) -> Handler:
+        def guarded(request: Request) -> Response:
+            if not self._credentials_ok(request):
+                raise HttpError(self.auth_failure_status, AUTH_MESSAGE)
+            return handler(request)
+
+        return guarded
+
+    def _credentials_ok(self, request: Request) -> bool:
+        scheme, _, value = (request.headers.get("Authorization") or "").strip().partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                key, sep, secret = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return False
+            return bool(sep) and _same(key, self.api_key) and _same(secret, self.api_secret)
+        if scheme.lower() == "hmac":
+            return self._hmac_ok(request, value)
+        return False
+
+    def _hmac_ok(self, request: Request, value: str) -> bool:
+        """HMAC auth as the SDKs (hmac-sha1, x-Content-MD5) and the newer docs (hmac-sha256,
+        Content-MD5) describe it: both readings are accepted."""
+        params = dict(_HMAC_PARAM.findall(value))
+        digest = _HMAC_DIGESTS.get(params.get("algorithm", "").lower())
+        names = params.get("headers", "").split()
+        if digest is None or not _same(params.get("username", ""), self.api_key):
+            return False
+        if "date" not in (n.lower() for n in names):
+            return False
+        try:
+            sent = parsedate_to_datetime(request.headers.get("Date") or "")
+        except (TypeError, ValueError):
+            return False
+        if abs(time.time() - sent.timestamp()) > HMAC_MAX_SKEW_S:
+            return False
+        body = request.body()
+        if body:
+            md5_names = [n for n in names if n.lower() in ("x-content-md5", "content-md5")]
+            body_md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
+            if not md5_names or (request.headers.get(md5_names[0]) or "").lower() != body_md5:
+                return False
+        lines = []
+        for name in names:
+            if name.lower() == "request-line":
+                lines.append(f"{request.method} {request.target} HTTP/1.1")
+                continue
+            header = request.headers.get(name)
+            if header is None:
+                return False
+            lines.append(f"{name}: {header}")
+        expected = hmac.new(self.api_secret.encode(), "\n".join(lines).encode(), digest).digest()
+        return _same(params.get("signature", ""), base64.b64encode(expected).decode())
+
+    def _account(self, request: Request) -> str:
+        return (request.headers.get("Account") or "").strip() or self.account_id
+
+    def _poll(self, request: Request) -> Response:
+        with self.lock:
+            queue = self._queues.get(self._account(request), OrderedDict())
+            batch = [stored.wire for stored in itertools.islice(queue.values(), MAX_IDS)]
+            return Response.json(200, {"delivery_reports": batch})
+
+    def _confirm_route(self, request: Request) -> Response:
+        body = request.json()
+        ids = body.get("delivery_report_ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise HttpError(400, "Request validation failed",
+                            details=["delivery_report_ids: a list of delivery report ids is required"])
+        if not ids:
+            raise HttpError(400, "Request validation failed",
+                            details=["delivery_report_ids: must contain at least 1 item"])
+        if len(ids) > MAX_IDS:
+            raise HttpError(400, "Request validation failed",
+                            details=[f"delivery_report_ids: must contain at most {MAX_IDS} items, got {len(ids)}"])
+        self.confirm(ids, self._account(request))
+        return Response.text(202, "Accepted")
+
+    def _message_route(self, request: Request) -> Response:
+        message_id = request.params["message_id"]
+        with self.lock:
+            msg = self._messages.get(message_id)
+            if msg is None or msg.account != self._account(request):
+                raise HttpError(404, "Message not found", details=[f"no message with id {message_id}"])
+            body: dict[str, Any] = {
+                "message_id": msg.message_id, "content": "", "destination_number": "", "format": "SMS",
+                "delivery_report": True, "metadata": {},
+            }
+            body.update({k: v for k, v in msg.fields.items() if k not in _PRIVATE_MESSAGE_FIELDS})
+            body["status"] = self._status_of(msg)
+            return Response.json(200, copy.deepcopy(body))
+
+    @staticmethod
+    def _status_of(msg: _Message) -> str:
+        if msg.latest is not None:
+            return str(msg.latest.get("status"))
+        return str(msg.fields.get("status", "delivered"))
+
+    def _reporting_route(self, request: Request) -> Response:
+        body = request.json()
+        if not isinstance(body, dict):
+            raise HttpError(400, "Request validation failed", details=["a JSON object body is required"])
+        zone_name = body.get("timezone") or "UTC"
+        try:
+            zone = zoneinfo.ZoneInfo(str(zone_name))
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise HttpError(400, "Request validation failed", details=[f"timezone: unknown {zone_name!r}"]) from exc
+        start, end = (self._window_bound(body, key, zone) for key in ("start_date", "end_date"))
+        if end < start:
+            raise HttpError(400, "Request validation failed", details=["end_date must not be before start_date"])
+        page = _int_field(body, "page", 0, 0, None)
+        page_size = _int_field(body, "page_size", 50, 1, MAX_IDS)
+        direction = str(body.get("direction") or "outbound").lower()
+        if direction not in ("outbound", "inbound"):
+            raise HttpError(400, "Request validation failed", details=["direction: must be outbound or inbound"])
+        statuses = body.get("status")
+        if statuses is not None and (
+            not isinstance(statuses, list) or not all(isinstance(s, str) and s == s.upper() for s in statuses)
+        ):
+            raise HttpError(400, "Request validation failed", details=["status: a list of UPPERCASE statuses"])
+        meta_key = body.get("metadata_key")
+        meta_values = body.get("metadata_values")
+        if body.get("metadata_value") is not None:
+            meta_values = [*(meta_values or []), body["metadata_value"]]
+        if meta_values is not None and not meta_key:
+            raise HttpError(400, "Request validation failed", details=["metadata_value needs metadata_key"])
+        accounts = body.get("accounts") or [self._account(request)]
+        if not isinstance(accounts, list):
+            raise HttpError(400, "Request validation failed", details=["accounts: a list of account ids"])
+
+        with self.lock:
+            chosen = [
+                msg for msg in self._messages.values()
+                if direction == "outbound"  # the simulator only knows outbound messages
+                and msg.account in accounts
+                and start <= msg.sent_at < end
+                and (statuses is None or self._status_of(msg).upper() in statuses)
+                and (not meta_key or _metadata_matches(msg.fields.get("metadata"), meta_key, meta_values))
+            ]
+            chosen.sort(key=lambda m: (m.sent_at, m.message_id))
+            window = chosen[page * page_size : (page + 1) * page_size]
+            records = [self._reporting_record(msg, zone) for msg in window]
+        return Response.json(200, {
+            "messages": records,
+            "pagination": {"page": page, "page_size": page_size, "has_next": (page + 1) * page_size < len(chosen)},
+        })
+
+    @staticmethod
+    def _window_bound(body: dict[str, Any], key: str, zone: dt.tzinfo) -> dt.datetime:
+        if body.get(key) is None:
+            raise HttpError(400, "Request validation failed", details=[f"{key}: is required"])
+        moment = parse_timestamp(body[key], zone)
+        if moment is None:
+            raise HttpError(400, "Request validation failed", details=[f"{key}: not an ISO-8601 date-time"])
+        return moment
+
+    def _reporting_record(self, msg: _Message, zone: dt.tzinfo) -> dict[str, Any]:
+        raw_code = msg.latest.get("error_code") if msg.latest is not None else msg.fields.get("status_code")
+        code = str(raw_code).strip() if raw_code is not None else None
+        metadata = copy.deepcopy(msg.fields.get("metadata") or {})
+        return {
+            "message_id": msg.message_id,
+            "account_id": msg.account,
+            "direction": "OUTBOUND",
+            "status": self._status_of(msg).upper(),
+            "status_code": int(code) if code and code.isdigit() else None,
+            "status_description": STATUS_CODES.get(code) if code else None,
+            "timestamp": self._reporting_time(msg.sent_at, zone),
+            "delivered_timestamp": self._reporting_time(msg.delivered_at, zone),
+            "last_status_update": self._reporting_time(msg.latest_at or msg.sent_at, zone),
+            "destination_address": msg.fields.get("destination_number"),
+            "source_address": msg.fields.get("source_number"),
+            "content": msg.fields.get("content"),
+            "metadata": (
+                [{"key": k, "value": v} for k, v in metadata.items()]
+                if self.reporting_metadata_shape == "list" else metadata
+            ),
+        }
+
+    def _reporting_time(self, moment: dt.datetime | None, zone: dt.tzinfo) -> str | None:
+        if moment is None:
+            return None
+        local = moment.astimezone(zone)
+        if self.reporting_naive_timestamps:
+            return local.replace(tzinfo=None).isoformat(timespec="seconds")
+        if not local.utcoffset():
+            return format_timestamp(local)
+        return local.isoformat(timespec="milliseconds")
+
+    # -- admin -------------------------------------------------------------------------------
+    def _admin_add_reports(self, request: Request) -> Response:
+        body = request.json()
+        reports = body.get("delivery_reports") if isinstance(body, dict) else body
+        if not isinstance(reports, list):
+            raise HttpError(400, "expected {\"delivery_reports\": [...], \"account\": optional}")
+        try:
+            ids = self.add_reports(reports, body.get("account") if isinstance(body, dict) else None)
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from exc
+        return Response.json(200, {"ids": ids})
+
+    def _admin_reports(self, request: Request) -> Response:
+        try:
+            return Response.json(200, {"delivery_reports": self.reports(request.arg("state") or "unconfirmed")})
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from exc
+
+    def _admin_add_messages(self, request: Request) -> Response:
+        body = request.json()
+        messages = body.get("messages") if isinstance(body, dict) else body
+        if not isinstance(messages, list):
+            raise HttpError(400, "expected {\"messages\": [...]}")
+        try:
+            return Response.json(200, {"ids": self.add_messages(messages)})
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from exc
+
+    def _admin_confirm_log(self, request: Request) -> Response:
+        return Response.json(200, {"confirmations": [list(entry) for entry in self.confirm_log()]})
+
+    def _admin_faults(self, request: Request) -> Response:
+        body = request.json()
+        if not isinstance(body, dict):
+            raise HttpError(400, "expected an object of FaultConfig settings")
+        self.faults.configure(**body)
+        return Response.json(200, self.faults.snapshot())
+
+    def _admin_config(self, request: Request) -> Response:
+        body = request.json()
+        if not isinstance(body, dict):
+            raise HttpError(400, "expected an object of settings")
+        try:
+            return Response.json(200, self.configure(**body))
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from exc
+
+    def _admin_reset(self, request: Request) -> Response:
+        self.reset()
+        return Response.json(200, {"reset": True})
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _int_field(body: dict[str, Any], key: str, default: int, low: int, high: int | None) -> int:
+    value = body.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        bound = f"{low} to {high}" if high is not None else f"at least {low}"
+        raise HttpError(400, "Request validation failed", details=[f"{key}: an integer {bound}, got {value!r}"])
+    return value
+
+
+def _metadata_matches(metadata: Any, key: str, values: list[Any] | None) -> bool:
+    if not isinstance(metadata, dict) or key not in metadata:
+        return False
+    return values is None or metadata[key] in values

@@ -1,0 +1,344 @@
+"""The local store: the only code that speaks SQL.
+
+SQLite in WAL mode with ``synchronous=FULL``: once a transaction commits, its rows survive a
+crash or power loss, which is what lets the pipeline confirm a report to MessageMedia.
+
+Tables: ``ledger`` (message id -> last applied status and its event time, so precedence holds when
+the Task has no time field), ``waiting`` (reports whose Task does not exist yet), ``dead_letters``,
+``runs``, ``checkpoints`` (backfill), ``inbox`` (pushed reports, drained by the pipeline).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sfsync.errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS ledger (
+        message_id TEXT PRIMARY KEY,
+        task_id TEXT NOT NULL,
+        label TEXT NOT NULL,
+        code TEXT,
+        final INTEGER NOT NULL,
+        event_time TEXT,
+        received_time TEXT,
+        report_id TEXT,
+        applied_at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS waiting (
+        report_id TEXT PRIMARY KEY,
+        message_id TEXT NOT NULL,
+        raw TEXT NOT NULL,
+        source TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        first_seen TEXT NOT NULL,
+        next_attempt TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0)""",
+    """CREATE INDEX IF NOT EXISTS waiting_due ON waiting (next_attempt)""",
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        report_id TEXT,
+        message_id TEXT,
+        raw TEXT NOT NULL,
+        source TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        sf_error TEXT,
+        created_at TEXT NOT NULL,
+        retried_at TEXT)""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_report ON dead_letters (report_id)
+        WHERE report_id IS NOT NULL AND retried_at IS NULL""",
+    """CREATE TABLE IF NOT EXISTS runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        ended_at TEXT,
+        counts TEXT,
+        exit_reason TEXT,
+        exit_code INTEGER)""",
+    """CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, data TEXT NOT NULL, updated_at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS inbox (
+        report_id TEXT PRIMARY KEY,
+        raw TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        processed_at TEXT)""",
+    """CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (processed_at, received_at)""",
+]
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _ts(value: dt.datetime | None) -> str | None:
+    return value.astimezone(dt.UTC).isoformat(timespec="microseconds") if value else None
+
+
+def _parse_ts(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value) if value else None
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    message_id: str
+    task_id: str
+    label: str
+    code: str | None
+    final: bool
+    event_time: dt.datetime | None
+    received_time: dt.datetime | None
+    report_id: str | None
+
+
+@dataclass(frozen=True)
+class WaitingReport:
+    report_id: str
+    message_id: str
+    raw: dict[str, Any]
+    source: str
+    reason: str
+    first_seen: dt.datetime
+    attempts: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: int
+    report_id: str | None
+    message_id: str | None
+    raw: str
+    source: str
+    reason: str
+    sf_error: str | None
+    created_at: dt.datetime
+    retried_at: dt.datetime | None
+
+
+class Store:
+    """One SQLite file; a connection per thread (the push server writes from several)."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the state folder {self.path.parent} ({exc}); set SFSYNC_STATE_DIR"
+            ) from exc
+        self._local = threading.local()
+        self._migrate()
+
+    # -- connections and transactions -----------------------------------------------------------
+    @property
+    def db(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            except sqlite3.Error as exc:
+                raise ConfigError(f"cannot open the store {self.path} ({exc}); check SFSYNC_STATE_DIR") from exc
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")  # committed means on disk: confirms rely on it
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; nested use joins the outer one."""
+        conn = self.db
+        if conn.in_transaction:
+            yield conn
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def _migrate(self) -> None:
+        with self.transaction() as db:
+            for statement in _SCHEMA:
+                db.execute(statement)
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row["value"]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"the store {self.path} has schema {version}, newer than this sfsync ({SCHEMA_VERSION}): "
+                    "upgrade sfsync or point SFSYNC_STATE_DIR elsewhere"
+                )
+            # Future migrations go here, one `if version < N:` block each.
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    # -- ledger -------------------------------------------------------------------------------------
+    def ledger(self, message_ids: Iterable[str]) -> dict[str, LedgerEntry]:
+        ids = list(dict.fromkeys(message_ids))
+        found: dict[str, LedgerEntry] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(f"SELECT * FROM ledger WHERE message_id IN ({marks})", chunk):
+                found[row["message_id"]] = LedgerEntry(
+                    row["message_id"], row["task_id"], row["label"], row["code"], bool(row["final"]),
+                    _parse_ts(row["event_time"]), _parse_ts(row["received_time"]), row["report_id"],
+                )
+        return found
+
+    def record_applied(self, entries: Iterable[LedgerEntry]) -> None:
+        stamp = _ts(now_utc())
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(e.message_id, e.task_id, e.label, e.code, int(e.final), _ts(e.event_time), _ts(e.received_time),
+                  e.report_id, stamp) for e in entries],
+            )
+
+    # -- waiting for a Task --------------------------------------------------------------------------
+    def add_waiting(self, report_id: str, message_id: str, raw: Mapping[str, Any], source: str, reason: str,
+                    next_attempt: dt.datetime) -> None:
+        now = _ts(now_utc())
+        with self.transaction() as db:
+            db.execute(
+                """INSERT INTO waiting (report_id, message_id, raw, source, reason, first_seen, next_attempt, attempts)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, 1)
+                   ON CONFLICT (report_id) DO UPDATE SET attempts = attempts + 1, next_attempt = excluded.next_attempt,
+                   reason = excluded.reason""",
+                (report_id, message_id, json.dumps(raw, default=str), source, reason, now, _ts(next_attempt)),
+            )
+
+    def due_waiting(self, now: dt.datetime | None, limit: int = 100, after: str = "") -> list[WaitingReport]:
+        """Waiting reports due for another try (all of them when ``now`` is None), by report id."""
+        query = "SELECT * FROM waiting WHERE report_id > ?"
+        params: list[Any] = [after]
+        if now is not None:
+            query += " AND next_attempt <= ?"
+            params.append(_ts(now))
+        rows = self.db.execute(query + " ORDER BY report_id LIMIT ?", [*params, limit]).fetchall()
+        return [
+            WaitingReport(r["report_id"], r["message_id"], json.loads(r["raw"]), r["source"], r["reason"],
+                          _parse_ts(r["first_seen"]) or now_utc(), r["attempts"])
+            for r in rows
+        ]
+
+    def remove_waiting(self, report_ids: Iterable[str]) -> None:
+        with self.transaction() as db:
+            db.executemany("DELETE FROM waiting WHERE report_id = ?", [(r,) for r in report_ids])
+
+    def waiting_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM waiting").fetchone()[0])
+
+    def waiting_ids(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT report_id FROM waiting")}
+
+    # -- dead letters --------------------------------------------------------------------------------
+    def add_dead_letter(self, report_id: str | None, message_id: str | None, raw: Any, source: str, reason: str,
+                        sf_error: str | None = None) -> None:
+        text = raw if isinstance(raw, str) else json.dumps(raw, default=str)
+        with self.transaction() as db:
+            # A report dead-lettered twice (a rerun after a crash) is kept once.
+            db.execute(
+                """INSERT INTO dead_letters (report_id, message_id, raw, source, reason, sf_error, created_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
+                (report_id, message_id, text, source, reason, sf_error, _ts(now_utc())),
+            )
+            if report_id:
+                db.execute("DELETE FROM waiting WHERE report_id = ?", (report_id,))
+
+    def dead_letters(self, limit: int = 100, include_retried: bool = False) -> list[DeadLetter]:
+        where = "" if include_retried else "WHERE retried_at IS NULL"
+        rows = self.db.execute(f"SELECT * FROM dead_letters {where} ORDER BY id LIMIT ?", (limit,)).fetchall()
+        return [self._dead(r) for r in rows]
+
+    def dead_letter(self, letter_id: int) -> DeadLetter | None:
+        row = self.db.execute("SELECT * FROM dead_letters WHERE id = ?", (letter_id,)).fetchone()
+        return self._dead(row) if row else None
+
+    def dead_letter_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM dead_letters WHERE retried_at IS NULL").fetchone()[0])
+
+    def mark_retried(self, letter_ids: Iterable[int]) -> None:
+        with self.transaction() as db:
+            db.executemany("UPDATE dead_letters SET retried_at = ? WHERE id = ?",
+                           [(_ts(now_utc()), i) for i in letter_ids])
+
+    def purge_dead_letters(self, older_than: dt.datetime | None = None) -> int:
+        with self.transaction() as db:
+            if older_than is None:
+                return db.execute("DELETE FROM dead_letters").rowcount
+            return db.execute("DELETE FROM dead_letters WHERE created_at < ?", (_ts(older_than),)).rowcount
+
+    @staticmethod
+    def _dead(row: sqlite3.Row) -> DeadLetter:
+        return DeadLetter(row["id"], row["report_id"], row["message_id"], row["raw"], row["source"], row["reason"],
+                          row["sf_error"], _parse_ts(row["created_at"]) or now_utc(), _parse_ts(row["retried_at"]))
+
+    # -- runs ----------------------------------------------------------------------------------------
+    def start_run(self, kind: str) -> int:
+        with self.transaction() as db:
+            cursor = db.execute("INSERT INTO runs (kind, started_at) VALUES (?, ?)", (kind, _ts(now_utc())))
+            return int(cursor.lastrowid or 0)
+
+    def finish_run(self, run_id: int, counts: Mapping[str, Any], exit_reason: str, exit_code: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET ended_at = ?, counts = ?, exit_reason = ?, exit_code = ? WHERE id = ?",
+                       (_ts(now_utc()), json.dumps(counts, default=str), exit_reason, exit_code, run_id))
+
+    def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [{**dict(r), "counts": json.loads(r["counts"]) if r["counts"] else {}} for r in rows]
+
+    # -- checkpoints (backfill) ----------------------------------------------------------------------
+    def checkpoint(self, name: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT data FROM checkpoints WHERE name = ?", (name,)).fetchone()
+        return json.loads(row["data"]) if row else None
+
+    def save_checkpoint(self, name: str, data: Mapping[str, Any]) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)",
+                       (name, json.dumps(data, default=str), _ts(now_utc())))
+
+    def delete_checkpoint(self, name: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM checkpoints WHERE name = ?", (name,))
+
+    # -- inbox (push) --------------------------------------------------------------------------------
+    def inbox_add(self, report_id: str, raw: Mapping[str, Any]) -> bool:
+        """Store a pushed report; False when that report id was already stored (a duplicate)."""
+        with self.transaction() as db:
+            cursor = db.execute("INSERT OR IGNORE INTO inbox (report_id, raw, received_at) VALUES (?, ?, ?)",
+                                (report_id, json.dumps(raw, default=str), _ts(now_utc())))
+            return cursor.rowcount == 1
+
+    def inbox_pending(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT raw FROM inbox WHERE processed_at IS NULL ORDER BY received_at, report_id LIMIT ?", (limit,)
+        ).fetchall()
+        return [json.loads(r["raw"]) for r in rows]
+
+    def inbox_done(self, report_ids: Iterable[str]) -> None:
+        stamp = _ts(now_utc())
+        with self.transaction() as db:
+            db.executemany("UPDATE inbox SET processed_at = ? WHERE report_id = ?", [(stamp, r) for r in report_ids])
+
+    def inbox_count(self, pending_only: bool = True) -> int:
+        where = "WHERE processed_at IS NULL" if pending_only else ""
+        return int(self.db.execute(f"SELECT COUNT(*) FROM inbox {where}").fetchone()[0])

@@ -1,0 +1,240 @@
+"""`sfsync run`: cycles of fetch -> pipeline -> confirm until the queue is empty or a limit stops it.
+
+Order of a run: take the lock; retry waiting reports that are due; then poll MessageMedia (or
+drain the push inbox) one batch at a time, confirming after each batch only what the pipeline
+made durable; end with one summary line and a row in the run history.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sfsync.config import Settings
+from sfsync.errors import (
+    EXIT_BUDGET,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    AuthError,
+    BudgetExhausted,
+    ConfigError,
+    SfsyncError,
+)
+from sfsync.lock import RunLock
+from sfsync.messagemedia import MessageMediaClient
+from sfsync.pipeline import BatchResult, Pipeline, Stage, _BudgetStop
+from sfsync.retry import RetryCounter, RetryPolicy
+from sfsync.salesforce import SalesforceClient
+from sfsync.store import Store, now_utc
+
+log = logging.getLogger("sfsync.run")
+INBOX_BATCH = 1000  # pushed reports are already stored: bigger batches mean fewer API calls
+
+
+@dataclass
+class RunOptions:
+    once: bool = False
+    max_reports: int | None = None
+    max_seconds: float | None = None
+    dry_run: bool = False
+    retry_waiting: bool = False  # every waiting report now, ignoring its back-off
+    inbox: bool = False  # drain the push inbox instead of polling
+
+
+@dataclass
+class RunSummary:
+    counts: Counter[str] = field(default_factory=Counter)
+    exit_reason: str = ""
+    exit_code: int = EXIT_OK
+    duration_s: float = 0.0
+    salesforce_calls: int = 0
+    messagemedia_calls: int = 0
+    api_usage: str = ""
+    retries: int = 0
+    changes: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        keys = ("fetched", "applied", "skipped_stale", "skipped_unchanged", "waiting", "dead_lettered", "confirmed",
+                "held", "invalid", "unknown_code", "waiting_retried")
+        return {
+            **{k: self.counts.get(k, 0) for k in keys},
+            **({"would_write": self.counts["would_write"]} if "would_write" in self.counts else {}),
+            "salesforce_calls": self.salesforce_calls, "messagemedia_calls": self.messagemedia_calls,
+            "api_usage": self.api_usage, "retries": self.retries, "duration_s": round(self.duration_s, 3),
+            "exit_reason": self.exit_reason, "exit_code": self.exit_code,
+        }
+
+
+def build_clients(settings: Settings, sleep: Callable[[float], Any] = time.sleep
+                  ) -> tuple[MessageMediaClient, SalesforceClient, RetryCounter]:
+    counter = RetryCounter()
+    policy = RetryPolicy(settings.retry_attempts, settings.retry_max_seconds, sleep=sleep, counter=counter)
+    return (MessageMediaClient(settings, policy=policy), SalesforceClient(settings, policy=policy, sleep=sleep),
+            counter)
+
+
+class Worker:
+    def __init__(self, settings: Settings, *, mm: MessageMediaClient | None = None,
+                 sf: SalesforceClient | None = None, store: Store | None = None, on_stage: Stage | None = None,
+                 stop: threading.Event | None = None, retries: RetryCounter | None = None):
+        self.settings = settings
+        if mm is None or sf is None:
+            built_mm, built_sf, retries = build_clients(settings)
+            mm, sf = mm or built_mm, sf or built_sf
+        self.mm = mm
+        self.sf = sf
+        self.retries = retries or RetryCounter()
+        self.store = store or Store(settings.store_path)
+        self.on_stage = on_stage or (lambda stage: None)
+        self.stop = stop or threading.Event()
+
+    # -- one run --------------------------------------------------------------------------------------
+    def run(self, options: RunOptions | None = None) -> RunSummary:
+        options = options or RunOptions()
+        with RunLock(self.settings.lock_path):
+            return self._run_locked(options)
+
+    def _run_locked(self, options: RunOptions) -> RunSummary:
+        summary = RunSummary()
+        started = time.monotonic()
+        sf_before, mm_before, retries_before = self.sf.calls_total, self.mm.calls_total, self.retries.total
+        run_id = self.store.start_run("dry-run" if options.dry_run else ("inbox" if options.inbox else "run"))
+        pipeline = Pipeline(self.settings, self.store, self.sf, dry_run=options.dry_run, on_stage=self.on_stage)
+        error: BaseException | None = None
+        try:
+            self._retry_waiting(pipeline, options, summary)
+            if options.inbox:
+                summary.exit_reason = self._drain_inbox(pipeline, options, summary, started)
+            else:
+                summary.exit_reason = self._poll(pipeline, options, summary, started)
+        except _BudgetStop as stop:
+            self._absorb(stop.result, summary)
+            self._confirm(stop.result, options, summary)
+            summary.exit_reason, summary.exit_code = "api_budget", EXIT_BUDGET
+            log.warning("%s", stop.__cause__ or stop, extra={"event": "budget_stop"})
+        except BudgetExhausted as exc:
+            summary.exit_reason, summary.exit_code = "api_budget", EXIT_BUDGET
+            log.warning("%s", exc, extra={"event": "budget_stop"})
+        except (AuthError, ConfigError) as exc:
+            summary.exit_reason, summary.exit_code, error = type(exc).__name__, exc.exit_code, exc
+        except SfsyncError as exc:
+            summary.exit_reason, summary.exit_code, error = "error", exc.exit_code, exc
+        except BaseException as exc:
+            summary.exit_reason, summary.exit_code, error = "crash", 1, exc
+        finally:
+            if summary.exit_code == EXIT_OK and summary.counts["dead_lettered"]:
+                summary.exit_code = EXIT_PARTIAL
+            summary.duration_s = time.monotonic() - started
+            summary.salesforce_calls = self.sf.calls_total - sf_before
+            summary.messagemedia_calls = self.mm.calls_total - mm_before
+            summary.retries = self.retries.total - retries_before
+            summary.api_usage = f"{self.sf.usage.used}/{self.sf.usage.max}" if self.sf.usage.max else "unknown"
+            self.store.finish_run(run_id, summary.as_dict(), summary.exit_reason, summary.exit_code)
+            log.info("run finished: %s", summary.exit_reason,
+                     extra={"event": "run_summary", **summary.as_dict()})
+        if error is not None:
+            raise error
+        return summary
+
+    # -- sources -----------------------------------------------------------------------------------------
+    def _retry_waiting(self, pipeline: Pipeline, options: RunOptions, summary: RunSummary) -> None:
+        """Reports kept while their Task did not exist: try the due ones again, 100 at a time."""
+        after = ""
+        while not self.stop.is_set():
+            rows = self.store.due_waiting(None if options.retry_waiting else now_utc(), limit=100, after=after)
+            if not rows:
+                return
+            after = rows[-1].report_id
+            result = pipeline.process([r.raw for r in rows], "waiting", waiting={r.report_id: r for r in rows})
+            summary.counts["waiting_retried"] += len(rows)
+            self._absorb(result, summary, waiting_retry=True)
+
+    def _poll(self, pipeline: Pipeline, options: RunOptions, summary: RunSummary, started: float) -> str:
+        held_this_run: set[str] = set()
+        while True:
+            reason = self._should_stop(options, summary, started)
+            if reason:
+                return reason
+            raws = self.mm.fetch_reports()
+            self.on_stage("fetched")
+            if not raws:
+                return "queue_empty" if summary.counts["fetched"] else "nothing_to_do"
+            fresh = [r for r in raws if _report_id(r) not in held_this_run]
+            if not fresh:
+                log.warning("every report in the queue's head failed to write this run; they stay unconfirmed "
+                            "and are retried next run", extra={"event": "held"})
+                return "held"
+            if options.max_reports is not None:
+                fresh = fresh[: max(options.max_reports - summary.counts["fetched"], 0)]
+            summary.counts["fetched"] += len(fresh)
+            result = pipeline.process(fresh, "poll")
+            self._absorb(result, summary)
+            self._confirm(result, options, summary)
+            held_this_run.update(result.held)
+            if options.dry_run:
+                return "dry_run"  # nothing is confirmed, so the next fetch would be the same batch
+            if options.once:
+                return "once"
+
+    def _drain_inbox(self, pipeline: Pipeline, options: RunOptions, summary: RunSummary, started: float) -> str:
+        held_this_run: set[str] = set()
+        while True:
+            reason = self._should_stop(options, summary, started)
+            if reason:
+                return reason
+            raws = [r for r in self.store.inbox_pending(INBOX_BATCH + len(held_this_run))
+                    if _report_id(r) not in held_this_run][:INBOX_BATCH]
+            if not raws:
+                return "inbox_empty" if summary.counts["fetched"] else "nothing_to_do"
+            summary.counts["fetched"] += len(raws)
+            result = pipeline.process(raws, "push")
+            self._absorb(result, summary)
+            if not options.dry_run:
+                self.store.inbox_done(result.confirm)
+                summary.counts["confirmed"] += len(result.confirm)
+            held_this_run.update(result.held)
+            if options.dry_run:
+                return "dry_run"
+            if options.once:
+                return "once"
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    def _should_stop(self, options: RunOptions, summary: RunSummary, started: float) -> str:
+        if self.stop.is_set():
+            return "signal"
+        if options.max_reports is not None and summary.counts["fetched"] >= options.max_reports:
+            return "max_reports"
+        if options.max_seconds is not None and time.monotonic() - started >= options.max_seconds:
+            return "time_budget"
+        self.sf.check_budget()
+        return ""
+
+    def _confirm(self, result: BatchResult, options: RunOptions, summary: RunSummary) -> None:
+        if options.dry_run or options.inbox or not result.confirm:
+            return
+        self.on_stage("confirming")
+        self.mm.confirm(result.confirm)
+        summary.counts["confirmed"] += len(result.confirm)
+        self.on_stage("confirmed")
+
+    @staticmethod
+    def _absorb(result: BatchResult, summary: RunSummary, waiting_retry: bool = False) -> None:
+        counts = result.counts.copy()
+        if waiting_retry:
+            counts.pop("waiting", None)  # still waiting is not newly waiting
+            counts.pop("received", None)
+        summary.counts.update(counts)
+        summary.changes += [
+            {"task_id": c.task_id, "message_id": c.outcome.message_id, **c.fields,
+             "was": c.current.label if c.current else None}
+            for c in result.changes
+        ]
+
+
+def _report_id(raw: Any) -> str | None:
+    return raw.get("delivery_report_id") if isinstance(raw, dict) else None
