@@ -193,13 +193,14 @@ def _convert(name: str, kind: str, raw: str) -> object:
 def environment(env_file: str | Path | None = None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The process environment over a ``.env`` file: a real variable always wins.
 
-    ``env_file`` is read when given (it must exist); otherwise ``./.env`` when present.
+    ``env_file`` is read when given (it must exist); otherwise ``./.env`` when present, unless an
+    explicit ``environ`` is given (tests and the demo must not pick up a developer's .env).
     """
     env = dict(os.environ if environ is None else environ)
-    path = Path(env_file) if env_file else Path(".env")
-    if env_file and not path.is_file():
+    path = Path(env_file) if env_file else (Path(".env") if environ is None else None)
+    if env_file and path is not None and not path.is_file():
         raise ConfigError(f"--env-file {str(env_file)!r}: no such file")
-    if path.is_file():
+    if path is not None and path.is_file():
         for key, value in dotenv_values(path).items():
             if value is not None:
                 env.setdefault(key, value)

@@ -265,12 +265,11 @@ class Pipeline:
             result.counts["applied"] += len(applied)
             for change, answer in written:
                 if not answer.ok and not answer.transient:
-                    self.store.add_dead_letter(
+                    result.counts["dead_lettered"] += self.store.add_dead_letter(
                         change.outcome.report.report_id, change.outcome.message_id, change.outcome.report.raw, source,
                         f"Salesforce refused the update of Task {change.task_id}",
                         f"{answer.error_code}: {answer.message}",
                     )
-                    result.counts["dead_lettered"] += 1
                     log.warning("report %s dead-lettered: Task %s %s", change.outcome.report.report_id,
                                 change.task_id, answer.error_code, extra={"event": "dead_letter"})
             for outcome in unmatched:
@@ -296,11 +295,10 @@ class Pipeline:
         first_seen = row.first_seen if row else now
         max_age = dt.timedelta(hours=self.settings.wait_max_age_hours)
         if now - first_seen >= max_age:
-            self.store.add_dead_letter(
+            result.counts["dead_lettered"] += self.store.add_dead_letter(
                 report.report_id, report.message_id, report.raw, source,
                 f"no Task found for message {report.message_id} within {self.settings.wait_max_age_hours:g} h",
             )
-            result.counts["dead_lettered"] += 1
             return
         tried = row.attempts if row else 0
         delay = min(WAIT_FIRST_RETRY_S * 2**tried, WAIT_MAX_RETRY_S)  # 1 min, 2, 4, ... 1 h
@@ -316,14 +314,14 @@ class Pipeline:
         with self.store.transaction():
             for exc in bad:
                 raw = getattr(exc, "raw", None)
-                self.store.add_dead_letter(exc.report_id, None, raw if raw is not None else "", source,
-                                           f"invalid report: {exc.reason}")
-                log.warning("invalid report dead-lettered: %s", exc.reason,
-                            extra={"event": "invalid_report", "report_id": exc.report_id})
+                if self.store.add_dead_letter(exc.report_id, None, raw if raw is not None else "", source,
+                                              f"invalid report: {exc.reason}"):
+                    result.counts["dead_lettered"] += 1
+                    log.warning("invalid report dead-lettered: %s", exc.reason,
+                                extra={"event": "invalid_report", "report_id": exc.report_id})
                 if exc.report_id:
                     result.confirm.append(exc.report_id)
         result.counts["invalid"] += len(bad)
-        result.counts["dead_lettered"] += len(bad)
 
     def _fit(self, values: dict[str, Any]) -> dict[str, Any]:
         """Cut text to the field's length, only for fields listed in SFSYNC_TRUNCATE_FIELDS."""

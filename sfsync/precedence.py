@@ -2,8 +2,9 @@
 
 1. A final status (Delivered, Failed, Rejected, Stopped) is never replaced by a non-final one,
    and a final one always replaces a non-final one (a late "submitted" is stale by definition).
-2. Otherwise the later event wins: ``submitted_date``, then ``date_received``, then the report
-   id, so that the order is total and the outcome is the same whatever order reports arrive in.
+2. Otherwise the later event wins: ``submitted_date``, then ``date_received``; on a tie the
+   report that carries a code (a pushed copy of a polled report), then the report id. The order is
+   total, so the outcome is the same whatever order reports arrive in.
 3. Where the current value's time is unknown, arrival order decides: the incoming report wins.
 4. A write that would change nothing is skipped.
 """
@@ -29,8 +30,8 @@ class Status:
     tiebreak: str = ""  # the report id
 
 
-def _order(status: Status) -> tuple[dt.datetime, dt.datetime, str]:
-    return (status.event_time or _EPOCH, status.received_time or _EPOCH, status.tiebreak)
+def _order(status: Status) -> tuple[dt.datetime, dt.datetime, bool, str]:
+    return (status.event_time or _EPOCH, status.received_time or _EPOCH, status.code is not None, status.tiebreak)
 
 
 def wins(current: Status | None, incoming: Status) -> bool:
@@ -45,11 +46,8 @@ def wins(current: Status | None, incoming: Status) -> bool:
 
 
 def same_values(current: Status | None, incoming: Status) -> bool:
-    """True when writing ``incoming`` would leave the Task's fields as they are. A report with no
-    code never erases a code already on the Task for the same label."""
-    if current is None:
-        return False
-    return current.label == incoming.label and (incoming.code is None or current.code == incoming.code)
+    """True when writing ``incoming`` would leave the Task's fields as they are."""
+    return current is not None and current.label == incoming.label and current.code == incoming.code
 
 
 class Action(Enum):

@@ -106,7 +106,7 @@ class RetryPolicy:
         retrying = Retrying(
             retry=retry_if_exception(is_transient),
             wait=wait_retry_after(
-                wait_exponential_jitter(initial=self.initial, max=self.max_wait, jitter=self.initial)
+                wait_exponential_jitter(multiplier=self.initial, max=self.max_wait, jitter=self.initial)
             ),
             stop=stop_after_attempt(self.attempts) | stop_after_delay(self.max_seconds),
             sleep=self.sleep,

@@ -11,6 +11,7 @@ the Task has no time field), ``waiting`` (reports whose Task does not exist yet)
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import sqlite3
 import threading
@@ -55,9 +56,12 @@ _SCHEMA = [
         reason TEXT NOT NULL,
         sf_error TEXT,
         created_at TEXT NOT NULL,
-        retried_at TEXT)""",
-    """CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_report ON dead_letters (report_id)
-        WHERE report_id IS NOT NULL AND retried_at IS NULL""",
+        retried_at TEXT,
+        fingerprint TEXT NOT NULL)""",
+    # A report dead-lettered again (a rerun after a crash, an id-less report served again) is kept
+    # once: by its report id, or by a hash of its content when it has none.
+    """CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_fingerprint ON dead_letters (fingerprint)
+        WHERE retried_at IS NULL""",
     """CREATE TABLE IF NOT EXISTS runs (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         kind TEXT NOT NULL,
@@ -251,17 +255,19 @@ class Store:
 
     # -- dead letters --------------------------------------------------------------------------------
     def add_dead_letter(self, report_id: str | None, message_id: str | None, raw: Any, source: str, reason: str,
-                        sf_error: str | None = None) -> None:
-        text = raw if isinstance(raw, str) else json.dumps(raw, default=str)
+                        sf_error: str | None = None) -> bool:
+        """Keep a report that cannot be applied; False when it was already kept."""
+        text = raw if isinstance(raw, str) else json.dumps(raw, default=str, sort_keys=True)
+        fingerprint = report_id or "sha256:" + hashlib.sha256(text.encode()).hexdigest()
         with self.transaction() as db:
-            # A report dead-lettered twice (a rerun after a crash) is kept once.
-            db.execute(
-                """INSERT INTO dead_letters (report_id, message_id, raw, source, reason, sf_error, created_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
-                (report_id, message_id, text, source, reason, sf_error, _ts(now_utc())),
+            cursor = db.execute(
+                """INSERT INTO dead_letters (report_id, message_id, raw, source, reason, sf_error, created_at,
+                   fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
+                (report_id, message_id, text, source, reason, sf_error, _ts(now_utc()), fingerprint),
             )
             if report_id:
                 db.execute("DELETE FROM waiting WHERE report_id = ?", (report_id,))
+            return cursor.rowcount == 1
 
     def dead_letters(self, limit: int = 100, include_retried: bool = False) -> list[DeadLetter]:
         where = "" if include_retried else "WHERE retried_at IS NULL"

@@ -7,6 +7,7 @@ made durable; end with one summary line and a row in the run history.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -155,7 +156,9 @@ class Worker:
             self._absorb(result, summary, waiting_retry=True)
 
     def _poll(self, pipeline: Pipeline, options: RunOptions, summary: RunSummary, started: float) -> str:
-        held_this_run: set[str] = set()
+        # Reports handled this run. One that comes back was not confirmed (its write failed
+        # transiently, or it has no id to confirm it by): never process it twice in a run.
+        seen: set[str] = set()
         while True:
             reason = self._should_stop(options, summary, started)
             if reason:
@@ -164,18 +167,18 @@ class Worker:
             self.on_stage("fetched")
             if not raws:
                 return "queue_empty" if summary.counts["fetched"] else "nothing_to_do"
-            fresh = [r for r in raws if _report_id(r) not in held_this_run]
+            fresh = [r for r in raws if _report_key(r) not in seen]
             if not fresh:
-                log.warning("every report in the queue's head failed to write this run; they stay unconfirmed "
-                            "and are retried next run", extra={"event": "held"})
+                log.warning("the head of the queue holds only reports this run could not confirm; they stay "
+                            "unconfirmed and are tried again next run", extra={"event": "held"})
                 return "held"
             if options.max_reports is not None:
                 fresh = fresh[: max(options.max_reports - summary.counts["fetched"], 0)]
             summary.counts["fetched"] += len(fresh)
+            seen.update(_report_key(r) for r in fresh)
             result = pipeline.process(fresh, "poll")
             self._absorb(result, summary)
             self._confirm(result, options, summary)
-            held_this_run.update(result.held)
             if options.dry_run:
                 return "dry_run"  # nothing is confirmed, so the next fetch would be the same batch
             if options.once:
@@ -238,3 +241,9 @@ class Worker:
 
 def _report_id(raw: Any) -> str | None:
     return raw.get("delivery_report_id") if isinstance(raw, dict) else None
+
+
+def _report_key(raw: Any) -> str:
+    """The report id, or for a report without a usable one, its content."""
+    rid = _report_id(raw)
+    return rid if isinstance(rid, str) and rid else "raw:" + json.dumps(raw, sort_keys=True, default=str)

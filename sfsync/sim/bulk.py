@@ -216,11 +216,12 @@ class BulkIngest:
                 header = next(reader, None)
                 if header is None:
                     raise HttpError(400, "InvalidBatch : the upload has no header row", "INVALIDBATCH")
-                if self._accept_header(job, [c.strip() for c in header]):
-                    for row in reader:
+                accepted = self._accept_header(job, [c.strip() for c in header])
+                for row in reader:
+                    # Rows after a failed header or an abort are left unprocessed, as Salesforce does.
+                    if accepted and job.state == "Open":
                         self._process_row(job, row)
-                else:
-                    for row in reader:
+                    elif row:
                         job.writer("unprocessedRecords").writerow(row)
             except csv.Error as exc:
                 job.error_message = f"InvalidBatch : malformed CSV at line {reader.line_num}: {exc}"

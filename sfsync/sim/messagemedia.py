@@ -219,6 +219,24 @@ class MessageMediaSim(SimApp):
                 self._apply_to_message(wire, account)
             return ids
 
+    def add_raw_reports(self, reports: list[Any], account: str | None = None) -> list[str]:
+        """Queue reports verbatim, however malformed (for tests of bad input): no defaults, no
+        validation. Each is stored under its own delivery_report_id when it has a string one
+        (so it can be confirmed), else under an internal key (it is then served forever, as a
+        broken real report would be)."""
+        account = account or self.account_id
+        with self.lock:
+            queue = self._queues.setdefault(account, OrderedDict())
+            keys = []
+            for raw in reports:
+                rid = raw.get("delivery_report_id") if isinstance(raw, dict) else None
+                key = rid if isinstance(rid, str) and rid and rid not in self._reports else f"raw-{uuid.uuid4()}"
+                stored = _Report(raw, account)
+                self._reports[key] = stored
+                queue[key] = stored
+                keys.append(key)
+            return keys
+
     def _prepare_report(self, raw: dict[str, Any], account: str, now: str) -> dict[str, Any]:
         if not isinstance(raw, dict) or not raw.get("message_id"):
             raise ValueError("every delivery report needs a message_id")

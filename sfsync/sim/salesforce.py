@@ -1,6 +1,6 @@
 """A Salesforce REST simulator: OAuth token grants, SOQL query with server-side cursors, sObject
 Collections update, single-record get and update, describe, limits and Bulk API 2.0 ingest, over HTTPS
-on loopback, answering as the real service does (see docs/reference/salesforce.md).
+on loopback, answering as the real service does (errors, limits, paging, per-record results).
 
 Every write, whichever API it comes through, passes one validation rule (``_check``) and one apply
 step (``_apply``) that records per-Task history, so tests can prove what was written, when and how.
@@ -18,6 +18,7 @@ import itertools
 import json
 import re
 import secrets
+import sys
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -82,6 +83,7 @@ class FieldDef:
     nillable: bool = True
     picklist_values: list[str] = field(default_factory=list)
     restricted_picklist: bool = False
+    category: str = field(init=False, repr=False, compare=False)
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> FieldDef:
@@ -103,9 +105,8 @@ class FieldDef:
             restricted_picklist=bool(spec.get("restrictedPicklist", False)),
         )
 
-    @property
-    def category(self) -> str:
-        return soql.category(self.type)
+    def __post_init__(self) -> None:
+        self.category = soql.category(self.type)  # looked up on every write: computed once
 
     @property
     def indexed(self) -> bool:
@@ -121,6 +122,49 @@ class FieldDef:
             "picklistValues": [{"value": v, "label": v, "active": True, "defaultValue": False}
                                for v in self.picklist_values],
         }
+
+
+HistoryEntry = tuple[float, str, tuple[str, ...], tuple[Any, ...]]  # time, via, field names, values
+
+
+class _FieldIndex:
+    """Task Ids by one field's value, so ``X = '..'`` and ``X IN (..)`` need no scan. A value held by
+    one Task keeps its Id bare (external ids are mostly unique): a set per value costs 200 bytes."""
+
+    def __init__(self, spec: FieldDef):
+        self.spec = spec
+        self.entries: dict[Any, str | set[str]] = {}
+
+    def key(self, value: Any) -> Any:
+        return value.casefold() if isinstance(value, str) and self.spec.category == "string" else value
+
+    def add(self, value: Any, task_id: str) -> None:
+        if value is None:
+            return
+        key = self.key(value)
+        held = self.entries.get(key)
+        if held is None:
+            self.entries[key] = task_id
+        elif isinstance(held, set):
+            held.add(task_id)
+        elif held != task_id:
+            self.entries[key] = {held, task_id}
+
+    def remove(self, value: Any, task_id: str) -> None:
+        if value is None:
+            return
+        key = self.key(value)
+        held = self.entries.get(key)
+        if held == task_id:
+            del self.entries[key]
+        elif isinstance(held, set):
+            held.discard(task_id)
+            if not held:
+                del self.entries[key]
+
+    def get(self, value: Any) -> Iterable[str]:
+        held = self.entries.get(self.key(value))
+        return () if held is None else (held,) if isinstance(held, str) else held
 
 
 class RecordError(Exception):
@@ -194,6 +238,9 @@ def _b64url(text: str) -> bytes:
 
 # -- the simulator -------------------------------------------------------------------------------
 class SalesforceSim(SimApp):
+    """Salesforce's REST API for one object, Task. State lives in memory under ``self.lock``; the
+    Python methods below are what tests and the harness use, and what the ``/_sim/`` routes call."""
+
     def __init__(
         self,
         client_id: str = "sim-client-id",
@@ -222,6 +269,7 @@ class SalesforceSim(SimApp):
         self.api_calls: Counter[str] = Counter()
         self.api_usage = 0
         self._tokens: dict[str, float] = {}
+        self._last_stamp: tuple[int, str] = (-1, "")
         self._task_numbers = itertools.count(10_000_000_000, 104_729)  # never reused, even across reset()
         self._cursor_numbers = itertools.count(30_000_000_000, 7_907)
         self._clear_data()
@@ -232,12 +280,12 @@ class SalesforceSim(SimApp):
 
     def _clear_data(self) -> None:
         self._tasks: dict[str, dict[str, Any]] = {}
-        self._seq: dict[str, int] = {}
         self._deleted: set[str] = set()
-        self._history: dict[str, list[tuple[float, str, dict[str, Any]]]] = {}
+        self._history: dict[str, HistoryEntry | list[HistoryEntry]] = {}
+        self._field_sets: dict[tuple[str, ...], tuple[str, ...]] = {}  # one shared tuple per set of fields
         self._rules: list[ValidationRule] = []
         self._cursors: OrderedDict[str, _Cursor] = OrderedDict()
-        self._index: dict[str, dict[Any, set[str]]] = {}
+        self._index: dict[str, _FieldIndex] = {}
 
     # -- Python API (the admin routes call these) ----------------------------------------------
     def add_tasks(self, records: list[dict[str, Any]]) -> list[str]:
@@ -249,20 +297,23 @@ class SalesforceSim(SimApp):
             if len(fresh) != len(prepared) or fresh & self._tasks.keys():
                 raise ValueError("duplicate Task Id")
             for task in prepared:
-                self._seq[task["Id"]] = len(self._seq)
                 self._tasks[task["Id"]] = task
                 self._index_add(task)
         return [task["Id"] for task in prepared]
 
     def task(self, task_id: str) -> dict[str, Any] | None:
+        """A copy of a live Task with every schema field (None when unset), or None."""
         key = soql.canonical_id(task_id)
         with self.lock:
             task = self._tasks.get(key or "")
-            return dict(task) if task is not None and key not in self._deleted else None
+            return self._public(task) if task is not None and key not in self._deleted else None
 
     def tasks(self) -> list[dict[str, Any]]:
         with self.lock:
-            return [dict(t) for i, t in self._tasks.items() if i not in self._deleted]
+            return [self._public(t) for i, t in self._tasks.items() if i not in self._deleted]
+
+    def _public(self, task: Mapping[str, Any]) -> dict[str, Any]:
+        return {**dict.fromkeys(self._schema), **task}
 
     def delete_task(self, task_id: str) -> None:
         """Send a Task to the recycle bin: writes then fail with ENTITY_IS_DELETED."""
@@ -275,7 +326,10 @@ class SalesforceSim(SimApp):
     def history(self, task_id: str) -> list[dict[str, Any]]:
         key = soql.canonical_id(task_id) or ""
         with self.lock:
-            return [{"time": t, "via": via, "fields": dict(changes)} for t, via, changes in self._history.get(key, [])]
+            past = self._history.get(key)
+            entries = [] if past is None else past if isinstance(past, list) else [past]
+            return [{"time": t, "via": via, "fields": dict(zip(names, values, strict=True))}
+                    for t, via, names, values in entries]
 
     def set_schema(self, fields: list[dict[str, Any]]) -> None:
         defs = [FieldDef.from_dict(spec) for spec in fields]
@@ -366,28 +420,19 @@ class SalesforceSim(SimApp):
             pass
         return task_id
 
-    def _index_key(self, spec: FieldDef, value: Any) -> Any:
-        return value.casefold() if isinstance(value, str) and spec.category == "string" else value
-
     def _index_add(self, task: Mapping[str, Any]) -> None:
-        for name, entries in self._index.items():
-            value = task.get(name)
-            if value is not None:
-                entries.setdefault(self._index_key(self._schema[name], value), set()).add(task["Id"])
+        for name, index in self._index.items():
+            index.add(task.get(name), task["Id"])
 
     def _rebuild_index(self) -> None:
-        self._index = {d.name: {} for d in self._schema.values() if d.indexed}
+        self._index = {d.name: _FieldIndex(d) for d in self._schema.values() if d.indexed}
         for task in self._tasks.values():
             self._index_add(task)
 
     def _reindex(self, task: Mapping[str, Any], changes: Mapping[str, Any]) -> None:
         for name in self._index.keys() & changes.keys():
-            spec, entries = self._schema[name], self._index[name]
-            old = task.get(name)
-            if old is not None:
-                entries.get(self._index_key(spec, old), set()).discard(task["Id"])
-            if changes[name] is not None:
-                entries.setdefault(self._index_key(spec, changes[name]), set()).add(task["Id"])
+            self._index[name].remove(task.get(name), task["Id"])
+            self._index[name].add(changes[name], task["Id"])
 
     # -- the one write rule ----------------------------------------------------------------------
     def _check(self, raw_id: Any, values: Mapping[str, Any], *, from_csv: bool) -> tuple[str, dict[str, Any]]:
@@ -414,7 +459,7 @@ class SalesforceSim(SimApp):
     def _resolve_id(self, raw_id: Any) -> str:
         if raw_id is None or raw_id == "":
             raise RecordError("MISSING_ARGUMENT", "Id not specified in an update call", ["Id"])
-        task_id = soql.canonical_id(raw_id)
+        task_id = raw_id if raw_id in self._tasks else soql.canonical_id(raw_id)
         if task_id is None:
             raise RecordError("MALFORMED_ID", f"malformed id {raw_id}", ["Id"])
         if not task_id.startswith(TASK_PREFIX):
@@ -443,7 +488,10 @@ class SalesforceSim(SimApp):
         try:
             if cat == "string" and (isinstance(value, str) or (isinstance(value, int | float)
                                                                 and not isinstance(value, bool))):
-                return str(value) or None  # Salesforce stores an empty text as null
+                text = str(value)
+                if not text:
+                    return None  # Salesforce stores an empty text as null
+                return sys.intern(text) if len(text) <= 40 else text  # statuses repeat a million times
             if cat == "id":
                 canonical = soql.canonical_id(value)
                 if canonical is None:
@@ -499,8 +547,23 @@ class SalesforceSim(SimApp):
         task = self._tasks[task_id]
         self._reindex(task, changes)
         task.update(changes)
-        task["LastModifiedDate"] = soql.format_datetime(dt.datetime.fromtimestamp(now, dt.UTC))
-        self._history.setdefault(task_id, []).append((now, via, changes))
+        task["LastModifiedDate"] = self._stamp(now)
+        names = tuple(changes)
+        entry = (now, via, self._field_sets.setdefault(names, names), tuple(changes.values()))
+        past = self._history.get(task_id)  # one write is stored bare, more as a list: bulk writes a million
+        if past is None:
+            self._history[task_id] = entry
+        elif isinstance(past, list):
+            past.append(entry)
+        else:
+            self._history[task_id] = [past, entry]
+
+    def _stamp(self, now: float) -> str:
+        # Bulk writes thousands of rows a millisecond: format each millisecond once.
+        millis = int(now * 1000)
+        if self._last_stamp[0] != millis:
+            self._last_stamp = (millis, soql.format_datetime(dt.datetime.fromtimestamp(millis / 1000, dt.UTC)))
+        return self._last_stamp[1]
 
     # -- HTTP plumbing -------------------------------------------------------------------------
     def match(self, request: Request) -> tuple[_Route | None, bool]:
@@ -691,10 +754,10 @@ class SalesforceSim(SimApp):
                 if name == "Id":
                     ids.update(c for v in values if (c := soql.canonical_id(v)) in self._tasks)
                     continue
-                spec, entries = self._schema[name], self._index[name]
                 for value in values:
-                    ids.update(entries.get(self._index_key(spec, value), ()))
-            rows = [self._tasks[i] for i in sorted(ids, key=self._seq.__getitem__)]
+                    ids.update(self._index[name].get(value))
+            # Generated Ids sort in creation order, the order a scan yields.
+            rows = [self._tasks[i] for i in sorted(ids)]
         if include_deleted or not self._deleted:
             return rows
         return (row for row in rows if row["Id"] not in self._deleted)

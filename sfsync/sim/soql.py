@@ -30,16 +30,14 @@ _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _ID_SHAPE = re.compile(r"[0-9A-Za-z]{15}(?:[0-9A-Za-z]{3})?")
 
 
+_CASE_BITS = str.maketrans({chr(c): "1" if chr(c).isupper() else "0" for c in range(128) if chr(c).isalnum()})
+
+
 def id_suffix(id15: str) -> str:
-    """The three checksum characters that make a 15-character Id case-insensitively unique."""
-    out = []
-    for chunk in range(3):
-        bits = 0
-        for i, ch in enumerate(id15[chunk * 5 : chunk * 5 + 5]):
-            if "A" <= ch <= "Z":
-                bits |= 1 << i
-        out.append(_CHECKSUM[bits])
-    return "".join(out)
+    """The three checksum characters that make a 15-character Id case-insensitively unique: per
+    five-character chunk, a bit for each uppercase letter (first character lowest)."""
+    bits = id15.translate(_CASE_BITS)
+    return "".join(_CHECKSUM[int(bits[i : i + 5][::-1], 2)] for i in (0, 5, 10))
 
 
 def canonical_id(raw: object) -> str | None:
@@ -50,6 +48,8 @@ def canonical_id(raw: object) -> str | None:
         return None
     if len(raw) == 15:
         return raw + id_suffix(raw)
+    if id_suffix(raw[:15]) == raw[15:]:
+        return raw  # already canonical: the common case, kept fast
     suffix = raw[15:].upper()
     chars = list(raw[:15])
     for chunk, letter in enumerate(suffix):
@@ -576,7 +576,11 @@ class Plan:
             for (out_key, _, _), n in zip(self.aggregate_items, tally, strict=True):
                 record[out_key] = n
             results.append(record)
-        return self._sort_slice(results)
+        results = self._sort_slice(results)
+        for unselected in set(self.group_by) - set(self.fields):  # grouped (and maybe ordered) by, not selected
+            for record in results:
+                del record[unselected]
+        return results
 
 
 class Binder:
@@ -660,6 +664,7 @@ class Binder:
                 name = self.resolve(item).name
                 if name not in plan.group_by:
                     raise self.error("MALFORMED_QUERY", item.pos, f"Field must be grouped or aggregated: {name}")
+                plan.fields.append(name)
                 continue
             assert item.field is not None
             counted = self.resolve(item.field).name
@@ -745,7 +750,7 @@ class Binder:
                 if canonical is None:
                     raise self.error("INVALID_QUERY_FILTER_OPERATOR", lit.pos, f"invalid ID field: {text}")
                 return canonical
-            return text.casefold()
+            return text.casefold() or None  # Salesforce stores no empty text: '' means null
         return _key(cat, lit.value)
 
     def range_bounds(self, cat: str, lit: Literal) -> tuple[str, str]:
@@ -811,7 +816,8 @@ def _lookups(expr: Expr, indexed: set[str]) -> list[tuple[str, list[Any]]] | Non
         if spec_name is None or expr.op not in ("=", "IN"):
             return None
         values = expr.value if isinstance(expr.value, tuple) else (expr.value,)
-        if any(v.kind not in ("string", "number") for v in values):
+        # A null (or '', which means null) matches rows no index holds.
+        if any(v.kind not in ("string", "number") or (v.kind == "string" and not v.value.value) for v in values):
             return None
         return [(spec_name, [v.value.value if v.kind == "string" else v.value for v in values])]
     if isinstance(expr, BoolOp):

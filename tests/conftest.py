@@ -1,0 +1,94 @@
+"""Shared fixtures: the simulators on 127.0.0.1 and a worker configured against them exactly as
+ops would configure it (environment variables -> settings -> clients)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sfsync.config import Settings, load_settings
+from sfsync.sim.harness import Simulators
+from sfsync.worker import Worker, build_clients
+
+T0 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
+_seq = itertools.count()
+
+
+@pytest.fixture
+def sims() -> Iterator[Simulators]:
+    with Simulators() as running:
+        yield running
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def worker_env(sims: Simulators, state_dir: Path) -> dict[str, str]:
+    return {**sims.env(), "SFSYNC_STATE_DIR": str(state_dir), "SFSYNC_RETRY_MAX_SECONDS": "30"}
+
+
+@pytest.fixture
+def settings_for(worker_env: dict[str, str]) -> Callable[..., Settings]:
+    def make(**overrides: str) -> Settings:
+        return load_settings(environ={**worker_env, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def make_worker(settings_for: Callable[..., Settings]) -> Callable[..., Worker]:
+    """A worker whose retries never sleep (the simulators' faults are what is under test)."""
+
+    def make(on_stage: Callable[[str], None] | None = None, **overrides: str) -> Worker:
+        settings = settings_for(**overrides)
+        mm, sf, retries = build_clients(settings, sleep=lambda seconds: None)
+        return Worker(settings, mm=mm, sf=sf, retries=retries, on_stage=on_stage)
+
+    return make
+
+
+def at(minutes: float) -> str:
+    return (T0 + dt.timedelta(minutes=minutes)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def report(message_id: str, status: str, code: str | None = None, minute: float = 0, **extra: Any) -> dict[str, Any]:
+    """A delivery report as MessageMedia serves it (error_code only when given)."""
+    body: dict[str, Any] = {
+        "delivery_report_id": extra.pop("delivery_report_id", str(uuid.uuid4())),
+        "message_id": message_id, "status": status,
+        "submitted_date": at(minute), "date_received": at(minute + 0.01),
+        "source_number": "+61491570157", "original_text": "Hello", "delay": 0,
+        "vendor_account_id": {"vendor_id": "MessageMedia", "account_id": "SimAccount"}, "metadata": {},
+    }
+    if code is not None:
+        body["error_code"] = code
+    body.update(extra)
+    return body
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+def add_tasks(sims: Simulators, message_ids: list[str], **fields: Any) -> list[str]:
+    return sims.sf.add_tasks([{"Subject": f"SMS {next(_seq)}", "SMS_Message_Id__c": m, **fields}
+                              for m in message_ids])
+
+
+def fields_of(sims: Simulators, task_id: str) -> tuple[Any, Any]:
+    task = sims.sf.task(task_id)
+    assert task is not None
+    return task.get("SMS_Status__c"), task.get("SMS_Status_Code__c")
+
+
+def composite_calls(sims: Simulators) -> int:
+    return int(sims.sf.stats()["api_calls"].get("composite", 0))

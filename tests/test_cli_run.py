@@ -1,0 +1,130 @@
+"""The real command line: `sfsync run` as ops run it, against `sfsync sim` as a separate process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sfsync.http import make_session
+from sfsync.lock import RunLock
+
+BIN = Path(sys.executable).parent
+SFSYNC = str(BIN / "sfsync")
+
+
+@pytest.fixture
+def sim_process(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    proc = subprocess.Popen([SFSYNC, "sim", "--seed-demo", "120", "--late-after", "600"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        info = json.loads(line)
+        yield info
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=15) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def env_for(info: dict[str, Any], state: Path, **extra: str) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")}
+    return {
+        **keep,
+        "SFSYNC_MM_BASE_URL": info["messagemedia_url"], "SFSYNC_MM_API_KEY": info["mm_api_key"],
+        "SFSYNC_MM_API_SECRET": info["mm_api_secret"], "SFSYNC_SF_LOGIN_URL": info["salesforce_login_url"],
+        "SFSYNC_SF_CLIENT_ID": info["sf_client_id"], "SFSYNC_SF_CLIENT_SECRET": info["sf_client_secret"],
+        "SFSYNC_CA_BUNDLE": info["ca_bundle"], "SFSYNC_STATE_DIR": str(state), **extra,
+    }
+
+
+def sfsync(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SFSYNC, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_run_against_sfsync_sim_drains_the_queue(sim_process: dict[str, Any], tmp_path: Path) -> None:
+    env = env_for(sim_process, tmp_path / "state")
+    result = sfsync("run", env=env, cwd=tmp_path)
+    assert result.returncode in (0, 6), result.stderr  # 6: the seeded deleted Task is a dead letter
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    summary = lines[-1]
+    assert summary["event"] == "run_summary" and summary["exit_reason"] == "queue_empty"
+    assert summary["confirmed"] == summary["fetched"] > 0
+
+    session = make_session(sim_process["ca_bundle"])
+    mm_stats = session.get(sim_process["messagemedia_url"] + "/_sim/stats", timeout=10).json()
+    assert mm_stats["unconfirmed"] == 0
+    tasks = session.get(sim_process["salesforce_url"] + "/_sim/tasks", timeout=10).json()
+    tasks = tasks.get("records", tasks) if isinstance(tasks, dict) else tasks
+    assert sum(1 for t in tasks if t.get("SMS_Status__c")) >= 100
+
+    # No secret and no full phone number anywhere in the output.
+    for secret in (sim_process["mm_api_secret"], sim_process["sf_client_secret"]):
+        assert secret not in result.stderr + result.stdout
+    assert not re.search(r"\+614\d{8}", result.stderr)
+
+    again = sfsync("run", env=env, cwd=tmp_path)
+    assert again.returncode == 0
+    assert json.loads(again.stderr.splitlines()[-1])["exit_reason"] == "nothing_to_do"
+
+    status = sfsync("status", "--json", env=env, cwd=tmp_path)
+    assert [r["exit_reason"] for r in json.loads(status.stdout)["runs"]][:2] == ["nothing_to_do", "queue_empty"]
+    letters = sfsync("dead-letters", "list", "--json", env=env, cwd=tmp_path)
+    assert all("ENTITY_IS_DELETED" in (d["sf_error"] or "") for d in json.loads(letters.stdout))
+
+
+def test_second_run_exits_7_while_one_holds_the_lock(tmp_path: Path, sim_process: dict[str, Any]) -> None:
+    env = env_for(sim_process, tmp_path / "state")
+    with RunLock(tmp_path / "state" / "sfsync.lock"):
+        result = sfsync("run", env=env, cwd=tmp_path)
+    assert result.returncode == 7
+    assert "another sfsync run" in result.stderr
+
+
+def test_missing_configuration_is_exit_3_naming_the_variables(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")}
+    env["SFSYNC_MM_API_SECRET"] = "s3cr3t-value-never-shown"
+    result = sfsync("run", "--log-format", "text", env=env, cwd=tmp_path)
+    assert result.returncode == 3
+    assert "SFSYNC_MM_API_KEY" in result.stderr and "SFSYNC_SF_CLIENT_ID" in result.stderr
+    assert "s3cr3t-value-never-shown" not in result.stderr
+
+
+def test_plain_http_urls_are_refused(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")}
+    env["SFSYNC_MM_BASE_URL"] = "http://api.messagemedia.com"
+    result = sfsync("run", env=env, cwd=tmp_path)
+    assert result.returncode == 3 and "https://" in result.stderr
+
+
+def test_env_file_is_read_and_the_environment_wins(tmp_path: Path, sim_process: dict[str, Any]) -> None:
+    env = env_for(sim_process, tmp_path / "state")
+    settings = {k: env.pop(k) for k in list(env) if k.startswith("SFSYNC_")}
+    env_file = tmp_path / "sfsync.env"
+    env_file.write_text("\n".join(f"{k}={v}" for k, v in settings.items()) + "\nSFSYNC_MM_API_KEY=wrong-key\n")
+    env["SFSYNC_MM_API_KEY"] = settings["SFSYNC_MM_API_KEY"]  # the real variable wins over the file
+    result = sfsync("run", "--once", "--env-file", str(env_file), env=env, cwd=tmp_path)
+    assert result.returncode in (0, 6), result.stderr
+    bad = sfsync("run", "--env-file", str(tmp_path / "missing.env"), env=env, cwd=tmp_path)
+    assert bad.returncode == 3
+
+
+def test_dry_run_prints_changes_and_writes_nothing(tmp_path: Path, sim_process: dict[str, Any]) -> None:
+    env = env_for(sim_process, tmp_path / "state")
+    result = sfsync("run", "--dry-run", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "would be written" in result.stdout and "by SMS Status" in result.stdout
+    session = make_session(sim_process["ca_bundle"])
+    assert session.get(sim_process["messagemedia_url"] + "/_sim/stats", timeout=10).json()["confirmed"] == 0

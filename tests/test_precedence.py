@@ -1,0 +1,86 @@
+"""The precedence rule as a pure function, and the property the issue asks for: any interleaving
+of any reports ends on the same fields as applying them in event order."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sfsync.precedence import Action, Status, decide, strongest, wins
+
+T0 = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
+LABELS = {"Sending": False, "Submitted": False, "Scheduled": False, "Unknown": False,
+          "Delivered": True, "Failed": True, "Rejected": True, "Stopped": True}
+
+
+def status(label: str, code: str | None = None, minute: int | None = 0, received: int | None = None,
+           rid: str = "r") -> Status:
+    def t(m: int | None) -> dt.datetime | None:
+        return None if m is None else T0 + dt.timedelta(minutes=m)
+
+    return Status(label, code, LABELS[label], t(minute), t(received), rid)
+
+
+def test_final_is_never_replaced_by_non_final_even_if_later() -> None:
+    assert not wins(status("Delivered", "220", 1), status("Submitted", "210", 9))
+    assert wins(status("Submitted", "210", 9), status("Delivered", "220", 1))
+
+
+def test_later_event_wins_between_equals() -> None:
+    assert wins(status("Sending", "200", 1), status("Submitted", "210", 2))
+    assert not wins(status("Submitted", "210", 2), status("Sending", "200", 1))
+    assert wins(status("Failed", "400", 1), status("Delivered", "220", 2))
+
+
+def test_date_received_breaks_a_submitted_date_tie_then_the_code() -> None:
+    assert wins(status("Submitted", "210", 1, received=1), status("Sending", "200", 1, received=2))
+    assert wins(status("Delivered", None, 1, 1, "b"), status("Delivered", "220", 1, 1, "a"))
+
+
+def test_unknown_current_time_means_arrival_order() -> None:
+    assert wins(status("Submitted", "210", None), status("Sending", "200", 1))
+    assert not wins(status("Delivered", "220", None), status("Sending", "200", 1))
+
+
+def test_decide() -> None:
+    assert decide(None, status("Sending")) is Action.WRITE
+    assert decide(status("Delivered", "220", 1), status("Delivered", "220", 2)) is Action.UNCHANGED
+    assert decide(status("Delivered", "220", 2), status("Submitted", "210", 3)) is Action.STALE
+    assert decide(status("Delivered", "220", 1), status("Delivered", "221", 2)) is Action.WRITE
+
+
+reports = st.lists(
+    st.builds(
+        lambda label, code, minute, received: (label, code, minute, received),
+        st.sampled_from(sorted(LABELS)), st.sampled_from([None, "200", "210", "220", "400", "999"]),
+        st.integers(0, 5), st.one_of(st.none(), st.integers(0, 5)),
+    ),
+    min_size=1, max_size=8,
+)
+
+
+@given(reports=reports, data=st.data())
+def test_any_interleaving_ends_as_event_order(reports: list[tuple[str, str | None, int, int | None]],
+                                              data: st.DataObject) -> None:
+    statuses = [status(label, code, minute, received, rid=f"r{i:02}")
+                for i, (label, code, minute, received) in enumerate(reports)]
+    arrival = data.draw(st.permutations(statuses))
+
+    def apply(sequence: list[Status]) -> tuple[str, str | None]:
+        current: Status | None = None
+        for incoming in sequence:
+            if decide(current, incoming) is not Action.STALE:
+                current = incoming
+        assert current is not None
+        return current.label, current.code
+
+    def event_key(s: Status) -> tuple[dt.datetime, dt.datetime, bool, str]:
+        return (s.event_time or T0, s.received_time or T0, s.code is not None, s.tiebreak)
+
+    in_event_order = apply(sorted(statuses, key=event_key))
+    assert apply(list(arrival)) == in_event_order
+    assert (strongest(list(arrival)).label, strongest(list(arrival)).code) == in_event_order
+    if any(s.final for s in statuses):
+        assert LABELS[in_event_order[0]]  # a final status, once seen, is where it ends

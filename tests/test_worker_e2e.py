@@ -1,0 +1,348 @@
+"""`sfsync run` end to end against the simulators: assertions are on the Tasks' fields in the
+Salesforce simulator and on what MessageMedia was told (confirmations), never on mocks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sfsync.errors import EXIT_BUDGET, EXIT_OK, EXIT_PARTIAL, AlreadyRunning, AuthError, ConfigError
+from sfsync.lock import RunLock
+from sfsync.sim.harness import Simulators
+from sfsync.worker import RunOptions, Worker
+from tests.conftest import add_tasks, composite_calls, fields_of, new_message_id, report
+
+MakeWorker = Callable[..., Worker]
+
+
+def confirmed_once(sims: Simulators, report_ids: list[str]) -> bool:
+    counts = sims.mm.stats()["confirm_counts"]
+    return all(counts.get(r, 0) >= 1 for r in report_ids)
+
+
+def test_happy_path(sims: Simulators, make_worker: MakeWorker) -> None:
+    messages = [new_message_id() for _ in range(250)]
+    tasks = add_tasks(sims, messages)
+    reports = [report(m, "delivered", "221", minute=i) for i, m in enumerate(messages)]
+    sims.mm.add_reports(reports)
+
+    summary = make_worker().run()
+
+    assert summary.exit_code == EXIT_OK
+    assert all(fields_of(sims, t) == ("Delivered", "221") for t in tasks)
+    assert sims.mm.stats()["unconfirmed"] == 0
+    assert confirmed_once(sims, [r["delivery_report_id"] for r in reports])
+    # 250 reports: 3 batches -> 3 look-ups and 3 collection writes, no per-report calls.
+    calls = sims.sf.stats()["api_calls"]
+    assert calls.get("query", 0) == 3 and calls.get("composite", 0) == 3
+    assert summary.counts["applied"] == 250
+
+
+def test_match_by_task_id_in_metadata(sims: Simulators, make_worker: MakeWorker) -> None:
+    [task] = sims.sf.add_tasks([{"Subject": "no message id on this Task"}])
+    sims.mm.add_reports([report(new_message_id(), "delivered", "220", metadata={"sf_task_id": task})])
+    make_worker().run()
+    assert fields_of(sims, task) == ("Delivered", "220")
+
+
+def test_out_of_order_in_one_batch_and_across_batches(sims: Simulators, make_worker: MakeWorker) -> None:
+    in_batch, across = new_message_id(), new_message_id()
+    t1, t2 = add_tasks(sims, [in_batch, across])
+    filler = [new_message_id() for _ in range(120)]
+    add_tasks(sims, filler)
+    sims.mm.add_reports([
+        report(in_batch, "delivered", "221", minute=5),
+        report(in_batch, "enroute", "200", minute=1),
+        report(across, "delivered", "220", minute=5),
+        *[report(m, "submitted", "210", minute=1) for m in filler],
+        report(across, "submitted", "210", minute=2),  # arrives in a later batch, older and non-final
+        report(in_batch, "submitted", None, minute=9),  # later in time but non-final: never over a final
+    ])
+    make_worker().run()
+    assert fields_of(sims, t1) == ("Delivered", "221")
+    assert fields_of(sims, t2) == ("Delivered", "220")
+    assert all(h["fields"].get("SMS_Status__c") != "Submitted" for h in sims.sf.history(t2)[1:])
+
+
+def test_later_event_wins_among_non_final(sims: Simulators, make_worker: MakeWorker) -> None:
+    message = new_message_id()
+    [task] = add_tasks(sims, [message])
+    worker = make_worker()
+    sims.mm.add_reports([report(message, "submitted", "210", minute=3)])
+    worker.run()
+    sims.mm.add_reports([report(message, "enroute", "200", minute=1)])  # older event, arrives later
+    worker.run()
+    assert fields_of(sims, task) == ("Submitted", "210")
+
+
+def test_rerun_of_the_same_reports_makes_zero_writes(sims: Simulators, make_worker: MakeWorker) -> None:
+    messages = [new_message_id() for _ in range(150)]
+    add_tasks(sims, messages)
+    first = [report(m, "delivered", "220", minute=1) for m in messages]
+    sims.mm.add_reports(first)
+    worker = make_worker()
+    worker.run()
+    writes = composite_calls(sims)
+    # MessageMedia serves the same statuses again (new report ids): nothing to write.
+    sims.mm.add_reports([report(m, "delivered", "220", minute=1) for m in messages])
+    summary = worker.run()
+    assert composite_calls(sims) == writes
+    assert summary.counts["skipped_unchanged"] + summary.counts["skipped_stale"] == 150
+    assert summary.counts["applied"] == 0
+    assert sims.mm.stats()["unconfirmed"] == 0
+
+
+def test_task_that_appears_later_waits_then_applies(sims: Simulators, make_worker: MakeWorker) -> None:
+    message = new_message_id()
+    r = report(message, "delivered", "221", minute=1)
+    sims.mm.add_reports([r])
+    worker = make_worker()
+    first = worker.run()
+    assert first.counts["waiting"] == 1
+    assert confirmed_once(sims, [r["delivery_report_id"]])  # kept locally, so confirmed
+    assert worker.store.waiting_count() == 1
+
+    [task] = add_tasks(sims, [message])
+    not_due = worker.run()  # back-off: not retried yet
+    assert not_due.counts["applied"] == 0 and fields_of(sims, task) == (None, None)
+    worker.run(RunOptions(retry_waiting=True))
+    assert fields_of(sims, task) == ("Delivered", "221")
+    assert worker.store.waiting_count() == 0
+
+
+def test_waiting_report_becomes_dead_letter_after_max_age(sims: Simulators, make_worker: MakeWorker) -> None:
+    sims.mm.add_reports([report(new_message_id(), "delivered", "221")])
+    worker = make_worker(SFSYNC_WAIT_MAX_AGE_HOURS="0.0000001")
+    worker.run()
+    summary = worker.run(RunOptions(retry_waiting=True))
+    assert summary.exit_code == EXIT_PARTIAL
+    assert worker.store.waiting_count() == 0
+    [letter] = worker.store.dead_letters()
+    assert "no Task found" in letter.reason
+
+
+def test_deleted_task_is_a_dead_letter_with_the_salesforce_error(sims: Simulators, make_worker: MakeWorker) -> None:
+    [task] = sims.sf.add_tasks([{"Subject": "to be deleted"}])
+    sims.sf.delete_task(task)
+    r = report(new_message_id(), "delivered", "220", metadata={"sf_task_id": task})
+    sims.mm.add_reports([r])
+    worker = make_worker()
+    summary = worker.run()
+    assert summary.exit_code == EXIT_PARTIAL
+    [letter] = worker.store.dead_letters()
+    assert letter.report_id == r["delivery_report_id"]
+    assert "ENTITY_IS_DELETED" in (letter.sf_error or "")
+    assert confirmed_once(sims, [r["delivery_report_id"]])
+
+
+def test_validation_errors_become_dead_letters_others_still_written(sims: Simulators,
+                                                                    make_worker: MakeWorker) -> None:
+    good, rule, long_code = new_message_id(), new_message_id(), new_message_id()
+    t_good, t_rule, t_long = add_tasks(sims, [good, rule, long_code])
+    sims.sf.add_validation_rule("SMS_Status__c", "Rejected", "Rejected SMS need a follow-up first")
+    sims.mm.add_reports([report(good, "delivered", "220"), report(rule, "rejected", "411"),
+                         report(long_code, "failed", "12345678901")])  # an unknown code longer than the field
+    worker = make_worker()
+    summary = worker.run()
+    assert fields_of(sims, t_good) == ("Delivered", "220")
+    assert fields_of(sims, t_rule) == (None, None) and fields_of(sims, t_long) == (None, None)
+    errors = sorted((d.sf_error or "").split(":")[0] for d in worker.store.dead_letters())
+    assert errors == ["FIELD_CUSTOM_VALIDATION_EXCEPTION", "STRING_TOO_LONG"]
+    assert summary.exit_code == EXIT_PARTIAL and sims.mm.stats()["unconfirmed"] == 0
+
+
+def test_truncation_only_where_configured(sims: Simulators, make_worker: MakeWorker) -> None:
+    message = new_message_id()
+    [task] = add_tasks(sims, [message])
+    sims.mm.add_reports([report(message, "failed", "12345678901")])
+    make_worker(SFSYNC_TRUNCATE_FIELDS="SMS_Status_Code__c").run()
+    assert fields_of(sims, task) == ("Failed", "1234567890")
+
+
+def test_expired_token_mid_run_gets_one_new_token(sims: Simulators, make_worker: MakeWorker) -> None:
+    messages = [new_message_id() for _ in range(300)]
+    tasks = add_tasks(sims, messages)
+    sims.mm.add_reports([report(m, "delivered", "220") for m in messages])
+    batches = []
+
+    def expire_after_first_batch(stage: str) -> None:
+        if stage == "confirmed":
+            batches.append(1)
+            if len(batches) == 1:
+                sims.sf.expire_tokens()
+
+    summary = make_worker(on_stage=expire_after_first_batch).run()
+    assert summary.exit_code == EXIT_OK
+    assert all(fields_of(sims, t) == ("Delivered", "220") for t in tasks)
+    assert sims.sf.stats()["api_calls"]["token"] == 2
+
+
+@pytest.mark.parametrize("kinds", [["429"], ["503", "502", "500"], ["reset", "malformed"]])
+def test_fault_bursts_are_retried_and_nothing_is_lost(sims: Simulators, make_worker: MakeWorker,
+                                                      kinds: list[str]) -> None:
+    messages = [new_message_id() for _ in range(200)]
+    tasks = add_tasks(sims, messages)
+    sims.mm.add_reports([report(m, "delivered", "221") for m in messages])
+    sims.mm.faults.configure(rate=0.3, kinds=kinds, seed=11, retry_after=0)
+    sims.sf.faults.configure(rate=0.3, kinds=kinds, seed=12, retry_after=0)
+    summary = make_worker(SFSYNC_RETRY_ATTEMPTS="12").run()
+    sims.mm.faults.configure(rate=0.0)
+    assert summary.retries > 0
+    assert all(fields_of(sims, t) == ("Delivered", "221") for t in tasks)
+    assert sims.mm.stats()["unconfirmed"] == 0
+
+
+def test_row_lock_errors_retry_only_the_locked_records(sims: Simulators, make_worker: MakeWorker) -> None:
+    messages = [new_message_id() for _ in range(100)]
+    tasks = add_tasks(sims, messages)
+    sims.mm.add_reports([report(m, "delivered", "221") for m in messages])
+    sims.sf.configure(lock_row_rate=0.3)
+    summary = make_worker().run()
+    assert all(fields_of(sims, t) == ("Delivered", "221") for t in tasks)
+    assert summary.retries > 0
+    assert all(len(sims.sf.history(t)) == 1 for t in tasks)  # each Task written once
+
+
+def test_api_budget_stops_cleanly_and_the_next_run_resumes(sims: Simulators, make_worker: MakeWorker) -> None:
+    messages = [new_message_id() for _ in range(400)]
+    tasks = add_tasks(sims, messages)
+    sims.mm.add_reports([report(m, "delivered", "220") for m in messages])
+    sims.sf.configure(daily_limit=1000, api_usage=895)  # 90% of 1,000 is reached after a few calls
+    summary = make_worker().run()
+    assert summary.exit_code == EXIT_BUDGET and summary.exit_reason == "api_budget"
+    written = [t for t in tasks if fields_of(sims, t) == ("Delivered", "220")]
+    assert 0 < len(written) < len(tasks)
+    # Confirmed exactly the reports whose Tasks were written: none unwritten was confirmed.
+    confirmed = set(sims.mm.stats()["confirm_counts"])
+    done_messages = {sims.sf.task(t)["SMS_Message_Id__c"] for t in written}  # type: ignore[index]
+    assert {r["message_id"] for r in sims.mm.reports("confirmed")} == done_messages
+    assert len(confirmed) == len(written)
+
+    sims.sf.configure(daily_limit=100_000)
+    assert make_worker().run().exit_code == EXIT_OK
+    assert all(fields_of(sims, t) == ("Delivered", "220") for t in tasks)
+
+
+def test_request_limit_exceeded_stops_cleanly(sims: Simulators, make_worker: MakeWorker) -> None:
+    messages = [new_message_id() for _ in range(50)]
+    add_tasks(sims, messages)
+    sims.mm.add_reports([report(m, "delivered", "220") for m in messages])
+    sims.sf.configure(daily_limit=10, api_usage=10)
+    summary = make_worker(SFSYNC_API_BUDGET_PCT="100").run()
+    assert summary.exit_code == EXIT_BUDGET
+    assert sims.mm.stats()["unconfirmed"] == 50
+
+
+@pytest.mark.parametrize("crash_at", ["fetched", "resolved", "matched", "wrote", "recorded", "confirming"])
+def test_crash_at_any_stage_then_rerun_ends_right(sims: Simulators, make_worker: MakeWorker, crash_at: str) -> None:
+    messages = [new_message_id() for _ in range(150)]
+    tasks = add_tasks(sims, messages)
+    waiting_message = new_message_id()
+    sims.mm.add_reports([*[report(m, "submitted", "210", minute=1) for m in messages],
+                         *[report(m, "delivered", "221", minute=2) for m in messages],
+                         report(waiting_message, "delivered", "220")])
+
+    class Crash(BaseException):
+        pass
+
+    def crash(stage: str) -> None:
+        if stage == crash_at:
+            raise Crash(stage)
+
+    with pytest.raises(Crash):
+        make_worker(on_stage=crash).run()
+    writes_before_rerun = {t: len(sims.sf.history(t)) for t in tasks}
+    rerun = make_worker().run()
+    assert rerun.exit_code == EXIT_OK
+    assert all(fields_of(sims, t) == ("Delivered", "221") for t in tasks)
+    assert sims.mm.stats()["unconfirmed"] == 0
+    # Nothing written twice: a Task already right before the rerun is not written again.
+    for t in tasks:
+        if writes_before_rerun[t] and sims.sf.history(t)[writes_before_rerun[t] - 1]["fields"].get(
+                "SMS_Status__c") == "Delivered":
+            assert len(sims.sf.history(t)) == writes_before_rerun[t]
+    assert make_worker().store.waiting_count() == 1
+
+
+def test_a_second_run_exits_while_the_lock_is_held(sims: Simulators, make_worker: MakeWorker) -> None:
+    worker = make_worker()
+    with RunLock(worker.settings.lock_path), pytest.raises(AlreadyRunning, match="another sfsync run"):
+        worker.run()
+    assert worker.run().exit_code == EXIT_OK  # free again once released
+
+
+def test_dry_run_writes_nothing_and_confirms_nothing(sims: Simulators, make_worker: MakeWorker) -> None:
+    messages = [new_message_id() for _ in range(10)]
+    tasks = add_tasks(sims, messages)
+    sims.mm.add_reports([report(m, "delivered", "220") for m in messages])
+    summary = make_worker().run(RunOptions(dry_run=True))
+    assert len(summary.changes) == 10 and summary.counts["would_write"] == 10
+    assert composite_calls(sims) == 0
+    assert all(fields_of(sims, t) == (None, None) for t in tasks)
+    assert sims.mm.stats()["unconfirmed"] == 10 and sims.mm.stats()["confirmed"] == 0
+
+
+@pytest.mark.parametrize("nasty", ["it's", "back\\slash", "x' OR Id != null OR Subject = 'y", "\\' OR ''='",
+                                   "SELECT Id FROM Task", "%_wild%", "ünïcödé 🚀"])
+def test_message_ids_are_escaped_in_soql(sims: Simulators, make_worker: MakeWorker, nasty: str) -> None:
+    [target] = add_tasks(sims, [nasty])
+    bystanders = add_tasks(sims, [new_message_id() for _ in range(3)])
+    sims.mm.add_reports([report(nasty, "delivered", "220")])
+    make_worker().run()
+    assert fields_of(sims, target) == ("Delivered", "220")
+    assert all(fields_of(sims, t) == (None, None) for t in bystanders)
+
+
+def test_bad_reports_are_dead_lettered_not_fatal(sims: Simulators, make_worker: MakeWorker) -> None:
+    message = new_message_id()
+    [task] = add_tasks(sims, [message])
+    bad = [
+        report(new_message_id(), "delivered", "220", submitted_date="not a date"),
+        report("", "delivered"),  # missing message id
+        report(new_message_id(), "delivered", ["220"]),  # wrong type
+        report(new_message_id(), 42),  # status not a string
+        "not an object",
+        {"message_id": new_message_id(), "status": "delivered"},  # no report id: cannot be confirmed
+    ]
+    sims.mm.add_raw_reports(bad)
+    sims.mm.add_reports([report(message, "delivered", "221")])
+    worker = make_worker()
+    summary = worker.run()
+    assert summary.counts["invalid"] == 6 and summary.exit_code == EXIT_PARTIAL
+    assert summary.exit_reason == "held"  # the two id-less reports stay at the head of the queue
+    assert fields_of(sims, task) == ("Delivered", "221")
+    assert sims.mm.stats()["unconfirmed"] == 2  # only the two with no id to confirm them by
+    again = worker.run()
+    assert again.counts["dead_lettered"] == 0  # already kept: not stored twice
+    reasons = " ".join(d.reason for d in worker.store.dead_letters())
+    assert "not an ISO-8601 date-time" in reasons and "missing message_id" in reasons
+
+
+def test_wrong_credentials_are_authentication_errors(sims: Simulators, make_worker: MakeWorker) -> None:
+    sims.mm.add_reports([report(new_message_id(), "delivered")])
+    with pytest.raises(AuthError, match="SFSYNC_MM_API_KEY"):
+        make_worker(SFSYNC_MM_API_SECRET="wrong").run()
+    with pytest.raises(AuthError, match="SFSYNC_SF_CLIENT_ID"):
+        make_worker(SFSYNC_SF_CLIENT_SECRET="wrong").run()
+    assert sims.mm.stats()["unconfirmed"] == 1
+
+
+def test_a_field_salesforce_rejects_fails_fast(sims: Simulators, make_worker: MakeWorker) -> None:
+    message = new_message_id()
+    add_tasks(sims, [message])
+    sims.mm.add_reports([report(message, "delivered")])
+    with pytest.raises(ConfigError, match="SFSYNC_FIELD"):
+        make_worker(SFSYNC_FIELD_STATUS="No_Such_Field__c").run()
+    assert sims.mm.stats()["unconfirmed"] == 1
+
+
+def test_run_history_records_each_run(sims: Simulators, make_worker: MakeWorker) -> None:
+    worker = make_worker()
+    sims.mm.add_reports([report(new_message_id(), "delivered")])
+    worker.run()
+    worker.run()
+    runs: list[dict[str, Any]] = worker.store.recent_runs()
+    assert [r["exit_reason"] for r in runs] == ["nothing_to_do", "queue_empty"]
+    assert runs[1]["counts"]["fetched"] == 1
