@@ -267,4 +267,16 @@ def _demo(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
-REGISTRARS: list[Callable[[Any], None]] = [_run, _status, _dead_letters, _demo, _sim]
+def _doctor(sub: Any) -> None:
+    from sfsync import doctor
+
+    doctor.register(sub)
+
+
+def _report(sub: Any) -> None:
+    from sfsync import report
+
+    report.register(sub)
+
+
+REGISTRARS: list[Callable[[Any], None]] = [_run, _status, _dead_letters, _doctor, _report, _demo, _sim]

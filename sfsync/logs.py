@@ -80,12 +80,23 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not when set up."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup(fmt: str = "auto", level: int = logging.INFO, stream: Any = None) -> None:
     """Configure the root logger once per process (idempotent)."""
-    stream = stream or sys.stderr
     if fmt == "auto":
-        fmt = "text" if getattr(stream, "isatty", lambda: False)() else "json"
-    handler = logging.StreamHandler(stream)
+        fmt = "text" if getattr(stream or sys.stderr, "isatty", lambda: False)() else "json"
+    handler: logging.Handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):

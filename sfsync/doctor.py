@@ -1,0 +1,225 @@
+"""`sfsync doctor`: a preflight an admin runs before the first cron entry.
+
+One line per check (ok / warn / fail) with what to do; ``--json``; exit status 1 when any check
+fails. It makes only harmless calls: a token, a describe, the limits, and a GET for a message id
+that cannot exist. It never prints a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from sfsync.codes import default_map
+from sfsync.config import Settings, load_settings, missing_variables
+from sfsync.errors import EXIT_OK, AlreadyRunning, SfsyncError
+from sfsync.lock import RunLock
+
+if TYPE_CHECKING:  # the clients are imported when the checks run, so `sfsync --help` stays quick
+    from sfsync.messagemedia import MessageMediaClient
+    from sfsync.salesforce import SalesforceClient
+
+TEXT_TYPES = {"string", "textarea", "picklist", "multipicklist", "phone", "url", "email", "encryptedstring"}
+NUMBER_TYPES = {"double", "int", "long", "currency", "percent"}
+PROBE_MESSAGE_ID = "00000000-0000-4000-8000-000000000000"  # a uuid no message has
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # ok | warn | fail
+    detail: str
+
+
+def run_checks(settings: Settings, *, mm: MessageMediaClient | None = None,
+               sf: SalesforceClient | None = None) -> list[Check]:
+    from sfsync.messagemedia import MessageMediaClient
+    from sfsync.retry import RetryPolicy
+    from sfsync.salesforce import SalesforceClient
+
+    checks: list[Check] = []
+    missing = missing_variables(settings)
+    checks.append(Check("configuration", "fail" if missing else "ok",
+                        "missing: " + ", ".join(missing) + " (see config/sfsync.env.example)" if missing
+                        else f"Salesforce auth: {settings.sf_auth_mode.replace('_', ' ')}; fields "
+                             f"{settings.field_status}, {settings.field_code}, {settings.field_message_id}"))
+    checks.append(_state_folder(settings))
+    checks.append(_lock(settings))
+    quick = RetryPolicy(attempts=2, max_seconds=20)
+    if not any(m.startswith("SFSYNC_MM") for m in missing):
+        checks.append(_guard("messagemedia credentials", lambda: _messagemedia(mm or MessageMediaClient(
+            settings, policy=quick))))
+    if any(m.startswith("SFSYNC_SF") for m in missing):
+        return checks
+    client = sf or SalesforceClient(settings, policy=quick)
+    token = _guard("salesforce token", lambda: _token(client))
+    checks.append(token)
+    if token.status == "fail":
+        return checks
+    describe: dict[str, Any] = {}
+
+    def fetch_describe() -> Check:
+        describe.update(client.describe_task())
+        return Check("task describe", "ok", f"{len(describe.get('fields', []))} Task fields")
+
+    checks.append(_guard("task describe", fetch_describe))
+    if describe:
+        checks += field_checks(settings, {f["name"]: f for f in describe.get("fields", []) if isinstance(f, dict)})
+    checks.append(_guard("api usage", lambda: _usage(client, settings)))
+    return checks
+
+
+def field_checks(settings: Settings, fields: dict[str, dict[str, Any]]) -> list[Check]:
+    """Each configured field: present, updateable, of a type and length that fit what we write."""
+    checks = []
+    labels = default_map().labels
+    longest = max(labels, key=len)
+    checks.append(_text_field(settings.field_status, "SFSYNC_FIELD_STATUS", fields, len(longest),
+                              f"the longest SMS Status label, {longest!r}", labels))
+    code = fields.get(settings.field_code)
+    if code and code.get("type") in NUMBER_TYPES:
+        checks.append(_updateable(Check(f"field {settings.field_code}", "warn",
+                                        f"a {code['type']} field: codes fit, but an unknown non-numeric code "
+                                        "would be refused; a Text(10) field keeps every code"), code))
+    else:
+        checks.append(_text_field(settings.field_code, "SFSYNC_FIELD_CODE", fields, 3, "a 3-digit code", None,
+                                  comfortable=10))
+    msg = fields.get(settings.field_message_id)
+    name = f"field {settings.field_message_id}"
+    if msg is None:
+        checks.append(Check(name, "fail", "no such Task field: deploy config/salesforce or set "
+                                          "SFSYNC_FIELD_MESSAGE_ID to the field holding MessageMedia's message id"))
+    elif not msg.get("filterable", True):
+        checks.append(Check(name, "fail", "not filterable: sfsync cannot look Tasks up by it"))
+    elif not (msg.get("externalId") or msg.get("idLookup")):
+        checks.append(Check(name, "warn", "not an External ID, so not indexed: look-ups slow down as Tasks grow; "
+                                          "tick External ID on the field"))
+    else:
+        checks.append(Check(name, "ok", "filterable and indexed (External ID)"))
+    if settings.field_updated:
+        updated = fields.get(settings.field_updated)
+        name = f"field {settings.field_updated}"
+        if updated is None:
+            checks.append(Check(name, "fail", "no such Task field: create it or unset SFSYNC_FIELD_UPDATED"))
+        elif updated.get("type") != "datetime":
+            checks.append(Check(name, "fail", f"type {updated.get('type')}, needs Date/Time"))
+        else:
+            checks.append(_updateable(Check(name, "ok", "Date/Time"), updated))
+    return checks
+
+
+def _text_field(name: str, variable: str, fields: dict[str, dict[str, Any]], need: int, what: str,
+                labels: list[str] | None, comfortable: int = 0) -> Check:
+    spec = fields.get(name)
+    title = f"field {name}"
+    if spec is None:
+        return Check(title, "fail", f"no such Task field: deploy config/salesforce (sf project deploy start) or "
+                                    f"set {variable} to the field's API name")
+    kind = spec.get("type")
+    if kind not in TEXT_TYPES:
+        return Check(title, "fail", f"type {kind}: needs a text field")
+    length = int(spec.get("length") or 0)
+    if length < need:
+        return Check(title, "fail", f"length {length} is shorter than {what} ({need}): make it longer")
+    if kind == "picklist" and labels and spec.get("restrictedPicklist"):
+        listed = {v.get("value") for v in spec.get("picklistValues", []) if isinstance(v, dict)}
+        absent = [label for label in labels if label not in listed]
+        if absent:
+            return Check(title, "fail", f"restricted picklist lacks {absent}: add them or use a Text(40) field")
+    if comfortable and length < comfortable:
+        return _updateable(Check(title, "warn", f"length {length}: unknown codes longer than that become dead "
+                                                f"letters; Text({comfortable}) is safer"), spec)
+    return _updateable(Check(title, "ok", f"{kind}, length {length}"), spec)
+
+
+def _updateable(check: Check, spec: dict[str, Any]) -> Check:
+    if not spec.get("updateable", False):
+        return Check(check.name, "fail", "not updateable by the integration user: grant edit access "
+                                         "(permission set SFSync_Integration in config/salesforce)")
+    return check
+
+
+def _state_folder(settings: Settings) -> Check:
+    folder = settings.state_dir
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".doctor-"):
+            pass
+    except OSError as exc:
+        return Check("state folder", "fail", f"{folder} is not writable ({exc.strerror}): set SFSYNC_STATE_DIR")
+    return Check("state folder", "ok", f"{folder.resolve()} is writable")
+
+
+def _lock(settings: Settings) -> Check:
+    try:
+        free = RunLock(settings.lock_path).is_free()
+    except AlreadyRunning:
+        free = False
+    except SfsyncError as exc:
+        return Check("run lock", "fail", str(exc))
+    return Check("run lock", "ok" if free else "warn",
+                 "free" if free else "held by a running sfsync (fine if a run is under way)")
+
+
+def _messagemedia(mm: MessageMediaClient) -> Check:
+    mm.message(PROBE_MESSAGE_ID)  # 404 is the expected, harmless answer; 401/403 raise AuthError
+    return Check("messagemedia credentials", "ok", f"accepted by {mm.base_url}")
+
+
+def _token(sf: SalesforceClient) -> Check:
+    sf.login()
+    return Check("salesforce token", "ok", f"token obtained for {sf.settings.sf_auth_mode.replace('_', ' ')}")
+
+
+def _usage(sf: SalesforceClient, settings: Settings) -> Check:
+    limits = sf.limits().get("DailyApiRequests", {})
+    top, remaining = int(limits.get("Max", 0)), int(limits.get("Remaining", 0))
+    if not top:
+        return Check("api usage", "warn", "limits not reported")
+    used = top - remaining
+    share = 100.0 * used / top
+    status = "warn" if share >= settings.api_budget_pct else "ok"
+    return Check("api usage", status, f"{used}/{top} daily API requests used ({share:.0f}%; sfsync stops at "
+                                      f"{settings.api_budget_pct:g}%)")
+
+
+def _guard(name: str, check: Callable[[], Check]) -> Check:
+    try:
+        return check()
+    except SfsyncError as exc:
+        return Check(name, "fail", str(exc))
+    except Exception as exc:  # a network failure is a finding here, not a crash
+        return Check(name, "fail", f"{type(exc).__name__}: {exc}")
+
+
+# -- command -----------------------------------------------------------------------------------------------
+def register(sub: Any) -> None:
+    from sfsync.commands import common_options
+
+    parser = sub.add_parser("doctor", parents=[common_options()],
+                            help="check configuration, credentials, Task fields and state before the first run")
+    parser.add_argument("--json", action="store_true", help="a JSON array of checks")
+    parser.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    from sfsync import logs
+
+    settings = load_settings(args.env_file)
+    logs.setup(args.log_format or settings.log_format)
+    checks = run_checks(settings)
+    if args.json:
+        print(json.dumps([asdict(c) for c in checks], indent=2))
+    else:
+        colour = os.isatty(1)
+        marks = {"ok": "\033[32mok  \033[0m", "warn": "\033[33mwarn\033[0m", "fail": "\033[31mfail\033[0m"}
+        for c in checks:
+            print(f"{marks[c.status] if colour else c.status.ljust(4)}  {c.name:28} {c.detail}")
+        failed = sum(c.status == "fail" for c in checks)
+        print(f"\n{failed} failed, {sum(c.status == 'warn' for c in checks)} warning(s)")
+    return 1 if any(c.status == "fail" for c in checks) else EXIT_OK
