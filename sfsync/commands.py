@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from sfsync.errors import EXIT_OK, UsageError
+from sfsync.errors import EXIT_OK, RemoteError, UsageError
 
 log = logging.getLogger("sfsync")
 
@@ -89,7 +89,16 @@ def run_command(args: argparse.Namespace) -> int:
     options = RunOptions(once=args.once, max_reports=args.max_reports, max_seconds=args.max_seconds,
                          dry_run=args.dry_run, retry_waiting=args.retry_waiting, inbox=args.inbox)
     while True:
-        summary = worker.run(options)
+        try:
+            summary = worker.run(options)
+        except RemoteError as exc:
+            if not args.loop:
+                raise
+            # A daemon outlives an outage: nothing was lost, the next loop resumes.
+            log.error("%s; trying again in %gs", exc, args.interval, extra={"event": "unavailable"})
+            if stop.wait(args.interval):
+                return exc.exit_code
+            continue
         _write_metrics(args, summary)
         if args.dry_run:
             _print_changes(summary.changes, summary.counts, settings.field_status)
@@ -279,4 +288,4 @@ def _report(sub: Any) -> None:
     report.register(sub)
 
 
-REGISTRARS: list[Callable[[Any], None]] = [_run, _status, _dead_letters, _doctor, _report, _demo, _sim]
+REGISTRARS: list[Callable[[Any], None]] = [_run, _status, _dead_letters, _doctor, _report, _demo, _sim, *(lambda sub, m=m: __import__(m, fromlist=["register"]).register(sub) for m in ("sfsync.server", "sfsync.webhooks"))]

@@ -128,3 +128,34 @@ def test_dry_run_prints_changes_and_writes_nothing(tmp_path: Path, sim_process: 
     assert "would be written" in result.stdout and "by SMS Status" in result.stdout
     session = make_session(sim_process["ca_bundle"])
     assert session.get(sim_process["messagemedia_url"] + "/_sim/stats", timeout=10).json()["confirmed"] == 0
+
+
+def test_loop_mode_keeps_applying_and_stops_on_sigterm(tmp_path: Path) -> None:
+    import time
+
+    from sfsync.sim.harness import Simulators
+    from tests.conftest import add_tasks, fields_of, new_message_id, report
+
+    with Simulators() as sims:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")}, **sims.env(),
+               "SFSYNC_STATE_DIR": str(tmp_path / "state")}
+        first, later = new_message_id(), new_message_id()
+        t1, t2 = add_tasks(sims, [first, later])
+        sims.mm.add_reports([report(first, "delivered", "220")])
+        proc = subprocess.Popen([SFSYNC, "run", "--loop", "--interval", "0.2"], env=env, cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 20
+            while fields_of(sims, t1)[0] is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            sims.mm.add_reports([report(later, "failed", "414")])  # arrives while the daemon runs
+            while fields_of(sims, t2)[0] is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert fields_of(sims, t1) == ("Delivered", "220") and fields_of(sims, t2) == ("Failed", "414")
+        assert any(json.loads(line).get("event") == "signal" for line in proc.stderr.read().splitlines()
+                   if line.startswith("{")) if proc.stderr else True

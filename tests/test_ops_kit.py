@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml  # PyYAML: part of the test extras
 
+from sfsync.codes import default_map
+
 REPO = Path(__file__).resolve().parents[1]
 SF_PROJECT = REPO / "config" / "salesforce"
 SF_SOURCE = SF_PROJECT / "force-app" / "main" / "default"
@@ -39,11 +41,11 @@ FIELD_DEFAULTS = {
     "SFSYNC_FIELD_MESSAGE_ID": "SMS_Message_Id__c",
     "SFSYNC_FIELD_UPDATED": "SMS_Status_Updated__c",  # optional; the suggested name
 }
-# SMS Status labels sfsync writes. Hard-coded for now; to be replaced by the labels of the code map (sfsync.codes).
-STATUS_LABELS = ("Sending", "Scheduled", "Submitted", "Delivered", "Failed", "Rejected", "Stopped", "Unknown")
+# Every SMS Status label sfsync can write, from the code map itself (statuses, codes and "Unknown").
+STATUS_LABELS = tuple(default_map().labels)
 # Unknown codes are kept verbatim, up to this many characters.
 MAX_CODE_LENGTH = 10
-# Every environment variable sfsync reads.
+# Every environment variable sfsync reads (sfsync.config.VARIABLES, plus SFSYNC_CODE_MAP read by sfsync.codes).
 ENV_VARS = (
     "SFSYNC_MM_BASE_URL", "SFSYNC_MM_API_KEY", "SFSYNC_MM_API_SECRET", "SFSYNC_MM_ACCOUNT",
     "SFSYNC_SF_LOGIN_URL", "SFSYNC_SF_CLIENT_ID", "SFSYNC_SF_CLIENT_SECRET",
@@ -52,6 +54,8 @@ ENV_VARS = (
     "SFSYNC_FIELD_STATUS", "SFSYNC_FIELD_CODE", "SFSYNC_FIELD_MESSAGE_ID", "SFSYNC_FIELD_UPDATED",
     "SFSYNC_METADATA_TASK_KEY", "SFSYNC_CA_BUNDLE", "SFSYNC_STATE_DIR", "SFSYNC_API_BUDGET_PCT",
     "SFSYNC_LOG_FORMAT", "SFSYNC_WAIT_MAX_AGE_HOURS",
+    "SFSYNC_TRUNCATE_FIELDS", "SFSYNC_HTTP_TIMEOUT", "SFSYNC_RETRY_ATTEMPTS", "SFSYNC_RETRY_MAX_SECONDS",
+    "SFSYNC_CODE_MAP",
 )
 SECRET_VARS = ("SFSYNC_MM_API_KEY", "SFSYNC_MM_API_SECRET", "SFSYNC_SF_CLIENT_SECRET", "SFSYNC_SF_ACCESS_TOKEN")
 # Exit statuses that are not failures for a scheduler: 5 API budget reached, 7 already running.
@@ -328,6 +332,18 @@ def test_k8s_security_context_and_resources() -> None:
     assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}
 
 
+def _max_seconds(command: str) -> float:
+    m = re.search(r"\bsfsync run\b.*--max-seconds[ =](\d+)", command)
+    assert m, f"no --max-seconds in {command!r}"
+    return float(m.group(1))
+
+
+def test_k8s_run_ends_before_the_deadline() -> None:
+    job = _k8s()["CronJob"]["spec"]["jobTemplate"]["spec"]
+    # sfsync stops starting batches after --max-seconds; the batch in hand must still fit in the deadline.
+    assert _max_seconds(_wrapper_command()[2]) <= job["activeDeadlineSeconds"] - 120
+
+
 def _fake_sfsync(tmp_path: Path) -> dict[str, str]:
     """A stand-in `sfsync` on PATH: records its arguments, then kills itself with $SELF_SIGNAL, exits $RC, or
     waits for SIGTERM (and exits $TERM_RC) when RC is empty."""
@@ -369,7 +385,7 @@ def test_k8s_wrapper_maps_benign_exits_to_success(tmp_path: Path, rc: int) -> No
     env = _fake_sfsync(tmp_path)
     result = subprocess.run(_wrapper_command(), env={**env, "RC": str(rc)}, capture_output=True, timeout=10)
     assert result.returncode == (0 if rc in BENIGN_EXIT else rc)
-    assert (tmp_path / "args").read_text().split() == ["run"]
+    assert (tmp_path / "args").read_text().split()[0] == "run"
 
 
 def test_k8s_wrapper_passes_on_death_by_signal(tmp_path: Path) -> None:
@@ -424,18 +440,22 @@ def test_systemd_service_settings() -> None:
         return service[key][0]
 
     assert one("Type") == "oneshot"
-    assert one("ExecStart") == "/opt/sfsync/.venv/bin/sfsync run"
+    exec_start = one("ExecStart")
+    assert exec_start.startswith("/opt/sfsync/.venv/bin/sfsync run")
     assert one("EnvironmentFile") == "/etc/sfsync/sfsync.env"
     assert f"SFSYNC_STATE_DIR={STATE_DIR}" in service["Environment"]
     assert one("StateDirectory") == "sfsync"
-    assert STATE_DIR == "/var/lib/" + one("StateDirectory")
+    assert "/var/lib/" + one("StateDirectory") == STATE_DIR
     for key, value in {
         "DynamicUser": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
         "PrivateTmp": "yes", "NoNewPrivileges": "yes",
     }.items():
         assert one(key) == value
     assert {int(s) for s in one("SuccessExitStatus").split()} == BENIGN_EXIT
-    assert one("TimeoutStartSec")
+    timeout = re.fullmatch(r"(\d+)(min|s)", one("TimeoutStartSec"))
+    assert timeout, "TimeoutStartSec in s or min"
+    timeout_s = int(timeout.group(1)) * (60 if timeout.group(2) == "min" else 1)
+    assert _max_seconds(exec_start) <= timeout_s - 120, "a run ends by itself before the timeout kills it"
 
 
 def test_systemd_timer_settings() -> None:
@@ -454,7 +474,8 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     # `verify` checks that ExecStart's program exists, and /opt/sfsync/.venv/bin/sfsync exists only on a
     # deployed host. Verify a copy whose ExecStart is /bin/true: everything else is checked as written.
     service = (DEPLOY / "sfsync.service").read_text()
-    service, count = re.subn(r"^ExecStart=/opt/sfsync/\.venv/bin/sfsync run$", "ExecStart=/bin/true", service, flags=re.M)
+    exec_start = r"^ExecStart=/opt/sfsync/\.venv/bin/sfsync run( .*)?$"
+    service, count = re.subn(exec_start, "ExecStart=/bin/true", service, flags=re.M)
     assert count == 1
     (tmp_path / "sfsync.service").write_text(service)
     shutil.copy(DEPLOY / "sfsync.timer", tmp_path / "sfsync.timer")

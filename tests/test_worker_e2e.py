@@ -346,3 +346,27 @@ def test_run_history_records_each_run(sims: Simulators, make_worker: MakeWorker)
     runs: list[dict[str, Any]] = worker.store.recent_runs()
     assert [r["exit_reason"] for r in runs] == ["nothing_to_do", "queue_empty"]
     assert runs[1]["counts"]["fetched"] == 1
+
+
+def test_dead_letter_retry_after_the_cause_is_fixed(sims: Simulators, make_worker: MakeWorker,
+                                                     worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from sfsync.cli import main
+
+    message = new_message_id()
+    [task] = add_tasks(sims, [message])
+    sims.sf.set_schema([{**f, "length": 5} if f["name"] == "SMS_Status__c" else f for f in sims.sf.schema()])
+    sims.mm.add_reports([report(message, "delivered", "221")])
+    worker = make_worker()
+    assert worker.run().exit_code == EXIT_PARTIAL
+    [letter] = worker.store.dead_letters()
+    assert "STRING_TOO_LONG" in (letter.sf_error or "")
+
+    sims.sf.set_schema([{**f, "length": 40} if f["name"] == "SMS_Status__c" else f for f in sims.sf.schema()])
+    for key, value in worker_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    assert main(["dead-letters", "retry"]) == 0
+    assert "0 remain" in capsys.readouterr().out
+    assert fields_of(sims, task) == ("Delivered", "221")
+    assert worker.store.dead_letter_count() == 0
