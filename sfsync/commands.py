@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import logging
 import signal
@@ -75,6 +76,9 @@ def _run(sub: Any) -> None:
                         help="retry every report waiting for its Task now, ignoring its back-off")
     parser.add_argument("--inbox", action="store_true", help="drain pushed reports stored by 'sfsync serve'")
     parser.add_argument("--metrics-file", metavar="PATH", help="write Prometheus metrics here after each run")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="with --loop: serve GET /metrics on this port (0: any free port)")
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
     parser.set_defaults(func=run_command)
 
 
@@ -88,6 +92,23 @@ def run_command(args: argparse.Namespace) -> int:
     worker = Worker(settings, stop=stop)
     options = RunOptions(once=args.once, max_reports=args.max_reports, max_seconds=args.max_seconds,
                          dry_run=args.dry_run, retry_waiting=args.retry_waiting, inbox=args.inbox)
+    endpoint = None
+    if args.metrics_port is not None:
+        if not args.loop:
+            raise UsageError("--metrics-port needs --loop (a one-off run is gone before anyone scrapes it)")
+        from sfsync.metrics import MetricsEndpoint
+
+        endpoint = MetricsEndpoint(args.metrics_host, args.metrics_port).start()
+        log.info("metrics on http://%s:%d/metrics", args.metrics_host, endpoint.port, extra={"event": "metrics"})
+    try:
+        return _run_loop(args, settings, worker, options, stop, endpoint)
+    finally:
+        if endpoint:
+            endpoint.stop()
+
+
+def _run_loop(args: argparse.Namespace, settings: Any, worker: Any, options: Any, stop: threading.Event,
+              endpoint: Any) -> int:
     while True:
         try:
             summary = worker.run(options)
@@ -100,6 +121,8 @@ def run_command(args: argparse.Namespace) -> int:
                 return exc.exit_code
             continue
         _write_metrics(args, summary)
+        if endpoint:
+            endpoint.update(summary)
         if args.dry_run:
             _print_changes(summary.changes, summary.counts, settings.field_status)
         if not args.loop or stop.wait(args.interval):
@@ -288,4 +311,15 @@ def _report(sub: Any) -> None:
     report.register(sub)
 
 
-REGISTRARS: list[Callable[[Any], None]] = [_run, _status, _dead_letters, _doctor, _report, _demo, _sim, *(lambda sub, m=m: __import__(m, fromlist=["register"]).register(sub) for m in ("sfsync.server", "sfsync.webhooks"))]
+def _lazy(module: str) -> Callable[[Any], None]:
+    """A registrar for a command whose module has a ``register(sub)``; imported when the parser is built."""
+
+    def register(sub: Any) -> None:
+        importlib.import_module(module).register(sub)
+
+    return register
+
+
+REGISTRARS: list[Callable[[Any], None]] = [
+    _run, _status, _dead_letters, _doctor, _report, _demo, _sim,
+]

@@ -74,3 +74,53 @@ def _previous_success(target: Path) -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+class MetricsEndpoint:
+    """``GET /metrics`` with the last run's figures, for long-running modes (``--loop``, ``serve``).
+    The standard library is enough for one text page; no client library needed."""
+
+    def __init__(self, host: str, port: int):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404)
+                    return
+                body = endpoint.page.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.page = "# no run finished yet\n"
+        self.last_success: float | None = None
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> MetricsEndpoint:
+        self._thread.start()
+        return self
+
+    def update(self, summary: Any) -> None:
+        now = time.time()
+        if summary.exit_code in (0, 6):
+            self.last_success = now
+        self.page = render(summary, now, self.last_success)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

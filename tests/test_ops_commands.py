@@ -185,3 +185,22 @@ def test_run_cli_writes_the_metrics_file(sims: Simulators, worker_env: dict[str,
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--metrics-file", str(tmp_path / "m.prom")]) == 0
     assert parse_prometheus((tmp_path / "m.prom").read_text())["sfsync_last_run_exit_code"] == 0
+
+
+def test_metrics_endpoint_serves_the_last_run() -> None:
+    import urllib.request
+
+    from sfsync.metrics import MetricsEndpoint
+
+    endpoint = MetricsEndpoint("127.0.0.1", 0).start()
+    try:
+        summary = RunSummary()
+        summary.counts.update(applied=3)
+        endpoint.update(summary)
+        with urllib.request.urlopen(f"http://127.0.0.1:{endpoint.port}/metrics", timeout=5) as answer:
+            assert answer.headers["Content-Type"].startswith("text/plain")
+            values = parse_prometheus(answer.read().decode())
+        assert values["sfsync_last_run_applied_reports"] == 3
+        assert "sfsync_last_success_timestamp_seconds" in values
+    finally:
+        endpoint.stop()
