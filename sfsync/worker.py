@@ -34,7 +34,17 @@ from sfsync.salesforce import SalesforceClient
 from sfsync.store import Store, now_utc
 
 log = logging.getLogger("sfsync.run")
-INBOX_BATCH = 1000  # pushed reports are already stored: bigger batches mean fewer API calls
+INBOX_BATCH = 1000  # at most this many reports per pipeline batch (a poll brings at most 100)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a run's reports come from, and how they are confirmed there."""
+
+    name: str  # the pipeline's source label: poll | push
+    fetch: Callable[[set[str]], list[Any]]  # given the keys already handled this run
+    confirm: Callable[[list[str]], Any]
+    empty: str  # exit reason once drained
 
 
 @dataclass
@@ -109,13 +119,12 @@ class Worker:
         error: BaseException | None = None
         try:
             self._retry_waiting(pipeline, options, summary)
-            if options.inbox:
-                summary.exit_reason = self._drain_inbox(pipeline, options, summary, started)
-            else:
-                summary.exit_reason = self._poll(pipeline, options, summary, started)
+            source = self._inbox_source() if options.inbox else self._poll_source()
+            summary.exit_reason = self._drain(source, pipeline, options, summary, started)
         except _BudgetStop as stop:
             self._absorb(stop.result, summary)
-            self._confirm(stop.result, options, summary)
+            self._confirm(self._inbox_source() if options.inbox else self._poll_source(), stop.result, options,
+                          summary)
             summary.exit_reason, summary.exit_code = "api_budget", EXIT_BUDGET
             log.warning("%s", stop.__cause__ or stop, extra={"event": "budget_stop"})
         except BudgetExhausted as exc:
@@ -155,7 +164,16 @@ class Worker:
             summary.counts["waiting_retried"] += len(rows)
             self._absorb(result, summary, waiting_retry=True)
 
-    def _poll(self, pipeline: Pipeline, options: RunOptions, summary: RunSummary, started: float) -> str:
+    def _poll_source(self) -> _Source:
+        return _Source("poll", lambda seen: self.mm.fetch_reports(), self.mm.confirm, "queue_empty")
+
+    def _inbox_source(self) -> _Source:
+        # Pushed reports are already stored: bigger batches mean fewer API calls.
+        return _Source("push", lambda seen: self.store.inbox_pending(INBOX_BATCH + len(seen)), self.store.inbox_done,
+                       "inbox_empty")
+
+    def _drain(self, source: _Source, pipeline: Pipeline, options: RunOptions, summary: RunSummary,
+               started: float) -> str:
         # Reports handled this run. One that comes back was not confirmed (its write failed
         # transiently, or it has no id to confirm it by): never process it twice in a run.
         seen: set[str] = set()
@@ -163,11 +181,11 @@ class Worker:
             reason = self._should_stop(options, summary, started)
             if reason:
                 return reason
-            raws = self.mm.fetch_reports()
+            raws = source.fetch(seen)
             self.on_stage("fetched")
             if not raws:
-                return "queue_empty" if summary.counts["fetched"] else "nothing_to_do"
-            fresh = [r for r in raws if _report_key(r) not in seen]
+                return source.empty if summary.counts["fetched"] else "nothing_to_do"
+            fresh = [r for r in raws if _report_key(r) not in seen][:INBOX_BATCH]
             if not fresh:
                 log.warning("the head of the queue holds only reports this run could not confirm; they stay "
                             "unconfirmed and are tried again next run", extra={"event": "held"})
@@ -176,33 +194,11 @@ class Worker:
                 fresh = fresh[: max(options.max_reports - summary.counts["fetched"], 0)]
             summary.counts["fetched"] += len(fresh)
             seen.update(_report_key(r) for r in fresh)
-            result = pipeline.process(fresh, "poll")
+            result = pipeline.process(fresh, source.name)
             self._absorb(result, summary)
-            self._confirm(result, options, summary)
+            self._confirm(source, result, options, summary)
             if options.dry_run:
                 return "dry_run"  # nothing is confirmed, so the next fetch would be the same batch
-            if options.once:
-                return "once"
-
-    def _drain_inbox(self, pipeline: Pipeline, options: RunOptions, summary: RunSummary, started: float) -> str:
-        held_this_run: set[str] = set()
-        while True:
-            reason = self._should_stop(options, summary, started)
-            if reason:
-                return reason
-            raws = [r for r in self.store.inbox_pending(INBOX_BATCH + len(held_this_run))
-                    if _report_id(r) not in held_this_run][:INBOX_BATCH]
-            if not raws:
-                return "inbox_empty" if summary.counts["fetched"] else "nothing_to_do"
-            summary.counts["fetched"] += len(raws)
-            result = pipeline.process(raws, "push")
-            self._absorb(result, summary)
-            if not options.dry_run:
-                self.store.inbox_done(result.confirm)
-                summary.counts["confirmed"] += len(result.confirm)
-            held_this_run.update(result.held)
-            if options.dry_run:
-                return "dry_run"
             if options.once:
                 return "once"
 
@@ -217,11 +213,11 @@ class Worker:
         self.sf.check_budget()
         return ""
 
-    def _confirm(self, result: BatchResult, options: RunOptions, summary: RunSummary) -> None:
-        if options.dry_run or options.inbox or not result.confirm:
+    def _confirm(self, source: _Source, result: BatchResult, options: RunOptions, summary: RunSummary) -> None:
+        if options.dry_run or not result.confirm:
             return
         self.on_stage("confirming")
-        self.mm.confirm(result.confirm)
+        source.confirm(result.confirm)
         summary.counts["confirmed"] += len(result.confirm)
         self.on_stage("confirmed")
 
