@@ -38,7 +38,7 @@ def mask_phone(text: str) -> str:
 
 def _clean(value: Any, mask: bool) -> Any:
     if isinstance(value, str):
-        for secret in _secrets:
+        for secret in sorted(_secrets, key=len, reverse=True):  # longest first: one may contain another
             if secret in value:
                 value = value.replace(secret, "***")
         return mask_phone(value) if mask else value

@@ -5,6 +5,10 @@ The caller (poll loop, waiting retry, push inbox, backfill) fetches the batch an
 (written to Salesforce or found already there, or committed to the store as waiting or dead).
 Reports whose write failed transiently are listed as ``held``: never confirmed, they come back.
 
+``process`` is ``plan`` (parse, resolve, collapse, match, decide: reads only) then ``apply``
+(write, record). Backfill uses the halves on their own: it plans page by page and writes later,
+by sObject Collections (``write_changes``) or by Bulk API (then ``record_written``).
+
 Every stage is a small function over plain data; this module is the only one that knows their
 order. ``on_stage`` lets tests crash the pipeline at any boundary.
 """
@@ -21,7 +25,7 @@ from typing import Any
 from sfsync.codes import CodeMap, default_map, normalise_code, resolve
 from sfsync.config import Settings
 from sfsync.errors import BudgetExhausted
-from sfsync.precedence import Action, Status, decide, strongest
+from sfsync.precedence import Action, Status, decide, strongest, wins
 from sfsync.reports import InvalidReport, Report, format_time, parse_report, parse_time
 from sfsync.salesforce import COLLECTION_LIMIT, SalesforceClient, WriteResult, valid_task_id
 from sfsync.store import LedgerEntry, Store, WaitingReport, now_utc
@@ -62,6 +66,18 @@ class BatchResult:
     held: list[str] = field(default_factory=list)  # report ids to try again later (not confirmed)
     counts: Counter[str] = field(default_factory=Counter)
     changes: list[Change] = field(default_factory=list)  # what was (or, in a dry run, would be) written
+
+
+@dataclass
+class Plan:
+    """What one batch would do, decided against the Tasks as they are now; nothing written yet."""
+
+    result: BatchResult  # counts so far; ``changes`` set
+    bad: list[InvalidReport] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)  # writes the precedence rule allows
+    unchanged: list[Change] = field(default_factory=list)  # the Task already holds these values
+    resolved: list[Outcome] = field(default_factory=list)  # matched winners and the reports they superseded
+    unmatched: list[Outcome] = field(default_factory=list)  # no Task found
 
 
 # -- stages ---------------------------------------------------------------------------------------------
@@ -162,10 +178,19 @@ class Pipeline:
                 waiting: Mapping[str, WaitingReport] | None = None) -> BatchResult:
         """Take one batch to durable outcomes. ``waiting`` holds the batch's reports that come
         from the waiting list (report id -> its row), to age them and take them off it."""
+        plan = self.plan(raws, source, default_tz=default_tz)
+        if self.dry_run:
+            plan.result.counts["would_write"] += len(plan.changes)
+            plan.result.counts["would_wait"] += len(plan.unmatched)
+            return plan.result
+        return self.apply(plan, source, waiting=waiting)
+
+    def plan(self, raws: Iterable[Any], source: str = "poll", *, default_tz: dt.tzinfo = dt.UTC) -> Plan:
+        """Parse, resolve, collapse, match and decide. Reads Salesforce and the store; writes nothing."""
         result = BatchResult()
         reports, bad = parse(raws, source, default_tz)
         result.counts["received"] += len(reports) + len(bad)
-        self._dead_letter_bad(bad, source, result)
+        result.counts["invalid"] += len(bad)
         outcomes = resolve_all(reports, self.code_map)
         result.counts["unknown_code"] += sum(1 for o in outcomes if not o.known)
         winners, superseded = collapse(outcomes)
@@ -175,46 +200,60 @@ class Pipeline:
         tasks_by_message = self._match(winners)
         self.on_stage("matched")
         ledger = self.store.ledger(winners)
-        changes: list[Change] = []
-        resolved: list[Outcome] = list(superseded)  # have a durable outcome once this batch is recorded
-        applied_unchanged: list[Change] = []
-        unmatched: list[Outcome] = []
+        plan = Plan(result, bad, resolved=list(superseded))  # durable once the batch is recorded
+        writing: dict[str, int] = {}  # Task (15-character Id) -> its change's index in plan.changes
         for message_id, outcome in winners.items():
             rows = tasks_by_message.get(message_id, [])
             if not rows:
-                unmatched.append(outcome)
+                plan.unmatched.append(outcome)
                 continue
-            resolved.append(outcome)
+            plan.resolved.append(outcome)
             for row in rows:
                 current = current_status(row, self.settings, ledger.get(message_id), self.code_map)
                 action = decide(current, outcome.status)
                 change = Change(str(row["Id"]), outcome, task_fields(outcome, self.settings), current)
                 if action is Action.WRITE:
-                    changes.append(change)
+                    self._keep_strongest(plan, writing, change)
                 elif action is Action.UNCHANGED:
                     result.counts["skipped_unchanged"] += 1
-                    applied_unchanged.append(change)
+                    plan.unchanged.append(change)
                 else:
                     result.counts["skipped_stale"] += 1
-        result.changes = changes
-        if self.dry_run:
-            result.counts["would_write"] += len(changes)
-            result.counts["would_wait"] += len(unmatched)
-            return result
+        result.changes = plan.changes
+        return plan
 
-        self._write_and_record(changes, applied_unchanged, resolved, unmatched, source, waiting or {}, result)
-        return result
+    @staticmethod
+    def _keep_strongest(plan: Plan, writing: dict[str, int], change: Change) -> None:
+        """One write per Task: when two messages of a batch change the same Task, the winner by the
+        precedence rule (what writing them one after the other would leave)."""
+        key = change.task_id[:15]
+        at = writing.get(key)
+        if at is None:
+            writing[key] = len(plan.changes)
+            plan.changes.append(change)
+            return
+        plan.result.counts["skipped_stale"] += 1
+        if wins(plan.changes[at].outcome.status, change.outcome.status):
+            plan.changes[at] = change
+
+    def apply(self, plan: Plan, source: str = "poll", *,
+              waiting: Mapping[str, WaitingReport] | None = None) -> BatchResult:
+        """Write a plan's changes and record every report's outcome (the poll loop's second half)."""
+        self.dead_letter_invalid(plan.bad, source, plan.result)
+        self._write_and_record(plan.changes, plan.unchanged, plan.resolved, plan.unmatched, source, waiting or {},
+                               plan.result)
+        return plan.result
 
     # -- match ----------------------------------------------------------------------------------------------
     def _match(self, winners: Mapping[str, Outcome]) -> dict[str, list[dict[str, Any]]]:
         """Tasks for each message: by a Task Id in metadata, else by the message-id field."""
         key = self.settings.metadata_task_key
-        by_task_id: dict[str, str] = {}
+        by_task_id: dict[str, list[str]] = defaultdict(list)  # several messages may name one Task (resends)
         by_message_field: list[str] = []
         for message_id, outcome in winners.items():
             task_id = task_id_from_metadata(outcome.report, key)
             if task_id:
-                by_task_id[task_id] = message_id
+                by_task_id[task_id].append(message_id)
             else:
                 by_message_field.append(message_id)
         if not winners:
@@ -224,54 +263,34 @@ class Pipeline:
         msg_field = self.settings.field_message_id
         for row in rows:
             task_id = str(row["Id"])
-            owner = by_task_id.get(task_id) or by_task_id.get(task_id[:15])
-            if owner is None and row.get(msg_field) in winners:
-                owner = str(row[msg_field])
-            if owner is not None:
+            owners = by_task_id.get(task_id) or by_task_id.get(task_id[:15]) or []
+            if not owners and row.get(msg_field) in winners:
+                owners = [str(row[msg_field])]
+            for owner in owners:
                 found[owner].append(row)
         # A Task Id from metadata that the query did not return is written blind, so that
         # Salesforce says why (ENTITY_IS_DELETED, INVALID_CROSS_REFERENCE_KEY): there is no
         # status on it that the write could regress.
         seen = {str(r["Id"]) for rows_ in found.values() for r in rows_}
-        for task_id, message_id in by_task_id.items():
+        for task_id, message_ids in by_task_id.items():
             if task_id not in seen and not any(s.startswith(task_id) for s in seen):
-                found[message_id].append({"Id": task_id})
+                for message_id in message_ids:
+                    found[message_id].append({"Id": task_id})
         return found
 
     # -- write and record ---------------------------------------------------------------------------------
     def _write_and_record(self, changes: list[Change], unchanged: list[Change], resolved: list[Outcome],
                           unmatched: list[Outcome], source: str, waiting: Mapping[str, WaitingReport],
                           result: BatchResult) -> None:
+        written, budget_stop = self._send(changes)
         by_report: dict[str, list[WriteResult]] = defaultdict(list)
-        budget_stop: BudgetExhausted | None = None
-        written: list[tuple[Change, WriteResult]] = []
-        for start in range(0, len(changes), COLLECTION_LIMIT):
-            chunk = changes[start : start + COLLECTION_LIMIT]
-            try:
-                answers = self.sf.update_tasks([{"id": c.task_id, **self._fit(c.fields)} for c in chunk])
-            except BudgetExhausted as exc:
-                budget_stop = exc  # record what was written, confirm only that, then stop
-                break
-            written += list(zip(chunk, answers, strict=True))
-            self.on_stage("wrote")
         for change, answer in written:
             by_report[change.outcome.report.report_id].append(answer)
 
         unwritten = {c.outcome.report.report_id for c in changes[len(written):]}
         now = self.clock()
         with self.store.transaction():
-            applied = [c for c, a in written if a.ok]
-            self.store.record_applied([_ledger_entry(c) for c in [*applied, *unchanged]])
-            result.counts["applied"] += len(applied)
-            for change, answer in written:
-                if not answer.ok and not answer.transient:
-                    result.counts["dead_lettered"] += self.store.add_dead_letter(
-                        change.outcome.report.report_id, change.outcome.message_id, change.outcome.report.raw, source,
-                        f"Salesforce refused the update of Task {change.task_id}",
-                        f"{answer.error_code}: {answer.message}",
-                    )
-                    log.warning("report %s dead-lettered: Task %s %s", change.outcome.report.report_id,
-                                change.task_id, answer.error_code, extra={"event": "dead_letter"})
+            self.record_written(written, unchanged, source, result)
             for outcome in unmatched:
                 self._keep_waiting(outcome, source, waiting.get(outcome.report.report_id), now, result)
             result.confirm += [o.report.report_id for o in unmatched]
@@ -287,6 +306,50 @@ class Pipeline:
         self.on_stage("recorded")
         if budget_stop:
             raise _BudgetStop(result) from budget_stop
+
+    def write_changes(self, changes: list[Change], source: str, result: BatchResult
+                      ) -> list[tuple[Change, WriteResult]]:
+        """Write changes by sObject Collections and record what happened (ledger, dead letters).
+        Returns each change with its answer; a transient failure is returned, not recorded.
+        When the API budget runs out part-way, what was written is recorded, then ``_BudgetStop``."""
+        written, budget_stop = self._send(changes)
+        self.record_written(written, [], source, result)
+        if budget_stop:
+            raise _BudgetStop(result) from budget_stop
+        return written
+
+    def _send(self, changes: list[Change]) -> tuple[list[tuple[Change, WriteResult]], BudgetExhausted | None]:
+        """sObject Collections writes, 200 a call, until done or the API budget runs out."""
+        written: list[tuple[Change, WriteResult]] = []
+        for start in range(0, len(changes), COLLECTION_LIMIT):
+            chunk = changes[start : start + COLLECTION_LIMIT]
+            try:
+                answers = self.sf.update_tasks([{"id": c.task_id, **self.fit(c.fields)} for c in chunk])
+            except BudgetExhausted as exc:
+                return written, exc  # record what was written, confirm only that, then stop
+            written += list(zip(chunk, answers, strict=True))
+            self.on_stage("wrote")
+        return written, None
+
+    def record_written(self, written: Iterable[tuple[Change, WriteResult]], unchanged: Iterable[Change],
+                       source: str, result: BatchResult) -> None:
+        """Ledger entries for what Salesforce took (and for Tasks that already held the values),
+        dead letters with Salesforce's error for what it refused for good; transient failures
+        are left for the caller (held, tried again)."""
+        written = list(written)
+        with self.store.transaction():
+            applied = [c for c, a in written if a.ok]
+            self.store.record_applied([_ledger_entry(c) for c in [*applied, *unchanged]])
+            result.counts["applied"] += len(applied)
+            for change, answer in written:
+                if not answer.ok and not answer.transient:
+                    result.counts["dead_lettered"] += self.store.add_dead_letter(
+                        change.outcome.report.report_id, change.outcome.message_id, change.outcome.report.raw, source,
+                        f"Salesforce refused the update of Task {change.task_id}",
+                        f"{answer.error_code}: {answer.message}",
+                    )
+                    log.warning("report %s dead-lettered: Task %s %s", change.outcome.report.report_id,
+                                change.task_id, answer.error_code, extra={"event": "dead_letter"})
 
     def _keep_waiting(self, outcome: Outcome, source: str, row: WaitingReport | None, now: dt.datetime,
                       result: BatchResult) -> None:
@@ -307,9 +370,9 @@ class Pipeline:
                                now + dt.timedelta(seconds=delay))
         result.counts["waiting"] += 1
 
-    def _dead_letter_bad(self, bad: list[InvalidReport], source: str, result: BatchResult) -> None:
+    def dead_letter_invalid(self, bad: list[InvalidReport], source: str, result: BatchResult) -> None:
+        """Keep reports that cannot be parsed; those with an id are confirmed (they never will parse)."""
         if not bad or self.dry_run:
-            result.counts["invalid"] += len(bad)
             return
         with self.store.transaction():
             for exc in bad:
@@ -321,9 +384,8 @@ class Pipeline:
                                 extra={"event": "invalid_report", "report_id": exc.report_id})
                 if exc.report_id:
                     result.confirm.append(exc.report_id)
-        result.counts["invalid"] += len(bad)
 
-    def _fit(self, values: dict[str, Any]) -> dict[str, Any]:
+    def fit(self, values: dict[str, Any]) -> dict[str, Any]:
         """Cut text to the field's length, only for fields listed in SFSYNC_TRUNCATE_FIELDS."""
         if not self.settings.truncate_fields:
             return values

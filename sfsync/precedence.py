@@ -5,7 +5,9 @@
 2. Otherwise the later event wins: ``submitted_date``, then ``date_received``; on a tie the
    report that carries a code (a pushed copy of a polled report), then the report id. The order is
    total, so the outcome is the same whatever order reports arrive in.
-3. Where the current value's time is unknown, arrival order decides: the incoming report wins.
+3. Where the current value's time is unknown, arrival order decides: the incoming report wins;
+   except that a report with neither time nor code (a message status look-up, as backfill makes)
+   of the label already there says nothing new, and never replaces what is there.
 4. A write that would change nothing is skipped.
 """
 
@@ -40,6 +42,8 @@ def wins(current: Status | None, incoming: Status) -> bool:
         return True
     if current.final != incoming.final:
         return incoming.final
+    if incoming.event_time is None and incoming.code is None and incoming.label == current.label:
+        return False  # it would only erase a code, or an event time the ledger knows
     if current.event_time is None or incoming.event_time is None:
         return True  # time unknown: arrival order
     return _order(incoming) > _order(current)

@@ -98,6 +98,8 @@ def _text(raw: Mapping[str, Any], key: str, limit: int, report_id: str | None, r
     if not isinstance(value, str):
         raise InvalidReport(f"{key} must be a string, not {type(value).__name__}", report_id)
     value = value.strip()
+    if not value and required:
+        raise InvalidReport(f"{key} is blank", report_id)
     if len(value) > limit or not value.isprintable():
         raise InvalidReport(f"{key} is not a plausible value ({len(value)} characters)", report_id)
     return value

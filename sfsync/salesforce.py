@@ -140,6 +140,9 @@ class SalesforceClient:
                 raise RemoteError(f"Salesforce token endpoint: HTTP {response.status_code}", transient=True,
                                   status=response.status_code,
                                   retry_after=parse_retry_after(response.headers.get("Retry-After")))
+            if response.status_code == 200 and body is None:
+                # A truncated or garbled grant is a transport failure, not a refusal: try again.
+                raise RemoteError("Salesforce token endpoint: answer is not valid JSON", transient=True, status=200)
             if response.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
                 error = body.get("error", "") if isinstance(body, dict) else ""
                 description = body.get("error_description", "") if isinstance(body, dict) else response.text[:200]
@@ -153,7 +156,7 @@ class SalesforceClient:
                 raise ConfigError(f"Salesforce returned a non-https instance URL {instance!r}")
             return _Token(instance, str(body["access_token"]))
 
-        return self.policy.call("salesforce.token", once)
+        return self._retried("token", once)
 
     def _jwt_assertion(self) -> str:
         s = self.settings
@@ -191,28 +194,46 @@ class SalesforceClient:
             )
 
     def _call(self, name: str, fn: Callable[[Salesforce], T]) -> T:
+        def attempt() -> T:
+            try:
+                return fn(self.sf)
+            except SalesforceExpiredSession:
+                raise
+            except SalesforceError as exc:
+                raise self._translate(exc, name) from exc
+            except (ValueError, RecursionError) as exc:  # a 2xx answer that is not JSON
+                raise RemoteError(f"Salesforce {name}: answer is not valid JSON", transient=True) from exc
+
         def once() -> T:
             self.check_budget()
             self.calls[name] += 1
             try:
-                return fn(self.sf)
+                return attempt()
             except SalesforceExpiredSession:
                 # One new token, one retry; a second 401 is an authentication problem.
                 log.info("Salesforce session expired; getting a new token", extra={"event": "token_refresh"})
                 self.login()
                 self.calls[name] += 1
                 try:
-                    return fn(self.sf)
+                    return attempt()  # its other failures are classified (and retried) like any other
                 except SalesforceExpiredSession as exc:
                     raise AuthError("Salesforce rejected a fresh token (INVALID_SESSION_ID twice)") from exc
-                except SalesforceError as exc:
-                    raise self._translate(exc, name) from exc
-            except SalesforceError as exc:
-                raise self._translate(exc, name) from exc
-            except ValueError as exc:  # a 2xx answer that is not JSON
-                raise RemoteError(f"Salesforce {name}: answer is not valid JSON", transient=True) from exc
 
-        return self.policy.call(f"salesforce.{name}", once)
+        return self._retried(name, once)
+
+    def _retried(self, name: str, once: Callable[[], T]) -> T:
+        try:
+            return self.policy.call(f"salesforce.{name}", once)
+        except requests.RequestException as exc:
+            # Still unreachable after every retry: a service error (exit 8), not a crash.
+            raise RemoteError(f"Salesforce {name}: no usable answer after every retry ({type(exc).__name__})",
+                              transient=True) from exc
+
+    def call(self, name: str, fn: Callable[[Salesforce], T]) -> T:
+        """Run ``fn`` with the same retries, budget check, token refresh and error classification
+        as every call of this client (for APIs it has no method for, e.g. Bulk API 2.0 in
+        ``sfsync.bulk``). ``fn`` raises simple-salesforce's exceptions for error answers."""
+        return self._call(name, fn)
 
     def _translate(self, exc: SalesforceError, name: str) -> Exception:
         status = int(getattr(exc, "status", 0) or 0)
@@ -236,13 +257,14 @@ class SalesforceClient:
     # -- look-ups -----------------------------------------------------------------------------------------
     def query_all(self, soql: str, name: str = "query") -> Iterator[dict[str, Any]]:
         """All records of a query, page by page (each page is one API call, retried on its own)."""
-        page = self._call(name, lambda sf: sf.query(soql))
+        page = self._call(name, lambda sf: _checked_page(sf.query(soql), name))
         while True:
             yield from page.get("records", [])
             next_url = page.get("nextRecordsUrl")
             if page.get("done", True) or not next_url:
                 return
-            page = self._call("query_more", _query_more(next_url))
+            page = self._call("query_more", lambda sf, url=next_url: _checked_page(  # type: ignore[misc]
+                _query_more(url)(sf), "query_more"))
 
     def find_tasks(self, task_ids: Iterable[str], message_ids: Iterable[str]) -> list[dict[str, Any]]:
         """Tasks whose Id is in ``task_ids`` or whose message-id field is in ``message_ids``, with
@@ -263,7 +285,11 @@ class SalesforceClient:
             soql = f"SELECT {fields} FROM Task WHERE {' OR '.join(clauses)}"
             for record in self.query_all(soql):
                 record.pop("attributes", None)
-                found[str(record["Id"])] = record
+                task_id = record.get("Id")
+                if not isinstance(task_id, str) or not task_id or not isinstance(record.get(msg_field), str | None):
+                    raise RemoteError(f"Salesforce query: a Task without an Id, or whose {msg_field} is not text",
+                                      transient=False)
+                found[task_id] = record
         return list(found.values())
 
     # -- writes -------------------------------------------------------------------------------------------
@@ -277,8 +303,8 @@ class SalesforceClient:
         for attempt in range(1, self.policy.attempts + 1):
             payload = {"allOrNone": False,
                        "records": [{"attributes": {"type": "Task"}, **r} for r in pending]}
-            answer = self._call("composite", lambda sf, p=payload: sf.restful(  # type: ignore[misc]
-                "composite/sobjects", method="PATCH", json=p))
+            answer = self._call("composite", lambda sf, p=payload: _restful(  # type: ignore[misc]
+                sf, "composite/sobjects", method="PATCH", json=p))
             if not isinstance(answer, list) or len(answer) != len(pending):
                 raise RemoteError("Salesforce composite: answer does not hold one result per record", transient=True)
             locked = []
@@ -287,8 +313,8 @@ class SalesforceClient:
                 if isinstance(result, dict) and result.get("success"):
                     results[task_id] = WriteResult(task_id, True)
                     continue
-                errors = result.get("errors", []) if isinstance(result, dict) else []
-                first = errors[0] if errors and isinstance(errors[0], dict) else {}
+                errors = result.get("errors") if isinstance(result, dict) else None
+                first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
                 code = str(first.get("statusCode", "UNKNOWN"))
                 message = str(first.get("message", ""))
                 # A trigger failing on a lock is as transient as the lock itself.
@@ -308,12 +334,32 @@ class SalesforceClient:
 
     # -- metadata -----------------------------------------------------------------------------------------
     def describe_task(self) -> dict[str, Any]:
-        answer = self._call("describe", lambda sf: sf.restful("sobjects/Task/describe"))
+        answer = self._call("describe", lambda sf: _restful(sf, "sobjects/Task/describe"))
         return answer if isinstance(answer, dict) else {}
 
     def limits(self) -> dict[str, Any]:
-        answer = self._call("limits", lambda sf: sf.restful("limits/"))
+        answer = self._call("limits", lambda sf: _restful(sf, "limits/"))
         return answer if isinstance(answer, dict) else {}
+
+
+def _restful(sf: Salesforce, path: str, **kwargs: Any) -> Any:
+    try:
+        return sf.restful(path, **kwargs)
+    except TypeError as exc:  # simple-salesforce takes len() of the answer: a bare JSON number or null breaks it
+        raise RemoteError(f"Salesforce {path}: an answer of an unexpected shape", transient=True) from exc
+
+
+def _checked_page(answer: Any, name: str) -> dict[str, Any]:
+    """A query page as the callers rely on it: a records list of objects, a text nextRecordsUrl
+    when there is more. Anything else is a garbled answer, tried again."""
+    records = answer.get("records", []) if isinstance(answer, dict) else None
+    if not isinstance(records, list):
+        raise RemoteError(f"Salesforce {name}: the answer has no records list", transient=True)
+    if not all(isinstance(r, dict) for r in records):
+        raise RemoteError(f"Salesforce {name}: the answer holds a record that is not an object", transient=True)
+    if not isinstance(answer.get("nextRecordsUrl"), str | None):
+        raise RemoteError(f"Salesforce {name}: the answer's nextRecordsUrl is not a path", transient=True)
+    return answer
 
 
 def _query_more(url: str) -> Callable[[Salesforce], Any]:
@@ -323,5 +369,5 @@ def _query_more(url: str) -> Callable[[Salesforce], Any]:
 def _json_or_none(response: requests.Response) -> Any:
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return None

@@ -12,7 +12,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,10 +22,12 @@ from sfsync.errors import (
     EXIT_BUDGET,
     EXIT_OK,
     EXIT_PARTIAL,
+    EXIT_UNEXPECTED,
     AuthError,
     BudgetExhausted,
     ConfigError,
     SfsyncError,
+    UsageError,
 )
 from sfsync.lock import RunLock
 from sfsync.messagemedia import MessageMediaClient
@@ -89,6 +92,42 @@ def build_clients(settings: Settings, sleep: Callable[[float], Any] = time.sleep
             counter)
 
 
+@contextmanager
+def recorded_run(store: Store, kind: str, summary: RunSummary, mm: MessageMediaClient, sf: SalesforceClient,
+                 retries: RetryCounter, **log_extra: Any) -> Iterator[float]:
+    """Around one run (worker or backfill): a row in the run history, the exit status from how it
+    ended, the calls it made, and one ``run_summary`` log line. A budget stop is a clean end (exit
+    5); any other error is recorded, then raised again for the command to report."""
+    started = time.monotonic()
+    sf_before, mm_before, retries_before = sf.calls_total, mm.calls_total, retries.total
+    run_id = store.start_run(kind)
+    error: BaseException | None = None
+    try:
+        yield started
+    except BudgetExhausted as exc:
+        summary.exit_reason, summary.exit_code = "api_budget", EXIT_BUDGET
+        log.warning("%s; the next run resumes", exc.__cause__ if isinstance(exc, _BudgetStop) else exc,
+                    extra={"event": "budget_stop"})
+    except SfsyncError as exc:
+        known = isinstance(exc, AuthError | ConfigError | UsageError)
+        summary.exit_reason, summary.exit_code, error = type(exc).__name__ if known else "error", exc.exit_code, exc
+    except BaseException as exc:
+        summary.exit_reason, summary.exit_code, error = "crash", EXIT_UNEXPECTED, exc
+    finally:
+        if summary.exit_code == EXIT_OK and summary.counts["dead_lettered"]:
+            summary.exit_code = EXIT_PARTIAL
+        summary.duration_s = time.monotonic() - started
+        summary.salesforce_calls = sf.calls_total - sf_before
+        summary.messagemedia_calls = mm.calls_total - mm_before
+        summary.retries = retries.total - retries_before
+        summary.api_usage = f"{sf.usage.used}/{sf.usage.max}" if sf.usage.max else "unknown"
+        store.finish_run(run_id, summary.as_dict(), summary.exit_reason, summary.exit_code)
+        log.info("%s finished: %s", log_extra.get("command", "run"), summary.exit_reason,
+                 extra={"event": "run_summary", **log_extra, **summary.as_dict()})
+    if error is not None:
+        raise error
+
+
 class Worker:
     def __init__(self, settings: Settings, *, mm: MessageMediaClient | None = None,
                  sf: SalesforceClient | None = None, store: Store | None = None, on_stage: Stage | None = None,
@@ -112,43 +151,18 @@ class Worker:
 
     def _run_locked(self, options: RunOptions) -> RunSummary:
         summary = RunSummary()
-        started = time.monotonic()
-        sf_before, mm_before, retries_before = self.sf.calls_total, self.mm.calls_total, self.retries.total
-        run_id = self.store.start_run("dry-run" if options.dry_run else ("inbox" if options.inbox else "run"))
+        kind = "dry-run" if options.dry_run else ("inbox" if options.inbox else "run")
         pipeline = Pipeline(self.settings, self.store, self.sf, dry_run=options.dry_run, on_stage=self.on_stage)
-        error: BaseException | None = None
-        try:
-            self._retry_waiting(pipeline, options, summary)
+        with recorded_run(self.store, kind, summary, self.mm, self.sf, self.retries) as started:
             source = self._inbox_source() if options.inbox else self._poll_source()
-            summary.exit_reason = self._drain(source, pipeline, options, summary, started)
-        except _BudgetStop as stop:
-            self._absorb(stop.result, summary)
-            self._confirm(self._inbox_source() if options.inbox else self._poll_source(), stop.result, options,
-                          summary)
-            summary.exit_reason, summary.exit_code = "api_budget", EXIT_BUDGET
-            log.warning("%s", stop.__cause__ or stop, extra={"event": "budget_stop"})
-        except BudgetExhausted as exc:
-            summary.exit_reason, summary.exit_code = "api_budget", EXIT_BUDGET
-            log.warning("%s", exc, extra={"event": "budget_stop"})
-        except (AuthError, ConfigError) as exc:
-            summary.exit_reason, summary.exit_code, error = type(exc).__name__, exc.exit_code, exc
-        except SfsyncError as exc:
-            summary.exit_reason, summary.exit_code, error = "error", exc.exit_code, exc
-        except BaseException as exc:
-            summary.exit_reason, summary.exit_code, error = "crash", 1, exc
-        finally:
-            if summary.exit_code == EXIT_OK and summary.counts["dead_lettered"]:
-                summary.exit_code = EXIT_PARTIAL
-            summary.duration_s = time.monotonic() - started
-            summary.salesforce_calls = self.sf.calls_total - sf_before
-            summary.messagemedia_calls = self.mm.calls_total - mm_before
-            summary.retries = self.retries.total - retries_before
-            summary.api_usage = f"{self.sf.usage.used}/{self.sf.usage.max}" if self.sf.usage.max else "unknown"
-            self.store.finish_run(run_id, summary.as_dict(), summary.exit_reason, summary.exit_code)
-            log.info("run finished: %s", summary.exit_reason,
-                     extra={"event": "run_summary", **summary.as_dict()})
-        if error is not None:
-            raise error
+            try:
+                self._retry_waiting(pipeline, options, summary)
+                summary.exit_reason = self._drain(source, pipeline, options, summary, started)
+            except _BudgetStop as stop:
+                # The budget ran out mid-batch: confirm what was made durable, then stop.
+                self._absorb(stop.result, summary)
+                self._confirm(source, stop.result, options, summary)
+                raise
         return summary
 
     # -- sources -----------------------------------------------------------------------------------------

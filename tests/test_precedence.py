@@ -44,6 +44,15 @@ def test_unknown_current_time_means_arrival_order() -> None:
     assert not wins(status("Delivered", "220", None), status("Sending", "200", 1))
 
 
+def test_an_untimed_report_without_code_of_the_same_label_says_nothing_new() -> None:
+    # What `GET /v1/messages/{id}` gives (backfill --from-salesforce): a status, no code, no time.
+    looked_up = status("Submitted", None, None)
+    assert decide(status("Submitted", "211", 4), looked_up) is Action.STALE  # the code stays
+    assert decide(status("Submitted", None, 4), looked_up) is Action.STALE  # and the known time
+    assert decide(status("Sending", "200", 4), looked_up) is Action.WRITE  # a new label still wins
+    assert decide(status("Submitted", "211", 4), status("Delivered", None, None)) is Action.WRITE
+
+
 def test_decide() -> None:
     assert decide(None, status("Sending")) is Action.WRITE
     assert decide(status("Delivered", "220", 1), status("Delivered", "220", 2)) is Action.UNCHANGED

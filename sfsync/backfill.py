@@ -1,0 +1,691 @@
+"""`sfsync backfill`: fill SMS Status and SMS Status Code for a past window, by hand.
+
+Used after an outage, at go-live, or when the fields were wiped. Two sources, read a page at a
+time and turned into the same delivery-report dicts the worker parses:
+
+* MessageMedia's reporting API (outbound messages sent in the window; carries ``status_code``);
+* ``--from-salesforce``: Tasks created in the window whose status is empty or not final, each
+  message looked up with ``GET /v1/messages/{id}`` (a status, never a code).
+
+Each page goes through the worker's own ``Pipeline.plan`` (parse, resolve, collapse, match,
+decide): one precedence rule, so a backfill never regresses a final status the worker wrote.
+Decided changes wait in a ``ChangeBuffer`` (one per Task, spooled to a temporary file) and are
+written by sObject Collections, or by Bulk API 2.0 when more than ``--bulk-threshold`` Tasks
+change. A checkpoint in the store after every page names the first page whose changes are not
+yet all written: ``--resume`` continues from there, and nothing decided is ever skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as dt
+import hashlib
+import json
+import logging
+import sys
+import tempfile
+import threading
+import time
+import zoneinfo
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from sfsync.bulk import NULL, BulkClient, RowResult
+from sfsync.codes import CodeMap, normalise_code
+from sfsync.config import Settings
+from sfsync.errors import (
+    RemoteError,
+    UsageError,
+)
+from sfsync.lock import RunLock
+from sfsync.messagemedia import MessageMediaClient
+from sfsync.pipeline import BatchResult, Change, Pipeline, resolve_all
+from sfsync.precedence import Status, wins
+from sfsync.reports import format_time, parse_report, parse_time, read_metadata
+from sfsync.retry import RetryCounter
+from sfsync.salesforce import COLLECTION_LIMIT, LOCK_ERRORS, SalesforceClient, WriteResult
+from sfsync.store import Store, now_utc
+from sfsync.worker import RunSummary, build_clients, recorded_run
+
+log = logging.getLogger("sfsync.backfill")
+
+SOURCE = "backfill"  # the pipeline's source name: dead letters say where a report came from
+PAGE_SIZE = 100  # reporting API maximum
+TASK_PAGE = 200  # Tasks per page for --from-salesforce (one SOQL call, 200 message look-ups)
+LOOKUP_THREADS = 4  # concurrent GET /v1/messages/{id} (the client's connection pool holds 4)
+BULK_JOB_ROWS = 10_000  # changes per Bulk API job: bounds the buffer, and the rework after a crash
+LOG_EVERY_PAGES = 10
+MAX_REPORT_ID = 100
+RETENTION_DAYS = 45  # MessageMedia keeps reports and messages this long
+
+
+# -- the window ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Window:
+    since: dt.datetime  # UTC, included
+    until: dt.datetime  # UTC, excluded
+    timezone: str = "UTC"  # IANA name: dates and zone-less times (ours and MessageMedia's) are read in it
+
+    @property
+    def zone(self) -> dt.tzinfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    def local(self, moment: dt.datetime) -> str:
+        """A bound as the reporting API wants it: a date-time without zone, in ``timezone``."""
+        return moment.astimezone(self.zone).replace(tzinfo=None).isoformat(timespec="seconds")
+
+    def fraction(self, moment: dt.datetime | None) -> float | None:
+        if moment is None:
+            return None
+        span = (self.until - self.since).total_seconds()
+        return min(max((moment - self.since).total_seconds() / span, 0.0), 1.0)
+
+    def __str__(self) -> str:
+        return f"{format_time(self.since)} to {format_time(self.until)} (end excluded)"
+
+
+def zone_named(name: str) -> str:
+    name = name.strip()
+    if name.upper() in ("Z", "UTC"):
+        return "UTC"
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise UsageError(f"--timezone {name!r} is not a time zone name (e.g. UTC, Australia/Sydney)") from exc
+    return name
+
+
+def parse_bound(text: str, option: str, zone: dt.tzinfo) -> dt.datetime:
+    """An ISO date (midnight in ``zone``) or date-time (zone-less: in ``zone``), as UTC."""
+    text = text.strip()
+    try:
+        if len(text) == 10:
+            day = dt.date.fromisoformat(text)
+            return dt.datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(dt.UTC)
+        moment = parse_time(text, zone)
+    except ValueError:
+        moment = None
+    if moment is None:
+        raise UsageError(f"{option} {text!r} is not an ISO date (2026-11-01) or date-time (2026-11-01T09:30)")
+    return moment
+
+
+def parse_window(since: str, until: str, timezone: str = "UTC", now: dt.datetime | None = None) -> Window:
+    name = zone_named(timezone)
+    zone = zoneinfo.ZoneInfo(name)
+    start, end = parse_bound(since, "--since", zone), parse_bound(until, "--until", zone)
+    now = now or now_utc()
+    if end <= start:
+        raise UsageError(f"the window is the wrong way round: --since {since} is not before --until {until}")
+    if end > now:
+        raise UsageError(f"--until {until} is in the future ({format_time(end)}, now {format_time(now)}): "
+                         "a backfill covers the past; give an end up to now")
+    return Window(start, end, name)
+
+
+@dataclass(frozen=True)
+class BackfillOptions:
+    window: Window
+    from_salesforce: bool = False
+    statuses: tuple[str, ...] = ()  # UPPERCASE, as the reporting API wants them
+    metadata_key: str = ""
+    metadata_values: tuple[str, ...] = ()
+    bulk_threshold: int = 2000  # more changed Tasks than this in one write: Bulk API 2.0
+    bulk_job_rows: int = BULK_JOB_ROWS
+    resume: bool = False
+    dry_run: bool = False
+    max_pages: int | None = None
+
+    @property
+    def source(self) -> str:
+        return "salesforce" if self.from_salesforce else "reporting"
+
+    @property
+    def key(self) -> str:
+        """The checkpoint's name: the same window and filters resume the same run."""
+        filters = ",".join(self.statuses)
+        if self.metadata_key:
+            filters += f";{self.metadata_key}=" + "|".join(self.metadata_values)
+        return f"backfill:{self.source}:{format_time(self.window.since)}:{format_time(self.window.until)}:{filters}"
+
+
+# -- turning source records into delivery reports ----------------------------------------------
+def backfill_report_id(message_id: Any, status: str, code: str | None) -> str:
+    """Deterministic: the same message in the same status is the same report on every rerun."""
+    text = f"backfill:{message_id}:{status}:{code or ''}"
+    if len(text) <= MAX_REPORT_ID:
+        return text
+    return "backfill:" + hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def _utc_text(value: Any, zone: dt.tzinfo) -> Any:
+    """A reporting time as UTC text (a zone-less one read in ``zone``); garbage passes through,
+    so the pipeline dead-letters the record rather than guessing."""
+    try:
+        moment = parse_time(value, zone)
+    except ValueError:
+        return value
+    return format_time(moment) if moment else None
+
+
+def _metadata(value: Any) -> Any:
+    try:
+        return read_metadata(value)  # both shapes: an object, or a list of {key, value}
+    except ValueError:
+        return value
+
+
+def report_from_record(record: Any, zone: dt.tzinfo) -> Any:
+    """A reporting API record -> the delivery report the pipeline parses (anything not an
+    object is passed on as it is, to become a dead letter)."""
+    if not isinstance(record, Mapping):
+        return record
+    status = str(record.get("status") or "").strip().lower()
+    code = normalise_code(record.get("status_code"))
+    when = next((record[k] for k in ("last_status_update", "delivered_timestamp", "timestamp") if record.get(k)),
+                None)
+    at = _utc_text(when, zone)
+    raw: dict[str, Any] = {
+        "delivery_report_id": backfill_report_id(record.get("message_id"), status, code),
+        "message_id": record.get("message_id"), "status": status,
+        "submitted_date": at, "date_received": at, "metadata": _metadata(record.get("metadata")),
+    }
+    if code is not None:
+        raw["error_code"] = code
+    return raw
+
+
+def report_from_message(message: Mapping[str, Any]) -> dict[str, Any]:
+    """``GET /v1/messages/{id}`` -> a delivery report: a status, no code, no time (so where the
+    Task's status is timed, precedence falls back to arrival order, as for any untimed report)."""
+    status = str(message.get("status") or "").strip().lower()
+    return {"delivery_report_id": backfill_report_id(message.get("message_id"), status, None),
+            "message_id": message.get("message_id"), "status": status, "metadata": _metadata(message.get("metadata"))}
+
+
+# -- sources ------------------------------------------------------------------------------------
+@dataclass
+class Page:
+    number: int  # pages read this run, from 1
+    raws: list[Any]  # delivery reports for the pipeline
+    resume_at: dict[str, Any]  # the source's cursor just after this page
+    records: int  # source records on the page
+    fraction: float | None  # how far through the window, when known
+    not_found: int = 0  # messages MessageMedia no longer knows (--from-salesforce)
+
+
+class ReportingSource:
+    """Pages of ``POST /v2-preview/reporting/messages/detail`` while ``has_next``."""
+
+    def __init__(self, mm: MessageMediaClient, options: BackfillOptions):
+        self.mm = mm
+        self.options = options
+
+    def query(self, page: int) -> dict[str, Any]:
+        w, o = self.options.window, self.options
+        body: dict[str, Any] = {"start_date": w.local(w.since), "end_date": w.local(w.until), "timezone": w.timezone,
+                                "direction": "outbound", "page": page, "page_size": PAGE_SIZE}
+        if o.statuses:
+            body["status"] = list(o.statuses)
+        if o.metadata_key:
+            body["metadata_key"] = o.metadata_key
+            if len(o.metadata_values) == 1:
+                body["metadata_value"] = o.metadata_values[0]
+            elif o.metadata_values:
+                body["metadata_values"] = list(o.metadata_values)
+        return body
+
+    def pages(self, cursor: Mapping[str, Any]) -> Iterator[Page]:
+        window = self.options.window
+        page = int(cursor.get("page", 0))
+        number = 0
+        while True:
+            body = self.mm.reporting_page(self.query(page))
+            records = body["messages"]
+            pagination = body.get("pagination")
+            has_next = isinstance(pagination, dict) and bool(pagination.get("has_next"))
+            number += 1
+            yield Page(number, [report_from_record(r, window.zone) for r in records], {"page": page + 1},
+                       len(records), window.fraction(self._sent_at(records)))
+            # An empty page ends the window even if has_next says otherwise: never loop forever.
+            if not records or not has_next:
+                return
+            page += 1
+
+    def _sent_at(self, records: list[Any]) -> dt.datetime | None:
+        """The last record's send time: records come in send order, so this is the progress."""
+        for record in reversed(records):
+            if isinstance(record, Mapping):
+                try:
+                    return parse_time(record.get("timestamp"), self.options.window.zone)
+                except ValueError:
+                    return None
+        return None
+
+
+class SalesforceSource:
+    """Tasks created in the window whose status is empty or not final, by Id (keyset paging, so
+    the cursor is the last Task Id), each message looked up at MessageMedia."""
+
+    def __init__(self, sf: SalesforceClient, mm: MessageMediaClient, settings: Settings, code_map: CodeMap,
+                 options: BackfillOptions):
+        self.sf = sf
+        self.mm = mm
+        self.settings = settings
+        self.code_map = code_map
+        self.options = options
+
+    def where(self, after: str) -> str:
+        from simple_salesforce.format import format_soql
+
+        s, w = self.settings, self.options.window
+        finals = sorted(self.code_map.final_labels)
+        clause = format_soql(
+            f"{s.field_message_id} != null AND ({s.field_status} = null OR {s.field_status} NOT IN {{}}) "
+            f"AND CreatedDate >= {_soql_time(w.since)} AND CreatedDate < {_soql_time(w.until)}", finals)
+        if after:
+            clause += format_soql(" AND Id > {}", after)
+        return clause
+
+    def remaining(self, after: str) -> int:
+        soql = f"SELECT COUNT() FROM Task WHERE {self.where(after)}"
+        answer = self.sf.call("query", lambda sf: sf.query(soql))
+        return int(answer.get("totalSize", 0)) if isinstance(answer, Mapping) else 0
+
+    def pages(self, cursor: Mapping[str, Any]) -> Iterator[Page]:
+        after = str(cursor.get("after", ""))
+        total = max(self.remaining(after), 1)
+        done = number = 0
+        msg_field = self.settings.field_message_id
+        with ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="sfsync-lookup") as pool:
+            while True:
+                soql = f"SELECT Id, {msg_field} FROM Task WHERE {self.where(after)} ORDER BY Id LIMIT {TASK_PAGE}"
+                rows = list(self.sf.query_all(soql))
+                if not rows:
+                    return
+                after = str(rows[-1]["Id"])
+                ids = list(dict.fromkeys(str(r[msg_field]) for r in rows))
+                messages = list(pool.map(self.mm.message, ids))
+                found = [m for m in messages if m is not None]
+                done += len(rows)
+                number += 1
+                yield Page(number, [report_from_message(m) for m in found], {"after": after}, len(rows),
+                           min(done / total, 1.0), not_found=len(messages) - len(found))
+                if len(rows) < TASK_PAGE:
+                    return
+
+
+def _soql_time(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- decided, not yet written ---------------------------------------------------------------------
+class ChangeBuffer:
+    """Changes decided but not yet written: one per Task, the winner by the precedence rule (a
+    later page can carry another message for the same Task). Each change is spooled to a
+    temporary file as one JSON line; memory holds only an index of Task -> (status, offset)."""
+
+    def __init__(self, code_map: CodeMap, spool: bool = True):
+        self.code_map = code_map
+        self._file: IO[bytes] | None = tempfile.TemporaryFile() if spool else None  # noqa: SIM115 (closed by close())
+        self._live: dict[str, tuple[Status, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def add(self, change: Change) -> bool:
+        """Keep ``change`` unless a buffered one for its Task wins; True when one of the two lost."""
+        key = change.task_id[:15]  # a 15- and an 18-character Id name the same Task
+        held = self._live.get(key)
+        if held is not None and not wins(held[0], change.outcome.status):
+            return True
+        offset = -1
+        if self._file is not None:
+            self._file.seek(0, 2)
+            offset = self._file.tell()
+            line = {"t": change.task_id, "f": change.fields, "r": dict(change.outcome.report.raw)}
+            self._file.write(json.dumps(line, default=str).encode() + b"\n")
+        self._live[key] = (change.outcome.status, offset)
+        return held is not None
+
+    def labels(self) -> Counter[str]:
+        return Counter(status.label for status, _ in self._live.values())
+
+    def changes(self) -> Iterator[Change]:
+        """The live changes, in the order they were decided (rebuilt from the spool)."""
+        if self._file is None:
+            return
+        live = {offset for _, offset in self._live.values()}
+        self._file.seek(0)
+        offset = 0
+        for line in self._file:
+            if offset in live:
+                item = json.loads(line)
+                [outcome] = resolve_all([parse_report(item["r"], SOURCE)], self.code_map)
+                yield Change(item["t"], outcome, item["f"], None)
+            offset += len(line)
+
+    def clear(self) -> None:
+        self._live.clear()
+        if self._file is not None:
+            self._file.seek(0)
+            self._file.truncate()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _chunks(changes: Iterator[Change], size: int) -> Iterator[list[Change]]:
+    chunk: list[Change] = []
+    for change in changes:
+        chunk.append(change)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _transient(result: RowResult) -> bool:
+    code, message = result.error_code or "", (result.message or "").lower()
+    return code in LOCK_ERRORS or (code == "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY" and "lock" in message)
+
+
+# -- progress ---------------------------------------------------------------------------------------
+class Progress:
+    """A tqdm bar on a terminal (percent of the window, ETA, counts, rate); elsewhere a log line
+    every few pages."""
+
+    def __init__(self, title: str, stream: Any = None, every: int = LOG_EVERY_PAGES):
+        self.stream = stream or sys.stderr
+        self.every = every
+        self.started = time.monotonic()
+        self.first: tuple[float, float] | None = None  # (time, fraction) at the first page: ETA base
+        self.fraction = 0.0
+        self.bar: Any = None
+        if getattr(self.stream, "isatty", lambda: False)():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=100.0, desc=title, file=self.stream, dynamic_ncols=True, leave=True,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]{postfix}")
+
+    def update(self, fraction: float | None, counts: Counter[str], *, final: bool = False) -> None:
+        """``counts`` are the window's (resumed runs included)."""
+        now = time.monotonic()
+        pages = counts["pages"]
+        if fraction is not None:
+            self.fraction = max(self.fraction, fraction)  # never backwards
+        if self.first is None:
+            self.first = (now, self.fraction)
+        records = counts["fetched"]
+        rate = records / max(now - self.started, 1e-6)
+        if self.bar is not None:
+            self.bar.update(self.fraction * 100 - self.bar.n)
+            self.bar.set_postfix_str(f"{records} read, {counts['changed']} changed, {counts['applied']} written, "
+                                     f"{rate:.0f}/s", refresh=True)
+            return
+        if final or pages % self.every == 0:
+            log.info("backfill: %d pages, %d records read, %d changed, %d written, %.0f records/s, %.0f%% of the "
+                     "window%s", pages, records, counts["changed"], counts["applied"], rate, self.fraction * 100,
+                     self._eta(now), extra={"event": "backfill_progress", "pages": pages, "records": records,
+                                            "percent": round(self.fraction * 100, 1)})
+
+    def _eta(self, now: float) -> str:
+        if self.first is None or self.fraction <= self.first[1]:
+            return ""
+        per_second = (self.fraction - self.first[1]) / max(now - self.first[0], 1e-6)
+        return f", about {(1.0 - self.fraction) / per_second:.0f}s to go"
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# -- the run ----------------------------------------------------------------------------------------
+@dataclass
+class BackfillSummary(RunSummary):
+    window: str = ""
+    window_counts: Counter[str] = field(default_factory=Counter)  # the whole window, resumed runs included
+    samples: list[dict[str, Any]] = field(default_factory=list)  # dry run: the first changes, to print
+    by_label: Counter[str] = field(default_factory=Counter)  # dry run: changes per SMS Status
+
+    def as_dict(self) -> dict[str, Any]:
+        data = super().as_dict()
+        for key in ("confirmed", "waiting", "waiting_retried"):  # nothing is confirmed or kept waiting
+            data.pop(key, None)
+        extra = ("pages", "changed", "refused", "no_task", "not_found", "bulk_jobs", "bulk_rows")
+        return {"window": self.window, **{k: self.counts.get(k, 0) for k in extra}, **data}
+
+
+class Backfill:
+    def __init__(self, settings: Settings, options: BackfillOptions, *, mm: MessageMediaClient | None = None,
+                 sf: SalesforceClient | None = None, store: Store | None = None, retries: RetryCounter | None = None,
+                 stop: threading.Event | None = None, sleep: Callable[[float], Any] = time.sleep,
+                 on_page: Callable[[int], None] | None = None, progress_stream: Any = None):
+        self.settings = settings
+        self.options = options
+        if mm is None or sf is None:
+            built_mm, built_sf, retries = build_clients(settings, sleep=sleep)
+            mm, sf = mm or built_mm, sf or built_sf
+        self.mm, self.sf = mm, sf
+        self.retries = retries or RetryCounter()
+        self.store = store or Store(settings.store_path)
+        self.stop = stop or threading.Event()
+        self.on_page = on_page or (lambda page: None)
+        self.progress_stream = progress_stream
+        self.pipeline = Pipeline(settings, self.store, sf, dry_run=options.dry_run)
+        self.bulk = BulkClient(sf)
+
+    def run(self) -> BackfillSummary:
+        if self.options.dry_run:  # writes nothing, so it need not keep the worker out
+            return self._run_recorded()
+        with RunLock(self.settings.lock_path):
+            return self._run_recorded()
+
+    def _run_recorded(self) -> BackfillSummary:
+        summary = BackfillSummary(window=str(self.options.window))
+        kind = "backfill-dry-run" if self.options.dry_run else "backfill"
+        with recorded_run(self.store, kind, summary, self.mm, self.sf, self.retries, command="backfill"):
+            summary.exit_reason = self._run(summary)
+        return summary
+
+    # -- pages ----------------------------------------------------------------------------------
+    def _start(self) -> dict[str, Any]:
+        """The checkpoint to continue from (a fresh one unless --resume)."""
+        saved = self.store.checkpoint(self.options.key)  # a dry run reads it too: --dry-run --resume previews
+        if self.options.resume:
+            if saved is None:
+                raise UsageError("no interrupted backfill with this window and these filters to resume; "
+                                 "run it without --resume (give the same --since, --until and filters to resume one)")
+            return saved
+        if saved is not None and not saved.get("done"):
+            log.warning("an interrupted backfill of this window exists; starting it over (--resume continues it)",
+                        extra={"event": "backfill_restart"})
+        return {"cursor": {}, "pages": 0, "counts": {}, "done": False}
+
+    def _source(self) -> ReportingSource | SalesforceSource:
+        if self.options.from_salesforce:
+            return SalesforceSource(self.sf, self.mm, self.settings, self.pipeline.code_map, self.options)
+        return ReportingSource(self.mm, self.options)
+
+    def _run(self, summary: BackfillSummary) -> str:
+        o = self.options
+        start = self._start()
+        if start.get("done"):
+            log.info("this window was backfilled completely already; nothing to resume (rerun without --resume "
+                     "to check it again)", extra={"event": "backfill_done"})
+            return "already_complete"
+        if o.window.since < now_utc() - dt.timedelta(days=RETENTION_DAYS):
+            log.warning("the window starts more than %d days ago: MessageMedia keeps messages %d days, older ones "
+                        "are not found", RETENTION_DAYS, RETENTION_DAYS, extra={"event": "retention"})
+        log.info("backfill from %s: %s%s", o.source, o.window, ", resuming" if o.resume else "",
+                 extra={"event": "backfill_start", "checkpoint": o.key})
+        base = Counter({k: int(v) for k, v in start.get("counts", {}).items()})  # the window before this run
+        resume_at: dict[str, Any] = dict(start["cursor"])  # first page whose changes are not all written
+        summary.window_counts = base.copy()  # the window up to resume_at
+        buffer = ChangeBuffer(self.pipeline.code_map, spool=not o.dry_run)
+        progress = Progress(f"backfill {o.window.since:%Y-%m-%d}..{o.window.until:%Y-%m-%d}", self.progress_stream)
+        pages = self._source().pages(resume_at)
+        last: Page | None = None
+        reason = ""
+        try:
+            with _redirect_logs(progress):
+                while not reason:
+                    reason = self._should_stop(summary)
+                    page = None if reason else next(pages, None)
+                    if page is None:
+                        reason = reason or "complete"
+                        break
+                    last = page
+                    self._take(page, buffer, summary)
+                    if len(buffer) >= max(o.bulk_threshold + 1, o.bulk_job_rows):
+                        self._flush(buffer, summary)
+                    if not len(buffer):  # everything decided so far is written: the resume point moves
+                        resume_at, summary.window_counts = page.resume_at, base + summary.counts
+                    self._checkpoint(resume_at, summary.window_counts, done=False)
+                    progress.update(page.fraction, base + summary.counts)
+                    self.on_page(page.number)
+                # Stopped or complete: write what was decided, so --resume starts clean.
+                self._flush(buffer, summary)
+                if reason == "complete":
+                    progress.update(1.0, base + summary.counts, final=True)
+        finally:
+            progress.close()
+            buffer.close()
+        if last is not None:
+            resume_at, summary.window_counts = last.resume_at, base + summary.counts
+        self._checkpoint(resume_at, summary.window_counts, done=reason == "complete")
+        if reason != "complete":
+            log.info("stopped (%s): run the same command with --resume to continue", reason,
+                     extra={"event": "backfill_stopped"})
+        return "dry_run" if o.dry_run and reason == "complete" else reason
+
+    def _should_stop(self, summary: BackfillSummary) -> str:
+        if self.stop.is_set():
+            return "signal"
+        if self.options.max_pages is not None and summary.counts["pages"] >= self.options.max_pages:
+            return "max_pages"
+        self.sf.check_budget()
+        return ""
+
+    def _take(self, page: Page, buffer: ChangeBuffer, summary: BackfillSummary) -> None:
+        """Plan one page exactly as `sfsync run` plans a batch; record what needs no write."""
+        summary.counts["fetched"] += page.records
+        summary.counts["pages"] += 1
+        summary.counts["not_found"] += page.not_found
+        plan = self.pipeline.plan(page.raws, SOURCE)
+        counts = plan.result.counts.copy()
+        counts.pop("received", None)
+        summary.counts.update(counts)
+        summary.counts["no_task"] += len(plan.unmatched)  # backfill never waits: a missing Task is counted
+        if not self.options.dry_run:
+            result = BatchResult(counts=summary.counts)
+            self.pipeline.dead_letter_invalid(plan.bad, SOURCE, result)
+            self.pipeline.record_written([], plan.unchanged, SOURCE, result)  # remembers the event times
+        for change in plan.changes:
+            if buffer.add(change):  # another change for this Task, decided earlier, lost or won
+                summary.counts["skipped_stale"] += 1
+                continue
+            summary.counts["changed"] += 1
+            if self.options.dry_run and len(summary.samples) < 200:
+                summary.samples.append({"task_id": change.task_id, "message_id": change.outcome.message_id,
+                                        **change.fields, "was": change.current.label if change.current else None})
+
+    def _checkpoint(self, cursor: dict[str, Any], counts: Counter[str], *, done: bool) -> None:
+        if self.options.dry_run:
+            return
+        o = self.options
+        self.store.save_checkpoint(o.key, {
+            "source": o.source, "since": format_time(o.window.since), "until": format_time(o.window.until),
+            "timezone": o.window.timezone, "cursor": cursor, "counts": dict(counts), "done": done,
+        })
+
+    # -- writes ---------------------------------------------------------------------------------
+    def _flush(self, buffer: ChangeBuffer, summary: BackfillSummary) -> None:
+        if not len(buffer):
+            return
+        if self.options.dry_run:
+            summary.by_label += buffer.labels()
+            summary.counts["would_write"] += len(buffer)
+        elif len(buffer) > self.options.bulk_threshold:
+            self._write_bulk(buffer, summary)
+        else:
+            self._write_collections(buffer.changes(), summary)
+        buffer.clear()
+
+    def _write_collections(self, changes: Iterator[Change], summary: BackfillSummary) -> None:
+        result = BatchResult(counts=summary.counts)
+        held = 0
+        for chunk in _chunks(changes, COLLECTION_LIMIT):
+            for _, answer in self.pipeline.write_changes(chunk, SOURCE, result):
+                held += answer.transient
+                summary.counts["refused"] += not answer.ok and not answer.transient  # kept as one dead letter
+        self._held(held, summary)
+
+    def _write_bulk(self, buffer: ChangeBuffer, summary: BackfillSummary) -> None:
+        columns = [c for c in ("Id", self.settings.field_status, self.settings.field_code,
+                               self.settings.field_updated) if c]
+        with tempfile.TemporaryDirectory(prefix="sfsync-bulk-") as folder:
+            path = Path(folder) / "tasks.csv"
+            with path.open("w", newline="", encoding="utf-8") as out:
+                writer = csv.writer(out, lineterminator="\n")
+                writer.writerow(columns)
+                for change in buffer.changes():
+                    values = self.pipeline.fit(change.fields)
+                    writer.writerow([change.task_id, *(_cell(values, c) for c in columns[1:])])
+            job = self.bulk.update(path)
+        summary.counts["bulk_jobs"] += 1
+        summary.counts["bulk_rows"] += len(buffer)
+        results = {r.task_id[:15]: r for r in self.bulk.results(job.id)}  # at most one job's rows
+        log.info("Bulk API job %s %s: %d processed, %d failed", job.id, job.state, job.processed, job.failed,
+                 extra={"event": "bulk_job", "job_id": job.id})
+        result = BatchResult(counts=summary.counts)
+        retry: list[Change] = []
+        held = 0
+        for chunk in _chunks(buffer.changes(), 500):
+            written: list[tuple[Change, WriteResult]] = []
+            for change in chunk:
+                row = results.get(change.task_id[:15])
+                if row is None:
+                    held += 1  # unprocessed (job failed or aborted part-way)
+                elif row.ok:
+                    written.append((change, WriteResult(change.task_id, True)))
+                elif _transient(row):
+                    retry.append(change)
+                else:
+                    summary.counts["refused"] += 1
+                    written.append((change, WriteResult(change.task_id, False, row.error_code, row.message)))
+            self.pipeline.record_written(written, [], SOURCE, result)
+        if retry:  # row locks: again, one by one with back-off, through the Collections path
+            self._write_collections(iter(retry), summary)
+        self._held(held, summary)
+
+    @staticmethod
+    def _held(held: int, summary: BackfillSummary) -> None:
+        if held:
+            summary.counts["held"] += held
+            # The checkpoint stays before these pages: --resume decides and writes them again.
+            raise RemoteError(f"{held} Task update(s) could not be made (Salesforce kept the rows locked or left "
+                              "them unprocessed); nothing is lost: run again with --resume", transient=False)
+
+
+def _cell(values: Mapping[str, Any], column: str) -> str:
+    if column not in values:
+        return ""  # an empty cell leaves the field as it is
+    value = values[column]
+    return NULL if value is None else str(value)
+
+
+def _redirect_logs(progress: Progress) -> contextlib.AbstractContextManager[Any]:
+    """Log lines above the bar rather than through it."""
+    if progress.bar is None:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm()

@@ -1,0 +1,115 @@
+"""`sfsync backfill` on the command line (the work is in ``sfsync.backfill``, imported lazily so
+`sfsync --help` and `sfsync codes` do not pay for HTTP and SQLite modules)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from sfsync.errors import UsageError
+
+
+def register(sub: Any) -> None:
+    from sfsync.commands import common_options
+
+    parser = sub.add_parser(
+        "backfill", parents=[common_options()],
+        help="fill SMS Status and Code for a past window (after an outage, at go-live)",
+        description="Read every outbound message of a window from MessageMedia's reporting API (or, with "
+                    "--from-salesforce, the window's Tasks whose SMS Status is empty or not final) and write SMS "
+                    "Status and SMS Status Code on their Tasks, with the same precedence rule as 'sfsync run'. "
+                    "Stop it at any time (Ctrl-C); --resume continues.",
+    )
+    parser.add_argument("--since", required=True, metavar="WHEN",
+                        help="start of the window: an ISO date (2026-11-01, midnight in --timezone) or date-time")
+    parser.add_argument("--until", required=True, metavar="WHEN",
+                        help="end of the window, not included (2026-11-08 means up to 2026-11-07 24:00)")
+    parser.add_argument("--timezone", default="UTC", metavar="ZONE",
+                        help="time zone for dates and times given without one, ours and MessageMedia's (default UTC; "
+                             "e.g. Australia/Sydney)")
+    parser.add_argument("--status", action="append", metavar="STATUS",
+                        help="only messages now in this status (delivered, failed, ...); repeat or comma-separate")
+    parser.add_argument("--metadata", action="append", metavar="KEY=VALUE",
+                        help="only messages whose metadata KEY is VALUE; repeat for more values of the same key")
+    parser.add_argument("--from-salesforce", action="store_true",
+                        help="select Tasks created in the window whose SMS Status is empty or not final, and look "
+                             "each message up at MessageMedia")
+    parser.add_argument("--bulk-threshold", type=int, default=2000, metavar="N",
+                        help="write with Bulk API 2.0 when more than N Tasks change (default 2000)")
+    parser.add_argument("--max-pages", type=int, metavar="N", help="stop after N pages (continue with --resume)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted backfill of this window")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the changes it would make (and a count per SMS Status); write nothing")
+    parser.set_defaults(func=backfill_command)
+
+
+def options_from(args: argparse.Namespace) -> Any:
+    from sfsync.backfill import BackfillOptions, parse_window
+
+    window = parse_window(args.since, args.until, args.timezone)
+    statuses = tuple(dict.fromkeys(s.strip().upper() for given in args.status or () for s in given.split(",")
+                                   if s.strip()))
+    pairs = [item.partition("=") for item in args.metadata or ()]
+    if any(not key.strip() or not sep for key, sep, _ in pairs):
+        raise UsageError("--metadata takes KEY=VALUE, e.g. --metadata campaign=spring")
+    keys = {key.strip() for key, _, _ in pairs}
+    if len(keys) > 1:
+        raise UsageError(f"--metadata filters on one key only (MessageMedia's reporting API); got {sorted(keys)}")
+    if args.from_salesforce and (statuses or pairs):
+        raise UsageError("--status and --metadata filter MessageMedia's reporting API; --from-salesforce selects "
+                         "Tasks instead and takes neither")
+    if args.bulk_threshold < 0:
+        raise UsageError("--bulk-threshold must be 0 or more")
+    if args.max_pages is not None and args.max_pages < 1:
+        raise UsageError("--max-pages must be at least 1")
+    return BackfillOptions(window, from_salesforce=args.from_salesforce, statuses=statuses,
+                           metadata_key=next(iter(keys), ""), metadata_values=tuple(v for _, _, v in pairs),
+                           bulk_threshold=args.bulk_threshold, resume=args.resume, dry_run=args.dry_run,
+                           max_pages=args.max_pages)
+
+
+def backfill_command(args: argparse.Namespace) -> int:
+    from sfsync.backfill import Backfill
+    from sfsync.commands import settings_for, stop_on_signals
+
+    options = options_from(args)  # usage errors before any configuration is read
+    settings = settings_for(args)
+    summary = Backfill(settings, options, stop=stop_on_signals()).run()
+    if options.dry_run:
+        print_dry_run(summary, settings.field_status)
+    else:
+        print_summary(summary)
+    return int(summary.exit_code)
+
+
+def print_dry_run(summary: Any, status_field: str) -> None:
+    c = summary.counts
+    print(f"dry run: {c['would_write']} Task update(s) would be written ({c['fetched']} records read, "
+          f"{_skipped(c)} skipped as already right or superseded, {c['no_task']} without a Task)")
+    for change in summary.samples:
+        fields = {k: v for k, v in change.items() if k not in ("task_id", "message_id", "was")}
+        print(f"  {change['task_id']}  {change['was'] or '(empty)'} -> {json.dumps(fields)}")
+    if c["would_write"] > len(summary.samples):
+        print(f"  ... and {c['would_write'] - len(summary.samples)} more")
+    if summary.by_label:
+        print("  by SMS Status: " + ", ".join(f"{k} {n}" for k, n in sorted(summary.by_label.items())))
+
+
+def print_summary(summary: Any) -> None:
+    c, w = summary.counts, summary.window_counts
+    print(f"backfill {summary.exit_reason}: {c['pages']} page(s), {c['fetched']} records read, {c['applied']} Tasks "
+          f"written ({c['bulk_rows']} by Bulk API in {c['bulk_jobs']} job(s)), {_skipped(c)} skipped as already "
+          f"right or superseded, {c['no_task']} without a Task, {c['refused']} refused by Salesforce "
+          f"({c['dead_lettered']} new dead letter(s)); "
+          f"Salesforce calls {summary.salesforce_calls}, MessageMedia calls {summary.messagemedia_calls}, "
+          f"{summary.duration_s:.1f}s; exit {summary.exit_code}")
+    if w and w != c:
+        print(f"  whole window so far: {w['pages']} page(s), {w['fetched']} records read, {w['applied']} Tasks written")
+    if summary.exit_reason in ("signal", "max_pages", "api_budget", "error"):
+        print("  continue with the same command and --resume")
+
+
+def _skipped(counts: Any) -> int:
+    """Reports the precedence rule set aside: the Task holds the same values, or a stronger status."""
+    return int(counts["skipped_unchanged"] + counts["skipped_stale"])
