@@ -322,5 +322,6 @@ def _lazy(module: str) -> Callable[[Any], None]:
 
 REGISTRARS: list[Callable[[Any], None]] = [
     _run, _status, _dead_letters, _doctor, _report, _demo, _sim,
+    _lazy("sfsync.server"), _lazy("sfsync.webhooks"),  # push mode
     _lazy("sfsync.backfill_cli"),  # manual backfill
 ]

@@ -79,6 +79,13 @@ class Settings:
     retry_attempts: int = 6
     retry_max_seconds: float = 120.0
     log_format: str = "auto"
+    # Push mode (`sfsync serve`): at least one way to authenticate MessageMedia's calls
+    push_secret_header: str = "X-SFSync-Secret"  # noqa: S105 - a header name, not a secret
+    push_secret: Secret = field(default_factory=lambda: Secret(""))
+    push_public_key_file: str = ""
+    push_auth_mode: str = "all"  # with both configured: "all" of them, or "any" one, must pass
+    push_max_skew_seconds: float = 300.0
+    push_max_body_bytes: int = 65536
 
     @property
     def sf_auth_mode(self) -> str:
@@ -132,7 +139,15 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SFSYNC_RETRY_ATTEMPTS": ("retry_attempts", "int"),
     "SFSYNC_RETRY_MAX_SECONDS": ("retry_max_seconds", "float"),
     "SFSYNC_LOG_FORMAT": ("log_format", "log_format"),
+    "SFSYNC_PUSH_SECRET_HEADER": ("push_secret_header", "header"),
+    "SFSYNC_PUSH_SECRET": ("push_secret", "secret"),
+    "SFSYNC_PUSH_PUBLIC_KEY_FILE": ("push_public_key_file", "file"),
+    "SFSYNC_PUSH_AUTH_MODE": ("push_auth_mode", "auth_mode"),
+    "SFSYNC_PUSH_MAX_SKEW_SECONDS": ("push_max_skew_seconds", "float"),
+    "SFSYNC_PUSH_MAX_BODY_BYTES": ("push_max_body_bytes", "int"),
 }
+# An HTTP header name (RFC 9110 token).
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 def _convert(name: str, kind: str, raw: str) -> object:
@@ -181,6 +196,14 @@ def _convert(name: str, kind: str, raw: str) -> object:
             if number < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {raw!r})")
             return number
+        if kind == "header":
+            if not HEADER_NAME.match(raw) or raw.lower() in ("content-type", "content-length", "date", "host"):
+                raise ConfigError(f"{name}={raw!r} is not a usable HTTP header name (e.g. X-SFSync-Secret)")
+            return raw
+        if kind == "auth_mode":
+            if raw not in ("all", "any"):
+                raise ConfigError(f"{name} must be all or any (got {raw!r})")
+            return raw
         if kind == "log_format":
             if raw not in ("auto", "json", "text"):
                 raise ConfigError(f"{name} must be auto, json or text (got {raw!r})")

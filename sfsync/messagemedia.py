@@ -54,12 +54,17 @@ class MessageMediaClient:
                 return response.text
             try:
                 return response.json()
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 # A truncated or non-JSON 2xx answer: the request may be retried safely.
                 raise RemoteError(f"MessageMedia {name}: answer is not valid JSON", transient=True,
                                   status=response.status_code) from exc
 
-        return self.policy.call(f"messagemedia.{name}", once)
+        try:
+            return self.policy.call(f"messagemedia.{name}", once)
+        except requests.RequestException as exc:
+            # Still unreachable after every retry: a service error (exit 8), not a crash.
+            raise RemoteError(f"MessageMedia {name}: no usable answer after every retry ({type(exc).__name__})",
+                              transient=True) from exc
 
     @staticmethod
     def _raise_for(response: requests.Response, name: str) -> None:
@@ -116,11 +121,23 @@ class MessageMediaClient:
         return body if isinstance(body, dict) else {}
 
     def list_webhooks(self) -> list[dict[str, Any]]:
-        body = self._call("webhooks", "GET", "/v1/webhooks/messages")
-        if isinstance(body, dict):
-            items = body.get("webhooks", body.get("data", []))
-            return list(items) if isinstance(items, list) else []
-        return list(body) if isinstance(body, list) else []
+        """Every webhook of the account. The API pages them as ``{"page", "pageSize", "pageData"}``."""
+        found: dict[str, dict[str, Any]] = {}
+        for page in range(100):  # bounded: an account has a handful
+            body = self._call("webhooks", "GET", "/v1/webhooks/messages", params={"page": page, "pageSize": 100})
+            if isinstance(body, list):
+                items: Any = body
+            elif isinstance(body, dict):
+                items = body.get("pageData", body.get("webhooks", body.get("data", [])))
+            else:
+                items = []
+            hooks = [h for h in items if isinstance(h, dict)] if isinstance(items, list) else []
+            fresh = [h for h in hooks if str(h.get("id")) not in found]
+            found.update((str(h.get("id")), h) for h in fresh)
+            size = body.get("pageSize", 100) if isinstance(body, dict) else 100
+            if not fresh or not isinstance(size, int) or len(hooks) < size:
+                break
+        return list(found.values())
 
     def delete_webhook(self, webhook_id: str) -> None:
         from urllib.parse import quote
@@ -131,7 +148,7 @@ class MessageMediaClient:
 def _error_message(response: requests.Response) -> str:
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return response.text[:200]
     if isinstance(body, dict):
         message = str(body.get("message", ""))

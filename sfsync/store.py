@@ -24,6 +24,7 @@ from typing import Any
 from sfsync.errors import ConfigError
 
 SCHEMA_VERSION = 1
+RUN_HISTORY = 10_000  # runs kept in the history
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -307,6 +308,8 @@ class Store:
         with self.transaction() as db:
             db.execute("UPDATE runs SET ended_at = ?, counts = ?, exit_reason = ?, exit_code = ? WHERE id = ?",
                        (_ts(now_utc()), json.dumps(counts, default=str), exit_reason, exit_code, run_id))
+            # A daemon or the push drain records a run every few seconds: keep the history bounded.
+            db.execute("DELETE FROM runs WHERE id <= ?", (run_id - RUN_HISTORY,))
 
     def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
@@ -348,3 +351,10 @@ class Store:
     def inbox_count(self, pending_only: bool = True) -> int:
         where = "WHERE processed_at IS NULL" if pending_only else ""
         return int(self.db.execute(f"SELECT COUNT(*) FROM inbox {where}").fetchone()[0])
+
+    def inbox_prune(self, processed_before: dt.datetime) -> int:
+        """Forget pushed reports processed before this time. A late duplicate of a pruned report is
+        stored again and applied idempotently (no write), so this only bounds the table's size."""
+        with self.transaction() as db:
+            return db.execute("DELETE FROM inbox WHERE processed_at IS NOT NULL AND processed_at < ?",
+                              (_ts(processed_before),)).rowcount

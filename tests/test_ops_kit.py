@@ -21,6 +21,7 @@ import pytest
 import yaml  # PyYAML: part of the test extras
 
 from sfsync.codes import default_map
+from sfsync.config import VARIABLES
 
 REPO = Path(__file__).resolve().parents[1]
 SF_PROJECT = REPO / "config" / "salesforce"
@@ -45,18 +46,9 @@ FIELD_DEFAULTS = {
 STATUS_LABELS = tuple(default_map().labels)
 # Unknown codes are kept verbatim, up to this many characters.
 MAX_CODE_LENGTH = 10
-# Every environment variable sfsync reads (sfsync.config.VARIABLES, plus SFSYNC_CODE_MAP read by sfsync.codes).
-ENV_VARS = (
-    "SFSYNC_MM_BASE_URL", "SFSYNC_MM_API_KEY", "SFSYNC_MM_API_SECRET", "SFSYNC_MM_ACCOUNT",
-    "SFSYNC_SF_LOGIN_URL", "SFSYNC_SF_CLIENT_ID", "SFSYNC_SF_CLIENT_SECRET",
-    "SFSYNC_SF_USERNAME", "SFSYNC_SF_PRIVATE_KEY_FILE",
-    "SFSYNC_SF_INSTANCE_URL", "SFSYNC_SF_ACCESS_TOKEN", "SFSYNC_SF_API_VERSION",
-    "SFSYNC_FIELD_STATUS", "SFSYNC_FIELD_CODE", "SFSYNC_FIELD_MESSAGE_ID", "SFSYNC_FIELD_UPDATED",
-    "SFSYNC_METADATA_TASK_KEY", "SFSYNC_CA_BUNDLE", "SFSYNC_STATE_DIR", "SFSYNC_API_BUDGET_PCT",
-    "SFSYNC_LOG_FORMAT", "SFSYNC_WAIT_MAX_AGE_HOURS",
-    "SFSYNC_TRUNCATE_FIELDS", "SFSYNC_HTTP_TIMEOUT", "SFSYNC_RETRY_ATTEMPTS", "SFSYNC_RETRY_MAX_SECONDS",
-    "SFSYNC_CODE_MAP",
-)
+# Every environment variable sfsync reads: the settings, plus SFSYNC_CODE_MAP read by sfsync.codes.
+# Taken from the code, so the example cannot drift from what sfsync actually reads.
+ENV_VARS = (*VARIABLES, "SFSYNC_CODE_MAP")
 SECRET_VARS = ("SFSYNC_MM_API_KEY", "SFSYNC_MM_API_SECRET", "SFSYNC_SF_CLIENT_SECRET", "SFSYNC_SF_ACCESS_TOKEN")
 # Exit statuses that are not failures for a scheduler: 5 API budget reached, 7 already running.
 BENIGN_EXIT = {5, 7}

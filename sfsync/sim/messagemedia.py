@@ -1,6 +1,12 @@
 """A MessageMedia Messages API simulator: delivery reports (poll and confirm), message status,
-and the v2-preview reporting API, with the behaviour described in
-``/work/shared/reference/messagemedia.md``.
+the v2-preview reporting API, and push (account webhooks, a configured ``push_url``, per-report
+``callback_url``), with the behaviour described in ``/work/shared/reference/messagemedia.md``.
+
+Push: every report added is also POSTed, from background threads (``sfsync.sim.push``), to each
+webhook of its account whose events include it (rendered from the webhook's template), to
+``push_url`` when configured, and to its ``callback_url`` when it has one; non-2xx answers and
+connection errors are retried with back-off, a bounded number of times. Pushed reports stay in
+the poll queue too.
 
 State lives in memory under ``self.lock``. Reports are queued per account (the ``Account``
 header selects a sub-account); a message is derived from its reports (its status is the status
@@ -25,14 +31,34 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from sfsync.sim.base import FaultConfig, Handler, HttpError, Request, Response, SimApp
+from sfsync.sim.push import DR_EVENTS, EVENTS, Delivery, PushConfig, Pusher, digest_key, load_private_key
 
 MAX_IDS = 100  # the most reports one poll returns and one confirmation accepts
 AUTH_MESSAGE = "Invalid authentication credentials"
 DEFAULT_ACCOUNT = "SimAccount"
 METADATA_SHAPES = ("object", "list")
 HMAC_MAX_SKEW_S = 900.0
+WEBHOOK_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+WEBHOOK_ENCODINGS = ("JSON", "FORM_ENCODED", "XML")
+# Push settings for configure(), with their defaults.
+PUSH_DEFAULTS: dict[str, Any] = {
+    "push_url": None,  # also push every report here (besides webhooks)
+    "push_headers": {},  # static headers for push_url pushes (a shared secret)
+    "push_template": None,  # None: push_url receives each report as JSON, as callback_url does
+    "push_max_attempts": 6,  # for push_url and callback_url; a webhook uses its own "retries"
+    "push_retry_delay_s": 0.05,  # first back-off; doubles per attempt (kept short for tests)
+    "push_retry_max_delay_s": 2.0,
+    "push_timeout_s": 5.0,
+    "push_concurrency": 4,
+    "push_ca_bundle": None,  # PEM to trust for https receivers
+    "push_date_offset_s": 0.0,  # shift the signed Date (tests of a receiver's skew bound)
+    "sign_with_private_key_pem": None,  # sign every push as MessageMedia's signed callbacks do
+    "sign_key_id": "sim-key",
+    "sign_digest": "SHA512",
+}
 
 # The 30 published delivery status codes (source-lists/), for the reporting API's descriptions.
 STATUS_CODES: dict[str, str] = {
@@ -136,10 +162,26 @@ class MessageMediaSim(SimApp):
             "reporting_metadata_shape": reporting_metadata_shape,
             "reporting_naive_timestamps": reporting_naive_timestamps,
             "auth_failure_status": auth_failure_status,
+            **copy.deepcopy(PUSH_DEFAULTS),
         }
         self.reporting_metadata_shape = "object"
         self.reporting_naive_timestamps = False
         self.auth_failure_status = 401
+        self.push_url: str | None = None
+        self.push_headers: dict[str, str] = {}
+        self.push_template: str | None = None
+        self.push_max_attempts = 6
+        self.push_retry_delay_s = 0.05
+        self.push_retry_max_delay_s = 2.0
+        self.push_timeout_s = 5.0
+        self.push_concurrency = 4
+        self.push_ca_bundle: str | None = None
+        self.push_date_offset_s = 0.0
+        self.sign_with_private_key_pem: str | None = None
+        self.sign_key_id = "sim-key"
+        self.sign_digest = "SHA512"
+        self._sign_key: Any = None
+        self.pusher = Pusher(self._push_config, self.stopping)
         self.configure(**self._initial_settings)
         self._clear()
 
@@ -148,6 +190,9 @@ class MessageMediaSim(SimApp):
             ("POST", "/v1/delivery_reports/confirmed", self._confirm_route),
             ("GET", "/v1/messages/{message_id}", self._message_route),
             ("POST", "/v2-preview/reporting/messages/detail", self._reporting_route),
+            ("POST", "/v1/webhooks/messages", self._create_webhook_route),
+            ("GET", "/v1/webhooks/messages", self._list_webhooks_route),
+            ("DELETE", "/v1/webhooks/messages/{webhook_id}", self._delete_webhook_route),
         ]
         for method, pattern, handler in api:
             self.route(method, pattern, self._authenticated(handler), name=f"{method} {pattern}")
@@ -161,6 +206,8 @@ class MessageMediaSim(SimApp):
             ("POST", "/_sim/faults", self._admin_faults),
             ("POST", "/_sim/config", self._admin_config),
             ("POST", "/_sim/reset", self._admin_reset),
+            ("GET", "/_sim/push_log", lambda r: Response.json(200, {"pushes": self.push_log()})),
+            ("GET", "/_sim/webhooks", lambda r: Response.json(200, {"webhooks": self.webhooks()})),
         ]
         for method, pattern, handler in admin:
             self.route(method, pattern, handler)
@@ -173,12 +220,16 @@ class MessageMediaSim(SimApp):
         self._confirm_log: list[tuple[str, float]] = []
         self._confirm_counts: Counter[str] = Counter()
         self._confirm_unknown = 0
+        self._webhooks: dict[str, dict[str, Any]] = {}  # id -> webhook as created, with its account
 
     def configure(self, **settings: Any) -> dict[str, Any]:
         """Change behaviour at run time: reporting_metadata_shape, reporting_naive_timestamps,
-        auth_failure_status. Returns the current settings."""
+        auth_failure_status, and the push settings of ``PUSH_DEFAULTS``. Returns the current
+        settings (a signing key shown only as set)."""
         with self.lock:
             for key, value in settings.items():
+                if key in PUSH_DEFAULTS:
+                    _check_push_setting(key, value)
                 if key == "reporting_metadata_shape" and value not in METADATA_SHAPES:
                     raise ValueError(f"reporting_metadata_shape must be one of {METADATA_SHAPES}, not {value!r}")
                 if key == "auth_failure_status" and value not in (401, 403):
@@ -188,15 +239,31 @@ class MessageMediaSim(SimApp):
                 if key not in self._initial_settings:
                     raise ValueError(f"unknown setting {key!r}")
             for key, value in settings.items():
-                setattr(self, key, value)
-            return {key: getattr(self, key) for key in self._initial_settings}
+                setattr(self, key, copy.deepcopy(value))
+            if "sign_with_private_key_pem" in settings:
+                pem = self.sign_with_private_key_pem
+                self._sign_key = load_private_key(pem) if pem else None
+            shown = {key: getattr(self, key) for key in self._initial_settings}
+            if shown["sign_with_private_key_pem"]:
+                shown["sign_with_private_key_pem"] = "set"
+            return shown
+
+    def _push_config(self) -> PushConfig:
+        return PushConfig(
+            ca_bundle=self.push_ca_bundle, retry_delay_s=float(self.push_retry_delay_s),
+            retry_max_delay_s=float(self.push_retry_max_delay_s), timeout_s=float(self.push_timeout_s),
+            concurrency=int(self.push_concurrency), sign_key=self._sign_key, sign_digest=self.sign_digest,
+            sign_key_id=self.sign_key_id, date_offset_s=float(self.push_date_offset_s),
+        )
 
     def reset(self) -> None:
         """Back to as constructed: no reports or messages, counters cleared, the constructor's
         fault configuration and settings restored (a seeded fault sequence starts over)."""
+        self.pusher.stop()  # outside the lock: a push in flight may take its timeout to end
         with self.lock:
             super().reset()
             self._clear()
+            self.pusher = Pusher(self._push_config, self.stopping)
             self.faults.configure(**vars(copy.deepcopy(self._initial_faults)))
             self.configure(**self._initial_settings)
 
@@ -217,6 +284,7 @@ class MessageMediaSim(SimApp):
                 self._reports[wire["delivery_report_id"]] = stored
                 queue[wire["delivery_report_id"]] = stored
                 self._apply_to_message(wire, account)
+                self._push(wire, account)
             return ids
 
     def add_raw_reports(self, reports: list[Any], account: str | None = None) -> list[str]:
@@ -311,6 +379,81 @@ class MessageMediaSim(SimApp):
         with self.lock:
             return list(self._confirm_log)
 
+    # -- push --------------------------------------------------------------------------------
+    def _push(self, wire: dict[str, Any], account: str) -> None:
+        """Queue the pushes of one new report (called under the lock; the HTTP is the pusher's)."""
+        report = copy.deepcopy(wire)
+        event = DR_EVENTS.get(str(report.get("status", "")).lower())
+        for hook in self._webhooks.values():
+            if hook["_account"] == account and event in hook["events"] and hook["method"] != "GET":
+                retries = hook.get("retries")
+                self.pusher.submit(Delivery(
+                    report, hook["url"], "webhook", hook["method"], dict(hook.get("headers") or {}),
+                    hook.get("template") or None,
+                    max_attempts=(retries if isinstance(retries, int) else self.push_max_attempts - 1) + 1,
+                ))
+        if self.push_url:
+            self.pusher.submit(Delivery(report, self.push_url, "push_url", "POST", dict(self.push_headers),
+                                        self.push_template, max_attempts=self.push_max_attempts))
+        callback = report.get("callback_url")
+        if isinstance(callback, str) and callback.startswith(("http://", "https://")):
+            self.pusher.submit(Delivery(report, callback, "callback_url", "POST", {}, None,
+                                        max_attempts=self.push_max_attempts))
+
+    def push_log(self) -> list[dict[str, Any]]:
+        """Every push attempt, in order: report id, url, kind, attempt, status (HTTP status or error)."""
+        with self.pusher._cv:
+            return [dict(entry) for entry in self.pusher.log]
+
+    def wait_for_pushes(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued push was delivered or given up."""
+        return self.pusher.wait_idle(timeout)
+
+    def webhooks(self, account: str | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            return [_public_hook(h) for h in self._webhooks.values()
+                    if account is None or h["_account"] == account]
+
+    def _create_webhook_route(self, request: Request) -> Response:
+        body = request.json()
+        if not isinstance(body, dict):
+            raise HttpError(400, "Request validation failed", details=["a JSON object body is required"])
+        problems = _webhook_problems(body)
+        if problems:
+            raise HttpError(400, "Request validation failed", details=problems)
+        account = self._account(request)
+        hook: dict[str, Any] = {
+            "id": str(uuid.uuid4()), "url": body["url"], "method": body["method"].upper(),
+            "encoding": body["encoding"].upper(), "headers": dict(body.get("headers") or {}),
+            "events": list(dict.fromkeys(body["events"])), "template": body.get("template") or "",
+        }
+        hook.update({k: body[k] for k in ("read_timeout", "retries", "retry_delay") if k in body})
+        with self.lock:
+            if any(h["_account"] == account and h["url"] == hook["url"] for h in self._webhooks.values()):
+                raise HttpError(409, "A webhook with this url already exists", details=[hook["url"]])
+            self._webhooks[hook["id"]] = {**hook, "_account": account}
+        return Response.json(201, hook)
+
+    def _list_webhooks_route(self, request: Request) -> Response:
+        try:
+            page = int(request.arg("page") or 0)
+            size = int(request.arg("pageSize") or 10)
+        except ValueError as exc:
+            raise HttpError(400, "Request validation failed", details=["page and pageSize are integers"]) from exc
+        if page < 0 or not 1 <= size <= 100:
+            raise HttpError(400, "Request validation failed", details=["page >= 0, pageSize 1 to 100"])
+        hooks = self.webhooks(self._account(request))
+        return Response.json(200, {"page": page, "pageSize": size, "pageData": hooks[page * size : (page + 1) * size]})
+
+    def _delete_webhook_route(self, request: Request) -> Response:
+        webhook_id = request.params["webhook_id"]
+        with self.lock:
+            hook = self._webhooks.get(webhook_id)
+            if hook is None or hook["_account"] != self._account(request):
+                raise HttpError(404, "Webhook not found", details=[f"no webhook with id {webhook_id}"])
+            del self._webhooks[webhook_id]
+        return Response(204)
+
     def stats(self) -> dict[str, Any]:
         with self.lock:
             calls = dict(self.calls)
@@ -323,6 +466,8 @@ class MessageMediaSim(SimApp):
                 "confirm_counts": dict(self._confirm_counts),
                 "confirm_unknown": self._confirm_unknown,
                 "messages": len(self._messages),
+                "webhooks": len(self._webhooks),
+                "pushes": self.pusher.snapshot(),
                 "faults": self.faults.snapshot(),
             }
 
@@ -613,3 +758,73 @@ def _metadata_matches(metadata: Any, key: str, values: list[Any] | None) -> bool
     if not isinstance(metadata, dict) or key not in metadata:
         return False
     return values is None or metadata[key] in values
+
+
+def _public_hook(hook: dict[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy({k: v for k, v in hook.items() if not k.startswith("_")})
+
+
+def _webhook_problems(body: dict[str, Any]) -> list[str]:
+    """What MessageMedia's Webhooks API would refuse (400) in a create request."""
+    problems: list[str] = []
+    url = body.get("url")
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        problems.append("url: a valid http(s) URL is required")
+    method = body.get("method")
+    if not isinstance(method, str) or method.upper() not in WEBHOOK_METHODS:
+        problems.append(f"method: one of {', '.join(WEBHOOK_METHODS)} is required")
+    encoding = body.get("encoding")
+    if not isinstance(encoding, str) or encoding.upper() not in WEBHOOK_ENCODINGS:
+        problems.append(f"encoding: one of {', '.join(WEBHOOK_ENCODINGS)} is required")
+    events = body.get("events")
+    if not isinstance(events, list) or not events:
+        problems.append("events: at least one event is required")
+    elif unknown := [e for e in events if e not in EVENTS]:
+        problems.append(f"events: unknown {unknown}")
+    headers = body.get("headers")
+    if headers is not None:
+        if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                    for k, v in headers.items()):
+            problems.append("headers: an object of string values")
+        elif any(k.lower() == "content-type" for k in headers):
+            problems.append("headers: must not include Content-Type (set by encoding)")
+    if body.get("template") is not None and not isinstance(body.get("template"), str):
+        problems.append("template: a string")
+    for key in ("read_timeout", "retries", "retry_delay"):
+        value = body.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            problems.append(f"{key}: a non-negative integer")
+    return problems
+
+
+def _check_push_setting(key: str, value: Any) -> None:
+    def number(minimum: float) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and value >= minimum
+
+    if key in ("push_url",) and value is not None and (
+        not isinstance(value, str) or not value.startswith(("http://", "https://"))
+    ):
+        raise ValueError(f"{key} must be an http(s) URL or null")
+    if key == "push_headers" and (not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )):
+        raise ValueError("push_headers must be an object of string values")
+    if key in ("push_template", "push_ca_bundle", "sign_with_private_key_pem") and value is not None \
+            and not isinstance(value, str):
+        raise ValueError(f"{key} must be a string or null")
+    if key == "sign_with_private_key_pem" and value:
+        try:
+            load_private_key(value)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"sign_with_private_key_pem: {exc}") from exc
+    if key == "sign_digest":
+        digest_key(str(value))
+    if key == "sign_key_id" and not isinstance(value, str):
+        raise ValueError("sign_key_id must be a string")
+    if key in ("push_max_attempts", "push_concurrency") and (not isinstance(value, int) or not number(1)):
+        raise ValueError(f"{key} must be an integer of at least 1")
+    if key in ("push_retry_delay_s", "push_retry_max_delay_s", "push_timeout_s") and not number(0):
+        raise ValueError(f"{key} must be a non-negative number")
+    if key == "push_date_offset_s" and not number(float("-inf")):
+        raise ValueError("push_date_offset_s must be a number")

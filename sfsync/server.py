@@ -1,0 +1,587 @@
+"""`sfsync serve`: receive the delivery reports MessageMedia pushes, and drain them into Salesforce.
+
+A push is answered 2xx only once its reports are committed to the store's inbox (SQLite, WAL,
+synchronous=FULL): a crash before the answer makes MessageMedia push again, and the report id
+makes the second copy a no-op. A background thread drains the inbox through the same pipeline as
+``sfsync run`` (``RunOptions(inbox=True)``), or ``--no-drain`` leaves that to ``sfsync run --inbox``.
+
+The standard library's ``ThreadingHTTPServer`` is enough for this: one small endpoint, a request
+is a few hundred bytes and one SQLite commit, and it adds no dependency to audit. TLS is best
+terminated by a proxy or ingress in front; ``--tls-cert/--tls-key`` serve it directly when there
+is none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import logging
+import re
+import socket
+import sqlite3
+import ssl
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from sfsync.config import Settings
+from sfsync.errors import (
+    EXIT_BUDGET,
+    EXIT_OK,
+    AlreadyRunning,
+    AuthError,
+    ConfigError,
+    SfsyncError,
+    UsageError,
+)
+from sfsync.logs import register_secret
+from sfsync.push_auth import AuthFailed, PushAuth
+from sfsync.reports import InvalidReport, parse_report
+from sfsync.store import Store, now_utc
+
+log = logging.getLogger("sfsync.serve")
+
+DEFAULT_PATH = "/delivery-reports"
+HEALTH_PATH = "/healthz"
+PRUNE_EVERY_S = 3600.0
+MAX_BACKOFF_S = 60.0
+BUDGET_BACKOFF_S = 300.0  # the daily API allocation does not come back within seconds
+# A template variable MessageMedia left unrendered (no value for it): "$statusCode", "$metadata.get('k')".
+_UNRENDERED = re.compile(r"^\$!?\{?[A-Za-z]\w*(?:\.\w+)*(?:\(.*\))?\}?$")
+
+
+class AbortConnection(Exception):
+    """Raised by the ``after_commit`` test hook: drop the connection without an answer, as a
+    server killed between the commit and the answer would."""
+
+
+class BadPush(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Reply:
+    status: int
+    payload: dict[str, Any]
+    close: bool = False
+
+
+@dataclass
+class DrainState:
+    enabled: bool = True
+    runs: int = 0
+    last_finished: str | None = None
+    last_exit_reason: str | None = None
+    last_error: str | None = None
+    consecutive_failures: int = 0
+    skipped_locked: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+# -- pushed bodies ---------------------------------------------------------------------------------------
+def reports_in(payload: Any) -> list[Any]:
+    """The reports of a push: one report object, or ``{"delivery_reports": [...]}``."""
+    if isinstance(payload, dict) and "delivery_reports" in payload:
+        items = payload["delivery_reports"]
+        if not isinstance(items, list):
+            raise BadPush("delivery_reports must be a list")
+        if not items:
+            raise BadPush("delivery_reports is empty")
+        return items
+    if isinstance(payload, dict):
+        return [payload]
+    raise BadPush(f"the body must be a report object or {{\"delivery_reports\": [...]}}, not {type(payload).__name__}")
+
+
+def _unrendered(value: Any) -> bool:
+    return isinstance(value, str) and bool(_UNRENDERED.match(value.strip()))
+
+
+def normalise_pushed(raw: Any) -> Any:
+    """A pushed report as the pipeline reads polled ones. Webhook templates leave a variable with
+    no value as its literal name (``"$statusCode"``): such a field is dropped, so it reads as
+    absent rather than as a code. ``metadata`` rendered as a JSON string becomes the object."""
+    if not isinstance(raw, dict):
+        return raw
+    clean = {k: v for k, v in raw.items() if not _unrendered(v)}
+    metadata = clean.get("metadata")
+    if isinstance(metadata, str):
+        text = metadata.strip()
+        if not text:
+            clean.pop("metadata")
+        elif text.startswith("{"):
+            with contextlib.suppress(ValueError):
+                clean["metadata"] = json.loads(text)
+    metadata = clean.get("metadata")
+    if isinstance(metadata, dict):
+        clean["metadata"] = {k: v for k, v in metadata.items() if not _unrendered(v)}
+    return clean
+
+
+# -- the application --------------------------------------------------------------------------------------
+class PushServer:
+    """The push receiver and its drain thread. ``start()``/``stop()``, or a context manager."""
+
+    def __init__(self, settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, path: str = DEFAULT_PATH,
+                 drain: bool = True, drain_interval: float = 2.0, tls_cert: str | None = None,
+                 tls_key: str | None = None, max_connections: int = 128, inbox_retention_days: float = 7.0,
+                 store: Store | None = None, worker_factory: Callable[[threading.Event], Any] | None = None):
+        if not path.startswith("/"):
+            raise UsageError(f"--path must start with / (got {path!r})")
+        if drain_interval <= 0:
+            raise UsageError("--drain-interval must be positive")
+        self.settings = settings
+        self.auth = PushAuth.from_settings(settings)  # ConfigError when neither method is configured
+        if settings.push_secret:
+            register_secret(settings.push_secret.value)
+        self.path = path
+        self.max_body = settings.push_max_body_bytes
+        self.store = store or Store(settings.store_path)
+        self.drain_interval = drain_interval
+        self.inbox_retention = dt.timedelta(days=inbox_retention_days)
+        self.drain_state = DrainState(enabled=drain)
+        self.counts: Counter[str] = Counter()
+        self.after_commit: Callable[[list[str]], None] | None = None  # test hook, see AbortConnection
+        self.closing = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._idle = threading.Condition(self._lock)
+        self._worker_factory = worker_factory or self._default_worker
+        self._worker: Any = None
+        self._serve_thread: threading.Thread | None = None
+        self._drain_thread: threading.Thread | None = None
+        context = _tls_context(tls_cert, tls_key) if tls_cert or tls_key else None
+        self.scheme = "https" if context else "http"
+        self._httpd = _HTTPServer((host, port), self, context, max_connections)
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = str(self._httpd.server_address[0])
+        return f"{self.scheme}://{'127.0.0.1' if host == '0.0.0.0' else host}:{self.port}{self.path}"
+
+    def start(self) -> PushServer:
+        self._serve_thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                              name="sfsync-serve", daemon=True)
+        self._serve_thread.start()
+        if self.drain_state.enabled:
+            self._drain_thread = threading.Thread(target=self._drain_loop, name="sfsync-drain", daemon=True)
+            self._drain_thread.start()
+        log.info("accepting pushed delivery reports at %s (auth: %s%s)", self.url, " and ".join(self.auth.methods),
+                 f", {self.auth.mode} required" if len(self.auth.methods) > 1 else "",
+                 extra={"event": "serve_start", "drain": self.drain_state.enabled})
+        return self
+
+    def stop(self, grace_seconds: float = 10.0) -> None:
+        """Stop accepting, let requests in hand finish (bounded), then let the drain finish the
+        batch in hand. Idempotent."""
+        if self.closing.is_set() and self._serve_thread is None:
+            return
+        self.closing.set()
+        self._stop.set()  # the drain stops after the batch in hand
+        if self._serve_thread is not None:
+            self._httpd.shutdown()
+        with self._idle:
+            self._idle.wait_for(lambda: self._inflight == 0, timeout=grace_seconds)
+        self._httpd.close_connections()  # idle keep-alive connections
+        self._httpd.server_close()
+        if self._serve_thread is not None:
+            self._serve_thread.join(timeout=5)
+            self._serve_thread = None
+        if self._drain_thread is not None:
+            self._drain_thread.join()
+            self._drain_thread = None
+        log.info("stopped", extra={"event": "serve_stop"})
+
+    def __enter__(self) -> PushServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- one push ------------------------------------------------------------------------------------
+    def receive(self, method: str, target: str, version: str, header: Callable[[str], str | None],
+                body: bytes, peer: str = "") -> Reply:
+        """Authenticate, validate and store one pushed body; the reply is only returned once the
+        reports are committed."""
+        try:
+            self.auth.check(method, target, header, body, versions=(version, "HTTP/1.1"))
+        except AuthFailed as exc:
+            self._count("unauthenticated")
+            log.warning("push refused from %s: %s", peer, exc.reason, extra={"event": "push_unauthenticated"})
+            return Reply(401, {"error": "unauthenticated", "reason": exc.reason})
+        try:
+            reports = self._validated(body)
+        except BadPush as exc:
+            self._count("malformed")
+            log.warning("malformed push from %s: %s", peer, exc.reason, extra={"event": "push_malformed"})
+            return Reply(400, {"error": "malformed", "reason": exc.reason})
+        stored = 0
+        try:
+            with self.store.transaction():
+                for report_id, raw in reports:
+                    stored += self.store.inbox_add(report_id, raw)
+        except (sqlite3.Error, ConfigError) as exc:
+            # Not stored, so not acknowledged: MessageMedia pushes it again later.
+            self._count("store_errors")
+            log.error("cannot store a push: %s", exc, extra={"event": "push_store_error"})
+            return Reply(503, {"error": "unavailable", "reason": "the local store cannot be written"})
+        # Committed: from here on a lost answer only costs a duplicate push, stored once.
+        self._count("stored", stored)
+        self._count("duplicates", len(reports) - stored)
+        log.debug("push stored: %d report(s), %d duplicate(s)", stored, len(reports) - stored,
+                  extra={"event": "push_stored"})
+        if self.after_commit is not None:
+            self.after_commit([rid for rid, _ in reports])
+        return Reply(200, {"stored": stored, "duplicates": len(reports) - stored})
+
+    def _validated(self, body: bytes) -> list[tuple[str, dict[str, Any]]]:
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadPush(f"the body is not JSON ({exc})") from None
+        items = reports_in(payload)
+        valid: list[tuple[str, dict[str, Any]]] = []
+        for index, item in enumerate(items):
+            raw = normalise_pushed(item)
+            try:
+                report = parse_report(raw, "push")
+            except InvalidReport as exc:
+                where = f"report {index}" + (f" ({exc.report_id})" if exc.report_id else "")
+                raise BadPush(f"{where}: {exc.reason}") from None
+            if not report.report_id.strip() or not report.message_id.strip():
+                # The inbox is keyed by report id: a blank one would make distinct reports "duplicates".
+                raise BadPush(f"report {index}: blank delivery_report_id or message_id")
+            valid.append((report.report_id.strip(), raw))
+        return valid
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        try:
+            pending = self.store.inbox_count()
+        except Exception as exc:  # the store is what a push needs: without it, we are not healthy
+            return 503, {"status": "unavailable", "reason": f"store: {exc}"}
+        with self._lock:
+            counts = dict(self.counts)
+            drain = self.drain_state.as_dict()
+        # 503 while stopping: a load balancer stops sending here before the port closes.
+        return (503 if self.closing.is_set() else 200), {
+            "status": "stopping" if self.closing.is_set() else "ok", "inbox_pending": pending,
+            "pushes": counts, "drain": drain}
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[key] += n
+
+    def request_started(self) -> None:
+        with self._lock:
+            self._inflight += 1
+
+    def request_finished(self) -> None:
+        with self._idle:
+            self._inflight -= 1
+            self._idle.notify_all()
+
+    # -- the drain -----------------------------------------------------------------------------------
+    def _default_worker(self, stop: threading.Event) -> Any:
+        from sfsync.worker import Worker
+
+        return Worker(self.settings, store=self.store, stop=stop)
+
+    def _drain_loop(self) -> None:
+        delay = self.drain_interval
+        next_prune = 0.0
+        while not self._stop.wait(delay):
+            delay = self.drain_once()
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_EVERY_S
+                with contextlib.suppress(Exception):
+                    pruned = self.store.inbox_prune(now_utc() - self.inbox_retention)
+                    if pruned:
+                        log.info("pruned %d processed inbox row(s)", pruned, extra={"event": "inbox_pruned"})
+        self.store.close()
+
+    def _work_due(self) -> bool:
+        return bool(self.store.inbox_pending(1) or self.store.due_waiting(now_utc(), limit=1))
+
+    def drain_once(self) -> float:
+        """One drain if there is anything to do; returns the seconds to wait before the next."""
+        from sfsync.worker import RunOptions
+
+        state = self.drain_state
+        try:
+            if not self._work_due():
+                return self.drain_interval
+            if self._worker is None:
+                self._worker = self._worker_factory(self._stop)
+            summary = self._worker.run(RunOptions(inbox=True))
+        except AlreadyRunning:
+            # A cron `sfsync run` holds the lock: its turn now, ours at the next interval.
+            with self._lock:
+                state.skipped_locked += 1
+            log.debug("drain skipped: another run holds the lock", extra={"event": "drain_locked"})
+            return self.drain_interval
+        except (AuthError, ConfigError) as exc:
+            return self._drain_failed(exc, "error")
+        except SfsyncError as exc:
+            return self._drain_failed(exc, "warning")
+        except Exception as exc:
+            log.exception("drain crashed; retrying later", extra={"event": "drain_crash"})
+            return self._drain_failed(exc, None)
+        with self._lock:
+            state.runs += 1
+            state.last_finished = now_utc().isoformat(timespec="seconds")
+            state.last_exit_reason = summary.exit_reason
+            state.last_error = None
+            if summary.exit_code == EXIT_BUDGET:
+                return BUDGET_BACKOFF_S
+            if summary.counts.get("held") and not (summary.counts.get("applied") or summary.counts.get("confirmed")):
+                state.consecutive_failures += 1  # nothing moved (writes failing transiently): back off
+                return self._backoff()
+            state.consecutive_failures = 0
+        return self.drain_interval
+
+    def _drain_failed(self, exc: BaseException, level: str | None) -> float:
+        if level == "error":
+            log.error("drain failed: %s", exc, extra={"event": "drain_error"})
+        elif level == "warning":
+            log.warning("drain failed: %s; the reports stay in the inbox", exc, extra={"event": "drain_error"})
+        with self._lock:
+            self.drain_state.last_error = f"{type(exc).__name__}: {exc}"
+            self.drain_state.consecutive_failures += 1
+            return self._backoff()
+
+    def _backoff(self) -> float:
+        return float(min(self.drain_interval * 2 ** self.drain_state.consecutive_failures, MAX_BACKOFF_S))
+
+
+def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext:
+    if not cert or not key:
+        raise UsageError("--tls-cert and --tls-key go together")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load --tls-cert {cert} / --tls-key {key}: {exc}") from exc
+    return context
+
+
+# -- HTTP ------------------------------------------------------------------------------------------------
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], app: PushServer, context: ssl.SSLContext | None,
+                 max_connections: int):
+        super().__init__(address, _Handler)
+        self.app = app
+        if context is not None:
+            # The handshake runs in the connection's thread, so a slow client cannot stall accept().
+            self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # A bound on connections (and so threads): beyond it, new ones wait in the listen backlog.
+        while not self._slots.acquire(timeout=0.5):
+            if self.app.closing.is_set():
+                self.shutdown_request(request)
+                return
+        with self._connections_lock:
+            self._connections.add(request)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release(request)
+            self.app.store.close()  # this thread's SQLite connection
+
+    def _release(self, request: Any) -> None:
+        with self._connections_lock:
+            if request not in self._connections:
+                return
+            self._connections.discard(request)
+        self._slots.release()
+
+    def close_connections(self) -> None:
+        with self._connections_lock:
+            open_connections = list(self._connections)
+        for conn in open_connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("connection error from %s", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: MessageMedia and the simulator reuse connections
+    server_version = "sfsync"
+    sys_version = ""
+    timeout = 15  # a stalled or idle connection gives its thread back
+    server: _HTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        with contextlib.suppress(OSError):
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if isinstance(self.request, ssl.SSLSocket):
+            try:
+                self.request.do_handshake()
+            except (OSError, ssl.SSLError):
+                self.close_connection = True
+                raise
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.client_address[0], *args)
+
+    # -- routes ----------------------------------------------------------------------------------------
+    def do_GET(self) -> None:
+        self._get(head=False)
+
+    def do_HEAD(self) -> None:
+        self._get(head=True)
+
+    def _get(self, head: bool) -> None:
+        path = urlsplit(self.path).path
+        if path == HEALTH_PATH:
+            status, payload = self.server.app.health()
+            return self._reply(Reply(status, payload), head=head)
+        if path == self.server.app.path:
+            return self._reply(Reply(405, {"error": "method not allowed: POST delivery reports here"}), head=head)
+        return self._reply(Reply(404, {"error": "not found"}), head=head)
+
+    def do_POST(self) -> None:
+        app = self.server.app
+        app.request_started()
+        try:
+            self._post(app)
+        finally:
+            app.request_finished()
+
+    def _post(self, app: PushServer) -> None:
+        if urlsplit(self.path).path != app.path:
+            return self._reply(Reply(404, {"error": "not found"}, close=True))
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            return self._reply(Reply(411, {"error": "send a Content-Length, not chunked encoding"}, close=True))
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:
+            return self._reply(Reply(411, {"error": "Content-Length required"}, close=True))
+        try:
+            length = int(length_text)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            return self._reply(Reply(400, {"error": "malformed", "reason": "bad Content-Length"}, close=True))
+        if length > app.max_body:
+            app._count("too_large")
+            log.warning("push refused from %s: %d bytes, over the limit of %d", self.client_address[0], length,
+                        app.max_body, extra={"event": "push_too_large"})
+            return self._reply(Reply(413, {"error": "too large", "limit_bytes": app.max_body}, close=True))
+        body = self.rfile.read(length)
+        if len(body) < length:
+            self.close_connection = True  # the client went away mid-body: nothing to answer
+            return None
+        try:
+            reply = app.receive(self.command, self.path, self.request_version, self.headers.get, body,
+                                self.client_address[0])
+        except AbortConnection:
+            return self._abort()
+        return self._reply(reply)
+
+    # -- answers ---------------------------------------------------------------------------------------
+    def _reply(self, reply: Reply, head: bool = False) -> None:
+        body = json.dumps(reply.payload).encode()
+        close = reply.close or self.server.app.closing.is_set()
+        self.send_response(reply.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+        self.wfile.flush()
+
+    def _abort(self) -> None:
+        """Reset the connection with no answer (SO_LINGER 0 sends a TCP RST)."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with contextlib.suppress(OSError):
+            self.request.close()
+
+
+# -- sfsync serve ----------------------------------------------------------------------------------------
+def register(sub: Any) -> None:
+    from sfsync.commands import common_options
+
+    parser = sub.add_parser(
+        "serve", parents=[common_options()], help="receive pushed delivery reports (MessageMedia webhooks)",
+        description="Accept delivery reports MessageMedia pushes, store each durably before answering, and "
+                    "drain them into Salesforce with the same pipeline as 'sfsync run'. Needs SFSYNC_PUSH_SECRET "
+                    "and/or SFSYNC_PUSH_PUBLIC_KEY_FILE.",
+    )
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 in a container behind a proxy)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    parser.add_argument("--path", default=DEFAULT_PATH, help=f"path that accepts pushes (default {DEFAULT_PATH})")
+    parser.add_argument("--drain-interval", type=float, default=2.0, metavar="SECONDS",
+                        help="seconds between drains of the inbox into Salesforce (default 2)")
+    parser.add_argument("--no-drain", action="store_true",
+                        help="only receive; drain with 'sfsync run --inbox' (cron) instead")
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
+    parser.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    parser.add_argument("--max-connections", type=int, default=128, help="concurrent connections (default 128)")
+    parser.add_argument("--inbox-retention-days", type=float, default=7.0,
+                        help="keep processed pushes this long to recognise duplicates (default 7)")
+    parser.set_defaults(func=serve_command)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    from sfsync.commands import settings_for, stop_on_signals
+
+    if args.max_connections < 1:
+        raise UsageError("--max-connections must be at least 1")
+    if args.inbox_retention_days <= 0:
+        raise UsageError("--inbox-retention-days must be positive")
+    settings = settings_for(args, messagemedia=False, salesforce=not args.no_drain)
+    stop = stop_on_signals()
+    try:
+        server = PushServer(settings, host=args.host, port=args.port, path=args.path, drain=not args.no_drain,
+                            drain_interval=args.drain_interval, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                            max_connections=args.max_connections, inbox_retention_days=args.inbox_retention_days)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port} ({exc})") from exc
+    with server:
+        while not stop.wait(1.0):
+            pass
+    return EXIT_OK
+
