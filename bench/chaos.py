@@ -1,0 +1,576 @@
+"""``scripts/chaos``: prove sfsync's durability claims under faults and SIGKILLs.
+
+    scripts/chaos                    # CI size: 2,000 reports, 10 kills, 10% faults, ~1 minute
+    scripts/chaos --large            # 20,000 reports, 20 kills
+    scripts/chaos --reports 5000 --kills 15 --fault-rate 0.2 --seed 3
+
+Seeds the simulators (in this process) with a queue of delivery reports over Tasks: in and out of
+order (across poll batches), with and without codes, duplicates, Tasks matched by metadata or by
+message id, Tasks that appear late, Tasks deleted before their reports arrive, malformed reports.
+Turns on faults on every endpoint of both simulators (500, 502, 503, 429 with Retry-After,
+connection resets, lost responses, stalls past the client's timeout, truncated JSON, per-record
+UNABLE_TO_LOCK_ROW, periodic token expiry). Runs ``sfsync run`` as a child process and SIGKILLs it
+at random instants, then restarts it until the queue is drained and the waiting list is empty.
+
+Then checks, against the simulators' own records (never against what sfsync says):
+  lost       every Task holds the status and code of its message's winning report, computed here
+             from the seeded reports in event order (an independent implementation of the rule)
+  regressed  no final status on a Task was ever followed by a non-final one (Salesforce write history)
+  confirmed  every seeded report was confirmed, and only once its outcome was durable: at the time
+             MessageMedia logged the confirm, the Task already held that report's values or those
+             of a report that beats it; or, for a Task not there yet, the deleted Task or a malformed
+             report, a waiting row or dead letter in sfsync's store held it
+  rerun      the whole queue served again makes zero Salesforce writes
+Prints the figures and one JSON line; exits 1 on any violation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import random
+import shutil
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from _common import SFSYNC, ChildResult, run_child, worker_env
+
+from sfsync.sim.base import FaultConfig
+from sfsync.sim.harness import Simulators
+from sfsync.sim.messagemedia import format_timestamp
+
+FAULT_KINDS = ("500", "502", "503", "429", "reset", "lost_response", "stall", "malformed")
+STATUS_FIELD, CODE_FIELD, MSG_FIELD = "SMS_Status__c", "SMS_Status_Code__c", "SMS_Message_Id__c"
+METADATA_KEY = "sf_task_id"
+
+# The expected outcome, written out here rather than taken from sfsync (config/status_codes.toml,
+# README "The code map"): a known code decides the label; no code: the status string decides; an
+# unknown code is written as received with the label of the status string.
+CODE_LABEL = {"200": "Submitted", "210": "Submitted", "211": "Submitted", "220": "Delivered", "221": "Delivered",
+              "302": "Rejected", "402": "Rejected", "410": "Rejected", "411": "Rejected", "412": "Rejected",
+              "400": "Failed", "401": "Failed", "414": "Failed"}
+STATUS_LABEL = {"enroute": "Sending", "submitted": "Submitted", "delivered": "Delivered", "failed": "Failed",
+                "rejected": "Rejected"}
+FINAL_LABELS = {"Delivered", "Failed", "Rejected", "Stopped"}
+
+
+# -- the workload ---------------------------------------------------------------------------------------
+@dataclass
+class Seeded:
+    report_id: str
+    message_id: str
+    status: str
+    code: str | None
+    submitted: dt.datetime
+    received: dt.datetime
+
+    @property
+    def label(self) -> str:
+        return CODE_LABEL.get(self.code or "") or STATUS_LABEL[self.status]
+
+    @property
+    def values(self) -> tuple[str, str | None]:
+        return self.label, self.code
+
+    @property
+    def final(self) -> bool:
+        return self.label in FINAL_LABELS
+
+    def key(self) -> tuple[bool, dt.datetime, dt.datetime, bool, str]:
+        """Precedence as a sort key: final first, then the later event (submitted, then received),
+        then the report carrying a code, then the report id. The winner is the largest."""
+        return self.final, self.submitted, self.received, self.code is not None, self.report_id
+
+    def wire(self, metadata: dict[str, str]) -> dict[str, Any]:
+        report: dict[str, Any] = {
+            "delivery_report_id": self.report_id, "message_id": self.message_id, "status": self.status,
+            "submitted_date": format_timestamp(self.submitted), "date_received": format_timestamp(self.received),
+            "source_number": "+61491570156", "original_text": "Chaos", "metadata": dict(metadata),
+        }
+        if self.code is not None:
+            report["error_code"] = self.code
+        return report
+
+
+@dataclass
+class Message:
+    message_id: str
+    kind: str
+    by_metadata: bool = False
+    late: bool = False
+    deleted: bool = False
+    out_of_order: bool = False
+    task_id: str | None = None
+    reports: list[Seeded] = field(default_factory=list)
+
+    def winner(self) -> Seeded:
+        return max(self.reports, key=Seeded.key)
+
+
+@dataclass
+class Workload:
+    messages: dict[str, Message]
+    queue: list[dict[str, Any]]  # in queue order, malformed ones included
+    malformed_ids: list[str]
+    late_records: list[dict[str, Any]]  # Tasks to add during the run
+    by_report: dict[str, Seeded]
+
+    def add_late_tasks(self, sims: Simulators) -> float:
+        """Log the late Tasks in Salesforce now; returns the time they exist from."""
+        late = [m for m in self.messages.values() if m.late]
+        for msg, task_id in zip(late, sims.sf.add_tasks(self.late_records), strict=True):
+            msg.task_id = task_id
+        return time.time()
+
+    @property
+    def report_count(self) -> int:
+        return len(self.queue)
+
+
+def _uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _events(rng: random.Random, kind: str) -> list[tuple[str, str | None]]:
+    coded = rng.random() < 0.5
+    enroute = ("enroute", "200" if coded else None)
+    submitted = ("submitted", rng.choice(("210", "211")) if coded else None)
+    if kind == "delivered":
+        return [enroute, submitted, ("delivered", rng.choice(("220", "221")) if coded else None)]
+    if kind == "failed":
+        return [enroute, submitted, ("failed", rng.choice(("400", "401", "414")))]
+    if kind == "rejected":
+        return [enroute, ("rejected", rng.choice(("302", "402", "410", "411", "412")))]
+    if kind == "unknown":
+        return [enroute, submitted, (rng.choice(("delivered", "failed")), "999")]
+    return [enroute, submitted][: rng.choice((1, 2))]  # in flight
+
+
+def _malformed(rng: random.Random, message_id: str) -> dict[str, Any]:
+    report_id = _uuid(rng)
+    base: dict[str, Any] = {"delivery_report_id": report_id, "message_id": message_id, "status": "delivered",
+                            "submitted_date": "2026-11-20T09:00:00.000Z", "date_received": "2026-11-20T09:00:00.010Z"}
+    broken = rng.choice(("no_status", "bad_date", "status_type", "metadata_type", "huge_status"))
+    if broken == "no_status":
+        del base["status"]
+    elif broken == "bad_date":
+        base["submitted_date"] = "yesterday-ish"
+    elif broken == "status_type":
+        base["status"] = 220
+    elif broken == "metadata_type":
+        base["metadata"] = "sf_task_id=00T000000000001"
+    else:
+        base["status"] = "delivered" * 100
+    return base
+
+
+def build_workload(sims: Simulators, n_reports: int, rng: random.Random) -> Workload:
+    kinds = ["delivered"] * 55 + ["failed"] * 12 + ["rejected"] * 10 + ["in_flight"] * 13 + ["unknown"] * 5
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    messages: dict[str, Message] = {}
+    arrivals: list[tuple[dt.datetime, int, dict[str, Any] | Seeded]] = []
+    malformed_ids: list[str] = []
+    by_report: dict[str, Seeded] = {}
+    count = order = 0
+    sent = now
+    while count < n_reports:
+        msg = Message(_uuid(rng), rng.choice(kinds))
+        roll = rng.random()
+        if roll < 0.01:
+            msg.deleted = msg.by_metadata = True
+        elif roll < 0.04:
+            msg.late = True  # matched by message id: a Task Id in metadata needs the Task at send time
+        else:
+            msg.by_metadata = rng.random() < 1 / 3
+        msg.out_of_order = rng.random() < 0.15
+        sent += dt.timedelta(milliseconds=rng.randint(50, 400))
+        at = sent
+        for status, code in _events(rng, msg.kind):
+            at += dt.timedelta(milliseconds=rng.randint(100, 30_000))  # distinct, increasing event times
+            received = at + dt.timedelta(milliseconds=rng.randint(5, 90))
+            msg.reports.append(Seeded(_uuid(rng), msg.message_id, status, code, at, received))
+        if rng.random() < 0.03:  # MessageMedia sends one status twice (a new report id, same content)
+            twin = rng.choice(msg.reports)
+            msg.reports.append(Seeded(_uuid(rng), msg.message_id, twin.status, twin.code, twin.submitted,
+                                      twin.received + dt.timedelta(milliseconds=1)))
+        arrival_times = [r.received for r in msg.reports]
+        if msg.out_of_order:  # queued in a shuffled order, spread over several poll batches
+            rng.shuffle(arrival_times)
+            arrival_times = [t + dt.timedelta(seconds=rng.uniform(0, 120)) for t in arrival_times]
+        for report, arrival in zip(msg.reports, arrival_times, strict=True):
+            arrivals.append((arrival, order, report))
+            by_report[report.report_id] = report
+            order += 1
+        count += len(msg.reports)
+        if rng.random() < 0.005 and count < n_reports:
+            bad = _malformed(rng, msg.message_id)
+            arrivals.append((sent + dt.timedelta(seconds=rng.uniform(0, 60)), order, bad))
+            malformed_ids.append(bad["delivery_report_id"])
+            order += 1
+            count += 1
+        messages[msg.message_id] = msg
+
+    # Tasks: every message has one, except the late ones (added later); deleted ones go to the bin.
+    present = [m for m in messages.values() if not m.late]
+    records = [{"Subject": "SMS"} if m.by_metadata else {"Subject": "SMS", MSG_FIELD: m.message_id} for m in present]
+    for msg, task_id in zip(present, sims.sf.add_tasks(records), strict=True):
+        msg.task_id = task_id
+        if msg.deleted:
+            sims.sf.delete_task(task_id)
+    late_records = [{"Subject": "SMS (logged late)", MSG_FIELD: m.message_id} for m in messages.values() if m.late]
+
+    arrivals.sort(key=lambda item: (item[0], item[1]))
+    queue: list[dict[str, Any]] = []
+    for _, _, item in arrivals:
+        if isinstance(item, Seeded):
+            msg = messages[item.message_id]
+            metadata = {METADATA_KEY: msg.task_id} if msg.by_metadata and msg.task_id else {}
+            queue.append(item.wire(metadata))
+        else:
+            queue.append(item)
+    # Queue in order; malformed reports go in verbatim, between the others.
+    pending: list[dict[str, Any]] = []
+    malformed = set(malformed_ids)
+    for wire in queue:
+        if wire["delivery_report_id"] in malformed:
+            if pending:
+                sims.mm.add_reports(pending)
+                pending = []
+            sims.mm.add_raw_reports([wire])
+        else:
+            pending.append(wire)
+    if pending:
+        sims.mm.add_reports(pending)
+    return Workload(messages, queue, malformed_ids, late_records, by_report)
+
+
+# -- the run --------------------------------------------------------------------------------------------
+@dataclass
+class Process:
+    started: float
+    ended: float
+    result: ChildResult
+    waiting: set[str]  # report ids in the store's waiting list when it ended
+    dead: set[str]  # report ids among the dead letters when it ended
+
+
+def store_ids(state: Path) -> tuple[set[str], set[str]]:
+    path = state / "sfsync.db"
+    if not path.exists():
+        return set(), set()
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        waiting = {r[0] for r in conn.execute("SELECT report_id FROM waiting")}
+        dead = {r[0] for r in conn.execute("SELECT report_id FROM dead_letters WHERE report_id IS NOT NULL")}
+    except sqlite3.OperationalError:  # killed before it created its tables
+        return set(), set()
+    finally:
+        conn.close()
+    return waiting, dead
+
+
+class TokenExpiry:
+    """Expires every Salesforce access token every ``every`` seconds, on a thread."""
+
+    def __init__(self, sims: Simulators, every: float):
+        self.sims, self.every = sims, every
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chaos-token-expiry", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.sims.sf.expire_tokens()
+            self.count += 1
+
+    def __enter__(self) -> TokenExpiry:
+        if self.every > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+
+def count_lock_errors(sims: Simulators) -> None:
+    """Count the simulator's UNABLE_TO_LOCK_ROW answers among its injected faults."""
+    faults = sims.sf.faults
+    draw = faults.chance
+
+    def counted(rate: float) -> bool:
+        hit = bool(draw(rate))
+        if hit:
+            faults.count("UNABLE_TO_LOCK_ROW")
+        return hit
+
+    faults.chance = counted  # type: ignore[method-assign]
+
+
+# -- the checks ---------------------------------------------------------------------------------------------
+@dataclass
+class Verdict:
+    lost: list[str] = field(default_factory=list)
+    regressed: list[str] = field(default_factory=list)
+    unconfirmed: list[str] = field(default_factory=list)
+    early_confirms: list[str] = field(default_factory=list)
+    rerun_writes: int = 0
+    crashes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.regressed or self.unconfirmed or self.early_confirms or self.rerun_writes
+                    or self.crashes)
+
+
+def history(sims: Simulators, task_id: str) -> list[tuple[float, tuple[Any, Any]]]:
+    return [(h["time"], (h["fields"].get(STATUS_FIELD), h["fields"].get(CODE_FIELD)))
+            for h in sims.sf.history(task_id) if STATUS_FIELD in h["fields"] or CODE_FIELD in h["fields"]]
+
+
+def covered(msg: Message, report: Seeded, values: tuple[Any, Any]) -> bool:
+    """Whether a Task holding ``values`` holds ``report``'s outcome: its values, or those of a report
+    of the same message that beats it."""
+    return any(s.values == values and s.key() >= report.key() for s in msg.reports)
+
+
+def check(sims: Simulators, work: Workload, processes: list[Process], late_added_at: float | None) -> Verdict:
+    verdict = Verdict()
+    confirmed_at: dict[str, float] = {}
+    for confirmed_id, logged_at in sims.mm.confirm_log():
+        confirmed_at.setdefault(confirmed_id, logged_at)
+    histories = {m.task_id: history(sims, m.task_id) for m in work.messages.values() if m.task_id}
+
+    for msg in work.messages.values():
+        if msg.deleted or msg.task_id is None:
+            continue
+        task = sims.sf.task(msg.task_id) or {}
+        if (task.get(STATUS_FIELD), task.get(CODE_FIELD)) != msg.winner().values:
+            verdict.lost.append(msg.message_id)
+        seen_final = False
+        for _, (label, _code) in histories[msg.task_id]:
+            if seen_final and label not in FINAL_LABELS:
+                verdict.regressed.append(msg.task_id)
+                break
+            seen_final = seen_final or label in FINAL_LABELS
+
+    def process_at(when: float) -> Process | None:
+        return next((p for p in processes if p.started <= when <= p.ended), None)
+
+    for wire in work.queue:
+        report_id = wire["delivery_report_id"]
+        when = confirmed_at.get(report_id)
+        if when is None:
+            verdict.unconfirmed.append(report_id)
+            continue
+        proc = process_at(when)
+        if report_id in work.malformed_ids:
+            if proc is None or report_id not in proc.dead:
+                verdict.early_confirms.append(report_id)
+            continue
+        seeded = work.by_report[report_id]
+        msg = work.messages[seeded.message_id]
+        if msg.deleted or (msg.late and (late_added_at is None or when < late_added_at)):
+            held = (proc.dead if msg.deleted else proc.waiting) if proc else set()
+            if not any(s.report_id in held and s.key() >= seeded.key() for s in msg.reports):
+                verdict.early_confirms.append(report_id)
+            continue
+        assert msg.task_id is not None
+        before = [values for t, values in histories[msg.task_id] if t < when]
+        if not before or not covered(msg, seeded, before[-1]):
+            verdict.early_confirms.append(report_id)
+    return verdict
+
+
+# -- driver -------------------------------------------------------------------------------------------------
+def run_once(sims: Simulators, state: Path, kill_after: float | None, timeout: float) -> Process:
+    started = time.time()
+    result = run_child([SFSYNC, "run", "--retry-waiting"], worker_env(sims, state, **CHAOS_ENV), cwd=state.parent,
+                       kill_after=kill_after, timeout=timeout)
+    ended = time.time()
+    waiting, dead = store_ids(state)
+    return Process(started, ended, result, waiting, dead)
+
+
+CHAOS_ENV = {"SFSYNC_HTTP_TIMEOUT": "2", "SFSYNC_RETRY_MAX_SECONDS": "30"}
+
+
+def drained(sims: Simulators, state: Path) -> bool:
+    waiting, _ = store_ids(state)
+    return sims.mm.stats()["unconfirmed"] == 0 and not waiting
+
+
+def log_events(processes: list[Process]) -> Iterator[dict[str, Any]]:
+    for proc in processes:
+        yield from proc.result.log_lines()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/chaos", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reports", type=int, help="delivery reports to seed (default 2,000; --large 20,000)")
+    parser.add_argument("--kills", type=int, help="SIGKILLs at random instants (default 10; --large 20)")
+    parser.add_argument("--large", action="store_true", help="the larger run: 20,000 reports, 20 kills")
+    parser.add_argument("--fault-rate", type=float, default=0.10,
+                        help="share of API calls that fail, on every endpoint of both simulators (default 0.10)")
+    parser.add_argument("--lock-row-rate", type=float, default=0.01,
+                        help="per record share of UNABLE_TO_LOCK_ROW in collection writes (default 0.01: about "
+                             "half of the writes meet a locked row)")
+    parser.add_argument("--token-expiry-every", type=float, default=3.0, metavar="SECONDS",
+                        help="expire every Salesforce token this often (0: never)")
+    parser.add_argument("--stall-seconds", type=float, default=3.0,
+                        help="a stall lasts this long (the client's read timeout is 2 s)")
+    parser.add_argument("--kill-window", type=float, nargs=2, metavar=("MIN", "MAX"),
+                        help="a kill comes this many seconds after the run starts, uniformly (default 0.2 1.6; "
+                             "--large 0.5 6)")
+    parser.add_argument("--budget", type=float, default=0.0,
+                        help="give up (and fail) after this many seconds (default 90, --large 1200)")
+    parser.add_argument("--seed", type=int, help="seed for the workload, the faults and the kills")
+    p = parser.parse_args(argv)
+    n_reports = p.reports or (20_000 if p.large else 2_000)
+    kills = p.kills if p.kills is not None else (20 if p.large else 10)
+    budget = p.budget or (1200.0 if p.large else 90.0)
+    kill_window = tuple(p.kill_window or ((0.5, 6.0) if p.large else (0.2, 1.6)))
+    seed = p.seed if p.seed is not None else random.SystemRandom().randrange(1 << 30)
+    rng = random.Random(seed)
+    started = time.monotonic()
+
+    def faults(offset: int) -> FaultConfig:
+        return FaultConfig(rate=p.fault_rate, kinds=FAULT_KINDS, seed=seed + offset, stall_seconds=p.stall_seconds,
+                           retry_after=1)
+
+    work_dir = Path(tempfile.mkdtemp(prefix="sfsync-chaos-"))
+    state = work_dir / "state"
+    processes: list[Process] = []
+    late_added_at: float | None = None
+    rerun_writes = 0
+    try:
+        with Simulators(tls_dir=work_dir / "tls", mm_faults=faults(1), sf_faults=faults(2)) as sims:
+            work = build_workload(sims, n_reports, rng)
+            sims.sf.configure(lock_row_rate=p.lock_row_rate)
+            count_lock_errors(sims)
+            print(f"chaos: seed {seed}; {work.report_count:,} reports over {len(work.messages):,} messages "
+                  f"({sum(m.late for m in work.messages.values())} Tasks late, "
+                  f"{sum(m.deleted for m in work.messages.values())} deleted, "
+                  f"{sum(m.out_of_order for m in work.messages.values())} out of order, "
+                  f"{len(work.malformed_ids)} malformed); faults {p.fault_rate:.0%} on every endpoint; "
+                  f"{kills} kills", flush=True)
+            with TokenExpiry(sims, p.token_expiry_every) as expiry:
+                killed = attempts = 0
+                while killed < kills and not drained(sims, state) and attempts < 3 * kills:
+                    if killed >= kills // 2 and late_added_at is None:
+                        late_added_at = work.add_late_tasks(sims)
+                    if time.monotonic() - started > budget:
+                        raise TimeoutError(f"the kills did not fit in the {budget:g} s budget")
+                    proc = run_once(sims, state, rng.uniform(*kill_window), timeout=120)
+                    processes.append(proc)
+                    killed += proc.result.killed
+                    attempts += 1
+                    how = "killed" if proc.result.killed else f"exit {proc.result.returncode}"
+                    print(f"  run {len(processes):2}: {how} after {proc.result.wall_s:4.1f} s; unconfirmed "
+                          f"{sims.mm.stats()['unconfirmed']:,}", flush=True)
+                if late_added_at is None:
+                    late_added_at = work.add_late_tasks(sims)
+                while not drained(sims, state):
+                    if time.monotonic() - started > budget:
+                        raise TimeoutError(f"not drained within the {budget:g} s budget")
+                    proc = run_once(sims, state, None, timeout=max(10.0, budget - (time.monotonic() - started)))
+                    processes.append(proc)
+                    print(f"  run {len(processes):2}: exit {proc.result.returncode} after {proc.result.wall_s:4.1f} s "
+                          f"({(proc.result.summary() or {}).get('exit_reason', '?')}); unconfirmed "
+                          f"{sims.mm.stats()['unconfirmed']:,}", flush=True)
+                verdict = check(sims, work, processes, late_added_at)
+
+                # The final rerun: the same statuses served again (new report ids) write nothing.
+                composite_before = sims.sf.stats()["api_calls"].get("composite", 0)
+                replay = [{**r, "delivery_report_id": str(uuid.uuid4())} for r in work.queue
+                          if r["delivery_report_id"] not in work.malformed_ids
+                          and not work.messages[r["message_id"]].deleted]
+                sims.mm.add_reports(replay)
+                rerun_runs = 0
+                while not drained(sims, state):
+                    if time.monotonic() - started > budget:
+                        raise TimeoutError(f"rerun not drained within the {budget:g} s budget")
+                    proc = run_once(sims, state, None, timeout=max(10.0, budget - (time.monotonic() - started)))
+                    processes.append(proc)
+                    rerun_runs += 1
+                rerun_writes = sims.sf.stats()["api_calls"].get("composite", 0) - composite_before
+                verdict.rerun_writes = rerun_writes
+                for msg in work.messages.values():  # the rerun changed nothing
+                    task = sims.sf.task(msg.task_id) if msg.task_id and not msg.deleted else None
+                    if task is not None and msg.message_id not in verdict.lost and \
+                            (task.get(STATUS_FIELD), task.get(CODE_FIELD)) != msg.winner().values:
+                        verdict.lost.append(msg.message_id)
+                verdict.crashes = sum(1 for proc in processes if proc.result.returncode == 1)
+                injected = Counter(sims.mm.faults.snapshot()["injected"])
+                sf_injected = Counter(sims.sf.faults.snapshot()["injected"])
+                token_expiries = expiry.count
+    except TimeoutError as exc:
+        print(f"chaos: FAILED: {exc}")
+        print(json.dumps({"chaos": "sfsync", "seed": seed, "ok": False, "error": str(exc)}))
+        return 1
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+    events = list(log_events(processes))
+    retries = sum(1 for e in events if e.get("event") == "retry")
+    exits = Counter("killed" if proc.result.killed else str(proc.result.returncode) for proc in processes)
+    by_kind: dict[str, dict[str, int]] = defaultdict(dict)
+    for kind, n in injected.items():
+        by_kind[kind]["messagemedia"] = n
+    for kind, n in sf_injected.items():
+        by_kind[kind]["salesforce"] = n
+    by_kind["token_expiry"]["salesforce"] = token_expiries
+    total_faults = sum(injected.values()) + sum(sf_injected.values()) + token_expiries
+    elapsed = time.monotonic() - started
+    figures = {
+        "chaos": "sfsync", "seed": seed, "ok": verdict.ok, "elapsed_s": round(elapsed, 1),
+        "reports": work.report_count, "messages": len(work.messages),
+        "late_tasks": len(work.late_records), "deleted_tasks": sum(m.deleted for m in work.messages.values()),
+        "out_of_order_messages": sum(m.out_of_order for m in work.messages.values()),
+        "malformed_reports": len(work.malformed_ids), "fault_rate": p.fault_rate, "lock_row_rate": p.lock_row_rate,
+        "faults_injected": total_faults, "faults_by_kind": dict(sorted(by_kind.items())),
+        "kills": sum(1 for proc in processes if proc.result.killed), "runs": len(processes),
+        "rerun_runs": rerun_runs, "exits": dict(exits), "retries": retries,
+        "lost": len(verdict.lost), "regressed": len(verdict.regressed), "unconfirmed": len(verdict.unconfirmed),
+        "confirmed_before_durable": len(verdict.early_confirms), "rerun_sf_writes": verdict.rerun_writes,
+        "crashes": verdict.crashes,
+    }
+    print(f"\nchaos: {work.report_count:,} reports, {figures['kills']} kills over {len(processes)} runs "
+          f"({', '.join(f'{k}: {v}' for k, v in sorted(exits.items()))}), {elapsed:.1f} s")
+    print(f"  faults injected: {total_faults} — " + ", ".join(
+        f"{kind} {sum(v.values())}" for kind, v in sorted(by_kind.items())))
+    print(f"  retries (logged by sfsync): {retries}")
+    print(f"  lost: {figures['lost']}   regressed: {figures['regressed']}   unconfirmed: {figures['unconfirmed']}   "
+          f"confirmed before durable: {figures['confirmed_before_durable']}   rerun Salesforce writes: "
+          f"{figures['rerun_sf_writes']}   crashes (exit 1): {figures['crashes']}")
+    for name, items in (("lost", verdict.lost), ("regressed", verdict.regressed),
+                        ("unconfirmed", verdict.unconfirmed), ("confirmed before durable", verdict.early_confirms)):
+        if items:
+            print(f"  {name}: {items[:10]}{' ...' if len(items) > 10 else ''}")
+    for proc in processes:
+        if proc.result.returncode == 1 and not proc.result.killed:
+            print("  a run crashed:\n" + proc.result.stderr[-3000:])
+            break
+    for proc in processes:  # why a run stopped early (sfsync resumes on the next run; worth a look)
+        if not proc.result.killed and proc.result.returncode not in (0, 6):
+            errors = [e.get("msg", "") for e in proc.result.log_lines() if e.get("level") == "error"]
+            print(f"  a run exited {proc.result.returncode}: {errors[-1] if errors else proc.result.stderr[-300:]}")
+    print(f"  {'OK' if verdict.ok else 'VIOLATIONS FOUND'}")
+    print(json.dumps(figures, separators=(",", ":")))
+    return 0 if verdict.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

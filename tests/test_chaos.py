@@ -1,0 +1,76 @@
+"""The durability claims under faults and SIGKILLs: `scripts/chaos` at CI size, as a subprocess.
+
+And, so that a green run means something, the same checker run against two broken workers (a
+``sitecustomize`` patches sfsync in the child processes only): one that confirms reports as soon
+as it fetches them, one that ignores the precedence rule. Both must be caught.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CHAOS = REPO / "bench" / "chaos.py"
+
+MUTANTS = textwrap.dedent('''
+    import os
+
+    mutant = os.environ.get("CHAOS_MUTANT")
+    if mutant == "confirm_early":
+        from sfsync import messagemedia
+
+        fetch = messagemedia.MessageMediaClient.fetch_reports
+
+        def fetch_and_confirm(self):
+            reports = fetch(self)
+            ids = [r["delivery_report_id"] for r in reports
+                   if isinstance(r, dict) and isinstance(r.get("delivery_report_id"), str)]
+            if ids:
+                self.confirm(ids)
+            return reports
+
+        messagemedia.MessageMediaClient.fetch_reports = fetch_and_confirm
+    elif mutant == "no_precedence":
+        from sfsync import pipeline
+        from sfsync.precedence import Action, same_values
+
+        pipeline.decide = lambda current, incoming: (
+            Action.UNCHANGED if same_values(current, incoming) else Action.WRITE)
+''')
+
+
+def run_chaos(*args: str, env: dict[str, str] | None = None, timeout: float = 115) -> tuple[int, dict[str, Any], str]:
+    done = subprocess.run([sys.executable, str(CHAOS), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    lines = done.stdout.strip().splitlines()
+    figures = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+    return done.returncode, figures, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_chaos_ci_size_loses_nothing() -> None:
+    code, figures, output = run_chaos()
+    assert code == 0, output[-6000:]
+    assert figures["ok"] and figures["reports"] >= 2000 and figures["kills"] >= 5, output[-3000:]
+    assert figures["lost"] == figures["regressed"] == figures["confirmed_before_durable"] == 0
+    assert figures["rerun_sf_writes"] == 0 and figures["faults_injected"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mutant", "caught"), [("confirm_early", "confirmed_before_durable"),
+                                                ("no_precedence", "regressed")])
+def test_chaos_catches_a_broken_worker(tmp_path: Path, mutant: str, caught: str) -> None:
+    (tmp_path / "sitecustomize.py").write_text(MUTANTS)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "CHAOS_MUTANT": mutant}
+    code, figures, output = run_chaos("--reports", "400", "--kills", "2", "--fault-rate", "0.02", "--seed", "5",
+                                      "--budget", "60", env=env, timeout=90)
+    assert code == 1, output[-3000:]
+    assert figures[caught] > 0, output[-3000:]
