@@ -13,7 +13,6 @@ The last line of output is one JSON object holding every figure.
 from __future__ import annotations
 
 import argparse
-import bisect
 import datetime as dt
 import json
 import math
@@ -23,7 +22,6 @@ import sys
 import tempfile
 import time
 import uuid
-import zoneinfo
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +32,9 @@ from _common import PYTHON, REPO, SFSYNC, CallMeter, Calls, ChildResult, git_com
 from sfsync.codes import resolve
 from sfsync.precedence import Action, Status, decide, strongest
 from sfsync.reports import parse_time
-from sfsync.sim.base import FaultConfig, Request, Response
+from sfsync.sim.base import FaultConfig
 from sfsync.sim.harness import Simulators
-from sfsync.sim.messagemedia import MessageMediaSim, format_timestamp
+from sfsync.sim.messagemedia import format_timestamp
 from sfsync.sim.seed import seed_simple
 
 POLL_BATCH = 100  # MessageMedia serves at most 100 unconfirmed reports per poll
@@ -178,53 +176,9 @@ def worker_env_plain() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")}
 
 
-def index_reporting_queries() -> None:
-    """Serve the MessageMedia simulator's reporting query from a sorted index, for the backfill.
-
-    The simulator filters and sorts every message it holds on every page request: at a million
-    messages that is the simulator's cost (hours), not sfsync's. For the one request shape the
-    backfill sends (a window, no status or metadata filter, the key's own account) this answers
-    the same pages from messages sorted once by send time; any other request goes to the
-    simulator's own route. Only this bench process is patched."""
-    original = MessageMediaSim._reporting_route
-    plain = {"start_date", "end_date", "timezone", "direction", "page", "page_size"}
-
-    def route(self: MessageMediaSim, request: Request) -> Response:
-        body = request.json()
-        if not isinstance(body, dict) or set(body) - plain or request.headers.get("Account"):
-            return original(self, request)
-        try:
-            zone = zoneinfo.ZoneInfo(str(body.get("timezone") or "UTC"))
-            start, end = (self._window_bound(body, key, zone) for key in ("start_date", "end_date"))
-            page, size = body.get("page", 0), body.get("page_size", 50)
-        except Exception:  # let the simulator's own route say what is wrong
-            return original(self, request)
-        if (not isinstance(page, int) or not isinstance(size, int) or page < 0 or not 1 <= size <= 100
-                or str(body.get("direction") or "outbound").lower() != "outbound"):
-            return original(self, request)
-        with self.lock:
-            index = getattr(self, "_bench_index", None)
-            if index is None or index[0] != len(self._messages):
-                ordered = sorted(self._messages.values(), key=lambda m: (m.sent_at, m.message_id))
-                accounts = {m.account for m in ordered}
-                index = (len(self._messages), ordered, [m.sent_at for m in ordered], accounts)
-                self._bench_index = index  # type: ignore[attr-defined]
-            _, ordered, times, accounts = index
-            if accounts - {self.account_id}:
-                return original(self, request)
-            lo, hi = bisect.bisect_left(times, start), bisect.bisect_left(times, end)
-            first = lo + page * size
-            records = [self._reporting_record(m, zone) for m in ordered[first : min(hi, first + size)]]
-        return Response.json(200, {"messages": records,
-                                   "pagination": {"page": page, "page_size": size, "has_next": first + size < hi}})
-
-    MessageMediaSim._reporting_route = route  # type: ignore[method-assign]
-
-
 def run_backfill(p: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Seed ``--backfill`` sent messages (status delivered, code 220) and as many Tasks on fresh
     simulators, then time ``sfsync backfill`` over their send window."""
-    index_reporting_queries()
     with Simulators(tls_dir=work / "tls-backfill", mm_faults=FaultConfig(latency_ms=p.backfill_mm_latency_ms),
                     sf_faults=FaultConfig(latency_ms=p.backfill_sf_latency_ms)) as sims:
         return _backfill(sims, p.backfill, work, p.backfill_arg)
@@ -325,8 +279,6 @@ def print_report(p: argparse.Namespace, floor: Floor, sfsync: Measured, rerun: M
                   f"calls {backfill['salesforce_calls']:,} {backfill['salesforce_calls_by_kind']}, MessageMedia "
                   f"calls {backfill['messagemedia_calls']:,}; Tasks updated {backfill['tasks_updated']:,}; exit "
                   f"{backfill['exit_code']}")
-            print("    (the MessageMedia simulator's reporting query is answered from a sorted index in this bench; "
-                  "unpatched, it rescans every message on every page)")
 
 
 def targets(floor: Floor, sfsync: Measured, rerun: Measured | None, naive: Measured | None,
