@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from sfsync.bulk import NULL, BulkClient, RowResult
+from sfsync.bulk import NULL, BulkClient
 from sfsync.codes import CodeMap, normalise_code
 from sfsync.config import Settings
 from sfsync.errors import (
@@ -48,7 +48,7 @@ from sfsync.pipeline import BatchResult, Change, Pipeline, resolve_all
 from sfsync.precedence import Status, wins
 from sfsync.reports import format_time, parse_report, parse_time, read_metadata
 from sfsync.retry import RetryCounter
-from sfsync.salesforce import COLLECTION_LIMIT, LOCK_ERRORS, SalesforceClient, WriteResult
+from sfsync.salesforce import COLLECTION_LIMIT, SalesforceClient, WriteResult
 from sfsync.store import Store, now_utc
 from sfsync.worker import RunSummary, build_clients, recorded_run
 
@@ -392,11 +392,6 @@ def _chunks(changes: Iterator[Change], size: int) -> Iterator[list[Change]]:
         yield chunk
 
 
-def _transient(result: RowResult) -> bool:
-    code, message = result.error_code or "", (result.message or "").lower()
-    return code in LOCK_ERRORS or (code == "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY" and "lock" in message)
-
-
 # -- progress ---------------------------------------------------------------------------------------
 class Progress:
     """A tqdm bar on a terminal (percent of the window, ETA, counts, rate); elsewhere a log line
@@ -654,13 +649,12 @@ class Backfill:
                 row = results.get(change.task_id[:15])
                 if row is None:
                     held += 1  # unprocessed (job failed or aborted part-way)
-                elif row.ok:
-                    written.append((change, WriteResult(change.task_id, True)))
-                elif _transient(row):
+                elif row.transient:
                     retry.append(change)
                 else:
-                    summary.counts["refused"] += 1
-                    written.append((change, WriteResult(change.task_id, False, row.error_code, row.message)))
+                    if not row.ok:
+                        summary.counts["refused"] += 1
+                    written.append((change, row))
             self.pipeline.record_written(written, [], SOURCE, result)
         if retry:  # row locks: again, one by one with back-off, through the Collections path
             self._write_collections(iter(retry), summary)

@@ -23,7 +23,7 @@ from simple_salesforce import Salesforce
 from simple_salesforce.util import exception_handler
 
 from sfsync.errors import ConfigError, RemoteError
-from sfsync.salesforce import SalesforceClient
+from sfsync.salesforce import SalesforceClient, WriteResult, is_lock_error
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +38,6 @@ class JobInfo:
     processed: int = 0
     failed: int = 0
     error_message: str = ""
-
-
-@dataclass(frozen=True)
-class RowResult:
-    """One row of successfulResults or failedResults, keyed by the Id we uploaded."""
-
-    task_id: str
-    ok: bool
-    error_code: str | None = None
-    message: str | None = None
 
 
 def split_error(text: str) -> tuple[str, str]:
@@ -86,7 +76,7 @@ class BulkClient:
                               "Check the SFSYNC_FIELD_* variables against the Task fields in your org.")
         return info
 
-    def results(self, job_id: str) -> Iterator[RowResult]:
+    def results(self, job_id: str) -> Iterator[WriteResult]:
         """Every processed row: successes, then failures with Salesforce's error."""
         yield from self._rows(job_id, "successfulResults", ok=True)
         yield from self._rows(job_id, "failedResults", ok=False)
@@ -157,7 +147,7 @@ class BulkClient:
 
         return self.sf.call("bulk_results", get)
 
-    def _rows(self, job_id: str, kind: str, *, ok: bool) -> Iterator[RowResult]:
+    def _rows(self, job_id: str, kind: str, *, ok: bool) -> Iterator[WriteResult]:
         with self._download(job_id, kind) as spool:
             reader = csv.reader(io.TextIOWrapper(spool, encoding="utf-8-sig", newline=""))
             header = [h.strip() for h in next(reader, [])]
@@ -171,10 +161,10 @@ class BulkClient:
                     continue
                 task_id = row[id_col].strip() or row[0].strip()
                 if ok:
-                    yield RowResult(task_id, True)
+                    yield WriteResult(task_id, True)
                 else:
                     code, message = split_error(row[1])
-                    yield RowResult(task_id, False, code, message)
+                    yield WriteResult(task_id, False, code, message, transient=is_lock_error(code, message))
 
 
 def _raise_for(response: requests.Response, name: str) -> None:

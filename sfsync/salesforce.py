@@ -45,6 +45,12 @@ TASK_ID = re.compile(r"^00T[a-zA-Z0-9]{12}([a-zA-Z0-9]{3})?$")
 _USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 
 
+def is_lock_error(code: str, message: str) -> bool:
+    """A record Salesforce could not lock: ``UNABLE_TO_LOCK_ROW``, or a trigger or flow failing on a
+    lock (``CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY`` wrapping one). Transient: retry that record."""
+    return code in LOCK_ERRORS or (code == "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY" and "lock" in message.lower())
+
+
 def valid_task_id(value: str) -> bool:
     """A 15- or 18-character Task Id (key prefix 00T), with the 18-character checksum checked."""
     if not TASK_ID.match(value):
@@ -70,6 +76,8 @@ class Usage:
 
 @dataclass(frozen=True)
 class WriteResult:
+    """One record's outcome, from sObject Collections or a Bulk API job's results."""
+
     task_id: str
     ok: bool
     error_code: str | None = None
@@ -317,9 +325,7 @@ class SalesforceClient:
                 first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
                 code = str(first.get("statusCode", "UNKNOWN"))
                 message = str(first.get("message", ""))
-                # A trigger failing on a lock is as transient as the lock itself.
-                wrapped_lock = code == "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY" and "lock" in message.lower()
-                if code in LOCK_ERRORS or wrapped_lock:
+                if is_lock_error(code, message):
                     locked.append(record)
                     results[task_id] = WriteResult(task_id, False, code, message, transient=True)
                 else:
