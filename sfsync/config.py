@@ -56,6 +56,7 @@ class Settings:
     mm_account: str = ""
     # Salesforce: one of three ways to authenticate
     sf_login_url: str = ""
+    sf_audience: str = ""  # JWT bearer `aud`; empty: derived from the login URL (sfsync.salesforce.jwt_audience)
     sf_client_id: str = ""
     sf_client_secret: Secret = field(default_factory=lambda: Secret(""))
     sf_username: str = ""
@@ -118,6 +119,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SFSYNC_MM_API_SECRET": ("mm_api_secret", "secret"),
     "SFSYNC_MM_ACCOUNT": ("mm_account", "str"),
     "SFSYNC_SF_LOGIN_URL": ("sf_login_url", "url"),
+    "SFSYNC_SF_AUDIENCE": ("sf_audience", "url"),
     "SFSYNC_SF_CLIENT_ID": ("sf_client_id", "str"),
     "SFSYNC_SF_CLIENT_SECRET": ("sf_client_secret", "secret"),
     "SFSYNC_SF_USERNAME": ("sf_username", "str"),

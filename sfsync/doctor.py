@@ -1,8 +1,8 @@
 """`sfsync doctor`: a preflight an admin runs before the first cron entry.
 
 One line per check (ok / warn / fail) with what to do; ``--json``; exit status 1 when any check
-fails. It makes only harmless calls: a token, a describe, the limits, and a GET for a message id
-that cannot exist. It never prints a secret.
+fails. It makes only harmless calls: a token, a describe, the limits, the integration user's
+permissions and Task counts, and a GET for a message id that cannot exist. It never prints a secret.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sfsync.codes import default_map
 from sfsync.config import Settings, load_settings, missing_variables
-from sfsync.errors import EXIT_OK, AlreadyRunning, SfsyncError
+from sfsync.errors import EXIT_OK, AlreadyRunning, ConfigError, SfsyncError
 from sfsync.lock import RunLock
 
 if TYPE_CHECKING:  # the clients are imported when the checks run, so `sfsync --help` stays quick
@@ -70,6 +70,7 @@ def run_checks(settings: Settings, *, mm: MessageMediaClient | None = None,
     checks.append(_guard("task describe", fetch_describe))
     if describe:
         checks += field_checks(settings, {f["name"]: f for f in describe.get("fields", []) if isinstance(f, dict)})
+    checks.append(_guard("task visibility", lambda: _visibility(client, settings)))
     checks.append(_guard("api usage", lambda: _usage(client, settings)))
     return checks
 
@@ -172,20 +173,76 @@ def _messagemedia(mm: MessageMediaClient) -> Check:
 
 
 def _token(sf: SalesforceClient) -> Check:
+    from sfsync.salesforce import jwt_audience
+
     sf.login()
-    return Check("salesforce token", "ok", f"token obtained for {sf.settings.sf_auth_mode.replace('_', ' ')}")
+    mode = sf.settings.sf_auth_mode
+    extra = f" (audience {jwt_audience(sf.settings)})" if mode == "jwt" else ""
+    return Check("salesforce token", "ok", f"token obtained for {mode.replace('_', ' ')}{extra}")
 
 
 def _usage(sf: SalesforceClient, settings: Settings) -> Check:
-    limits = sf.limits().get("DailyApiRequests", {})
-    top, remaining = int(limits.get("Max", 0)), int(limits.get("Remaining", 0))
+    from sfsync.salesforce import VIEW_SETUP
+
+    try:
+        limits = sf.limits().get("DailyApiRequests", {})
+        top, used = int(limits.get("Max", 0)), int(limits.get("Max", 0)) - int(limits.get("Remaining", 0))
+        refused = ""
+    except ConfigError:  # 403: GET /limits needs a permission sfsync's runs do without
+        top, used = sf.usage.max, sf.usage.used
+        refused = (f"; GET /limits refused: the integration user lacks \"{VIEW_SETUP}\", which only this check "
+                   "uses, for the API usage figures (runs read them from every answer's Sforce-Limit-Info). Grant "
+                   "it to see the figures here, or ignore this")
     if not top:
-        return Check("api usage", "warn", "limits not reported")
-    used = top - remaining
+        return Check("api usage", "warn", "limits not reported" + refused)
     share = 100.0 * used / top
-    status = "warn" if share >= settings.api_budget_pct else "ok"
+    status = "warn" if share >= settings.api_budget_pct or refused else "ok"
     return Check("api usage", status, f"{used}/{top} daily API requests used ({share:.0f}%; sfsync stops at "
-                                      f"{settings.api_budget_pct:g}%)")
+                                      f"{settings.api_budget_pct:g}%){refused}")
+
+
+VISIBILITY_OPTIONS = (
+    "Tasks it cannot see are no error: their reports wait SFSYNC_WAIT_MAX_AGE_HOURS (24 h), then become dead "
+    "letters. Give it access in one of these ways (README, Task visibility): (1) View All Data in its permission "
+    "set: it reads every record of the org, simplest and broadest; (2) Read/Write access to the records the Tasks "
+    "relate to (Name/Related To: a role above the Task owners', or sharing rules on those objects): Tasks follow "
+    "their parent records; (3) make it the owner of the Tasks when they are logged"
+)
+
+
+def _visibility(sf: SalesforceClient, settings: Settings) -> Check:
+    """Task has no sharing of its own: without View All Data the integration user sees only the Tasks
+    it owns or whose related records it can see, and a query silently returns fewer rows."""
+    from simple_salesforce.format import format_soql
+
+    try:
+        records = list(sf.query_all("SELECT PermissionsViewAllData, PermissionsModifyAllData FROM "
+                                    "UserPermissionAccess", name="permissions"))
+    except SfsyncError as exc:
+        return Check("task visibility", "warn", f"cannot read the integration user's permissions ({exc}). "
+                                                "Without View All Data it sees only some Tasks. " + VISIBILITY_OPTIONS)
+    perms = records[0] if records else {}
+    if perms.get("PermissionsViewAllData") or perms.get("PermissionsModifyAllData"):
+        return Check("task visibility", "ok", "View All Data: the integration user sees every Task")
+    counts = ""
+    try:
+        field = settings.field_message_id
+        seen = _count(sf, f"SELECT COUNT() FROM Task WHERE {field} != null")
+        counts = f" (now it sees {seen} Tasks with a message id"
+        if sf.user_id:
+            own = _count(sf, format_soql(f"SELECT COUNT() FROM Task WHERE {field} != null AND OwnerId = {{}}",
+                                         sf.user_id))
+            counts += f", {own} of them its own"
+        counts += ")"
+    except SfsyncError:
+        pass
+    return Check("task visibility", "warn", "the integration user lacks View All Data: it sees only the Tasks it "
+                                            f"owns or whose related record it can see{counts}. " + VISIBILITY_OPTIONS)
+
+
+def _count(sf: SalesforceClient, soql: str) -> int:
+    answer = sf.call("count", lambda api: api.query(soql))
+    return int(answer.get("totalSize", 0)) if isinstance(answer, dict) else 0
 
 
 def _guard(name: str, check: Callable[[], Check]) -> Check:

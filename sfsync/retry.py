@@ -1,6 +1,7 @@
 """Retry policies shared by both clients: which failures are transient, and how long to wait.
 
-Transient: connection errors, timeouts, 429, 5xx, malformed answers, UNABLE_TO_LOCK_ROW (raised
+Transient: connection errors, timeouts, 429, 5xx, malformed answers, UNABLE_TO_LOCK_ROW, Salesforce's
+concurrency limits (REQUEST_LIMIT_EXCEEDED other than the daily allocation: waited at least 2 s) (raised
 by the clients as ``RemoteError(transient=True)``). Everything else is raised at once. Waits are
 exponential with jitter, or what ``Retry-After`` says when the server said it; attempts and total
 time are capped. ``sleep`` is injectable so tests never wait.
@@ -31,6 +32,8 @@ from sfsync.errors import RemoteError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_AFTER_CAP = 300.0  # never sleep longer than this on a server's word
+CONCURRENCY_LIMIT_CODE = "REQUEST_LIMIT_EXCEEDED"  # as a transient RemoteError: a concurrency limit, not the daily one
+CONCURRENCY_MIN_WAIT = 2.0  # other requests must finish first: the first retry at half a second would hit it again
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -52,6 +55,25 @@ class wait_retry_after(wait_base):
         if isinstance(exc, RemoteError) and exc.retry_after is not None:
             return min(max(exc.retry_after, 0.0), RETRY_AFTER_CAP)
         return float(self.fallback(retry_state))
+
+
+def is_concurrency_limit(exc: BaseException | None) -> bool:
+    """Salesforce's concurrency limits (ConcurrentRequests, ConcurrentPerOrgLongTxn): transient,
+    clear once the org's other long requests finish. The daily limit never arrives here as transient."""
+    return isinstance(exc, RemoteError) and exc.transient and exc.code == CONCURRENCY_LIMIT_CODE
+
+
+class wait_concurrency_floor(wait_base):
+    """Wait at least ``floor`` seconds after a concurrency-limit refusal; otherwise as ``inner``."""
+
+    def __init__(self, inner: wait_base, floor: float = CONCURRENCY_MIN_WAIT):
+        self.inner = inner
+        self.floor = floor
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        wait = float(self.inner(retry_state))
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        return max(wait, self.floor) if is_concurrency_limit(exc) else wait
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -105,9 +127,9 @@ class RetryPolicy:
 
         retrying = Retrying(
             retry=retry_if_exception(is_transient),
-            wait=wait_retry_after(
+            wait=wait_concurrency_floor(wait_retry_after(
                 wait_exponential_jitter(multiplier=self.initial, max=self.max_wait, jitter=self.initial)
-            ),
+            )),
             stop=stop_after_attempt(self.attempts) | stop_after_delay(self.max_seconds),
             sleep=self.sleep,
             before_sleep=before_sleep,

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 from cryptography.hazmat.primitives import hashes, serialization
@@ -41,6 +42,16 @@ LOCK_ERRORS = {"UNABLE_TO_LOCK_ROW"}
 CONFIG_ERRORS = {
     "MALFORMED_QUERY", "INVALID_FIELD", "INVALID_TYPE", "JSON_PARSER_ERROR", "INVALID_FIELD_FOR_INSERT_UPDATE",
 }
+# Token endpoint answers that say the credentials or the connected app are wrong; any other refusal
+# (unknown_error "retry your request", a proxy's HTML page, ...) is transient. Salesforce spells a
+# wrong consumer key invalid_client_id.
+AUTH_ERRORS = {"invalid_grant", "invalid_client", "invalid_client_id", "unauthorized_client", "unsupported_grant_type"}
+PRODUCTION_AUDIENCE = "https://login.salesforce.com"
+SANDBOX_AUDIENCE = "https://test.salesforce.com"
+# REQUEST_LIMIT_EXCEEDED names the limit it hit: only the daily allocation is a budget stop; the
+# concurrency limits (ConcurrentRequests, ConcurrentPerOrgLongTxn) clear in seconds.
+DAILY_LIMIT_MARK = "TotalRequests"
+VIEW_SETUP = "View Setup and Configuration"  # the permission GET /limits needs (sfsync runs never call it)
 TASK_ID = re.compile(r"^00T[a-zA-Z0-9]{12}([a-zA-Z0-9]{3})?$")
 _USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 
@@ -49,6 +60,31 @@ def is_lock_error(code: str, message: str) -> bool:
     """A record Salesforce could not lock: ``UNABLE_TO_LOCK_ROW``, or a trigger or flow failing on a
     lock (``CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY`` wrapping one). Transient: retry that record."""
     return code in LOCK_ERRORS or (code == "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY" and "lock" in message.lower())
+
+
+def jwt_audience(settings: Settings) -> str:
+    """The JWT bearer ``aud``: ``SFSYNC_SF_AUDIENCE`` when set, else test.salesforce.com for a
+    sandbox login URL and login.salesforce.com for any other (a My Domain ``aud`` is refused)."""
+    if settings.sf_audience:
+        return settings.sf_audience
+    return SANDBOX_AUDIENCE if is_sandbox_host(urlsplit(settings.sf_login_url).hostname or "") else PRODUCTION_AUDIENCE
+
+
+def is_sandbox_host(host: str) -> bool:
+    """Sandbox and scratch org login hosts: test.salesforce.com, enhanced My Domain
+    ``acme--uat.sandbox.my.salesforce.com`` (and ``.scratch.``), legacy ``acme--uat.my.salesforce.com``,
+    and the old ``csNN.salesforce.com`` instances."""
+    host = host.lower().rstrip(".")
+    first = host.split(".", 1)[0]
+    return (host == "test.salesforce.com" or host.endswith((".sandbox.my.salesforce.com", ".scratch.my.salesforce.com"))
+            or ("--" in first and host.endswith(".my.salesforce.com"))
+            or (re.fullmatch(r"cs\d+", first) is not None and host.endswith(".salesforce.com")))
+
+
+def is_daily_limit(code: str, message: str) -> bool:
+    """``REQUEST_LIMIT_EXCEEDED`` for the daily allocation ("TotalRequests Limit exceeded."), as
+    opposed to a concurrency limit, which is transient."""
+    return code == "REQUEST_LIMIT_EXCEEDED" and DAILY_LIMIT_MARK.lower() in message.lower()
 
 
 def valid_task_id(value: str) -> bool:
@@ -89,6 +125,7 @@ class WriteResult:
 class _Token:
     instance_url: str
     access_token: str
+    identity: str = ""  # the token's id URL, .../id/<org id>/<user id>
     obtained: float = field(default_factory=time.monotonic)
 
 
@@ -144,27 +181,45 @@ class SalesforceClient:
             response = self.session.post(f"{s.sf_login_url}/services/oauth2/token", data=data,
                                          headers={"Accept": "application/json"})
             body = _json_or_none(response)
-            if response.status_code >= 500 or response.status_code == 429:
-                raise RemoteError(f"Salesforce token endpoint: HTTP {response.status_code}", transient=True,
+            error = body.get("error") if isinstance(body, dict) else None
+            if response.status_code != 200 and error in AUTH_ERRORS:
+                raise self._login_refused(response.status_code, str(error), str(body.get("error_description", "")))
+            if response.status_code != 200 or not isinstance(body, dict) or not body.get("access_token"):
+                # unknown_error ("retry your request"), 5xx, 429, a proxy's HTML page, a garbled grant.
+                detail = f"{error}: {body.get('error_description', '')}" if error else (
+                    "answer is not a token" if response.status_code == 200 else "not an OAuth error answer")
+                raise RemoteError(f"Salesforce token endpoint: HTTP {response.status_code} ({detail})", transient=True,
                                   status=response.status_code,
                                   retry_after=parse_retry_after(response.headers.get("Retry-After")))
-            if response.status_code == 200 and body is None:
-                # A truncated or garbled grant is a transport failure, not a refusal: try again.
-                raise RemoteError("Salesforce token endpoint: answer is not valid JSON", transient=True, status=200)
-            if response.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
-                error = body.get("error", "") if isinstance(body, dict) else ""
-                description = body.get("error_description", "") if isinstance(body, dict) else response.text[:200]
-                raise AuthError(
-                    f"Salesforce refused the {s.sf_auth_mode.replace('_', ' ')} login "
-                    f"({response.status_code} {error}: {description}). Check SFSYNC_SF_LOGIN_URL (your My Domain "
-                    "URL), SFSYNC_SF_CLIENT_ID and the secret or key, and that the connected app allows this flow."
-                )
             instance = str(body.get("instance_url") or s.sf_instance_url or s.sf_login_url)
             if not instance.startswith("https://"):
                 raise ConfigError(f"Salesforce returned a non-https instance URL {instance!r}")
-            return _Token(instance, str(body["access_token"]))
+            return _Token(instance, str(body["access_token"]), str(body.get("id") or ""))
 
         return self._retried("token", once)
+
+    def _login_refused(self, status: int, error: str, description: str) -> AuthError:
+        s = self.settings
+        flow = s.sf_auth_mode.replace("_", " ")
+        if s.sf_auth_mode == "jwt" and "audience" in description.lower():
+            sent = jwt_audience(s)
+            other = PRODUCTION_AUDIENCE if sent == SANDBOX_AUDIENCE else SANDBOX_AUDIENCE
+            return AuthError(
+                f"Salesforce refused the JWT bearer login ({status} {error}: {description}): the JWT's audience was "
+                f"{sent}. Set SFSYNC_SF_AUDIENCE={other} if this org is a "
+                f"{'production org' if other == PRODUCTION_AUDIENCE else 'sandbox'}, or to your Experience Cloud "
+                "site URL if you log in through one."
+            )
+        return AuthError(
+            f"Salesforce refused the {flow} login ({status} {error}: {description}). Check SFSYNC_SF_LOGIN_URL (your "
+            "My Domain URL), SFSYNC_SF_CLIENT_ID and the secret or key, and that the connected app allows this flow."
+        )
+
+    @property
+    def user_id(self) -> str:
+        """The integration user's Id, from the token's identity URL (empty for a given token)."""
+        identity = self._token.identity if self._token else ""
+        return identity.rstrip("/").rsplit("/", 1)[-1] if "/id/" in identity else ""
 
     def _jwt_assertion(self) -> str:
         s = self.settings
@@ -182,7 +237,7 @@ class SalesforceClient:
             return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
         header = b64(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
-        claims = b64(json.dumps({"iss": s.sf_client_id, "sub": s.sf_username, "aud": s.sf_login_url,
+        claims = b64(json.dumps({"iss": s.sf_client_id, "sub": s.sf_username, "aud": jwt_audience(s),
                                  "exp": int(time.time()) + 180}).encode())
         signature = key.sign(f"{header}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256())
         return f"{header}.{claims}.{b64(signature)}"
@@ -250,8 +305,14 @@ class SalesforceClient:
         code = str(first.get("errorCode", ""))
         message = str(first.get("message", "")) or str(exc.content)[:200]
         headers = getattr(self._local, "last_headers", {}) or {}
-        if code == "REQUEST_LIMIT_EXCEEDED" and status == 403:
+        if is_daily_limit(code, message):
             return BudgetExhausted(f"Salesforce daily API limit exceeded ({message}); the next run resumes")
+        if code == "REQUEST_LIMIT_EXCEEDED":  # a concurrency limit: clears in seconds, retried with back-off
+            return RemoteError(f"Salesforce {name}: too many concurrent requests ({message})", transient=True,
+                               status=status, code=code, retry_after=parse_retry_after(headers.get("Retry-After")))
+        if status == 403 and name == "limits":
+            return ConfigError(f"Salesforce refused GET /limits ({code}: {message}): the integration user lacks the "
+                               f"\"{VIEW_SETUP}\" permission")
         if status == 403:
             return ConfigError(f"Salesforce refused {name} ({code}: {message}). Give the integration user access "
                                "to Task and the SMS fields (config/salesforce permission set).")

@@ -27,7 +27,13 @@ def statuses(checks: list[Any]) -> dict[str, str]:
     return {c.name: c.status for c in checks}
 
 
+def grant_all(sims: Simulators) -> None:
+    """An integration user that sees every Task and may read /limits (more than the shipped permission set)."""
+    sims.sf.configure(view_setup=True, view_all_data=True)
+
+
 def test_doctor_all_ok_on_a_good_setup(sims: Simulators, settings_for: Callable[..., Settings]) -> None:
+    grant_all(sims)
     checks = run_checks(settings_for())
     assert {c.status for c in checks} == {"ok"}, [c for c in checks if c.status != "ok"]
     names = {c.name for c in checks}
@@ -77,11 +83,42 @@ def test_doctor_cli_exit_status_and_json(sims: Simulators, worker_env: dict[str,
     for key, value in worker_env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)
+    grant_all(sims)
     assert main(["doctor", "--json"]) == 0
     assert all(c["status"] == "ok" for c in json.loads(capsys.readouterr().out))
     monkeypatch.delenv("SFSYNC_SF_CLIENT_ID")
     assert main(["doctor"]) == 1
     assert "SFSYNC_SF_CLIENT_ID" in capsys.readouterr().out
+
+
+def test_doctor_limits_refused_is_a_warning_naming_the_permission(sims: Simulators,
+                                                                   settings_for: Callable[..., Settings]) -> None:
+    sims.sf.configure(view_all_data=True)  # the shipped permission set: no View Setup and Configuration
+    checks = {c.name: c for c in run_checks(settings_for())}
+    usage = checks["api usage"]
+    assert usage.status == "warn", usage
+    assert "View Setup and Configuration" in usage.detail and "API usage figures" in usage.detail
+    assert re.match(r"\d+/100000 daily API requests used", usage.detail)  # from Sforce-Limit-Info instead
+    assert "Task" not in usage.detail.split(";")[0]  # not the misleading "give access to Task"
+    assert all(c.status == "ok" for n, c in checks.items() if n != "api usage")
+
+
+def test_doctor_explains_limited_task_visibility(sims: Simulators, settings_for: Callable[..., Settings]) -> None:
+    sims.sf.configure(view_setup=True)
+    other_user, account = "005Sm0000000777AAA", "001Sm0000000001AAA"
+    add_tasks(sims, [new_message_id() for _ in range(3)])  # its own
+    add_tasks(sims, [new_message_id() for _ in range(2)], OwnerId=other_user, WhatId=account)  # invisible
+    [check] = [c for c in run_checks(settings_for()) if c.name == "task visibility"]
+    assert check.status == "warn"
+    assert "lacks View All Data" in check.detail and "sees 3 Tasks with a message id, 3 of them its own" in check.detail
+    for option in ("View All Data", "sharing rules", "owner of the Tasks", "dead letters"):
+        assert option in check.detail
+    sims.sf.share_related(account)
+    [check] = [c for c in run_checks(settings_for()) if c.name == "task visibility"]
+    assert "sees 5 Tasks with a message id, 3 of them its own" in check.detail
+    sims.sf.configure(view_all_data=True)
+    [check] = [c for c in run_checks(settings_for()) if c.name == "task visibility"]
+    assert check.status == "ok" and "sees every Task" in check.detail
 
 
 def seed_statuses(sims: Simulators, make_worker: Callable[..., Worker]) -> None:

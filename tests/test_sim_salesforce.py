@@ -115,7 +115,7 @@ def test_each_grant_issues_a_bearer_token(running: Running, jwt_key: rsa.RSAPriv
         running.token(grant_type="password", username=USER, password="sim-password"),
         running.token(grant_type="urn:ietf:params:oauth:grant-type:jwt-bearer", assertion=sign_jwt(jwt_key, claims())),
         running.token(grant_type="urn:ietf:params:oauth:grant-type:jwt-bearer",
-                      assertion=sign_jwt(jwt_key, claims(aud=running.url))),
+                      assertion=sign_jwt(jwt_key, claims(aud="https://test.salesforce.com/"))),
     ]
     for answer in answers:
         assert answer.status_code == 200, answer.text
@@ -123,7 +123,7 @@ def test_each_grant_issues_a_bearer_token(running: Running, jwt_key: rsa.RSAPriv
         assert set(body) == {"access_token", "instance_url", "id", "token_type", "issued_at", "signature", "scope"}
         assert body["token_type"] == "Bearer" and body["instance_url"] == running.url
         assert body["issued_at"].isdigit()
-        assert running.rest("GET", "/services/data/v59.0/limits/", body["access_token"]).status_code == 200
+        assert running.rest("GET", "/services/data/v59.0/sobjects/Task/describe", body["access_token"]).status_code == 200
     assert running.sim.stats()["api_calls"]["token"] == len(answers)
 
 
@@ -139,6 +139,7 @@ def test_token_errors(running: Running, jwt_key: rsa.RSAPrivateKey) -> None:
         ({"grant_type": jwt, "assertion": sign_jwt(other_key, claims())}, "invalid_grant"),
         ({"grant_type": jwt, "assertion": sign_jwt(jwt_key, claims(exp=int(time.time()) - 5))}, "invalid_grant"),
         ({"grant_type": jwt, "assertion": sign_jwt(jwt_key, claims(aud="https://evil.example"))}, "invalid_grant"),
+        ({"grant_type": jwt, "assertion": sign_jwt(jwt_key, claims(aud=running.url))}, "invalid_grant"),
         ({"grant_type": jwt, "assertion": sign_jwt(jwt_key, claims(sub="other@x"))}, "invalid_grant"),
         ({"grant_type": jwt, "assertion": sign_jwt(jwt_key, claims(iss="other-app"))}, "invalid_client_id"),
         ({"grant_type": jwt, "assertion": "not.a.jwt"}, "invalid_grant"),
@@ -163,7 +164,7 @@ def test_expired_token_raises_expired_session(running: Running) -> None:
     short = running.salesforce()
     time.sleep(0.1)
     with pytest.raises(SalesforceExpiredSession):
-        short.restful("limits/", timeout=TIMEOUT)
+        short.restful("sobjects/Task/describe", timeout=TIMEOUT)
     assert running.rest("GET", "/services/data/v59.0/limits/", "made-up").status_code == 401
 
 
@@ -366,10 +367,15 @@ def test_describe_and_limits(running: Running) -> None:
     expected_keys = {"name", "label", "type", "length", "updateable", "filterable", "externalId", "idLookup",
                      "nillable", "picklistValues"}
     assert all(expected_keys <= set(f) for f in describe["fields"])
+    with pytest.raises(SalesforceRefusedRequest) as refused:  # the integration user lacks View Setup by default
+        sf.limits()
+    assert error_code(refused.value) == "INSUFFICIENT_ACCESS" and "View Setup and Configuration" in str(
+        refused.value.content)
+    running.sim.configure(view_setup=True)
     limits = sf.limits()
-    assert limits["DailyApiRequests"] == {"Max": 100_000, "Remaining": 100_000 - 2}
-    assert running.sim.stats() == {"api_calls": {"token": 1, "describe": 1, "limits": 1}, "api_calls_total": 3,
-                                   "api_usage": 2, "daily_limit": 100_000}
+    assert limits["DailyApiRequests"] == {"Max": 100_000, "Remaining": 100_000 - 3}
+    assert running.sim.stats() == {"api_calls": {"token": 1, "describe": 1, "limits": 2}, "api_calls_total": 4,
+                                   "api_usage": 3, "daily_limit": 100_000}
 
 
 def test_daily_limit_refuses_calls(running: Running) -> None:

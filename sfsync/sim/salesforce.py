@@ -43,6 +43,12 @@ MAX_COLLECTION = 200
 MAX_OPEN_CURSORS = 20
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 LOGIN_AUDIENCES = ("https://login.salesforce.com", "https://test.salesforce.com")
+# Salesforce names the limit a REQUEST_LIMIT_EXCEEDED hit: the daily one, or a concurrency one.
+DAILY_LIMIT_MESSAGE = "TotalRequests Limit exceeded."
+CONCURRENCY_LIMIT_MESSAGES = ("ConcurrentPerOrgLongTxn Limit exceeded.",
+                              "ConcurrentRequests (Concurrent API Requests) Limit exceeded.")
+PROXY_PAGE = "<html><head><title>403 Forbidden</title></head><body><h1>Forbidden</h1>Request blocked.</body></html>"
+USER_PERMISSIONS = "UserPermissionAccess"  # the running user's effective permissions, one row
 API = r"/services/data/v(?P<version>\d+\.\d+)"
 ROLLED_BACK = ("ALL_OR_NONE_OPERATION_ROLLED_BACK",
                "Record rolled back because not all records were valid and the request was using AllOrNone header")
@@ -52,6 +58,9 @@ DEFAULT_TASK_FIELDS: list[dict[str, Any]] = [
     {"name": "Id", "label": "Activity ID", "type": "id", "length": 18, "updateable": False, "nillable": False,
      "idLookup": True},
     {"name": "Subject", "label": "Subject", "type": "string", "length": 255},
+    {"name": "OwnerId", "label": "Assigned To ID", "type": "reference", "length": 18, "nillable": False},
+    {"name": "WhoId", "label": "Name ID", "type": "reference", "length": 18},
+    {"name": "WhatId", "label": "Related To ID", "type": "reference", "length": 18},
     {"name": "Status", "label": "Status", "type": "picklist", "length": 255, "nillable": False,
      "restrictedPicklist": True,
      "picklistValues": ["Not Started", "In Progress", "Completed", "Waiting on someone else", "Deferred"]},
@@ -198,12 +207,20 @@ class SimSettings:
     daily_limit: int = 100_000
     query_page_size: int = 2000
     bulk_processing_s: float = 0.2
+    view_setup: bool = False  # "View Setup and Configuration": GET /limits needs it (the shipped set lacks it)
+    view_all_data: bool = False  # sees every Task; without it, only its own or those whose Who/What it sees
+    concurrent_limit_calls: int = 0  # the next N REST calls answer REQUEST_LIMIT_EXCEEDED (concurrency)
+    token_unknown_errors: int = 0  # the next N token requests answer unknown_error "retry your request"
+    token_proxy_errors: int = 0  # the next N token requests get a proxy's 403 HTML page
 
 
 _SETTING_CHECKS: dict[str, Callable[[Any], bool]] = {
     "lock_row_rate": lambda v: 0 <= v <= 1, "token_ttl_s": lambda v: v > 0, "daily_limit": lambda v: v >= 0,
     "query_page_size": lambda v: v >= 1, "bulk_processing_s": lambda v: v >= 0, "api_usage": lambda v: v >= 0,
+    "concurrent_limit_calls": lambda v: v >= 0, "token_unknown_errors": lambda v: v >= 0,
+    "token_proxy_errors": lambda v: v >= 0,
 }
+_BOOL_SETTINGS = {"view_setup", "view_all_data"}
 
 
 @dataclass
@@ -255,6 +272,9 @@ class SalesforceSim(SimApp):
         lock_row_rate: float = 0.0,
         faults: FaultConfig | None = None,
         bulk_processing_s: float = 0.2,
+        view_setup: bool = False,
+        view_all_data: bool = False,
+        jwt_audiences: Iterable[str] = (),
     ):
         super().__init__(faults)
         self.client_id = client_id
@@ -263,7 +283,8 @@ class SalesforceSim(SimApp):
         self.password = password
         self._jwt_key = _load_public_key(jwt_public_key_pem)
         self._initial_settings = SimSettings(lock_row_rate, token_ttl_s, daily_limit, query_page_size,
-                                             bulk_processing_s)
+                                             bulk_processing_s, view_setup, view_all_data)
+        self.jwt_audiences = {a.rstrip("/") for a in (*LOGIN_AUDIENCES, *jwt_audiences)}  # + Experience Cloud sites
         self._initial_faults = copy.deepcopy(self.faults.config)
         self.settings = dataclasses.replace(self._initial_settings)
         self.api_calls: Counter[str] = Counter()
@@ -286,6 +307,7 @@ class SalesforceSim(SimApp):
         self._rules: list[ValidationRule] = []
         self._cursors: OrderedDict[str, _Cursor] = OrderedDict()
         self._index: dict[str, _FieldIndex] = {}
+        self._shared: set[str] = set()  # related records (WhoId/WhatId) the integration user can see
 
     # -- Python API (the admin routes call these) ----------------------------------------------
     def add_tasks(self, records: list[dict[str, Any]]) -> list[str]:
@@ -354,6 +376,19 @@ class SalesforceSim(SimApp):
                 raise ValueError(f"unknown Task field {field!r}")
             self._rules.append(ValidationRule(spec.name, forbidden_value, message))
 
+    def share_related(self, *record_ids: str) -> None:
+        """Let the integration user see these related records (an Account, a Contact...): their
+        Tasks become visible, as Salesforce's "Controlled by Parent" activity sharing does."""
+        with self.lock:
+            self._shared.update(c for r in record_ids if (c := soql.canonical_id(r)))
+
+    def _visible(self, task: Mapping[str, Any]) -> bool:
+        """A Task the integration user sees: View All Data, its own, or its Who/What shared with it.
+        Call with the lock held."""
+        if self.settings.view_all_data or task.get("OwnerId", USER_ID) == USER_ID:
+            return True
+        return task.get("WhoId") in self._shared or task.get("WhatId") in self._shared
+
     def expire_tokens(self) -> None:
         with self.lock:
             self._tokens.clear()
@@ -362,9 +397,14 @@ class SalesforceSim(SimApp):
         with self.lock:
             for key, value in settings.items():
                 check = _SETTING_CHECKS.get(key)
-                if check is None:
+                if check is None and key not in _BOOL_SETTINGS:
                     raise ValueError(f"unknown setting {key!r}")
-                if isinstance(value, bool) or not isinstance(value, int | float) or not check(value):
+                if key in _BOOL_SETTINGS:
+                    if not isinstance(value, bool):
+                        raise ValueError(f"bad value for {key}: {value!r} (true or false)")
+                    setattr(self.settings, key, value)
+                    continue
+                if check is None or isinstance(value, bool) or not isinstance(value, int | float) or not check(value):
                     raise ValueError(f"bad value for {key}: {value!r}")
                 if key == "api_usage":
                     self.api_usage = int(value)
@@ -410,6 +450,8 @@ class SalesforceSim(SimApp):
             raise ValueError(f"a Task Id starts with {TASK_PREFIX}: {raw_id}")
         for name in ("CreatedDate", "LastModifiedDate"):
             task.setdefault(name, now)
+        if "OwnerId" in self._schema:
+            task.setdefault("OwnerId", USER_ID)  # a Task always has an owner: by default the integration user
         status = self._schema.get("Status")
         if status is not None and status.picklist_values and task.get("Status") is None:
             task["Status"] = status.picklist_values[0]
@@ -440,6 +482,9 @@ class SalesforceSim(SimApp):
         Call with ``self.lock`` held."""
         task_id = self._resolve_id(raw_id)
         task = self._tasks[task_id]
+        if not self._visible(task):
+            raise RecordError("INSUFFICIENT_ACCESS_OR_READONLY", "insufficient access rights on object id",
+                              task_id=task_id)
         try:
             changes: dict[str, Any] = {}
             for name, value in values.items():
@@ -609,7 +654,11 @@ class SalesforceSim(SimApp):
     def _count(self, kind: str) -> None:
         with self.lock:
             if self.api_usage >= self.settings.daily_limit:
-                raise HttpError(403, "TotalRequests Limit exceeded.", "REQUEST_LIMIT_EXCEEDED")
+                raise HttpError(403, DAILY_LIMIT_MESSAGE, "REQUEST_LIMIT_EXCEEDED")
+            if self.settings.concurrent_limit_calls > 0:
+                self.settings.concurrent_limit_calls -= 1
+                message = CONCURRENCY_LIMIT_MESSAGES[self.settings.concurrent_limit_calls % 2]
+                raise HttpError(403, message, "REQUEST_LIMIT_EXCEEDED")
             self.api_usage += 1
             self.api_calls[kind] += 1
 
@@ -653,6 +702,15 @@ class SalesforceSim(SimApp):
     def _oauth_token(self, request: Request) -> Response:
         with self.lock:
             self.api_calls["token"] += 1
+            unknown, proxy = self.settings.token_unknown_errors > 0, self.settings.token_proxy_errors > 0
+            if unknown:
+                self.settings.token_unknown_errors -= 1
+            elif proxy:
+                self.settings.token_proxy_errors -= 1
+        if unknown:
+            return Response.json(400, {"error": "unknown_error", "error_description": "retry your request"})
+        if proxy:
+            return Response.text(403, PROXY_PAGE, "text/html; charset=utf-8")
         form = {k: v[0] for k, v in parse_qs(request.body().decode("utf-8", "replace"), keep_blank_values=True).items()}
         grant = form.get("grant_type")
         try:
@@ -706,8 +764,8 @@ class SalesforceSim(SimApp):
             raise _OAuthError("invalid_grant", "user hasn't approved this consumer")
         audiences = claims.get("aud")
         audiences = audiences if isinstance(audiences, list) else [audiences]
-        allowed = {self.base_url, *LOGIN_AUDIENCES}
-        if not any(isinstance(a, str) and a.rstrip("/") in allowed for a in audiences):
+        # login/test.salesforce.com or a configured Experience Cloud site; never the My Domain URL.
+        if not any(isinstance(a, str) and a.rstrip("/") in self.jwt_audiences for a in audiences):
             raise _OAuthError("invalid_grant", "audience is invalid")
         exp = claims.get("exp")
         if not isinstance(exp, int | float) or exp <= time.time():
@@ -729,6 +787,8 @@ class SalesforceSim(SimApp):
         if text is None or not text.strip():
             raise HttpError(400, "A query string has to be specified", "MALFORMED_QUERY")
         version = request.params["version"]
+        if self._sobject_of(text).lower() == USER_PERMISSIONS.lower():
+            return self._user_permissions(text, version)
         with self.lock:
             try:
                 plan = soql.compile_query(text, self._schema, sobject=SOBJECT,
@@ -744,6 +804,29 @@ class SalesforceSim(SimApp):
             cursor = _Cursor([row["Id"] for row in plan.select(rows)], plan.fields)
             return Response.json(200, self._page(cursor, None, 0, version, self._page_size(request)))
 
+    @staticmethod
+    def _sobject_of(text: str) -> str:
+        try:
+            return soql.parse(text).sobject
+        except soql.SoqlError as exc:
+            raise HttpError(400, exc.message, exc.code) from None
+
+    def _user_permissions(self, text: str, version: str) -> Response:
+        """``SELECT Permissions... FROM UserPermissionAccess``: the running user's effective permissions."""
+        with self.lock:
+            row = {"Id": soql.make_id("0Up", 1), "PermissionsApiEnabled": True,
+                   "PermissionsViewSetup": self.settings.view_setup,
+                   "PermissionsViewAllData": self.settings.view_all_data, "PermissionsModifyAllData": False}
+        specs = {name: FieldDef(name, "id" if name == "Id" else "boolean") for name in row}
+        try:
+            plan = soql.compile_query(text, specs, sobject=USER_PERMISSIONS, indexed=[])
+        except soql.SoqlError as exc:
+            raise HttpError(400, exc.message, exc.code) from None
+        url = f"/services/data/v{version}/sobjects/{USER_PERMISSIONS}/{row['Id']}"
+        records = [{"attributes": {"type": USER_PERMISSIONS, "url": url}, **{f: r[f] for f in plan.fields}}
+                   for r in plan.select([row])] if plan.kind == "records" else []
+        return Response.json(200, {"totalSize": len(records), "done": True, "records": records})
+
     def _candidate_rows(self, plan: soql.Plan, include_deleted: bool) -> Iterable[Mapping[str, Any]]:
         """The Tasks a plan must look at: an index lookup when the plan allows one, else all."""
         if plan.lookups is None:
@@ -758,6 +841,8 @@ class SalesforceSim(SimApp):
                     ids.update(self._index[name].get(value))
             # Generated Ids sort in creation order, the order a scan yields.
             rows = [self._tasks[i] for i in sorted(ids)]
+        if not self.settings.view_all_data:  # rows the user cannot see are left out, silently
+            rows = (row for row in rows if self._visible(row))
         if include_deleted or not self._deleted:
             return rows
         return (row for row in rows if row["Id"] not in self._deleted)
@@ -888,6 +973,9 @@ class SalesforceSim(SimApp):
                                    "queryable": True, "fields": self.schema()})
 
     def _limits(self, request: Request) -> Response:
+        if not self.settings.view_setup:
+            raise HttpError(403, "Insufficient Privileges: the limits resource requires the View Setup and "
+                            "Configuration permission", "INSUFFICIENT_ACCESS")
         with self.lock:
             limit, used = self.settings.daily_limit, self.api_usage
         return Response.json(200, {"DailyApiRequests": {"Max": limit, "Remaining": max(0, limit - used)},
@@ -988,11 +1076,11 @@ class SalesforceSim(SimApp):
         if not isinstance(body, dict):
             raise HttpError(400, "send a JSON object of settings", "INVALID_INPUT")
         fault_keys = {f.name for f in dataclasses.fields(FaultConfig)}
-        unknown = set(body) - fault_keys - _SETTING_CHECKS.keys() - {"expire_tokens"}
+        unknown = set(body) - fault_keys - _SETTING_CHECKS.keys() - _BOOL_SETTINGS - {"expire_tokens"}
         if unknown:
             raise HttpError(400, f"unknown settings {sorted(unknown)}", "INVALID_INPUT")
         try:
-            settings = self.configure(**{k: v for k, v in body.items() if k in _SETTING_CHECKS})
+            settings = self.configure(**{k: v for k, v in body.items() if k in _SETTING_CHECKS or k in _BOOL_SETTINGS})
         except ValueError as exc:
             raise HttpError(400, str(exc), "INVALID_INPUT") from None
         self.faults.configure(**{k: v for k, v in body.items() if k in fault_keys})
