@@ -160,7 +160,11 @@ class SalesforceClient:
 
     def login(self) -> None:
         with self._login_lock:
-            token = self._fetch_token()
+            try:
+                token = self._fetch_token()
+            except RemoteError as exc:
+                # Already retried to the limit: a call around this login must not retry it all again.
+                raise RemoteError(str(exc), transient=False, status=exc.status, code=exc.code) from exc
             register_secret(token.access_token)
             self._token = token
             self._sf = Salesforce(instance_url=token.instance_url, session_id=token.access_token,
@@ -203,13 +207,15 @@ class SalesforceClient:
         flow = s.sf_auth_mode.replace("_", " ")
         if s.sf_auth_mode == "jwt" and "audience" in description.lower():
             sent = jwt_audience(s)
-            other = PRODUCTION_AUDIENCE if sent == SANDBOX_AUDIENCE else SANDBOX_AUDIENCE
-            return AuthError(
-                f"Salesforce refused the JWT bearer login ({status} {error}: {description}): the JWT's audience was "
-                f"{sent}. Set SFSYNC_SF_AUDIENCE={other} if this org is a "
-                f"{'production org' if other == PRODUCTION_AUDIENCE else 'sandbox'}, or to your Experience Cloud "
-                "site URL if you log in through one."
-            )
+            if sent in (PRODUCTION_AUDIENCE, SANDBOX_AUDIENCE):
+                other, kind = (SANDBOX_AUDIENCE, "a sandbox") if sent == PRODUCTION_AUDIENCE else (
+                    PRODUCTION_AUDIENCE, "a production org")
+                fix = f"If the org is {kind}, set SFSYNC_SF_AUDIENCE={other}"
+            else:
+                fix = (f"Set SFSYNC_SF_AUDIENCE={PRODUCTION_AUDIENCE} (production org), {SANDBOX_AUDIENCE} (sandbox), "
+                       "or your Experience Cloud site's URL")
+            return AuthError(f"Salesforce refused the JWT bearer login ({status} {error}: {description}): the JWT's "
+                             f"audience was {sent}. {fix} (SFSYNC_SF_LOGIN_URL stays your My Domain URL).")
         return AuthError(
             f"Salesforce refused the {flow} login ({status} {error}: {description}). Check SFSYNC_SF_LOGIN_URL (your "
             "My Domain URL), SFSYNC_SF_CLIENT_ID and the secret or key, and that the connected app allows this flow."

@@ -123,7 +123,8 @@ def test_each_grant_issues_a_bearer_token(running: Running, jwt_key: rsa.RSAPriv
         assert set(body) == {"access_token", "instance_url", "id", "token_type", "issued_at", "signature", "scope"}
         assert body["token_type"] == "Bearer" and body["instance_url"] == running.url
         assert body["issued_at"].isdigit()
-        assert running.rest("GET", "/services/data/v59.0/sobjects/Task/describe", body["access_token"]).status_code == 200
+        describe = running.rest("GET", "/services/data/v59.0/sobjects/Task/describe", body["access_token"])
+        assert describe.status_code == 200
     assert running.sim.stats()["api_calls"]["token"] == len(answers)
 
 
@@ -391,6 +392,72 @@ def test_daily_limit_refuses_calls(running: Running) -> None:
     token = running.token().json()["access_token"]
     refused = running.rest("GET", "/services/data/v59.0/limits", token)
     assert refused.status_code == 403 and refused.headers["Sforce-Limit-Info"] == "api-usage=3/3"
+
+
+def test_concurrency_limits_answer_in_both_flavours(running: Running) -> None:
+    seed(running.sim, 1)
+    sf = running.salesforce()
+    running.sim.configure(concurrent_limit_calls=2)
+    messages = []
+    for _ in range(2):
+        with pytest.raises(SalesforceRefusedRequest) as caught:
+            sf.query("SELECT Id FROM Task")
+        [item] = caught.value.content
+        assert item["errorCode"] == "REQUEST_LIMIT_EXCEEDED"
+        messages.append(item["message"])
+    assert sorted(messages) == ["ConcurrentPerOrgLongTxn Limit exceeded.",
+                                "ConcurrentRequests (Concurrent API Requests) Limit exceeded."]
+    assert sf.query("SELECT Id FROM Task")["totalSize"] == 1
+    assert running.sim.stats()["api_usage"] == 1  # refused calls are not counted
+
+
+def test_token_endpoint_faults(running: Running) -> None:
+    running.sim.configure(token_unknown_errors=1, token_proxy_errors=1)
+    unknown = running.token()
+    assert unknown.status_code == 400
+    assert unknown.json() == {"error": "unknown_error", "error_description": "retry your request"}
+    proxy = running.token()
+    assert proxy.status_code == 403 and proxy.headers["Content-Type"].startswith("text/html")
+    assert running.token().status_code == 200
+
+
+def test_jwt_audience_may_be_a_configured_site(tmp_path: Path, jwt_key: rsa.RSAPrivateKey) -> None:
+    public_pem = jwt_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+    sim = SalesforceSim(jwt_public_key_pem=public_pem, jwt_audiences=["https://acme.my.site.com/partners"])
+    ca = EphemeralCA.create(tmp_path)
+    with SimServer(sim, ca) as server:
+        running = Running(sim, server.url, str(ca.ca_bundle))
+        grant = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+        site_claims = claims(aud="https://acme.my.site.com/partners")
+        site = running.token(grant_type=grant, assertion=sign_jwt(jwt_key, site_claims))
+        assert site.status_code == 200
+        mine = running.token(grant_type=grant, assertion=sign_jwt(jwt_key, claims(aud=server.url)))
+        assert mine.json() == {"error": "invalid_grant", "error_description": "audience is invalid"}
+
+
+def test_task_visibility_without_view_all_data(running: Running) -> None:
+    other, account = soql.make_id("005", 77), soql.make_id("001", 5)
+    own = seed(running.sim, 2)
+    hidden = running.sim.add_tasks([{"Subject": "theirs", "SMS_Message_Id__c": "h-1", "OwnerId": other,
+                                     "WhatId": account}])[0]
+    sf = running.salesforce()
+    assert {r["Id"] for r in sf.query("SELECT Id FROM Task")["records"]} == set(own)  # fewer rows, no error
+    assert sf.query("SELECT COUNT() FROM Task")["totalSize"] == 2
+    result = sf.restful("composite/sobjects", method="PATCH", json={"allOrNone": False, "records": [
+        {"attributes": {"type": "Task"}, "id": hidden, "SMS_Status__c": "Delivered"}]})
+    assert result[0]["errors"][0]["statusCode"] == "INSUFFICIENT_ACCESS_OR_READONLY"
+    permissions = sf.query("SELECT PermissionsViewAllData, PermissionsViewSetup FROM UserPermissionAccess")
+    assert permissions["records"][0]["PermissionsViewAllData"] is False
+    running.sim.share_related(account)
+    assert sf.query("SELECT COUNT() FROM Task")["totalSize"] == 3
+    running.sim.share_related()
+    token = running.token().json()["access_token"]
+    answer = running.rest("POST", "/_sim/faults", token, json={"view_all_data": True, "view_setup": True})
+    assert answer.status_code == 200 and answer.json()["settings"]["view_all_data"] is True
+    permissions = sf.query("SELECT PermissionsViewAllData, PermissionsViewSetup FROM UserPermissionAccess")
+    assert permissions["records"][0]["PermissionsViewAllData"] is True
+    assert running.rest("POST", "/_sim/faults", token, json={"view_all_data": 1}).status_code == 400
 
 
 # -- Bulk API 2.0 ----------------------------------------------------------------------------------
