@@ -9,12 +9,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from sfsync.config import Settings, load_settings
 from sfsync.doctor import run_checks
 from sfsync.errors import EXIT_AUTH, EXIT_BUDGET, EXIT_OK, EXIT_UNAVAILABLE, AuthError, RemoteError
 from sfsync.retry import RetryPolicy
 from sfsync.salesforce import SalesforceClient, jwt_audience
+from sfsync.server import PushServer
 from sfsync.sim.harness import Simulators
 from sfsync.worker import Worker
 from tests.conftest import add_tasks, fields_of, new_message_id, report
@@ -170,3 +172,21 @@ def test_the_daily_limit_still_stops_the_run(sims: Simulators, make_worker: Make
     summary = make_worker(SFSYNC_API_BUDGET_PCT="100").run()
     assert summary.exit_code == EXIT_BUDGET and summary.retries == 0
     assert sims.mm.stats()["unconfirmed"] == len(queued)
+
+
+def test_serve_drain_retries_a_concurrency_limit_instead_of_backing_off(
+        sims: Simulators, settings_for: Callable[..., Settings]) -> None:
+    secret = "push-secret-for-tests-0123456789"
+    server = PushServer(settings_for(SFSYNC_PUSH_SECRET=secret), port=0, drain=False).start()
+    try:
+        message = new_message_id()
+        [task] = add_tasks(sims, [message])
+        pushed = requests.post(server.url, json=report(message, "delivered", "221"),
+                               headers={"X-SFSync-Secret": secret}, timeout=10)
+        assert pushed.status_code == 200
+        sims.sf.configure(concurrent_limit_calls=1)
+        assert server.drain_once() == server.drain_interval  # not the 300 s budget back-off
+        assert fields_of(sims, task) == ("Delivered", "221") and server.store.inbox_count() == 0
+        assert server.drain_state.last_exit_reason != "api_budget"
+    finally:
+        server.stop()
