@@ -190,9 +190,9 @@ def _usage(sf: SalesforceClient, settings: Settings) -> Check:
         refused = ""
     except ConfigError:  # 403: GET /limits needs a permission sfsync's runs do without
         top, used = sf.usage.max, sf.usage.used
-        refused = (f"; GET /limits refused: the integration user lacks \"{VIEW_SETUP}\", which only this check "
-                   "uses, for the API usage figures (runs read them from every answer's Sforce-Limit-Info). Grant "
-                   "it to see the figures here, or ignore this")
+        refused = (", read from Sforce-Limit-Info: GET /limits was refused, the integration user lacks "
+                   f"\"{VIEW_SETUP}\", the permission it needs for the API usage figures. sfsync runs never "
+                   "call /limits (they read the same header), so granting it is optional")
     if not top:
         return Check("api usage", "warn", "limits not reported" + refused)
     share = 100.0 * used / top
