@@ -274,7 +274,8 @@ class SalesforceSim(SimApp):
         self._cursor_numbers = itertools.count(30_000_000_000, 7_907)
         self._clear_data()
         self.set_schema(DEFAULT_TASK_FIELDS)
-        self.bulk = BulkIngest(self._bulk_columns, self._bulk_write, lambda: self.settings.bulk_processing_s)
+        self.bulk = BulkIngest(self._bulk_columns, self._bulk_write, lambda: self.settings.bulk_processing_s,
+                               self.stopping)
         self._too_long = _Route("GET", re.compile(r"(?!)"), "uri_too_long", self._uri_too_long)
         self._register_routes()
 
