@@ -56,17 +56,24 @@ class BulkClient:
         self.max_wait_s = max_wait_s
         self.sleep = sleep
         self.clock = clock
+        self.on_step: Callable[[str, str], Any] = lambda step, job_id: None  # tests crash at a step
 
     # -- one job -------------------------------------------------------------------------------
-    def update(self, csv_path: Path, sobject: str = "Task") -> JobInfo:
-        """Run one update job over the CSV file (header first, LF, comma) and wait for its end."""
+    def update(self, csv_path: Path, sobject: str = "Task", on_created: Callable[[str], Any] | None = None
+               ) -> JobInfo:
+        """Run one update job over the CSV file (header first, LF, comma) and wait for its end.
+        ``on_created`` gets the job id before anything is uploaded (to record the job durably:
+        once closed, Salesforce processes it even if this process dies)."""
         job_id = self._create(sobject)
         try:
+            if on_created is not None:
+                on_created(job_id)
             self._upload(job_id, csv_path)
             self._set_state(job_id, "UploadComplete")
         except BaseException:
             self._abort_quietly(job_id)
             raise
+        self.on_step("UploadComplete", job_id)
         log.info("Bulk API job %s uploaded; waiting for Salesforce to process it", job_id,
                  extra={"event": "bulk_job", "job_id": job_id})
         info = self._wait(job_id)
@@ -107,6 +114,18 @@ class BulkClient:
             self._set_state(job_id, "Aborted")
         except Exception as exc:  # the job may already be closed or gone; the original error matters
             log.debug("could not abort Bulk API job %s: %s", job_id, exc)
+
+    def abort(self, job_id: str) -> None:
+        self._set_state(job_id, "Aborted")
+
+    def info_or_gone(self, job_id: str) -> JobInfo | None:
+        """The job's info, or None when Salesforce no longer knows it (jobs are deleted after 7 days)."""
+        try:
+            return self.info(job_id)
+        except RemoteError as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def info(self, job_id: str) -> JobInfo:
         answer = self.sf.call("bulk_poll", lambda sf: sf.restful(f"jobs/ingest/{job_id}"))
