@@ -910,8 +910,10 @@ class SalesforceSim(SimApp):
         return Response(204)
 
     def _bulk_results(self, request: Request) -> Response:
-        kind = request.params["kind"]
-        if kind not in RESULT_KINDS:
+        # Salesforce matches this segment whatever its case: its docs say unprocessedrecords (as
+        # jsforce sends it), simple-salesforce sends unprocessedRecords.
+        kind = {k.lower(): k for k in RESULT_KINDS}.get(request.params["kind"].lower(), "")
+        if not kind:
             raise HttpError(404, "The requested resource does not exist", "NOT_FOUND")
         return Response.text(200, self.bulk.results(self._job_id(request), kind), "text/csv; charset=UTF-8")
 
