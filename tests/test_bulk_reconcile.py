@@ -151,3 +151,28 @@ def test_a_job_still_running_after_the_bound_blocks_every_write(sims: object,
     assert summary.counts["applied"] == 6
     assert all(fields_of(sims, t) == ("Delivered", "220") for _, t in seeded)  # type: ignore[arg-type]
     assert Store(settings.store_path).open_bulk_jobs() == []
+
+
+def test_a_job_never_closed_is_aborted_and_a_resumed_backfill_settles_first(
+        sims: object, settings_for: Callable[..., Settings]) -> None:
+    sims.sf.configure(bulk_processing_s=0.5)  # type: ignore[attr-defined]
+    seeded = seed_submitted(sims, 8)
+    settings = settings_for()
+    store = Store(settings.store_path)
+    # A backfill killed after UploadComplete: its --resume waits for that job before it writes.
+    backfill_killed_after_upload_complete(settings)
+    # A process killed between creating a job and closing it leaves it Open: Salesforce never runs it.
+    _, sf, _ = build_clients(settings, sleep=no_sleep)
+    stray = BulkClient(sf)._create("Task")
+    store.add_bulk_job(stray, [LedgerEntry(m, t, "Submitted", "210", False, SENT, SENT, None) for m, t in seeded])
+    assert len(store.open_bulk_jobs()) == 2
+
+    mm, sf, retries = build_clients(settings, sleep=no_sleep)
+    resumed = Backfill(settings, BackfillOptions(WINDOW, bulk_threshold=5, resume=True), mm=mm, sf=sf,
+                       retries=retries).run()
+    assert resumed.exit_reason == "complete" and resumed.exit_code == 0
+    assert sims.sf.bulk.jobs[stray].state == "Aborted"  # type: ignore[attr-defined]
+    assert store.open_bulk_jobs() == []
+    for _, task_id in seeded:  # written once, by the job that landed; the resume found it done
+        assert fields_of(sims, task_id) == ("Submitted", "210")  # type: ignore[arg-type]
+        assert vias(sims, task_id) == [("bulk", "Submitted")]

@@ -188,11 +188,14 @@ class BulkIngest:
         with job.lock:
             if job.state != "InProgress" or self.jobs.get(job.id) is not job:
                 return
-            for row in job.pending_rows():
-                if job.error_message is None:
-                    self._process_row(job, row)
-                elif row:
-                    job.writer("unprocessedRecords").writerow(row)
+            try:
+                for row in job.pending_rows():
+                    if job.error_message is None:
+                        self._process_row(job, row)
+                    elif row:
+                        job.writer("unprocessedRecords").writerow(row)
+            except (ValueError, OSError):  # reset() closed the job's files meanwhile: it is gone
+                return
             job.state = "Failed" if job.error_message else "JobComplete"
 
     def info(self, job_id: str) -> dict[str, Any]:
