@@ -578,3 +578,35 @@ def test_injected_faults_keep_the_error_shape_and_lost_responses_still_apply(run
     with pytest.raises(requests.ConnectionError):
         sf.restful("composite/sobjects", method="PATCH", json=body, timeout=TIMEOUT)
     assert running.sim.task(ids[0])["SMS_Status__c"] == "delivered"  # type: ignore[index]
+
+
+def test_bulk_rows_land_only_after_upload_complete_and_asynchronously(running: Running) -> None:
+    running.sim.configure(bulk_processing_s=0.6)
+    ids = seed(running.sim, 2)
+    token = running.token().json()["access_token"]
+    states = []
+    for applied, version in enumerate(("59.0", "52.0")):  # failed results carry sf__Id from API 53.0 only
+        created = running.rest("POST", f"/services/data/v{version}/jobs/ingest", token,
+                               json={"object": "Task", "operation": "update", "lineEnding": "LF"})
+        job_id = created.json()["id"]
+        base = f"/services/data/v{version}/jobs/ingest/{job_id}"
+        running.rest("PUT", base + "/batches", token, headers={"Content-Type": "text/csv"},
+                     data=f"Id,SMS_Status__c\n{ids[0]},delivered\n{ids[1]},{'x' * 300}\n".encode())
+        time.sleep(0.3)
+        assert len(running.sim.history(ids[0])) == applied  # uploaded, not closed: nothing applied
+        closed = running.rest("PATCH", base, token, json={"state": "UploadComplete"}).json()
+        assert closed["state"] == "UploadComplete"
+        early = running.rest("GET", base + "/failedResults", token)
+        assert early.status_code == 400 and early.json()[0]["errorCode"] == "INVALIDJOBSTATE"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            states.append(running.rest("GET", base, token).json()["state"])
+            if states[-1] == "JobComplete":
+                break
+            time.sleep(0.05)
+        failed = running.rest("GET", base + "/failedResults", token).text.splitlines()
+        assert failed[0] == ('"sf__Error","sf__Id",Id,SMS_Status__c' if version == "59.0"
+                             else '"sf__Error",Id,SMS_Status__c')
+        assert failed[1].startswith("STRING_TOO_LONG:")
+    assert "InProgress" in states and states[-1] == "JobComplete"
+    assert [h["via"] for h in running.sim.history(ids[0])] == ["bulk", "bulk"]
