@@ -640,9 +640,11 @@ class Backfill:
                 for change in buffer.changes():
                     values = self.pipeline.fit(change.fields)
                     writer.writerow([change.task_id, *(_cell(values, c) for c in columns[1:])])
-                    s = change.outcome.status
-                    writes.append(LedgerEntry(change.outcome.message_id, change.task_id, s.label, s.code, s.final,
-                                              s.event_time, s.received_time, change.outcome.report.report_id))
+                    s, f = change.outcome.status, self.settings  # the values as sent (cut if configured so)
+                    writes.append(LedgerEntry(change.outcome.message_id, change.task_id,
+                                              str(values.get(f.field_status, s.label)),
+                                              values.get(f.field_code, s.code), s.final, s.event_time,
+                                              s.received_time, change.outcome.report.report_id))
             job = self.bulk.update(path, on_created=lambda job_id: self.store.add_bulk_job(job_id, writes))
         summary.counts["bulk_jobs"] += 1
         summary.counts["bulk_rows"] += len(buffer)
