@@ -46,10 +46,11 @@ from sfsync.lock import RunLock
 from sfsync.messagemedia import MessageMediaClient
 from sfsync.pipeline import BatchResult, Change, Pipeline, resolve_all
 from sfsync.precedence import Status, wins
+from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
 from sfsync.reports import format_time, parse_report, parse_time, read_metadata
 from sfsync.retry import RetryCounter
 from sfsync.salesforce import COLLECTION_LIMIT, SalesforceClient, WriteResult
-from sfsync.store import Store, now_utc
+from sfsync.store import LedgerEntry, Store, now_utc
 from sfsync.worker import RunSummary, build_clients, recorded_run
 
 log = logging.getLogger("sfsync.backfill")
@@ -462,7 +463,8 @@ class Backfill:
     def __init__(self, settings: Settings, options: BackfillOptions, *, mm: MessageMediaClient | None = None,
                  sf: SalesforceClient | None = None, store: Store | None = None, retries: RetryCounter | None = None,
                  stop: threading.Event | None = None, sleep: Callable[[float], Any] = time.sleep,
-                 on_page: Callable[[int], None] | None = None, progress_stream: Any = None):
+                 on_page: Callable[[int], None] | None = None, progress_stream: Any = None,
+                 bulk_wait_s: float = WAIT_SECONDS):
         self.settings = settings
         self.options = options
         if mm is None or sf is None:
@@ -476,6 +478,7 @@ class Backfill:
         self.progress_stream = progress_stream
         self.pipeline = Pipeline(settings, self.store, sf, dry_run=options.dry_run)
         self.bulk = BulkClient(sf)
+        self.bulk_wait_s = bulk_wait_s
 
     def run(self) -> BackfillSummary:
         if self.options.dry_run:  # writes nothing, so it need not keep the worker out
@@ -521,6 +524,8 @@ class Backfill:
                         "are not found", RETENTION_DAYS, RETENTION_DAYS, extra={"event": "retention"})
         log.info("backfill from %s: %s%s", o.source, o.window, ", resuming" if o.resume else "",
                  extra={"event": "backfill_start", "checkpoint": o.key})
+        if not o.dry_run:  # an interrupted backfill's Bulk API job may still land: settle it first
+            BulkReconciler(self.pipeline, self.bulk, wait_seconds=self.bulk_wait_s).settle(summary.counts)
         base = Counter({k: int(v) for k, v in start.get("counts", {}).items()})  # the window before this run
         resume_at: dict[str, Any] = dict(start["cursor"])  # first page whose changes are not all written
         summary.window_counts = base.copy()  # the window up to resume_at
@@ -626,6 +631,7 @@ class Backfill:
     def _write_bulk(self, buffer: ChangeBuffer, summary: BackfillSummary) -> None:
         columns = [c for c in ("Id", self.settings.field_status, self.settings.field_code,
                                self.settings.field_updated) if c]
+        writes: list[LedgerEntry] = []  # recorded with the job: what it writes on each Task
         with tempfile.TemporaryDirectory(prefix="sfsync-bulk-") as folder:
             path = Path(folder) / "tasks.csv"
             with path.open("w", newline="", encoding="utf-8") as out:
@@ -634,7 +640,12 @@ class Backfill:
                 for change in buffer.changes():
                     values = self.pipeline.fit(change.fields)
                     writer.writerow([change.task_id, *(_cell(values, c) for c in columns[1:])])
-            job = self.bulk.update(path)
+                    s, f = change.outcome.status, self.settings  # the values as sent (cut if configured so)
+                    writes.append(LedgerEntry(change.outcome.message_id, change.task_id,
+                                              str(values.get(f.field_status, s.label)),
+                                              values.get(f.field_code, s.code), s.final, s.event_time,
+                                              s.received_time, change.outcome.report.report_id))
+            job = self.bulk.update(path, on_created=lambda job_id: self.store.add_bulk_job(job_id, writes))
         summary.counts["bulk_jobs"] += 1
         summary.counts["bulk_rows"] += len(buffer)
         results = {r.task_id[:15]: r for r in self.bulk.results(job.id)}  # at most one job's rows
@@ -656,6 +667,7 @@ class Backfill:
                         summary.counts["refused"] += 1
                     written.append((change, row))
             self.pipeline.record_written(written, [], SOURCE, result)
+        self.store.forget_bulk_job(job.id)  # read back and recorded: nothing of it is left to land
         if retry:  # row locks: again, one by one with back-off, through the Collections path
             self._write_collections(iter(retry), summary)
         self._held(held, summary)

@@ -56,17 +56,24 @@ class BulkClient:
         self.max_wait_s = max_wait_s
         self.sleep = sleep
         self.clock = clock
+        self.on_step: Callable[[str, str], Any] = lambda step, job_id: None  # tests crash at a step
 
     # -- one job -------------------------------------------------------------------------------
-    def update(self, csv_path: Path, sobject: str = "Task") -> JobInfo:
-        """Run one update job over the CSV file (header first, LF, comma) and wait for its end."""
+    def update(self, csv_path: Path, sobject: str = "Task", on_created: Callable[[str], Any] | None = None
+               ) -> JobInfo:
+        """Run one update job over the CSV file (header first, LF, comma) and wait for its end.
+        ``on_created`` gets the job id before anything is uploaded (to record the job durably:
+        once closed, Salesforce processes it even if this process dies)."""
         job_id = self._create(sobject)
         try:
+            if on_created is not None:
+                on_created(job_id)
             self._upload(job_id, csv_path)
             self._set_state(job_id, "UploadComplete")
         except BaseException:
             self._abort_quietly(job_id)
             raise
+        self.on_step("UploadComplete", job_id)
         log.info("Bulk API job %s uploaded; waiting for Salesforce to process it", job_id,
                  extra={"event": "bulk_job", "job_id": job_id})
         info = self._wait(job_id)
@@ -107,6 +114,18 @@ class BulkClient:
             self._set_state(job_id, "Aborted")
         except Exception as exc:  # the job may already be closed or gone; the original error matters
             log.debug("could not abort Bulk API job %s: %s", job_id, exc)
+
+    def abort(self, job_id: str) -> None:
+        self._set_state(job_id, "Aborted")
+
+    def info_or_gone(self, job_id: str) -> JobInfo | None:
+        """The job's info, or None when Salesforce no longer knows it (jobs are deleted after 7 days)."""
+        try:
+            return self.info(job_id)
+        except RemoteError as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def info(self, job_id: str) -> JobInfo:
         answer = self.sf.call("bulk_poll", lambda sf: sf.restful(f"jobs/ingest/{job_id}"))
@@ -150,21 +169,42 @@ class BulkClient:
     def _rows(self, job_id: str, kind: str, *, ok: bool) -> Iterator[WriteResult]:
         with self._download(job_id, kind) as spool:
             reader = csv.reader(io.TextIOWrapper(spool, encoding="utf-8-sig", newline=""))
-            header = [h.strip() for h in next(reader, [])]
-            lead = 2  # sf__Id and sf__Created / sf__Error
-            try:
-                id_col = lead + [h.lower() for h in header[lead:]].index("id")
-            except ValueError:
-                id_col = 0  # no Id column echoed: fall back to sf__Id
+            columns = ResultColumns.of([h.strip() for h in next(reader, [])], kind)
             for row in reader:
-                if len(row) <= id_col:
+                task_id = columns.task_id(row)
+                if not task_id:
                     continue
-                task_id = row[id_col].strip() or row[0].strip()
                 if ok:
                     yield WriteResult(task_id, True)
                 else:
-                    code, message = split_error(row[1])
+                    code, message = split_error(columns.error(row))
                     yield WriteResult(task_id, False, code, message, transient=is_lock_error(code, message))
+
+
+@dataclass(frozen=True)
+class ResultColumns:
+    """Where a result CSV keeps what we read, found by header name (Salesforce does not promise an
+    order). The Task Id is the echoed ``Id`` column we uploaded, else ``sf__Id`` (which failed
+    results carry only from API version 53.0)."""
+
+    ids: tuple[int, ...]
+    error_at: int | None
+
+    @classmethod
+    def of(cls, header: list[str], kind: str) -> ResultColumns:
+        lowered = [h.lower() for h in header]
+        ids = tuple(lowered.index(name) for name in ("id", "sf__id") if name in lowered)
+        error_at = lowered.index("sf__error") if "sf__error" in lowered else None
+        if not ids or (kind == "failedResults" and error_at is None):
+            raise RemoteError(f"Salesforce Bulk API: the {kind} CSV has no Id or sf__Error column "
+                              f"(header: {','.join(header)[:200]})", transient=False)
+        return cls(ids, error_at)
+
+    def task_id(self, row: list[str]) -> str:
+        return next((row[i].strip() for i in self.ids if i < len(row) and row[i].strip()), "")
+
+    def error(self, row: list[str]) -> str:
+        return row[self.error_at] if self.error_at is not None and self.error_at < len(row) else ""
 
 
 def _raise_for(response: requests.Response, name: str) -> None:

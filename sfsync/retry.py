@@ -21,8 +21,10 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception,
+    retry_if_result,
     stop_after_attempt,
     stop_after_delay,
+    wait_exponential,
     wait_exponential_jitter,
 )
 from tenacity.wait import wait_base
@@ -144,3 +146,19 @@ def _describe(exc: BaseException | None) -> str:
     if isinstance(exc, RemoteError):
         return str(exc)
     return type(exc).__name__
+
+
+def poll_until(fn: Callable[[], T], done: Callable[[T], bool], *, max_seconds: float, first: float = 0.5,
+               max_wait: float = 15.0, sleep: Callable[[float], Any] = time.sleep) -> T:
+    """Call ``fn`` until ``done`` says its answer is final or ``max_seconds`` have passed (waits
+    growing from ``first`` to ``max_wait``); the last answer either way. Errors ``fn`` raises
+    are not retried here (``fn`` brings its own retries)."""
+    retrying = Retrying(
+        retry=retry_if_result(lambda answer: not done(answer)),
+        wait=wait_exponential(multiplier=first, min=first, max=max_wait),
+        stop=stop_after_delay(max_seconds),
+        sleep=sleep,
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+        reraise=True,
+    )
+    return retrying(fn)

@@ -5,7 +5,8 @@ crash or power loss, which is what lets the pipeline confirm a report to Message
 
 Tables: ``ledger`` (message id -> last applied status and its event time, so precedence holds when
 the Task has no time field), ``waiting`` (reports whose Task does not exist yet), ``dead_letters``,
-``runs``, ``checkpoints`` (backfill), ``inbox`` (pushed reports, drained by the pipeline).
+``runs``, ``checkpoints`` (backfill), ``inbox`` (pushed reports, drained by the pipeline),
+``bulk_jobs`` and ``bulk_job_tasks`` (Bulk API jobs not yet read back, and what each writes per Task).
 """
 
 from __future__ import annotations
@@ -78,6 +79,19 @@ _SCHEMA = [
         received_at TEXT NOT NULL,
         processed_at TEXT)""",
     """CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (processed_at, received_at)""",
+    # Bulk API jobs sent but not yet read back; each with the status it writes on each Task.
+    """CREATE TABLE IF NOT EXISTS bulk_jobs (job_id TEXT PRIMARY KEY, created_at TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS bulk_job_tasks (
+        job_id TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        label TEXT NOT NULL,
+        code TEXT,
+        final INTEGER NOT NULL,
+        event_time TEXT,
+        received_time TEXT,
+        report_id TEXT,
+        PRIMARY KEY (job_id, task_id))""",
 ]
 
 
@@ -358,3 +372,42 @@ class Store:
         with self.transaction() as db:
             return db.execute("DELETE FROM inbox WHERE processed_at IS NOT NULL AND processed_at < ?",
                               (_ts(processed_before),)).rowcount
+
+    # -- open Bulk API jobs ----------------------------------------------------------------------------
+    def add_bulk_job(self, job_id: str, writes: Iterable[LedgerEntry]) -> None:
+        """Remember a Bulk API job before it is closed, with the status it writes on each Task."""
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO bulk_jobs VALUES (?, ?)", (job_id, _ts(now_utc())))
+            db.executemany(
+                "INSERT OR REPLACE INTO bulk_job_tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(job_id, e.task_id, e.message_id, e.label, e.code, int(e.final), _ts(e.event_time),
+                  _ts(e.received_time), e.report_id) for e in writes],
+            )
+
+    def open_bulk_jobs(self) -> list[tuple[str, dt.datetime]]:
+        """(job id, when it was recorded), oldest first."""
+        rows = self.db.execute("SELECT job_id, created_at FROM bulk_jobs ORDER BY created_at, job_id").fetchall()
+        return [(r["job_id"], _parse_ts(r["created_at"]) or now_utc()) for r in rows]
+
+    def bulk_job_writes(self, job_id: str) -> list[LedgerEntry]:
+        rows = self.db.execute("SELECT * FROM bulk_job_tasks WHERE job_id = ? ORDER BY task_id", (job_id,))
+        return [LedgerEntry(r["message_id"], r["task_id"], r["label"], r["code"], bool(r["final"]),
+                            _parse_ts(r["event_time"]), _parse_ts(r["received_time"]), r["report_id"]) for r in rows]
+
+    def forget_bulk_job(self, job_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM bulk_job_tasks WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM bulk_jobs WHERE job_id = ?", (job_id,))
+
+    def ledger_by_task(self, task_ids: Iterable[str]) -> dict[str, list[LedgerEntry]]:
+        """Ledger entries per Task (keyed by the 15-character Id, whichever form was stored)."""
+        keys = list(dict.fromkeys(t[:15] for t in task_ids))
+        found: dict[str, list[LedgerEntry]] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(f"SELECT * FROM ledger WHERE substr(task_id, 1, 15) IN ({marks})", chunk):
+                found.setdefault(row["task_id"][:15], []).append(LedgerEntry(
+                    row["message_id"], row["task_id"], row["label"], row["code"], bool(row["final"]),
+                    _parse_ts(row["event_time"]), _parse_ts(row["received_time"]), row["report_id"]))
+        return found

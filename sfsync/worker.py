@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from sfsync.bulk import BulkClient
 from sfsync.config import Settings
 from sfsync.errors import (
     EXIT_BUDGET,
@@ -32,6 +33,7 @@ from sfsync.errors import (
 from sfsync.lock import RunLock
 from sfsync.messagemedia import MessageMediaClient
 from sfsync.pipeline import BatchResult, Pipeline, Stage, _BudgetStop
+from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
 from sfsync.retry import RetryCounter, RetryPolicy
 from sfsync.salesforce import SalesforceClient
 from sfsync.store import Store, now_utc
@@ -131,7 +133,8 @@ def recorded_run(store: Store, kind: str, summary: RunSummary, mm: MessageMediaC
 class Worker:
     def __init__(self, settings: Settings, *, mm: MessageMediaClient | None = None,
                  sf: SalesforceClient | None = None, store: Store | None = None, on_stage: Stage | None = None,
-                 stop: threading.Event | None = None, retries: RetryCounter | None = None):
+                 stop: threading.Event | None = None, retries: RetryCounter | None = None,
+                 bulk_wait_s: float = WAIT_SECONDS):
         self.settings = settings
         if mm is None or sf is None:
             built_mm, built_sf, retries = build_clients(settings)
@@ -142,6 +145,7 @@ class Worker:
         self.store = store or Store(settings.store_path)
         self.on_stage = on_stage or (lambda stage: None)
         self.stop = stop or threading.Event()
+        self.bulk_wait_s = bulk_wait_s
 
     # -- one run --------------------------------------------------------------------------------------
     def run(self, options: RunOptions | None = None) -> RunSummary:
@@ -156,6 +160,8 @@ class Worker:
         with recorded_run(self.store, kind, summary, self.mm, self.sf, self.retries) as started:
             source = self._inbox_source() if options.inbox else self._poll_source()
             try:
+                if not options.dry_run:  # an interrupted backfill's Bulk API job may still land: settle it first
+                    BulkReconciler(pipeline, BulkClient(self.sf), wait_seconds=self.bulk_wait_s).settle(summary.counts)
                 self._retry_waiting(pipeline, options, summary)
                 summary.exit_reason = self._drain(source, pipeline, options, summary, started)
             except _BudgetStop as stop:

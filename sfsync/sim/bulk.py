@@ -1,8 +1,14 @@
 """Bulk API 2.0 ingest (update only) for the Salesforce simulator.
 
-Uploads are streamed: each CSV row is parsed and written as it arrives, so a million-row upload needs
-memory for one row at a time; per-row results go to spooled files (on disk past a few MB) from which
-the result CSVs are read back.
+As Salesforce does, rows are applied only after the job is marked ``UploadComplete``, and
+asynchronously: a background thread waits the configured processing delay (the job shows
+``InProgress`` half-way), applies the rows, then moves the job to ``JobComplete`` (or ``Failed``).
+A client that dies after ``UploadComplete`` leaves a job that still lands later.
+
+Uploads are streamed: each CSV row is parsed as it arrives and spooled (on disk past a few MB), so a
+million-row upload needs memory for one row at a time; per-row results go to spooled files too.
+Failed results carry ``sf__Id`` only from API version 53.0, and put ``sf__Error`` first: a client
+must read the result columns by name.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ TERMINAL = ("JobComplete", "Failed", "Aborted")
 RESULT_KINDS = ("successfulResults", "failedResults", "unprocessedRecords")
 NULL_MARK = "#N/A"  # a CSV cell that sets the field to null; an empty cell leaves it unchanged
 SPOOL_BYTES = 4 << 20
+SF_ID_SINCE = 53.0  # failedResults carry sf__Id from this API version on
 
 
 def _spool() -> IO[str]:
@@ -64,6 +71,8 @@ class IngestJob:
     error_message: str | None = None
     closed_at: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    pending: IO[str] | None = None  # uploaded rows, applied after UploadComplete
+    pending_writer: Any = None
     files: dict[str, IO[str]] = field(default_factory=dict)
     writers: dict[str, Any] = field(default_factory=dict)
 
@@ -78,9 +87,24 @@ class IngestJob:
                                             lineterminator=LINE_ENDINGS[self.line_ending])
         return self.writers[kind]
 
+    def spool_row(self, row: list[str]) -> None:
+        if self.pending is None:
+            self.pending = _spool()
+            self.pending_writer = csv.writer(self.pending, lineterminator="\n")
+        self.pending_writer.writerow(row)
+
+    def pending_rows(self) -> Iterator[list[str]]:
+        if self.pending is None:
+            return iter(())
+        self.pending.seek(0)
+        return csv.reader(self.pending)
+
     def close_files(self) -> None:
         for handle in self.files.values():
             handle.close()
+        if self.pending is not None:
+            self.pending.close()
+            self.pending = None
         self.files.clear()
         self.writers.clear()
 
@@ -106,12 +130,14 @@ def _state_error(job: IngestJob, wanted: str) -> HttpError:
 class BulkIngest:
     """The ingest jobs of one simulator."""
 
-    def __init__(self, resolve_columns: ColumnResolver, write_row: RowWriter, processing_s: Callable[[], float]):
+    def __init__(self, resolve_columns: ColumnResolver, write_row: RowWriter, processing_s: Callable[[], float],
+                 stopping: threading.Event | None = None):
         self.resolve_columns = resolve_columns
         self.write_row = write_row
         self.processing_s = processing_s
         self.jobs: dict[str, IngestJob] = {}
         self._lock = threading.Lock()
+        self._stopping = stopping or threading.Event()  # set when the simulator stops
         self._numbers = itertools.count(20_000_000_000, 7_919)
 
     # -- job lifecycle -------------------------------------------------------------------------
@@ -142,19 +168,35 @@ class BulkIngest:
             job = self.jobs.get(job_id)
         if job is None:
             raise HttpError(404, f"Job {job_id} not found", "NOT_FOUND")
-        self._advance(job)
         return job
 
-    def _advance(self, job: IngestJob) -> None:
-        """After UploadComplete the job moves to InProgress, then JobComplete (or Failed)."""
-        if job.state not in ("UploadComplete", "InProgress") or job.closed_at is None:
+    def _start_processing(self, job: IngestJob) -> None:
+        thread = threading.Thread(target=self._process, args=(job, self.processing_s()), daemon=True,
+                                  name=f"sim-bulk-{job.id}")
+        thread.start()
+
+    def _process(self, job: IngestJob, delay: float) -> None:
+        """UploadComplete -> (delay/2) InProgress -> (delay/2) rows applied -> JobComplete or Failed."""
+        if self._stopping.wait(delay / 2):
             return
-        elapsed = time.monotonic() - job.closed_at
-        delay = self.processing_s()
-        if elapsed >= delay:
-            job.state = "Failed" if job.error_message else "JobComplete"
-        elif elapsed >= delay / 2:
+        with job.lock:
+            if job.state != "UploadComplete":
+                return  # aborted meanwhile
             job.state = "InProgress"
+        if self._stopping.wait(delay / 2):
+            return
+        with job.lock:
+            if job.state != "InProgress" or self.jobs.get(job.id) is not job:
+                return
+            try:
+                for row in job.pending_rows():
+                    if job.error_message is None:
+                        self._process_row(job, row)
+                    elif row:
+                        job.writer("unprocessedRecords").writerow(row)
+            except (ValueError, OSError):  # reset() closed the job's files meanwhile: it is gone
+                return
+            job.state = "Failed" if job.error_message else "JobComplete"
 
     def info(self, job_id: str) -> dict[str, Any]:
         return self.job(job_id).info()
@@ -162,8 +204,6 @@ class BulkIngest:
     def all_jobs(self) -> dict[str, Any]:
         with self._lock:
             jobs = list(self.jobs.values())
-        for job in jobs:
-            self._advance(job)
         return {"done": True, "records": [job.info() for job in jobs], "nextRecordsUrl": None}
 
     def set_state(self, job_id: str, body: Any) -> dict[str, Any]:
@@ -172,15 +212,17 @@ class BulkIngest:
         if wanted == "UploadComplete":
             if job.state != "Open":
                 raise _state_error(job, "Open")
-            if job.columns is None:
-                job.error_message = "InvalidBatch : no data was uploaded"
-            job.closed_at = time.monotonic()
-            job.state = "UploadComplete"
-            self._advance(job)
+            with job.lock:
+                if job.columns is None:
+                    job.error_message = "InvalidBatch : no data was uploaded"
+                job.closed_at = time.monotonic()
+                job.state = "UploadComplete"
+            self._start_processing(job)
         elif wanted == "Aborted":
-            if job.state in TERMINAL:
-                raise _state_error(job, "Open, UploadComplete or InProgress")
-            job.state = "Aborted"
+            with job.lock:
+                if job.state in TERMINAL:
+                    raise _state_error(job, "Open, UploadComplete or InProgress")
+                job.state = "Aborted"
         else:
             raise HttpError(400, f"InvalidJobState : cannot set state {wanted!r}", "INVALIDJOBSTATE")
         return job.info()
@@ -203,7 +245,7 @@ class BulkIngest:
 
     # -- upload --------------------------------------------------------------------------------
     def upload(self, job_id: str, lines: Iterable[bytes], content_type: str) -> None:
-        """Read the CSV row by row and write each row as it is read."""
+        """Read the CSV row by row and spool it; rows are applied after UploadComplete."""
         job = self.job(job_id)
         if not content_type.lower().startswith("text/csv"):
             raise HttpError(415, f"Content type {content_type or 'none'!r} not supported: send text/csv",
@@ -216,13 +258,10 @@ class BulkIngest:
                 header = next(reader, None)
                 if header is None:
                     raise HttpError(400, "InvalidBatch : the upload has no header row", "INVALIDBATCH")
-                accepted = self._accept_header(job, [c.strip() for c in header])
+                self._accept_header(job, [c.strip() for c in header])
                 for row in reader:
-                    # Rows after a failed header or an abort are left unprocessed, as Salesforce does.
-                    if accepted and job.state == "Open":
-                        self._process_row(job, row)
-                    elif row:
-                        job.writer("unprocessedRecords").writerow(row)
+                    if row:  # rows after a failed header are left unprocessed when the job runs
+                        job.spool_row(row)
             except csv.Error as exc:
                 job.error_message = f"InvalidBatch : malformed CSV at line {reader.line_num}: {exc}"
 
@@ -247,7 +286,7 @@ class BulkIngest:
         if len(row) != len(job.fields):
             job.processed += 1
             job.failed += 1
-            job.writer("failedResults").writerow(["", "INVALID_ROW:wrong number of columns:--", *row])
+            job.writer("failedResults").writerow(self._failed(job, "", "INVALID_ROW:wrong number of columns:--", row))
             return
         raw_id = ""
         values: dict[str, str | None] = {}
@@ -262,7 +301,11 @@ class BulkIngest:
             job.writer("successfulResults").writerow([sf_id, "false", *row])
         else:
             job.failed += 1
-            job.writer("failedResults").writerow([sf_id, error, *row])
+            job.writer("failedResults").writerow(self._failed(job, sf_id, error, row))
+
+    @staticmethod
+    def _failed(job: IngestJob, sf_id: str, error: str, row: list[str]) -> list[str]:
+        return [error, sf_id, *row] if _has_sf_id(job) else [error, *row]
 
     # -- results -------------------------------------------------------------------------------
     def results(self, job_id: str, kind: str) -> str:
@@ -272,7 +315,8 @@ class BulkIngest:
         ending = LINE_ENDINGS[job.line_ending]
         with job.lock:
             columns = job.delimiter.join(_quote(c, job.delimiter) for c in job.columns or [])
-            lead = {"successfulResults": '"sf__Id","sf__Created"', "failedResults": '"sf__Id","sf__Error"'}.get(kind)
+            lead = {"successfulResults": '"sf__Id","sf__Created"',
+                    "failedResults": '"sf__Error","sf__Id"' if _has_sf_id(job) else '"sf__Error"'}.get(kind)
             header = job.delimiter.join(part for part in (lead, columns) if part)
             handle = job.files.get(kind)
             body = ""
@@ -281,6 +325,10 @@ class BulkIngest:
                 body = handle.read()
                 handle.seek(0, 2)
         return header + ending + body
+
+
+def _has_sf_id(job: IngestJob) -> bool:
+    return float(job.api_version) >= SF_ID_SINCE
 
 
 def _quote(value: str, delimiter: str) -> str:

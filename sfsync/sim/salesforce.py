@@ -295,7 +295,8 @@ class SalesforceSim(SimApp):
         self._cursor_numbers = itertools.count(30_000_000_000, 7_907)
         self._clear_data()
         self.set_schema(DEFAULT_TASK_FIELDS)
-        self.bulk = BulkIngest(self._bulk_columns, self._bulk_write, lambda: self.settings.bulk_processing_s)
+        self.bulk = BulkIngest(self._bulk_columns, self._bulk_write, lambda: self.settings.bulk_processing_s,
+                               self.stopping)
         self._too_long = _Route("GET", re.compile(r"(?!)"), "uri_too_long", self._uri_too_long)
         self._register_routes()
 
@@ -997,8 +998,10 @@ class SalesforceSim(SimApp):
         return Response(204)
 
     def _bulk_results(self, request: Request) -> Response:
-        kind = request.params["kind"]
-        if kind not in RESULT_KINDS:
+        # Salesforce matches this segment whatever its case: its docs say unprocessedrecords (as
+        # jsforce sends it), simple-salesforce sends unprocessedRecords.
+        kind = {k.lower(): k for k in RESULT_KINDS}.get(request.params["kind"].lower(), "")
+        if not kind:
             raise HttpError(404, "The requested resource does not exist", "NOT_FOUND")
         return Response.text(200, self.bulk.results(self._job_id(request), kind), "text/csv; charset=UTF-8")
 
