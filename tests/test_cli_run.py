@@ -151,6 +151,9 @@ def test_loop_mode_keeps_applying_and_stops_on_sigterm(tmp_path: Path) -> None:
             deadline = time.monotonic() + 20
             while fields_of(sims, t1)[0] is None and time.monotonic() < deadline:
                 time.sleep(0.1)
+            # The second report arrives once the first run has ended, so a later run of the loop must take it.
+            while "run_summary" not in log_path.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
             sims.mm.add_reports([report(later, "failed", "414")])  # arrives while the daemon runs
             while fields_of(sims, t2)[0] is None and time.monotonic() < deadline:
                 time.sleep(0.1)

@@ -527,7 +527,8 @@ def test_burst_of_5000_pushes_from_8_threads(sims: Simulators, make_server: Make
     assert wait_until(lambda: server.store.inbox_count() == 0, timeout=30)
     assert all(fields_of(sims, t) == ("Delivered", "221") for t in tasks)
     print(f"5,000 pushes in {pushed_in:.1f} s, drained {time.monotonic() - started - pushed_in:.1f} s later")
-    assert pushed_in < 20, f"5,000 pushes took {pushed_in:.1f} s"
+    # A hang detector, not a benchmark (the figure is scripts/bench's job): generous for a loaded 2-core machine.
+    assert pushed_in < 60, f"5,000 pushes took {pushed_in:.1f} s"
 
 
 def test_pushed_and_polled_reports_meet_the_same_precedence_rule(
