@@ -465,13 +465,13 @@ class Backfill:
                  on_page: Callable[[int], None] | None = None, progress_stream: Any = None):
         self.settings = settings
         self.options = options
+        self.stop = stop or threading.Event()
         if mm is None or sf is None:
-            built_mm, built_sf, retries = build_clients(settings, sleep=sleep)
+            built_mm, built_sf, retries = build_clients(settings, sleep=sleep, stop=self.stop)
             mm, sf = mm or built_mm, sf or built_sf
         self.mm, self.sf = mm, sf
         self.retries = retries or RetryCounter()
         self.store = store or Store(settings.store_path)
-        self.stop = stop or threading.Event()
         self.on_page = on_page or (lambda page: None)
         self.progress_stream = progress_stream
         self.pipeline = Pipeline(settings, self.store, sf, dry_run=options.dry_run)

@@ -71,5 +71,12 @@ class RemoteError(SfsyncError):
         self.retry_after = retry_after
 
 
+class StopRequested(SfsyncError):
+    """A stop signal (SIGTERM/SIGINT) cut a retry wait short. The run ends as a signal stop
+    (``exit_reason`` signal, the run's own exit status); what was not confirmed comes back."""
+
+    exit_code = EXIT_OK
+
+
 class BadReport(SfsyncError):
     """A delivery report that cannot be parsed; it becomes a dead letter, never a crash."""

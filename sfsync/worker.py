@@ -27,6 +27,7 @@ from sfsync.errors import (
     BudgetExhausted,
     ConfigError,
     SfsyncError,
+    StopRequested,
     UsageError,
 )
 from sfsync.lock import RunLock
@@ -84,10 +85,12 @@ class RunSummary:
         }
 
 
-def build_clients(settings: Settings, sleep: Callable[[float], Any] = time.sleep
-                  ) -> tuple[MessageMediaClient, SalesforceClient, RetryCounter]:
+def build_clients(settings: Settings, sleep: Callable[[float], Any] = time.sleep,
+                  stop: threading.Event | None = None) -> tuple[MessageMediaClient, SalesforceClient, RetryCounter]:
+    """Both clients with one retry policy; ``stop`` (the run's stop event) cuts every back-off short."""
     counter = RetryCounter()
-    policy = RetryPolicy(settings.retry_attempts, settings.retry_max_seconds, sleep=sleep, counter=counter)
+    policy = RetryPolicy(settings.retry_attempts, settings.retry_max_seconds, sleep=sleep, counter=counter,
+                         stop=stop)
     return (MessageMediaClient(settings, policy=policy), SalesforceClient(settings, policy=policy, sleep=sleep),
             counter)
 
@@ -108,6 +111,10 @@ def recorded_run(store: Store, kind: str, summary: RunSummary, mm: MessageMediaC
         summary.exit_reason, summary.exit_code = "api_budget", EXIT_BUDGET
         log.warning("%s; the next run resumes", exc.__cause__ if isinstance(exc, _BudgetStop) else exc,
                     extra={"event": "budget_stop"})
+    except StopRequested as exc:
+        # A signal cut a retry wait short: a clean stop, like one between batches.
+        summary.exit_reason = "signal"
+        log.warning("%s", exc, extra={"event": "signal_stop"})
     except SfsyncError as exc:
         known = isinstance(exc, AuthError | ConfigError | UsageError)
         summary.exit_reason, summary.exit_code, error = type(exc).__name__ if known else "error", exc.exit_code, exc
@@ -133,15 +140,15 @@ class Worker:
                  sf: SalesforceClient | None = None, store: Store | None = None, on_stage: Stage | None = None,
                  stop: threading.Event | None = None, retries: RetryCounter | None = None):
         self.settings = settings
+        self.stop = stop or threading.Event()
         if mm is None or sf is None:
-            built_mm, built_sf, retries = build_clients(settings)
+            built_mm, built_sf, retries = build_clients(settings, stop=self.stop)
             mm, sf = mm or built_mm, sf or built_sf
         self.mm = mm
         self.sf = sf
         self.retries = retries or RetryCounter()
         self.store = store or Store(settings.store_path)
         self.on_stage = on_stage or (lambda stage: None)
-        self.stop = stop or threading.Event()
 
     # -- one run --------------------------------------------------------------------------------------
     def run(self, options: RunOptions | None = None) -> RunSummary:
