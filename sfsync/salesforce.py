@@ -151,7 +151,7 @@ class SalesforceClient:
             if response.status_code == 200 and body is None:
                 # A truncated or garbled grant is a transport failure, not a refusal: try again.
                 raise RemoteError("Salesforce token endpoint: answer is not valid JSON", transient=True, status=200)
-            if response.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
+            if response.status_code != 200 or not isinstance(body, dict) or not _usable_token(body):
                 error = body.get("error", "") if isinstance(body, dict) else ""
                 description = body.get("error_description", "") if isinstance(body, dict) else response.text[:200]
                 raise AuthError(
@@ -370,6 +370,12 @@ def _checked_page(answer: Any, name: str) -> dict[str, Any]:
 
 def _query_more(url: str) -> Callable[[Salesforce], Any]:
     return lambda sf: sf.query_more(url, identifier_is_url=True)
+
+
+def _usable_token(grant: dict[str, Any]) -> bool:
+    """A grant's access token must be non-empty text (``null``, ``""`` or a number is no token)."""
+    token = grant.get("access_token")
+    return isinstance(token, str) and bool(token.strip())
 
 
 def _json_or_none(response: requests.Response) -> Any:
