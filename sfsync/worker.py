@@ -28,6 +28,7 @@ from sfsync.errors import (
     ConfigError,
     SfsyncError,
     StopRequested,
+    StoreError,
     UsageError,
 )
 from sfsync.lock import RunLock
@@ -103,9 +104,10 @@ def recorded_run(store: Store, kind: str, summary: RunSummary, mm: MessageMediaC
     5); any other error is recorded, then raised again for the command to report."""
     started = time.monotonic()
     sf_before, mm_before, retries_before = sf.calls_total, mm.calls_total, retries.total
-    run_id = store.start_run(kind)
+    run_id: int | None = None
     error: BaseException | None = None
     try:
+        run_id = store.start_run(kind)  # a store that cannot record the run ends it here, summarised
         yield started
     except BudgetExhausted as exc:
         summary.exit_reason, summary.exit_code = "api_budget", EXIT_BUDGET
@@ -128,11 +130,27 @@ def recorded_run(store: Store, kind: str, summary: RunSummary, mm: MessageMediaC
         summary.messagemedia_calls = mm.calls_total - mm_before
         summary.retries = retries.total - retries_before
         summary.api_usage = f"{sf.usage.used}/{sf.usage.max}" if sf.usage.max else "unknown"
-        store.finish_run(run_id, summary.as_dict(), summary.exit_reason, summary.exit_code)
+        error = _record_finish(store, run_id, summary, error)
         log.info("%s finished: %s", log_extra.get("command", "run"), summary.exit_reason,
                  extra={"event": "run_summary", **log_extra, **summary.as_dict()})
     if error is not None:
         raise error
+
+
+def _record_finish(store: Store, run_id: int | None, summary: RunSummary,
+                   error: BaseException | None) -> BaseException | None:
+    """Write the run's row. When the store cannot take it (a full disk), say so, but let the error
+    that ended the run reach the user; a run that had gone well fails with the store's error."""
+    if run_id is None:
+        return error
+    try:
+        store.finish_run(run_id, summary.as_dict(), summary.exit_reason, summary.exit_code)
+    except StoreError as exc:
+        log.error("could not record this run in the history: %s", exc, extra={"event": "run_not_recorded"})
+        if error is None:
+            summary.exit_reason, summary.exit_code = type(exc).__name__, exc.exit_code
+            return exc
+    return error
 
 
 class Worker:
