@@ -48,7 +48,7 @@ from sfsync.pipeline import BatchResult, Change, Pipeline, resolve_all
 from sfsync.precedence import Status, wins
 from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
 from sfsync.reports import format_time, parse_report, parse_time, read_metadata
-from sfsync.retry import RetryCounter
+from sfsync.retry import RetryCounter, StopAwareSleep
 from sfsync.salesforce import COLLECTION_LIMIT, SalesforceClient, WriteResult
 from sfsync.store import LedgerEntry, Store, now_utc
 from sfsync.worker import RunSummary, build_clients, recorded_run
@@ -467,13 +467,13 @@ class Backfill:
                  bulk_wait_s: float = WAIT_SECONDS):
         self.settings = settings
         self.options = options
+        self.stop = stop or threading.Event()
         if mm is None or sf is None:
-            built_mm, built_sf, retries = build_clients(settings, sleep=sleep)
+            built_mm, built_sf, retries = build_clients(settings, sleep=sleep, stop=self.stop)
             mm, sf = mm or built_mm, sf or built_sf
         self.mm, self.sf = mm, sf
         self.retries = retries or RetryCounter()
         self.store = store or Store(settings.store_path)
-        self.stop = stop or threading.Event()
         self.on_page = on_page or (lambda page: None)
         self.progress_stream = progress_stream
         self.pipeline = Pipeline(settings, self.store, sf, dry_run=options.dry_run)
@@ -525,7 +525,8 @@ class Backfill:
         log.info("backfill from %s: %s%s", o.source, o.window, ", resuming" if o.resume else "",
                  extra={"event": "backfill_start", "checkpoint": o.key})
         if not o.dry_run:  # an interrupted backfill's Bulk API job may still land: settle it first
-            BulkReconciler(self.pipeline, self.bulk, wait_seconds=self.bulk_wait_s).settle(summary.counts)
+            BulkReconciler(self.pipeline, self.bulk, wait_seconds=self.bulk_wait_s,
+                           sleep=StopAwareSleep(self.stop)).settle(summary.counts)
         base = Counter({k: int(v) for k, v in start.get("counts", {}).items()})  # the window before this run
         resume_at: dict[str, Any] = dict(start["cursor"])  # first page whose changes are not all written
         summary.window_counts = base.copy()  # the window up to resume_at

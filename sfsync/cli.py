@@ -95,8 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    return exit_status(lambda: int(args.func(args)))
+
+
+def exit_status(command: Callable[[], int]) -> int:
+    """Run a command; an error becomes its exit status and one log line (a traceback only for a bug)."""
     try:
-        return int(args.func(args))
+        return command()
     except SfsyncError as exc:
         log.error("%s", exc, extra={"event": "error", "error": type(exc).__name__})
         if not logging.getLogger().handlers:

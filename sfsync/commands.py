@@ -50,8 +50,11 @@ def stop_on_signals() -> threading.Event:
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        log.info("signal %d: stopping after the batch in hand", signum, extra={"event": "signal"})
-        stop.set()
+        log.info("signal %d: stopping after the batch in hand (a retry wait ends at once)", signum,
+                 extra={"event": "signal"})
+        # Set from another thread: this handler may interrupt the main thread inside stop.wait(),
+        # holding the event's lock, and setting it here could then deadlock.
+        threading.Thread(target=stop.set, name="sfsync-stop", daemon=True).start()
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)

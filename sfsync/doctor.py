@@ -49,6 +49,8 @@ def run_checks(settings: Settings, *, mm: MessageMediaClient | None = None,
                         else f"Salesforce auth: {settings.sf_auth_mode.replace('_', ' ')}; fields "
                              f"{settings.field_status}, {settings.field_code}, {settings.field_message_id}"))
     checks.append(_state_folder(settings))
+    checks.append(_store_integrity(settings))
+    checks.append(_store_space(settings))
     checks.append(_lock(settings))
     quick = RetryPolicy(attempts=2, max_seconds=20)
     if not any(m.startswith("SFSYNC_MM") for m in missing):
@@ -154,6 +156,33 @@ def _state_folder(settings: Settings) -> Check:
     except OSError as exc:
         return Check("state folder", "fail", f"{folder} is not writable ({exc.strerror}): set SFSYNC_STATE_DIR")
     return Check("state folder", "ok", f"{folder.resolve()} is writable")
+
+
+def _store_integrity(settings: Settings) -> Check:
+    from sfsync.store import integrity_problem
+
+    path = settings.store_path
+    if not path.exists():
+        return Check("store", "ok", f"no store yet at {path}; the first run creates it")
+    problem = integrity_problem(path)
+    return Check("store", "fail", problem) if problem else Check("store", "ok", f"{path} passes SQLite's quick check")
+
+
+def _store_space(settings: Settings) -> Check:
+    from sfsync.store import MIN_FREE_BYTES, free_bytes
+
+    folder = settings.state_dir if settings.state_dir.exists() else settings.state_dir.parent
+    free = free_bytes(folder)
+    if free is None:
+        return Check("store disk space", "warn", f"cannot tell the free space of {folder}")
+    mb = free / (1024 * 1024)
+    if free < MIN_FREE_BYTES:
+        status = "fail" if free < MIN_FREE_BYTES // 10 else "warn"
+        return Check("store disk space", status,
+                     f"only {mb:.1f} MB free on the disk holding {folder}: runs stop with 'disk is full' when it "
+                     f"runs out; free space there or move SFSYNC_STATE_DIR (keep at least "
+                     f"{MIN_FREE_BYTES // (1024 * 1024)} MB free)")
+    return Check("store disk space", "ok", f"{mb:,.0f} MB free on the disk holding {folder}")
 
 
 def _lock(settings: Settings) -> Check:

@@ -4,7 +4,8 @@ Exit statuses (documented in the README):
   0  success (reports processed, or nothing to do)
   1  unexpected error (a bug: please report it with the log)
   2  usage error (bad command-line arguments)
-  3  configuration error (a missing or invalid setting, a field Salesforce rejects)
+  3  configuration error (a missing or invalid setting, a field Salesforce rejects), or the local
+     store cannot be used (damaged, read-only state folder, full disk)
   4  authentication error (MessageMedia or Salesforce credentials refused)
   5  Salesforce API budget reached: stopped cleanly, the next run resumes
   6  partial: some reports were dead-lettered (see `sfsync dead-letters list`)
@@ -41,6 +42,11 @@ class ConfigError(SfsyncError):
     exit_code = EXIT_CONFIG
 
 
+class StoreError(ConfigError):
+    """The local store cannot be used: damaged, not writable, or its disk is full. The message names
+    the file or folder and what to do. Raised before anything is confirmed, so nothing is lost."""
+
+
 class AuthError(SfsyncError):
     """Credentials were refused (not retried)."""
 
@@ -69,6 +75,13 @@ class RemoteError(SfsyncError):
         self.status = status
         self.code = code
         self.retry_after = retry_after
+
+
+class StopRequested(SfsyncError):
+    """A stop signal (SIGTERM/SIGINT) cut a retry wait short. The run ends as a signal stop
+    (``exit_reason`` signal, the run's own exit status); what was not confirmed comes back."""
+
+    exit_code = EXIT_OK
 
 
 class BadReport(SfsyncError):

@@ -37,8 +37,10 @@ class RunLock:
                 f"another sfsync run holds {self.path}{f' (pid {holder})' if holder else ''}; "
                 "this run exits without doing anything. Nothing to fix unless that run is stuck."
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        # The pid only helps the "already running" message: on a full disk the lock holds without it.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
         return self
 

@@ -4,7 +4,10 @@ Transient: connection errors, timeouts, 429, 5xx, malformed answers, UNABLE_TO_L
 concurrency limits (REQUEST_LIMIT_EXCEEDED other than the daily allocation: waited at least 2 s) (raised
 by the clients as ``RemoteError(transient=True)``). Everything else is raised at once. Waits are
 exponential with jitter, or what ``Retry-After`` says when the server said it; attempts and total
-time are capped. ``sleep`` is injectable so tests never wait.
+time are capped: the time of one call's retries, waits included, never passes ``max_seconds`` (a
+wait that would end past it ends the retries with the last transient failure at once). Every wait
+is cut short by the run's stop event (SIGTERM/SIGINT): the call then raises ``StopRequested``.
+``sleep`` is injectable so tests never wait.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from tenacity import (
     wait_exponential,
     wait_exponential_jitter,
 )
+from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from sfsync.errors import RemoteError
+from sfsync.errors import RemoteError, StopRequested
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -78,6 +82,49 @@ class wait_concurrency_floor(wait_base):
         return max(wait, self.floor) if is_concurrency_limit(exc) else wait
 
 
+class stop_before_overrun(stop_base):
+    """Stop when the coming wait would end past ``max_seconds`` from the first attempt.
+
+    Time spent is the larger of the clock and the waits asked for so far (an injected sleep that
+    does not really wait still counts), so the cap holds whatever ``sleep`` is."""
+
+    def __init__(self, max_seconds: float, name: str):
+        self.max_seconds = max_seconds
+        self.name = name
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        spent = max(retry_state.seconds_since_start or 0.0, retry_state.idle_for)
+        if spent + retry_state.upcoming_sleep <= self.max_seconds:
+            return False
+        log.warning(
+            "%s: the next retry would wait %.1fs, past SFSYNC_RETRY_MAX_SECONDS (%gs, %.1fs spent); giving up",
+            self.name, retry_state.upcoming_sleep, self.max_seconds, spent,
+            extra={"event": "retry_cap", "operation": self.name},
+        )
+        return True
+
+
+class StopAwareSleep:
+    """A back-off sleep that a stop event cuts short: it raises ``StopRequested`` at once when the
+    event is set before or during the wait. With an injected ``sleep`` (tests), the event is checked
+    before and after it."""
+
+    def __init__(self, stop: threading.Event | None = None, sleep: Callable[[float], Any] | None = None):
+        self.stop = stop or threading.Event()
+        self.inner = sleep
+
+    def __call__(self, seconds: float) -> None:
+        if self.stop.is_set():
+            raise StopRequested("stopped by a signal before a retry")
+        if self.inner is None:
+            interrupted = self.stop.wait(max(float(seconds), 0.0))
+        else:
+            self.inner(seconds)
+            interrupted = self.stop.is_set()
+        if interrupted:
+            raise StopRequested("stopped by a signal while waiting to retry")
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Retry-After as seconds (the HTTP-date form is rare from these APIs; treated as 'unknown')."""
     if not value:
@@ -108,20 +155,25 @@ class RetryPolicy:
     """Builds tenacity ``Retrying`` objects with one set of limits."""
 
     def __init__(self, attempts: int = 6, max_seconds: float = 120.0, initial: float = 0.5, max_wait: float = 30.0,
-                 sleep: Callable[[float], Any] = time.sleep, counter: RetryCounter | None = None):
+                 sleep: Callable[[float], Any] | None = None, counter: RetryCounter | None = None,
+                 stop: threading.Event | None = None):
         self.attempts = attempts
         self.max_seconds = max_seconds
         self.initial = initial
         self.max_wait = max_wait
-        self.sleep = sleep
+        # Every back-off (tenacity's and the clients' own, e.g. row locks) sleeps through this.
+        self.sleep: Callable[[float], Any] = StopAwareSleep(stop, None if sleep is time.sleep else sleep)
         self.counter = counter or RetryCounter()
 
     def call(self, name: str, fn: Callable[[], T]) -> T:
         """Run ``fn``, retrying transient failures; the last failure is re-raised as it was."""
 
+        failures: list[BaseException | None] = []
+
         def before_sleep(state: RetryCallState) -> None:
             self.counter.add(name)
             exc = state.outcome.exception() if state.outcome else None
+            failures.append(exc)
             log.warning(
                 "%s failed (%s); retry %d in %.1fs", name, _describe(exc), state.attempt_number,
                 state.upcoming_sleep, extra={"event": "retry", "operation": name},
@@ -132,12 +184,17 @@ class RetryPolicy:
             wait=wait_concurrency_floor(wait_retry_after(
                 wait_exponential_jitter(multiplier=self.initial, max=self.max_wait, jitter=self.initial)
             )),
-            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.max_seconds),
+            stop=stop_after_attempt(self.attempts) | stop_before_overrun(self.max_seconds, name),
             sleep=self.sleep,
             before_sleep=before_sleep,
             reraise=True,
         )
-        return retrying(fn)
+        try:
+            return retrying(fn)
+        except StopRequested as stop:
+            last = failures[-1] if failures else None
+            raise StopRequested(f"{name} ({_describe(last)}): {stop}; nothing unconfirmed is lost, the next run "
+                                "resumes") from last
 
 
 def _describe(exc: BaseException | None) -> str:

@@ -188,7 +188,7 @@ class SalesforceClient:
             error = body.get("error") if isinstance(body, dict) else None
             if response.status_code != 200 and error in AUTH_ERRORS:
                 raise self._login_refused(response.status_code, str(error), str(body.get("error_description", "")))
-            if response.status_code != 200 or not isinstance(body, dict) or not body.get("access_token"):
+            if response.status_code != 200 or not isinstance(body, dict) or not _usable_token(body):
                 # unknown_error ("retry your request"), 5xx, 429, a proxy's HTML page, a garbled grant.
                 detail = f"{error}: {body.get('error_description', '')}" if error else (
                     "answer is not a token" if response.status_code == 200 else "not an OAuth error answer")
@@ -437,6 +437,12 @@ def _checked_page(answer: Any, name: str) -> dict[str, Any]:
 
 def _query_more(url: str) -> Callable[[Salesforce], Any]:
     return lambda sf: sf.query_more(url, identifier_is_url=True)
+
+
+def _usable_token(grant: dict[str, Any]) -> bool:
+    """A grant's access token must be non-empty text (``null``, ``""`` or a number is no token)."""
+    token = grant.get("access_token")
+    return isinstance(token, str) and bool(token.strip())
 
 
 def _json_or_none(response: requests.Response) -> Any:

@@ -28,13 +28,15 @@ from sfsync.errors import (
     BudgetExhausted,
     ConfigError,
     SfsyncError,
+    StopRequested,
+    StoreError,
     UsageError,
 )
 from sfsync.lock import RunLock
 from sfsync.messagemedia import MessageMediaClient
 from sfsync.pipeline import BatchResult, Pipeline, Stage, _BudgetStop
 from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
-from sfsync.retry import RetryCounter, RetryPolicy
+from sfsync.retry import RetryCounter, RetryPolicy, StopAwareSleep
 from sfsync.salesforce import SalesforceClient
 from sfsync.store import Store, now_utc
 
@@ -86,10 +88,12 @@ class RunSummary:
         }
 
 
-def build_clients(settings: Settings, sleep: Callable[[float], Any] = time.sleep
-                  ) -> tuple[MessageMediaClient, SalesforceClient, RetryCounter]:
+def build_clients(settings: Settings, sleep: Callable[[float], Any] = time.sleep,
+                  stop: threading.Event | None = None) -> tuple[MessageMediaClient, SalesforceClient, RetryCounter]:
+    """Both clients with one retry policy; ``stop`` (the run's stop event) cuts every back-off short."""
     counter = RetryCounter()
-    policy = RetryPolicy(settings.retry_attempts, settings.retry_max_seconds, sleep=sleep, counter=counter)
+    policy = RetryPolicy(settings.retry_attempts, settings.retry_max_seconds, sleep=sleep, counter=counter,
+                         stop=stop)
     return (MessageMediaClient(settings, policy=policy), SalesforceClient(settings, policy=policy, sleep=sleep),
             counter)
 
@@ -102,14 +106,19 @@ def recorded_run(store: Store, kind: str, summary: RunSummary, mm: MessageMediaC
     5); any other error is recorded, then raised again for the command to report."""
     started = time.monotonic()
     sf_before, mm_before, retries_before = sf.calls_total, mm.calls_total, retries.total
-    run_id = store.start_run(kind)
+    run_id: int | None = None
     error: BaseException | None = None
     try:
+        run_id = store.start_run(kind)  # a store that cannot record the run ends it here, summarised
         yield started
     except BudgetExhausted as exc:
         summary.exit_reason, summary.exit_code = "api_budget", EXIT_BUDGET
         log.warning("%s; the next run resumes", exc.__cause__ if isinstance(exc, _BudgetStop) else exc,
                     extra={"event": "budget_stop"})
+    except StopRequested as exc:
+        # A signal cut a retry wait short: a clean stop, like one between batches.
+        summary.exit_reason = "signal"
+        log.warning("%s", exc, extra={"event": "signal_stop"})
     except SfsyncError as exc:
         known = isinstance(exc, AuthError | ConfigError | UsageError)
         summary.exit_reason, summary.exit_code, error = type(exc).__name__ if known else "error", exc.exit_code, exc
@@ -123,11 +132,27 @@ def recorded_run(store: Store, kind: str, summary: RunSummary, mm: MessageMediaC
         summary.messagemedia_calls = mm.calls_total - mm_before
         summary.retries = retries.total - retries_before
         summary.api_usage = f"{sf.usage.used}/{sf.usage.max}" if sf.usage.max else "unknown"
-        store.finish_run(run_id, summary.as_dict(), summary.exit_reason, summary.exit_code)
+        error = _record_finish(store, run_id, summary, error)
         log.info("%s finished: %s", log_extra.get("command", "run"), summary.exit_reason,
                  extra={"event": "run_summary", **log_extra, **summary.as_dict()})
     if error is not None:
         raise error
+
+
+def _record_finish(store: Store, run_id: int | None, summary: RunSummary,
+                   error: BaseException | None) -> BaseException | None:
+    """Write the run's row. When the store cannot take it (a full disk), say so, but let the error
+    that ended the run reach the user; a run that had gone well fails with the store's error."""
+    if run_id is None:
+        return error
+    try:
+        store.finish_run(run_id, summary.as_dict(), summary.exit_reason, summary.exit_code)
+    except StoreError as exc:
+        log.error("could not record this run in the history: %s", exc, extra={"event": "run_not_recorded"})
+        if error is None:
+            summary.exit_reason, summary.exit_code = type(exc).__name__, exc.exit_code
+            return exc
+    return error
 
 
 class Worker:
@@ -136,15 +161,15 @@ class Worker:
                  stop: threading.Event | None = None, retries: RetryCounter | None = None,
                  bulk_wait_s: float = WAIT_SECONDS):
         self.settings = settings
+        self.stop = stop or threading.Event()
         if mm is None or sf is None:
-            built_mm, built_sf, retries = build_clients(settings)
+            built_mm, built_sf, retries = build_clients(settings, stop=self.stop)
             mm, sf = mm or built_mm, sf or built_sf
         self.mm = mm
         self.sf = sf
         self.retries = retries or RetryCounter()
         self.store = store or Store(settings.store_path)
         self.on_stage = on_stage or (lambda stage: None)
-        self.stop = stop or threading.Event()
         self.bulk_wait_s = bulk_wait_s
 
     # -- one run --------------------------------------------------------------------------------------
@@ -161,7 +186,8 @@ class Worker:
             source = self._inbox_source() if options.inbox else self._poll_source()
             try:
                 if not options.dry_run:  # an interrupted backfill's Bulk API job may still land: settle it first
-                    BulkReconciler(pipeline, BulkClient(self.sf), wait_seconds=self.bulk_wait_s).settle(summary.counts)
+                    BulkReconciler(pipeline, BulkClient(self.sf), wait_seconds=self.bulk_wait_s,
+                                   sleep=StopAwareSleep(self.stop)).settle(summary.counts)
                 self._retry_waiting(pipeline, options, summary)
                 summary.exit_reason = self._drain(source, pipeline, options, summary, started)
             except _BudgetStop as stop:

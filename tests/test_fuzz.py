@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import string
 import tempfile
@@ -23,12 +24,22 @@ import responses
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sfsync.cli import exit_status
 from sfsync.config import Settings, load_settings
-from sfsync.errors import EXIT_OK, EXIT_PARTIAL, EXIT_UNAVAILABLE, AuthError, RemoteError, SfsyncError
+from sfsync.errors import (
+    EXIT_AUTH,
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_UNAVAILABLE,
+    AuthError,
+    RemoteError,
+    SfsyncError,
+)
 from sfsync.messagemedia import MessageMediaClient
 from sfsync.reports import InvalidReport, parse_report
 from sfsync.retry import RetryPolicy
-from sfsync.salesforce import SalesforceClient
+from sfsync.salesforce import AUTH_ERRORS, SalesforceClient
 from sfsync.sim.harness import Simulators
 from sfsync.store import Store
 from sfsync.worker import Worker, build_clients
@@ -114,8 +125,11 @@ def no_wait_policy() -> RetryPolicy:
 def answering(method: str, url: str | re.Pattern[str], status: int, body: bytes, content_type: str
               ) -> Iterator[responses.RequestsMock]:
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        mock.add(method, url, body=body, status=status, content_type=content_type or None)
+        endpoint = mock.add(method, url, body=body, status=status, content_type=content_type or None)
         yield mock
+        # The answer under test was really given, and nothing else was asked: a client calling the
+        # wrong URL would otherwise meet a connection error, which these tests accept as a clear error.
+        assert endpoint.call_count >= 1 and len(mock.calls) == endpoint.call_count, [c.request.url for c in mock.calls]
 
 
 # -- the parser -------------------------------------------------------------------------------------------
@@ -216,21 +230,103 @@ def test_salesforce_write_garbage_is_a_clear_error(status: int, body: bytes, con
     assert [r.task_id for r in results] == [r["id"] for r in records]
 
 
-@given(STATUSES, GARBAGE_BODY, CONTENT_TYPES)
+TOKEN_ANSWERS = st.one_of(
+    GARBAGE_BODY,
+    st.fixed_dictionaries({"access_token": JSON}, optional={"instance_url": st.one_of(JSON, st.just(SF)),
+                                                             "token_type": JSON}).map(
+        lambda v: json.dumps(v).encode()),
+)
+
+
+def token_settings() -> Settings:
+    return client_settings(SFSYNC_SF_ACCESS_TOKEN="", SFSYNC_SF_INSTANCE_URL="", SFSYNC_SF_CLIENT_ID="id",
+                           SFSYNC_SF_CLIENT_SECRET="secret")
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def expected_login_exits(status: int, body: bytes) -> set[int]:
+    """What a token answer must end as: the exit statuses the README documents for it. Only an OAuth
+    error that says the credentials or the app are wrong is an authentication failure; every other
+    answer that is not a usable grant (5xx, 429, unknown_error, a proxy's page, garbage) is retried,
+    then "a service stayed unavailable"."""
+    try:
+        answer = json.loads(body)
+    except (ValueError, RecursionError):
+        answer = None
+    if status == 204 and body:
+        return {EXIT_AUTH, EXIT_UNAVAILABLE}  # a 204 with a body breaks the transport: retried, or refused
+    if status != 200:
+        refused = isinstance(answer, dict) and answer.get("error") in AUTH_ERRORS
+        return {EXIT_AUTH} if refused else {EXIT_UNAVAILABLE}
+    token = answer.get("access_token") if isinstance(answer, dict) else None
+    if not isinstance(token, str) or not token.strip():
+        return {EXIT_UNAVAILABLE}  # not a grant: retried
+    return {EXIT_OK, EXIT_CONFIG}  # logged in, unless the instance URL is not https
+
+
+def check_login_answer(status: int, body: bytes, content_type: str) -> None:
+    """Log in against one token answer through the command line's error handling: the exit status
+    the answer calls for, at most one error line that says what failed, never a traceback."""
+    client = SalesforceClient(token_settings(), policy=no_wait_policy())
+    records = Records()
+    root = logging.getLogger()
+    root.addHandler(records)
+    try:
+        with answering("POST", SF + "/services/oauth2/token", status, body, content_type):
+            code = exit_status(lambda: client.login() or EXIT_OK)
+    finally:
+        root.removeHandler(records)
+    assert code in expected_login_exits(status, body), (code, status, body[:200])
+    errors = [r for r in records.records if r.levelno >= logging.ERROR]
+    assert not any(r.exc_info for r in records.records), "a traceback was logged"
+    if code == EXIT_OK:
+        assert not errors
+        token = json.loads(body)["access_token"]
+        assert client._token is not None and client._token.access_token == token
+        assert client._token.instance_url.startswith("https://")
+        return
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    message = errors[0].getMessage()
+    assert message.strip() and "Traceback" not in message, message
+
+
+@given(STATUSES, TOKEN_ANSWERS, CONTENT_TYPES)
 @HTTP
 def test_salesforce_token_garbage_is_a_clear_error(status: int, body: bytes, content_type: str) -> None:
-    settings_ = client_settings(SFSYNC_SF_ACCESS_TOKEN="", SFSYNC_SF_INSTANCE_URL="", SFSYNC_SF_CLIENT_ID="id",
-                                SFSYNC_SF_CLIENT_SECRET="secret")
-    client = SalesforceClient(settings_, policy=no_wait_policy())
-    with answering("POST", SF + "/services/oauth2/token", status, body, content_type):
-        with contextlib.suppress(SfsyncError):
-            client.login()
+    check_login_answer(status, body, content_type)
+
+
+def _token_keyerror(self: SalesforceClient) -> Any:
+    body = self.session.post(f"{self.settings.sf_login_url}/services/oauth2/token").json()
+    return body["access_token"]  # a bug: a KeyError escapes for an answer without a token
+
+
+def _token_unavailable_as_refused(self: SalesforceClient) -> Any:
+    raise AuthError("Salesforce refused the login")  # a bug: an outage reported as bad credentials
+
+
+@pytest.mark.parametrize(("broken", "status", "body"), [
+    (_token_keyerror, 400, b'{"error": "invalid_client"}'),
+    (_token_unavailable_as_refused, 503, b"<html>503</html>"),
+])
+def test_the_token_check_fails_against_a_broken_login(monkeypatch: pytest.MonkeyPatch, broken: Any, status: int,
+                                                      body: bytes) -> None:
+    check_login_answer(status, body, "application/json")  # the real client passes
+    monkeypatch.setattr(SalesforceClient, "_fetch_token", broken)
+    with pytest.raises(AssertionError):
+        check_login_answer(status, body, "application/json")
 
 
 def test_a_truncated_token_answer_is_retried_not_an_authentication_failure() -> None:
-    settings_ = client_settings(SFSYNC_SF_ACCESS_TOKEN="", SFSYNC_SF_INSTANCE_URL="", SFSYNC_SF_CLIENT_ID="id",
-                                SFSYNC_SF_CLIENT_SECRET="secret")
-    client = SalesforceClient(settings_, policy=no_wait_policy())
+    client = SalesforceClient(token_settings(), policy=no_wait_policy())
     with responses.RequestsMock() as mock:
         mock.add("POST", SF + "/services/oauth2/token", body=b'{"access_token": "abc', status=200,
                  content_type="application/json")
@@ -240,9 +336,7 @@ def test_a_truncated_token_answer_is_retried_not_an_authentication_failure() -> 
 
 
 def test_a_garbled_answer_after_a_token_refresh_is_retried() -> None:
-    settings_ = client_settings(SFSYNC_SF_ACCESS_TOKEN="", SFSYNC_SF_INSTANCE_URL="", SFSYNC_SF_CLIENT_ID="id",
-                                SFSYNC_SF_CLIENT_SECRET="secret")
-    client = SalesforceClient(settings_, policy=no_wait_policy())
+    client = SalesforceClient(token_settings(), policy=no_wait_policy())
     with responses.RequestsMock() as mock:
         mock.add("POST", SF + "/services/oauth2/token", json={"access_token": "t", "instance_url": SF})
         mock.add("GET", QUERY_URL, status=401, json=[{"errorCode": "INVALID_SESSION_ID", "message": "expired"}])
