@@ -151,6 +151,7 @@ class Exchange:
 
     method: str
     path: str
+    query: dict[str, list[str]]
     route: str  # the route's pattern, e.g. "GET /v1/messages/{message_id}"
     request_content_type: str
     request_body: bytes
@@ -672,7 +673,7 @@ class MessageMediaSim(SimApp):
         route, _ = self.match(request)
         with self.lock:
             self._exchanges.append(Exchange(
-                request.method, request.path, route.name if route else "unrouted",
+                request.method, request.path, copy.deepcopy(request.query), route.name if route else "unrouted",
                 request.headers.get("Content-Type") or "", request._body or b"", response.status,
                 response.headers.get("Content-Type", ""), response.body,
             ))
