@@ -196,6 +196,7 @@ class Worker:
         # transiently, or it has no id to confirm it by): never process it twice in a run.
         seen: set[str] = set()
         confirmed: set[str] = set()  # ids confirmed this run (MessageMedia may serve them a while longer)
+        shared: set[str] = set()  # ids served on two reports at once: a confirm cannot clear both
         while True:
             reason = self._should_stop(options, summary, started)
             if reason:
@@ -205,7 +206,9 @@ class Worker:
             if not raws:
                 return source.empty if summary.counts["fetched"] else "nothing_to_do"
             fresh = [r for r in raws if _report_key(r) not in seen][:INBOX_BATCH]
-            pending = sum(1 for r in raws if _report_key(r) in confirmed)
+            keys = Counter(_report_key(r) for r in raws)
+            shared.update(k for k, n in keys.items() if n > 1)
+            pending = sum(1 for r in raws if _report_key(r) in confirmed and _report_key(r) not in shared)
             if not fresh and pending:
                 log.warning("MessageMedia still serves %d report(s) this run confirmed (a confirmation takes effect "
                             "some time after its 202): the queue is not drained; the next run continues", pending,
