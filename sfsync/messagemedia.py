@@ -1,6 +1,7 @@
 """Typed client for the parts of MessageMedia's API sfsync uses; it owns its error classification.
 
-401/403 -> AuthError (never retried); 429, 5xx, connection errors, timeouts and malformed JSON
+401/403 -> AuthError (never retried: the current spec answers bad credentials with 403, some SDKs
+and older docs with 401); 429, 5xx, connection errors, timeouts and malformed JSON
 -> transient, retried by the shared policy (Retry-After honoured); other 4xx -> permanent.
 """
 
@@ -121,10 +122,12 @@ class MessageMediaClient:
         return body if isinstance(body, dict) else {}
 
     def list_webhooks(self) -> list[dict[str, Any]]:
-        """Every webhook of the account. The API pages them as ``{"page", "pageSize", "pageData"}``."""
+        """Every webhook of the account. The API pages them as ``{"page", "pageSize", "pageData"}``; the
+        page size is asked for as ``page_size`` (the spec) and ``pageSize`` (an SDK)."""
         found: dict[str, dict[str, Any]] = {}
         for page in range(100):  # bounded: an account has a handful
-            body = self._call("webhooks", "GET", "/v1/webhooks/messages", params={"page": page, "pageSize": 100})
+            body = self._call("webhooks", "GET", "/v1/webhooks/messages",
+                              params={"page": page, "page_size": 100, "pageSize": 100})
             if isinstance(body, list):
                 items: Any = body
             elif isinstance(body, dict):
@@ -143,6 +146,20 @@ class MessageMediaClient:
         from urllib.parse import quote
 
         self._call("webhooks", "DELETE", f"/v1/webhooks/messages/{quote(webhook_id, safe='')}", expect_json=False)
+
+    # -- signature keys (signed callbacks) -------------------------------------------------------------
+    def create_signature_key(self, *, digest: str, cipher: str = "RSA") -> dict[str, Any]:
+        """``POST /v1/iam/signature_keys``: a new key pair, not enabled. Its answer is the only one
+        that carries the public key (``public_key``); list and get never return it."""
+        body = self._call("signature_keys", "POST", "/v1/iam/signature_keys",
+                          json={"digest": digest, "cipher": cipher})
+        return body if isinstance(body, dict) else {}
+
+    def enable_signature_key(self, key_id: str) -> dict[str, Any]:
+        """``PATCH /v1/iam/signature_keys/enabled``: one key is enabled at a time, so this disables
+        the one enabled before."""
+        body = self._call("signature_keys", "PATCH", "/v1/iam/signature_keys/enabled", json={"key_id": key_id})
+        return body if isinstance(body, dict) else {}
 
 
 def _error_message(response: requests.Response) -> str:

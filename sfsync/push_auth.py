@@ -112,7 +112,8 @@ def verify_signature(keys: Iterable[rsa.RSAPublicKey], data: bytes, signature_b6
 def load_public_keys(content: bytes, source: str = "the key file") -> list[rsa.RSAPublicKey]:
     """RSA public keys from PEM (``PUBLIC KEY``, ``RSA PUBLIC KEY`` or ``CERTIFICATE`` blocks, one or
     more: several keys allow a rotation without downtime), or the bare base64 DER that
-    MessageMedia's signature keys API returns as ``publicKey``."""
+    MessageMedia returns as ``public_key`` in the answer to ``POST /v1/iam/signature_keys`` (only
+    there: list and get never carry it; ``sfsync webhooks signing-key`` writes it as PEM)."""
     keys: list[object] = []
     try:
         blocks = [m.group(0) for m in _PEM_BLOCK.finditer(content)]

@@ -1,24 +1,44 @@
 """`sfsync webhooks install|list|remove`: the account webhook that pushes delivery reports to `sfsync serve`.
 
 The webhook's template renders each delivery report as the JSON object `sfsync serve` accepts:
-the fields of a polled report plus ``error_code`` from ``$statusCode``. Metadata is read with
-``$metadata.get('key')`` for the Task Id key: that is the form MessageMedia documents, and a
-bare ``$metadata`` would render a Java map (``{k=v}``), not JSON. A variable with no value is
-left unrendered (``"$statusCode"``); the server drops such fields.
+the fields of a polled report plus ``error_code`` from ``$statusCode``. MessageMedia renders
+templates with Velocity, which inserts values as they are: every value is therefore wrapped in
+``$esc.json(...)`` (the escaping form MessageMedia documents for JSON templates), so a quote or
+backslash in a metadata value cannot break the JSON. Metadata is read with
+``$metadata.get('key')`` for the Task Id key; a bare ``$metadata`` would render a Java map
+(``{k=v}``), not JSON. A variable with no value is left unrendered
+(``"$esc.json($statusCode)"``); the server drops such fields.
+
+MessageMedia's limits on the other fields are checked before anything is sent: ``read_timeout``
+in milliseconds (at most 60000; the API's default is 20000), ``retry_delay`` 5 to 60 seconds.
+
+`sfsync webhooks signing-key` creates a signature key (``POST /v1/iam/signature_keys``: the only
+answer that ever carries the public key, in ``public_key``), enables it (``PATCH
+/v1/iam/signature_keys/enabled``: one key is enabled at a time, so the previous one stops
+signing) and writes the public key as PEM for ``SFSYNC_PUSH_PUBLIC_KEY_FILE``.
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
+import base64
+import binascii
 import json
+import os
 import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from sfsync.config import Settings
-from sfsync.errors import EXIT_OK, UsageError
+from sfsync.errors import EXIT_OK, ConfigError, RemoteError, UsageError
 from sfsync.messagemedia import WEBHOOK_EVENTS
+
+# MessageMedia's bounds for a webhook (POST /v1/webhooks/messages).
+READ_TIMEOUT_MS = (1, 60_000)
+RETRY_DELAY_S = (5, 60)
+SIGNATURE_DIGESTS = ("SHA224", "SHA256", "SHA512")
 
 _METADATA_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")  # safe inside the template's JSON and Velocity quoting
 
@@ -28,37 +48,48 @@ def dr_template(task_key: str) -> str:
     if not _METADATA_KEY.match(task_key):
         raise UsageError(f"SFSYNC_METADATA_TASK_KEY {task_key!r} cannot be used in a webhook template")
     fields = {
-        "delivery_report_id": "$drId",
-        "message_id": "$messageId",
-        "status": "$status",
-        "error_code": "$statusCode",
-        "submitted_date": "$submittedTimestamp",
-        "date_received": "$receivedTimestamp",
-        "source_number": "$sourceAddress",
-        "metadata": {task_key: f"$metadata.get('{task_key}')"},
+        "delivery_report_id": _escaped("$drId"),
+        "message_id": _escaped("$messageId"),
+        "status": _escaped("$status"),
+        "error_code": _escaped("$statusCode"),
+        "submitted_date": _escaped("$submittedTimestamp"),
+        "date_received": _escaped("$receivedTimestamp"),
+        "source_number": _escaped("$sourceAddress"),
+        "metadata": {task_key: _escaped(f"$metadata.get('{task_key}')")},
     }
     return json.dumps(fields, separators=(",", ":"))
 
 
+def _escaped(reference: str) -> str:
+    """A Velocity reference whose value is JSON-escaped when rendered."""
+    return f"$esc.json({reference})"
+
+
 def check_url(url: str) -> str:
-    """https, or http on loopback only (a test receiver): reports carry phone numbers."""
+    """An absolute https URL: reports carry phone numbers and the push carries the shared secret."""
     parts = urlsplit(url)
-    if not parts.hostname or parts.scheme not in ("https", "http"):
+    if parts.scheme != "https" or not parts.hostname:
         raise UsageError(f"--url must be an absolute https:// URL (got {url!r})")
-    if parts.scheme == "http":
-        try:
-            loopback = ipaddress.ip_address(parts.hostname).is_loopback
-        except ValueError:
-            loopback = parts.hostname == "localhost"
-        if not loopback:
-            raise UsageError("--url must use https:// (plain http is allowed for a loopback test receiver only)")
     return url
+
+
+def check_bounds(*, read_timeout: int, retries: int, retry_delay: int) -> None:
+    """MessageMedia's limits, checked before anything is sent."""
+    low, high = READ_TIMEOUT_MS
+    if not low <= read_timeout <= high:
+        raise UsageError(f"--read-timeout is in milliseconds, {low} to {high} (got {read_timeout})")
+    if retries < 0:
+        raise UsageError(f"--retries must be 0 or more (got {retries})")
+    low, high = RETRY_DELAY_S
+    if not low <= retry_delay <= high:
+        raise UsageError(f"--retry-delay is in seconds, {low} to {high} (got {retry_delay})")
 
 
 def webhook_body(settings: Settings, url: str, *, secret: str | None = None, read_timeout: int = 5000,
                  retries: int = 5, retry_delay: int = 30) -> dict[str, Any]:
     """The ``POST /v1/webhooks/messages`` body for the six delivery report events."""
     secret = settings.push_secret.value if secret is None else secret
+    check_bounds(read_timeout=read_timeout, retries=retries, retry_delay=retry_delay)
     return {
         "url": check_url(url),
         "method": "POST",
@@ -92,14 +123,26 @@ def register(sub: Any) -> None:
     install.add_argument("--url", required=True, help="public https URL of 'sfsync serve', path included")
     install.add_argument("--secret-header-value", metavar="VALUE",
                          help="shared secret to send (default: SFSYNC_PUSH_SECRET; prefer that: argv is visible)")
-    install.add_argument("--read-timeout", type=int, default=5000, help="sent as read_timeout (default 5000)")
+    install.add_argument("--read-timeout", type=int, default=5000, metavar="MS",
+                         help="read_timeout in milliseconds, 1 to 60000 (default 5000)")
     install.add_argument("--retries", type=int, default=5, help="sent as retries (default 5)")
-    install.add_argument("--retry-delay", type=int, default=30, help="sent as retry_delay (default 30)")
+    install.add_argument("--retry-delay", type=int, default=30, metavar="SECONDS",
+                         help="retry_delay in seconds, 5 to 60 (default 30)")
     install.add_argument("--replace", action="store_true", help="delete a webhook already sending to --url first")
     listing = actions.add_parser("list", parents=[common_options()], help="the account's webhooks")
     listing.add_argument("--json", action="store_true")
     remove = actions.add_parser("remove", parents=[common_options()], help="delete a webhook by id")
     remove.add_argument("webhook_id", metavar="ID")
+    signing = actions.add_parser(
+        "signing-key", parents=[common_options()],
+        help="create and enable a MessageMedia signature key; write its public key for SFSYNC_PUSH_PUBLIC_KEY_FILE")
+    signing.add_argument("--out", metavar="PATH",
+                         help="where to write the public key (PEM); default: SFSYNC_PUSH_PUBLIC_KEY_FILE "
+                              "(an existing file: a rotation)")
+    signing.add_argument("--digest", choices=SIGNATURE_DIGESTS, default="SHA256", help="digest (default SHA256)")
+    signing.add_argument("--append", action="store_true",
+                         help="keep the keys already in the file (a rotation: the old key verifies pushes "
+                              "signed before the switch)")
     parser.set_defaults(func=webhooks_command)
 
 
@@ -124,6 +167,8 @@ def webhooks_command(args: argparse.Namespace) -> int:
         client.delete_webhook(args.webhook_id)
         print(f"removed webhook {args.webhook_id}")
         return EXIT_OK
+    if args.webhooks_action == "signing-key":
+        return signing_key_command(client, settings, args)
 
     if args.secret_header_value:
         register_secret(args.secret_header_value)
@@ -142,4 +187,71 @@ def webhooks_command(args: argparse.Namespace) -> int:
         print(f"removed webhook {hook.get('id')}")
     created = client.create_webhook(body)
     print(f"created webhook {created.get('id')} -> {args.url} for {', '.join(WEBHOOK_EVENTS)}")
+    return EXIT_OK
+
+
+# -- signature keys ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SigningKey:
+    key_id: str
+    digest: str
+    pem: bytes  # the public key, PEM "PUBLIC KEY"
+
+
+def public_key_pem(public_key_b64: Any) -> bytes:
+    """The ``public_key`` of a create answer (base64 DER SubjectPublicKeyInfo) as a PEM block."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    if not isinstance(public_key_b64, str) or not public_key_b64.strip():
+        raise RemoteError("MessageMedia signature key: the create answer has no public_key", transient=False)
+    try:
+        key = serialization.load_der_public_key(base64.b64decode(public_key_b64.strip(), validate=True))
+    except (ValueError, binascii.Error) as exc:
+        raise RemoteError(f"MessageMedia signature key: public_key is not a readable key ({exc})",
+                          transient=False) from exc
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise RemoteError("MessageMedia signature key: public_key is not an RSA key", transient=False)
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def create_signing_key(client: Any, digest: str) -> SigningKey:
+    """Create a key (not yet enabled). Only this answer ever carries the public key."""
+    created = client.create_signature_key(digest=digest, cipher="RSA")
+    key_id = created.get("key_id")
+    if not isinstance(key_id, str) or not key_id:
+        raise RemoteError("MessageMedia signature key: the create answer has no key_id", transient=False)
+    return SigningKey(key_id, str(created.get("digest") or digest), public_key_pem(created.get("public_key")))
+
+
+def write_public_key(path: Path, pem: bytes, *, append: bool) -> None:
+    """Write (or append) atomically: a half-written key file would stop `sfsync serve` verifying."""
+    existing = b""
+    if append and path.exists():
+        try:
+            existing = path.read_bytes().rstrip() + b"\n"
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path} ({exc})") from exc
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(existing + pem)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the public key to {path} ({exc})") from exc
+
+
+def signing_key_command(client: Any, settings: Settings, args: argparse.Namespace) -> int:
+    target = args.out or settings.push_public_key_file
+    if not target:
+        raise UsageError("give --out PATH, or set SFSYNC_PUSH_PUBLIC_KEY_FILE, for the public key file")
+    key = create_signing_key(client, args.digest)
+    # The file first, then enable: a key MessageMedia signs with is never one we could not verify.
+    write_public_key(Path(target), key.pem, append=args.append)
+    client.enable_signature_key(key.key_id)
+    print(f"created and enabled signature key {key.key_id} ({key.digest}, RSA); public key written to {target}")
+    if Path(target) != Path(settings.push_public_key_file or ""):
+        print(f"set SFSYNC_PUSH_PUBLIC_KEY_FILE={target} for 'sfsync serve', then restart it")
+    else:
+        print("restart 'sfsync serve' to load it")
     return EXIT_OK

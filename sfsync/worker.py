@@ -23,6 +23,7 @@ from sfsync.errors import (
     EXIT_BUDGET,
     EXIT_OK,
     EXIT_PARTIAL,
+    EXIT_UNAVAILABLE,
     EXIT_UNEXPECTED,
     AuthError,
     BudgetExhausted,
@@ -41,6 +42,7 @@ from sfsync.salesforce import SalesforceClient
 from sfsync.store import Store, now_utc
 
 log = logging.getLogger("sfsync.run")
+CONFIRM_PENDING = "confirm_pending"  # exit reason: confirmed reports still served, the queue not drained
 INBOX_BATCH = 1000  # at most this many reports per pipeline batch (a poll brings at most 100)
 
 
@@ -190,6 +192,8 @@ class Worker:
                                    sleep=StopAwareSleep(self.stop)).settle(summary.counts)
                 self._retry_waiting(pipeline, options, summary)
                 summary.exit_reason = self._drain(source, pipeline, options, summary, started)
+                if summary.exit_reason == CONFIRM_PENDING:
+                    summary.exit_code = EXIT_UNAVAILABLE  # the queue was not drained: never claim it was
             except _BudgetStop as stop:
                 # The budget ran out mid-batch: confirm what was made durable, then stop.
                 self._absorb(stop.result, summary)
@@ -223,6 +227,8 @@ class Worker:
         # Reports handled this run. One that comes back was not confirmed (its write failed
         # transiently, or it has no id to confirm it by): never process it twice in a run.
         seen: set[str] = set()
+        confirmed: set[str] = set()  # ids confirmed this run (MessageMedia may serve them a while longer)
+        shared: set[str] = set()  # ids served on two reports at once: a confirm cannot clear both
         while True:
             reason = self._should_stop(options, summary, started)
             if reason:
@@ -232,6 +238,14 @@ class Worker:
             if not raws:
                 return source.empty if summary.counts["fetched"] else "nothing_to_do"
             fresh = [r for r in raws if _report_key(r) not in seen][:INBOX_BATCH]
+            keys = Counter(_report_key(r) for r in raws)
+            shared.update(k for k, n in keys.items() if n > 1)
+            pending = sum(1 for r in raws if _report_key(r) in confirmed and _report_key(r) not in shared)
+            if not fresh and pending:
+                log.warning("MessageMedia still serves %d report(s) this run confirmed (a confirmation takes effect "
+                            "some time after its 202): the queue is not drained; the next run continues", pending,
+                            extra={"event": CONFIRM_PENDING})
+                return CONFIRM_PENDING
             if not fresh:
                 log.warning("the head of the queue holds only reports this run could not confirm; they stay "
                             "unconfirmed and are tried again next run", extra={"event": "held"})
@@ -243,6 +257,8 @@ class Worker:
             result = pipeline.process(fresh, source.name)
             self._absorb(result, summary)
             self._confirm(source, result, options, summary)
+            if not options.dry_run:
+                confirmed.update(result.confirm)
             if options.dry_run:
                 return "dry_run"  # nothing is confirmed, so the next fetch would be the same batch
             if options.once:

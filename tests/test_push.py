@@ -349,9 +349,11 @@ def test_simulator_templates_render_like_velocity() -> None:
                         "date_received": wire["date_received"], "source_number": "+61491570157",
                         "metadata": {"sf_task_id": "00T1"}}
     no_code = report("m-2", "enroute")
-    assert render_template('{"c":"$statusCode","q":"$!statusCode","m":$metadata,"k":"$metadata.get(\'quote\')"}',
+    # Raw insertion, as Velocity does: a quote breaks JSON unless the template escapes it.
+    assert render_template('{"c":"$statusCode","q":"$!statusCode","m":$metadata,"k":"$metadata.get(\'quote\')",'
+                           '"e":"$esc.json($metadata.get(\'quote\'))"}',
                            {**no_code, "metadata": {"quote": 'a "b"'}}) == \
-        '{"c":"$statusCode","q":"","m":{"quote": "a \\"b\\""},"k":"a \\"b\\""}'
+        '{"c":"$statusCode","q":"","m":{quote=a "b"},"k":"a "b"","e":"a \\"b\\""}'
 
 
 # -- end to end with the MessageMedia simulator pushing -------------------------------------------------
@@ -602,7 +604,7 @@ def test_simulator_webhooks_api(sims: Simulators) -> None:
     base = sims.info()["messagemedia_url"] + "/v1/webhooks/messages"
     good = {"url": "https://example.com/hook", "method": "POST", "encoding": "JSON", "events": ["DELIVERED_DR"],
             "template": "{}", "headers": {"X-A": "b"}}
-    assert session.post(base, json=good, timeout=TIMEOUT).status_code == 401  # Basic auth like the rest
+    assert session.post(base, json=good, timeout=TIMEOUT).status_code == 403  # Basic auth like the rest
     session.auth = (sims.mm.api_key, sims.mm.api_secret)
     for bad in ({**good, "events": []}, {**good, "events": ["NOPE"]}, {**good, "url": "not a url"},
                 {**good, "headers": {"Content-Type": "text/plain"}}, {**good, "encoding": None}):

@@ -151,21 +151,21 @@ def test_unknown_ids_are_ignored_and_confirmations_are_logged(
 
 
 # -- authentication and accounts ---------------------------------------------------------------
-def test_wrong_credentials_are_a_401(server: SimServer, ca: EphemeralCA) -> None:
+def test_wrong_credentials_are_a_403_as_in_the_current_spec(server: SimServer, ca: EphemeralCA) -> None:
     with make_session(str(ca.ca_bundle)) as anonymous:
         for auth in [(KEY, "wrong"), ("wrong", SECRET), None]:
             answer = anonymous.get(url(server, "/v1/delivery_reports"), auth=auth, timeout=TIMEOUT)
-            assert answer.status_code == 401
+            assert answer.status_code == 403
             assert answer.json() == {"message": "Invalid authentication credentials"}
 
 
-def test_the_old_403_for_bad_credentials(ca: EphemeralCA) -> None:
-    with SimServer(MessageMediaSim(auth_failure_status=403), ca) as running, make_session(str(ca.ca_bundle)) as s:
+def test_the_older_401_for_bad_credentials(ca: EphemeralCA) -> None:
+    with SimServer(MessageMediaSim(auth_failure_status=401), ca) as running, make_session(str(ca.ca_bundle)) as s:
         answer = s.get(running.url + "/v1/delivery_reports", auth=(KEY, "nope"), timeout=TIMEOUT)
-        assert answer.status_code == 403
+        assert answer.status_code == 401
         assert answer.json()["message"] == "Invalid authentication credentials"
-        s.post(running.url + "/_sim/config", json={"auth_failure_status": 401}, timeout=TIMEOUT).raise_for_status()
-        assert s.get(running.url + "/v1/delivery_reports", auth=(KEY, "no"), timeout=TIMEOUT).status_code == 401
+        s.post(running.url + "/_sim/config", json={"auth_failure_status": 403}, timeout=TIMEOUT).raise_for_status()
+        assert s.get(running.url + "/v1/delivery_reports", auth=(KEY, "no"), timeout=TIMEOUT).status_code == 403
 
 
 def _hmac_headers(method: str, target: str, body: bytes, algorithm: str, md5_header: str) -> dict[str, str]:
@@ -200,7 +200,7 @@ def test_hmac_authentication_in_both_readings(
         assert answer.status_code == 202
         tampered = body.replace(b"]", b', "x"]')
         answer = s.post(url(server, "/v1/delivery_reports/confirmed"), data=tampered, headers=headers, timeout=TIMEOUT)
-        assert answer.status_code == 401
+        assert answer.status_code == 403
 
 
 def test_the_account_header_selects_a_separate_queue(

@@ -2,6 +2,13 @@
 the v2-preview reporting API, and push (account webhooks, a configured ``push_url``, per-report
 ``callback_url``), with the behaviour described in ``/work/shared/reference/messagemedia.md``.
 
+Confirmations are accepted at once (202) but, like the real service's, may take effect later:
+with ``confirm_delay_s`` set, a confirmed report is still served by the poll until that many
+seconds have passed.
+
+Signature keys (``/v1/iam/signature_keys``): a create answer is the only one carrying the public
+key; one key is enabled at a time, and while one is, every push is signed with it.
+
 Push: every report added is also POSTed, from background threads (``sfsync.sim.push``), to each
 webhook of its account whose events include it (rendered from the webhook's template), to
 ``push_url`` when configured, and to its ``callback_url`` when it has one; non-2xx answers and
@@ -19,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import collections
 import copy
 import datetime as dt
 import hashlib
@@ -34,6 +42,9 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from sfsync.sim.base import FaultConfig, Handler, HttpError, Request, Response, SimApp
 from sfsync.sim.push import DR_EVENTS, EVENTS, Delivery, PushConfig, Pusher, digest_key, load_private_key
 
@@ -44,6 +55,11 @@ METADATA_SHAPES = ("object", "list")
 HMAC_MAX_SKEW_S = 900.0
 WEBHOOK_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 WEBHOOK_ENCODINGS = ("JSON", "FORM_ENCODED", "XML")
+WEBHOOK_READ_TIMEOUT_MS = (1, 60_000, 20_000)  # min, max, default (milliseconds)
+WEBHOOK_RETRY_DELAY_S = (5, 60)
+SIGNATURE_DIGESTS = ("SHA224", "SHA256", "SHA512")
+SIGNATURE_KEY_BITS = 2048
+EXCHANGE_LOG_MAX = 5000
 # Push settings for configure(), with their defaults.
 PUSH_DEFAULTS: dict[str, Any] = {
     "push_url": None,  # also push every report here (besides webhooks)
@@ -126,6 +142,37 @@ class _Report:
     wire: dict[str, Any]  # exactly what the poll serves; never mutated after insertion
     account: str
     confirmed_at: float | None = None
+    leaves_queue_at: float | None = None  # when the confirmation takes effect (confirm_delay_s)
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One API call as the simulator saw it (``record_exchanges``): for contract tests."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    route: str  # the route's pattern, e.g. "GET /v1/messages/{message_id}"
+    request_content_type: str
+    request_body: bytes
+    status: int
+    response_content_type: str
+    response_body: bytes
+
+
+@dataclass
+class _SignatureKey:
+    key_id: str
+    account: str
+    digest: str
+    private_key: rsa.RSAPrivateKey
+    created: str
+    enabled: bool = False
+
+    def public(self) -> dict[str, Any]:
+        """What list, get and enable answer: never the public key."""
+        return {"key_id": self.key_id, "cipher": "RSA", "digest": self.digest, "created": self.created,
+                "enabled": self.enabled}
 
 
 @dataclass(frozen=True)
@@ -158,7 +205,7 @@ class MessageMediaSim(SimApp):
         faults: FaultConfig | None = None,
         reporting_metadata_shape: str = "object",
         reporting_naive_timestamps: bool = False,
-        auth_failure_status: int = 401,
+        auth_failure_status: int = 403,
         account_id: str = DEFAULT_ACCOUNT,
     ):
         super().__init__(faults)
@@ -170,11 +217,15 @@ class MessageMediaSim(SimApp):
             "reporting_metadata_shape": reporting_metadata_shape,
             "reporting_naive_timestamps": reporting_naive_timestamps,
             "auth_failure_status": auth_failure_status,
+            "confirm_delay_s": 0.0,
+            "record_exchanges": False,
             **copy.deepcopy(PUSH_DEFAULTS),
         }
         self.reporting_metadata_shape = "object"
         self.reporting_naive_timestamps = False
-        self.auth_failure_status = 401
+        self.auth_failure_status = 403
+        self.confirm_delay_s = 0.0  # a confirmation takes effect this long after its 202
+        self.record_exchanges = False
         self.push_url: str | None = None
         self.push_headers: dict[str, str] = {}
         self.push_template: str | None = None
@@ -201,6 +252,14 @@ class MessageMediaSim(SimApp):
             ("POST", "/v1/webhooks/messages", self._create_webhook_route),
             ("GET", "/v1/webhooks/messages", self._list_webhooks_route),
             ("DELETE", "/v1/webhooks/messages/{webhook_id}", self._delete_webhook_route),
+            # "enabled" before "{key_id}": the first route that matches serves.
+            ("PATCH", "/v1/iam/signature_keys/enabled", self._enable_key_route),
+            ("GET", "/v1/iam/signature_keys/enabled", self._enabled_key_route),
+            ("DELETE", "/v1/iam/signature_keys/enabled", self._disable_key_route),
+            ("POST", "/v1/iam/signature_keys", self._create_key_route),
+            ("GET", "/v1/iam/signature_keys", self._list_keys_route),
+            ("GET", "/v1/iam/signature_keys/{key_id}", self._get_key_route),
+            ("DELETE", "/v1/iam/signature_keys/{key_id}", self._delete_key_route),
         ]
         for method, pattern, handler in api:
             self.route(method, pattern, self._authenticated(handler), name=f"{method} {pattern}")
@@ -230,11 +289,13 @@ class MessageMediaSim(SimApp):
         self._confirm_counts: Counter[str] = Counter()
         self._confirm_unknown = 0
         self._webhooks: dict[str, dict[str, Any]] = {}  # id -> webhook as created, with its account
+        self._signature_keys: dict[str, _SignatureKey] = {}
+        self._exchanges: collections.deque[Exchange] = collections.deque(maxlen=EXCHANGE_LOG_MAX)
 
     def configure(self, **settings: Any) -> dict[str, Any]:
         """Change behaviour at run time: reporting_metadata_shape, reporting_naive_timestamps,
-        auth_failure_status, and the push settings of ``PUSH_DEFAULTS``. Returns the current
-        settings (a signing key shown only as set)."""
+        auth_failure_status, confirm_delay_s, record_exchanges, and the push settings of
+        ``PUSH_DEFAULTS``. Returns the current settings (a signing key shown only as set)."""
         with self.lock:
             for key, value in settings.items():
                 if key in PUSH_DEFAULTS:
@@ -243,8 +304,12 @@ class MessageMediaSim(SimApp):
                     raise ValueError(f"reporting_metadata_shape must be one of {METADATA_SHAPES}, not {value!r}")
                 if key == "auth_failure_status" and value not in (401, 403):
                     raise ValueError(f"auth_failure_status must be 401 or 403, not {value!r}")
-                if key == "reporting_naive_timestamps" and not isinstance(value, bool):
-                    raise ValueError("reporting_naive_timestamps must be a boolean")
+                if key in ("reporting_naive_timestamps", "record_exchanges") and not isinstance(value, bool):
+                    raise ValueError(f"{key} must be a boolean")
+                if key == "confirm_delay_s" and (
+                    not isinstance(value, int | float) or isinstance(value, bool) or value < 0
+                ):
+                    raise ValueError("confirm_delay_s must be a non-negative number of seconds")
                 if key not in self._initial_settings:
                     raise ValueError(f"unknown setting {key!r}")
             for key, value in settings.items():
@@ -258,11 +323,16 @@ class MessageMediaSim(SimApp):
             return shown
 
     def _push_config(self) -> PushConfig:
+        sign_key, digest, key_id = self._sign_key, self.sign_digest, self.sign_key_id
+        with self.lock:
+            enabled = [k for k in self._signature_keys.values() if k.enabled]
+        if sign_key is None and enabled:  # the account's enabled signature key signs every push
+            sign_key, digest, key_id = enabled[0].private_key, enabled[0].digest, enabled[0].key_id
         return PushConfig(
             ca_bundle=self.push_ca_bundle, retry_delay_s=float(self.push_retry_delay_s),
             retry_max_delay_s=float(self.push_retry_max_delay_s), timeout_s=float(self.push_timeout_s),
-            concurrency=int(self.push_concurrency), sign_key=self._sign_key, sign_digest=self.sign_digest,
-            sign_key_id=self.sign_key_id, date_offset_s=float(self.push_date_offset_s),
+            concurrency=int(self.push_concurrency), sign_key=sign_key, sign_digest=digest,
+            sign_key_id=key_id, date_offset_s=float(self.push_date_offset_s),
         )
 
     def reset(self) -> None:
@@ -438,7 +508,8 @@ class MessageMediaSim(SimApp):
             "encoding": body["encoding"].upper(), "headers": dict(body.get("headers") or {}),
             "events": list(dict.fromkeys(body["events"])), "template": body.get("template") or "",
         }
-        hook.update({k: body[k] for k in ("read_timeout", "retries", "retry_delay") if k in body})
+        hook["read_timeout"] = WEBHOOK_READ_TIMEOUT_MS[2]
+        hook.update({k: body[k] for k in ("read_timeout", "retries", "retry_delay") if body.get(k) is not None})
         with self.lock:
             if any(h["_account"] == account and h["url"] == hook["url"] for h in self._webhooks.values()):
                 raise HttpError(409, "A webhook with this url already exists", details=[hook["url"]])
@@ -448,11 +519,11 @@ class MessageMediaSim(SimApp):
     def _list_webhooks_route(self, request: Request) -> Response:
         try:
             page = int(request.arg("page") or 0)
-            size = int(request.arg("pageSize") or 10)
+            size = int(request.arg("page_size") or request.arg("pageSize") or 10)  # the spec's, an SDK's
         except ValueError as exc:
             raise HttpError(400, "Request validation failed", details=["page and pageSize are integers"]) from exc
         if page < 0 or not 1 <= size <= 100:
-            raise HttpError(400, "Request validation failed", details=["page >= 0, pageSize 1 to 100"])
+            raise HttpError(400, "Request validation failed", details=["page >= 0, page_size 1 to 100"])
         hooks = self.webhooks(self._account(request))
         return Response.json(200, {"page": page, "pageSize": size, "pageData": hooks[page * size : (page + 1) * size]})
 
@@ -465,8 +536,88 @@ class MessageMediaSim(SimApp):
             del self._webhooks[webhook_id]
         return Response(204)
 
+    # -- signature keys ----------------------------------------------------------------------
+    def _create_key_route(self, request: Request) -> Response:
+        body = request.json()
+        problems = []
+        digest = body.get("digest") if isinstance(body, dict) else None
+        cipher = body.get("cipher") if isinstance(body, dict) else None
+        if digest not in SIGNATURE_DIGESTS:
+            problems.append(f"/digest: [{digest}] is invalid")
+        if cipher != "RSA":
+            problems.append(f"/cipher: [{cipher}] is invalid")
+        if problems:
+            raise HttpError(400, "Bad Request", details=problems)
+        private = rsa.generate_private_key(public_exponent=65537, key_size=SIGNATURE_KEY_BITS)
+        key = _SignatureKey(str(uuid.uuid4()), self._account(request), str(digest), private, now_timestamp())
+        der = private.public_key().public_bytes(serialization.Encoding.DER,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo)
+        with self.lock:
+            self._signature_keys[key.key_id] = key
+        return Response.json(201, {**key.public(), "public_key": base64.b64encode(der).decode()})
+
+    def signature_keys(self) -> list[dict[str, Any]]:
+        """Every signature key of every account, in creation order (as list and get show them)."""
+        with self.lock:
+            return [{**k.public(), "account": k.account} for k in self._signature_keys.values()]
+
+    def _key_of(self, request: Request, key_id: Any) -> _SignatureKey:
+        key = self._signature_keys.get(key_id) if isinstance(key_id, str) else None
+        if key is None or key.account != self._account(request):
+            raise HttpError(404, "Entity not found")
+        return key
+
+    def _list_keys_route(self, request: Request) -> Response:
+        try:
+            page, size = int(request.arg("page") or ""), int(request.arg("page_size") or "")
+        except ValueError as exc:
+            raise HttpError(400, "Bad Request", details=["page and page_size are required integers"]) from exc
+        if page < 0 or size < 1:
+            raise HttpError(400, "Bad Request", details=["page property value is invalid"])
+        with self.lock:
+            keys = [k.public() for k in self._signature_keys.values() if k.account == self._account(request)]
+        return Response.json(200, keys[page * size : (page + 1) * size])
+
+    def _get_key_route(self, request: Request) -> Response:
+        with self.lock:
+            return Response.json(200, self._key_of(request, request.params["key_id"]).public())
+
+    def _delete_key_route(self, request: Request) -> Response:
+        with self.lock:
+            key = self._key_of(request, request.params["key_id"])
+            del self._signature_keys[key.key_id]
+        return Response(200)
+
+    def _enable_key_route(self, request: Request) -> Response:
+        body = request.json()
+        key_id = body.get("key_id") if isinstance(body, dict) else None
+        if not key_id:
+            raise HttpError(400, "Bad Request", details=["/key_id: Key id cannot be null"])
+        with self.lock:
+            key = self._key_of(request, key_id)
+            for other in self._signature_keys.values():  # one enabled key at a time
+                if other.account == key.account:
+                    other.enabled = False
+            key.enabled = True
+            return Response.json(200, key.public())
+
+    def _enabled_key_route(self, request: Request) -> Response:
+        with self.lock:
+            for key in self._signature_keys.values():
+                if key.enabled and key.account == self._account(request):
+                    return Response.json(200, key.public())
+        raise HttpError(404, "Currently no key is enabled")
+
+    def _disable_key_route(self, request: Request) -> Response:
+        with self.lock:
+            for key in self._signature_keys.values():
+                if key.account == self._account(request):
+                    key.enabled = False
+        return Response(204)
+
     def stats(self) -> dict[str, Any]:
         with self.lock:
+            self._settle()
             calls = dict(self.calls)
             unconfirmed = sum(len(q) for q in self._queues.values())
             return {
@@ -478,6 +629,8 @@ class MessageMediaSim(SimApp):
                 "confirm_unknown": self._confirm_unknown,
                 "messages": len(self._messages),
                 "webhooks": len(self._webhooks),
+                "served_after_confirm": sum(1 for q in self._queues.values() for r in q.values()
+                                            if r.confirmed_at is not None),
                 "pushes": self.pusher.snapshot(),
                 "faults": self.faults.snapshot(),
             }
@@ -500,10 +653,36 @@ class MessageMediaSim(SimApp):
                 self._confirm_counts[report_id] += 1
                 if stored.confirmed_at is None:
                     stored.confirmed_at = now
-                    queue.pop(report_id, None)
+                    stored.leaves_queue_at = now + float(self.confirm_delay_s)
+                    if not self.confirm_delay_s:
+                        queue.pop(report_id, None)
         return known
 
+    def _settle(self) -> None:
+        """Take out of the queues the reports whose confirmation has taken effect (lock held)."""
+        now = time.time()
+        for queue in self._queues.values():
+            done = [rid for rid, r in queue.items() if r.leaves_queue_at is not None and r.leaves_queue_at <= now]
+            for rid in done:
+                del queue[rid]
+
     # -- the API -----------------------------------------------------------------------------
+    def decorate(self, request: Request, response: Response) -> None:
+        if not self.record_exchanges:
+            return
+        route, _ = self.match(request)
+        with self.lock:
+            self._exchanges.append(Exchange(
+                request.method, request.path, copy.deepcopy(request.query), route.name if route else "unrouted",
+                request.headers.get("Content-Type") or "", request._body or b"", response.status,
+                response.headers.get("Content-Type", ""), response.body,
+            ))
+
+    def exchanges(self) -> list[Exchange]:
+        """The API calls seen while ``record_exchanges`` was on (the latest few thousand)."""
+        with self.lock:
+            return list(self._exchanges)
+
     def error(self, status: int, message: str, code: str | None = None, details: Any = None) -> Response:
         payload: dict[str, Any] = {"message": message}
         if details is None and status == 400:
@@ -571,6 +750,7 @@ class MessageMediaSim(SimApp):
 
     def _poll(self, request: Request) -> Response:
         with self.lock:
+            self._settle()
             queue = self._queues.get(self._account(request), OrderedDict())
             batch = [stored.wire for stored in itertools.islice(queue.values(), MAX_IDS)]
             return Response.json(200, {"delivery_reports": batch})
@@ -813,10 +993,13 @@ def _webhook_problems(body: dict[str, Any]) -> list[str]:
             problems.append("headers: must not include Content-Type (set by encoding)")
     if body.get("template") is not None and not isinstance(body.get("template"), str):
         problems.append("template: a string")
-    for key in ("read_timeout", "retries", "retry_delay"):
+    bounds = {"read_timeout": WEBHOOK_READ_TIMEOUT_MS[:2], "retries": (0, None), "retry_delay": WEBHOOK_RETRY_DELAY_S}
+    for key, (low, high) in bounds.items():
         value = body.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            problems.append(f"{key}: a non-negative integer")
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+            problems.append(f"{key}: an integer {low} to {high}" if high is not None else f"{key}: an integer >= {low}")
     return problems
 
 

@@ -38,11 +38,17 @@ SIGN_DIGESTS: dict[str, Callable[[], hashes.HashAlgorithm]] = {
     "SHA1": hashes.SHA1, "SHA224": hashes.SHA224, "SHA256": hashes.SHA256,
     "SHA384": hashes.SHA384, "SHA512": hashes.SHA512,
 }
-# $name, $!name (quiet), ${name}, and $metadata.get('key')
-_VAR = re.compile(
-    r"\$(?P<quiet>!)?(?P<brace>\{)?(?P<name>[A-Za-z]\w*)(?(brace)\})"
-    r"(?:\.get\((?P<q>['\"])(?P<key>.*?)(?P=q)\))?"
-)
+def _ref(p: str = "") -> str:
+    """A reference: $name, $!name (quiet), ${name}, and $metadata.get('key'); group names prefixed."""
+    return (rf"\$(?P<{p}quiet>!)?(?P<{p}brace>\{{)?(?P<{p}name>[A-Za-z]\w*)(?({p}brace)\}})"
+            rf"(?:\.get\((?P<{p}q>['\"])(?P<{p}key>.*?)(?P={p}q)\))?")
+
+
+_VAR = re.compile(_ref())
+# MessageMedia's escaping form (Velocity's EscapeTool): $esc.json(REF), or $!esc.json(REF) to
+# render nothing when REF has no value.
+_ESC = re.compile(r"\$(?P<i_outer>!)?esc\.json\(\s*" + _ref("i_") + r"\s*\)")
+_ANY = re.compile(f"(?P<esc>{_ESC.pattern})|{_VAR.pattern}")
 
 
 def template_values(report: dict[str, Any], attempt: int = 1) -> dict[str, Any]:
@@ -54,32 +60,57 @@ def template_values(report: dict[str, Any], attempt: int = 1) -> dict[str, Any]:
         "submittedTimestamp": report.get("submitted_date"), "receivedTimestamp": report.get("date_received"),
         "sourceAddress": report.get("source_number"),
         "accountId": vendor.get("account_id") if isinstance(vendor, dict) else None,
+        "vendorId": vendor.get("vendor_id") if isinstance(vendor, dict) else None,
         "type": "SMS", "mtContent": report.get("original_text"), "messageContent": report.get("original_text"),
-        "retryCount": attempt - 1, "metadata": report.get("metadata") or {},
+        "retryCount": attempt - 1, "billingUnits": report.get("billing_units"),
+        "metadata": report.get("metadata") or {},
     }
 
 
+def _java_text(value: Any) -> str:
+    """A value as Java's toString() prints it: a map is ``{k=v, k2=v2}``, never JSON."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}={_java_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _lookup(values: dict[str, Any], name: str, key: str | None) -> tuple[bool, Any]:
+    """(known reference, its value) for ``$name`` or ``$name.get('key')``."""
+    if name not in values:
+        return False, None
+    value = values[name]
+    if key is None:
+        return True, value
+    if name != "metadata":
+        return False, None
+    return True, value.get(key) if isinstance(value, dict) else None
+
+
 def render_template(template: str, report: dict[str, Any], attempt: int = 1) -> str:
-    """A tiny Velocity: variables with no value stay as written (``$!name`` renders nothing), as
-    Velocity does; string values are JSON-escaped; a bare ``$metadata`` renders a JSON object."""
+    """A tiny Velocity, as strict as MessageMedia's: values are inserted as they are, with no JSON
+    escaping (a quote or backslash in a value breaks a JSON template), unless the template asks
+    for it with ``$esc.json(REF)``. A reference with no value stays as written (``$!`` renders
+    nothing); a bare ``$metadata`` renders a Java map (``{k=v}``), not JSON."""
     values = template_values(report, attempt)
 
-    def substitute(match: re.Match[str]) -> str:
-        name, key = match.group("name"), match.group("key")
-        if name not in values:
-            return match.group(0)
-        value = values[name]
-        if name == "metadata":
-            if key is None:
-                return json.dumps(value if isinstance(value, dict) else {})
-            value = value.get(key) if isinstance(value, dict) else None
-        elif key is not None:
+    def escaped(match: re.Match[str]) -> str:
+        known, value = _lookup(values, match.group("i_name"), match.group("i_key"))
+        if not known or value is None:
+            return "" if match.group("i_outer") else match.group(0)
+        return json.dumps(_java_text(value))[1:-1]
+
+    def raw(match: re.Match[str]) -> str:
+        known, value = _lookup(values, match.group("name"), match.group("key"))
+        if not known:
             return match.group(0)
         if value is None:
             return "" if match.group("quiet") else match.group(0)
-        return json.dumps(str(value))[1:-1]
+        return _java_text(value)
 
-    return _VAR.sub(substitute, template)
+    # One pass over both forms, so that a value inserted is never rendered again.
+    return _ANY.sub(lambda m: escaped(m) if m.group("esc") else raw(m), template)
 
 
 def load_private_key(pem: str | bytes) -> rsa.RSAPrivateKey:
