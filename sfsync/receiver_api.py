@@ -13,6 +13,7 @@ from sfsync.push_auth import CIPHER_HEADER, DIGEST_HEADER, KEY_ID_HEADER, SIGNAT
 
 OPENAPI_VERSION = "3.0.3"
 
+_VISIBLE = "^[!-#%-~][!-~]*$"  # ids: visible ASCII, not a template variable ($drId); MessageMedia sends UUIDs
 _TIMESTAMP = {"type": "string", "format": "date-time", "example": "2026-11-20T09:00:01.551Z"}
 
 # A delivery report as MessageMedia pushes it (callback_url) or as sfsync's webhook template renders
@@ -21,13 +22,15 @@ DELIVERY_REPORT: dict[str, Any] = {
     "type": "object",
     "required": ["delivery_report_id", "message_id", "status"],
     "properties": {
-        "delivery_report_id": {"type": "string", "minLength": 1, "maxLength": 100, "pattern": r"\S",
+        "delivery_report_id": {"type": "string", "minLength": 1, "maxLength": 100, "pattern": _VISIBLE,
+                               "example": "693e87f2-a553-4281-9ffe-ddf04cbc4bf3",
                                "description": "Unique per report: a second push of it is stored once"},
-        "message_id": {"type": "string", "minLength": 1, "maxLength": 100, "pattern": r"\S"},
-        "status": {"type": "string", "minLength": 1, "maxLength": 40,
+        "message_id": {"type": "string", "minLength": 1, "maxLength": 100, "pattern": _VISIBLE,
+                       "example": "389dc1a8-62a4-4110-ba61-af94806c006f"},
+        "status": {"type": "string", "minLength": 1, "maxLength": 40, "pattern": "^[A-Za-z_]+$",
                    "example": "delivered",
                    "description": "enroute, submitted, delivered, expired, rejected, failed (any case)"},
-        "error_code": {"type": "string", "maxLength": 20, "example": "220",
+        "error_code": {"type": "string", "maxLength": 20, "pattern": "^[0-9A-Za-z]*$", "example": "220",
                        "description": "The numeric delivery status code"},
         "submitted_date": _TIMESTAMP,
         "date_received": _TIMESTAMP,

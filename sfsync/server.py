@@ -696,6 +696,23 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             app.request_finished()
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (bad request line, headers too long, unknown method)
+        in JSON like every other answer; an unknown method is 405 (or 404 off our paths), not 501."""
+        if code == 501:
+            return self._not_allowed()
+        with contextlib.suppress(OSError):
+            self._reply(Reply(code, {"error": message or self.responses.get(code, ("error",))[0]}, close=True),
+                        head=getattr(self, "command", None) == "HEAD")
+        return None
+
+    def _not_allowed(self) -> None:
+        path = urlsplit(self.path).path
+        allow = "POST" if path == self.server.app.path else "GET, HEAD" if path in (HEALTH_PATH, OPENAPI_PATH) else None
+        if allow is None:
+            return self._reply(Reply(404, {"error": "not found"}, close=True))
+        return self._reply(Reply(405, {"error": "method not allowed"}, close=True), allow=allow)
+
     def _guarded(self, route: Callable[[], None]) -> None:
         """Every request gets an answer: a failure of ours is logged and answered 500 (never 2xx,
         so nothing unstored is acknowledged), instead of a connection dropped without a word."""
@@ -734,15 +751,17 @@ class _Handler(BaseHTTPRequestHandler):
                                allow="POST")
         return self._reply(Reply(404, {"error": "not found"}), head=head)
 
+    def _refuse_method(self) -> None:
+        self._guarded(self._not_allowed)
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _refuse_method
+
     def _post(self, app: PushServer) -> None:
         if self.server.deadlines.expired(self.connection):
             self._request_read()  # the headers were cut short: say so, read nothing more
             return None
-        path = urlsplit(self.path).path
-        if path != app.path:
-            if path in (HEALTH_PATH, OPENAPI_PATH):
-                return self._reply(Reply(405, {"error": "method not allowed"}, close=True), allow="GET, HEAD")
-            return self._reply(Reply(404, {"error": "not found"}, close=True))
+        if urlsplit(self.path).path != app.path:
+            return self._not_allowed()
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             return self._reply(Reply(411, {"error": "send a Content-Length, not chunked encoding"}, close=True))
         lengths = set(self.headers.get_all("Content-Length") or [])

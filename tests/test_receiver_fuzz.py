@@ -94,7 +94,7 @@ def test_openapi_is_valid_and_matches_the_routes(live: tuple[str, Path]) -> None
     assert document["paths"][DEFAULT_PATH]["post"]["security"] == [{"sharedSecret": []}]
     answers = set(document["paths"][DEFAULT_PATH]["post"]["responses"])
     assert {"200", "400", "401", "413", "415", "429", "503"} <= answers
-    assert requests.put(f"{base}/openapi.json", data=b"{}", timeout=5).status_code >= 400  # read-only
+    assert requests.put(f"{base}/openapi.json", data=b"{}", timeout=5).status_code == 405  # read-only
 
 
 def pushed_ids(body: Any) -> list[str]:
@@ -105,20 +105,15 @@ def pushed_ids(body: Any) -> list[str]:
 def test_schemathesis_finds_no_5xx_no_drop_and_no_unstored_2xx(live: tuple[str, Path]) -> None:
     base, state_db = live
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
-    operations = [result.ok() for result in schema.get_all_operations()]
-    assert f"POST {DEFAULT_PATH}" in {op.label for op in operations}  # (schemathesis skips /openapi.json itself)
-    modes = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
-    strategy = st.one_of([op.as_strategy(generation_mode=mode) for op in operations for mode in modes])
+    operations = {op.label: op for op in (result.ok() for result in schema.get_all_operations())}
+    push_op = operations[f"POST {DEFAULT_PATH}"]  # (schemathesis leaves /openapi.json itself out)
     acknowledged: set[str] = set()
     statuses: dict[int, int] = {}
     checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
               response_schema_conformance]
     began = time.monotonic()
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
-    @given(case=strategy, authenticated=st.booleans())
-    def fuzz(case: schemathesis.Case, authenticated: bool) -> None:
+    def exercise(case: schemathesis.Case, authenticated: bool) -> None:
         headers = {HEADER: SECRET} if authenticated else {}
         # A dropped connection raises requests.ConnectionError here, and fails the test.
         response = case.call(base_url=base, headers=headers, timeout=5)
@@ -130,10 +125,23 @@ def test_schemathesis_finds_no_5xx_no_drop_and_no_unstored_2xx(live: tuple[str, 
             assert answer["stored"] + answer["duplicates"] == len(ids)
             acknowledged.update(ids)
 
-    fuzz()
-    print(f"schemathesis: {sum(statuses.values())} requests in {time.monotonic() - began:.1f} s, answers {statuses}")
-    assert time.monotonic() - began < 60
-    assert statuses.get(200, 0) >= 10, f"too few pushes reached the store: {statuses}"
+    # Mostly authenticated, so that valid and invalid bodies reach the parser and the store.
+    authenticated = st.sampled_from([True, True, True, True, True, False])
+    for mode, examples, ops in ((schemathesis.GenerationMode.POSITIVE, EXAMPLES * 2 // 3, operations.values()),
+                                (schemathesis.GenerationMode.NEGATIVE, EXAMPLES // 3, [push_op])):
+        strategy = st.one_of([op.as_strategy(generation_mode=mode) for op in ops])
+
+        @settings(max_examples=examples, deadline=None, database=None, derandomize=True, phases=[Phase.generate],
+                  suppress_health_check=list(HealthCheck))
+        @given(case=strategy, authenticated=authenticated)
+        def fuzz(case: schemathesis.Case, authenticated: bool) -> None:
+            exercise(case, authenticated)
+
+        fuzz()
+    elapsed = time.monotonic() - began
+    print(f"schemathesis: {sum(statuses.values())} requests in {elapsed:.1f} s, answers {statuses}")
+    assert elapsed < 90  # a guard against hangs: 15-40 s here, on two shared cores
+    assert statuses.get(200, 0) >= 50, f"too few pushes reached the store: {statuses}"
     assert {400, 401} <= set(statuses), statuses
     with contextlib.closing(sqlite3.connect(state_db)) as db:
         stored = {row[0] for row in db.execute("SELECT report_id FROM inbox")}

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from sfsync.config import load_settings
+from sfsync.errors import UsageError
 from sfsync.server import PushServer
 from sfsync.store import Store
 from tests.conftest import new_message_id, report
@@ -278,3 +279,29 @@ def test_brackets_inside_strings_do_not_count_as_nesting(make_server: MakeServer
     status, answer = push_json(server, one)
     assert status == 200 and answer == {"stored": 1, "duplicates": 0}
     assert one["delivery_report_id"] in stored_ids(server)
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "BREW"])
+def test_other_methods_are_405_or_404_in_json_never_5xx(make_server: MakeServer, method: str) -> None:
+    server = make_server()
+    for path, allow in ((server.path, "POST"), ("/healthz", "GET, HEAD"), ("/openapi.json", "GET, HEAD"),
+                        ("/elsewhere", None)):
+        conn = HTTPConnection("127.0.0.1", server.port, timeout=5)
+        conn.request(method, path, body=b"{}", headers={HEADER: SECRET})
+        answer = conn.getresponse()
+        body = answer.read()
+        conn.close()
+        assert answer.status == (405 if allow else 404), (method, path, answer.status)
+        assert answer.getheader("Allow") == allow
+        assert answer.getheader("Content-Type") == "application/json" and "error" in json.loads(body)
+    assert stored_ids(server) == set()
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"request_timeout": 0}, "--request-timeout"), ({"request_timeout": 301}, "--request-timeout"),
+    ({"max_connections_per_client": 0}, "--max-connections-per-client"), ({"path": "/openapi.json"}, "--path"),
+])
+def test_receiver_limits_are_bounded(tmp_path: Path, options: dict[str, Any], message: str) -> None:
+    settings = load_settings(environ={"SFSYNC_STATE_DIR": str(tmp_path / "state"), "SFSYNC_PUSH_SECRET": SECRET})
+    with pytest.raises(UsageError, match=message):
+        PushServer(settings, port=0, drain=False, **options)
