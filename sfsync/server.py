@@ -587,6 +587,8 @@ class _HTTPServer(ThreadingHTTPServer):
         self.app._count("refused_per_client")
         now = time.monotonic()
         if now - self._refusals_logged.get(peer, -60.0) >= 60.0:  # once a minute per client, not per flood
+            if len(self._refusals_logged) >= 1024:  # many addresses (IPv6): bounded memory, some lines more
+                self._refusals_logged.clear()
             self._refusals_logged[peer] = now
             log.warning("%s holds %d connections, its limit: refusing more", peer, self.max_per_client,
                         extra={"event": "push_per_client_limit"})
