@@ -13,6 +13,7 @@ import json
 import logging
 import socket
 import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ import pytest
 from sfsync.config import load_settings
 from sfsync.errors import UsageError
 from sfsync.server import PushServer
+from sfsync.sim.tls import EphemeralCA
 from sfsync.store import Store
 from tests.conftest import new_message_id, report
 
@@ -305,3 +307,48 @@ def test_receiver_limits_are_bounded(tmp_path: Path, options: dict[str, Any], me
     settings = load_settings(environ={"SFSYNC_STATE_DIR": str(tmp_path / "state"), "SFSYNC_PUSH_SECRET": SECRET})
     with pytest.raises(UsageError, match=message):
         PushServer(settings, port=0, drain=False, **options)
+
+
+def test_over_tls_a_slow_handshake_and_slow_headers_are_cut_off(make_server: MakeServer, tmp_path: Path) -> None:
+    ca = EphemeralCA.create(tmp_path / "ca")
+    server = make_server(request_timeout=1.0, tls_cert=str(ca.server_cert), tls_key=str(ca.server_key))
+    # A ClientHello that never completes: bytes of a TLS record header, then one more now and then.
+    raw = connect(server)
+    raw.settimeout(0.2)
+    began = time.monotonic()
+    closed = False
+    raw.sendall(b"\x16\x03\x01\x02\x00")
+    while time.monotonic() - began < 5 and not closed:
+        try:
+            raw.recv(4096)  # an alert or EOF: the server gave up on it
+            closed = True
+        except TimeoutError:
+            with contextlib.suppress(OSError):
+                raw.sendall(b"\x01")
+        except OSError:
+            closed = True
+    raw.close()
+    assert closed and time.monotonic() - began < 3.0
+    # Headers trickled after a completed handshake: 408 (over TLS) or closed, within the deadline.
+    context = ssl.create_default_context(cafile=str(ca.ca_bundle))
+    with context.wrap_socket(connect(server), server_hostname="127.0.0.1") as tls:
+        tls.settimeout(0.2)
+        tls.sendall(b"POST /delivery-reports HTTP/1.1\r\nHost: x\r\n")
+        began = time.monotonic()
+        answer = b""
+        while time.monotonic() - began < 5:
+            try:
+                answer = tls.recv(4096)
+                break
+            except TimeoutError:
+                tls.sendall(b"X-Slow: 1\r\n")
+            except OSError:
+                break
+        assert time.monotonic() - began < 3.0
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 408")
+    # And a push over TLS still works.
+    body = json.dumps(report(new_message_id(), "delivered")).encode()
+    with context.wrap_socket(connect(server), server_hostname="127.0.0.1") as tls:
+        tls.sendall(f"POST /delivery-reports HTTP/1.1\r\nHost: x\r\n{HEADER}: {SECRET}\r\nContent-Type: "
+                    f"application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        assert tls.recv(4096).startswith(b"HTTP/1.1 200")
