@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import io
 import json
 import logging
 import re
@@ -44,6 +45,7 @@ from sfsync.errors import (
 )
 from sfsync.logs import register_secret
 from sfsync.push_auth import AuthFailed, PushAuth
+from sfsync.receiver_api import openapi_document
 from sfsync.reports import InvalidReport, parse_report
 from sfsync.store import Store, now_utc
 
@@ -51,6 +53,16 @@ log = logging.getLogger("sfsync.serve")
 
 DEFAULT_PATH = "/delivery-reports"
 HEALTH_PATH = "/healthz"
+OPENAPI_PATH = "/openapi.json"
+# A whole request (headers and body) must arrive within this, however it trickles in (slowloris).
+DEFAULT_REQUEST_TIMEOUT_S = 20.0
+MAX_REQUEST_TIMEOUT_S = 300.0
+IDLE_TIMEOUT_S = 15.0  # a keep-alive connection with no new request gives its thread back
+RETRY_AFTER_S = 5  # what a client over its connection cap is told
+# A delivery report is two levels deep ({"delivery_reports": [{"metadata": {...}}]}); Python's json
+# recurses per level, so depth is bounded before parsing.
+MAX_JSON_DEPTH = 16
+JSON_TYPES = ("application/json",)
 PRUNE_EVERY_S = 3600.0
 MAX_BACKOFF_S = 60.0
 BUDGET_BACKOFF_S = 300.0  # the daily API allocation does not come back within seconds
@@ -130,6 +142,56 @@ def normalise_pushed(raw: Any) -> Any:
     return clean
 
 
+def json_depth(body: bytes, limit: int) -> int:
+    """How deep the arrays and objects of a JSON text nest, as far as ``limit``: at most ``limit``
+    when it is within it, more when it is not (a linear scan that never recurses; strings are
+    skipped, escapes included)."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return limit  # cannot nest deeper (the usual push has three or four): skip the scan
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    break
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
+def parse_json_body(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The JSON value of a pushed body; ``BadPush`` for anything that is not bounded, valid JSON."""
+    if json_depth(body, max_depth) > max_depth:
+        raise BadPush(f"the body is nested deeper than {max_depth} levels")
+    try:
+        return json.loads(body)
+    except RecursionError:  # not reached after the scan; kept so no body can ever drop the connection
+        raise BadPush(f"the body is nested deeper than {max_depth} levels") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
+        raise BadPush(f"the body is not JSON ({exc})") from None
+
+
+def json_content_type(value: str | None) -> bool:
+    """A pushed body's Content-Type: JSON (``application/json``, ``application/*+json``), or none
+    sent (per-message callbacks are JSON and not documented to name it)."""
+    if value is None or not value.strip():
+        return True
+    media = value.split(";", 1)[0].strip().lower()
+    return media in JSON_TYPES or (media.startswith("application/") and media.endswith("+json"))
+
+
 # -- the application --------------------------------------------------------------------------------------
 class PushServer:
     """The push receiver and its drain thread. ``start()``/``stop()``, or a context manager."""
@@ -137,9 +199,17 @@ class PushServer:
     def __init__(self, settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, path: str = DEFAULT_PATH,
                  drain: bool = True, drain_interval: float = 2.0, tls_cert: str | None = None,
                  tls_key: str | None = None, max_connections: int = 128, inbox_retention_days: float = 7.0,
-                 store: Store | None = None, worker_factory: Callable[[threading.Event], Any] | None = None):
+                 store: Store | None = None, worker_factory: Callable[[threading.Event], Any] | None = None,
+                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S, max_connections_per_client: int | None = None):
         if not path.startswith("/"):
             raise UsageError(f"--path must start with / (got {path!r})")
+        if path in (HEALTH_PATH, OPENAPI_PATH):
+            raise UsageError(f"--path {path} is taken by the server itself")
+        if not 0 < request_timeout <= MAX_REQUEST_TIMEOUT_S:
+            raise UsageError(f"--request-timeout must be more than 0 and at most {MAX_REQUEST_TIMEOUT_S:g} seconds")
+        per_client = max(1, max_connections // 4) if max_connections_per_client is None else max_connections_per_client
+        if per_client < 1:
+            raise UsageError("--max-connections-per-client must be at least 1")
         if drain_interval <= 0:
             raise UsageError("--drain-interval must be positive")
         self.settings = settings
@@ -148,6 +218,8 @@ class PushServer:
             register_secret(settings.push_secret.value)
         self.path = path
         self.max_body = settings.push_max_body_bytes
+        self.request_timeout = float(request_timeout)
+        self.max_connections_per_client = min(per_client, max_connections)
         self.store = store or Store(settings.store_path)
         self.drain_interval = drain_interval
         self.inbox_retention = dt.timedelta(days=inbox_retention_days)
@@ -165,7 +237,8 @@ class PushServer:
         self._drain_thread: threading.Thread | None = None
         context = _tls_context(tls_cert, tls_key) if tls_cert or tls_key else None
         self.scheme = "https" if context else "http"
-        self._httpd = _HTTPServer((host, port), self, context, max_connections)
+        self._httpd = _HTTPServer((host, port), self, context, max_connections, self.max_connections_per_client)
+        self._openapi: bytes | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
     @property
@@ -178,6 +251,7 @@ class PushServer:
         return f"{self.scheme}://{'127.0.0.1' if host == '0.0.0.0' else host}:{self.port}{self.path}"
 
     def start(self) -> PushServer:
+        self._httpd.deadlines.start()
         self._serve_thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                               name="sfsync-serve", daemon=True)
         self._serve_thread.start()
@@ -202,6 +276,7 @@ class PushServer:
             self._idle.wait_for(lambda: self._inflight == 0, timeout=grace_seconds)
         self._httpd.close_connections()  # idle keep-alive connections
         self._httpd.server_close()
+        self._httpd.deadlines.close()
         if self._serve_thread is not None:
             self._serve_thread.join(timeout=5)
             self._serve_thread = None
@@ -253,24 +328,35 @@ class PushServer:
         return Reply(200, {"stored": stored, "duplicates": len(reports) - stored})
 
     def _validated(self, body: bytes) -> list[tuple[str, dict[str, Any]]]:
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadPush(f"the body is not JSON ({exc})") from None
-        items = reports_in(payload)
+        items = reports_in(parse_json_body(body))
         valid: list[tuple[str, dict[str, Any]]] = []
         for index, item in enumerate(items):
-            raw = normalise_pushed(item)
             try:
+                raw = normalise_pushed(item)
                 report = parse_report(raw, "push")
             except InvalidReport as exc:
                 where = f"report {index}" + (f" ({exc.report_id})" if exc.report_id else "")
                 raise BadPush(f"{where}: {exc.reason}") from None
+            except Exception as exc:
+                # The body made the parser fail where it should have said why: still the body's
+                # fault for the sender (400, never stored), and logged as the parser's gap it is.
+                log.warning("a pushed report the parser could not read (%s: %s)", type(exc).__name__, exc,
+                            exc_info=True, extra={"event": "push_parser_gap"})
+                raise BadPush(f"report {index}: unreadable ({type(exc).__name__})") from None
             if not report.report_id.strip() or not report.message_id.strip():
                 # The inbox is keyed by report id: a blank one would make distinct reports "duplicates".
                 raise BadPush(f"report {index}: blank delivery_report_id or message_id")
             valid.append((report.report_id.strip(), raw))
         return valid
+
+    def openapi(self) -> bytes:
+        """The OpenAPI description of this receiver, as served at ``/openapi.json``."""
+        if self._openapi is None:
+            document = openapi_document(
+                push_path=self.path, health_path=HEALTH_PATH, openapi_path=OPENAPI_PATH, auth=self.auth,
+                max_body=self.max_body, max_depth=MAX_JSON_DEPTH)
+            self._openapi = json.dumps(document, indent=1).encode()
+        return self._openapi
 
     def health(self) -> tuple[int, dict[str, Any]]:
         try:
@@ -384,35 +470,137 @@ def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext:
 
 
 # -- HTTP ------------------------------------------------------------------------------------------------
+class _Deadlines:
+    """The whole-request deadline: a connection whose request (TLS handshake, request line, headers
+    and body) has not fully arrived ``seconds`` after its first byte has its reading side shut, so
+    the handler's blocked read ends at once. A per-read timeout cannot do this: a client sending a
+    byte now and then never lets one read time out (slowloris). One thread watches every connection."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._due: dict[socket.socket, tuple[float, str]] = {}
+        self._expired: set[socket.socket] = set()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._watch, name="sfsync-deadlines", daemon=True)
+            self._thread.start()
+
+    def arm(self, conn: socket.socket, peer: str) -> None:
+        with self._cond:  # no wake-up: every deadline armed now falls after those already armed
+            self._expired.discard(conn)
+            self._due[conn] = (time.monotonic() + self.seconds, peer)
+
+    def disarm(self, conn: socket.socket) -> bool:
+        """Stop the clock; True when the deadline had already passed (the connection was cut)."""
+        with self._cond:
+            self._due.pop(conn, None)
+            return conn in self._expired
+
+    def expired(self, conn: socket.socket) -> bool:
+        with self._cond:
+            return conn in self._expired
+
+    def forget(self, conn: socket.socket) -> None:
+        with self._cond:
+            self._due.pop(conn, None)
+            self._expired.discard(conn)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _watch(self) -> None:
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                for conn, (due, peer) in list(self._due.items()):
+                    if due <= now:
+                        self._cut(conn, peer)
+                # Looks again at least every quarter deadline: one armed meanwhile is then cut late by
+                # at most that.
+                next_due = min((due for due, _ in self._due.values()), default=now + self.seconds / 4)
+                self._cond.wait(timeout=min(max(0.01, next_due - now), self.seconds / 4, 1.0))
+
+    def _cut(self, conn: socket.socket, peer: str) -> None:
+        del self._due[conn]
+        self._expired.add(conn)
+        log.warning("request from %s not complete within %g s: cut off", peer, self.seconds,
+                    extra={"event": "push_request_timeout"})
+        # socket.socket's own shutdown: SSLSocket's would also drop its TLS state, and the 408 with it.
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(conn, socket.SHUT_RD)
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], app: PushServer, context: ssl.SSLContext | None,
-                 max_connections: int):
+                 max_connections: int, max_per_client: int):
         super().__init__(address, _Handler)
         self.app = app
         if context is not None:
             # The handshake runs in the connection's thread, so a slow client cannot stall accept().
             self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+        self.deadlines = _Deadlines(app.request_timeout)
+        self.max_per_client = max_per_client
         self._slots = threading.BoundedSemaphore(max_connections)
-        self._connections: set[socket.socket] = set()
+        self._connections: dict[socket.socket, str] = {}
+        self._per_client: Counter[str] = Counter()
         self._connections_lock = threading.Lock()
+        self._refusals_logged: dict[str, float] = {}
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        peer = str(client_address[0])
+        with self._connections_lock:
+            over = self._per_client[peer] >= self.max_per_client
+            if not over:
+                self._per_client[peer] += 1
+                self._connections[request] = peer
+        if over:
+            return self._refuse(request, peer)
         # A bound on connections (and so threads): beyond it, new ones wait in the listen backlog.
         while not self._slots.acquire(timeout=0.5):
             if self.app.closing.is_set():
+                self._forget(request)
                 self.shutdown_request(request)
-                return
-        with self._connections_lock:
-            self._connections.add(request)
+                return None
         try:
             super().process_request(request, client_address)
         except BaseException:
             self._release(request)
             raise
+        return None
+
+    def _refuse(self, request: socket.socket, peer: str) -> None:
+        """A client over its connection cap: 429 with Retry-After (plain HTTP; a TLS connection is
+        just closed, as a handshake here would stall accept()), without a thread."""
+        self.app._count("refused_per_client")
+        now = time.monotonic()
+        if now - self._refusals_logged.get(peer, -60.0) >= 60.0:  # once a minute per client, not per flood
+            if len(self._refusals_logged) >= 1024:  # many addresses (IPv6): bounded memory, some lines more
+                self._refusals_logged.clear()
+            self._refusals_logged[peer] = now
+            log.warning("%s holds %d connections, its limit: refusing more", peer, self.max_per_client,
+                        extra={"event": "push_per_client_limit"})
+        if not isinstance(request, ssl.SSLSocket):
+            body = json.dumps({"error": "too many connections from your address",
+                               "limit": self.max_per_client}).encode()
+            head = (f"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\nRetry-After: {RETRY_AFTER_S}\r\nConnection: close\r\n\r\n")
+            with contextlib.suppress(OSError):
+                request.settimeout(0.5)
+                request.sendall(head.encode() + body)
+        self.shutdown_request(request)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -421,12 +609,20 @@ class _HTTPServer(ThreadingHTTPServer):
             self._release(request)
             self.app.store.close()  # this thread's SQLite connection
 
-    def _release(self, request: Any) -> None:
+    def _forget(self, request: Any) -> bool:
         with self._connections_lock:
-            if request not in self._connections:
-                return
-            self._connections.discard(request)
-        self._slots.release()
+            peer = self._connections.pop(request, None)
+            if peer is None:
+                return False
+            self._per_client[peer] -= 1
+            if self._per_client[peer] <= 0:
+                del self._per_client[peer]
+        self.deadlines.forget(request)
+        return True
+
+    def _release(self, request: Any) -> None:
+        if self._forget(request):
+            self._slots.release()
 
     def close_connections(self) -> None:
         with self._connections_lock:
@@ -443,85 +639,178 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: MessageMedia and the simulator reuse connections
     server_version = "sfsync"
     sys_version = ""
-    timeout = 15  # a stalled or idle connection gives its thread back
+    timeout = IDLE_TIMEOUT_S  # per read: an idle connection gives its thread back
     server: _HTTPServer
+    _replied = False
 
     def setup(self) -> None:
         super().setup()
         with contextlib.suppress(OSError):
             self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if isinstance(self.request, ssl.SSLSocket):
+            self.server.deadlines.arm(self.request, self.client_address[0])
             try:
                 self.request.do_handshake()
             except (OSError, ssl.SSLError):
                 self.close_connection = True
                 raise
+            finally:
+                self.server.deadlines.disarm(self.request)
+
+    def handle_one_request(self) -> None:
+        """One request, under the whole-request deadline from its first byte."""
+        try:
+            first = self._peek()  # waits for a new request up to the idle timeout
+        except (TimeoutError, OSError, ssl.SSLError):
+            first = b""
+        if not first:
+            self.close_connection = True
+            return
+        self._replied = False
+        self.server.deadlines.arm(self.connection, self.client_address[0])
+        try:
+            super().handle_one_request()
+        finally:
+            if self.server.deadlines.disarm(self.connection):
+                self.close_connection = True
+
+    def _peek(self) -> bytes:
+        rfile = self.rfile
+        if isinstance(rfile, io.BufferedReader):
+            return rfile.peek(1)
+        return b"-"  # unbuffered (never, with the default rbufsize): no way to wait without consuming
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.client_address[0], *args)
 
     # -- routes ----------------------------------------------------------------------------------------
     def do_GET(self) -> None:
-        self._get(head=False)
+        self._guarded(lambda: self._get(head=False))
 
     def do_HEAD(self) -> None:
-        self._get(head=True)
-
-    def _get(self, head: bool) -> None:
-        path = urlsplit(self.path).path
-        if path == HEALTH_PATH:
-            status, payload = self.server.app.health()
-            return self._reply(Reply(status, payload), head=head)
-        if path == self.server.app.path:
-            return self._reply(Reply(405, {"error": "method not allowed: POST delivery reports here"}), head=head)
-        return self._reply(Reply(404, {"error": "not found"}), head=head)
+        self._guarded(lambda: self._get(head=True))
 
     def do_POST(self) -> None:
         app = self.server.app
         app.request_started()
         try:
-            self._post(app)
+            self._guarded(lambda: self._post(app))
         finally:
             app.request_finished()
 
-    def _post(self, app: PushServer) -> None:
-        if urlsplit(self.path).path != app.path:
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (bad request line, headers too long, unknown method)
+        in JSON like every other answer; an unknown method is 405 (or 404 off our paths), not 501."""
+        if code == 501:
+            return self._not_allowed()
+        with contextlib.suppress(OSError):
+            self._reply(Reply(code, {"error": message or self.responses.get(code, ("error",))[0]}, close=True),
+                        head=getattr(self, "command", None) == "HEAD")
+        return None
+
+    def _not_allowed(self) -> None:
+        path = urlsplit(self.path).path
+        allow = "POST" if path == self.server.app.path else "GET, HEAD" if path in (HEALTH_PATH, OPENAPI_PATH) else None
+        if allow is None:
             return self._reply(Reply(404, {"error": "not found"}, close=True))
+        return self._reply(Reply(405, {"error": "method not allowed"}, close=True), allow=allow)
+
+    def _guarded(self, route: Callable[[], None]) -> None:
+        """Every request gets an answer: a failure of ours is logged and answered 500 (never 2xx,
+        so nothing unstored is acknowledged), instead of a connection dropped without a word."""
+        try:
+            route()
+        except AbortConnection:
+            self._abort()
+        except Exception as exc:
+            log.error("failed answering %s %s from %s: %s: %s", self.command, urlsplit(self.path).path,
+                      self.client_address[0], type(exc).__name__, exc, exc_info=True,
+                      extra={"event": "serve_internal_error"})
+            self.close_connection = True
+            if not self._replied:
+                with contextlib.suppress(OSError):
+                    self._reply(Reply(500, {"error": "internal error"}, close=True), head=self.command == "HEAD")
+
+    def _request_read(self) -> bool:
+        """The request has fully arrived: stop its clock. False (answered 408) when it came too late."""
+        if not self.server.deadlines.disarm(self.connection):
+            return True
+        self._reply(Reply(408, {"error": "request timeout", "limit_seconds": self.server.app.request_timeout},
+                          close=True))
+        return False
+
+    def _get(self, head: bool) -> None:
+        if not self._request_read():
+            return None
+        path = urlsplit(self.path).path
+        if path == HEALTH_PATH:
+            status, payload = self.server.app.health()
+            return self._reply(Reply(status, payload), head=head)
+        if path == OPENAPI_PATH:
+            return self._send(200, self.server.app.openapi(), head=head)
+        if path == self.server.app.path:
+            return self._reply(Reply(405, {"error": "method not allowed: POST delivery reports here"}), head=head,
+                               allow="POST")
+        return self._reply(Reply(404, {"error": "not found"}), head=head)
+
+    def _refuse_method(self) -> None:
+        self._guarded(self._not_allowed)
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _refuse_method
+
+    def _post(self, app: PushServer) -> None:
+        if self.server.deadlines.expired(self.connection):
+            self._request_read()  # the headers were cut short: say so, read nothing more
+            return None
+        if urlsplit(self.path).path != app.path:
+            return self._not_allowed()
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
             return self._reply(Reply(411, {"error": "send a Content-Length, not chunked encoding"}, close=True))
-        length_text = self.headers.get("Content-Length")
-        if length_text is None:
+        lengths = set(self.headers.get_all("Content-Length") or [])
+        if not lengths:
             return self._reply(Reply(411, {"error": "Content-Length required"}, close=True))
-        try:
-            length = int(length_text)
-            if length < 0:
-                raise ValueError
-        except ValueError:
+        length_text = lengths.pop().strip()
+        if lengths or not re.fullmatch(r"[0-9]{1,18}", length_text):
             return self._reply(Reply(400, {"error": "malformed", "reason": "bad Content-Length"}, close=True))
+        length = int(length_text)
         if length > app.max_body:
             app._count("too_large")
             log.warning("push refused from %s: %d bytes, over the limit of %d", self.client_address[0], length,
                         app.max_body, extra={"event": "push_too_large"})
             return self._reply(Reply(413, {"error": "too large", "limit_bytes": app.max_body}, close=True))
+        if not json_content_type(self.headers.get("Content-Type")):
+            app._count("unsupported_type")
+            log.warning("push refused from %s: Content-Type %r is not JSON", self.client_address[0],
+                        self.headers.get("Content-Type"), extra={"event": "push_unsupported_type"})
+            return self._reply(Reply(415, {"error": "unsupported media type", "accepted": "application/json"},
+                                     close=True))
         body = self.rfile.read(length)
+        if not self._request_read():
+            return None
         if len(body) < length:
             self.close_connection = True  # the client went away mid-body: nothing to answer
             return None
-        try:
-            reply = app.receive(self.command, self.path, self.request_version, self.headers.get, body,
-                                self.client_address[0])
-        except AbortConnection:
-            return self._abort()
+        reply = app.receive(self.command, self.path, self.request_version, self.headers.get, body,
+                            self.client_address[0])
         return self._reply(reply)
 
     # -- answers ---------------------------------------------------------------------------------------
-    def _reply(self, reply: Reply, head: bool = False) -> None:
-        body = json.dumps(reply.payload).encode()
-        close = reply.close or self.server.app.closing.is_set()
-        self.send_response(reply.status)
+    def _reply(self, reply: Reply, head: bool = False, allow: str | None = None) -> None:
+        headers = {"Allow": allow} if allow else {}
+        if reply.status in (429, 503):
+            headers["Retry-After"] = str(RETRY_AFTER_S)
+        self._send(reply.status, json.dumps(reply.payload).encode(), head=head, close=reply.close, headers=headers)
+
+    def _send(self, status: int, body: bytes, *, head: bool = False, close: bool = False,
+              headers: dict[str, str] | None = None) -> None:
+        self._replied = True
+        close = close or self.server.app.closing.is_set()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         if close:
             self.send_header("Connection", "close")
             self.close_connection = True
@@ -560,6 +849,12 @@ def register(sub: Any) -> None:
     parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
     parser.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     parser.add_argument("--max-connections", type=int, default=128, help="concurrent connections (default 128)")
+    parser.add_argument("--max-connections-per-client", type=int, metavar="N",
+                        help="concurrent connections from one client address, more get 429 (default: a quarter "
+                             "of --max-connections; behind a proxy, set it to --max-connections)")
+    parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S, metavar="SECONDS",
+                        help="a whole request (headers and body) must arrive within this, or the connection is "
+                             f"cut (default {DEFAULT_REQUEST_TIMEOUT_S:g}, at most {MAX_REQUEST_TIMEOUT_S:g})")
     parser.add_argument("--inbox-retention-days", type=float, default=7.0,
                         help="keep processed pushes this long to recognise duplicates (default 7)")
     parser.set_defaults(func=serve_command)
@@ -577,7 +872,9 @@ def serve_command(args: argparse.Namespace) -> int:
     try:
         server = PushServer(settings, host=args.host, port=args.port, path=args.path, drain=not args.no_drain,
                             drain_interval=args.drain_interval, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                            max_connections=args.max_connections, inbox_retention_days=args.inbox_retention_days)
+                            max_connections=args.max_connections, inbox_retention_days=args.inbox_retention_days,
+                            request_timeout=args.request_timeout,
+                            max_connections_per_client=args.max_connections_per_client)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {args.host}:{args.port} ({exc})") from exc
     with server:
