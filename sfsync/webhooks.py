@@ -16,7 +16,8 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from sfsync.config import Settings
+from sfsync import bounds
+from sfsync.config import HEADER_VALUE, Settings
 from sfsync.errors import EXIT_OK, UsageError
 from sfsync.messagemedia import WEBHOOK_EVENTS
 
@@ -42,9 +43,16 @@ def dr_template(task_key: str) -> str:
 
 def check_url(url: str) -> str:
     """https, or http on loopback only (a test receiver): reports carry phone numbers."""
-    parts = urlsplit(url)
-    if not parts.hostname or parts.scheme not in ("https", "http"):
-        raise UsageError(f"--url must be an absolute https:// URL (got {url!r})")
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port != 0
+    except ValueError:
+        parts, port_ok = urlsplit(""), False
+    if "@" in parts.netloc:
+        raise UsageError("--url must not carry a user name or password (the part before '@'); "
+                         "'sfsync serve' authenticates pushes by SFSYNC_PUSH_SECRET or signatures")
+    if not parts.hostname or parts.scheme not in ("https", "http") or not port_ok:
+        raise UsageError("--url must be an absolute https:// URL with a host and a valid port, path included")
     if parts.scheme == "http":
         try:
             loopback = ipaddress.ip_address(parts.hostname).is_loopback
@@ -92,9 +100,11 @@ def register(sub: Any) -> None:
     install.add_argument("--url", required=True, help="public https URL of 'sfsync serve', path included")
     install.add_argument("--secret-header-value", metavar="VALUE",
                          help="shared secret to send (default: SFSYNC_PUSH_SECRET; prefer that: argv is visible)")
-    install.add_argument("--read-timeout", type=int, default=5000, help="sent as read_timeout (default 5000)")
-    install.add_argument("--retries", type=int, default=5, help="sent as retries (default 5)")
-    install.add_argument("--retry-delay", type=int, default=30, help="sent as retry_delay (default 30)")
+    install.add_argument("--read-timeout", type=bounds.whole(1, 60_000), default=5000,
+                         help="sent as read_timeout, milliseconds (default 5000, at most 60000)")
+    install.add_argument("--retries", type=bounds.whole(0, 10), default=5, help="sent as retries (default 5)")
+    install.add_argument("--retry-delay", type=bounds.whole(5, 60), default=30,
+                         help="sent as retry_delay, seconds (default 30, 5 to 60)")
     install.add_argument("--replace", action="store_true", help="delete a webhook already sending to --url first")
     listing = actions.add_parser("list", parents=[common_options()], help="the account's webhooks")
     listing.add_argument("--json", action="store_true")
@@ -127,6 +137,9 @@ def webhooks_command(args: argparse.Namespace) -> int:
 
     if args.secret_header_value:
         register_secret(args.secret_header_value)
+        if not HEADER_VALUE.match(args.secret_header_value):
+            raise UsageError("--secret-header-value must be visible ASCII characters only, without spaces "
+                             "(it travels in an HTTP header)")
     body = webhook_body(settings, args.url, secret=args.secret_header_value, read_timeout=args.read_timeout,
                         retries=args.retries, retry_delay=args.retry_delay)
     if not body["headers"]:
