@@ -20,6 +20,7 @@ from sfsync.cli import build_parser
 from sfsync.config import NUMBERS, VARIABLES, Settings, load_settings
 from sfsync.errors import ConfigError
 from sfsync.push_auth import AuthFailed, check_date
+from sfsync.sim.cli import build_parser as build_sim_parser
 from sfsync.sim.harness import Simulators
 from sfsync.sim.tls import EphemeralCA
 
@@ -121,9 +122,10 @@ def _numeric_options(parser: argparse.ArgumentParser, prefix: str = "") -> list[
 
 def test_no_command_line_option_takes_an_unbounded_number() -> None:
     # `report --days` is a duration option (another module's); `sim` parses its own options.
-    unbounded = [name for name, action in _numeric_options(build_parser())
-                 if action.type in (int, float) and name != "report --days"]
+    options = _numeric_options(build_parser()) + _numeric_options(build_sim_parser(), "sim ")
+    unbounded = [name for name, action in options if action.type in (int, float) and name != "report --days"]
     assert unbounded == []
+    assert len(options) > 30
 
 
 OPTION_CASES = [
