@@ -120,16 +120,16 @@ class Settings:
 # variable -> (attribute, kind)
 VARIABLES: dict[str, tuple[str, str]] = {
     "SFSYNC_MM_BASE_URL": ("mm_base_url", "url"),
-    "SFSYNC_MM_API_KEY": ("mm_api_key", "str"),
-    "SFSYNC_MM_API_SECRET": ("mm_api_secret", "secret"),
-    "SFSYNC_MM_ACCOUNT": ("mm_account", "str"),
+    "SFSYNC_MM_API_KEY": ("mm_api_key", "header_str"),
+    "SFSYNC_MM_API_SECRET": ("mm_api_secret", "header_secret"),
+    "SFSYNC_MM_ACCOUNT": ("mm_account", "header_str"),
     "SFSYNC_SF_LOGIN_URL": ("sf_login_url", "url"),
     "SFSYNC_SF_CLIENT_ID": ("sf_client_id", "str"),
     "SFSYNC_SF_CLIENT_SECRET": ("sf_client_secret", "secret"),
     "SFSYNC_SF_USERNAME": ("sf_username", "str"),
     "SFSYNC_SF_PRIVATE_KEY_FILE": ("sf_private_key_file", "str"),
     "SFSYNC_SF_INSTANCE_URL": ("sf_instance_url", "url"),
-    "SFSYNC_SF_ACCESS_TOKEN": ("sf_access_token", "secret"),
+    "SFSYNC_SF_ACCESS_TOKEN": ("sf_access_token", "header_secret"),
     "SFSYNC_SF_API_VERSION": ("sf_api_version", "version"),
     "SFSYNC_FIELD_STATUS": ("field_status", "field"),
     "SFSYNC_FIELD_CODE": ("field_code", "field"),
@@ -222,11 +222,13 @@ def check_ca_bundle(name: str, raw: str) -> str:
     return raw
 
 
-def check_header_secret(name: str, raw: str) -> Secret:
+def check_header_value(name: str, raw: str) -> str:
+    """A value sent in an HTTP header (a shared secret, Basic or Bearer credentials, the Account id):
+    the error never repeats it."""
     if raw and not HEADER_VALUE.match(raw):
         raise ConfigError(f"{name} must be visible ASCII characters only, without spaces (it travels in an "
-                          "HTTP header, where other characters never match); e.g. $(openssl rand -hex 32)")
-    return Secret(raw)
+                          "HTTP header, where other characters never match); a secret: e.g. $(openssl rand -hex 32)")
+    return raw
 
 
 def _convert(name: str, kind: str, raw: str) -> object:
@@ -239,7 +241,9 @@ def _convert(name: str, kind: str, raw: str) -> object:
         if kind == "ca_bundle":
             return check_ca_bundle(name, raw)
         if kind == "header_secret":
-            return check_header_secret(name, raw)
+            return Secret(check_header_value(name, raw))
+        if kind == "header_str":
+            return check_header_value(name, raw)
         if kind == "secret":
             return Secret(raw)
         if kind == "field":

@@ -232,6 +232,15 @@ def test_a_header_unsafe_push_secret_is_refused_at_start(secret: str, tmp_path: 
     assert "--secret-header-value" in install.stderr and secret not in install.stderr + install.stdout
 
 
+@pytest.mark.parametrize("variable", ["SFSYNC_MM_API_KEY", "SFSYNC_MM_API_SECRET", "SFSYNC_MM_ACCOUNT",
+                                      "SFSYNC_SF_ACCESS_TOKEN", "SFSYNC_PUSH_SECRET"])
+def test_every_value_sent_in_a_header_must_be_header_safe(variable: str) -> None:
+    value = "geheim-schlüssel-0123456789"
+    with pytest.raises(ConfigError, match=variable) as caught:
+        load_settings(environ={variable: value})
+    assert value not in str(caught.value)
+
+
 def test_serve_refuses_a_nan_replay_bound_and_a_1970_push_is_never_accepted(tmp_path: Path) -> None:
     env = base_env(tmp_path, SFSYNC_PUSH_SECRET="a" * 32, SFSYNC_PUSH_MAX_SKEW_SECONDS="nan")
     result = sfsync("serve", "--port", "0", "--no-drain", env=env, cwd=tmp_path)
