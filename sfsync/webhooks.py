@@ -81,9 +81,13 @@ def webhook_body(settings: Settings, url: str, *, secret: str | None = None, rea
 
 
 def _redacted(hook: dict[str, Any]) -> dict[str, Any]:
+    from sfsync.logs import redact_urls
+
     headers = hook.get("headers")
     if isinstance(headers, dict):
-        return {**hook, "headers": {k: "***" for k in headers}}
+        hook = {**hook, "headers": {k: "***" for k in headers}}
+    if isinstance(hook.get("url"), str):  # a webhook made elsewhere may carry a password in its URL
+        hook = {**hook, "url": redact_urls(hook["url"])}
     return hook
 
 

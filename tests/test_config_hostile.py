@@ -249,3 +249,21 @@ def test_serve_refuses_a_nan_replay_bound_and_a_1970_push_is_never_accepted(tmp_
     for bound in (float("nan"), 300.0):  # even a bound that slipped through cannot accept it
         with pytest.raises(AuthFailed):
             check_date("Thu, 01 Jan 1970 00:00:00 GMT", now, bound)
+
+
+def test_webhooks_list_never_shows_a_password_in_a_webhook_url(sims: Simulators, tmp_path: Path) -> None:
+    from sfsync.http import make_session
+
+    info = sims.info()
+    with make_session(info["ca_bundle"]) as session:
+        session.auth = (info["mm_api_key"], info["mm_api_secret"])
+        created = session.post(info["messagemedia_url"] + "/v1/webhooks/messages", timeout=10, json={
+            "url": f"https://hook:{PASSWORD}@example.com/delivery-reports", "method": "POST", "encoding": "JSON",
+            "events": ["DELIVERED_DR"], "template": '{"id":"$drId"}'})
+        assert created.status_code == 201, created.text
+    env = {**base_env(tmp_path), **sims.env(), "SFSYNC_STATE_DIR": str(tmp_path / "state")}
+    for args in (["webhooks", "list"], ["webhooks", "list", "--json"]):
+        result = sfsync(*args, env=env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "example.com/delivery-reports" in result.stdout
+        assert PASSWORD not in result.stdout + result.stderr
