@@ -7,6 +7,7 @@ import argparse
 import json
 from typing import Any
 
+from sfsync import bounds
 from sfsync.errors import UsageError
 
 
@@ -35,9 +36,10 @@ def register(sub: Any) -> None:
     parser.add_argument("--from-salesforce", action="store_true",
                         help="select Tasks created in the window whose SMS Status is empty or not final, and look "
                              "each message up at MessageMedia")
-    parser.add_argument("--bulk-threshold", type=int, default=2000, metavar="N",
+    parser.add_argument("--bulk-threshold", type=bounds.whole(0, 10**9), default=2000, metavar="N",
                         help="write with Bulk API 2.0 when more than N Tasks change (default 2000)")
-    parser.add_argument("--max-pages", type=int, metavar="N", help="stop after N pages (continue with --resume)")
+    parser.add_argument("--max-pages", type=bounds.whole(1, 10**9), metavar="N",
+                        help="stop after N pages (continue with --resume)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted backfill of this window")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the changes it would make (and a count per SMS Status); write nothing")
@@ -59,10 +61,6 @@ def options_from(args: argparse.Namespace) -> Any:
     if args.from_salesforce and (statuses or pairs):
         raise UsageError("--status and --metadata filter MessageMedia's reporting API; --from-salesforce selects "
                          "Tasks instead and takes neither")
-    if args.bulk_threshold < 0:
-        raise UsageError("--bulk-threshold must be 0 or more")
-    if args.max_pages is not None and args.max_pages < 1:
-        raise UsageError("--max-pages must be at least 1")
     return BackfillOptions(window, from_salesforce=args.from_salesforce, statuses=statuses,
                            metadata_key=next(iter(keys), ""), metadata_values=tuple(v for _, _, v in pairs),
                            bulk_threshold=args.bulk_threshold, resume=args.resume, dry_run=args.dry_run,

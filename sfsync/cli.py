@@ -103,9 +103,12 @@ def exit_status(command: Callable[[], int]) -> int:
     try:
         return command()
     except SfsyncError as exc:
-        log.error("%s", exc, extra={"event": "error", "error": type(exc).__name__})
-        if not logging.getLogger().handlers:
-            print(f"sfsync: {exc}", file=sys.stderr)
+        if logging.getLogger().handlers:  # the log redacts secrets and URL user-info
+            log.error("%s", exc, extra={"event": "error", "error": type(exc).__name__})
+        else:  # before logging is set up (a configuration error): once, on stderr
+            from sfsync.logs import redact_urls
+
+            print(f"sfsync: {redact_urls(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("sfsync: interrupted", file=sys.stderr)

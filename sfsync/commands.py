@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from sfsync import bounds
 from sfsync.errors import EXIT_OK, RemoteError, UsageError
 
 log = logging.getLogger("sfsync")
@@ -70,16 +71,18 @@ def _run(sub: Any) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="one batch (at most 100 reports), then stop")
     mode.add_argument("--loop", action="store_true", help="run again every --interval seconds until SIGTERM")
-    parser.add_argument("--interval", type=float, default=60.0, metavar="SECONDS", help="pause between loop runs")
-    parser.add_argument("--max-reports", type=int, metavar="N", help="stop after N reports")
-    parser.add_argument("--max-seconds", type=float, metavar="S", help="stop starting new batches after S seconds")
+    parser.add_argument("--interval", type=bounds.option(0.1, 86400), default=60.0, metavar="SECONDS",
+                        help="pause between loop runs (0.1 to 86400)")
+    parser.add_argument("--max-reports", type=bounds.whole(1, 10**9), metavar="N", help="stop after N reports")
+    parser.add_argument("--max-seconds", type=bounds.positive(7 * 86400), metavar="S",
+                        help="stop starting new batches after S seconds")
     parser.add_argument("--dry-run", action="store_true",
                         help="fetch, resolve, match and print what would be written; write and confirm nothing")
     parser.add_argument("--retry-waiting", action="store_true",
                         help="retry every report waiting for its Task now, ignoring its back-off")
     parser.add_argument("--inbox", action="store_true", help="drain pushed reports stored by 'sfsync serve'")
     parser.add_argument("--metrics-file", metavar="PATH", help="write Prometheus metrics here after each run")
-    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+    parser.add_argument("--metrics-port", type=bounds.PORT_OR_ANY, metavar="PORT",
                         help="with --loop: serve GET /metrics on this port (0: any free port)")
     parser.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
     parser.set_defaults(func=run_command)
@@ -88,8 +91,6 @@ def _run(sub: Any) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from sfsync.worker import RunOptions, Worker
 
-    if args.max_reports is not None and args.max_reports < 1:
-        raise UsageError("--max-reports must be at least 1")
     settings = settings_for(args, messagemedia=not args.inbox)
     stop = stop_on_signals()
     worker = Worker(settings, stop=stop)
@@ -160,7 +161,7 @@ def _print_changes(changes: list[dict[str, Any]], counts: Any, status_field: str
 def _status(sub: Any) -> None:
     parser = sub.add_parser("status", parents=[common_options()], help="last runs, waiting and dead-letter counts")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--runs", type=int, default=5, help="how many recent runs to show")
+    parser.add_argument("--runs", type=bounds.whole(1, 1000), default=5, help="how many recent runs to show")
     parser.set_defaults(func=status_command)
 
 
@@ -192,10 +193,11 @@ def _dead_letters(sub: Any) -> None:
     parser = sub.add_parser("dead-letters", parents=[common_options()],
                             help="list, show, retry or purge reports that could not be applied")
     parser.add_argument("action", choices=("list", "show", "retry", "purge"))
-    parser.add_argument("ids", nargs="*", type=int, help="dead letter ids (show, retry); retry without ids: all")
+    parser.add_argument("ids", nargs="*", type=bounds.whole(1, bounds.SQLITE_INT_MAX),
+                        help="dead letter ids (show, retry); retry without ids: all")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--limit", type=int, default=100)
-    parser.add_argument("--older-than-days", type=float, help="purge only letters older than this")
+    parser.add_argument("--limit", type=bounds.whole(1, 10**6), default=100)
+    parser.add_argument("--older-than-days", type=bounds.option(0, 36500), help="purge only letters older than this")
     parser.add_argument("--yes", action="store_true", help="purge without asking")
     parser.set_defaults(func=dead_letters_command)
 
@@ -290,9 +292,9 @@ def _sim(sub: Any) -> None:
 # -- sfsync demo ------------------------------------------------------------------------------------------
 def _demo(sub: Any) -> None:
     parser = sub.add_parser("demo", help="run the whole job against the bundled simulators (no set-up needed)")
-    parser.add_argument("--tasks", type=int, default=300, help="how many Tasks to seed")
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--rows", type=int, default=25, help="Task rows to print")
+    parser.add_argument("--tasks", type=bounds.whole(1, 100_000), default=300, help="how many Tasks to seed")
+    parser.add_argument("--seed", type=bounds.whole(0, 2**32 - 1), default=7)
+    parser.add_argument("--rows", type=bounds.whole(0, 100_000), default=25, help="Task rows to print")
 
     def run(args: argparse.Namespace) -> int:
         from sfsync.demo import main as demo_main

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from dotenv import dotenv_values
 
+from sfsync.bounds import PORT_MAX, OutOfRange, Range
 from sfsync.errors import ConfigError
+from sfsync.logs import redact_urls
 
 SALESFORCE_ID_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(__c)?$")
 
@@ -47,7 +50,7 @@ class Secret:
         return hash(self._value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     # MessageMedia
     mm_base_url: str = "https://api.messagemedia.com"
@@ -88,6 +91,9 @@ class Settings:
     push_max_skew_seconds: float = 300.0
     push_max_body_bytes: int = 65536
 
+    def __repr__(self) -> str:
+        return f"Settings({', '.join(f'{k}={v}' for k, v in describe(self).items())})"
+
     @property
     def sf_auth_mode(self) -> str:
         if self.sf_access_token:
@@ -115,9 +121,9 @@ class Settings:
 # variable -> (attribute, kind)
 VARIABLES: dict[str, tuple[str, str]] = {
     "SFSYNC_MM_BASE_URL": ("mm_base_url", "url"),
-    "SFSYNC_MM_API_KEY": ("mm_api_key", "str"),
-    "SFSYNC_MM_API_SECRET": ("mm_api_secret", "secret"),
-    "SFSYNC_MM_ACCOUNT": ("mm_account", "str"),
+    "SFSYNC_MM_API_KEY": ("mm_api_key", "header_str"),
+    "SFSYNC_MM_API_SECRET": ("mm_api_secret", "header_secret"),
+    "SFSYNC_MM_ACCOUNT": ("mm_account", "header_str"),
     "SFSYNC_SF_LOGIN_URL": ("sf_login_url", "url"),
     "SFSYNC_SF_AUDIENCE": ("sf_audience", "url"),
     "SFSYNC_SF_CLIENT_ID": ("sf_client_id", "str"),
@@ -125,7 +131,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SFSYNC_SF_USERNAME": ("sf_username", "str"),
     "SFSYNC_SF_PRIVATE_KEY_FILE": ("sf_private_key_file", "str"),
     "SFSYNC_SF_INSTANCE_URL": ("sf_instance_url", "url"),
-    "SFSYNC_SF_ACCESS_TOKEN": ("sf_access_token", "secret"),
+    "SFSYNC_SF_ACCESS_TOKEN": ("sf_access_token", "header_secret"),
     "SFSYNC_SF_API_VERSION": ("sf_api_version", "version"),
     "SFSYNC_FIELD_STATUS": ("field_status", "field"),
     "SFSYNC_FIELD_CODE": ("field_code", "field"),
@@ -133,33 +139,113 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SFSYNC_FIELD_UPDATED": ("field_updated", "field"),
     "SFSYNC_METADATA_TASK_KEY": ("metadata_task_key", "str"),
     "SFSYNC_TRUNCATE_FIELDS": ("truncate_fields", "fields"),
-    "SFSYNC_CA_BUNDLE": ("ca_bundle", "file"),
+    "SFSYNC_CA_BUNDLE": ("ca_bundle", "ca_bundle"),
     "SFSYNC_STATE_DIR": ("state_dir", "path"),
-    "SFSYNC_API_BUDGET_PCT": ("api_budget_pct", "pct"),
-    "SFSYNC_WAIT_MAX_AGE_HOURS": ("wait_max_age_hours", "float"),
-    "SFSYNC_HTTP_TIMEOUT": ("http_timeout", "float"),
-    "SFSYNC_RETRY_ATTEMPTS": ("retry_attempts", "int"),
-    "SFSYNC_RETRY_MAX_SECONDS": ("retry_max_seconds", "float"),
+    "SFSYNC_API_BUDGET_PCT": ("api_budget_pct", "number"),
+    "SFSYNC_WAIT_MAX_AGE_HOURS": ("wait_max_age_hours", "number"),
+    "SFSYNC_HTTP_TIMEOUT": ("http_timeout", "number"),
+    "SFSYNC_RETRY_ATTEMPTS": ("retry_attempts", "number"),
+    "SFSYNC_RETRY_MAX_SECONDS": ("retry_max_seconds", "number"),
     "SFSYNC_LOG_FORMAT": ("log_format", "log_format"),
     "SFSYNC_PUSH_SECRET_HEADER": ("push_secret_header", "header"),
-    "SFSYNC_PUSH_SECRET": ("push_secret", "secret"),
+    "SFSYNC_PUSH_SECRET": ("push_secret", "header_secret"),
     "SFSYNC_PUSH_PUBLIC_KEY_FILE": ("push_public_key_file", "file"),
     "SFSYNC_PUSH_AUTH_MODE": ("push_auth_mode", "auth_mode"),
-    "SFSYNC_PUSH_MAX_SKEW_SECONDS": ("push_max_skew_seconds", "float"),
-    "SFSYNC_PUSH_MAX_BODY_BYTES": ("push_max_body_bytes", "int"),
+    "SFSYNC_PUSH_MAX_SKEW_SECONDS": ("push_max_skew_seconds", "number"),
+    "SFSYNC_PUSH_MAX_BODY_BYTES": ("push_max_body_bytes", "number"),
+}
+# The one place each numeric setting's range is declared: finite, checked once at start.
+NUMBERS: dict[str, Range] = {
+    "SFSYNC_API_BUDGET_PCT": Range(0, 100, low_open=True),
+    "SFSYNC_WAIT_MAX_AGE_HOURS": Range(0, 24 * 365, low_open=True),
+    "SFSYNC_HTTP_TIMEOUT": Range(0, 600, low_open=True),
+    "SFSYNC_RETRY_ATTEMPTS": Range(1, 100, whole=True),
+    "SFSYNC_RETRY_MAX_SECONDS": Range(0, 86400, low_open=True),
+    "SFSYNC_PUSH_MAX_SKEW_SECONDS": Range(1, 3600),
+    "SFSYNC_PUSH_MAX_BODY_BYTES": Range(1024, 64 * 1024 * 1024, whole=True),
 }
 # An HTTP header name (RFC 9110 token).
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# A secret sent in an HTTP header: visible ASCII only (headers are read as Latin-1, and trimmed).
+HEADER_VALUE = re.compile(r"^[\x21-\x7e]+$")
+
+
+def check_url(name: str, raw: str) -> str:
+    """An https URL with a host, and no user-info, bad port, query or fragment. Errors name the
+    variable and never repeat the user-info (it is a password in the wrong place)."""
+    try:
+        parts = urlsplit(raw)
+    except ValueError:
+        raise ConfigError(f"{name} is not a valid URL (e.g. https://api.messagemedia.com)") from None
+    if parts.scheme.lower() != "https":
+        scheme = f"{parts.scheme}://" if parts.scheme else "no scheme"
+        raise ConfigError(f"{name} must be an https:// URL (got {scheme}); sfsync never speaks plain HTTP")
+    if "@" in parts.netloc:
+        raise ConfigError(f"{name} must not carry a user name or password (the part before '@'): sfsync "
+                          "never sends credentials in a URL; set them in their own variables")
+    shown = f"https://{parts.netloc}" if _printable(parts.netloc) else "it"
+    if not parts.hostname or not _printable(raw) or any(c.isspace() for c in raw):
+        raise ConfigError(f"{name}: {shown} is not a valid https URL with a host name")
+    if _port(parts) is None:
+        raise ConfigError(f"{name}: the port of {shown} must be a whole number from 1 to {PORT_MAX}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{name}: {shown} must have no query (?...) or fragment (#...)")
+    return raw.rstrip("/")
+
+
+def _printable(text: str) -> bool:
+    return text.isascii() and text.isprintable()
+
+
+def _port(parts: SplitResult) -> int | None:
+    """The URL's port (443 when none); None when it is not a port."""
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if port is None:
+        return None if parts.netloc.endswith(":") else 443
+    return port if 1 <= port <= PORT_MAX else None
+
+
+def check_ca_bundle(name: str, raw: str) -> str:
+    """A file of PEM certificates that ``ssl`` can load: checked now, not on the first call."""
+    if not raw:
+        return raw
+    if not Path(raw).is_file():
+        raise ConfigError(f"{name}={raw!r}: no such file")
+    try:
+        ssl.create_default_context(cafile=raw)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        raise ConfigError(f"{name}={raw!r} is not a PEM bundle of CA certificates ({reason}); give the "
+                          "PEM file (-----BEGIN CERTIFICATE-----) of the CA that signed the service's certificate"
+                          ) from None
+    return raw
+
+
+def check_header_value(name: str, raw: str) -> str:
+    """A value sent in an HTTP header (a shared secret, Basic or Bearer credentials, the Account id):
+    the error never repeats it."""
+    if raw and not HEADER_VALUE.match(raw):
+        raise ConfigError(f"{name} must be visible ASCII characters only, without spaces (it travels in an "
+                          "HTTP header, where other characters never match); a secret: e.g. $(openssl rand -hex 32)")
+    return raw
 
 
 def _convert(name: str, kind: str, raw: str) -> object:
     raw = raw.strip()
     try:
         if kind == "url":
-            parts = urlsplit(raw)
-            if parts.scheme != "https" or not parts.netloc:
-                raise ConfigError(f"{name} must be an https:// URL (got {raw!r}); sfsync never speaks plain HTTP")
-            return raw.rstrip("/")
+            return check_url(name, raw)
+        if kind == "number":
+            return NUMBERS[name].read(raw)
+        if kind == "ca_bundle":
+            return check_ca_bundle(name, raw)
+        if kind == "header_secret":
+            return Secret(check_header_value(name, raw))
+        if kind == "header_str":
+            return check_header_value(name, raw)
         if kind == "secret":
             return Secret(raw)
         if kind == "field":
@@ -183,21 +269,6 @@ def _convert(name: str, kind: str, raw: str) -> object:
             return raw
         if kind == "path":
             return Path(raw)
-        if kind == "pct":
-            value = float(raw)
-            if not 0 < value <= 100:
-                raise ConfigError(f"{name} must be a percentage between 0 and 100 (got {raw!r})")
-            return value
-        if kind == "float":
-            value = float(raw)
-            if value <= 0:
-                raise ConfigError(f"{name} must be positive (got {raw!r})")
-            return value
-        if kind == "int":
-            number = int(raw)
-            if number < 1:
-                raise ConfigError(f"{name} must be at least 1 (got {raw!r})")
-            return number
         if kind == "header":
             if not HEADER_NAME.match(raw) or raw.lower() in ("content-type", "content-length", "date", "host"):
                 raise ConfigError(f"{name}={raw!r} is not a usable HTTP header name (e.g. X-SFSync-Secret)")
@@ -210,8 +281,8 @@ def _convert(name: str, kind: str, raw: str) -> object:
             if raw not in ("auto", "json", "text"):
                 raise ConfigError(f"{name} must be auto, json or text (got {raw!r})")
             return raw
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a number (got {raw!r})") from exc
+    except OutOfRange as exc:
+        raise ConfigError(f"{name} {exc}") from None
     return raw
 
 
@@ -288,5 +359,5 @@ def describe(settings: Settings) -> dict[str, str]:
     shown: dict[str, str] = {}
     for f in fields(settings):
         value = getattr(settings, f.name)
-        shown[f.name] = ("set" if value else "not set") if isinstance(value, Secret) else str(value)
+        shown[f.name] = ("set" if value else "not set") if isinstance(value, Secret) else redact_urls(str(value))
     return shown

@@ -19,6 +19,7 @@ from sfsync.codes import default_map
 from sfsync.config import Settings, load_settings, missing_variables
 from sfsync.errors import EXIT_OK, AlreadyRunning, ConfigError, SfsyncError
 from sfsync.lock import RunLock
+from sfsync.logs import redact_urls
 
 if TYPE_CHECKING:  # the clients are imported when the checks run, so `sfsync --help` stays quick
     from sfsync.messagemedia import MessageMediaClient
@@ -198,7 +199,7 @@ def _lock(settings: Settings) -> Check:
 
 def _messagemedia(mm: MessageMediaClient) -> Check:
     mm.message(PROBE_MESSAGE_ID)  # 404 is the expected, harmless answer; 401/403 raise AuthError
-    return Check("messagemedia credentials", "ok", f"accepted by {mm.base_url}")
+    return Check("messagemedia credentials", "ok", f"accepted by {redact_urls(mm.base_url)}")
 
 
 def _token(sf: SalesforceClient) -> Check:
@@ -278,9 +279,9 @@ def _guard(name: str, check: Callable[[], Check]) -> Check:
     try:
         return check()
     except SfsyncError as exc:
-        return Check(name, "fail", str(exc))
+        return Check(name, "fail", redact_urls(str(exc)))
     except Exception as exc:  # a network failure is a finding here, not a crash
-        return Check(name, "fail", f"{type(exc).__name__}: {exc}")
+        return Check(name, "fail", redact_urls(f"{type(exc).__name__}: {exc}"))
 
 
 # -- command -----------------------------------------------------------------------------------------------

@@ -3,16 +3,23 @@
 requests lets ``REQUESTS_CA_BUNDLE`` (and ``CURL_CA_BUNDLE``) from the environment override a
 session's ``verify``: a host whose image sets it would silently ignore ``SFSYNC_CA_BUNDLE``. Our
 session keeps the bundle it was given, and never turns verification off.
+
+A certificate the CA bundle does not vouch for, and a URL no request can be made to, are
+configuration errors (exit 3), raised at once: retrying cannot help.
 """
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from sfsync import __version__
+from sfsync.errors import ConfigError
 
 USER_AGENT = f"sfsync/{__version__}"
 
@@ -26,7 +33,14 @@ class PinnedSession(requests.Session):
     def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> requests.Response:
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.default_timeout
-        return super().request(method, url, *args, **kwargs)
+        try:
+            return super().request(method, url, *args, **kwargs)
+        except (requests.exceptions.SSLError, requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+                requests.exceptions.MissingSchema) as exc:
+            problem = config_fault(exc)
+            if problem is None:
+                raise
+            raise ConfigError(f"{problem} ({_where(url)})") from exc
 
     def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
         settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
@@ -51,3 +65,41 @@ def make_session(
     session.mount("https://", adapter)
     session.headers["User-Agent"] = USER_AGENT
     return session
+
+
+def config_fault(exc: BaseException) -> str | None:
+    """What to fix when ``exc`` is a failure no retry can mend, else None (a transient failure)."""
+    if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.InvalidSchema
+                  | requests.exceptions.MissingSchema):
+        return ("not a URL a request can be made to: check the https URL settings (SFSYNC_MM_BASE_URL, "
+                "SFSYNC_SF_LOGIN_URL, SFSYNC_SF_INSTANCE_URL) and the port")
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (f"the service's TLS certificate is not trusted ({cause.verify_message or cause.reason}): "
+                    "set SFSYNC_CA_BUNDLE to a PEM file holding the CA that signed it (a corporate proxy's, or "
+                    "the simulator's), and check the host name in the URL setting")
+        if isinstance(cause, ssl.SSLError) and cause.library in ("X509", "PEM"):
+            return f"the CA bundle cannot be used ({cause.reason}): set SFSYNC_CA_BUNDLE to a PEM file of certificates"
+    return None
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything it wraps (requests wraps urllib3, which wraps ``ssl``), each once."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        todo += [e for e in linked if isinstance(e, BaseException)]
+
+
+def _where(url: Any) -> str:
+    try:
+        parts = urlsplit(str(url))
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    except ValueError:
+        return "a configured URL"

@@ -1,7 +1,8 @@
 """Logging: one JSON object per line when stderr is not a terminal, readable lines when it is.
 
 Phone numbers are masked (all but the last three digits) in every record above DEBUG, and any
-secret registered here is redacted from every record, whatever its level.
+secret registered here, and the user-info of any URL (``https://user:password@host``), is
+redacted from every record, whatever its level.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import threading
 from typing import Any
 
 PHONE = re.compile(r"(?<![\w.\-/])\+?\d{8,15}(?![\w.])")
+# scheme://user-info@; wider than RFC 3986's user-info (a raw '/' in a password must not leak the rest)
+URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^@\s'\"<>]*@")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
@@ -25,6 +28,11 @@ def register_secret(value: str) -> None:
     if value and len(value) >= 4:
         with _secrets_lock:
             _secrets.add(value)
+
+
+def redact_urls(text: str) -> str:
+    """``text`` (a URL, or a message holding URLs) without any URL's user name and password."""
+    return URL_USERINFO.sub(r"\1***@", text)
 
 
 def mask_phone(text: str) -> str:
@@ -41,6 +49,7 @@ def _clean(value: Any, mask: bool) -> Any:
         for secret in sorted(_secrets, key=len, reverse=True):  # longest first: one may contain another
             if secret in value:
                 value = value.replace(secret, "***")
+        value = redact_urls(value)
         return mask_phone(value) if mask else value
     if isinstance(value, dict):
         return {k: _clean(v, mask) for k, v in value.items()}

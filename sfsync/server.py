@@ -33,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from sfsync import bounds
 from sfsync.config import Settings
 from sfsync.errors import (
     EXIT_BUDGET,
@@ -840,22 +841,24 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 in a container behind a proxy)")
-    parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    parser.add_argument("--port", type=bounds.PORT_OR_ANY, default=8080, help="port (default 8080)")
     parser.add_argument("--path", default=DEFAULT_PATH, help=f"path that accepts pushes (default {DEFAULT_PATH})")
-    parser.add_argument("--drain-interval", type=float, default=2.0, metavar="SECONDS",
+    parser.add_argument("--drain-interval", type=bounds.option(0.1, 3600), default=2.0, metavar="SECONDS",
                         help="seconds between drains of the inbox into Salesforce (default 2)")
     parser.add_argument("--no-drain", action="store_true",
                         help="only receive; drain with 'sfsync run --inbox' (cron) instead")
     parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
     parser.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
-    parser.add_argument("--max-connections", type=int, default=128, help="concurrent connections (default 128)")
-    parser.add_argument("--max-connections-per-client", type=int, metavar="N",
+    parser.add_argument("--max-connections", type=bounds.whole(1, 10_000), default=128,
+                        help="concurrent connections (default 128)")
+    parser.add_argument("--max-connections-per-client", type=bounds.whole(1, 10_000), metavar="N",
                         help="concurrent connections from one client address, more get 429 (default: a quarter "
                              "of --max-connections; behind a proxy, set it to --max-connections)")
-    parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S, metavar="SECONDS",
+    parser.add_argument("--request-timeout", type=bounds.positive(MAX_REQUEST_TIMEOUT_S),
+                        default=DEFAULT_REQUEST_TIMEOUT_S, metavar="SECONDS",
                         help="a whole request (headers and body) must arrive within this, or the connection is "
                              f"cut (default {DEFAULT_REQUEST_TIMEOUT_S:g}, at most {MAX_REQUEST_TIMEOUT_S:g})")
-    parser.add_argument("--inbox-retention-days", type=float, default=7.0,
+    parser.add_argument("--inbox-retention-days", type=bounds.positive(3650), default=7.0,
                         help="keep processed pushes this long to recognise duplicates (default 7)")
     parser.set_defaults(func=serve_command)
 
@@ -863,10 +866,6 @@ def register(sub: Any) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     from sfsync.commands import settings_for, stop_on_signals
 
-    if args.max_connections < 1:
-        raise UsageError("--max-connections must be at least 1")
-    if args.inbox_retention_days <= 0:
-        raise UsageError("--inbox-retention-days must be positive")
     settings = settings_for(args, messagemedia=False, salesforce=not args.no_drain)
     stop = stop_on_signals()
     try:

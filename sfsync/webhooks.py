@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sfsync.config import Settings
+from sfsync import bounds
+from sfsync.config import HEADER_VALUE, Settings
 from sfsync.errors import EXIT_OK, ConfigError, RemoteError, UsageError
 from sfsync.messagemedia import WEBHOOK_EVENTS
 
@@ -66,10 +67,18 @@ def _escaped(reference: str) -> str:
 
 
 def check_url(url: str) -> str:
-    """An absolute https URL: reports carry phone numbers and the push carries the shared secret."""
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise UsageError(f"--url must be an absolute https:// URL (got {url!r})")
+    """An absolute https URL with a host and a valid port: reports carry phone numbers and the push
+    carries the shared secret. A user name or password in it is refused (and never echoed)."""
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port != 0
+    except ValueError:
+        parts, port_ok = urlsplit(""), False
+    if "@" in parts.netloc:
+        raise UsageError("--url must not carry a user name or password (the part before '@'); "
+                         "'sfsync serve' authenticates pushes by SFSYNC_PUSH_SECRET or signatures")
+    if parts.scheme != "https" or not parts.hostname or not port_ok:
+        raise UsageError("--url must be an absolute https:// URL with a host and a valid port, path included")
     return url
 
 
@@ -104,9 +113,13 @@ def webhook_body(settings: Settings, url: str, *, secret: str | None = None, rea
 
 
 def _redacted(hook: dict[str, Any]) -> dict[str, Any]:
+    from sfsync.logs import redact_urls
+
     headers = hook.get("headers")
     if isinstance(headers, dict):
-        return {**hook, "headers": {k: "***" for k in headers}}
+        hook = {**hook, "headers": {k: "***" for k in headers}}
+    if isinstance(hook.get("url"), str):  # a webhook made elsewhere may carry a password in its URL
+        hook = {**hook, "url": redact_urls(hook["url"])}
     return hook
 
 
@@ -123,10 +136,10 @@ def register(sub: Any) -> None:
     install.add_argument("--url", required=True, help="public https URL of 'sfsync serve', path included")
     install.add_argument("--secret-header-value", metavar="VALUE",
                          help="shared secret to send (default: SFSYNC_PUSH_SECRET; prefer that: argv is visible)")
-    install.add_argument("--read-timeout", type=int, default=5000, metavar="MS",
+    install.add_argument("--read-timeout", type=bounds.whole(1, 60_000), default=5000, metavar="MS",
                          help="read_timeout in milliseconds, 1 to 60000 (default 5000)")
-    install.add_argument("--retries", type=int, default=5, help="sent as retries (default 5)")
-    install.add_argument("--retry-delay", type=int, default=30, metavar="SECONDS",
+    install.add_argument("--retries", type=bounds.whole(0, 10), default=5, help="sent as retries, 0 to 10 (default 5)")
+    install.add_argument("--retry-delay", type=bounds.whole(5, 60), default=30, metavar="SECONDS",
                          help="retry_delay in seconds, 5 to 60 (default 30)")
     install.add_argument("--replace", action="store_true", help="delete a webhook already sending to --url first")
     listing = actions.add_parser("list", parents=[common_options()], help="the account's webhooks")
@@ -172,6 +185,9 @@ def webhooks_command(args: argparse.Namespace) -> int:
 
     if args.secret_header_value:
         register_secret(args.secret_header_value)
+        if not HEADER_VALUE.match(args.secret_header_value):
+            raise UsageError("--secret-header-value must be visible ASCII characters only, without spaces "
+                             "(it travels in an HTTP header)")
     body = webhook_body(settings, args.url, secret=args.secret_header_value, read_timeout=args.read_timeout,
                         retries=args.retries, retry_delay=args.retry_delay)
     if not body["headers"]:

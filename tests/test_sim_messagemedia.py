@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 
+from sfsync.errors import ConfigError
 from sfsync.http import make_session
 from sfsync.sim.base import FaultConfig, SimServer
 from sfsync.sim.messagemedia import MessageMediaSim
@@ -446,5 +447,7 @@ def test_admin_api_round_trip(sim: MessageMediaSim, server: SimServer, http: req
 
 def test_tls_is_verified_against_the_simulator_ca(server: SimServer, tmp_path: Path) -> None:
     other = EphemeralCA.create(tmp_path / "other")
-    with make_session(str(other.ca_bundle)) as s, pytest.raises(requests.exceptions.SSLError):
+    # An untrusted certificate is a configuration error (SFSYNC_CA_BUNDLE), never retried.
+    with make_session(str(other.ca_bundle)) as s, pytest.raises(ConfigError, match="SFSYNC_CA_BUNDLE") as caught:
         s.get(url(server, "/_sim/stats"), timeout=TIMEOUT)
+    assert isinstance(caught.value.__cause__, requests.exceptions.SSLError)

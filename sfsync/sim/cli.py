@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from sfsync import bounds
 from sfsync.sim.base import ALL_FAULT_KINDS, FAULT_KINDS, FaultConfig
 
 if TYPE_CHECKING:
@@ -32,25 +33,30 @@ def build_parser() -> argparse.ArgumentParser:
         "Prints one JSON line with their URLs, CA bundle and credentials.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="bind address; only 127.0.0.1 is allowed")
-    parser.add_argument("--mm-port", type=int, default=0, help="MessageMedia port (0: any free port)")
-    parser.add_argument("--sf-port", type=int, default=0, help="Salesforce port (0: any free port)")
+    parser.add_argument("--mm-port", type=bounds.PORT_OR_ANY, default=0, help="MessageMedia port (0: any free port)")
+    parser.add_argument("--sf-port", type=bounds.PORT_OR_ANY, default=0, help="Salesforce port (0: any free port)")
     parser.add_argument("--tls-dir", help="folder for the CA bundle and keys (default: a temporary one)")
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="added latency per API call, both")
-    parser.add_argument("--mm-latency-ms", type=float, help="added latency per MessageMedia call")
-    parser.add_argument("--sf-latency-ms", type=float, help="added latency per Salesforce call")
-    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of API calls that fail (0 to 1)")
+    parser.add_argument("--latency-ms", type=bounds.option(0, 60_000), default=0.0,
+                        help="added latency per API call, both")
+    parser.add_argument("--mm-latency-ms", type=bounds.option(0, 60_000), help="added latency per MessageMedia call")
+    parser.add_argument("--sf-latency-ms", type=bounds.option(0, 60_000), help="added latency per Salesforce call")
+    parser.add_argument("--fault-rate", type=bounds.option(0, 1), default=0.0,
+                        help="share of API calls that fail (0 to 1)")
     parser.add_argument(
         "--fault-kinds", default=",".join(FAULT_KINDS),
         help=f"comma list of fault kinds from {','.join(ALL_FAULT_KINDS)} (default: {','.join(FAULT_KINDS)})",
     )
-    parser.add_argument("--seed", type=int, help="seed for faults and demo data (repeatable runs)")
-    parser.add_argument("--seed-demo", type=int, default=0, metavar="N", help="seed N demo Tasks and their reports")
+    parser.add_argument("--seed", type=bounds.whole(0, 2**32 - 1),
+                        help="seed for faults and demo data (repeatable runs)")
+    parser.add_argument("--seed-demo", type=bounds.whole(0, 1_000_000), default=0, metavar="N",
+                        help="seed N demo Tasks and their reports")
     parser.add_argument(
-        "--late-after", type=float, default=10.0, metavar="SECONDS",
+        "--late-after", type=bounds.option(0, 86400), default=10.0, metavar="SECONDS",
         help="add the demo's late Tasks after this delay (default 10)",
     )
-    parser.add_argument("--token-ttl", type=int, help="Salesforce access token lifetime, seconds")
-    parser.add_argument("--daily-limit", type=int, help="Salesforce daily API request allocation")
+    parser.add_argument("--token-ttl", type=bounds.whole(1, 7 * 86400),
+                        help="Salesforce access token lifetime, seconds")
+    parser.add_argument("--daily-limit", type=bounds.whole(1, 10**9), help="Salesforce daily API request allocation")
     return parser
 
 
