@@ -416,7 +416,8 @@ class Pipeline:
         written = list(written)
         with self.store.transaction():
             applied = [c for c, a in written if a.ok]
-            self.store.record_applied([_ledger_entry(c) for c in [*applied, *unchanged]])
+            # What was written last, so that it is the Task's latest ledger entry.
+            self.store.record_applied([_ledger_entry(c) for c in [*unchanged, *applied]])
             result.counts["applied"] += len(applied)
             for change, answer in written:
                 if not answer.ok and not answer.transient:
