@@ -6,6 +6,7 @@ reports aimed at it. Kept to a few fast examples: it runs in CI on 2 cores."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -125,7 +126,7 @@ def test_no_final_status_is_ever_replaced_whatever_the_id_form(module_sims: Simu
         statuses = [o.status for o in outcomes if o.message_id == message_ids[message]] if aimed else []
         history = [h["fields"] for h in sims.sf.history(task)]
         labels = [f["SMS_Status__c"] for f in history if "SMS_Status__c" in f]
-        for before, after in zip(labels, labels[1:], strict=False):
+        for before, after in itertools.pairwise(labels):
             assert not (before in FINAL and after not in FINAL), (task, labels)
         now = sims.sf.task(task)
         assert now is not None
