@@ -20,14 +20,16 @@ import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from sfsync.codes import CodeMap, default_map, normalise_code, resolve
 from sfsync.config import Settings
 from sfsync.errors import BudgetExhausted
-from sfsync.precedence import Action, Status, decide, strongest, wins
+from sfsync.ids import canonical_id, task_id
+from sfsync.precedence import Action, Status, decide, merge, strongest, wins
 from sfsync.reports import InvalidReport, Report, format_time, parse_report, parse_time
-from sfsync.salesforce import COLLECTION_LIMIT, SalesforceClient, WriteResult, valid_task_id
+from sfsync.salesforce import COLLECTION_LIMIT, SalesforceClient, WriteResult
 from sfsync.store import LedgerEntry, Store, WaitingReport, now_utc
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,14 @@ log = logging.getLogger(__name__)
 Stage = Callable[[str], None]
 WAIT_FIRST_RETRY_S = 60.0
 WAIT_MAX_RETRY_S = 3600.0
+# A write naming a Task that is not there (another org's Id, a deleted record): for a Task found by
+# the Id in metadata, the message-id match is tried before the report is dead-lettered.
+TASK_GONE = frozenset({"INVALID_CROSS_REFERENCE_KEY", "ENTITY_IS_DELETED"})
+
+
+class MatchedBy(Enum):
+    TASK_ID = "task_id"  # the Task Id in the report's metadata
+    MESSAGE_ID = "message_id"  # the Task's message-id field
 
 
 @dataclass(frozen=True)
@@ -54,10 +64,11 @@ class Outcome:
 class Change:
     """One Task write the pipeline decided on."""
 
-    task_id: str
+    task_id: str  # canonical 18-character Id
     outcome: Outcome
     fields: dict[str, Any]
     current: Status | None
+    matched_by: MatchedBy = MatchedBy.MESSAGE_ID
 
 
 @dataclass
@@ -114,16 +125,28 @@ def collapse(outcomes: Iterable[Outcome]) -> tuple[dict[str, Outcome], list[Outc
     winners: dict[str, Outcome] = {}
     superseded: list[Outcome] = []
     for message_id, group in by_message.items():
-        best = strongest([o.status for o in group])
-        winner = next(o for o in group if o.status is best)
-        winners[message_id] = winner
+        best = strongest([o.status for o in group])  # may carry the code of a same-label report it beat
+        winner = next(o for o in group if o.status.tiebreak == best.tiebreak)
+        winners[message_id] = Outcome(winner.report, best, winner.known)
         superseded += [o for o in group if o is not winner]
     return winners, superseded
 
 
 def task_id_from_metadata(report: Report, key: str) -> str | None:
-    value = (report.metadata.get(key) or "").strip()
-    return value if value and valid_task_id(value) else None
+    """The Task Id in a report's metadata, in canonical form; None when there is none or it is not a Task Id."""
+    return task_id(report.metadata.get(key))
+
+
+@dataclass
+class Matches:
+    """The Tasks of each message (rows as the look-up returned them, Ids canonical)."""
+
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    by_task_id: set[str] = field(default_factory=set)  # messages matched by the Task Id in their metadata
+
+    def add(self, message_id: str, row: dict[str, Any]) -> None:
+        if all(r["Id"] != row["Id"] for r in self.rows[message_id]):
+            self.rows[message_id].append(row)
 
 
 def current_status(row: Mapping[str, Any], settings: Settings, ledger: LedgerEntry | None,
@@ -149,8 +172,8 @@ def current_status(row: Mapping[str, Any], settings: Settings, ledger: LedgerEnt
 
 def task_fields(outcome: Outcome, settings: Settings) -> dict[str, Any]:
     values: dict[str, Any] = {settings.field_status: outcome.status.label, settings.field_code: outcome.status.code}
-    if settings.field_updated and outcome.report.event_time:
-        values[settings.field_updated] = format_time(outcome.report.event_time)
+    if settings.field_updated and outcome.status.event_time:
+        values[settings.field_updated] = format_time(outcome.status.event_time)
     return values
 
 
@@ -197,30 +220,38 @@ class Pipeline:
         result.counts["skipped_stale"] += len(superseded)
         self.on_stage("resolved")
 
-        tasks_by_message = self._match(winners)
+        matches = self._match(winners)
         self.on_stage("matched")
-        ledger = self.store.ledger(winners)
         plan = Plan(result, bad, resolved=list(superseded))  # durable once the batch is recorded
-        writing: dict[str, int] = {}  # Task (15-character Id) -> its change's index in plan.changes
+        writing: dict[str, int] = {}  # Task -> its change's index in plan.changes
+        for change, action in self._decide(winners, matches):
+            if action is Action.WRITE:
+                self._keep_strongest(plan, writing, change)
+            elif action is Action.UNCHANGED:
+                result.counts["skipped_unchanged"] += 1
+                plan.unchanged.append(change)
+            else:
+                result.counts["skipped_stale"] += 1
         for message_id, outcome in winners.items():
-            rows = tasks_by_message.get(message_id, [])
-            if not rows:
-                plan.unmatched.append(outcome)
-                continue
-            plan.resolved.append(outcome)
-            for row in rows:
-                current = current_status(row, self.settings, ledger.get(message_id), self.code_map)
-                action = decide(current, outcome.status)
-                change = Change(str(row["Id"]), outcome, task_fields(outcome, self.settings), current)
-                if action is Action.WRITE:
-                    self._keep_strongest(plan, writing, change)
-                elif action is Action.UNCHANGED:
-                    result.counts["skipped_unchanged"] += 1
-                    plan.unchanged.append(change)
-                else:
-                    result.counts["skipped_stale"] += 1
+            (plan.resolved if matches.rows.get(message_id) else plan.unmatched).append(outcome)
         result.changes = plan.changes
         return plan
+
+    def _decide(self, winners: Mapping[str, Outcome], matches: Matches) -> list[tuple[Change, Action]]:
+        """Each matched Task against its report, by the precedence rule, with the ledger's entry for
+        that Task (the state is kept per Task: two Tasks may share a message id)."""
+        ledger = self.store.ledger_for_tasks(str(r["Id"]) for rows in matches.rows.values() for r in rows)
+        decided = []
+        for message_id, outcome in winners.items():
+            how = MatchedBy.TASK_ID if message_id in matches.by_task_id else MatchedBy.MESSAGE_ID
+            for row in matches.rows.get(message_id, []):
+                tid = str(row["Id"])
+                current = current_status(row, self.settings, ledger.get(tid), self.code_map)
+                action = decide(current, outcome.status)
+                # What the Task holds after it (a code of the same label kept): written, and in the ledger.
+                held = Outcome(outcome.report, merge(current, outcome.status), outcome.known)
+                decided.append((Change(tid, held, task_fields(held, self.settings), current, how), action))
+        return decided
 
     @staticmethod
     def _keep_strongest(plan: Plan, writing: dict[str, int], change: Change) -> None:
@@ -245,52 +276,60 @@ class Pipeline:
         return plan.result
 
     # -- match ----------------------------------------------------------------------------------------------
-    def _match(self, winners: Mapping[str, Outcome]) -> dict[str, list[dict[str, Any]]]:
-        """Tasks for each message: by a Task Id in metadata, else by the message-id field."""
-        key = self.settings.metadata_task_key
-        by_task_id: dict[str, list[str]] = defaultdict(list)  # several messages may name one Task (resends)
-        by_message_field: list[str] = []
-        for message_id, outcome in winners.items():
-            task_id = task_id_from_metadata(outcome.report, key)
-            if task_id:
-                by_task_id[task_id].append(message_id)
-            else:
-                by_message_field.append(message_id)
+    def _match(self, winners: Mapping[str, Outcome]) -> Matches:
+        """Tasks for each message: the Task named by the Task Id in its metadata when the look-up
+        returns it, else the Tasks whose message-id field holds it. A Task is only ever written
+        once its current state was read: a metadata Task Id the look-up does not return (deleted,
+        another org's, not visible) falls back to the message-id match."""
+        matches = Matches()
         if not winners:
-            return {}
-        rows = self.sf.find_tasks(by_task_id, by_message_field)
-        found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            return matches
+        key = self.settings.metadata_task_key
+        named: dict[str, list[str]] = defaultdict(list)  # Task Id -> messages naming it (resends)
+        by_field: set[str] = set()
+        for message_id, outcome in winners.items():
+            tid = task_id_from_metadata(outcome.report, key)
+            if tid:
+                named[tid].append(message_id)
+            else:
+                by_field.add(message_id)
+        returned = self._look_up(named, by_field, matches)
+        missing = {m for tid, messages in named.items() if tid not in returned for m in messages}
+        if missing:
+            self._look_up({}, missing, matches)
+        return matches
+
+    def _look_up(self, named: Mapping[str, list[str]], by_field: set[str], matches: Matches) -> set[str]:
+        """One look-up (batched by the client); returns the Ids of the Tasks it found."""
         msg_field = self.settings.field_message_id
-        for row in rows:
-            task_id = str(row["Id"])
-            owners = by_task_id.get(task_id) or by_task_id.get(task_id[:15]) or []
-            if not owners and row.get(msg_field) in winners:
-                owners = [str(row[msg_field])]
-            for owner in owners:
-                found[owner].append(row)
-        # A Task Id from metadata that the query did not return is written blind, so that
-        # Salesforce says why (ENTITY_IS_DELETED, INVALID_CROSS_REFERENCE_KEY): there is no
-        # status on it that the write could regress.
-        seen = {str(r["Id"]) for rows_ in found.values() for r in rows_}
-        for task_id, message_ids in by_task_id.items():
-            if task_id not in seen and not any(s.startswith(task_id) for s in seen):
-                for message_id in message_ids:
-                    found[message_id].append({"Id": task_id})
-        return found
+        returned: set[str] = set()
+        for row in self.sf.find_tasks(list(named), sorted(by_field)):
+            tid = canonical_id(row.get("Id"))
+            if tid is None:
+                continue  # find_tasks refuses such rows already
+            row = {**row, "Id": tid}
+            returned.add(tid)
+            for message_id in named.get(tid, []):
+                matches.add(message_id, row)
+                matches.by_task_id.add(message_id)
+            if row.get(msg_field) in by_field:
+                matches.add(str(row[msg_field]), row)
+        return returned
 
     # -- write and record ---------------------------------------------------------------------------------
     def _write_and_record(self, changes: list[Change], unchanged: list[Change], resolved: list[Outcome],
                           unmatched: list[Outcome], source: str, waiting: Mapping[str, WaitingReport],
                           result: BatchResult) -> None:
-        written, budget_stop = self._send(changes)
+        sent = self._send_or_fall_back(changes, result)
+        written, budget_stop = sent.written, sent.budget_stop
         by_report: dict[str, list[WriteResult]] = defaultdict(list)
         for change, answer in written:
             by_report[change.outcome.report.report_id].append(answer)
 
-        unwritten = {c.outcome.report.report_id for c in changes[len(written):]}
+        unwritten = {c.outcome.report.report_id for c in sent.unsent}
         now = self.clock()
         with self.store.transaction():
-            self.record_written(written, unchanged, source, result)
+            self.record_written(written, [*unchanged, *sent.unchanged], source, result)
             for outcome in unmatched:
                 self._keep_waiting(outcome, source, waiting.get(outcome.report.report_id), now, result)
             result.confirm += [o.report.report_id for o in unmatched]
@@ -312,11 +351,49 @@ class Pipeline:
         """Write changes by sObject Collections and record what happened (ledger, dead letters).
         Returns each change with its answer; a transient failure is returned, not recorded.
         When the API budget runs out part-way, what was written is recorded, then ``_BudgetStop``."""
+        sent = self._send_or_fall_back(changes, result)
+        self.record_written(sent.written, sent.unchanged, source, result)
+        if sent.budget_stop:
+            raise _BudgetStop(result) from sent.budget_stop
+        return sent.written
+
+    def _send_or_fall_back(self, changes: list[Change], result: BatchResult) -> _Sent:
+        """Write ``changes``; a Task found by the Id in metadata that Salesforce says is not there
+        (deleted since the look-up, ``TASK_GONE``) gives way to the message-id match, read and
+        decided afresh, before its report is dead-lettered with Salesforce's error."""
         written, budget_stop = self._send(changes)
-        self.record_written(written, [], source, result)
-        if budget_stop:
-            raise _BudgetStop(result) from budget_stop
-        return written
+        unsent = changes[len(written):]
+        gone = [(c, a) for c, a in written
+                if not a.ok and a.error_code in TASK_GONE and c.matched_by is MatchedBy.TASK_ID]
+        if not gone or budget_stop:
+            return _Sent(written, [], unsent, budget_stop)
+        winners = {c.outcome.message_id: c.outcome for c, _ in gone}
+        gone_ids = {c.task_id for c, _ in gone}
+        matches = Matches()
+        try:
+            self._look_up({}, set(winners), matches)
+        except BudgetExhausted as exc:
+            return _Sent([p for p in written if p not in gone], [], [*unsent, *(c for c, _ in gone)], exc)
+        for rows in matches.rows.values():
+            rows[:] = [r for r in rows if r["Id"] not in gone_ids]
+        again: dict[str, Change] = {}
+        unchanged: list[Change] = []
+        for change, action in self._decide(winners, matches):
+            if action is Action.WRITE:
+                held = again.get(change.task_id)
+                if held is None or wins(held.outcome.status, change.outcome.status):
+                    again[change.task_id] = change
+            elif action is Action.UNCHANGED:
+                result.counts["skipped_unchanged"] += 1
+                unchanged.append(change)
+            else:
+                result.counts["skipped_stale"] += 1
+        found = {m for m, rows in matches.rows.items() if rows}
+        kept = [(c, a) for c, a in written if (c, a) not in gone or c.outcome.message_id not in found]
+        log.info("%d Task(s) named in metadata are not there; %d report(s) matched by message id instead",
+                 len(gone_ids), len(found), extra={"event": "metadata_task_gone"})
+        more, budget_stop = self._send(list(again.values()))
+        return _Sent([*kept, *more], unchanged, [*unsent, *list(again.values())[len(more):]], budget_stop)
 
     def _send(self, changes: list[Change]) -> tuple[list[tuple[Change, WriteResult]], BudgetExhausted | None]:
         """sObject Collections writes, 200 a call, until done or the API budget runs out."""
@@ -339,7 +416,8 @@ class Pipeline:
         written = list(written)
         with self.store.transaction():
             applied = [c for c, a in written if a.ok]
-            self.store.record_applied([_ledger_entry(c) for c in [*applied, *unchanged]])
+            # What was written last, so that it is the Task's latest ledger entry.
+            self.store.record_applied([_ledger_entry(c) for c in [*unchanged, *applied]])
             result.counts["applied"] += len(applied)
             for change, answer in written:
                 if not answer.ok and not answer.transient:
@@ -357,16 +435,20 @@ class Pipeline:
         report = outcome.report
         first_seen = row.first_seen if row else now
         max_age = dt.timedelta(hours=self.settings.wait_max_age_hours)
+        named = task_id_from_metadata(report, self.settings.metadata_task_key)
+        # A Task Id in metadata that the look-up did not return: deleted, another org's, or not visible.
+        not_there = f" (Task {named}, named in its metadata, is not there)" if named else ""
         if now - first_seen >= max_age:
             result.counts["dead_lettered"] += self.store.add_dead_letter(
                 report.report_id, report.message_id, report.raw, source,
-                f"no Task found for message {report.message_id} within {self.settings.wait_max_age_hours:g} h",
+                f"no Task found for message {report.message_id} within {self.settings.wait_max_age_hours:g} h"
+                + not_there,
             )
             return
         tried = row.attempts if row else 0
         delay = min(WAIT_FIRST_RETRY_S * 2**tried, WAIT_MAX_RETRY_S)  # 1 min, 2, 4, ... 1 h
         self.store.add_waiting(report.report_id, report.message_id, report.raw, row.source if row else source,
-                               f"no Task with {self.settings.field_message_id} = {report.message_id} yet",
+                               f"no Task with {self.settings.field_message_id} = {report.message_id} yet{not_there}",
                                now + dt.timedelta(seconds=delay))
         result.counts["waiting"] += 1
 
@@ -400,6 +482,16 @@ class Pipeline:
                 log.warning("cut %s to %d characters as configured", name, limit, extra={"event": "truncated"})
                 fitted[name] = value[:limit]
         return fitted
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """What a write step did: answers per change, changes found already in place, changes not sent."""
+
+    written: list[tuple[Change, WriteResult]]
+    unchanged: list[Change]
+    unsent: list[Change]
+    budget_stop: BudgetExhausted | None
 
 
 class _BudgetStop(BudgetExhausted):

@@ -8,11 +8,15 @@
 3. Where the current value's time is unknown, arrival order decides: the incoming report wins;
    except that a report with neither time nor code (a message status look-up, as backfill makes)
    of the label already there says nothing new, and never replaces what is there.
-4. A write that would change nothing is skipped.
+4. A report without a code never replaces a code for the same label, whatever the ledger holds:
+   when it wins by time, the Task keeps its code; and a code for the label already there is kept
+   even from a report that loses by time (``merge``). A polled copy of a pushed report erases nothing.
+5. A write that would change nothing is skipped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from enum import Enum
@@ -30,10 +34,12 @@ class Status:
     event_time: dt.datetime | None = None
     received_time: dt.datetime | None = None
     tiebreak: str = ""  # the report id
+    code_kept: bool = False  # ``code`` came from another report of the label (``merge``): not this one's
 
 
 def _order(status: Status) -> tuple[dt.datetime, dt.datetime, bool, str]:
-    return (status.event_time or _EPOCH, status.received_time or _EPOCH, status.code is not None, status.tiebreak)
+    own_code = status.code is not None and not status.code_kept
+    return (status.event_time or _EPOCH, status.received_time or _EPOCH, own_code, status.tiebreak)
 
 
 def wins(current: Status | None, incoming: Status) -> bool:
@@ -54,6 +60,18 @@ def same_values(current: Status | None, incoming: Status) -> bool:
     return current is not None and current.label == incoming.label and current.code == incoming.code
 
 
+def merge(current: Status | None, incoming: Status) -> Status:
+    """What the Task holds once ``incoming`` has arrived: the winner by ``wins``, with the code of
+    the other one when the winner has none for the same label (a code is never erased, and a code
+    that arrives late for the label already there is kept)."""
+    if current is None:
+        return incoming
+    winner, loser = (incoming, current) if wins(current, incoming) else (current, incoming)
+    if winner.code is None and loser.code is not None and winner.label == loser.label:
+        return dataclasses.replace(winner, code=loser.code, code_kept=True)
+    return winner
+
+
 class Action(Enum):
     WRITE = "write"
     UNCHANGED = "unchanged"
@@ -61,17 +79,17 @@ class Action(Enum):
 
 
 def decide(current: Status | None, incoming: Status) -> Action:
-    if not wins(current, incoming):
-        return Action.STALE
-    if same_values(current, incoming):
-        return Action.UNCHANGED
+    """WRITE the fields of ``merge(current, incoming)``, or nothing: they are already there
+    (UNCHANGED), or ``incoming`` lost (STALE)."""
+    if same_values(current, merge(current, incoming)):
+        return Action.UNCHANGED if wins(current, incoming) else Action.STALE
     return Action.WRITE
 
 
 def strongest(statuses: list[Status]) -> Status:
-    """The winner among several statuses for one message, in arrival order (the collapse step)."""
+    """The winner among several statuses for one message, in arrival order (the collapse step); a
+    code-less winner carries the code of a same-label status it replaced (``merge``)."""
     best = statuses[0]
     for status in statuses[1:]:
-        if wins(best, status):
-            best = status
+        best = merge(best, status)
     return best

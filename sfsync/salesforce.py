@@ -30,6 +30,7 @@ from simple_salesforce.format import format_soql
 from sfsync.config import Settings
 from sfsync.errors import AuthError, BudgetExhausted, ConfigError, RemoteError
 from sfsync.http import make_session
+from sfsync.ids import canonical_id, task_id
 from sfsync.logs import register_secret
 from sfsync.retry import RetryPolicy, parse_retry_after
 
@@ -52,7 +53,6 @@ SANDBOX_AUDIENCE = "https://test.salesforce.com"
 # concurrency limits (ConcurrentRequests, ConcurrentPerOrgLongTxn) clear in seconds.
 DAILY_LIMIT_MARK = "TotalRequests"
 VIEW_SETUP = "View Setup and Configuration"  # the permission GET /limits needs (sfsync runs never call it)
-TASK_ID = re.compile(r"^00T[a-zA-Z0-9]{12}([a-zA-Z0-9]{3})?$")
 _USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 
 
@@ -88,16 +88,8 @@ def is_daily_limit(code: str, message: str) -> bool:
 
 
 def valid_task_id(value: str) -> bool:
-    """A 15- or 18-character Task Id (key prefix 00T), with the 18-character checksum checked."""
-    if not TASK_ID.match(value):
-        return False
-    if len(value) == 15:
-        return True
-    suffix = ""
-    for block in range(3):
-        bits = sum(1 << i for i, ch in enumerate(value[block * 5 : block * 5 + 5]) if ch.isupper())
-        suffix += "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"[bits]
-    return value[15:].upper() == suffix
+    """A 15- or 18-character Task Id (key prefix 00T) in any form Salesforce accepts (``sfsync.ids``)."""
+    return task_id(value) is not None
 
 
 @dataclass
@@ -346,7 +338,8 @@ class SalesforceClient:
         the fields precedence needs. Batched: at most 100 literals per query, all escaped."""
         fields = ", ".join(self.settings.task_fields())
         msg_field = self.settings.field_message_id
-        values = [("Id", v) for v in dict.fromkeys(task_ids)] + [(msg_field, v) for v in dict.fromkeys(message_ids)]
+        canonical = [c for c in (canonical_id(v) for v in task_ids) if c]  # Ids in SOQL: canonical, never raw
+        values = [("Id", v) for v in dict.fromkeys(canonical)] + [(msg_field, v) for v in dict.fromkeys(message_ids)]
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(values), IN_LIST_LIMIT):
             chunk = values[start : start + IN_LIST_LIMIT]
@@ -360,11 +353,12 @@ class SalesforceClient:
             soql = f"SELECT {fields} FROM Task WHERE {' OR '.join(clauses)}"
             for record in self.query_all(soql):
                 record.pop("attributes", None)
-                task_id = record.get("Id")
-                if not isinstance(task_id, str) or not task_id or not isinstance(record.get(msg_field), str | None):
+                record_id = canonical_id(record.get("Id"))
+                if record_id is None or not isinstance(record.get(msg_field), str | None):
                     raise RemoteError(f"Salesforce query: a Task without an Id, or whose {msg_field} is not text",
                                       transient=False)
-                found[task_id] = record
+                record["Id"] = record_id
+                found[record_id] = record
         return list(found.values())
 
     # -- writes -------------------------------------------------------------------------------------------

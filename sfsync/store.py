@@ -3,10 +3,11 @@
 SQLite in WAL mode with ``synchronous=FULL``: once a transaction commits, its rows survive a
 crash or power loss, which is what lets the pipeline confirm a report to MessageMedia.
 
-Tables: ``ledger`` (message id -> last applied status and its event time, so precedence holds when
-the Task has no time field), ``waiting`` (reports whose Task does not exist yet), ``dead_letters``,
-``runs``, ``checkpoints`` (backfill), ``inbox`` (pushed reports, drained by the pipeline),
-``bulk_jobs`` and ``bulk_job_tasks`` (Bulk API jobs not yet read back, and what each writes per Task).
+Tables: ``ledger`` (per Task and message id: the last applied status and its event time, so
+precedence holds per Task when the Task has no time field), ``waiting`` (reports whose Task does
+not exist yet), ``dead_letters``, ``runs``, ``checkpoints`` (backfill), ``inbox`` (pushed reports,
+drained by the pipeline), ``bulk_jobs`` and ``bulk_job_tasks`` (Bulk API jobs not yet read back,
+and what each writes per Task).
 """
 
 from __future__ import annotations
@@ -25,14 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from sfsync.errors import ConfigError, StoreError
+from sfsync.ids import task_id
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the ledger keyed by (Task, message id), Task Ids canonical
 RUN_HISTORY = 10_000  # runs kept in the history
 
-_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS ledger (
-        message_id TEXT PRIMARY KEY,
+_LEDGER = """CREATE TABLE IF NOT EXISTS ledger (
+        message_id TEXT NOT NULL,
         task_id TEXT NOT NULL,
         label TEXT NOT NULL,
         code TEXT,
@@ -40,7 +40,12 @@ _SCHEMA = [
         event_time TEXT,
         received_time TEXT,
         report_id TEXT,
-        applied_at TEXT NOT NULL)""",
+        applied_at TEXT NOT NULL,
+        PRIMARY KEY (task_id, message_id))"""
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+    _LEDGER,
     """CREATE TABLE IF NOT EXISTS waiting (
         report_id TEXT PRIMARY KEY,
         message_id TEXT NOT NULL,
@@ -107,6 +112,22 @@ def _ts(value: dt.datetime | None) -> str | None:
 
 def _parse_ts(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
+
+
+def _ledger_per_task(db: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: the ledger was keyed by message id alone; keep every row, under its Task."""
+    columns = [r["name"] for r in db.execute("PRAGMA table_info(ledger)") if r["pk"]]
+    if columns != ["message_id"]:
+        return  # created by this version
+    db.execute("ALTER TABLE ledger RENAME TO ledger_v1")
+    db.execute(_LEDGER)
+    rows = db.execute("SELECT * FROM ledger_v1").fetchall()
+    db.executemany(
+        "INSERT OR REPLACE INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(r["message_id"], task_id(r["task_id"]) or r["task_id"], r["label"], r["code"], r["final"],
+          r["event_time"], r["received_time"], r["report_id"], r["applied_at"]) for r in rows],
+    )
+    db.execute("DROP TABLE ledger_v1")
 
 
 @dataclass(frozen=True)
@@ -370,17 +391,29 @@ class Store:
                     "upgrade sfsync or point SFSYNC_STATE_DIR elsewhere"
                 )
             # Future migrations go here, one `if version < N:` block each.
+            if version < 2:
+                _ledger_per_task(db)
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     # -- ledger -------------------------------------------------------------------------------------
     def ledger(self, message_ids: Iterable[str]) -> dict[str, LedgerEntry]:
-        ids = list(dict.fromkeys(message_ids))
+        """Per message id, the status sfsync applied last for it (to any of its Tasks)."""
+        return self._ledger("message_id", message_ids)
+
+    def ledger_for_tasks(self, task_ids: Iterable[str]) -> dict[str, LedgerEntry]:
+        """Per Task (canonical 18-character Id), the status sfsync applied to it last."""
+        return self._ledger("task_id", task_ids)
+
+    def _ledger(self, key: str, values: Iterable[str]) -> dict[str, LedgerEntry]:
+        ids = list(dict.fromkeys(values))
         found: dict[str, LedgerEntry] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for row in self.db.execute(f"SELECT * FROM ledger WHERE message_id IN ({marks})", chunk):
-                found[row["message_id"]] = LedgerEntry(
+            rows = self.db.execute(f"SELECT * FROM ledger WHERE {key} IN ({marks}) ORDER BY applied_at, rowid",
+                                   chunk)
+            for row in rows:  # the last applied wins
+                found[row[key]] = LedgerEntry(
                     row["message_id"], row["task_id"], row["label"], row["code"], bool(row["final"]),
                     _parse_ts(row["event_time"]), _parse_ts(row["received_time"]), row["report_id"],
                 )
@@ -391,8 +424,8 @@ class Store:
         with self.transaction() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(e.message_id, e.task_id, e.label, e.code, int(e.final), _ts(e.event_time), _ts(e.received_time),
-                  e.report_id, stamp) for e in entries],
+                [(e.message_id, task_id(e.task_id) or e.task_id, e.label, e.code, int(e.final), _ts(e.event_time),
+                  _ts(e.received_time), e.report_id, stamp) for e in entries],
             )
 
     # -- waiting for a Task --------------------------------------------------------------------------

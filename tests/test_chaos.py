@@ -44,6 +44,7 @@ MUTANTS = textwrap.dedent('''
 
         pipeline.decide = lambda current, incoming: (
             Action.UNCHANGED if same_values(current, incoming) else Action.WRITE)
+        pipeline.merge = lambda current, incoming: incoming
 ''')
 
 

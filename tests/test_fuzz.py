@@ -181,7 +181,7 @@ QUERY_URL = re.compile(re.escape(SF) + r"/services/data/v59\.0/query/.*")
 COMPOSITE_URL = SF + "/services/data/v59.0/composite/sobjects"
 ROWS = st.lists(st.one_of(
     JSON,
-    st.fixed_dictionaries({"Id": st.one_of(st.just("00T000000000001AAA"), JSON)},
+    st.fixed_dictionaries({"Id": st.one_of(st.just("00T000000000001EAA"), JSON)},
                           optional={"SMS_Status__c": JSON, "SMS_Status_Code__c": JSON, "SMS_Message_Id__c": JSON,
                                     "attributes": JSON}),
 ), max_size=4)
@@ -199,7 +199,7 @@ def test_salesforce_lookup_garbage_is_a_clear_error(status: int, body: bytes, co
     client = SalesforceClient(client_settings(), policy=no_wait_policy())
     with answering("GET", QUERY_URL, status, body, content_type):
         try:
-            rows = client.find_tasks(["00T000000000001AAA"], ["m-1", "it's \\ odd"])
+            rows = client.find_tasks(["00T000000000001EAA"], ["m-1", "it's \\ odd"])
         except SfsyncError as exc:
             assert str(exc)
             return
@@ -219,7 +219,7 @@ WRITE_ANSWERS = st.one_of(
 @HTTP
 def test_salesforce_write_garbage_is_a_clear_error(status: int, body: bytes, content_type: str) -> None:
     client = SalesforceClient(client_settings(), policy=no_wait_policy())
-    records = [{"id": "00T000000000001AAA", "SMS_Status__c": "Delivered"},
+    records = [{"id": "00T000000000001EAA", "SMS_Status__c": "Delivered"},
                {"id": "00T000000000002AAA", "SMS_Status__c": "Failed"}]
     with answering("PATCH", COMPOSITE_URL, status, body, content_type):
         try:
@@ -341,9 +341,9 @@ def test_a_garbled_answer_after_a_token_refresh_is_retried() -> None:
         mock.add("POST", SF + "/services/oauth2/token", json={"access_token": "t", "instance_url": SF})
         mock.add("GET", QUERY_URL, status=401, json=[{"errorCode": "INVALID_SESSION_ID", "message": "expired"}])
         mock.add("GET", QUERY_URL, status=200, body=b'{"records": [', content_type="application/json")
-        mock.add("GET", QUERY_URL, status=200, json={"done": True, "records": [{"Id": "00T000000000001AAA"}]})
+        mock.add("GET", QUERY_URL, status=200, json={"done": True, "records": [{"Id": "00T000000000001EAA"}]})
         rows = client.find_tasks([], ["m-1"])
-    assert [r["Id"] for r in rows] == ["00T000000000001AAA"]
+    assert [r["Id"] for r in rows] == ["00T000000000001EAA"]
 
 
 @pytest.mark.parametrize("failure", [requests.ConnectionError("refused"), requests.Timeout("slow"),

@@ -8,7 +8,7 @@ import datetime as dt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sfsync.precedence import Action, Status, decide, strongest, wins
+from sfsync.precedence import Action, Status, decide, merge, strongest, wins
 
 T0 = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
 LABELS = {"Sending": False, "Submitted": False, "Scheduled": False, "Unknown": False,
@@ -53,6 +53,16 @@ def test_an_untimed_report_without_code_of_the_same_label_says_nothing_new() -> 
     assert decide(status("Submitted", "211", 4), status("Delivered", None, None)) is Action.WRITE
 
 
+def test_a_report_without_code_never_erases_the_code_of_its_label() -> None:
+    # A polled report (a time, no code) after the pushed copy or a code written by someone else.
+    for current in (status("Delivered", "221", 1), status("Delivered", "221", None)):
+        incoming = status("Delivered", None, 3)
+        assert decide(current, incoming) is Action.UNCHANGED
+        kept = merge(current, incoming)
+        assert (kept.label, kept.code, kept.event_time) == ("Delivered", "221", T0 + dt.timedelta(minutes=3))
+    assert decide(status("Submitted", "210", 1), status("Delivered", None, 3)) is Action.WRITE  # a new label
+
+
 def test_decide() -> None:
     assert decide(None, status("Sending")) is Action.WRITE
     assert decide(status("Delivered", "220", 1), status("Delivered", "220", 2)) is Action.UNCHANGED
@@ -81,7 +91,7 @@ def test_any_interleaving_ends_as_event_order(reports: list[tuple[str, str | Non
         current: Status | None = None
         for incoming in sequence:
             if decide(current, incoming) is not Action.STALE:
-                current = incoming
+                current = merge(current, incoming)  # a code-less report keeps the code of its label
         assert current is not None
         return current.label, current.code
 
@@ -89,7 +99,12 @@ def test_any_interleaving_ends_as_event_order(reports: list[tuple[str, str | Non
         return (s.event_time or T0, s.received_time or T0, s.code is not None, s.tiebreak)
 
     in_event_order = apply(sorted(statuses, key=event_key))
-    assert apply(list(arrival)) == in_event_order
-    assert (strongest(list(arrival)).label, strongest(list(arrival)).code) == in_event_order
+    arrived = apply(list(arrival))
+    assert arrived[0] == in_event_order[0]  # the label: always the same
+    # The code too, except that a code-less winner keeps a code its label had before it in arrival
+    # order (a code-less report never erases the code of its label): a code some report of that label carried.
+    label_codes = {s.code for s in statuses if s.label == arrived[0]}
+    assert arrived[1] == in_event_order[1] or {arrived[1], in_event_order[1]} <= label_codes | {None}
+    assert (strongest(list(arrival)).label, strongest(list(arrival)).code) == arrived
     if any(s.final for s in statuses):
         assert LABELS[in_event_order[0]]  # a final status, once seen, is where it ends
