@@ -98,8 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except SfsyncError as exc:
-        log.error("%s", exc, extra={"event": "error", "error": type(exc).__name__})
-        if not logging.getLogger().handlers:
+        if logging.getLogger().handlers:
+            log.error("%s", exc, extra={"event": "error", "error": type(exc).__name__})
+        else:  # before logging is set up (a usage error): one line, not logging's last-resort copy too
             print(f"sfsync: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

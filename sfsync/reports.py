@@ -24,6 +24,10 @@ MAX_STATUS = 40
 MAX_CODE = 20
 
 
+class TimeOutOfRange(ValueError):
+    """A date-time that reads, but lies outside what Python can hold once converted to UTC."""
+
+
 class InvalidReport(BadReport):
     def __init__(self, reason: str, report_id: str | None = None):
         super().__init__(reason)
@@ -78,7 +82,9 @@ def parse_time(value: Any, default_tz: dt.tzinfo = dt.UTC) -> dt.datetime | None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=default_tz)
         return parsed.astimezone(dt.UTC)
-    except (ValueError, OverflowError) as exc:  # OverflowError: year 1 east of UTC, 9999 west
+    except OverflowError as exc:  # year 1 east of UTC, 9999 west
+        raise TimeOutOfRange(f"out of range: {text!r} ({exc})") from None
+    except ValueError as exc:
         raise ValueError(f"not a readable date-time: {text!r} ({exc})") from None
 
 

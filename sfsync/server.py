@@ -541,6 +541,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 # -- sfsync serve ----------------------------------------------------------------------------------------
 def register(sub: Any) -> None:
+    from sfsync import timeargs
     from sfsync.commands import common_options
 
     parser = sub.add_parser(
@@ -553,14 +554,14 @@ def register(sub: Any) -> None:
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 in a container behind a proxy)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     parser.add_argument("--path", default=DEFAULT_PATH, help=f"path that accepts pushes (default {DEFAULT_PATH})")
-    parser.add_argument("--drain-interval", type=float, default=2.0, metavar="SECONDS",
+    parser.add_argument("--drain-interval", type=timeargs.DRAIN_INTERVAL.argument(), default=2.0, metavar="SECONDS",
                         help="seconds between drains of the inbox into Salesforce (default 2)")
     parser.add_argument("--no-drain", action="store_true",
                         help="only receive; drain with 'sfsync run --inbox' (cron) instead")
     parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
     parser.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     parser.add_argument("--max-connections", type=int, default=128, help="concurrent connections (default 128)")
-    parser.add_argument("--inbox-retention-days", type=float, default=7.0,
+    parser.add_argument("--inbox-retention-days", type=timeargs.INBOX_RETENTION_DAYS.argument(), default=7.0,
                         help="keep processed pushes this long to recognise duplicates (default 7)")
     parser.set_defaults(func=serve_command)
 
