@@ -1,0 +1,85 @@
+"""The simulator serves report dates in all three forms and reporting metadata in all three
+shapes; the real `sfsync run` and `sfsync backfill` (separate processes) apply every one."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from sfsync.sim.harness import Simulators
+from sfsync.sim.messagemedia import DATE_FORMS, METADATA_SHAPES
+from tests.conftest import add_tasks, at, fields_of, new_message_id, report
+
+SFSYNC = str(Path(sys.executable).parent / "sfsync")
+
+
+def polled(sims: Simulators) -> list[dict[str, Any]]:
+    """What a poll returns, over HTTPS as the worker sees it."""
+    info = sims.info()
+    answer = requests.get(f"{info['messagemedia_url']}/v1/delivery_reports", timeout=10, verify=info["ca_bundle"],
+                          auth=(info["mm_api_key"], info["mm_api_secret"]))
+    answer.raise_for_status()
+    return list(answer.json()["delivery_reports"])
+
+
+def sfsync(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SFSYNC, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("form", DATE_FORMS)
+def test_run_orders_reports_by_their_dates_in_every_form(sims: Simulators, worker_env: dict[str, str],
+                                                         tmp_path: Path, form: str) -> None:
+    sims.mm.configure(report_date_form=form)
+    ordered, unreadable = new_message_id(), new_message_id()
+    [task, task_no_time] = add_tasks(sims, [ordered, unreadable])
+    # Served in this order: the later event (Failed at minute 10) must win over the earlier one
+    # served after it (Delivered at minute 5), which only reading both dates can tell.
+    sims.mm.add_reports([
+        report(ordered, "failed", "400", minute=10),
+        report(ordered, "delivered", "221", minute=5),
+        report(unreadable, "delivered", "221", submitted_date="9999-12-31T23:59:59-14:00",
+               date_received="0001-01-01T00:00:00+01:00"),
+    ])
+    if form == "spec":
+        assert all("/" in r["submitted_date"] for r in polled(sims)[:2])
+
+    result = sfsync("run", env=worker_env, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert fields_of(sims, task) == ("Failed", "400")
+    assert fields_of(sims, task_no_time) == ("Delivered", "221")  # no time: applied by arrival
+    assert sims.mm.stats()["unconfirmed"] == 0
+    assert "taken as no time" in result.stderr and "+61491570157" not in result.stderr
+
+
+def test_the_spec_form_is_served_as_the_spec_writes_it(sims: Simulators) -> None:
+    sims.mm.configure(report_date_form="spec")
+    sims.mm.add_reports([report(new_message_id(), "delivered", submitted_date=at(0))])  # 2026-11-20T09:00:00.000Z
+    [served] = polled(sims)
+    assert served["submitted_date"] == "11/20/2026 9:00:00 AM"
+    sims.mm.configure(report_date_form="iso_offset")
+    assert polled(sims)[0]["submitted_date"] == "2026-11-20T09:00:00+00:00"
+
+
+@pytest.mark.parametrize("shape", METADATA_SHAPES)
+def test_backfill_reads_reporting_metadata_in_every_shape(sims: Simulators, worker_env: dict[str, str],
+                                                          tmp_path: Path, shape: str) -> None:
+    sims.mm.configure(reporting_metadata_shape=shape, report_date_form="spec")
+    tasks = sims.sf.add_tasks([{"Subject": f"SMS {i}"} for i in range(3)])  # no message id: metadata links them
+    sent = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=2)
+    sims.mm.add_messages([{"message_id": new_message_id(), "status": "delivered", "status_code": "221",
+                           "timestamp": (sent + dt.timedelta(minutes=i)).isoformat(),
+                           "metadata": {"campaign": "spring", "sf_task_id": task}} for i, task in enumerate(tasks)])
+    since = (sent - dt.timedelta(hours=1)).isoformat(timespec="seconds")
+    until = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+    result = sfsync("backfill", "--since", since, "--until", until, env=worker_env, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert [fields_of(sims, t) for t in tasks] == [("Delivered", "221")] * 3
