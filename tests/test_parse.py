@@ -185,3 +185,28 @@ def test_parse_time_at_every_edge_reads_exactly_or_refuses(text: str) -> None:
     assert moment is not None and moment.tzinfo is UTC
     again = parse_time(moment.isoformat())
     assert again == moment
+
+
+def ids() -> st.SearchStrategy[Any]:
+    """Ids of every type, form and length: uuids, blanks, padded, control and non-ASCII text, at and
+    around the 100-character bound, huge; and numbers, lists, objects."""
+    sizes = st.sampled_from([0, 1, 36, 99, 100, 101, 1_000, 100_000])
+    return (st.uuids().map(str) | st.uuids().map(lambda u: f"  {u}\t")
+            | st.builds(lambda n, c: c * n, sizes, st.sampled_from(["a", " ", "\x00", "\u200b", "\U0001f600", "é"]))
+            | st.text(max_size=120) | st.integers() | st.floats() | st.booleans() | st.none()
+            | st.lists(st.text(max_size=5), max_size=3) | st.dictionaries(st.text(max_size=5), st.integers(),
+                                                                             max_size=2))
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(ids(), ids(), st.sampled_from(["delivered", "DELIVERED", " failed ", "", "x" * 41]),
+       st.none() | edge_time_text())
+def test_ids_of_every_type_form_and_length(report_id: Any, message_id: Any, status: str, when: str | None) -> None:
+    raw = {"delivery_report_id": report_id, "message_id": message_id, "status": status, "submitted_date": when}
+    try:
+        report = parse_report(raw)
+    except InvalidReport as exc:
+        assert exc.report_id is None or (isinstance(exc.report_id, str) and 0 < len(exc.report_id) <= 100)
+        return
+    for value in (report.report_id, report.message_id):
+        assert isinstance(value, str) and value == value.strip() and 0 < len(value) <= 100 and value.isprintable()

@@ -14,6 +14,7 @@ import requests
 
 from sfsync.sim.harness import Simulators
 from sfsync.sim.messagemedia import DATE_FORMS, METADATA_SHAPES
+from sfsync.store import Store
 from tests.conftest import add_tasks, at, fields_of, new_message_id, report
 
 SFSYNC = str(Path(sys.executable).parent / "sfsync")
@@ -83,3 +84,41 @@ def test_backfill_reads_reporting_metadata_in_every_shape(sims: Simulators, work
 
     assert result.returncode == 0, result.stderr
     assert [fields_of(sims, t) for t in tasks] == [("Delivered", "221")] * 3
+
+
+EDGE_DATES = ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "0001-01-01", "9999-12-31T23:59:59.999999Z",
+              "1999-12-31T23:59:59Z", "2000-01-01T00:00:00Z", "12/31/9999 11:59:59 PM", "1/1/0001 12:00:00 AM",
+              "2/29/2024 12:00:00 AM", "2/30/2024 12:00:00 AM", "11/3/2016 12:00:00 PM", "2024-04-16T23:41:04+00:00",
+              "2017-05-20T06:30:37.642123456Z", "2017-05-20T06:30:37+2400", "", "   ", "now", None, 1479123456,
+              ["2017-05-20"], {"date": "2017-05-20"}, "9" * 100_000]
+
+
+def test_the_worker_applies_reports_with_dates_at_every_edge(sims: Simulators, make_worker: Any) -> None:
+    """Through the real clients: every report with a usable id is applied (or kept) and confirmed."""
+    messages = [new_message_id() for _ in EDGE_DATES]
+    tasks = add_tasks(sims, messages)
+    sims.mm.add_raw_reports([report(m, "delivered", "221", submitted_date=d, date_received=d)
+                             for m, d in zip(messages, EDGE_DATES, strict=True)])
+    summary = make_worker().run()
+    assert summary.exit_code == 0 and summary.counts["invalid"] == 0
+    assert [fields_of(sims, t) for t in tasks] == [("Delivered", "221")] * len(tasks)
+    assert sims.mm.stats()["unconfirmed"] == 0
+
+
+def test_backfill_reads_the_spec_form_in_its_timezone(sims: Simulators, worker_env: dict[str, str],
+                                                      tmp_path: Path) -> None:
+    """Reporting records in the spec form carry no zone: they are in the request's timezone."""
+    sims.mm.configure(report_date_form="spec")
+    [task] = sims.sf.add_tasks([{"Subject": "SMS"}])
+    message = new_message_id()
+    sent = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=3)
+    sims.mm.add_messages([{"message_id": message, "status": "delivered", "status_code": "221",
+                           "timestamp": sent.isoformat(), "metadata": {"sf_task_id": task}}])
+    since = (sent - dt.timedelta(hours=1)).isoformat(timespec="seconds")
+    until = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    result = sfsync("backfill", "--since", since, "--until", until, "--timezone", "Australia/Sydney",
+                    env=worker_env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert fields_of(sims, task) == ("Delivered", "221")
+    ledger = Store(Path(worker_env["SFSYNC_STATE_DIR"]) / "sfsync.db").ledger([message])
+    assert ledger[message].event_time == sent

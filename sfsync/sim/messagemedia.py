@@ -114,14 +114,15 @@ def now_timestamp() -> str:
     return format_timestamp(dt.datetime.now(dt.UTC))
 
 
-def format_date_form(moment: dt.datetime, form: str) -> str:
-    """A time in one of ``DATE_FORMS`` (UTC)."""
-    utc = moment.astimezone(dt.UTC)
+def format_date_form(moment: dt.datetime, form: str, zone: dt.tzinfo = dt.UTC) -> str:
+    """A time in one of ``DATE_FORMS``, in ``zone`` (the spec form carries no zone)."""
+    local = moment.astimezone(zone)
     if form == "iso_offset":
-        return utc.isoformat(timespec="seconds")
+        return local.isoformat(timespec="seconds")
     if form == "spec":
-        return f"{utc.month}/{utc.day}/{utc.year} {utc.hour % 12 or 12}:{utc:%M:%S} {'AM' if utc.hour < 12 else 'PM'}"
-    return format_timestamp(utc)
+        half = "AM" if local.hour < 12 else "PM"
+        return f"{local.month}/{local.day}/{local.year} {local.hour % 12 or 12}:{local:%M:%S} {half}"
+    return format_timestamp(local) if not local.utcoffset() else local.isoformat(timespec="milliseconds")
 
 
 def _in_date_form(value: Any, form: str) -> Any:
@@ -754,7 +755,7 @@ class MessageMediaSim(SimApp):
         if self.reporting_naive_timestamps:
             return local.replace(tzinfo=None).isoformat(timespec="seconds")
         if self.report_date_form != "iso_ms":
-            return format_date_form(moment, self.report_date_form)
+            return format_date_form(moment, self.report_date_form, zone)
         if not local.utcoffset():
             return format_timestamp(local)
         return local.isoformat(timespec="milliseconds")
