@@ -4,6 +4,9 @@ shapes; the real `sfsync run` and `sfsync backfill` (separate processes) apply e
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 
+from sfsync.http import make_session
 from sfsync.sim.harness import Simulators
 from sfsync.sim.messagemedia import DATE_FORMS, METADATA_SHAPES
 from sfsync.store import Store
@@ -122,3 +126,40 @@ def test_backfill_reads_the_spec_form_in_its_timezone(sims: Simulators, worker_e
     assert fields_of(sims, task) == ("Delivered", "221")
     ledger = Store(Path(worker_env["SFSYNC_STATE_DIR"]) / "sfsync.db").ledger([message])
     assert ledger[message].event_time == sent
+
+
+def test_sfsync_sim_serves_the_spec_form_and_run_applies_it(tmp_path: Path) -> None:
+    """`sfsync sim --report-date-form spec` (the demo's seed) drained by `sfsync run`: no report is
+    lost to its date form; the only dead letter is the seeded deleted Task."""
+    sim = subprocess.Popen([SFSYNC, "sim", "--seed-demo", "60", "--late-after", "600", "--report-date-form", "spec",
+                            "--reporting-metadata-shape", "single"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert sim.stdout is not None
+        info = json.loads(sim.stdout.readline())
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")},
+               "SFSYNC_MM_BASE_URL": info["messagemedia_url"], "SFSYNC_MM_API_KEY": info["mm_api_key"],
+               "SFSYNC_MM_API_SECRET": info["mm_api_secret"], "SFSYNC_SF_LOGIN_URL": info["salesforce_login_url"],
+               "SFSYNC_SF_CLIENT_ID": info["sf_client_id"], "SFSYNC_SF_CLIENT_SECRET": info["sf_client_secret"],
+               "SFSYNC_CA_BUNDLE": info["ca_bundle"], "SFSYNC_STATE_DIR": str(tmp_path / "state")}
+        session = make_session(info["ca_bundle"])
+        [first] = session.get(info["messagemedia_url"] + "/v1/delivery_reports", timeout=10,
+                              auth=(info["mm_api_key"], info["mm_api_secret"])).json()["delivery_reports"][:1]
+        assert first["submitted_date"].endswith(("AM", "PM"))
+
+        result = sfsync("run", env=env, cwd=tmp_path)
+
+        assert result.returncode in (0, 6), result.stderr
+        assert session.get(info["messagemedia_url"] + "/_sim/stats", timeout=10).json()["unconfirmed"] == 0
+        letters = json.loads(sfsync("dead-letters", "list", "--json", env=env, cwd=tmp_path).stdout)
+        assert all("ENTITY_IS_DELETED" in (d["sf_error"] or "") for d in letters)
+        tasks = session.get(info["salesforce_url"] + "/_sim/tasks", timeout=10).json()
+        tasks = tasks.get("records", tasks) if isinstance(tasks, dict) else tasks
+        assert sum(1 for t in tasks if t.get("SMS_Status__c")) >= 50
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        try:
+            assert sim.wait(timeout=15) == 0
+        finally:
+            if sim.poll() is None:
+                sim.kill()
