@@ -56,7 +56,9 @@ def instant(text: str, option: str, zone: dt.tzinfo = dt.UTC) -> dt.datetime:
 
 def in_range(moment: dt.datetime, what: str) -> dt.datetime:
     if not EARLIEST <= moment < LATEST:
-        raise UsageError(f"{what} is outside {format_time(EARLIEST)} to {format_time(LATEST)} (end excluded)")
+        last = LATEST - dt.timedelta(days=1)
+        raise UsageError(f"{what} is not between {EARLIEST:%Y-%m-%d} and {last:%Y-%m-%d} (UTC, after any offset "
+                         "or time zone)")
     return moment
 
 
@@ -72,25 +74,32 @@ class DurationRule:
     inclusive_minimum: bool = False
 
     def read(self, text: str | float) -> float:
+        value, problem = self._check(text)
+        if problem:
+            raise UsageError(f"{self.option} {problem}")
+        return value
+
+    def _check(self, text: str | float) -> tuple[float, str]:
+        """The value, and what is wrong with it ("" when nothing)."""
+        shown = repr(str(text)[:MAX_TEXT])
         try:
             value = float(text.strip() if isinstance(text, str) else text)
         except (ValueError, OverflowError):
-            raise UsageError(f"{self.option} {str(text)[:MAX_TEXT]!r} is not a number of {self.unit}") from None
+            return 0.0, f"{shown} is not a number of {self.unit}"
         low_ok = value >= self.minimum if self.inclusive_minimum else value > self.minimum
         if not math.isfinite(value) or not low_ok or value > self.maximum:
             above = "at least" if self.inclusive_minimum else "more than"
-            raise UsageError(f"{self.option} {str(text)[:MAX_TEXT]!r}: give a number of {self.unit} {above} "
-                             f"{self.minimum:g} and at most {self.maximum:g}")
-        return value
+            return value, f"{shown}: give a number of {self.unit} {above} {self.minimum:g} and at most {self.maximum:g}"
+        return value, ""
 
     def argument(self) -> Callable[[str], float]:
         """An argparse ``type``: a bad value is argparse's usage error (exit 2), before any setting is read."""
 
         def convert(text: str) -> float:
-            try:
-                return self.read(text)
-            except UsageError as exc:
-                raise argparse.ArgumentTypeError(str(exc)) from None
+            value, problem = self._check(text)
+            if problem:  # argparse names the option itself
+                raise argparse.ArgumentTypeError(problem)
+            return value
 
         convert.__name__ = f"{self.unit} value"
         return convert
