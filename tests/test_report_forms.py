@@ -163,3 +163,11 @@ def test_sfsync_sim_serves_the_spec_form_and_run_applies_it(tmp_path: Path) -> N
         finally:
             if sim.poll() is None:
                 sim.kill()
+
+
+def test_the_reporting_api_still_wants_iso_dates_in_requests(sims: Simulators) -> None:
+    info = sims.info()
+    answer = requests.post(f"{info['messagemedia_url']}/v2-preview/reporting/messages/detail", timeout=10,
+                           verify=info["ca_bundle"], auth=(info["mm_api_key"], info["mm_api_secret"]),
+                           json={"start_date": "11/3/2016 11:49:02 AM", "end_date": "2016-11-04T00:00:00Z"})
+    assert answer.status_code == 400 and "start_date" in answer.text

@@ -126,7 +126,7 @@ def format_date_form(moment: dt.datetime, form: str, zone: dt.tzinfo = dt.UTC) -
 
 
 def _in_date_form(value: Any, form: str) -> Any:
-    moment = parse_timestamp(value)
+    moment = parse_timestamp(value, spec_form=True)
     if moment is None:
         return value
     try:
@@ -135,14 +135,16 @@ def _in_date_form(value: Any, form: str) -> Any:
         return value
 
 
-def parse_timestamp(value: Any, zone: dt.tzinfo = dt.UTC) -> dt.datetime | None:
-    """Lenient ISO-8601, or the spec's M/D/YYYY h:mm:ss AM; a value without zone is read in
-    ``zone``. None when unreadable."""
+def parse_timestamp(value: Any, zone: dt.tzinfo = dt.UTC, *, spec_form: bool = False) -> dt.datetime | None:
+    """Lenient ISO-8601 (with ``spec_form``, also a report's M/D/YYYY h:mm:ss AM); a value without
+    zone is read in ``zone``. None when unreadable."""
     if not isinstance(value, str) or not value.strip():
         return None
     try:
         moment = dt.datetime.fromisoformat(value.strip())
     except ValueError:
+        if not spec_form:
+            return None
         try:
             moment = dt.datetime.strptime(value.strip(), "%m/%d/%Y %I:%M:%S %p")
         except ValueError:
@@ -370,7 +372,7 @@ class MessageMediaSim(SimApp):
 
     def _apply_to_message(self, wire: dict[str, Any], account: str) -> None:
         self._send_order = None
-        at = parse_timestamp(wire.get("submitted_date")) or dt.datetime.now(dt.UTC)
+        at = parse_timestamp(wire.get("submitted_date"), spec_form=True) or dt.datetime.now(dt.UTC)
         msg = self._messages.get(wire["message_id"])
         if msg is None:
             msg = _Message(wire["message_id"], account, at)
