@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from sfsync import timeargs
 from sfsync.bulk import NULL, BulkClient
 from sfsync.codes import CodeMap, normalise_code
 from sfsync.config import Settings
@@ -91,29 +92,12 @@ class Window:
 
 
 def zone_named(name: str) -> str:
-    name = name.strip()
-    if name.upper() in ("Z", "UTC"):
-        return "UTC"
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise UsageError(f"--timezone {name!r} is not a time zone name (e.g. UTC, Australia/Sydney)") from exc
-    return name
+    return timeargs.zone_name(name, "--timezone")
 
 
 def parse_bound(text: str, option: str, zone: dt.tzinfo) -> dt.datetime:
     """An ISO date (midnight in ``zone``) or date-time (zone-less: in ``zone``), as UTC."""
-    text = text.strip()
-    try:
-        if len(text) == 10:
-            day = dt.date.fromisoformat(text)
-            return dt.datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(dt.UTC)
-        moment = parse_time(text, zone)
-    except ValueError:
-        moment = None
-    if moment is None:
-        raise UsageError(f"{option} {text!r} is not an ISO date (2026-11-01) or date-time (2026-11-01T09:30)")
-    return moment
+    return timeargs.instant(text, option, zone)
 
 
 def parse_window(since: str, until: str, timezone: str = "UTC", now: dt.datetime | None = None) -> Window:
@@ -166,7 +150,7 @@ def backfill_report_id(message_id: Any, status: str, code: str | None) -> str:
 
 def _utc_text(value: Any, zone: dt.tzinfo) -> Any:
     """A reporting time as UTC text (a zone-less one read in ``zone``); garbage passes through,
-    so the pipeline dead-letters the record rather than guessing."""
+    and the pipeline takes it as no time (with a warning) rather than guessing."""
     try:
         moment = parse_time(value, zone)
     except ValueError:

@@ -105,7 +105,7 @@ def exit_status(command: Callable[[], int]) -> int:
     except SfsyncError as exc:
         if logging.getLogger().handlers:  # the log redacts secrets and URL user-info
             log.error("%s", exc, extra={"event": "error", "error": type(exc).__name__})
-        else:  # before logging is set up (a configuration error): once, on stderr
+        else:  # before logging is set up (a usage or configuration error): once, on stderr
             from sfsync.logs import redact_urls
 
             print(f"sfsync: {redact_urls(str(exc))}", file=sys.stderr)

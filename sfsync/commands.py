@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from sfsync import bounds
+from sfsync import bounds, timeargs
 from sfsync.errors import EXIT_OK, RemoteError, UsageError
 
 log = logging.getLogger("sfsync")
@@ -71,10 +71,10 @@ def _run(sub: Any) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="one batch (at most 100 reports), then stop")
     mode.add_argument("--loop", action="store_true", help="run again every --interval seconds until SIGTERM")
-    parser.add_argument("--interval", type=bounds.option(0.1, 86400), default=60.0, metavar="SECONDS",
-                        help="pause between loop runs (0.1 to 86400)")
+    parser.add_argument("--interval", type=timeargs.RUN_INTERVAL.argument(), default=60.0, metavar="SECONDS",
+                        help="pause between loop runs (default 60, at most 7 days)")
     parser.add_argument("--max-reports", type=bounds.whole(1, 10**9), metavar="N", help="stop after N reports")
-    parser.add_argument("--max-seconds", type=bounds.positive(7 * 86400), metavar="S",
+    parser.add_argument("--max-seconds", type=timeargs.RUN_MAX_SECONDS.argument(), metavar="S",
                         help="stop starting new batches after S seconds")
     parser.add_argument("--dry-run", action="store_true",
                         help="fetch, resolve, match and print what would be written; write and confirm nothing")
@@ -197,7 +197,8 @@ def _dead_letters(sub: Any) -> None:
                         help="dead letter ids (show, retry); retry without ids: all")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--limit", type=bounds.whole(1, 10**6), default=100)
-    parser.add_argument("--older-than-days", type=bounds.option(0, 36500), help="purge only letters older than this")
+    parser.add_argument("--older-than-days", type=timeargs.OLDER_THAN_DAYS.argument(), metavar="DAYS",
+                        help="purge only letters older than this (0 to 36500)")
     parser.add_argument("--yes", action="store_true", help="purge without asking")
     parser.set_defaults(func=dead_letters_command)
 

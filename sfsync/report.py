@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sfsync import timeargs
 from sfsync.codes import default_map
 from sfsync.config import Settings
 from sfsync.errors import EXIT_OK, UsageError
-from sfsync.reports import format_time, parse_time
+from sfsync.reports import format_time
 
 if TYPE_CHECKING:
     from sfsync.salesforce import SalesforceClient
@@ -113,14 +114,9 @@ with an SMS Status.</p>
 """
 
 
-def parse_window(since: str | None, until: str | None, days: float) -> tuple[dt.datetime, dt.datetime]:
-    now = dt.datetime.now(dt.UTC)
-    try:
-        end = parse_time(until) if until else now
-        start = parse_time(since) if since else (end or now) - dt.timedelta(days=days)
-    except ValueError as exc:
-        raise UsageError(f"{exc}: use an ISO date or date-time such as 2026-11-01") from exc
-    assert start is not None and end is not None
+def parse_window(since: str | None, until: str | None, days: float | str) -> tuple[dt.datetime, dt.datetime]:
+    end = timeargs.instant(until, "--until") if until else dt.datetime.now(dt.UTC)
+    start = timeargs.instant(since, "--since") if since else timeargs.days_before(end, timeargs.REPORT_DAYS.read(days))
     if start >= end:
         raise UsageError(f"the window is empty or the wrong way round: --since {since} is not before --until {until}")
     return start, end
@@ -134,7 +130,8 @@ def register(sub: Any) -> None:
                             help="counts of Tasks by SMS Status and Code over a window (table, JSON or HTML)")
     parser.add_argument("--since", help="start of the window (ISO date or date-time, UTC unless zoned)")
     parser.add_argument("--until", help="end of the window (default: now)")
-    parser.add_argument("--days", type=float, default=7, help="window length when --since is not given")
+    parser.add_argument("--days", type=timeargs.REPORT_DAYS.argument(), default=7,
+                        help="window length in days when --since is not given (default 7, at most 36500)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--html", metavar="FILE", help="write a self-contained HTML page with a bar chart")
     parser.set_defaults(func=command)
@@ -144,8 +141,8 @@ def command(args: argparse.Namespace) -> int:
     from sfsync.commands import settings_for
     from sfsync.salesforce import SalesforceClient
 
+    since, until = parse_window(args.since, args.until, args.days)  # usage errors before the settings
     settings = settings_for(args, messagemedia=False)
-    since, until = parse_window(args.since, args.until, args.days)
     report = build(SalesforceClient(settings), settings, since, until)
     if args.html:
         Path(args.html).write_text(render_html(report), encoding="utf-8")

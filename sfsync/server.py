@@ -831,6 +831,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 # -- sfsync serve ----------------------------------------------------------------------------------------
 def register(sub: Any) -> None:
+    from sfsync import timeargs
     from sfsync.commands import common_options
 
     parser = sub.add_parser(
@@ -843,7 +844,7 @@ def register(sub: Any) -> None:
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 in a container behind a proxy)")
     parser.add_argument("--port", type=bounds.PORT_OR_ANY, default=8080, help="port (default 8080)")
     parser.add_argument("--path", default=DEFAULT_PATH, help=f"path that accepts pushes (default {DEFAULT_PATH})")
-    parser.add_argument("--drain-interval", type=bounds.option(0.1, 3600), default=2.0, metavar="SECONDS",
+    parser.add_argument("--drain-interval", type=timeargs.DRAIN_INTERVAL.argument(), default=2.0, metavar="SECONDS",
                         help="seconds between drains of the inbox into Salesforce (default 2)")
     parser.add_argument("--no-drain", action="store_true",
                         help="only receive; drain with 'sfsync run --inbox' (cron) instead")
@@ -858,7 +859,7 @@ def register(sub: Any) -> None:
                         default=DEFAULT_REQUEST_TIMEOUT_S, metavar="SECONDS",
                         help="a whole request (headers and body) must arrive within this, or the connection is "
                              f"cut (default {DEFAULT_REQUEST_TIMEOUT_S:g}, at most {MAX_REQUEST_TIMEOUT_S:g})")
-    parser.add_argument("--inbox-retention-days", type=bounds.positive(3650), default=7.0,
+    parser.add_argument("--inbox-retention-days", type=timeargs.INBOX_RETENTION_DAYS.argument(), default=7.0,
                         help="keep processed pushes this long to recognise duplicates (default 7)")
     parser.set_defaults(func=serve_command)
 

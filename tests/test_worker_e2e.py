@@ -306,7 +306,7 @@ def test_bad_reports_are_dead_lettered_not_fatal(sims: Simulators, make_worker: 
     message = new_message_id()
     [task] = add_tasks(sims, [message])
     bad = [
-        report(new_message_id(), "delivered", "220", submitted_date="not a date"),
+        report(new_message_id(), "delivered", "220", metadata=42),  # neither an object nor a list
         report("", "delivered"),  # missing message id
         report(new_message_id(), "delivered", ["220"]),  # wrong type
         report(new_message_id(), 42),  # status not a string
@@ -324,7 +324,7 @@ def test_bad_reports_are_dead_lettered_not_fatal(sims: Simulators, make_worker: 
     again = worker.run()
     assert again.counts["dead_lettered"] == 0  # already kept: not stored twice
     reasons = " ".join(d.reason for d in worker.store.dead_letters())
-    assert "not an ISO-8601 date-time" in reasons and "missing message_id" in reasons
+    assert "metadata must be" in reasons and "missing message_id" in reasons
 
 
 def test_wrong_credentials_are_authentication_errors(sims: Simulators, make_worker: MakeWorker) -> None:

@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--late-after", type=bounds.option(0, 86400), default=10.0, metavar="SECONDS",
         help="add the demo's late Tasks after this delay (default 10)",
     )
+    parser.add_argument("--report-date-form", choices=("iso_ms", "iso_offset", "spec"), default="iso_ms",
+                        help="how MessageMedia dates are served: 2017-05-20T06:30:37.642Z (iso_ms, default), "
+                             "2024-04-16T23:41:04+00:00 (iso_offset), 11/3/2016 11:49:02 AM (spec)")
+    parser.add_argument("--reporting-metadata-shape", choices=("object", "list", "single"), default="object",
+                        help='reporting API metadata as {"k": "v"} (object, default), [{"key": "k", "value": "v"}] '
+                             '(list) or [{"k": "v"}] (single)')
     parser.add_argument("--token-ttl", type=bounds.whole(1, 7 * 86400),
                         help="Salesforce access token lifetime, seconds")
     parser.add_argument("--daily-limit", type=bounds.whole(1, 10**9), help="Salesforce daily API request allocation")
@@ -103,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             tls_dir=Path(args.tls_dir) if args.tls_dir else None,
             mm_faults=faults(args.mm_latency_ms), sf_faults=faults(args.sf_latency_ms),
             sf_options=sf_options, mm_port=args.mm_port, sf_port=args.sf_port,
+            mm_options={"report_date_form": args.report_date_form,
+                        "reporting_metadata_shape": args.reporting_metadata_shape},
         )
     except OSError as exc:
         log.error("cannot start the simulators: %s", exc)

@@ -51,7 +51,11 @@ from sfsync.sim.push import DR_EVENTS, EVENTS, Delivery, PushConfig, Pusher, dig
 MAX_IDS = 100  # the most reports one poll returns and one confirmation accepts
 AUTH_MESSAGE = "Invalid authentication credentials"
 DEFAULT_ACCOUNT = "SimAccount"
-METADATA_SHAPES = ("object", "list")
+# Reporting records' metadata: {"k": "v"}; [{"key": "k", "value": "v"}]; [{"k": "v"}] (the spec's example).
+METADATA_SHAPES = ("object", "list", "single")
+# Delivery report dates as served: 2017-05-20T06:30:37.642Z (the spec's JSON examples),
+# 2024-04-16T23:41:04+00:00 (live payloads), 11/3/2016 11:49:02 AM (the spec's DeliveryReport schema).
+DATE_FORMS = ("iso_ms", "iso_offset", "spec")
 HMAC_MAX_SKEW_S = 900.0
 WEBHOOK_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 WEBHOOK_ENCODINGS = ("JSON", "FORM_ENCODED", "XML")
@@ -126,14 +130,41 @@ def now_timestamp() -> str:
     return format_timestamp(dt.datetime.now(dt.UTC))
 
 
-def parse_timestamp(value: Any, zone: dt.tzinfo = dt.UTC) -> dt.datetime | None:
-    """Lenient ISO-8601; a value without zone is read in ``zone``. None when unreadable."""
+def format_date_form(moment: dt.datetime, form: str, zone: dt.tzinfo = dt.UTC) -> str:
+    """A time in one of ``DATE_FORMS``, in ``zone`` (the spec form carries no zone)."""
+    local = moment.astimezone(zone)
+    if form == "iso_offset":
+        return local.isoformat(timespec="seconds")
+    if form == "spec":
+        half = "AM" if local.hour < 12 else "PM"
+        return f"{local.month}/{local.day}/{local.year} {local.hour % 12 or 12}:{local:%M:%S} {half}"
+    return format_timestamp(local) if not local.utcoffset() else local.isoformat(timespec="milliseconds")
+
+
+def _in_date_form(value: Any, form: str) -> Any:
+    moment = parse_timestamp(value, spec_form=True)
+    if moment is None:
+        return value
+    try:
+        return format_date_form(moment, form)
+    except (OverflowError, ValueError):  # e.g. year 9999 west of UTC: served as given
+        return value
+
+
+def parse_timestamp(value: Any, zone: dt.tzinfo = dt.UTC, *, spec_form: bool = False) -> dt.datetime | None:
+    """Lenient ISO-8601 (with ``spec_form``, also a report's M/D/YYYY h:mm:ss AM); a value without
+    zone is read in ``zone``. None when unreadable."""
     if not isinstance(value, str) or not value.strip():
         return None
     try:
         moment = dt.datetime.fromisoformat(value.strip())
     except ValueError:
-        return None
+        if not spec_form:
+            return None
+        try:
+            moment = dt.datetime.strptime(value.strip(), "%m/%d/%Y %I:%M:%S %p")
+        except ValueError:
+            return None
     return moment.replace(tzinfo=zone) if moment.tzinfo is None else moment
 
 
@@ -205,6 +236,7 @@ class MessageMediaSim(SimApp):
         faults: FaultConfig | None = None,
         reporting_metadata_shape: str = "object",
         reporting_naive_timestamps: bool = False,
+        report_date_form: str = "iso_ms",
         auth_failure_status: int = 403,
         account_id: str = DEFAULT_ACCOUNT,
     ):
@@ -216,6 +248,7 @@ class MessageMediaSim(SimApp):
         self._initial_settings = {
             "reporting_metadata_shape": reporting_metadata_shape,
             "reporting_naive_timestamps": reporting_naive_timestamps,
+            "report_date_form": report_date_form,
             "auth_failure_status": auth_failure_status,
             "confirm_delay_s": 0.0,
             "record_exchanges": False,
@@ -223,6 +256,7 @@ class MessageMediaSim(SimApp):
         }
         self.reporting_metadata_shape = "object"
         self.reporting_naive_timestamps = False
+        self.report_date_form = "iso_ms"
         self.auth_failure_status = 403
         self.confirm_delay_s = 0.0  # a confirmation takes effect this long after its 202
         self.record_exchanges = False
@@ -294,7 +328,7 @@ class MessageMediaSim(SimApp):
 
     def configure(self, **settings: Any) -> dict[str, Any]:
         """Change behaviour at run time: reporting_metadata_shape, reporting_naive_timestamps,
-        auth_failure_status, confirm_delay_s, record_exchanges, and the push settings of
+        report_date_form, auth_failure_status, confirm_delay_s, record_exchanges, and the push settings of
         ``PUSH_DEFAULTS``. Returns the current settings (a signing key shown only as set)."""
         with self.lock:
             for key, value in settings.items():
@@ -302,6 +336,8 @@ class MessageMediaSim(SimApp):
                     _check_push_setting(key, value)
                 if key == "reporting_metadata_shape" and value not in METADATA_SHAPES:
                     raise ValueError(f"reporting_metadata_shape must be one of {METADATA_SHAPES}, not {value!r}")
+                if key == "report_date_form" and value not in DATE_FORMS:
+                    raise ValueError(f"report_date_form must be one of {DATE_FORMS}, not {value!r}")
                 if key == "auth_failure_status" and value not in (401, 403):
                     raise ValueError(f"auth_failure_status must be 401 or 403, not {value!r}")
                 if key in ("reporting_naive_timestamps", "record_exchanges") and not isinstance(value, bool):
@@ -406,7 +442,7 @@ class MessageMediaSim(SimApp):
 
     def _apply_to_message(self, wire: dict[str, Any], account: str) -> None:
         self._send_order = None
-        at = parse_timestamp(wire.get("submitted_date")) or dt.datetime.now(dt.UTC)
+        at = parse_timestamp(wire.get("submitted_date"), spec_form=True) or dt.datetime.now(dt.UTC)
         msg = self._messages.get(wire["message_id"])
         if msg is None:
             msg = _Message(wire["message_id"], account, at)
@@ -752,8 +788,19 @@ class MessageMediaSim(SimApp):
         with self.lock:
             self._settle()
             queue = self._queues.get(self._account(request), OrderedDict())
-            batch = [stored.wire for stored in itertools.islice(queue.values(), MAX_IDS)]
+            batch = [self._dated(stored.wire) for stored in itertools.islice(queue.values(), MAX_IDS)]
             return Response.json(200, {"delivery_reports": batch})
+
+    def _dated(self, wire: Any) -> Any:
+        """A report as served, its dates in ``report_date_form`` (what cannot be read or converted
+        is served as it was given)."""
+        if self.report_date_form == "iso_ms" or not isinstance(wire, dict):
+            return wire
+        served = dict(wire)
+        for key in ("submitted_date", "date_received"):
+            if key in served:
+                served[key] = _in_date_form(served[key], self.report_date_form)
+        return served
 
     def _confirm_route(self, request: Request) -> Response:
         body = request.json()
@@ -877,8 +924,9 @@ class MessageMediaSim(SimApp):
             "source_address": msg.fields.get("source_number"),
             "content": msg.fields.get("content"),
             "metadata": (
-                [{"key": k, "value": v} for k, v in metadata.items()]
-                if self.reporting_metadata_shape == "list" else metadata
+                [{"key": k, "value": v} for k, v in metadata.items()] if self.reporting_metadata_shape == "list"
+                else [{k: v} for k, v in metadata.items()] if self.reporting_metadata_shape == "single"
+                else metadata
             ),
         }
 
@@ -888,6 +936,8 @@ class MessageMediaSim(SimApp):
         local = moment.astimezone(zone)
         if self.reporting_naive_timestamps:
             return local.replace(tzinfo=None).isoformat(timespec="seconds")
+        if self.report_date_form != "iso_ms":
+            return format_date_form(moment, self.report_date_form, zone)
         if not local.utcoffset():
             return format_timestamp(local)
         return local.isoformat(timespec="milliseconds")
