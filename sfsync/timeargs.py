@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import math
 import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sfsync import bounds
 from sfsync.errors import UsageError
 from sfsync.reports import TimeOutOfRange, format_time, parse_time
 
@@ -80,17 +80,13 @@ class DurationRule:
         return value
 
     def _check(self, text: str | float) -> tuple[float, str]:
-        """The value, and what is wrong with it ("" when nothing)."""
-        shown = repr(str(text)[:MAX_TEXT])
+        """The value, and what is wrong with it ("" when nothing): the one numeric rule of
+        ``sfsync.bounds``, with the unit named."""
+        rule = bounds.Range(self.minimum, self.maximum, low_open=not self.inclusive_minimum)
         try:
-            value = float(text.strip() if isinstance(text, str) else text)
-        except (ValueError, OverflowError):
-            return 0.0, f"{shown} is not a number of {self.unit}"
-        low_ok = value >= self.minimum if self.inclusive_minimum else value > self.minimum
-        if not math.isfinite(value) or not low_ok or value > self.maximum:
-            above = "at least" if self.inclusive_minimum else "more than"
-            return value, f"{shown}: give a number of {self.unit} {above} {self.minimum:g} and at most {self.maximum:g}"
-        return value, ""
+            return float(rule.read(str(text)[:MAX_TEXT])), ""
+        except bounds.OutOfRange as exc:
+            return 0.0, f"{exc} ({self.unit})"
 
     def argument(self) -> Callable[[str], float]:
         """An argparse ``type``: a bad value is argparse's usage error (exit 2), before any setting is read."""

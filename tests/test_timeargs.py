@@ -64,7 +64,7 @@ def test_the_window_bounds_are_named() -> None:
         backfill.parse_window("0001-01-01", "2026-11-01", "Australia/Sydney", now=NOW)
     with pytest.raises(UsageError, match=r"--days .*at most 36500"):
         report.parse_window(None, None, 1e10)
-    with pytest.raises(UsageError, match="not a number of days"):
+    with pytest.raises(UsageError, match=r"must be a number .* \(got .a week.\) \(days\)"):
         report.parse_window(None, None, "a week")
 
 
