@@ -195,10 +195,10 @@ def build(sf: SalesforceClient, settings: Settings, since: dt.datetime, until: d
         label, code_text, count = str(row.get(status) or ""), str(row.get(code) or ""), _count(row)
         report.by_status[label] += count
         report.by_code[(label, code_text)] += count
-    for row in sf.query_all(f"SELECT DAY_ONLY({time_field}) day, {status}, COUNT(Id) total FROM Task "
+    for row in sf.query_all(f"SELECT DAY_ONLY({time_field}) sms_day, {status}, COUNT(Id) total FROM Task "
                             f"WHERE {status} != null AND {window} GROUP BY DAY_ONLY({time_field}), {status}",
                             name="report_trend"):
-        report.by_day[(str(row.get("day") or ""), str(row.get(status) or ""))] += _count(row)
+        report.by_day[(str(row.get("sms_day") or ""), str(row.get(status) or ""))] += _count(row)
     created = f"CreatedDate >= {format_time(since)} AND CreatedDate < {format_time(until)}"
     for row in sf.query_all(f"SELECT COUNT(Id) total FROM Task WHERE {status} = null AND "
                             f"{settings.field_message_id} != null AND {created}", name="report_no_status"):
