@@ -145,8 +145,9 @@ def test_report_counts_by_status_and_code_in_one_query(sims: Simulators, make_wo
     assert by_code[("Failed", "414")]["meaning"] == "Destination unreachable."
     assert by_code[("Rejected", "411")]["hint"]
     html = render_html(build(client, settings, since, until))
-    assert "<table>" in html and 'style="width:100.0%' in html
-    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # no external assets
+    assert '<table class="codes">' in html and 'id="fig-delivered"' in html
+    assert not re.search(r"""\ssrc=|<link\b|url\(|@import""", html)  # no external assets
+    assert all(h.startswith(f"https://{client.sf.sf_instance}/") for h in re.findall(r'href="([^"]*)"', html))
 
 
 def test_report_cli_json_and_html(sims: Simulators, make_worker: Callable[..., Worker], worker_env: dict[str, str],

@@ -86,7 +86,9 @@ def test_metadata_xml_parses_in_metadata_namespace(path: Path) -> None:
     root = _xml(path)
     assert root.tag.startswith(f"{{{MD_NS}}}"), f"{path.name}: root {root.tag} not in the Metadata API namespace"
     # Source-format file names carry the type: Foo.field-meta.xml holds a CustomField, and so on.
-    expected_root = {"field": "CustomField", "permissionset": "PermissionSet", "listView": "ListView"}
+    expected_root = {"field": "CustomField", "permissionset": "PermissionSet", "listView": "ListView",
+                     "report": "Report", "reportFolder": "ReportFolder", "dashboard": "Dashboard",
+                     "dashboardFolder": "DashboardFolder"}
     kind = path.name.removesuffix("-meta.xml").rsplit(".", 1)[-1]
     assert root.tag == f"{{{MD_NS}}}{expected_root[kind]}"
 

@@ -232,6 +232,25 @@ def test_aggregates() -> None:
     assert err.code == "MALFORMED_QUERY" and "grouped or aggregated" in err.message
 
 
+def test_date_functions_group_by_day_in_utc() -> None:
+    """DAY_ONLY() and CALENDAR_*(): dates of dateTime fields in UTC (no convertTimezone()), unaliased ones
+    numbered exprN together with the aggregates, in SELECT order."""
+    by_day = plan("SELECT DAY_ONLY(CreatedDate), SMS_Status__c, COUNT(Id) FROM Task "
+                  "GROUP BY DAY_ONLY(CreatedDate), SMS_Status__c").aggregate(ROWS)
+    found = {(r["expr0"], r["SMS_Status__c"]): r["expr1"] for r in by_day}
+    assert found == {("2026-11-15", "delivered"): 1, ("2026-11-14", None): 1, ("2026-11-01", "failed"): 1,
+                     ("2026-10-01", "delivered"): 1, ("2026-11-13", "enroute"): 1}
+    assert all(set(r) == {"attributes", "expr0", "SMS_Status__c", "expr1"} for r in by_day)
+    months = plan("SELECT CALENDAR_MONTH(CreatedDate) m, COUNT(Id) n FROM Task "
+                  "GROUP BY CALENDAR_MONTH(CreatedDate)").aggregate(ROWS)
+    assert sorted((r["m"], r["n"]) for r in months) == [(10, 1), (11, 4)]
+    assert error_of("SELECT DAY_ONLY(CreatedDate), COUNT(Id) FROM Task GROUP BY SMS_Status__c").code == \
+        "MALFORMED_QUERY"
+    assert error_of("SELECT DAY_ONLY(Subject), COUNT(Id) FROM Task GROUP BY DAY_ONLY(Subject)").code == \
+        "INVALID_FIELD"
+    assert error_of("SELECT DAY_ONLY(convertTimezone(CreatedDate)) FROM Task").code == "MALFORMED_QUERY"
+
+
 def test_index_plans_avoid_scans_only_when_safe() -> None:
     assert plan("SELECT Id FROM Task WHERE SMS_Message_Id__c IN ('m-1', 'm-2')").lookups == [
         ("SMS_Message_Id__c", ["m-1", "m-2"])]

@@ -49,6 +49,9 @@ CONCURRENCY_LIMIT_MESSAGES = ("ConcurrentPerOrgLongTxn Limit exceeded.",
                               "ConcurrentRequests (Concurrent API Requests) Limit exceeded.")
 PROXY_PAGE = "<html><head><title>403 Forbidden</title></head><body><h1>Forbidden</h1>Request blocked.</body></html>"
 USER_PERMISSIONS = "UserPermissionAccess"  # the running user's effective permissions, one row
+REPORT = "Report"  # deployed reports (queryable by DeveloperName, e.g. for a link to one)
+_REPORT_FIELDS = {"Id": "id", "Name": "string", "DeveloperName": "string", "FolderName": "string",
+                  "Format": "picklist"}
 API = r"/services/data/v(?P<version>\d+\.\d+)"
 ROLLED_BACK = ("ALL_OR_NONE_OPERATION_ROLLED_BACK",
                "Record rolled back because not all records were valid and the request was using AllOrNone header")
@@ -309,6 +312,7 @@ class SalesforceSim(SimApp):
         self._cursors: OrderedDict[str, _Cursor] = OrderedDict()
         self._index: dict[str, _FieldIndex] = {}
         self._shared: set[str] = set()  # related records (WhoId/WhatId) the integration user can see
+        self._reports: dict[str, dict[str, Any]] = {}  # Report Id -> its row
 
     # -- Python API (the admin routes call these) ----------------------------------------------
     def add_tasks(self, records: list[dict[str, Any]]) -> list[str]:
@@ -323,6 +327,14 @@ class SalesforceSim(SimApp):
                 self._tasks[task["Id"]] = task
                 self._index_add(task)
         return [task["Id"] for task in prepared]
+
+    def add_report(self, developer_name: str, name: str, folder: str = "SMS Delivery") -> str:
+        """A deployed report (as from config/salesforce); returns its Id (key prefix 00O)."""
+        with self.lock:
+            report_id = soql.make_id("00O", len(self._reports) + 1)
+            self._reports[report_id] = {"Id": report_id, "Name": name, "DeveloperName": developer_name,
+                                        "FolderName": folder, "Format": "Summary"}
+        return report_id
 
     def task(self, task_id: str) -> dict[str, Any] | None:
         """A copy of a live Task with every schema field (None when unset), or None."""
@@ -790,6 +802,8 @@ class SalesforceSim(SimApp):
         version = request.params["version"]
         if self._sobject_of(text).lower() == USER_PERMISSIONS.lower():
             return self._user_permissions(text, version)
+        if self._sobject_of(text).lower() == REPORT.lower():
+            return self._report_query(text, version)
         with self.lock:
             try:
                 plan = soql.compile_query(text, self._schema, sobject=SOBJECT,
@@ -826,6 +840,21 @@ class SalesforceSim(SimApp):
         url = f"/services/data/v{version}/sobjects/{USER_PERMISSIONS}/{row['Id']}"
         records = [{"attributes": {"type": USER_PERMISSIONS, "url": url}, **{f: r[f] for f in plan.fields}}
                    for r in plan.select([row])] if plan.kind == "records" else []
+        return Response.json(200, {"totalSize": len(records), "done": True, "records": records})
+
+    def _report_query(self, text: str, version: str) -> Response:
+        """``SELECT ... FROM Report``: the deployed reports, records queries only."""
+        specs = {name: FieldDef(name, kind) for name, kind in _REPORT_FIELDS.items()}
+        try:
+            plan = soql.compile_query(text, specs, sobject=REPORT, indexed=[])
+        except soql.SoqlError as exc:
+            raise HttpError(400, exc.message, exc.code) from None
+        if plan.kind != "records":
+            raise HttpError(400, "the simulator answers only records queries on Report", "MALFORMED_QUERY")
+        with self.lock:
+            rows = plan.select(list(self._reports.values()))
+        records = [{"attributes": {"type": REPORT, "url": f"/services/data/v{version}/sobjects/{REPORT}/{r['Id']}"},
+                    **{f: r[f] for f in plan.fields}} for r in rows]
         return Response.json(200, {"totalSize": len(records), "done": True, "records": records})
 
     def _candidate_rows(self, plan: soql.Plan, include_deleted: bool) -> Iterable[Mapping[str, Any]]:

@@ -253,13 +253,24 @@ class Not:
     item: Expr
 
 
+@dataclass(frozen=True)
+class DateFn:
+    """A date function such as ``DAY_ONLY(CreatedDate)``: in SELECT (aliased or not) and GROUP BY."""
+
+    name: str  # upper case
+    field: FieldRef
+    alias: str | None
+    pos: int
+
+
 Expr = Compare | BoolOp | Not
-SelectItem = FieldRef | Count
+SelectItem = FieldRef | Count | DateFn
+GroupItem = FieldRef | DateFn
 
 
 @dataclass(frozen=True)
 class OrderItem:
-    target: SelectItem
+    target: FieldRef | Count
     desc: bool
     nulls_last: bool
 
@@ -271,7 +282,7 @@ class Query:
     sobject: str
     sobject_pos: int
     where: Expr | None = None
-    group_by: list[FieldRef] = field(default_factory=list)
+    group_by: list[GroupItem] = field(default_factory=list)
     order_by: list[OrderItem] = field(default_factory=list)
     limit: int | None = None
     offset: int | None = None
@@ -334,7 +345,7 @@ class Parser:
         if self.is_kw("GROUP"):
             self.take()
             self.expect_kw("BY")
-            query.group_by = self.comma_list(self.field_ref)
+            query.group_by = self.comma_list(self.group_item)
         if self.is_kw("ORDER"):
             self.take()
             self.expect_kw("BY")
@@ -366,7 +377,26 @@ class Parser:
             if self.tok.kind == "ident" and self.tok.text.upper() not in _RESERVED:
                 alias = self.take().text
             return Count(count.field, alias, count.pos)
+        if self.at_date_function():
+            fn = self.date_function()
+            if self.tok.kind == "ident" and self.tok.text.upper() not in _RESERVED:
+                return DateFn(fn.name, fn.field, self.take().text, fn.pos)
+            return fn
         return self.field_ref()
+
+    def group_item(self) -> GroupItem:
+        return self.date_function() if self.at_date_function() else self.field_ref()
+
+    def at_date_function(self) -> bool:
+        return self.is_kw(*DATE_FUNCTIONS) and self.tokens[self.i + 1].text == "("
+
+    def date_function(self) -> DateFn:
+        """``NAME(field)``; convertTimezone() is not supported here, so it is refused as malformed."""
+        start = self.take()
+        self.expect_punct("(")
+        target = self.field_ref()
+        self.expect_punct(")")
+        return DateFn(start.text.upper(), target, None, start.pos)
 
     def count(self) -> Count:
         start = self.take()
@@ -382,7 +412,7 @@ class Parser:
         return FieldRef(token.text, token.pos)
 
     def order_item(self) -> OrderItem:
-        target: SelectItem = self.count() if self.is_kw("COUNT") else self.field_ref()
+        target: FieldRef | Count = self.count() if self.is_kw("COUNT") else self.field_ref()
         desc = False
         if self.is_kw("ASC", "DESC"):
             desc = self.take().text.upper() == "DESC"
@@ -503,6 +533,24 @@ Row = Mapping[str, Any]
 Predicate = Callable[[Row], bool]
 
 
+def _day(text: str) -> dt.date:
+    return dt.date.fromisoformat(text[:10])
+
+
+# Each date function: the field categories it takes, and its value from a stored text (date-times are
+# stored in UTC, which is what SOQL's date functions use without convertTimezone()).
+DATE_FUNCTIONS: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
+    "DAY_ONLY": (("datetime",), lambda v: v[:10]),
+    "HOUR_IN_DAY": (("datetime",), lambda v: int(v[11:13])),
+    "CALENDAR_YEAR": (("date", "datetime"), lambda v: int(v[:4])),
+    "CALENDAR_QUARTER": (("date", "datetime"), lambda v: (int(v[5:7]) - 1) // 3 + 1),
+    "CALENDAR_MONTH": (("date", "datetime"), lambda v: int(v[5:7])),
+    "DAY_IN_MONTH": (("date", "datetime"), lambda v: int(v[8:10])),
+    "DAY_IN_WEEK": (("date", "datetime"), lambda v: _day(v).isoweekday() % 7 + 1),  # 1 is Sunday
+    "DAY_IN_YEAR": (("date", "datetime"), lambda v: _day(v).timetuple().tm_yday),
+}
+
+
 def category(type_name: str) -> str:
     return CATEGORIES.get(type_name.lower(), "string")
 
@@ -529,7 +577,9 @@ class Plan:
     limit: int | None
     offset: int
     aggregate_items: list[tuple[str, str | None, str]] = field(default_factory=list)  # (key, field, kind)
-    group_by: list[str] = field(default_factory=list)
+    group_by: list[str] = field(default_factory=list)  # labels: a field name or e.g. DAY_ONLY(CreatedDate)
+    group_values: dict[str, Callable[[Row], Any]] = field(default_factory=dict)  # label -> value of a row
+    output: list[tuple[str, str]] = field(default_factory=list)  # (result key, label or aggregate key), in order
 
     def select(self, rows: Iterable[Row]) -> list[Row]:
         """Filter, sort and slice: the rows a records query answers."""
@@ -561,9 +611,10 @@ class Plan:
         for row in rows:
             if not self.predicate(row):
                 continue
-            key = tuple(_key("string", row.get(name)) for name in self.group_by)
+            values = {name: self._group_value(name, row) for name in self.group_by}
+            key = tuple(_key("string", value) for value in values.values())
             if key not in groups:
-                groups[key] = ({name: row.get(name) for name in self.group_by}, [0] * len(counted))
+                groups[key] = (values, [0] * len(counted))
             tally = groups[key][1]
             for i, name in enumerate(counted):
                 if name is None or row.get(name) is not None:
@@ -577,10 +628,13 @@ class Plan:
                 record[out_key] = n
             results.append(record)
         results = self._sort_slice(results)
-        for unselected in set(self.group_by) - set(self.fields):  # grouped (and maybe ordered) by, not selected
-            for record in results:
-                del record[unselected]
-        return results
+        # Grouped (and maybe ordered) by but not selected: left out; date functions under their alias or exprN.
+        return [{"attributes": record["attributes"], **{out: record[src] for out, src in self.output}}
+                for record in results]
+
+    def _group_value(self, label: str, row: Row) -> Any:
+        extract = self.group_values.get(label)
+        return row.get(label) if extract is None else extract(row)
 
 
 class Binder:
@@ -631,6 +685,11 @@ class Binder:
         lookups = _lookups(q.where, self.indexed) if q.where is not None else None
         counts = [item for item in q.select if isinstance(item, Count)]
         plan = Plan(self.sobject, "records", [], predicate, lookups, [], q.limit, q.offset or 0)
+        if not (counts or q.group_by):
+            for item in q.select:
+                if isinstance(item, DateFn):
+                    raise self.error("MALFORMED_QUERY", item.pos, f"{item.name} is only allowed in an aggregate "
+                                     "query (with GROUP BY)")
         if counts or q.group_by:
             self.bind_aggregate(plan, counts)
         else:
@@ -650,7 +709,11 @@ class Binder:
 
     def bind_aggregate(self, plan: Plan, counts: list[Count]) -> None:
         q = self.query
-        plan.group_by = [self.resolve(ref, "group").name for ref in q.group_by]
+        for ref in q.group_by:
+            label = self.group_label(ref, plan)
+            if label in plan.group_by:
+                raise self.error("MALFORMED_QUERY", ref.pos, f"duplicate field in GROUP BY: {label}")
+            plan.group_by.append(label)
         if any(c.field is None for c in counts):
             if len(q.select) > 1 or q.group_by:
                 raise self.error("MALFORMED_QUERY", counts[0].pos, "COUNT() must be the only element in the "
@@ -665,16 +728,39 @@ class Binder:
                 if name not in plan.group_by:
                     raise self.error("MALFORMED_QUERY", item.pos, f"Field must be grouped or aggregated: {name}")
                 plan.fields.append(name)
+                plan.output.append((name, name))
                 continue
-            assert item.field is not None
-            counted = self.resolve(item.field).name
             if item.alias:
                 out_key = item.alias
             else:
                 out_key = f"expr{unnamed}"
                 unnamed += 1
+            if isinstance(item, DateFn):
+                label = self.group_label(item, None)
+                if label not in plan.group_by:
+                    raise self.error("MALFORMED_QUERY", item.pos, f"Field must be grouped or aggregated: {label}")
+                plan.output.append((out_key, label))
+                continue
+            assert item.field is not None
+            counted = self.resolve(item.field).name
             plan.aggregate_items.append((out_key, counted, "count"))
+            plan.output.append((out_key, out_key))
         plan.order = [self.aggregate_order_key(item, plan) for item in q.order_by]
+
+    def group_label(self, ref: GroupItem, plan: Plan | None) -> str:
+        """The label of a GROUP BY item; a date function's extractor is registered on ``plan``."""
+        if isinstance(ref, FieldRef):
+            return self.resolve(ref, "group").name
+        spec = self.resolve(ref.field, "group")
+        kinds, extract = DATE_FUNCTIONS[ref.name]
+        if category(spec.type) not in kinds:
+            raise self.error("INVALID_FIELD", ref.field.pos, f"{ref.name}() needs a "
+                             f"{' or '.join(_TYPE_WORD[k] for k in kinds)} field, not {spec.name}")
+        label = f"{ref.name}({spec.name})"
+        if plan is not None:
+            name = spec.name
+            plan.group_values[label] = lambda row: None if (v := row.get(name)) is None else extract(str(v))
+        return label
 
     def order_key(self, item: OrderItem) -> tuple[Callable[[Row], Any], bool]:
         if isinstance(item.target, Count):
