@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sfsync import __version__
-from sfsync.errors import EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, SfsyncError
+from sfsync.errors import EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, AlreadyRunning, SfsyncError
 
 log = logging.getLogger("sfsync")
 
@@ -104,7 +104,9 @@ def exit_status(command: Callable[[], int]) -> int:
         return command()
     except SfsyncError as exc:
         if logging.getLogger().handlers:  # the log redacts secrets and URL user-info
-            log.error("%s", exc, extra={"event": "error", "error": type(exc).__name__})
+            # Another run holding the lock is benign (an overlapping cron run): info, never a page.
+            level = logging.INFO if isinstance(exc, AlreadyRunning) else logging.ERROR
+            log.log(level, "%s", exc, extra={"event": "error", "error": type(exc).__name__})
         else:  # before logging is set up (a usage or configuration error): once, on stderr
             from sfsync.logs import redact_urls
 

@@ -85,6 +85,9 @@ def _run(sub: Any) -> None:
     parser.add_argument("--metrics-port", type=bounds.PORT_OR_ANY, metavar="PORT",
                         help="with --loop: serve GET /metrics on this port (0: any free port)")
     parser.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
+    parser.add_argument("--heartbeat", type=bounds.positive(86_400.0), default=600.0, metavar="SECONDS",
+                        help="with --loop: runs that find nothing to do are not summarised; one heartbeat line "
+                             "says so this often (default 600)")
     parser.set_defaults(func=run_command)
 
 
@@ -97,22 +100,79 @@ def run_command(args: argparse.Namespace) -> int:
     options = RunOptions(once=args.once, max_reports=args.max_reports, max_seconds=args.max_seconds,
                          dry_run=args.dry_run, retry_waiting=args.retry_waiting, inbox=args.inbox)
     endpoint = None
+    heartbeat = Heartbeat(args.heartbeat, stop)
     if args.metrics_port is not None:
         if not args.loop:
             raise UsageError("--metrics-port needs --loop (a one-off run is gone before anyone scrapes it)")
         from sfsync.metrics import MetricsEndpoint
 
-        endpoint = MetricsEndpoint(args.metrics_host, args.metrics_port).start()
-        log.info("metrics on http://%s:%d/metrics", args.metrics_host, endpoint.port, extra={"event": "metrics"})
+        endpoint = MetricsEndpoint(args.metrics_host, args.metrics_port, store=worker.store,
+                                   health=heartbeat.health).start()
+        log.info("metrics on http://%s:%d/metrics, health on /healthz", args.metrics_host, endpoint.port,
+                 extra={"event": "metrics", "port": endpoint.port})
+    quiet = _IdleSummaries() if args.loop else None
+    if quiet:
+        logging.getLogger("sfsync.run").addFilter(quiet)
     try:
-        return _run_loop(args, settings, worker, options, stop, endpoint)
+        return _run_loop(args, settings, worker, options, stop, endpoint, heartbeat)
     finally:
+        if quiet:
+            logging.getLogger("sfsync.run").removeFilter(quiet)
         if endpoint:
             endpoint.stop()
 
 
+def _idle(data: Any) -> bool:
+    """A run that found nothing at all to do (a daemon's usual run)."""
+    return data.get("exit_reason") == "nothing_to_do" and not any(
+        data.get(k) for k in ("fetched", "applied", "waiting", "dead_lettered", "waiting_retried", "held"))
+
+
+class _IdleSummaries(logging.Filter):
+    """In a loop, an idle run's ``run_summary`` line is left out (the heartbeat stands for it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (getattr(record, "event", None) == "run_summary" and _idle(vars(record)))
+
+
+class Heartbeat:
+    """A loop's liveness: idle runs are counted and logged once per ``every`` seconds; ``/healthz``
+    reports the last run."""
+
+    def __init__(self, every: float, stop: threading.Event):
+        import time
+
+        self.every = every
+        self.stop = stop
+        self.clock = time.monotonic
+        self.idle_runs = 0
+        self.since = self.clock()
+        self.last_run: dict[str, Any] = {}
+        self.last_finished: str | None = None
+
+    def ran(self, summary: Any) -> None:
+        import datetime as dt
+
+        data = summary.as_dict()
+        self.last_run = {"exit_reason": data.get("exit_reason"), "exit_code": data.get("exit_code")}
+        self.last_finished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        if not _idle(data):
+            self.idle_runs, self.since = 0, self.clock()
+            return
+        self.idle_runs += 1
+        if self.clock() - self.since >= self.every:
+            log.info("alive: %d run(s) in the last %.0fs found nothing to do", self.idle_runs,
+                     self.clock() - self.since, extra={"event": "heartbeat", "idle_runs": self.idle_runs})
+            self.idle_runs, self.since = 0, self.clock()
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        stopping = self.stop.is_set()
+        return (503 if stopping else 200), {"status": "stopping" if stopping else "ok",
+                                            "last_finished": self.last_finished, "last_run": self.last_run}
+
+
 def _run_loop(args: argparse.Namespace, settings: Any, worker: Any, options: Any, stop: threading.Event,
-              endpoint: Any) -> int:
+              endpoint: Any, heartbeat: Heartbeat) -> int:
     while True:
         try:
             summary = worker.run(options)
@@ -124,22 +184,24 @@ def _run_loop(args: argparse.Namespace, settings: Any, worker: Any, options: Any
             if stop.wait(args.interval):
                 return exc.exit_code
             continue
-        _write_metrics(args, summary)
+        _write_metrics(args, summary, worker.store)
         if endpoint:
             endpoint.update(summary)
+        if args.loop:
+            heartbeat.ran(summary)
         if args.dry_run:
             _print_changes(summary.changes, summary.counts, settings.field_status)
         if not args.loop or stop.wait(args.interval):
             return summary.exit_code
 
 
-def _write_metrics(args: argparse.Namespace, summary: Any) -> None:
+def _write_metrics(args: argparse.Namespace, summary: Any, store: Any = None) -> None:
     path = getattr(args, "metrics_file", None)
     if not path:
         return
     from sfsync import metrics
 
-    metrics.write_textfile(path, summary)
+    metrics.write_textfile(path, summary, metrics.Backlog.of(store) if store is not None else None)
 
 
 def _print_changes(changes: list[dict[str, Any]], counts: Any, status_field: str) -> None:

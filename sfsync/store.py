@@ -608,3 +608,13 @@ class Store:
                     row["message_id"], row["task_id"], row["label"], row["code"], bool(row["final"]),
                     _parse_ts(row["event_time"]), _parse_ts(row["received_time"]), row["report_id"]))
         return found
+
+    # -- read-only figures for monitoring and `sfsync trace` -----------------------------------------
+    def backlog(self) -> dict[str, Any]:
+        """Counts of what is not yet in Salesforce, and the oldest of each (None when there is none)."""
+        db = self.db
+        waiting = db.execute("SELECT COUNT(*), MIN(first_seen) FROM waiting").fetchone()
+        inbox = db.execute("SELECT COUNT(*), MIN(received_at) FROM inbox WHERE processed_at IS NULL").fetchone()
+        return {"waiting": int(waiting[0]), "oldest_waiting": _parse_ts(waiting[1]),
+                "inbox_pending": int(inbox[0]), "oldest_inbox": _parse_ts(inbox[1]),
+                "dead_letters": self.dead_letter_count()}
