@@ -19,6 +19,7 @@ from typing import Any
 
 from sfsync import bounds, timeargs
 from sfsync.errors import EXIT_OK, RemoteError, UsageError
+from sfsync.logs import masked
 
 log = logging.getLogger("sfsync")
 
@@ -257,11 +258,14 @@ def _dead_letters(sub: Any) -> None:
     parser.add_argument("action", choices=("list", "show", "retry", "purge"))
     parser.add_argument("ids", nargs="*", type=bounds.whole(1, bounds.SQLITE_INT_MAX),
                         help="dead letter ids (show, retry); retry without ids: all")
-    parser.add_argument("--json", action="store_true")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="list, show: JSON")
+    output.add_argument("--csv", action="store_true", help="list: CSV with a header row")
     parser.add_argument("--limit", type=bounds.whole(1, 10**6), default=100)
     parser.add_argument("--older-than-days", type=timeargs.OLDER_THAN_DAYS.argument(), metavar="DAYS",
                         help="purge only letters older than this (0 to 36500)")
-    parser.add_argument("--yes", action="store_true", help="purge without asking")
+    parser.add_argument("--yes", action="store_true",
+                        help="purge without asking (required when stdin is not a terminal: cron, scripts)")
     parser.set_defaults(func=dead_letters_command)
 
 
@@ -276,11 +280,13 @@ def dead_letters_command(args: argparse.Namespace) -> int:
         letters = store.dead_letters(args.limit)
         if args.json:
             print(json.dumps([_letter_dict(d) for d in letters], indent=2, default=str))
+        elif args.csv:
+            _letters_csv(letters)
         else:
             print(f"{store.dead_letter_count()} dead letter(s)")
             for d in letters:
                 print(f"  #{d.id} {d.created_at:%Y-%m-%d %H:%M} report {d.report_id} message {d.message_id}: "
-                      f"{d.reason}{f' [{d.sf_error}]' if d.sf_error else ''}")
+                      f"{masked(d.reason)}{f' [{d.sf_error}]' if d.sf_error else ''}")
         return EXIT_OK
     if args.action == "show":
         if not args.ids:
@@ -292,8 +298,11 @@ def dead_letters_command(args: argparse.Namespace) -> int:
             print(json.dumps(_letter_dict(letter), indent=2, default=str))
         return EXIT_OK
     if args.action == "purge":
-        if not args.yes and sys.stdin.isatty() and input("Delete dead letters for good? [y/N] ").lower() != "y":
-            return EXIT_OK
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise UsageError("dead-letters purge deletes for good: add --yes to purge from a script or cron")
+            if input("Delete dead letters for good? [y/N] ").strip().lower() != "y":
+                return EXIT_OK
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=args.older_than_days) if args.older_than_days else None
         print(f"purged {store.purge_dead_letters(cutoff)} dead letter(s)")
         return EXIT_OK
@@ -328,12 +337,26 @@ def _retry_dead_letters(settings: Any, store: Any, ids: list[int]) -> int:
 
 
 def _letter_dict(letter: Any) -> dict[str, Any]:
+    """A dead letter for people: phone numbers and message text masked as in the logs."""
     from dataclasses import asdict
 
     data = asdict(letter)
     with contextlib.suppress(ValueError):
         data["raw"] = json.loads(letter.raw)
-    return data
+    return {k: v if isinstance(v, int | type(None)) else masked(v) for k, v in data.items()}
+
+
+LETTER_COLUMNS = ("id", "created_at", "report_id", "message_id", "source", "reason", "sf_error", "retried_at")
+
+
+def _letters_csv(letters: list[Any]) -> None:
+    import csv
+
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    out.writerow(LETTER_COLUMNS)
+    for letter in letters:
+        data = _letter_dict(letter)
+        out.writerow(["" if data[c] is None else data[c] for c in LETTER_COLUMNS])
 
 
 # -- sfsync sim ---------------------------------------------------------------------------------------------
