@@ -415,4 +415,5 @@ REGISTRARS: list[Callable[[Any], None]] = [
     _run, _status, _dead_letters, _doctor, _report, _demo, _sim,
     _lazy("sfsync.server"), _lazy("sfsync.webhooks"),  # push mode
     _lazy("sfsync.backfill_cli"),  # manual backfill
+    _lazy("sfsync.trace"), _lazy("sfsync.config_cli"),  # answers for people
 ]

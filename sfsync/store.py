@@ -618,3 +618,26 @@ class Store:
         return {"waiting": int(waiting[0]), "oldest_waiting": _parse_ts(waiting[1]),
                 "inbox_pending": int(inbox[0]), "oldest_inbox": _parse_ts(inbox[1]),
                 "dead_letters": self.dead_letter_count()}
+
+    def trace(self, message_ids: Iterable[str], task_id: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Every stored row about these messages (or naming this Task in a report): ledger (with
+        ``applied_at``), waiting, dead letters and inbox, oldest first. Read-only."""
+        ids = list(dict.fromkeys(message_ids))
+        marks = ",".join("?" * len(ids)) or "NULL"
+        like = "%" + (task_id or "\x00")[:15].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        quoted = ['%"' + m.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + '"%' for m in ids]
+        inbox_where = " OR ".join(["raw LIKE ? ESCAPE '\\'"] * (len(quoted) + 1))
+        db = self.db
+        return {
+            "ledger": [dict(r) for r in db.execute(
+                f"SELECT * FROM ledger WHERE message_id IN ({marks}) OR substr(task_id, 1, 15) = ? "
+                "ORDER BY applied_at", [*ids, (task_id or "")[:15]])],
+            "waiting": [dict(r) for r in db.execute(
+                f"SELECT * FROM waiting WHERE message_id IN ({marks}) OR raw LIKE ? ESCAPE '\\' "
+                "ORDER BY first_seen", [*ids, like])],
+            "dead_letters": [dict(r) for r in db.execute(
+                f"SELECT * FROM dead_letters WHERE message_id IN ({marks}) OR raw LIKE ? ESCAPE '\\' "
+                "ORDER BY created_at", [*ids, like])],
+            "inbox": [dict(r) for r in db.execute(
+                f"SELECT * FROM inbox WHERE {inbox_where} ORDER BY received_at", [*quoted, like])],
+        }
