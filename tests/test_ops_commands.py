@@ -87,7 +87,7 @@ def test_doctor_cli_exit_status_and_json(sims: Simulators, worker_env: dict[str,
     assert main(["doctor", "--json"]) == 0
     assert all(c["status"] == "ok" for c in json.loads(capsys.readouterr().out))
     monkeypatch.delenv("SFSYNC_SF_CLIENT_ID")
-    assert main(["doctor"]) == 1
+    assert main(["doctor"]) == 9  # a check failed: its own status, not 1 (a bug)
     assert "SFSYNC_SF_CLIENT_ID" in capsys.readouterr().out
 
 
