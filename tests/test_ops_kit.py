@@ -544,3 +544,16 @@ def test_dockerfile_copies_are_in_the_build_context() -> None:
             for source in sources:
                 assert (REPO / source).exists(), f"COPY {source}: not in the repository"
                 assert source.rstrip("/") in allowed, f"COPY {source}: excluded by Dockerfile.dockerignore"
+
+
+def test_pyproject_license_is_an_spdx_expression() -> None:
+    """A table (`{ text = ... }`) makes setuptools print a deprecation warning on every install."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    license_ = project["project"]["license"]
+    assert isinstance(license_, str)
+    assert re.fullmatch(r"(LicenseRef-[A-Za-z0-9.\-]+|[A-Za-z0-9.\-+]+)( (AND|OR|WITH) [A-Za-z0-9.\-+]+)*", license_)
+    assert not any(c.startswith("License ::") for c in project["project"].get("classifiers", []))
+    setuptools = [r for r in project["build-system"]["requires"] if r.startswith("setuptools")]
+    assert setuptools == ["setuptools>=77"]  # the first to read a license expression (PEP 639)
