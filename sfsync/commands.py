@@ -225,6 +225,8 @@ def _status(sub: Any) -> None:
     parser = sub.add_parser("status", parents=[common_options()], help="last runs, waiting and dead-letter counts")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--runs", type=bounds.whole(1, 1000), default=5, help="how many recent runs to show")
+    parser.add_argument("--all", action="store_true",
+                        help="include idle runs (nothing to do: a loop's or a quiet timer's usual run)")
     parser.set_defaults(func=status_command)
 
 
@@ -233,10 +235,10 @@ def status_command(args: argparse.Namespace) -> int:
 
     settings = settings_for(args, messagemedia=False, salesforce=False)
     store = Store(settings.store_path)
-    runs = store.recent_runs(args.runs)
+    runs, hidden = _shown_runs(store, args.runs, args.all)
     data: dict[str, Any] = {"store": str(settings.store_path), "waiting": store.waiting_count(),
             "dead_letters": store.dead_letter_count(), "inbox_pending": store.inbox_count(),
-            "runs": runs}
+            "runs": runs, "idle_runs_hidden": hidden}
     if args.json:
         print(json.dumps(data, indent=2, default=str))
         return EXIT_OK
@@ -245,10 +247,30 @@ def status_command(args: argparse.Namespace) -> int:
           f"inbox pending: {data['inbox_pending']}")
     for run in runs:
         c = run["counts"]
-        print(f"  #{run['id']} {run['kind']:7} {run['started_at'][:19]}  {run['exit_reason'] or 'running?':14} "
+        code = "" if run["exit_code"] is None else f"exit {run['exit_code']}"
+        print(f"  #{run['id']} {run['kind']:7} {run['started_at'][:19]}  {code:7} "
+              f"{run['exit_reason'] or 'running?':14} "
               f"fetched {c.get('fetched', 0)}, applied {c.get('applied', 0)}, waiting {c.get('waiting', 0)}, "
               f"dead {c.get('dead_lettered', 0)}, SF calls {c.get('salesforce_calls', 0)}")
+    if hidden:
+        print(f"  ({hidden} idle run(s) hidden among these: --all shows them)")
     return EXIT_OK
+
+
+def _shown_runs(store: Any, wanted: int, everything: bool) -> tuple[list[dict[str, Any]], int]:
+    """The latest ``wanted`` runs, idle ones left out unless ``everything``; and how many were left out."""
+    if everything:
+        return store.recent_runs(wanted), 0
+    shown: list[dict[str, Any]] = []
+    hidden = 0
+    for run in store.recent_runs(max(wanted * 50, 500)):
+        if len(shown) == wanted:
+            break
+        if run["ended_at"] and _idle({**run["counts"], "exit_reason": run["exit_reason"]}):
+            hidden += 1
+        else:
+            shown.append(run)
+    return shown, hidden
 
 
 # -- sfsync dead-letters ------------------------------------------------------------------------------------

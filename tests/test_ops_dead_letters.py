@@ -72,3 +72,25 @@ def test_list_csv(tmp_path: Path) -> None:
     assert rows[1]["sf_error"] == "STRING_TOO_LONG" and rows[1]["source"] == "push"
     assert rows[0]["message_id"] == "m-1" and PHONE not in done.stdout
     assert set(rows[0]) >= {"id", "created_at", "report_id", "message_id", "source", "reason", "sf_error"}
+
+
+def test_status_shows_exit_statuses_and_hides_idle_runs(tmp_path: Path) -> None:
+    state, store = seeded(tmp_path)
+    busy = store.start_run("run")
+    store.finish_run(busy, {"fetched": 5, "applied": 4, "dead_lettered": 1}, "queue_empty", 6)
+    for _ in range(3):
+        idle = store.start_run("run")
+        store.finish_run(idle, {"fetched": 0}, "nothing_to_do", 0)
+    env = env_for(state)
+    done = subprocess.run([SFSYNC, "status"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    runs = [line for line in done.stdout.splitlines() if line.strip().startswith("#")]
+    assert len(runs) == 1 and "exit 6" in runs[0] and "queue_empty" in runs[0]
+    assert "3 idle run(s) hidden" in done.stdout
+    shown = subprocess.run([SFSYNC, "status", "--all", "--json"], env=env, cwd=tmp_path, capture_output=True,
+                           text=True, timeout=60)
+    data = json.loads(shown.stdout)
+    assert [r["exit_code"] for r in data["runs"]] == [0, 0, 0, 6]
+    hidden = json.loads(subprocess.run([SFSYNC, "status", "--json"], env=env, cwd=tmp_path, capture_output=True,
+                                       text=True, timeout=60).stdout)
+    assert [r["exit_code"] for r in hidden["runs"]] == [6] and hidden["idle_runs_hidden"] == 3
