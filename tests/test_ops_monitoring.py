@@ -237,3 +237,13 @@ def test_connection_causes_in_words(cause: str, words: str) -> None:
     }
     text = why_unreachable(made[cause])
     assert text.startswith("api.example.com: ") and words in text, text
+
+
+def test_budget_stop_says_the_next_run_resumes_once(sims: Simulators, tmp_path: Path) -> None:
+    messages = [new_message_id() for _ in range(2)]
+    add_tasks(sims, messages)
+    sims.mm.add_reports([report(m, "delivered", "220") for m in messages])
+    env = cli_env(sims, tmp_path / "state", SFSYNC_API_BUDGET_PCT="0.0001")
+    done = subprocess.run([SFSYNC, "run"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 5, done.stderr
+    assert done.stderr.count("the next run resumes") == 1, done.stderr
