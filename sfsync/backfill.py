@@ -100,16 +100,29 @@ def parse_bound(text: str, option: str, zone: dt.tzinfo) -> dt.datetime:
     return timeargs.instant(text, option, zone)
 
 
+FUTURE_SLACK = dt.timedelta(minutes=5)  # an end this far ahead (a clock a little fast, "until the top of the hour")
+
+
 def parse_window(since: str, until: str, timezone: str = "UTC", now: dt.datetime | None = None) -> Window:
+    """The window; ``now`` (any case) for either bound is the current time, and an end up to
+    ``FUTURE_SLACK`` ahead is clamped to now (MessageMedia has nothing later)."""
     name = zone_named(timezone)
     zone = zoneinfo.ZoneInfo(name)
-    start, end = parse_bound(since, "--since", zone), parse_bound(until, "--until", zone)
-    now = now or now_utc()
+    now = (now or now_utc()).replace(microsecond=0)
+
+    def bound(text: str, option: str) -> dt.datetime:
+        return now if text.strip().lower() == "now" else parse_bound(text, option, zone)
+
+    start, end = bound(since, "--since"), bound(until, "--until")
     if end <= start:
         raise UsageError(f"the window is the wrong way round: --since {since} is not before --until {until}")
-    if end > now:
+    if end > now + FUTURE_SLACK:
         raise UsageError(f"--until {until} is in the future ({format_time(end)}, now {format_time(now)}): "
-                         "a backfill covers the past; give an end up to now")
+                         "a backfill covers the past; give an end up to now (or 'now')")
+    if end > now:
+        log.info("--until %s is a little ahead of now: the window ends now, %s", until, format_time(now),
+                 extra={"event": "backfill_until_clamped"})
+        end = now
     return Window(start, end, name)
 
 

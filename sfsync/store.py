@@ -641,3 +641,9 @@ class Store:
             "inbox": [dict(r) for r in db.execute(
                 f"SELECT * FROM inbox WHERE {inbox_where} ORDER BY received_at", [*quoted, like])],
         }
+
+    def checkpoints(self, prefix: str) -> list[tuple[str, dict[str, Any], dt.datetime | None]]:
+        """(name, data, updated at) of the checkpoints whose name starts with ``prefix``, newest first."""
+        rows = self.db.execute("SELECT * FROM checkpoints WHERE substr(name, 1, ?) = ? ORDER BY updated_at DESC",
+                               (len(prefix), prefix)).fetchall()
+        return [(r["name"], json.loads(r["data"]), _parse_ts(r["updated_at"])) for r in rows]
