@@ -53,3 +53,30 @@ def test_list_shows_resumable_checkpoints(tmp_path: Path) -> None:
     assert only["since"] == "2026-11-01T00:00:00.000Z" and only["counts"]["applied"] == 120
     bare = subprocess.run([SFSYNC, "backfill"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert bare.returncode == 2 and "--since" in bare.stderr
+
+
+class _Terminal(__import__("io").StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_says_pages_records_and_window_share_labelled(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    from collections import Counter
+
+    from sfsync.backfill import Progress, Window
+
+    window = Window(dt.datetime(2026, 11, 1, tzinfo=dt.UTC), dt.datetime(2026, 11, 2, tzinfo=dt.UTC),
+                    "Australia/Sydney")
+    terminal = _Terminal()
+    bar = Progress(window, terminal)
+    bar.update(0.97, Counter(pages=3, fetched=300, changed=120, applied=100))
+    bar.close()
+    shown = terminal.getvalue()
+    assert "2026-11-01 11:00..2026-11-02 11:00 Australia/Sydney" in shown  # times, in the window's zone
+    assert "of the window's time span" in shown and "page 3" in shown and "300 read" in shown
+    caplog.set_level(logging.INFO, logger="sfsync.backfill")
+    quiet = Progress(window, __import__("io").StringIO(), every=1)
+    quiet.update(0.5, Counter(pages=2, fetched=200, changed=50, applied=40))
+    (line,) = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "backfill_progress"]
+    assert "2 pages, 200 records read" in line and "50% of the window's time span (no total is known)" in line
