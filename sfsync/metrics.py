@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.parser import text_string_to_metric_families
 
 from sfsync import __version__
+from sfsync.httpd import Page, StatusServer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -274,18 +275,18 @@ class MetricsEndpoint:
     """``GET /metrics`` and ``GET /healthz`` for ``run --loop`` on the shared status server."""
 
     def __init__(self, host: str, port: int, store: Any = None, health: Any = None):
-        from sfsync.httpd import Page, StatusServer
-
         self.state = MetricsState(store)
         self._health = health
-        self._server = StatusServer(host, port, {
-            "/metrics": lambda: Page(200, CONTENT_TYPE, self.state.page().encode()),
-            "/healthz": self._healthz,
-        })
+        self._server = StatusServer(host, port, {"/metrics": self._metrics, "/healthz": self._healthz})
 
-    def _healthz(self) -> Any:
-        from sfsync.httpd import Page
+    def _metrics(self) -> Page:
+        try:
+            return Page(200, CONTENT_TYPE, self.state.page().encode())
+        finally:
+            if self.state.store is not None:
+                self.state.store.close()  # this request thread's SQLite connection
 
+    def _healthz(self) -> Page:
         status, payload = self._health() if self._health else (200, {"status": "ok"})
         return Page.json(status, payload)
 
