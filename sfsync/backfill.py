@@ -100,16 +100,29 @@ def parse_bound(text: str, option: str, zone: dt.tzinfo) -> dt.datetime:
     return timeargs.instant(text, option, zone)
 
 
+FUTURE_SLACK = dt.timedelta(minutes=5)  # an end this far ahead (a clock a little fast, "until the top of the hour")
+
+
 def parse_window(since: str, until: str, timezone: str = "UTC", now: dt.datetime | None = None) -> Window:
+    """The window; ``now`` (any case) for either bound is the current time, and an end up to
+    ``FUTURE_SLACK`` ahead is clamped to now (MessageMedia has nothing later)."""
     name = zone_named(timezone)
     zone = zoneinfo.ZoneInfo(name)
-    start, end = parse_bound(since, "--since", zone), parse_bound(until, "--until", zone)
-    now = now or now_utc()
+    now = (now or now_utc()).replace(microsecond=0)
+
+    def bound(text: str, option: str) -> dt.datetime:
+        return now if text.strip().lower() == "now" else parse_bound(text, option, zone)
+
+    start, end = bound(since, "--since"), bound(until, "--until")
     if end <= start:
         raise UsageError(f"the window is the wrong way round: --since {since} is not before --until {until}")
-    if end > now:
+    if end > now + FUTURE_SLACK:
         raise UsageError(f"--until {until} is in the future ({format_time(end)}, now {format_time(now)}): "
-                         "a backfill covers the past; give an end up to now")
+                         "a backfill covers the past; give an end up to now (or 'now')")
+    if end > now:
+        log.info("--until %s is a little ahead of now: the window ends now, %s", until, format_time(now),
+                 extra={"event": "backfill_until_clamped"})
+        end = now
     return Window(start, end, name)
 
 
@@ -379,21 +392,26 @@ def _chunks(changes: Iterator[Change], size: int) -> Iterator[list[Change]]:
 
 # -- progress ---------------------------------------------------------------------------------------
 class Progress:
-    """A tqdm bar on a terminal (percent of the window, ETA, counts, rate); elsewhere a log line
-    every few pages."""
+    """A tqdm bar on a terminal, elsewhere a log line every few pages: pages and records read (the
+    reporting API gives no total), and the share of the window's time span covered by send time,
+    labelled as such."""
 
-    def __init__(self, title: str, stream: Any = None, every: int = LOG_EVERY_PAGES):
+    def __init__(self, window: Window, stream: Any = None, every: int = LOG_EVERY_PAGES):
+        def when(moment: dt.datetime) -> str:
+            return window.local(moment)[:16].replace("T", " ")
+
+        title = f"backfill {when(window.since)}..{when(window.until)} {window.timezone}"
         self.stream = stream or sys.stderr
         self.every = every
         self.started = time.monotonic()
-        self.first: tuple[float, float] | None = None  # (time, fraction) at the first page: ETA base
         self.fraction = 0.0
         self.bar: Any = None
         if getattr(self.stream, "isatty", lambda: False)():
             from tqdm import tqdm
 
             self.bar = tqdm(total=100.0, desc=title, file=self.stream, dynamic_ncols=True, leave=True,
-                            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]{postfix}")
+                            bar_format="{desc}: {percentage:3.0f}% of the window's time span|{bar}| "
+                                       "[{elapsed}]{postfix}")
 
     def update(self, fraction: float | None, counts: Counter[str], *, final: bool = False) -> None:
         """``counts`` are the window's (resumed runs included)."""
@@ -401,26 +419,19 @@ class Progress:
         pages = counts["pages"]
         if fraction is not None:
             self.fraction = max(self.fraction, fraction)  # never backwards
-        if self.first is None:
-            self.first = (now, self.fraction)
         records = counts["fetched"]
         rate = records / max(now - self.started, 1e-6)
         if self.bar is not None:
             self.bar.update(self.fraction * 100 - self.bar.n)
-            self.bar.set_postfix_str(f"{records} read, {counts['changed']} changed, {counts['applied']} written, "
-                                     f"{rate:.0f}/s", refresh=True)
+            self.bar.set_postfix_str(f"page {pages}, {records} read, {counts['changed']} changed, "
+                                     f"{counts['applied']} written, {rate:.0f}/s", refresh=True)
             return
         if final or pages % self.every == 0:
+            # No time left is shown: records are not spread evenly over the window's time span.
             log.info("backfill: %d pages, %d records read, %d changed, %d written, %.0f records/s, %.0f%% of the "
-                     "window%s", pages, records, counts["changed"], counts["applied"], rate, self.fraction * 100,
-                     self._eta(now), extra={"event": "backfill_progress", "pages": pages, "records": records,
-                                            "percent": round(self.fraction * 100, 1)})
-
-    def _eta(self, now: float) -> str:
-        if self.first is None or self.fraction <= self.first[1]:
-            return ""
-        per_second = (self.fraction - self.first[1]) / max(now - self.first[0], 1e-6)
-        return f", about {(1.0 - self.fraction) / per_second:.0f}s to go"
+                     "window's time span (no total is known)", pages, records, counts["changed"], counts["applied"],
+                     rate, self.fraction * 100, extra={"event": "backfill_progress", "pages": pages,
+                                                       "records": records, "percent": round(self.fraction * 100, 1)})
 
     def close(self) -> None:
         if self.bar is not None:
@@ -507,7 +518,7 @@ class Backfill:
             log.warning("the window starts more than %d days ago: MessageMedia keeps messages %d days, older ones "
                         "are not found", RETENTION_DAYS, RETENTION_DAYS, extra={"event": "retention"})
         log.info("backfill from %s: %s%s", o.source, o.window, ", resuming" if o.resume else "",
-                 extra={"event": "backfill_start", "checkpoint": o.key})
+                 extra={"event": "backfill_start"})
         if not o.dry_run:  # an interrupted backfill's Bulk API job may still land: settle it first
             BulkReconciler(self.pipeline, self.bulk, wait_seconds=self.bulk_wait_s,
                            sleep=StopAwareSleep(self.stop)).settle(summary.counts)
@@ -515,7 +526,7 @@ class Backfill:
         resume_at: dict[str, Any] = dict(start["cursor"])  # first page whose changes are not all written
         summary.window_counts = base.copy()  # the window up to resume_at
         buffer = ChangeBuffer(self.pipeline.code_map, spool=not o.dry_run)
-        progress = Progress(f"backfill {o.window.since:%Y-%m-%d}..{o.window.until:%Y-%m-%d}", self.progress_stream)
+        progress = Progress(o.window, self.progress_stream)
         pages = self._source().pages(resume_at)
         last: Page | None = None
         reason = ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from typing import Any
 
 from sfsync import bounds
@@ -22,10 +23,14 @@ def register(sub: Any) -> None:
                     "Status and SMS Status Code on their Tasks, with the same precedence rule as 'sfsync run'. "
                     "Stop it at any time (Ctrl-C); --resume continues.",
     )
-    parser.add_argument("--since", required=True, metavar="WHEN",
+    parser.add_argument("--since", metavar="WHEN",
                         help="start of the window: an ISO date (2026-11-01, midnight in --timezone) or date-time")
-    parser.add_argument("--until", required=True, metavar="WHEN",
-                        help="end of the window, not included (2026-11-08 means up to 2026-11-07 24:00)")
+    parser.add_argument("--until", metavar="WHEN",
+                        help="end of the window, not included (2026-11-08 means up to 2026-11-07 24:00); 'now' "
+                             "for the current time (an end up to 5 minutes ahead is taken as now)")
+    parser.add_argument("--list", action="store_true",
+                        help="list the interrupted backfills that --resume can continue, with their command lines")
+    parser.add_argument("--json", action="store_true", help="with --list: JSON")
     parser.add_argument("--timezone", default="UTC", metavar="ZONE",
                         help="time zone for dates and times given without one, ours and MessageMedia's (default UTC; "
                              "e.g. Australia/Sydney)")
@@ -49,6 +54,9 @@ def register(sub: Any) -> None:
 def options_from(args: argparse.Namespace) -> Any:
     from sfsync.backfill import BackfillOptions, parse_window
 
+    missing = [name for name in ("since", "until") if getattr(args, name) is None]
+    if missing:
+        raise UsageError(f"sfsync backfill needs {' and '.join('--' + m for m in missing)} (or --list)")
     window = parse_window(args.since, args.until, args.timezone)
     statuses = tuple(dict.fromkeys(s.strip().upper() for given in args.status or () for s in given.split(",")
                                    if s.strip()))
@@ -71,6 +79,8 @@ def backfill_command(args: argparse.Namespace) -> int:
     from sfsync.backfill import Backfill
     from sfsync.commands import settings_for, stop_on_signals
 
+    if args.list:
+        return list_command(args)
     options = options_from(args)  # usage errors before any configuration is read
     settings = settings_for(args)
     summary = Backfill(settings, options, stop=stop_on_signals()).run()
@@ -106,6 +116,47 @@ def print_summary(summary: Any) -> None:
         print(f"  whole window so far: {w['pages']} page(s), {w['fetched']} records read, {w['applied']} Tasks written")
     if summary.exit_reason in ("signal", "max_pages", "api_budget", "error"):
         print("  continue with the same command and --resume")
+
+
+def resumable(store: Any) -> list[dict[str, Any]]:
+    """Interrupted backfills: their window, filters, progress and the command that continues each."""
+    found = []
+    for name, data, updated in store.checkpoints("backfill:"):
+        if data.get("done"):
+            continue
+        filters = name.split(f":{data.get('until')}:", 1)[1] if f":{data.get('until')}:" in name else ""
+        statuses, _, metadata = filters.partition(";")
+        words = ["sfsync", "backfill", "--since", str(data.get("since")), "--until", str(data.get("until"))]
+        if data.get("source") == "salesforce":
+            words.append("--from-salesforce")
+        if statuses:
+            words += ["--status", statuses]
+        if metadata:
+            key, _, values = metadata.partition("=")
+            for value in values.split("|"):
+                words += ["--metadata", f"{key}={value}"]
+        found.append({**{k: data.get(k) for k in ("source", "since", "until", "timezone", "counts")},
+                      "updated_at": updated.isoformat(timespec="seconds") if updated else None,
+                      "command": " ".join(shlex.quote(w) for w in words) + " --resume"})
+    return found
+
+
+def list_command(args: argparse.Namespace) -> int:
+    from sfsync.commands import settings_for
+    from sfsync.store import Store
+
+    settings = settings_for(args, messagemedia=False, salesforce=False)
+    found = resumable(Store(settings.store_path))
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    print(f"{len(found)} interrupted backfill(s)")
+    for item in found:
+        c = item["counts"] or {}
+        print(f"  {item['since']} to {item['until']} ({item['source']}), last progress {item['updated_at']}: "
+              f"{c.get('pages', 0)} page(s), {c.get('fetched', 0)} records read, {c.get('applied', 0)} Tasks written")
+        print(f"    {item['command']}")
+    return 0
 
 
 def _skipped(counts: Any) -> int:

@@ -13,7 +13,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sfsync import __version__
-from sfsync.errors import EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, SfsyncError
+from sfsync.errors import (
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_PIPE_CLOSED,
+    EXIT_UNEXPECTED,
+    EXIT_USAGE,
+    AlreadyRunning,
+    SfsyncError,
+)
 
 log = logging.getLogger("sfsync")
 
@@ -35,7 +43,7 @@ def _cmd_codes(args: argparse.Namespace) -> int:
                 f"(known: {min(cmap.codes)} to {max(cmap.codes)}; see 'sfsync codes').",
                 file=sys.stderr,
             )
-            return 1
+            return EXIT_NOT_FOUND
         entries = [entry]
     if args.json:
         print(json.dumps([e.as_dict() for e in entries], indent=2))
@@ -62,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sfsync",
         description="Keeps Salesforce Task SMS Status fields in step with MessageMedia delivery reports.",
         epilog="Exit statuses: 0 ok, 1 unexpected error, 2 usage, 3 configuration, 4 authentication, "
-        "5 API budget reached, 6 partial (dead letters), 7 already running, 8 service unavailable. See the README.",
+        "5 API budget reached, 6 partial (dead letters), 7 already running, 8 service unavailable, "
+        "9 a doctor check failed, 10 not found, 141 stdout closed early. See the README.",
     )
     parser.add_argument("--version", action="version", version=f"sfsync {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -101,10 +110,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def exit_status(command: Callable[[], int]) -> int:
     """Run a command; an error becomes its exit status and one log line (a traceback only for a bug)."""
     try:
-        return command()
+        status = command()
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return status
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return EXIT_PIPE_CLOSED
     except SfsyncError as exc:
         if logging.getLogger().handlers:  # the log redacts secrets and URL user-info
-            log.error("%s", exc, extra={"event": "error", "error": type(exc).__name__})
+            # Another run holding the lock is benign (an overlapping cron run): info, never a page.
+            level = logging.INFO if isinstance(exc, AlreadyRunning) else logging.ERROR
+            log.log(level, "%s", exc, extra={"event": "error", "error": type(exc).__name__})
         else:  # before logging is set up (a usage or configuration error): once, on stderr
             from sfsync.logs import redact_urls
 
@@ -120,6 +136,18 @@ def exit_status(command: Callable[[], int]) -> int:
 
             traceback.print_exc()
         return EXIT_UNEXPECTED
+
+
+def _stdout_to_devnull() -> None:
+    """The reader of stdout has gone (``| head``): end quietly, without a second error at exit."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -158,11 +158,12 @@ def _warn_once(kind: str, value: str, message: str, *args: object) -> None:
     log.warning(message, *args, extra={"event": f"unknown_{kind}" if kind != "disagreement" else kind})
 
 
-def resolve(status: str | None, code: object = None, code_map: CodeMap | None = None) -> Resolution:
+def resolve(status: str | None, code: object = None, code_map: CodeMap | None = None,
+            message_id: str | None = None) -> Resolution:
     """The one function the worker calls to turn a report's status and code into Task values.
 
     A known code decides the label. An unknown code is written as received, with the label from
-    the status string (or "Unknown"). When code and status disagree, the code wins (logged once).
+    the status string (or "Unknown"). When code and status disagree, the code wins (logged at info).
     """
     cmap = code_map or default_map()
     status_key = (status or "").strip().lower()
@@ -175,10 +176,10 @@ def resolve(status: str | None, code: object = None, code_map: CodeMap | None = 
         # Worth a warning only when the status claims an outcome the code contradicts
         # ("failed" with 220); a status that lags behind its code ("submitted" with 221) is normal.
         if cmap.is_final(status_label) and status_label != entry.sms_status:
-            _warn_once(
-                "disagreement", f"{status_key}/{entry.code}",
-                "status %r disagrees with code %s (%s); the code wins", status_key, entry.code, entry.sms_status,
-            )
+            # Normal mapping (the code is the more precise of the two): info, naming the message.
+            log.info("message %s: status %r disagrees with code %s (%s); the code wins", message_id or "?",
+                     status_key, entry.code, entry.sms_status,
+                     extra={"event": "disagreement", "message_id": message_id})
         return Resolution(entry.sms_status, entry.code, entry.final, True)
     if code_text is not None:
         _warn_once("code", code_text, "unknown delivery status code %r kept as received", code_text)

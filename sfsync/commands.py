@@ -19,6 +19,7 @@ from typing import Any
 
 from sfsync import bounds, timeargs
 from sfsync.errors import EXIT_OK, RemoteError, UsageError
+from sfsync.logs import masked
 
 log = logging.getLogger("sfsync")
 
@@ -85,6 +86,9 @@ def _run(sub: Any) -> None:
     parser.add_argument("--metrics-port", type=bounds.PORT_OR_ANY, metavar="PORT",
                         help="with --loop: serve GET /metrics on this port (0: any free port)")
     parser.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
+    parser.add_argument("--heartbeat", type=bounds.positive(86_400.0), default=600.0, metavar="SECONDS",
+                        help="with --loop: runs that find nothing to do are not summarised; one heartbeat line "
+                             "says so this often (default 600)")
     parser.set_defaults(func=run_command)
 
 
@@ -97,22 +101,79 @@ def run_command(args: argparse.Namespace) -> int:
     options = RunOptions(once=args.once, max_reports=args.max_reports, max_seconds=args.max_seconds,
                          dry_run=args.dry_run, retry_waiting=args.retry_waiting, inbox=args.inbox)
     endpoint = None
+    heartbeat = Heartbeat(args.heartbeat, stop)
     if args.metrics_port is not None:
         if not args.loop:
             raise UsageError("--metrics-port needs --loop (a one-off run is gone before anyone scrapes it)")
         from sfsync.metrics import MetricsEndpoint
 
-        endpoint = MetricsEndpoint(args.metrics_host, args.metrics_port).start()
-        log.info("metrics on http://%s:%d/metrics", args.metrics_host, endpoint.port, extra={"event": "metrics"})
+        endpoint = MetricsEndpoint(args.metrics_host, args.metrics_port, store=worker.store,
+                                   health=heartbeat.health).start()
+        log.info("metrics on http://%s:%d/metrics, health on /healthz", args.metrics_host, endpoint.port,
+                 extra={"event": "metrics", "port": endpoint.port})
+    quiet = _IdleSummaries() if args.loop else None
+    if quiet:
+        logging.getLogger("sfsync.run").addFilter(quiet)
     try:
-        return _run_loop(args, settings, worker, options, stop, endpoint)
+        return _run_loop(args, settings, worker, options, stop, endpoint, heartbeat)
     finally:
+        if quiet:
+            logging.getLogger("sfsync.run").removeFilter(quiet)
         if endpoint:
             endpoint.stop()
 
 
+def _idle(data: Any) -> bool:
+    """A run that found nothing at all to do (a daemon's usual run)."""
+    return data.get("exit_reason") == "nothing_to_do" and not any(
+        data.get(k) for k in ("fetched", "applied", "waiting", "dead_lettered", "waiting_retried", "held"))
+
+
+class _IdleSummaries(logging.Filter):
+    """In a loop, an idle run's ``run_summary`` line is left out (the heartbeat stands for it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (getattr(record, "event", None) == "run_summary" and _idle(vars(record)))
+
+
+class Heartbeat:
+    """A loop's liveness: idle runs are counted and logged once per ``every`` seconds; ``/healthz``
+    reports the last run."""
+
+    def __init__(self, every: float, stop: threading.Event):
+        import time
+
+        self.every = every
+        self.stop = stop
+        self.clock = time.monotonic
+        self.idle_runs = 0
+        self.since = self.clock()
+        self.last_run: dict[str, Any] = {}
+        self.last_finished: str | None = None
+
+    def ran(self, summary: Any) -> None:
+        import datetime as dt
+
+        data = summary.as_dict()
+        self.last_run = {"exit_reason": data.get("exit_reason"), "exit_code": data.get("exit_code")}
+        self.last_finished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        if not _idle(data):
+            self.idle_runs, self.since = 0, self.clock()
+            return
+        self.idle_runs += 1
+        if self.clock() - self.since >= self.every:
+            log.info("alive: %d run(s) in the last %.0fs found nothing to do", self.idle_runs,
+                     self.clock() - self.since, extra={"event": "heartbeat", "idle_runs": self.idle_runs})
+            self.idle_runs, self.since = 0, self.clock()
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        stopping = self.stop.is_set()
+        return (503 if stopping else 200), {"status": "stopping" if stopping else "ok",
+                                            "last_finished": self.last_finished, "last_run": self.last_run}
+
+
 def _run_loop(args: argparse.Namespace, settings: Any, worker: Any, options: Any, stop: threading.Event,
-              endpoint: Any) -> int:
+              endpoint: Any, heartbeat: Heartbeat) -> int:
     while True:
         try:
             summary = worker.run(options)
@@ -124,22 +185,24 @@ def _run_loop(args: argparse.Namespace, settings: Any, worker: Any, options: Any
             if stop.wait(args.interval):
                 return exc.exit_code
             continue
-        _write_metrics(args, summary)
+        _write_metrics(args, summary, worker.store)
         if endpoint:
             endpoint.update(summary)
+        if args.loop:
+            heartbeat.ran(summary)
         if args.dry_run:
             _print_changes(summary.changes, summary.counts, settings.field_status)
         if not args.loop or stop.wait(args.interval):
             return summary.exit_code
 
 
-def _write_metrics(args: argparse.Namespace, summary: Any) -> None:
+def _write_metrics(args: argparse.Namespace, summary: Any, store: Any = None) -> None:
     path = getattr(args, "metrics_file", None)
     if not path:
         return
     from sfsync import metrics
 
-    metrics.write_textfile(path, summary)
+    metrics.write_textfile(path, summary, metrics.Backlog.of(store) if store is not None else None)
 
 
 def _print_changes(changes: list[dict[str, Any]], counts: Any, status_field: str) -> None:
@@ -162,6 +225,8 @@ def _status(sub: Any) -> None:
     parser = sub.add_parser("status", parents=[common_options()], help="last runs, waiting and dead-letter counts")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--runs", type=bounds.whole(1, 1000), default=5, help="how many recent runs to show")
+    parser.add_argument("--all", action="store_true",
+                        help="include idle runs (nothing to do: a loop's or a quiet timer's usual run)")
     parser.set_defaults(func=status_command)
 
 
@@ -170,10 +235,10 @@ def status_command(args: argparse.Namespace) -> int:
 
     settings = settings_for(args, messagemedia=False, salesforce=False)
     store = Store(settings.store_path)
-    runs = store.recent_runs(args.runs)
+    runs, hidden = _shown_runs(store, args.runs, args.all)
     data: dict[str, Any] = {"store": str(settings.store_path), "waiting": store.waiting_count(),
             "dead_letters": store.dead_letter_count(), "inbox_pending": store.inbox_count(),
-            "runs": runs}
+            "runs": runs, "idle_runs_hidden": hidden}
     if args.json:
         print(json.dumps(data, indent=2, default=str))
         return EXIT_OK
@@ -182,10 +247,30 @@ def status_command(args: argparse.Namespace) -> int:
           f"inbox pending: {data['inbox_pending']}")
     for run in runs:
         c = run["counts"]
-        print(f"  #{run['id']} {run['kind']:7} {run['started_at'][:19]}  {run['exit_reason'] or 'running?':14} "
+        code = "" if run["exit_code"] is None else f"exit {run['exit_code']}"
+        print(f"  #{run['id']} {run['kind']:7} {run['started_at'][:19]}  {code:7} "
+              f"{run['exit_reason'] or 'running?':14} "
               f"fetched {c.get('fetched', 0)}, applied {c.get('applied', 0)}, waiting {c.get('waiting', 0)}, "
               f"dead {c.get('dead_lettered', 0)}, SF calls {c.get('salesforce_calls', 0)}")
+    if hidden:
+        print(f"  ({hidden} idle run(s) hidden among these: --all shows them)")
     return EXIT_OK
+
+
+def _shown_runs(store: Any, wanted: int, everything: bool) -> tuple[list[dict[str, Any]], int]:
+    """The latest ``wanted`` runs, idle ones left out unless ``everything``; and how many were left out."""
+    if everything:
+        return store.recent_runs(wanted), 0
+    shown: list[dict[str, Any]] = []
+    hidden = 0
+    for run in store.recent_runs(max(wanted * 50, 500)):
+        if len(shown) == wanted:
+            break
+        if run["ended_at"] and _idle({**run["counts"], "exit_reason": run["exit_reason"]}):
+            hidden += 1
+        else:
+            shown.append(run)
+    return shown, hidden
 
 
 # -- sfsync dead-letters ------------------------------------------------------------------------------------
@@ -195,11 +280,14 @@ def _dead_letters(sub: Any) -> None:
     parser.add_argument("action", choices=("list", "show", "retry", "purge"))
     parser.add_argument("ids", nargs="*", type=bounds.whole(1, bounds.SQLITE_INT_MAX),
                         help="dead letter ids (show, retry); retry without ids: all")
-    parser.add_argument("--json", action="store_true")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="list, show: JSON")
+    output.add_argument("--csv", action="store_true", help="list: CSV with a header row")
     parser.add_argument("--limit", type=bounds.whole(1, 10**6), default=100)
     parser.add_argument("--older-than-days", type=timeargs.OLDER_THAN_DAYS.argument(), metavar="DAYS",
                         help="purge only letters older than this (0 to 36500)")
-    parser.add_argument("--yes", action="store_true", help="purge without asking")
+    parser.add_argument("--yes", action="store_true",
+                        help="purge without asking (required when stdin is not a terminal: cron, scripts)")
     parser.set_defaults(func=dead_letters_command)
 
 
@@ -214,11 +302,13 @@ def dead_letters_command(args: argparse.Namespace) -> int:
         letters = store.dead_letters(args.limit)
         if args.json:
             print(json.dumps([_letter_dict(d) for d in letters], indent=2, default=str))
+        elif args.csv:
+            _letters_csv(letters)
         else:
             print(f"{store.dead_letter_count()} dead letter(s)")
             for d in letters:
                 print(f"  #{d.id} {d.created_at:%Y-%m-%d %H:%M} report {d.report_id} message {d.message_id}: "
-                      f"{d.reason}{f' [{d.sf_error}]' if d.sf_error else ''}")
+                      f"{masked(d.reason)}{f' [{d.sf_error}]' if d.sf_error else ''}")
         return EXIT_OK
     if args.action == "show":
         if not args.ids:
@@ -230,8 +320,11 @@ def dead_letters_command(args: argparse.Namespace) -> int:
             print(json.dumps(_letter_dict(letter), indent=2, default=str))
         return EXIT_OK
     if args.action == "purge":
-        if not args.yes and sys.stdin.isatty() and input("Delete dead letters for good? [y/N] ").lower() != "y":
-            return EXIT_OK
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise UsageError("dead-letters purge deletes for good: add --yes to purge from a script or cron")
+            if input("Delete dead letters for good? [y/N] ").strip().lower() != "y":
+                return EXIT_OK
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=args.older_than_days) if args.older_than_days else None
         print(f"purged {store.purge_dead_letters(cutoff)} dead letter(s)")
         return EXIT_OK
@@ -266,12 +359,26 @@ def _retry_dead_letters(settings: Any, store: Any, ids: list[int]) -> int:
 
 
 def _letter_dict(letter: Any) -> dict[str, Any]:
+    """A dead letter for people: phone numbers and message text masked as in the logs."""
     from dataclasses import asdict
 
     data = asdict(letter)
     with contextlib.suppress(ValueError):
         data["raw"] = json.loads(letter.raw)
-    return data
+    return {k: v if isinstance(v, int | type(None)) else masked(v) for k, v in data.items()}
+
+
+LETTER_COLUMNS = ("id", "created_at", "report_id", "message_id", "source", "reason", "sf_error", "retried_at")
+
+
+def _letters_csv(letters: list[Any]) -> None:
+    import csv
+
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    out.writerow(LETTER_COLUMNS)
+    for letter in letters:
+        data = _letter_dict(letter)
+        out.writerow(["" if data[c] is None else data[c] for c in LETTER_COLUMNS])
 
 
 # -- sfsync sim ---------------------------------------------------------------------------------------------
@@ -330,4 +437,5 @@ REGISTRARS: list[Callable[[Any], None]] = [
     _run, _status, _dead_letters, _doctor, _report, _demo, _sim,
     _lazy("sfsync.server"), _lazy("sfsync.webhooks"),  # push mode
     _lazy("sfsync.backfill_cli"),  # manual backfill
+    _lazy("sfsync.trace"), _lazy("sfsync.config_cli"),  # answers for people
 ]

@@ -1,6 +1,6 @@
 """`sfsync doctor`: a preflight an admin runs before the first cron entry.
 
-One line per check (ok / warn / fail) with what to do; ``--json``; exit status 1 when any check
+One line per check (ok / warn / fail) with what to do; ``--json``; exit status 9 when any check
 fails. It makes only harmless calls: a token, a describe, the limits, the integration user's
 permissions and Task counts, and a GET for a message id that cannot exist. It never prints a secret.
 """
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sfsync.codes import default_map
 from sfsync.config import Settings, load_settings, missing_variables
-from sfsync.errors import EXIT_OK, AlreadyRunning, ConfigError, SfsyncError
+from sfsync.errors import EXIT_CHECK_FAILED, EXIT_OK, AlreadyRunning, ConfigError, SfsyncError
 from sfsync.lock import RunLock
 from sfsync.logs import redact_urls
 
@@ -309,4 +309,4 @@ def command(args: argparse.Namespace) -> int:
             print(f"{marks[c.status] if colour else c.status.ljust(4)}  {c.name:28} {c.detail}")
         failed = sum(c.status == "fail" for c in checks)
         print(f"\n{failed} failed, {sum(c.status == 'warn' for c in checks)} warning(s)")
-    return 1 if any(c.status == "fail" for c in checks) else EXIT_OK
+    return EXIT_CHECK_FAILED if any(c.status == "fail" for c in checks) else EXIT_OK

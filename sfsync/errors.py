@@ -11,6 +11,9 @@ Exit statuses (documented in the README):
   6  partial: some reports were dead-lettered (see `sfsync dead-letters list`)
   7  already running: another sfsync run holds the lock
   8  a service stayed unavailable after every retry: nothing lost, the next run resumes
+  9  `sfsync doctor`: at least one check failed (its line says what to fix)
+  10 not found: what was asked for does not exist (`sfsync codes 999`)
+  141 stdout was closed early (`sfsync codes --json | head -1`): the reader stopped, nothing wrong
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ EXIT_BUDGET = 5
 EXIT_PARTIAL = 6
 EXIT_LOCKED = 7
 EXIT_UNAVAILABLE = 8
+EXIT_CHECK_FAILED = 9
+EXIT_NOT_FOUND = 10
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, as a shell reports a command its reader left
 
 
 class SfsyncError(Exception):

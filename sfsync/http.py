@@ -103,3 +103,34 @@ def _where(url: Any) -> str:
         return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
     except ValueError:
         return "a configured URL"
+
+
+def why_unreachable(exc: BaseException) -> str:
+    """A connection failure in words: the host it was for and the cause (refused, DNS, TLS, timeout),
+    e.g. ``api.messagemedia.com:443: connection refused``."""
+    request = getattr(exc, "request", None)
+    where = _where(request.url) if request is not None and getattr(request, "url", None) else "the service"
+    return f"{where.partition('://')[2] or where}: {_cause(exc)}"
+
+
+def _cause(exc: BaseException) -> str:
+    import socket
+
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "timed out connecting"
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return "timed out waiting for the answer (SFSYNC_HTTP_TIMEOUT)"
+    for cause in _causes(exc):
+        if isinstance(cause, socket.gaierror) or "NameResolutionError" in type(cause).__name__:
+            return "DNS: the host name does not resolve"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS: {getattr(cause, 'reason', None) or cause}"
+        if isinstance(cause, ConnectionResetError):
+            return "connection reset by the peer"
+        if isinstance(cause, TimeoutError):
+            return "timed out"
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return "the connection broke mid-answer"
+    return f"connection failed ({type(exc).__name__})"

@@ -114,3 +114,19 @@ def setup(fmt: str = "auto", level: int = logging.INFO, stream: Any = None) -> N
     root.setLevel(level)
     for noisy in ("urllib3", "simple_salesforce", "sfsync.sim"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+# Keys whose value is the text of an SMS (MessageMedia's ``original_text`` in delivery reports, ``content``
+# in messages): shown to people only as its length.
+MESSAGE_TEXT_KEYS = frozenset({"original_text", "content", "message_text"})
+
+
+def masked(value: Any) -> Any:
+    """``value`` (a report, a dead letter...) as the logs would show it: secrets and URL user-info
+    redacted, phone numbers masked, message text replaced by its length."""
+    if isinstance(value, dict):
+        return {k: f"[{len(v)} characters hidden]" if k in MESSAGE_TEXT_KEYS and isinstance(v, str)
+                else masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [masked(v) for v in value]
+    return _clean(value, True)

@@ -15,7 +15,7 @@ import requests
 
 from sfsync.config import Settings
 from sfsync.errors import AuthError, RemoteError
-from sfsync.http import make_session
+from sfsync.http import make_session, why_unreachable
 from sfsync.logs import register_secret
 from sfsync.retry import RetryPolicy, parse_retry_after
 
@@ -64,7 +64,7 @@ class MessageMediaClient:
             return self.policy.call(f"messagemedia.{name}", once)
         except requests.RequestException as exc:
             # Still unreachable after every retry: a service error (exit 8), not a crash.
-            raise RemoteError(f"MessageMedia {name}: no usable answer after every retry ({type(exc).__name__})",
+            raise RemoteError(f"MessageMedia {name}: no usable answer after every retry ({why_unreachable(exc)})",
                               transient=True) from exc
 
     @staticmethod

@@ -111,7 +111,7 @@ def parse(
 def resolve_all(reports: Iterable[Report], code_map: CodeMap) -> list[Outcome]:
     outcomes = []
     for report in reports:
-        r = resolve(report.status, report.code, code_map)
+        r = resolve(report.status, report.code, code_map, message_id=report.message_id)
         status = Status(r.label, r.code, r.final, report.event_time, report.received_at, report.report_id)
         outcomes.append(Outcome(report, status, r.known))
     return outcomes

@@ -93,3 +93,28 @@ def strongest(statuses: list[Status]) -> Status:
     for status in statuses[1:]:
         best = merge(best, status)
     return best
+
+
+def explain(current: Status | None, incoming: Status) -> str:
+    """Why ``decide(current, incoming)`` comes out as it does, in the words of the rule above."""
+    action = decide(current, incoming)
+    if current is None:
+        return "nothing known on the Task yet: written"
+    if current.final != incoming.final:
+        return (f"rule 1: final {incoming.label} replaces non-final {current.label}" if incoming.final
+                else f"rule 1: final {current.label} is never replaced by non-final {incoming.label}")
+    if incoming.event_time is None and incoming.code is None and incoming.label == current.label:
+        return f"rule 3: no time and no code, and {current.label} is already there: says nothing new"
+    if current.event_time is None or incoming.event_time is None:
+        verdict = "the later arrival wins"
+    elif wins(current, incoming):
+        verdict = f"rule 2: its event ({incoming.event_time.isoformat()}) is later than the Task's"
+    else:
+        verdict = f"rule 2: the Task's event ({current.event_time.isoformat()}) is later or the same"
+    if action is Action.UNCHANGED:
+        return f"{verdict}; rule 5: the Task already holds these values"
+    if action is Action.STALE:
+        return f"{verdict}: stale"
+    if current.event_time is None or incoming.event_time is None:
+        return f"rule 3: a time is unknown, {verdict}: written"
+    return f"{verdict}: written"

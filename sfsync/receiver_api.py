@@ -76,7 +76,7 @@ def _security(auth: PushAuth) -> tuple[dict[str, Any], list[dict[str, list[str]]
 
 
 def openapi_document(*, push_path: str, health_path: str, openapi_path: str, auth: PushAuth, max_body: int,
-                     max_depth: int) -> dict[str, Any]:
+                     max_depth: int, metrics_path: str | None = None) -> dict[str, Any]:
     schemes, security = _security(auth)
     push_body = {
         "oneOf": [
@@ -93,7 +93,7 @@ def openapi_document(*, push_path: str, health_path: str, openapi_path: str, aut
         "status": {"type": "string", "enum": ["ok", "stopping", "unavailable"]}, "reason": {"type": "string"},
         "inbox_pending": {"type": "integer"}, "drain": {"type": "object"},
         "pushes": {"type": "object", "additionalProperties": {"type": "integer"}}}}
-    return {
+    document: dict[str, Any] = {
         "openapi": OPENAPI_VERSION,
         "info": {
             "title": "sfsync push receiver",
@@ -147,3 +147,12 @@ def openapi_document(*, push_path: str, health_path: str, openapi_path: str, aut
         },
         "components": {"schemas": {"DeliveryReport": DELIVERY_REPORT}, "securitySchemes": schemes},
     }
+    if metrics_path:
+        document["paths"][metrics_path] = {"get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics: drain runs, counters, the backlog, build info",
+            "security": [],
+            "responses": {"200": {"description": "Prometheus text exposition format 0.0.4",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        }}
+    return document

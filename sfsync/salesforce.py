@@ -29,7 +29,7 @@ from simple_salesforce.format import format_soql
 
 from sfsync.config import Settings
 from sfsync.errors import AuthError, BudgetExhausted, ConfigError, RemoteError
-from sfsync.http import make_session
+from sfsync.http import make_session, why_unreachable
 from sfsync.ids import canonical_id, task_id
 from sfsync.logs import register_secret
 from sfsync.retry import RetryPolicy, parse_retry_after
@@ -287,7 +287,7 @@ class SalesforceClient:
             return self.policy.call(f"salesforce.{name}", once)
         except requests.RequestException as exc:
             # Still unreachable after every retry: a service error (exit 8), not a crash.
-            raise RemoteError(f"Salesforce {name}: no usable answer after every retry ({type(exc).__name__})",
+            raise RemoteError(f"Salesforce {name}: no usable answer after every retry ({why_unreachable(exc)})",
                               transient=True) from exc
 
     def call(self, name: str, fn: Callable[[Salesforce], T]) -> T:

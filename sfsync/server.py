@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,7 +44,10 @@ from sfsync.errors import (
     SfsyncError,
     UsageError,
 )
+from sfsync.httpd import BackgroundServer
 from sfsync.logs import register_secret
+from sfsync.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from sfsync.metrics import MetricsState
 from sfsync.push_auth import AuthFailed, PushAuth
 from sfsync.receiver_api import openapi_document
 from sfsync.reports import InvalidReport, parse_report
@@ -55,6 +58,7 @@ log = logging.getLogger("sfsync.serve")
 DEFAULT_PATH = "/delivery-reports"
 HEALTH_PATH = "/healthz"
 OPENAPI_PATH = "/openapi.json"
+METRICS_PATH = "/metrics"
 # A whole request (headers and body) must arrive within this, however it trickles in (slowloris).
 DEFAULT_REQUEST_TIMEOUT_S = 20.0
 MAX_REQUEST_TIMEOUT_S = 300.0
@@ -204,7 +208,7 @@ class PushServer:
                  request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S, max_connections_per_client: int | None = None):
         if not path.startswith("/"):
             raise UsageError(f"--path must start with / (got {path!r})")
-        if path in (HEALTH_PATH, OPENAPI_PATH):
+        if path in (HEALTH_PATH, OPENAPI_PATH, METRICS_PATH):
             raise UsageError(f"--path {path} is taken by the server itself")
         if not 0 < request_timeout <= MAX_REQUEST_TIMEOUT_S:
             raise UsageError(f"--request-timeout must be more than 0 and at most {MAX_REQUEST_TIMEOUT_S:g} seconds")
@@ -226,6 +230,7 @@ class PushServer:
         self.inbox_retention = dt.timedelta(days=inbox_retention_days)
         self.drain_state = DrainState(enabled=drain)
         self.counts: Counter[str] = Counter()
+        self.metrics = MetricsState(self.store)  # GET /metrics: drain runs, backlog, build info
         self.after_commit: Callable[[list[str]], None] | None = None  # test hook, see AbortConnection
         self.closing = threading.Event()
         self._stop = threading.Event()
@@ -253,9 +258,8 @@ class PushServer:
 
     def start(self) -> PushServer:
         self._httpd.deadlines.start()
-        self._serve_thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                              name="sfsync-serve", daemon=True)
-        self._serve_thread.start()
+        self._httpd.start_thread("sfsync-serve")
+        self._serve_thread = self._httpd.thread
         if self.drain_state.enabled:
             self._drain_thread = threading.Thread(target=self._drain_loop, name="sfsync-drain", daemon=True)
             self._drain_thread.start()
@@ -354,7 +358,8 @@ class PushServer:
         """The OpenAPI description of this receiver, as served at ``/openapi.json``."""
         if self._openapi is None:
             document = openapi_document(
-                push_path=self.path, health_path=HEALTH_PATH, openapi_path=OPENAPI_PATH, auth=self.auth,
+                push_path=self.path, health_path=HEALTH_PATH, openapi_path=OPENAPI_PATH, metrics_path=METRICS_PATH,
+                auth=self.auth,
                 max_body=self.max_body, max_depth=MAX_JSON_DEPTH)
             self._openapi = json.dumps(document, indent=1).encode()
         return self._openapi
@@ -431,6 +436,7 @@ class PushServer:
         except Exception as exc:
             log.exception("drain crashed; retrying later", extra={"event": "drain_crash"})
             return self._drain_failed(exc, None)
+        self.metrics.update(summary)
         with self._lock:
             state.runs += 1
             state.last_finished = now_utc().isoformat(timespec="seconds")
@@ -540,11 +546,7 @@ class _Deadlines:
             socket.socket.shutdown(conn, socket.SHUT_RD)
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-
+class _HTTPServer(BackgroundServer):
     def __init__(self, address: tuple[str, int], app: PushServer, context: ssl.SSLContext | None,
                  max_connections: int, max_per_client: int):
         super().__init__(address, _Handler)
@@ -711,7 +713,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _not_allowed(self) -> None:
         path = urlsplit(self.path).path
-        allow = "POST" if path == self.server.app.path else "GET, HEAD" if path in (HEALTH_PATH, OPENAPI_PATH) else None
+        allow = "POST" if path == self.server.app.path else \
+            "GET, HEAD" if path in (HEALTH_PATH, OPENAPI_PATH, METRICS_PATH) else None
         if allow is None:
             return self._reply(Reply(404, {"error": "not found"}, close=True))
         return self._reply(Reply(405, {"error": "method not allowed"}, close=True), allow=allow)
@@ -749,6 +752,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(Reply(status, payload), head=head)
         if path == OPENAPI_PATH:
             return self._send(200, self.server.app.openapi(), head=head)
+        if path == METRICS_PATH:
+            return self._send(200, self.server.app.metrics.page().encode(), head=head,
+                              content_type=METRICS_CONTENT_TYPE)
         if path == self.server.app.path:
             return self._reply(Reply(405, {"error": "method not allowed: POST delivery reports here"}), head=head,
                                allow="POST")
@@ -803,11 +809,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(reply.status, json.dumps(reply.payload).encode(), head=head, close=reply.close, headers=headers)
 
     def _send(self, status: int, body: bytes, *, head: bool = False, close: bool = False,
-              headers: dict[str, str] | None = None) -> None:
+              headers: dict[str, str] | None = None, content_type: str = "application/json") -> None:
         self._replied = True
         close = close or self.server.app.closing.is_set()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         for name, value in (headers or {}).items():

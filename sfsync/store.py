@@ -608,3 +608,42 @@ class Store:
                     row["message_id"], row["task_id"], row["label"], row["code"], bool(row["final"]),
                     _parse_ts(row["event_time"]), _parse_ts(row["received_time"]), row["report_id"]))
         return found
+
+    # -- read-only figures for monitoring and `sfsync trace` -----------------------------------------
+    def backlog(self) -> dict[str, Any]:
+        """Counts of what is not yet in Salesforce, and the oldest of each (None when there is none)."""
+        db = self.db
+        waiting = db.execute("SELECT COUNT(*), MIN(first_seen) FROM waiting").fetchone()
+        inbox = db.execute("SELECT COUNT(*), MIN(received_at) FROM inbox WHERE processed_at IS NULL").fetchone()
+        return {"waiting": int(waiting[0]), "oldest_waiting": _parse_ts(waiting[1]),
+                "inbox_pending": int(inbox[0]), "oldest_inbox": _parse_ts(inbox[1]),
+                "dead_letters": self.dead_letter_count()}
+
+    def trace(self, message_ids: Iterable[str], task_id: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Every stored row about these messages (or naming this Task in a report): ledger (with
+        ``applied_at``), waiting, dead letters and inbox, oldest first. Read-only."""
+        ids = list(dict.fromkeys(message_ids))
+        marks = ",".join("?" * len(ids)) or "NULL"
+        like = "%" + (task_id or "\x00")[:15].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        quoted = ['%"' + m.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + '"%' for m in ids]
+        inbox_where = " OR ".join(["raw LIKE ? ESCAPE '\\'"] * (len(quoted) + 1))
+        db = self.db
+        return {
+            "ledger": [dict(r) for r in db.execute(
+                f"SELECT * FROM ledger WHERE message_id IN ({marks}) OR substr(task_id, 1, 15) = ? "
+                "ORDER BY applied_at", [*ids, (task_id or "")[:15]])],
+            "waiting": [dict(r) for r in db.execute(
+                f"SELECT * FROM waiting WHERE message_id IN ({marks}) OR raw LIKE ? ESCAPE '\\' "
+                "ORDER BY first_seen", [*ids, like])],
+            "dead_letters": [dict(r) for r in db.execute(
+                f"SELECT * FROM dead_letters WHERE message_id IN ({marks}) OR raw LIKE ? ESCAPE '\\' "
+                "ORDER BY created_at", [*ids, like])],
+            "inbox": [dict(r) for r in db.execute(
+                f"SELECT * FROM inbox WHERE {inbox_where} ORDER BY received_at", [*quoted, like])],
+        }
+
+    def checkpoints(self, prefix: str) -> list[tuple[str, dict[str, Any], dt.datetime | None]]:
+        """(name, data, updated at) of the checkpoints whose name starts with ``prefix``, newest first."""
+        rows = self.db.execute("SELECT * FROM checkpoints WHERE substr(name, 1, ?) = ? ORDER BY updated_at DESC",
+                               (len(prefix), prefix)).fetchall()
+        return [(r["name"], json.loads(r["data"]), _parse_ts(r["updated_at"])) for r in rows]

@@ -26,6 +26,7 @@ import binascii
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,10 +143,12 @@ def register(sub: Any) -> None:
     install.add_argument("--retry-delay", type=bounds.whole(5, 60), default=30, metavar="SECONDS",
                          help="retry_delay in seconds, 5 to 60 (default 30)")
     install.add_argument("--replace", action="store_true", help="delete a webhook already sending to --url first")
+    install.add_argument("--json", action="store_true", help="the outcome as one JSON object")
     listing = actions.add_parser("list", parents=[common_options()], help="the account's webhooks")
     listing.add_argument("--json", action="store_true")
     remove = actions.add_parser("remove", parents=[common_options()], help="delete a webhook by id")
     remove.add_argument("webhook_id", metavar="ID")
+    remove.add_argument("--json", action="store_true", help="the outcome as one JSON object")
     signing = actions.add_parser(
         "signing-key", parents=[common_options()],
         help="create and enable a MessageMedia signature key; write its public key for SFSYNC_PUSH_PUBLIC_KEY_FILE")
@@ -178,7 +181,7 @@ def webhooks_command(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.webhooks_action == "remove":
         client.delete_webhook(args.webhook_id)
-        print(f"removed webhook {args.webhook_id}")
+        print(json.dumps({"removed": args.webhook_id}) if args.json else f"removed webhook {args.webhook_id}")
         return EXIT_OK
     if args.webhooks_action == "signing-key":
         return signing_key_command(client, settings, args)
@@ -190,19 +193,26 @@ def webhooks_command(args: argparse.Namespace) -> int:
                              "(it travels in an HTTP header)")
     body = webhook_body(settings, args.url, secret=args.secret_header_value, read_timeout=args.read_timeout,
                         retries=args.retries, retry_delay=args.retry_delay)
+    say = (lambda text: print(text, file=sys.stderr)) if args.json else print
     if not body["headers"]:
-        print("note: no shared secret (SFSYNC_PUSH_SECRET) is sent: 'sfsync serve' must then verify "
-              "MessageMedia's signatures (SFSYNC_PUSH_PUBLIC_KEY_FILE)")
+        say("note: no shared secret (SFSYNC_PUSH_SECRET) is sent: 'sfsync serve' must then verify "
+            "MessageMedia's signatures (SFSYNC_PUSH_PUBLIC_KEY_FILE)")
     existing = [h for h in client.list_webhooks() if h.get("url") == args.url]
+    outcome: dict[str, Any] = {"url": args.url, "events": list(WEBHOOK_EVENTS), "removed": [], "created": None}
     if existing and not args.replace:
         # Installing twice would push every report twice: harmless, but wasteful.
-        print(f"a webhook already sends to {args.url}: {existing[0].get('id')} (use --replace to recreate it)")
-        return EXIT_OK
-    for hook in existing:
-        client.delete_webhook(str(hook.get("id")))
-        print(f"removed webhook {hook.get('id')}")
-    created = client.create_webhook(body)
-    print(f"created webhook {created.get('id')} -> {args.url} for {', '.join(WEBHOOK_EVENTS)}")
+        outcome["existing"] = existing[0].get("id")
+        say(f"a webhook already sends to {args.url}: {existing[0].get('id')} (use --replace to recreate it)")
+    else:
+        for hook in existing:
+            client.delete_webhook(str(hook.get("id")))
+            outcome["removed"].append(hook.get("id"))
+            say(f"removed webhook {hook.get('id')}")
+        created = client.create_webhook(body)
+        outcome["created"] = created.get("id")
+        say(f"created webhook {created.get('id')} -> {args.url} for {', '.join(WEBHOOK_EVENTS)}")
+    if args.json:
+        print(json.dumps(outcome))
     return EXIT_OK
 
 

@@ -115,7 +115,7 @@ def recorded_run(store: Store, kind: str, summary: RunSummary, mm: MessageMediaC
         yield started
     except BudgetExhausted as exc:
         summary.exit_reason, summary.exit_code = "api_budget", EXIT_BUDGET
-        log.warning("%s; the next run resumes", exc.__cause__ if isinstance(exc, _BudgetStop) else exc,
+        log.warning("%s", exc.__cause__ if isinstance(exc, _BudgetStop) else exc,  # it says the next run resumes
                     extra={"event": "budget_stop"})
     except StopRequested as exc:
         # A signal cut a retry wait short: a clean stop, like one between batches.

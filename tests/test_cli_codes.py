@@ -37,8 +37,8 @@ def test_codes_one_code_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert "Invalid destination address." in out and "Rejected" in out and "401" not in out
 
 
-def test_codes_unknown_code_is_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["codes", "999"]) == 1
+def test_codes_unknown_code_is_not_found(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["codes", "999"]) == 10  # not found: its own status, not 1 (a bug)
     assert "999" in capsys.readouterr().err
 
 
@@ -54,3 +54,17 @@ def test_version_and_help() -> None:
     helptext = run("--help")
     assert helptext.returncode == 0 and "codes" in helptext.stdout
     assert run().returncode == 2
+
+
+def test_closed_stdout_pipe_ends_quietly() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sfsync = str(Path(sys.executable).with_name("sfsync"))
+    for reader in ("head -1", "true"):  # "true" has gone before sfsync writes a byte
+        done = subprocess.run(["bash", "-o", "pipefail", "-c", f"'{sfsync}' codes --json | {reader}"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.stdout == ("[\n" if reader.startswith("head") else "")
+        assert done.stderr == ""  # no BrokenPipeError traceback, no "Exception ignored" line
+        assert done.returncode in (0, 141)  # success, or what a shell reports for SIGPIPE

@@ -79,7 +79,7 @@ def test_run_against_sfsync_sim_drains_the_queue(sim_process: dict[str, Any], tm
     assert again.returncode == 0
     assert json.loads(again.stderr.splitlines()[-1])["exit_reason"] == "nothing_to_do"
 
-    status = sfsync("status", "--json", env=env, cwd=tmp_path)
+    status = sfsync("status", "--json", "--all", env=env, cwd=tmp_path)  # idle runs are hidden without --all
     assert [r["exit_reason"] for r in json.loads(status.stdout)["runs"]][:2] == ["nothing_to_do", "queue_empty"]
     letters = sfsync("dead-letters", "list", "--json", env=env, cwd=tmp_path)
     assert all("ENTITY_IS_DELETED" in (d["sf_error"] or "") for d in json.loads(letters.stdout))

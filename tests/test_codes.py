@@ -252,11 +252,14 @@ def test_unknown_code_is_kept_and_warned_once(caplog: pytest.LogCaptureFixture) 
 
 
 def test_code_wins_over_a_contradicting_status(caplog: pytest.LogCaptureFixture) -> None:
+    """Normal mapping, not a warning: logged at info, naming the message."""
     codes._warned.clear()
-    with caplog.at_level(logging.WARNING, logger="sfsync.codes"):
-        r = resolve("failed", "220")
+    with caplog.at_level(logging.INFO, logger="sfsync.codes"):
+        r = resolve("failed", "220", message_id="msg-42")
     assert r.label == "Delivered"
-    assert any("disagrees" in rec.message for rec in caplog.records)
+    said = [rec for rec in caplog.records if "disagrees" in rec.message]
+    assert [rec.levelno for rec in said] == [logging.INFO]
+    assert "msg-42" in said[0].message and getattr(said[0], "message_id", None) == "msg-42"
 
 
 @given(status=st.one_of(st.none(), st.text(max_size=30)),

@@ -255,8 +255,8 @@ def test_env_example_values() -> None:
 # --------------------------------------------------------------------------------------------- Kubernetes
 
 
-def _k8s() -> dict[str, dict]:
-    docs = [d for d in yaml.safe_load_all((DEPLOY / "kubernetes-cronjob.yaml").read_text()) if d is not None]
+def _k8s(name: str = "kubernetes-cronjob.yaml") -> dict[str, dict]:
+    docs = [d for d in yaml.safe_load_all((DEPLOY / name).read_text()) if d is not None]
     by_kind = {d["kind"]: d for d in docs}
     assert len(by_kind) == len(docs), "one document of each kind"
     return by_kind
@@ -273,7 +273,7 @@ def _container() -> dict:
 
 def test_k8s_documents() -> None:
     docs = _k8s()
-    assert set(docs) == {"Secret", "PersistentVolumeClaim", "CronJob"}
+    assert set(docs) == {"PersistentVolumeClaim", "CronJob"}  # no Secret: applying it keeps real credentials
     assert docs["CronJob"]["apiVersion"] == "batch/v1"
     assert docs["PersistentVolumeClaim"]["apiVersion"] == "v1"
     assert docs["PersistentVolumeClaim"]["spec"]["resources"]["requests"]["storage"]
@@ -288,11 +288,12 @@ def test_k8s_cronjob_schedule_and_concurrency() -> None:
 
 
 def test_k8s_environment_from_the_secret() -> None:
-    docs = _k8s()
+    example = _k8s("kubernetes-secret.example.yaml")
+    assert set(example) == {"Secret"}, "the placeholder Secret stands alone"
     container = _container()
     refs = [e["secretRef"]["name"] for e in container["envFrom"] if "secretRef" in e]
-    assert refs == [docs["Secret"]["metadata"]["name"]]
-    secret = docs["Secret"].get("stringData", {})
+    assert refs == [example["Secret"]["metadata"]["name"]]
+    secret = example["Secret"].get("stringData", {})
     assert set(secret) <= set(ENV_VARS)
     for name in SECRET_VARS:
         if name in secret:
@@ -485,21 +486,75 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------- cron
 
 
-def test_crontab_line() -> None:
-    jobs = []
+def _crontab() -> tuple[dict[str, str], list[str]]:
+    settings, jobs = {}, []
     for raw in (DEPLOY / "crontab").read_text().splitlines():
         line = raw.strip()
-        if not line or line.startswith("#") or re.match(r"[A-Z_]+=", line):
+        if not line or line.startswith("#"):
+            continue
+        if re.match(r"[A-Z_]+=", line):
+            key, _, value = line.partition("=")
+            settings[key] = value
             continue
         jobs.append(line)
+    return settings, jobs
+
+
+def test_crontab_line() -> None:
+    _, jobs = _crontab()
     assert len(jobs) == 1
     fields = jobs[0].split(None, 6)
     assert fields[:5] == ["*/5", "*", "*", "*", "*"]
     words = shlex.split(fields[6])
-    assert words[0].endswith("/sfsync") and words[1] == "run"
+    run = words.index("run")
+    assert words[run - 1].endswith("/sfsync")
     assert "--env-file" in words
     assert "logger -t sfsync" in fields[6] or ">>" in fields[6]
     assert "flock" not in fields[6], "sfsync locks itself"
+    assert _max_seconds(fields[6]) < 300, "a run ends before the next one is due"
+
+
+@pytest.mark.parametrize("rc", [0, 6, 8])
+def test_crontab_job_keeps_the_exit_status(tmp_path: Path, rc: int) -> None:
+    settings, (job,) = _crontab()
+    command = job.split(None, 6)[6]
+    sfsync = shlex.split(command.split("|")[0].split(";")[-1])[0]
+    env = _fake_sfsync(tmp_path)
+    logger = tmp_path / "bin" / "logger"
+    logger.write_text('#!/bin/sh\n{ echo "args: $*"; cat; } >> "$LOG_FILE"\n')
+    logger.chmod(0o755)
+    fake = command.replace(sfsync, str(tmp_path / "bin" / "sfsync"))
+    env.update(RC=str(rc), LOG_FILE=str(tmp_path / "log"))
+    done = subprocess.run([settings["SHELL"], "-c", fake], env=env, capture_output=True, text=True, timeout=10)
+    assert done.returncode == rc
+    logged = (tmp_path / "log").read_text() if (tmp_path / "log").exists() else ""
+    assert (f"sfsync run exited {rc}" in logged) == (rc != 0)
+    assert (tmp_path / "args").read_text().split()[:1] == ["run"]
+
+
+def test_k8s_deployment_for_the_loop_with_probes_and_metrics() -> None:
+    docs = _k8s("kubernetes-deployment.yaml")
+    assert set(docs) == {"PersistentVolumeClaim", "Deployment"}
+    spec = docs["Deployment"]["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate", "one process per state folder"
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args[:2] == ["run", "--loop"]
+    port = int(args[args.index("--metrics-port") + 1])
+    assert args[args.index("--metrics-host") + 1] == "0.0.0.0"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["metrics"] == port
+    for probe in ("livenessProbe", "readinessProbe"):
+        check = container[probe]["httpGet"]
+        assert check["path"] == "/healthz" and check["port"] in ("metrics", port)
+    assert [e["secretRef"]["name"] for e in container["envFrom"]] == ["sfsync-env"]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert env["SFSYNC_STATE_DIR"] == STATE_DIR
+    claims = {v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert {m["mountPath"]: m["name"] for m in container["volumeMounts"]}[STATE_DIR] in claims
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
 
 
 # --------------------------------------------------------------------------------------------- Dockerfile
@@ -546,3 +601,16 @@ def test_dockerfile_copies_are_in_the_build_context() -> None:
             for source in sources:
                 assert (REPO / source).exists(), f"COPY {source}: not in the repository"
                 assert source.rstrip("/") in allowed, f"COPY {source}: excluded by Dockerfile.dockerignore"
+
+
+def test_pyproject_license_is_an_spdx_expression() -> None:
+    """A table (`{ text = ... }`) makes setuptools print a deprecation warning on every install."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    license_ = project["project"]["license"]
+    assert isinstance(license_, str)
+    assert re.fullmatch(r"(LicenseRef-[A-Za-z0-9.\-]+|[A-Za-z0-9.\-+]+)( (AND|OR|WITH) [A-Za-z0-9.\-+]+)*", license_)
+    assert not any(c.startswith("License ::") for c in project["project"].get("classifiers", []))
+    setuptools = [r for r in project["build-system"]["requires"] if r.startswith("setuptools")]
+    assert setuptools == ["setuptools>=77"]  # the first to read a license expression (PEP 639)

@@ -86,14 +86,14 @@ def test_openapi_is_valid_and_matches_the_routes(live: tuple[str, Path]) -> None
     document = answer.json()
     validate(document)  # raises when not a valid OpenAPI 3 document
     documented = {(path, method) for path, item in document["paths"].items() for method in item}
-    assert documented == {(DEFAULT_PATH, "post"), ("/healthz", "get"), ("/openapi.json", "get")}
+    assert documented == {(DEFAULT_PATH, "post"), ("/healthz", "get"), ("/openapi.json", "get"), ("/metrics", "get")}
     for path, method in documented:  # every documented route is served...
         status = requests.request(method, f"{base}{path}", data=b"{}", timeout=5).status_code
         assert status not in (404, 405), (method, path, status)
     # ...and nothing else is: the other methods on them, and other paths.
     assert requests.get(f"{base}{DEFAULT_PATH}", timeout=5).status_code == 405
     assert requests.post(f"{base}/healthz", data=b"{}", timeout=5).status_code == 405
-    assert requests.get(f"{base}/metrics", timeout=5).status_code == 404
+    assert requests.get(f"{base}/status", timeout=5).status_code == 404
     schemes = document["components"]["securitySchemes"]
     assert schemes["sharedSecret"] == {**schemes["sharedSecret"], "type": "apiKey", "in": "header", "name": HEADER}
     assert document["paths"][DEFAULT_PATH]["post"]["security"] == [{"sharedSecret": []}]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -63,7 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token-ttl", type=bounds.whole(1, 7 * 86400),
                         help="Salesforce access token lifetime, seconds")
     parser.add_argument("--daily-limit", type=bounds.whole(1, 10**9), help="Salesforce daily API request allocation")
+    parser.add_argument("--write-env", metavar="FILE",
+                        help="write the SFSYNC_* settings for these simulators to FILE (for --env-file or .env)")
     return parser
+
+
+def write_env(path: Path, env: dict[str, str]) -> None:
+    """The settings as a ``.env`` file, readable by its owner only (it holds the simulators' secrets)."""
+    lines = ["# sfsync settings for the simulators started by 'sfsync sim' (valid while they run)"]
+    lines += [f"{name}={value}" for name, value in env.items()]
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
 
 
 class _Stop:
@@ -133,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                         target=_add_late, args=(sims, plan.late_tasks, args.late_after, stopping),
                         name="sim-late-tasks", daemon=True,
                     ).start()
+            if args.write_env:
+                write_env(Path(args.write_env), sims.env())
+                log.info("settings written to %s", args.write_env)
             print(json.dumps(sims.info()), flush=True)
             log.info("serving MessageMedia at %s and Salesforce at %s", sims.info()["messagemedia_url"],
                      sims.info()["salesforce_url"])

@@ -1,0 +1,72 @@
+"""`sfsync config`: the effective configuration, and where each value came from (the environment,
+the ``.env`` file, or the default). Secrets are masked; URLs never show user info."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+from sfsync.config import VARIABLES, Secret, Settings
+from sfsync.errors import EXIT_OK
+from sfsync.logs import redact_urls
+
+
+@dataclass(frozen=True)
+class Setting:
+    variable: str
+    value: str
+    source: str  # environment | the .env file's path | default
+
+
+def effective(settings: Settings, env_file: str | None, environ: dict[str, str] | None = None) -> list[Setting]:
+    env = dict(os.environ if environ is None else environ)
+    path = Path(env_file) if env_file else Path(".env")
+    from_file = {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
+    shown: list[Setting] = []
+    for name, (attr, _) in VARIABLES.items():
+        if (env.get(name) or "").strip():
+            source = "environment"
+        elif (from_file.get(name) or "").strip():
+            source = str(path)
+        else:
+            source = "default"
+        shown.append(Setting(name, _shown(getattr(settings, attr)), source))
+    return shown
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, Secret):
+        return "***" if value else ""
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return redact_urls(str(value))
+
+
+def register(sub: Any) -> None:
+    from sfsync.commands import common_options
+
+    parser = sub.add_parser("config", parents=[common_options()],
+                            help="the effective configuration and where each value came from (secrets masked)")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(func=config_command)
+
+
+def config_command(args: argparse.Namespace) -> int:
+    from sfsync.cli import _table
+    from sfsync.commands import settings_for
+
+    settings = settings_for(args, messagemedia=False, salesforce=False)
+    rows = effective(settings, args.env_file)
+    if args.json:
+        print(json.dumps([{"variable": r.variable, "value": r.value, "source": r.source} for r in rows], indent=2))
+        return EXIT_OK
+    print(_table([["variable", "value", "source"], *([r.variable, r.value, r.source] for r in rows)]))
+    return EXIT_OK
