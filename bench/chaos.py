@@ -160,11 +160,12 @@ def _malformed(rng: random.Random, message_id: str) -> dict[str, Any]:
     report_id = _uuid(rng)
     base: dict[str, Any] = {"delivery_report_id": report_id, "message_id": message_id, "status": "delivered",
                             "submitted_date": "2026-11-20T09:00:00.000Z", "date_received": "2026-11-20T09:00:00.010Z"}
-    broken = rng.choice(("no_status", "bad_date", "status_type", "metadata_type", "huge_status"))
+    # (An unreadable date is no longer one: such a report applies without a time, by arrival.)
+    broken = rng.choice(("no_status", "metadata_nested", "status_type", "metadata_type", "huge_status"))
     if broken == "no_status":
         del base["status"]
-    elif broken == "bad_date":
-        base["submitted_date"] = "yesterday-ish"
+    elif broken == "metadata_nested":
+        base["metadata"] = {"sf_task_id": {"Id": "00T000000000001"}}
     elif broken == "status_type":
         base["status"] = 220
     elif broken == "metadata_type":
@@ -415,6 +416,17 @@ def drained(sims: Simulators, state: Path, work: Workload) -> bool:
     return sims.mm.stats()["unconfirmed"] == 0 and not waiting - deleted
 
 
+def stuck(state: Path, work: Workload) -> str:
+    """What keeps the run from being drained: the waiting reports that should not wait, with why."""
+    deleted = {s.report_id for m in work.messages.values() if m.deleted for s in m.reports}
+    conn = sqlite3.connect(state / "sfsync.db", timeout=30)
+    try:
+        rows = [(r, why) for r, why in conn.execute("SELECT report_id, reason FROM waiting") if r not in deleted]
+    finally:
+        conn.close()
+    return f"{len(rows)} report(s) still waiting, e.g. {rows[:3]}"
+
+
 def log_events(processes: list[Process]) -> Iterator[dict[str, Any]]:
     for proc in processes:
         yield from proc.result.log_lines()
@@ -488,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
                     late_added_at = work.add_late_tasks(sims)
                 while not drained(sims, state, work):
                     if time.monotonic() - started > budget:
-                        raise TimeoutError(f"not drained within the {budget:g} s budget")
+                        raise TimeoutError(f"not drained within the {budget:g} s budget: {stuck(state, work)}")
                     proc = run_once(sims, state, None, timeout=max(10.0, budget - (time.monotonic() - started)))
                     processes.append(proc)
                     print(f"  run {len(processes):2}: exit {proc.result.returncode} after {proc.result.wall_s:4.1f} s "
