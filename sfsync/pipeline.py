@@ -35,6 +35,7 @@ from sfsync.store import LedgerEntry, Store, WaitingReport, now_utc
 log = logging.getLogger(__name__)
 
 Stage = Callable[[str], None]
+OnCommit = Callable[["BatchResult"], None]
 WAIT_FIRST_RETRY_S = 60.0
 WAIT_MAX_RETRY_S = 3600.0
 # A write naming a Task that is not there (another org's Id, a deleted record): for a Task found by
@@ -75,6 +76,7 @@ class Change:
 class BatchResult:
     confirm: list[str] = field(default_factory=list)  # report ids with a durable outcome
     held: list[str] = field(default_factory=list)  # report ids to try again later (not confirmed)
+    dead: list[str] = field(default_factory=list)  # report ids kept as dead letters (new or already kept)
     counts: Counter[str] = field(default_factory=Counter)
     changes: list[Change] = field(default_factory=list)  # what was (or, in a dry run, would be) written
 
@@ -177,6 +179,10 @@ def task_fields(outcome: Outcome, settings: Settings) -> dict[str, Any]:
     return values
 
 
+def _ledger_status(entry: LedgerEntry) -> Status:
+    return Status(entry.label, entry.code, entry.final, entry.event_time, entry.received_time, entry.report_id or "")
+
+
 def _ledger_entry(change: Change) -> LedgerEntry:
     s = change.outcome.status
     return LedgerEntry(change.outcome.message_id, change.task_id, s.label, s.code, s.final, s.event_time,
@@ -198,15 +204,17 @@ class Pipeline:
         self._field_lengths: dict[str, int] | None = None
 
     def process(self, raws: list[Any], source: str = "poll", *, default_tz: dt.tzinfo = dt.UTC,
-                waiting: Mapping[str, WaitingReport] | None = None) -> BatchResult:
+                waiting: Mapping[str, WaitingReport] | None = None, on_commit: OnCommit | None = None) -> BatchResult:
         """Take one batch to durable outcomes. ``waiting`` holds the batch's reports that come
-        from the waiting list (report id -> its row), to age them and take them off it."""
+        from the waiting list (report id -> its row), to age them and take them off it.
+        ``on_commit`` runs inside the transaction that records the outcomes (the drain marks its
+        inbox rows done there), with the result's ``confirm`` and ``held`` complete."""
         plan = self.plan(raws, source, default_tz=default_tz)
         if self.dry_run:
             plan.result.counts["would_write"] += len(plan.changes)
             plan.result.counts["would_wait"] += len(plan.unmatched)
             return plan.result
-        return self.apply(plan, source, waiting=waiting)
+        return self.apply(plan, source, waiting=waiting, on_commit=on_commit)
 
     def plan(self, raws: Iterable[Any], source: str = "poll", *, default_tz: dt.tzinfo = dt.UTC) -> Plan:
         """Parse, resolve, collapse, match and decide. Reads Salesforce and the store; writes nothing."""
@@ -220,9 +228,11 @@ class Pipeline:
         result.counts["skipped_stale"] += len(superseded)
         self.on_stage("resolved")
 
+        settled = self._settled_by_ledger(winners, result)
+        winners = {m: o for m, o in winners.items() if m not in settled}
         matches = self._match(winners)
         self.on_stage("matched")
-        plan = Plan(result, bad, resolved=list(superseded))  # durable once the batch is recorded
+        plan = Plan(result, bad, resolved=[*superseded, *settled.values()])  # durable once the batch is recorded
         writing: dict[str, int] = {}  # Task -> its change's index in plan.changes
         for change, action in self._decide(winners, matches):
             if action is Action.WRITE:
@@ -236,6 +246,20 @@ class Pipeline:
             (plan.resolved if matches.rows.get(message_id) else plan.unmatched).append(outcome)
         result.changes = plan.changes
         return plan
+
+    def _settled_by_ledger(self, winners: Mapping[str, Outcome], result: BatchResult) -> dict[str, Outcome]:
+        """Messages whose report cannot change what sfsync last wrote on any of their Tasks (an older
+        or equal non-final, a duplicate final): decided against the ledger, at no Salesforce call."""
+        settled: dict[str, Outcome] = {}
+        for message_id, entries in self.store.ledger_by_message(winners).items():
+            outcome = winners[message_id]
+            actions = [decide(_ledger_status(e), outcome.status) for e in entries]
+            if Action.WRITE in actions:
+                continue
+            settled[message_id] = outcome
+            key = "skipped_unchanged" if all(a is Action.UNCHANGED for a in actions) else "skipped_stale"
+            result.counts[key] += 1
+        return settled
 
     def _decide(self, winners: Mapping[str, Outcome], matches: Matches) -> list[tuple[Change, Action]]:
         """Each matched Task against its report, by the precedence rule, with the ledger's entry for
@@ -267,12 +291,12 @@ class Pipeline:
         if wins(plan.changes[at].outcome.status, change.outcome.status):
             plan.changes[at] = change
 
-    def apply(self, plan: Plan, source: str = "poll", *,
-              waiting: Mapping[str, WaitingReport] | None = None) -> BatchResult:
-        """Write a plan's changes and record every report's outcome (the poll loop's second half)."""
+    def apply(self, plan: Plan, source: str = "poll", *, waiting: Mapping[str, WaitingReport] | None = None,
+              on_commit: OnCommit | None = None) -> BatchResult:
+        """Write a plan's changes and record every report's outcome (the drain's second half)."""
         self.dead_letter_invalid(plan.bad, source, plan.result)
         self._write_and_record(plan.changes, plan.unchanged, plan.resolved, plan.unmatched, source, waiting or {},
-                               plan.result)
+                               plan.result, on_commit)
         return plan.result
 
     # -- match ----------------------------------------------------------------------------------------------
@@ -319,7 +343,7 @@ class Pipeline:
     # -- write and record ---------------------------------------------------------------------------------
     def _write_and_record(self, changes: list[Change], unchanged: list[Change], resolved: list[Outcome],
                           unmatched: list[Outcome], source: str, waiting: Mapping[str, WaitingReport],
-                          result: BatchResult) -> None:
+                          result: BatchResult, on_commit: OnCommit | None = None) -> None:
         sent = self._send_or_fall_back(changes, result)
         written, budget_stop = sent.written, sent.budget_stop
         by_report: dict[str, list[WriteResult]] = defaultdict(list)
@@ -341,6 +365,8 @@ class Pipeline:
                 target.append(outcome.report.report_id)
             self.store.remove_waiting([o.report.report_id for o in resolved
                                        if o.report.report_id in waiting and o.message_id not in held_messages])
+            if on_commit is not None:
+                on_commit(result)
         result.counts["held"] += len(result.held)
         self.on_stage("recorded")
         if budget_stop:
@@ -421,6 +447,7 @@ class Pipeline:
             result.counts["applied"] += len(applied)
             for change, answer in written:
                 if not answer.ok and not answer.transient:
+                    result.dead.append(change.outcome.report.report_id)
                     result.counts["dead_lettered"] += self.store.add_dead_letter(
                         change.outcome.report.report_id, change.outcome.message_id, change.outcome.report.raw, source,
                         f"Salesforce refused the update of Task {change.task_id}",
@@ -439,6 +466,7 @@ class Pipeline:
         # A Task Id in metadata that the look-up did not return: deleted, another org's, or not visible.
         not_there = f" (Task {named}, named in its metadata, is not there)" if named else ""
         if now - first_seen >= max_age:
+            result.dead.append(report.report_id)
             result.counts["dead_lettered"] += self.store.add_dead_letter(
                 report.report_id, report.message_id, report.raw, source,
                 f"no Task found for message {report.message_id} within {self.settings.wait_max_age_hours:g} h"
@@ -466,6 +494,7 @@ class Pipeline:
                                 extra={"event": "invalid_report", "report_id": exc.report_id})
                 if exc.report_id:
                     result.confirm.append(exc.report_id)
+                    result.dead.append(exc.report_id)
 
     def fit(self, values: dict[str, Any]) -> dict[str, Any]:
         """Cut text to the field's length, only for fields listed in SFSYNC_TRUNCATE_FIELDS."""
