@@ -25,8 +25,9 @@ from sfsync.store import Store
 
 log = logging.getLogger("sfsync.poll")
 PAGE = 100  # MessageMedia serves at most this many reports a check
-FIRST_RECHECK_S = 0.25  # first wait before checking again while confirmed reports are still served
-MAX_RECHECK_S = 2.0
+FIRST_RECHECK_S = 0.1  # first wait before checking again while confirmed reports are still served
+RECHECK_GROWTH = 1.5  # each later wait this much longer, up to MAX_RECHECK_S
+MAX_RECHECK_S = 1.0
 
 
 class PollEnd(Enum):
@@ -125,7 +126,7 @@ class PollSource:
         and confirmed (a confirmation takes effect some time after its 202), wait and check again,
         for at most ``wait_seconds``."""
         return poll_until(self.check, lambda c: c.moved, max_seconds=self.wait_seconds, first=FIRST_RECHECK_S,
-                          max_wait=MAX_RECHECK_S, sleep=self.sleep)
+                          max_wait=MAX_RECHECK_S, sleep=self.sleep, growth=RECHECK_GROWTH)
 
 
 def describe_ids(raws: list[Any], limit: int = 5) -> str:
