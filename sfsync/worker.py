@@ -49,7 +49,6 @@ from sfsync.store import DeadLetter, StagedReport, Store, WaitingReport, now_utc
 log = logging.getLogger("sfsync.run")
 CONFIRM_PENDING = PollEnd.CONFIRM_PENDING.value
 DRAIN_BATCH = 2000  # staged reports claimed per pipeline batch
-INBOX_BATCH = DRAIN_BATCH
 
 
 @dataclass(frozen=True)
@@ -205,6 +204,8 @@ class Worker:
             drained = self._drain(self._waiting_batches(options), pipeline, options, summary, started)
             if not drained:
                 drained = self._drain(self._inbox_batches(options, summary), pipeline, options, summary, started)
+            if polled == PollEnd.NOTHING.value and summary.counts["drained"]:
+                polled = "backlog_drained"  # nothing new to poll; reports staged earlier were written
             summary.exit_reason = drained or polled or (
                 "inbox_empty" if summary.counts["drained"] else "nothing_to_do")
             if polled == CONFIRM_PENDING:

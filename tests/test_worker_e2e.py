@@ -230,7 +230,7 @@ def test_api_budget_stops_cleanly_and_the_next_run_resumes(sims: Simulators, mak
 
     sims.sf.configure(daily_limit=100_000)
     again = make_worker().run()
-    assert again.exit_code == EXIT_OK and again.counts["fetched"] == 0
+    assert again.exit_code == EXIT_OK and again.counts["fetched"] == 0 and again.exit_reason == "backlog_drained"
     assert all(fields_of(sims, t) == ("Delivered", "220") for t in tasks)
     assert all(len(sims.sf.history(t)) == 1 for t in tasks)
     assert worker.store.inbox_backlog() == (0, None)
