@@ -266,6 +266,10 @@ def print_report(p: argparse.Namespace, floor: Floor, sfsync: Measured, rerun: M
     limit = floor.mm * p.mm_latency_ms / 1000 + p.sf_latency_ms / 1000
     print(f"    latency limit (MessageMedia's round trips, sequential by protocol, + 1 Salesforce round trip): "
           f"{limit:.1f} s;  sfsync = {ratio(sfsync.wall_s, limit):.2f}x")
+    if p.confirm_delay:
+        bound = math.ceil(p.reports / POLL_BATCH) * p.confirm_delay
+        print(f"    confirm delay {p.confirm_delay:g} s: at most 100 reports per {p.confirm_delay:g} s, so at least "
+              f"{bound:.1f} s ({p.reports / bound:.0f} reports/s);  sfsync = {ratio(sfsync.wall_s, bound):.2f}x")
     print(f"  correctness: Tasks not holding their final status after sfsync run: {wrong}")
     if rerun:
         print(f"\n  rerun (the same {rerun.reports:,} reports queued again under new report ids, same state): "
@@ -319,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                              "e.g. --backfill-arg=--bulk-threshold=1000")
     parser.add_argument("--backfill-mm-latency-ms", type=float, help="latency for the backfill (default: as above)")
     parser.add_argument("--backfill-sf-latency-ms", type=float, help="latency for the backfill (default: as above)")
+    parser.add_argument("--confirm-delay", type=float, default=0.0, metavar="SECONDS",
+                        help="MessageMedia keeps serving a confirmed report this long after its 202 (default 0)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the workload (ids, times)")
     p = parser.parse_args(argv)
     if p.reports < 1 or p.tasks < 1:
@@ -338,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         with Simulators(tls_dir=work / "tls", mm_faults=mm_faults, sf_faults=sf_faults) as sims:
             # 1. sfsync run, the real CLI with its real configuration (environment variables).
             plan = seed_simple(sims, p.reports, p.tasks, seed=p.seed)
+            sims.mm.configure(confirm_delay_s=p.confirm_delay)
             floor, expected = floor_of(plan.reports)
             print(f"bench: seeded {p.reports:,} reports over {p.tasks:,} Tasks; running sfsync run ...", flush=True)
             sfsync = run_sfsync(sims, work / "state", p.reports, "sfsync")
