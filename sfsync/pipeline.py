@@ -19,9 +19,10 @@ import datetime as dt
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from sfsync.codes import CodeMap, default_map, normalise_code, resolve
 from sfsync.config import Settings
@@ -29,7 +30,7 @@ from sfsync.errors import BudgetExhausted
 from sfsync.ids import canonical_id, task_id
 from sfsync.precedence import Action, Status, decide, merge, strongest, wins
 from sfsync.reports import InvalidReport, Report, format_time, parse_report, parse_time
-from sfsync.salesforce import COLLECTION_LIMIT, SalesforceClient, WriteResult
+from sfsync.salesforce import COLLECTION_LIMIT, IN_LIST_LIMIT, SalesforceClient, WriteResult
 from sfsync.store import LedgerEntry, Store, WaitingReport, now_utc
 
 log = logging.getLogger(__name__)
@@ -324,10 +325,23 @@ class Pipeline:
         return matches
 
     def _look_up(self, named: Mapping[str, list[str]], by_field: set[str], matches: Matches) -> set[str]:
-        """One look-up (batched by the client); returns the Ids of the Tasks it found."""
+        """One look-up (queries of 100 values, a few at a time); returns the Ids of the Tasks it found."""
         msg_field = self.settings.field_message_id
         returned: set[str] = set()
-        for row in self.sf.find_tasks(list(named), sorted(by_field)):
+        values = [("Id", t) for t in named] + [("msg", m) for m in sorted(by_field)]
+        groups = [values[start : start + IN_LIST_LIMIT] for start in range(0, len(values), IN_LIST_LIMIT)]
+
+        def find(group: list[tuple[str, str]]) -> list[dict[str, Any]]:
+            return self.sf.find_tasks([v for k, v in group if k == "Id"], [v for k, v in group if k != "Id"])
+
+        if len(groups) > 1:
+            self.sf.sf  # noqa: B018 - one token before the calls go out together
+        found: list[dict[str, Any]] = []
+        for rows in concurrently(find, groups, self.settings.sf_concurrency):
+            if isinstance(rows, BudgetExhausted):
+                raise rows
+            found += rows
+        for row in found:
             tid = canonical_id(row.get("Id"))
             if tid is None:
                 continue  # find_tasks refuses such rows already
@@ -387,8 +401,7 @@ class Pipeline:
         """Write ``changes``; a Task found by the Id in metadata that Salesforce says is not there
         (deleted since the look-up, ``TASK_GONE``) gives way to the message-id match, read and
         decided afresh, before its report is dead-lettered with Salesforce's error."""
-        written, budget_stop = self._send(changes)
-        unsent = changes[len(written):]
+        written, unsent, budget_stop = self._send(changes)
         gone = [(c, a) for c, a in written
                 if not a.ok and a.error_code in TASK_GONE and c.matched_by is MatchedBy.TASK_ID]
         if not gone or budget_stop:
@@ -418,21 +431,33 @@ class Pipeline:
         kept = [(c, a) for c, a in written if (c, a) not in gone or c.outcome.message_id not in found]
         log.info("%d Task(s) named in metadata are not there; %d report(s) matched by message id instead",
                  len(gone_ids), len(found), extra={"event": "metadata_task_gone"})
-        more, budget_stop = self._send(list(again.values()))
-        return _Sent([*kept, *more], unchanged, [*unsent, *list(again.values())[len(more):]], budget_stop)
+        more, unsent_again, budget_stop = self._send(list(again.values()))
+        return _Sent([*kept, *more], unchanged, [*unsent, *unsent_again], budget_stop)
 
-    def _send(self, changes: list[Change]) -> tuple[list[tuple[Change, WriteResult]], BudgetExhausted | None]:
-        """sObject Collections writes, 200 a call, until done or the API budget runs out."""
-        written: list[tuple[Change, WriteResult]] = []
-        for start in range(0, len(changes), COLLECTION_LIMIT):
-            chunk = changes[start : start + COLLECTION_LIMIT]
-            try:
-                answers = self.sf.update_tasks([{"id": c.task_id, **self.fit(c.fields)} for c in chunk])
-            except BudgetExhausted as exc:
-                return written, exc  # record what was written, confirm only that, then stop
-            written += list(zip(chunk, answers, strict=True))
+    def _send(self, changes: list[Change]
+              ) -> tuple[list[tuple[Change, WriteResult]], list[Change], BudgetExhausted | None]:
+        """sObject Collections writes, 200 a call, a few calls at a time (SFSYNC_SF_CONCURRENCY):
+        what was written, what was not sent because the API budget ran out, and that stop."""
+        chunks = [changes[start : start + COLLECTION_LIMIT] for start in range(0, len(changes), COLLECTION_LIMIT)]
+        records = {id(chunk): [{"id": c.task_id, **self.fit(c.fields)} for c in chunk] for chunk in chunks}
+        if len(chunks) > 1:
+            self.sf.sf  # noqa: B018 - one token before the calls go out together
+
+        def send(chunk: list[Change]) -> list[WriteResult]:
+            answers = self.sf.update_tasks(records[id(chunk)])
             self.on_stage("wrote")
-        return written, None
+            return answers
+
+        written: list[tuple[Change, WriteResult]] = []
+        unsent: list[Change] = []
+        budget_stop: BudgetExhausted | None = None
+        for chunk, answers in zip(chunks, concurrently(send, chunks, self.settings.sf_concurrency), strict=True):
+            if isinstance(answers, BudgetExhausted):
+                budget_stop = budget_stop or answers  # record what was written, confirm only that, then stop
+                unsent += chunk
+            else:
+                written += list(zip(chunk, answers, strict=True))
+        return written, unsent, budget_stop
 
     def record_written(self, written: Iterable[tuple[Change, WriteResult]], unchanged: Iterable[Change],
                        source: str, result: BatchResult) -> None:
@@ -511,6 +536,29 @@ class Pipeline:
                 log.warning("cut %s to %d characters as configured", name, limit, extra={"event": "truncated"})
                 fitted[name] = value[:limit]
         return fitted
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def concurrently(fn: Callable[[T], R], items: list[T], at_most: int) -> list[R | BudgetExhausted]:
+    """``fn`` over ``items``, at most ``at_most`` at a time, answers in order. A call that ran into the
+    API budget gives its ``BudgetExhausted`` in its place (the others' answers are kept); any other
+    error is raised once every call has ended."""
+    if len(items) <= 1 or at_most <= 1:
+        return [_budget_or(fn, item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(at_most, len(items)), thread_name_prefix="sfsync-sf") as pool:
+        futures = [pool.submit(_budget_or, fn, item) for item in items]
+        wait(futures)
+    return [f.result() for f in futures]
+
+
+def _budget_or(fn: Callable[[T], R], item: T) -> R | BudgetExhausted:
+    try:
+        return fn(item)
+    except BudgetExhausted as exc:
+        return exc
 
 
 @dataclass(frozen=True)
