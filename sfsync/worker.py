@@ -193,7 +193,11 @@ class Worker:
             if options.dry_run:
                 summary.exit_reason = self._dry_run(pipeline, options, summary)
                 return summary
-            polled = "" if options.inbox else self._poll(options, summary, started)
+            unavailable: RemoteError | None = None
+            try:
+                polled = "" if options.inbox else self._poll(options, summary, started)
+            except RemoteError as exc:  # MessageMedia failed: what is staged is still drained, then the error
+                unavailable, polled = exc, ""
             if polled in ("signal", "time_budget"):
                 summary.exit_reason = polled
                 return summary
@@ -212,6 +216,8 @@ class Worker:
                 summary.exit_code = EXIT_UNAVAILABLE  # the queue was not drained: never claim it was
             elif polled == PollEnd.WEDGED.value:
                 summary.exit_code = EXIT_PARTIAL  # stuck: never exit 0
+            if unavailable is not None:
+                raise unavailable
         return summary
 
     # -- the poll source: stage, then confirm ------------------------------------------------------------

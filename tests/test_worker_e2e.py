@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sfsync.errors import EXIT_BUDGET, EXIT_OK, EXIT_PARTIAL, AlreadyRunning, AuthError, ConfigError
+from sfsync.errors import EXIT_BUDGET, EXIT_OK, EXIT_PARTIAL, AlreadyRunning, AuthError, ConfigError, RemoteError
 from sfsync.lock import RunLock
 from sfsync.sim.harness import Simulators
 from sfsync.worker import RunOptions, Worker
@@ -234,6 +234,31 @@ def test_api_budget_stops_cleanly_and_the_next_run_resumes(sims: Simulators, mak
     assert all(fields_of(sims, t) == ("Delivered", "220") for t in tasks)
     assert all(len(sims.sf.history(t)) == 1 for t in tasks)
     assert worker.store.inbox_backlog() == (0, None)
+
+
+def test_messagemedia_failing_mid_poll_still_drains_what_was_staged(sims: Simulators,
+                                                                    make_worker: MakeWorker) -> None:
+    messages = [new_message_id() for _ in range(250)]
+    tasks = add_tasks(sims, messages)
+    sims.mm.add_reports([report(m, "delivered", "221", minute=i) for i, m in enumerate(messages)])
+    confirms = []
+
+    def fail_second_confirm(stage: str) -> None:
+        if stage == "confirming":
+            confirms.append(1)
+            if len(confirms) == 2:
+                sims.mm.faults.configure(rate=1.0, kinds=["503"])
+
+    worker = make_worker(on_stage=fail_second_confirm, SFSYNC_RETRY_ATTEMPTS="2")
+    with pytest.raises(RemoteError):
+        worker.run()
+    # Both staged pages were written; only the first was confirmed: the second comes back, staged already.
+    assert sum(fields_of(sims, t) == ("Delivered", "221") for t in tasks) == 200
+    assert worker.store.inbox_backlog()[0] == 0 and sims.mm.stats()["unconfirmed"] == 150
+    sims.mm.faults.configure(rate=0.0)
+    again = make_worker().run()
+    assert again.exit_code == EXIT_OK and again.counts["applied"] == 50
+    assert all(fields_of(sims, t) == ("Delivered", "221") and len(sims.sf.history(t)) == 1 for t in tasks)
 
 
 def test_request_limit_exceeded_stops_cleanly(sims: Simulators, make_worker: MakeWorker, worker_env: dict[str, str],
