@@ -165,7 +165,7 @@ NUMBERS: dict[str, Range] = {
     "SFSYNC_HTTP_TIMEOUT": Range(0, 600, low_open=True),
     "SFSYNC_RETRY_ATTEMPTS": Range(1, 100, whole=True),
     "SFSYNC_RETRY_MAX_SECONDS": Range(0, 86400, low_open=True),
-    "SFSYNC_CONFIRM_WAIT_SECONDS": Range(0, 3600),
+    "SFSYNC_CONFIRM_WAIT_SECONDS": Range(0, 3600, low_open=True),
     "SFSYNC_SF_CONCURRENCY": Range(1, 10, whole=True),
     "SFSYNC_PUSH_MAX_SKEW_SECONDS": Range(1, 3600),
     "SFSYNC_PUSH_MAX_BODY_BYTES": Range(1024, 64 * 1024 * 1024, whole=True),
