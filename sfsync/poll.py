@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -101,6 +102,7 @@ class PollSource:
         self.on_stage = on_stage
         self.sleep = StopAwareSleep(stop, sleep)
         self.confirmed: set[str] = set()  # ids confirmed this run
+        self.shared: set[str] = set()  # ids served on two reports at once: one confirm cannot clear both
 
     def check(self) -> Check:
         """Fetch one page, commit it to the inbox, then confirm its ids not yet confirmed this run."""
@@ -110,15 +112,18 @@ class PollSource:
             return Check([], 0, 0, 0, [])
         new = self.store.stage("poll", keyed(raws))
         self.on_stage("staged")
-        ids = list(dict.fromkeys(i for i in map(confirmable_id, raws) if i is not None))
+        served = [i for i in map(confirmable_id, raws) if i is not None]
+        self.shared.update(i for i, n in Counter(served).items() if n > 1)
+        ids = list(dict.fromkeys(served))
         to_confirm = [i for i in ids if i not in self.confirmed]
         if to_confirm:
             self.on_stage("confirming")
             self.mm.confirm(to_confirm)
             self.confirmed.update(to_confirm)
             self.on_stage("confirmed")
-        again = sum(1 for i in ids if i not in new and i in self.confirmed)
-        unconfirmable = [r for r in raws if confirmable_id(r) is None]
+        again = sum(1 for i in ids if i not in new and i not in self.shared)
+        unconfirmable = [r for r in raws if confirmable_id(r) is None
+                         or (confirmable_id(r) in self.shared and confirmable_id(r) not in new)]
         return Check(raws, len(new), len(to_confirm), again, unconfirmable)
 
     def next_check(self) -> Check:

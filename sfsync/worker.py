@@ -208,6 +208,8 @@ class Worker:
             drained = self._drain(self._waiting_batches(options), pipeline, options, summary, started)
             if not drained:
                 drained = self._drain(self._inbox_batches(options, summary), pipeline, options, summary, started)
+            if not drained and summary.counts["held"]:  # once more for rows a transient failure held (row locks)
+                drained = self._drain(self._inbox_batches(options, summary), pipeline, options, summary, started)
             if polled == PollEnd.NOTHING.value and summary.counts["drained"]:
                 polled = "backlog_drained"  # nothing new to poll; reports staged earlier were written
             summary.exit_reason = drained or polled or (
