@@ -9,17 +9,17 @@ order (across poll batches), with and without codes, duplicates, Tasks matched b
 message id, Tasks that appear late, Tasks deleted before their reports arrive, malformed reports.
 Turns on faults on every endpoint of both simulators (500, 502, 503, 429 with Retry-After,
 connection resets, lost responses, stalls past the client's timeout, truncated JSON, per-record
-UNABLE_TO_LOCK_ROW, periodic token expiry). Runs ``sfsync run`` as a child process and SIGKILLs it
-at random instants, then restarts it until the queue is drained and the waiting list is empty.
+UNABLE_TO_LOCK_ROW, periodic token expiry) and a confirm delay (confirmed reports still served for a
+while). Runs ``sfsync run`` as a child process and SIGKILLs it at the new boundaries (between the
+inbox commit and the confirm, mid-drain, between a write and its record: ``chaos_child.py``) and at
+random instants, then restarts it until the queue, the store's inbox and the waiting list are drained.
 
 Then checks, against the simulators' own records (never against what sfsync says):
   lost       every Task holds the status and code of its message's winning report, computed here
              from the seeded reports in event order (an independent implementation of the rule)
   regressed  no final status on a Task was ever followed by a non-final one (Salesforce write history)
-  confirmed  every seeded report was confirmed, and only once its outcome was durable: at the time
-             MessageMedia logged the confirm, the Task already held that report's values or those
-             of a report that beats it; or, for a Task not there yet, the deleted Task or a malformed
-             report, a waiting row or dead letter in sfsync's store held it
+  confirmed  every seeded report was confirmed, and only once it was durable: staged in sfsync's
+             store (its inbox row committed) before MessageMedia logged the confirm
   rerun      the whole queue served again makes zero Salesforce writes
 Prints the figures and one JSON line; exits 1 on any violation.
 """
@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import SFSYNC, ChildResult, run_child, worker_env
+from _common import PYTHON, SFSYNC, ChildResult, run_child, worker_env
 
 from sfsync.sim.base import FaultConfig
 from sfsync.sim.harness import Simulators
@@ -265,6 +265,26 @@ class Process:
     dead: set[str]  # report ids among the dead letters when it ended
 
 
+CHILD = Path(__file__).resolve().parent / "chaos_child.py"
+BOUNDARIES = ("staged", "confirmed", "matched", "wrote", "recorded")  # kill points, one run each
+
+
+def staged(state: Path) -> tuple[dict[str, float], int]:
+    """Each staged report's key with when it was staged (epoch seconds), and how many wait to be drained."""
+    path = state / "sfsync.db"
+    if not path.exists():
+        return {}, 0
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        rows = conn.execute("SELECT report_id, received_at, processed_at IS NULL FROM inbox").fetchall()
+    except sqlite3.OperationalError:
+        return {}, 0
+    finally:
+        conn.close()
+    return ({key: dt.datetime.fromisoformat(at).timestamp() for key, at, _ in rows},
+            sum(1 for _, _, pending in rows if pending))
+
+
 def store_ids(state: Path) -> tuple[set[str], set[str]]:
     path = state / "sfsync.db"
     if not path.exists():
@@ -346,7 +366,7 @@ def covered(msg: Message, report: Seeded, values: tuple[Any, Any]) -> bool:
     return any(s.values == values and s.key() >= report.key() for s in msg.reports)
 
 
-def check(sims: Simulators, work: Workload, processes: list[Process], late_added_at: float | None) -> Verdict:
+def check(sims: Simulators, work: Workload, state: Path) -> Verdict:
     verdict = Verdict()
     confirmed_at: dict[str, float] = {}
     for confirmed_id, logged_at in sims.mm.confirm_log():
@@ -366,45 +386,37 @@ def check(sims: Simulators, work: Workload, processes: list[Process], late_added
                 break
             seen_final = seen_final or label in FINAL_LABELS
 
-    def process_at(when: float) -> Process | None:
-        return next((p for p in processes if p.started <= when <= p.ended), None)
-
+    staged_at, _ = staged(state)
     for wire in work.queue:
         report_id = wire["delivery_report_id"]
         when = confirmed_at.get(report_id)
         if when is None:
             verdict.unconfirmed.append(report_id)
             continue
-        proc = process_at(when)
-        if report_id in work.malformed_ids:
-            if proc is None or report_id not in proc.dead:
-                verdict.early_confirms.append(report_id)
-            continue
-        seeded = work.by_report[report_id]
-        msg = work.messages[seeded.message_id]
-        if msg.deleted or (msg.late and (late_added_at is None or when < late_added_at)):
-            held = ((proc.dead | proc.waiting) if msg.deleted else proc.waiting) if proc else set()
-            if not any(s.report_id in held and s.key() >= seeded.key() for s in msg.reports):
-                verdict.early_confirms.append(report_id)
-            continue
-        assert msg.task_id is not None
-        before = [values for t, values in histories[msg.task_id] if t < when]
-        if not before or not covered(msg, seeded, before[-1]):
+        at = staged_at.get(report_id)
+        if at is None or at > when:
             verdict.early_confirms.append(report_id)
     return verdict
 
 
 # -- driver -------------------------------------------------------------------------------------------------
-def run_once(sims: Simulators, state: Path, kill_after: float | None, timeout: float) -> Process:
+def run_once(sims: Simulators, state: Path, kill_after: float | None, timeout: float,
+             kill_at: str | None = None) -> Process:
     started = time.time()
-    result = run_child([SFSYNC, "run", "--retry-waiting"], worker_env(sims, state, **CHAOS_ENV), cwd=state.parent,
-                       kill_after=kill_after, timeout=timeout)
+    if kill_at:
+        argv = [PYTHON, str(CHILD), "run", "--retry-waiting"]
+        env = worker_env(sims, state, **CHAOS_ENV, CHAOS_KILL_AT=kill_at)
+    else:
+        argv, env = [SFSYNC, "run", "--retry-waiting"], worker_env(sims, state, **CHAOS_ENV)
+    result = run_child(argv, env, cwd=state.parent, kill_after=kill_after, timeout=timeout)
+    if result.returncode == -9:
+        result.killed = True
     ended = time.time()
     waiting, dead = store_ids(state)
     return Process(started, ended, result, waiting, dead)
 
 
-CHAOS_ENV = {"SFSYNC_HTTP_TIMEOUT": "2", "SFSYNC_RETRY_MAX_SECONDS": "30"}
+CHAOS_ENV = {"SFSYNC_HTTP_TIMEOUT": "2", "SFSYNC_RETRY_MAX_SECONDS": "30", "SFSYNC_CONFIRM_WAIT_SECONDS": "10"}
 
 
 def drained(sims: Simulators, state: Path, work: Workload) -> bool:
@@ -413,7 +425,7 @@ def drained(sims: Simulators, state: Path, work: Workload) -> bool:
     SFSYNC_WAIT_MAX_AGE_HOURS, become dead letters)."""
     waiting, _ = store_ids(state)
     deleted = {s.report_id for m in work.messages.values() if m.deleted for s in m.reports}
-    return sims.mm.stats()["unconfirmed"] == 0 and not waiting - deleted
+    return sims.mm.stats()["unconfirmed"] == 0 and not waiting - deleted and staged(state)[1] == 0
 
 
 def stuck(state: Path, work: Workload) -> str:
@@ -452,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
                              "--large 0.5 6)")
     parser.add_argument("--budget", type=float, default=0.0,
                         help="give up (and fail) after this many seconds (default 90, --large 1200)")
+    parser.add_argument("--confirm-delay", type=float, default=0.1, metavar="SECONDS",
+                        help="MessageMedia keeps serving a confirmed report this long after its 202 (default 0.1)")
     parser.add_argument("--seed", type=int, help="seed for the workload, the faults and the kills")
     p = parser.parse_args(argv)
     n_reports = p.reports or (20_000 if p.large else 2_000)
@@ -475,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         with Simulators(tls_dir=work_dir / "tls", mm_faults=faults(1), sf_faults=faults(2)) as sims:
             work = build_workload(sims, n_reports, rng)
             sims.sf.configure(lock_row_rate=p.lock_row_rate)
+            sims.mm.configure(confirm_delay_s=p.confirm_delay)
             count_lock_errors(sims)
             print(f"chaos: seed {seed}; {work.report_count:,} reports over {len(work.messages):,} messages "
                   f"({sum(m.late for m in work.messages.values())} Tasks late, "
@@ -489,7 +504,10 @@ def main(argv: list[str] | None = None) -> int:
                         late_added_at = work.add_late_tasks(sims)
                     if time.monotonic() - started > budget:
                         raise TimeoutError(f"the kills did not fit in the {budget:g} s budget")
-                    proc = run_once(sims, state, rng.uniform(*kill_window), timeout=120)
+                    # The first kills at the boundaries staging added, the others at random instants.
+                    boundary = f"{BOUNDARIES[killed]}:1" if killed < len(BOUNDARIES) else None
+                    proc = run_once(sims, state, None if boundary else rng.uniform(*kill_window), timeout=120,
+                                    kill_at=boundary)
                     processes.append(proc)
                     killed += proc.result.killed
                     attempts += 1
@@ -506,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  run {len(processes):2}: exit {proc.result.returncode} after {proc.result.wall_s:4.1f} s "
                           f"({(proc.result.summary() or {}).get('exit_reason', '?')}); unconfirmed "
                           f"{sims.mm.stats()['unconfirmed']:,}", flush=True)
-                verdict = check(sims, work, processes, late_added_at)
+                verdict = check(sims, work, state)
 
                 # The final rerun: the same statuses served again (new report ids) write nothing.
                 composite_before = sims.sf.stats()["api_calls"].get("composite", 0)

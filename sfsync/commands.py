@@ -236,15 +236,19 @@ def status_command(args: argparse.Namespace) -> int:
     settings = settings_for(args, messagemedia=False, salesforce=False)
     store = Store(settings.store_path)
     runs, hidden = _shown_runs(store, args.runs, args.all)
+    staged, oldest = store.inbox_backlog()
     data: dict[str, Any] = {"store": str(settings.store_path), "waiting": store.waiting_count(),
-            "dead_letters": store.dead_letter_count(), "inbox_pending": store.inbox_count(),
-            "runs": runs, "idle_runs_hidden": hidden}
+            "dead_letters": store.dead_letter_count(), "inbox_pending": staged,
+            "staged_oldest_age_s": _age_seconds(oldest), "runs": runs, "idle_runs_hidden": hidden}
     if args.json:
         print(json.dumps(data, indent=2, default=str))
         return EXIT_OK
     print(f"store: {data['store']}")
     print(f"waiting for their Task: {data['waiting']}   dead letters: {data['dead_letters']}   "
           f"inbox pending: {data['inbox_pending']}")
+    if staged:
+        print(f"staged, not yet written to Salesforce: {staged} (oldest {_age_text(data['staged_oldest_age_s'])} "
+              "old; the next run drains them)")
     for run in runs:
         c = run["counts"]
         code = "" if run["exit_code"] is None else f"exit {run['exit_code']}"
@@ -271,6 +275,21 @@ def _shown_runs(store: Any, wanted: int, everything: bool) -> tuple[list[dict[st
         else:
             shown.append(run)
     return shown, hidden
+
+
+def _age_seconds(moment: Any) -> float | None:
+    import datetime as dt
+
+    return None if moment is None else round(max((dt.datetime.now(dt.UTC) - moment).total_seconds(), 0.0), 1)
+
+
+def _age_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 # -- sfsync dead-letters ------------------------------------------------------------------------------------
@@ -333,29 +352,14 @@ def dead_letters_command(args: argparse.Namespace) -> int:
 
 def _retry_dead_letters(settings: Any, store: Any, ids: list[int]) -> int:
     """Run dead letters through the pipeline again (after fixing the field, the Task, the rule...)."""
-    from sfsync.lock import RunLock
-    from sfsync.pipeline import Pipeline
     from sfsync.salesforce import SalesforceClient
+    from sfsync.worker import retry_dead_letters
 
-    with RunLock(settings.lock_path):
-        letters = [store.dead_letter(i) for i in ids] if ids else store.dead_letters(10_000)
-        letters = [d for d in letters if d is not None and d.retried_at is None]
-        pipeline = Pipeline(settings, store, SalesforceClient(settings))
-        retried = 0
-        for start in range(0, len(letters), 100):
-            chunk = letters[start : start + 100]
-            raws = []
-            for letter in chunk:
-                try:
-                    raws.append(json.loads(letter.raw))
-                except ValueError:
-                    raws.append(letter.raw)
-            # Retired first: a letter that fails again is stored anew with today's error.
-            store.mark_retried([d.id for d in chunk])
-            result = pipeline.process(raws, "retry")
-            retried += len(result.confirm)
-        print(f"retried {len(letters)} dead letter(s); {store.dead_letter_count()} remain")
-    return EXIT_OK
+    done = retry_dead_letters(settings, store, SalesforceClient(settings), ids)
+    print(f"retried {done.tried} dead letter(s): {done.retired} retired (a new outcome is stored), "
+          f"{done.failed_again} failed again (kept, with the new error), {done.kept} kept as they were"
+          f"{f' ({done.error}): try again later' if done.kept else ''}; {store.dead_letter_count()} remain")
+    return done.exit_code
 
 
 def _letter_dict(letter: Any) -> dict[str, Any]:

@@ -82,6 +82,8 @@ class Settings:
     http_timeout: float = 30.0
     retry_attempts: int = 6
     retry_max_seconds: float = 120.0
+    confirm_wait_seconds: float = 30.0  # re-check while MessageMedia still serves confirmed reports
+    sf_concurrency: int = 4  # Salesforce look-ups or writes in flight at once
     log_format: str = "auto"
     # Push mode (`sfsync serve`): at least one way to authenticate MessageMedia's calls
     push_secret_header: str = "X-SFSync-Secret"  # noqa: S105 - a header name, not a secret
@@ -146,6 +148,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SFSYNC_HTTP_TIMEOUT": ("http_timeout", "number"),
     "SFSYNC_RETRY_ATTEMPTS": ("retry_attempts", "number"),
     "SFSYNC_RETRY_MAX_SECONDS": ("retry_max_seconds", "number"),
+    "SFSYNC_CONFIRM_WAIT_SECONDS": ("confirm_wait_seconds", "number"),
+    "SFSYNC_SF_CONCURRENCY": ("sf_concurrency", "number"),
     "SFSYNC_LOG_FORMAT": ("log_format", "log_format"),
     "SFSYNC_PUSH_SECRET_HEADER": ("push_secret_header", "header"),
     "SFSYNC_PUSH_SECRET": ("push_secret", "header_secret"),
@@ -161,6 +165,8 @@ NUMBERS: dict[str, Range] = {
     "SFSYNC_HTTP_TIMEOUT": Range(0, 600, low_open=True),
     "SFSYNC_RETRY_ATTEMPTS": Range(1, 100, whole=True),
     "SFSYNC_RETRY_MAX_SECONDS": Range(0, 86400, low_open=True),
+    "SFSYNC_CONFIRM_WAIT_SECONDS": Range(0, 3600, low_open=True),
+    "SFSYNC_SF_CONCURRENCY": Range(1, 10, whole=True),
     "SFSYNC_PUSH_MAX_SKEW_SECONDS": Range(1, 3600),
     "SFSYNC_PUSH_MAX_BODY_BYTES": Range(1024, 64 * 1024 * 1024, whole=True),
 }

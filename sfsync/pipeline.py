@@ -19,9 +19,10 @@ import datetime as dt
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from sfsync.codes import CodeMap, default_map, normalise_code, resolve
 from sfsync.config import Settings
@@ -29,12 +30,13 @@ from sfsync.errors import BudgetExhausted
 from sfsync.ids import canonical_id, task_id
 from sfsync.precedence import Action, Status, decide, merge, strongest, wins
 from sfsync.reports import InvalidReport, Report, format_time, parse_report, parse_time
-from sfsync.salesforce import COLLECTION_LIMIT, SalesforceClient, WriteResult
+from sfsync.salesforce import COLLECTION_LIMIT, IN_LIST_LIMIT, SalesforceClient, WriteResult
 from sfsync.store import LedgerEntry, Store, WaitingReport, now_utc
 
 log = logging.getLogger(__name__)
 
 Stage = Callable[[str], None]
+OnCommit = Callable[["BatchResult"], None]
 WAIT_FIRST_RETRY_S = 60.0
 WAIT_MAX_RETRY_S = 3600.0
 # A write naming a Task that is not there (another org's Id, a deleted record): for a Task found by
@@ -75,6 +77,7 @@ class Change:
 class BatchResult:
     confirm: list[str] = field(default_factory=list)  # report ids with a durable outcome
     held: list[str] = field(default_factory=list)  # report ids to try again later (not confirmed)
+    dead: list[str] = field(default_factory=list)  # report ids kept as dead letters (new or already kept)
     counts: Counter[str] = field(default_factory=Counter)
     changes: list[Change] = field(default_factory=list)  # what was (or, in a dry run, would be) written
 
@@ -177,6 +180,10 @@ def task_fields(outcome: Outcome, settings: Settings) -> dict[str, Any]:
     return values
 
 
+def _ledger_status(entry: LedgerEntry) -> Status:
+    return Status(entry.label, entry.code, entry.final, entry.event_time, entry.received_time, entry.report_id or "")
+
+
 def _ledger_entry(change: Change) -> LedgerEntry:
     s = change.outcome.status
     return LedgerEntry(change.outcome.message_id, change.task_id, s.label, s.code, s.final, s.event_time,
@@ -198,15 +205,17 @@ class Pipeline:
         self._field_lengths: dict[str, int] | None = None
 
     def process(self, raws: list[Any], source: str = "poll", *, default_tz: dt.tzinfo = dt.UTC,
-                waiting: Mapping[str, WaitingReport] | None = None) -> BatchResult:
+                waiting: Mapping[str, WaitingReport] | None = None, on_commit: OnCommit | None = None) -> BatchResult:
         """Take one batch to durable outcomes. ``waiting`` holds the batch's reports that come
-        from the waiting list (report id -> its row), to age them and take them off it."""
+        from the waiting list (report id -> its row), to age them and take them off it.
+        ``on_commit`` runs inside the transaction that records the outcomes (the drain marks its
+        inbox rows done there), with the result's ``confirm`` and ``held`` complete."""
         plan = self.plan(raws, source, default_tz=default_tz)
         if self.dry_run:
             plan.result.counts["would_write"] += len(plan.changes)
             plan.result.counts["would_wait"] += len(plan.unmatched)
             return plan.result
-        return self.apply(plan, source, waiting=waiting)
+        return self.apply(plan, source, waiting=waiting, on_commit=on_commit)
 
     def plan(self, raws: Iterable[Any], source: str = "poll", *, default_tz: dt.tzinfo = dt.UTC) -> Plan:
         """Parse, resolve, collapse, match and decide. Reads Salesforce and the store; writes nothing."""
@@ -220,9 +229,11 @@ class Pipeline:
         result.counts["skipped_stale"] += len(superseded)
         self.on_stage("resolved")
 
+        settled = self._settled_by_ledger(winners, result)
+        winners = {m: o for m, o in winners.items() if m not in settled}
         matches = self._match(winners)
         self.on_stage("matched")
-        plan = Plan(result, bad, resolved=list(superseded))  # durable once the batch is recorded
+        plan = Plan(result, bad, resolved=[*superseded, *settled.values()])  # durable once the batch is recorded
         writing: dict[str, int] = {}  # Task -> its change's index in plan.changes
         for change, action in self._decide(winners, matches):
             if action is Action.WRITE:
@@ -236,6 +247,20 @@ class Pipeline:
             (plan.resolved if matches.rows.get(message_id) else plan.unmatched).append(outcome)
         result.changes = plan.changes
         return plan
+
+    def _settled_by_ledger(self, winners: Mapping[str, Outcome], result: BatchResult) -> dict[str, Outcome]:
+        """Messages whose report cannot change what sfsync last wrote on any of their Tasks (an older
+        or equal non-final, a duplicate final): decided against the ledger, at no Salesforce call."""
+        settled: dict[str, Outcome] = {}
+        for message_id, entries in self.store.ledger_by_message(winners).items():
+            outcome = winners[message_id]
+            actions = [decide(_ledger_status(e), outcome.status) for e in entries]
+            if Action.WRITE in actions:
+                continue
+            settled[message_id] = outcome
+            key = "skipped_unchanged" if all(a is Action.UNCHANGED for a in actions) else "skipped_stale"
+            result.counts[key] += 1
+        return settled
 
     def _decide(self, winners: Mapping[str, Outcome], matches: Matches) -> list[tuple[Change, Action]]:
         """Each matched Task against its report, by the precedence rule, with the ledger's entry for
@@ -267,12 +292,12 @@ class Pipeline:
         if wins(plan.changes[at].outcome.status, change.outcome.status):
             plan.changes[at] = change
 
-    def apply(self, plan: Plan, source: str = "poll", *,
-              waiting: Mapping[str, WaitingReport] | None = None) -> BatchResult:
-        """Write a plan's changes and record every report's outcome (the poll loop's second half)."""
+    def apply(self, plan: Plan, source: str = "poll", *, waiting: Mapping[str, WaitingReport] | None = None,
+              on_commit: OnCommit | None = None) -> BatchResult:
+        """Write a plan's changes and record every report's outcome (the drain's second half)."""
         self.dead_letter_invalid(plan.bad, source, plan.result)
         self._write_and_record(plan.changes, plan.unchanged, plan.resolved, plan.unmatched, source, waiting or {},
-                               plan.result)
+                               plan.result, on_commit)
         return plan.result
 
     # -- match ----------------------------------------------------------------------------------------------
@@ -300,10 +325,23 @@ class Pipeline:
         return matches
 
     def _look_up(self, named: Mapping[str, list[str]], by_field: set[str], matches: Matches) -> set[str]:
-        """One look-up (batched by the client); returns the Ids of the Tasks it found."""
+        """One look-up (queries of 100 values, a few at a time); returns the Ids of the Tasks it found."""
         msg_field = self.settings.field_message_id
         returned: set[str] = set()
-        for row in self.sf.find_tasks(list(named), sorted(by_field)):
+        values = [("Id", t) for t in named] + [("msg", m) for m in sorted(by_field)]
+        groups = [values[start : start + IN_LIST_LIMIT] for start in range(0, len(values), IN_LIST_LIMIT)]
+
+        def find(group: list[tuple[str, str]]) -> list[dict[str, Any]]:
+            return self.sf.find_tasks([v for k, v in group if k == "Id"], [v for k, v in group if k != "Id"])
+
+        if len(groups) > 1:
+            self.sf.sf  # noqa: B018 - one token before the calls go out together
+        found: list[dict[str, Any]] = []
+        for rows in concurrently(find, groups, self.settings.sf_concurrency):
+            if isinstance(rows, BudgetExhausted):
+                raise rows
+            found += rows
+        for row in found:
             tid = canonical_id(row.get("Id"))
             if tid is None:
                 continue  # find_tasks refuses such rows already
@@ -319,7 +357,7 @@ class Pipeline:
     # -- write and record ---------------------------------------------------------------------------------
     def _write_and_record(self, changes: list[Change], unchanged: list[Change], resolved: list[Outcome],
                           unmatched: list[Outcome], source: str, waiting: Mapping[str, WaitingReport],
-                          result: BatchResult) -> None:
+                          result: BatchResult, on_commit: OnCommit | None = None) -> None:
         sent = self._send_or_fall_back(changes, result)
         written, budget_stop = sent.written, sent.budget_stop
         by_report: dict[str, list[WriteResult]] = defaultdict(list)
@@ -341,6 +379,8 @@ class Pipeline:
                 target.append(outcome.report.report_id)
             self.store.remove_waiting([o.report.report_id for o in resolved
                                        if o.report.report_id in waiting and o.message_id not in held_messages])
+            if on_commit is not None:
+                on_commit(result)
         result.counts["held"] += len(result.held)
         self.on_stage("recorded")
         if budget_stop:
@@ -361,8 +401,7 @@ class Pipeline:
         """Write ``changes``; a Task found by the Id in metadata that Salesforce says is not there
         (deleted since the look-up, ``TASK_GONE``) gives way to the message-id match, read and
         decided afresh, before its report is dead-lettered with Salesforce's error."""
-        written, budget_stop = self._send(changes)
-        unsent = changes[len(written):]
+        written, unsent, budget_stop = self._send(changes)
         gone = [(c, a) for c, a in written
                 if not a.ok and a.error_code in TASK_GONE and c.matched_by is MatchedBy.TASK_ID]
         if not gone or budget_stop:
@@ -392,21 +431,33 @@ class Pipeline:
         kept = [(c, a) for c, a in written if (c, a) not in gone or c.outcome.message_id not in found]
         log.info("%d Task(s) named in metadata are not there; %d report(s) matched by message id instead",
                  len(gone_ids), len(found), extra={"event": "metadata_task_gone"})
-        more, budget_stop = self._send(list(again.values()))
-        return _Sent([*kept, *more], unchanged, [*unsent, *list(again.values())[len(more):]], budget_stop)
+        more, unsent_again, budget_stop = self._send(list(again.values()))
+        return _Sent([*kept, *more], unchanged, [*unsent, *unsent_again], budget_stop)
 
-    def _send(self, changes: list[Change]) -> tuple[list[tuple[Change, WriteResult]], BudgetExhausted | None]:
-        """sObject Collections writes, 200 a call, until done or the API budget runs out."""
-        written: list[tuple[Change, WriteResult]] = []
-        for start in range(0, len(changes), COLLECTION_LIMIT):
-            chunk = changes[start : start + COLLECTION_LIMIT]
-            try:
-                answers = self.sf.update_tasks([{"id": c.task_id, **self.fit(c.fields)} for c in chunk])
-            except BudgetExhausted as exc:
-                return written, exc  # record what was written, confirm only that, then stop
-            written += list(zip(chunk, answers, strict=True))
+    def _send(self, changes: list[Change]
+              ) -> tuple[list[tuple[Change, WriteResult]], list[Change], BudgetExhausted | None]:
+        """sObject Collections writes, 200 a call, a few calls at a time (SFSYNC_SF_CONCURRENCY):
+        what was written, what was not sent because the API budget ran out, and that stop."""
+        chunks = [changes[start : start + COLLECTION_LIMIT] for start in range(0, len(changes), COLLECTION_LIMIT)]
+        records = {id(chunk): [{"id": c.task_id, **self.fit(c.fields)} for c in chunk] for chunk in chunks}
+        if len(chunks) > 1:
+            self.sf.sf  # noqa: B018 - one token before the calls go out together
+
+        def send(chunk: list[Change]) -> list[WriteResult]:
+            answers = self.sf.update_tasks(records[id(chunk)])
             self.on_stage("wrote")
-        return written, None
+            return answers
+
+        written: list[tuple[Change, WriteResult]] = []
+        unsent: list[Change] = []
+        budget_stop: BudgetExhausted | None = None
+        for chunk, answers in zip(chunks, concurrently(send, chunks, self.settings.sf_concurrency), strict=True):
+            if isinstance(answers, BudgetExhausted):
+                budget_stop = budget_stop or answers  # record what was written, confirm only that, then stop
+                unsent += chunk
+            else:
+                written += list(zip(chunk, answers, strict=True))
+        return written, unsent, budget_stop
 
     def record_written(self, written: Iterable[tuple[Change, WriteResult]], unchanged: Iterable[Change],
                        source: str, result: BatchResult) -> None:
@@ -421,6 +472,7 @@ class Pipeline:
             result.counts["applied"] += len(applied)
             for change, answer in written:
                 if not answer.ok and not answer.transient:
+                    result.dead.append(change.outcome.report.report_id)
                     result.counts["dead_lettered"] += self.store.add_dead_letter(
                         change.outcome.report.report_id, change.outcome.message_id, change.outcome.report.raw, source,
                         f"Salesforce refused the update of Task {change.task_id}",
@@ -439,6 +491,7 @@ class Pipeline:
         # A Task Id in metadata that the look-up did not return: deleted, another org's, or not visible.
         not_there = f" (Task {named}, named in its metadata, is not there)" if named else ""
         if now - first_seen >= max_age:
+            result.dead.append(report.report_id)
             result.counts["dead_lettered"] += self.store.add_dead_letter(
                 report.report_id, report.message_id, report.raw, source,
                 f"no Task found for message {report.message_id} within {self.settings.wait_max_age_hours:g} h"
@@ -466,6 +519,7 @@ class Pipeline:
                                 extra={"event": "invalid_report", "report_id": exc.report_id})
                 if exc.report_id:
                     result.confirm.append(exc.report_id)
+                    result.dead.append(exc.report_id)
 
     def fit(self, values: dict[str, Any]) -> dict[str, Any]:
         """Cut text to the field's length, only for fields listed in SFSYNC_TRUNCATE_FIELDS."""
@@ -482,6 +536,29 @@ class Pipeline:
                 log.warning("cut %s to %d characters as configured", name, limit, extra={"event": "truncated"})
                 fitted[name] = value[:limit]
         return fitted
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def concurrently(fn: Callable[[T], R], items: list[T], at_most: int) -> list[R | BudgetExhausted]:
+    """``fn`` over ``items``, at most ``at_most`` at a time, answers in order. A call that ran into the
+    API budget gives its ``BudgetExhausted`` in its place (the others' answers are kept); any other
+    error is raised once every call has ended."""
+    if len(items) <= 1 or at_most <= 1:
+        return [_budget_or(fn, item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(at_most, len(items)), thread_name_prefix="sfsync-sf") as pool:
+        futures = [pool.submit(_budget_or, fn, item) for item in items]
+        wait(futures)
+    return [f.result() for f in futures]
+
+
+def _budget_or(fn: Callable[[T], R], item: T) -> R | BudgetExhausted:
+    try:
+        return fn(item)
+    except BudgetExhausted as exc:
+        return exc
 
 
 @dataclass(frozen=True)

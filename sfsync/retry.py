@@ -206,13 +206,13 @@ def _describe(exc: BaseException | None) -> str:
 
 
 def poll_until(fn: Callable[[], T], done: Callable[[T], bool], *, max_seconds: float, first: float = 0.5,
-               max_wait: float = 15.0, sleep: Callable[[float], Any] = time.sleep) -> T:
+               max_wait: float = 15.0, sleep: Callable[[float], Any] = time.sleep, growth: float = 2.0) -> T:
     """Call ``fn`` until ``done`` says its answer is final or ``max_seconds`` have passed (waits
     growing from ``first`` to ``max_wait``); the last answer either way. Errors ``fn`` raises
     are not retried here (``fn`` brings its own retries)."""
     retrying = Retrying(
         retry=retry_if_result(lambda answer: not done(answer)),
-        wait=wait_exponential(multiplier=first, min=first, max=max_wait),
+        wait=wait_exponential(multiplier=first, min=first, max=max_wait, exp_base=growth),
         stop=stop_after_delay(max_seconds),
         sleep=sleep,
         retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,

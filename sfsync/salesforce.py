@@ -150,8 +150,12 @@ class SalesforceClient:
         assert self._sf is not None
         return self._sf
 
-    def login(self) -> None:
+    def login(self, expired: Salesforce | None = None) -> None:
+        """Get a token; with ``expired`` (the session a call found expired), only if no other
+        thread has replaced that session meanwhile (concurrent calls share one new token)."""
         with self._login_lock:
+            if expired is not None and self._sf is not None and self._sf is not expired:
+                return
             try:
                 token = self._fetch_token()
             except RemoteError as exc:
@@ -268,12 +272,13 @@ class SalesforceClient:
         def once() -> T:
             self.check_budget()
             self.calls[name] += 1
+            session = self.sf
             try:
                 return attempt()
             except SalesforceExpiredSession:
                 # One new token, one retry; a second 401 is an authentication problem.
                 log.info("Salesforce session expired; getting a new token", extra={"event": "token_refresh"})
-                self.login()
+                self.login(expired=session)
                 self.calls[name] += 1
                 try:
                     return attempt()  # its other failures are classified (and retried) like any other

@@ -444,7 +444,7 @@ class PushServer:
             state.last_error = None
             if summary.exit_code == EXIT_BUDGET:
                 return BUDGET_BACKOFF_S
-            if summary.counts.get("held") and not (summary.counts.get("applied") or summary.counts.get("confirmed")):
+            if summary.counts.get("held") and not (summary.counts.get("applied") or summary.counts.get("drained")):
                 state.consecutive_failures += 1  # nothing moved (writes failing transiently): back off
                 return self._backoff()
             state.consecutive_failures = 0

@@ -28,7 +28,7 @@ from typing import Any
 from sfsync.errors import ConfigError, StoreError
 from sfsync.ids import task_id
 
-SCHEMA_VERSION = 2  # 2: the ledger keyed by (Task, message id), Task Ids canonical
+SCHEMA_VERSION = 3  # 2: the ledger keyed by (Task, message id), Task Ids canonical; 3: inbox rows name their source
 RUN_HISTORY = 10_000  # runs kept in the history
 
 _LEDGER = """CREATE TABLE IF NOT EXISTS ledger (
@@ -84,7 +84,8 @@ _SCHEMA = [
         report_id TEXT PRIMARY KEY,
         raw TEXT NOT NULL,
         received_at TEXT NOT NULL,
-        processed_at TEXT)""",
+        processed_at TEXT,
+        source TEXT NOT NULL DEFAULT 'push')""",
     """CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (processed_at, received_at)""",
     # Bulk API jobs sent but not yet read back; each with the status it writes on each Task.
     """CREATE TABLE IF NOT EXISTS bulk_jobs (job_id TEXT PRIMARY KEY, created_at TEXT NOT NULL)""",
@@ -128,6 +129,38 @@ def _ledger_per_task(db: sqlite3.Connection) -> None:
           r["event_time"], r["received_time"], r["report_id"], r["applied_at"]) for r in rows],
     )
     db.execute("DROP TABLE ledger_v1")
+
+
+def _inbox_source(db: sqlite3.Connection) -> None:
+    """Schema 2 -> 3: the inbox held pushed reports only; now every source stages there."""
+    if "source" not in [r["name"] for r in db.execute("PRAGMA table_info(inbox)")]:
+        db.execute("ALTER TABLE inbox ADD COLUMN source TEXT NOT NULL DEFAULT 'push'")
+
+
+def _stage_one(db: sqlite3.Connection, key: str, raw: Any, stamp: str, source: str) -> str | None:
+    """Stage one report under ``key``; the key it was stored under, or None when that very report
+    was staged before. Another report under the same id (a pushed copy that carries more than the
+    polled one) is kept too, under a key made of its content."""
+    text = json.dumps(raw, default=str)
+    insert = "INSERT OR IGNORE INTO inbox (report_id, raw, received_at, source) VALUES (?, ?, ?, ?)"
+    if db.execute(insert, (key, text, stamp, source)).rowcount == 1:
+        return key
+    row = db.execute("SELECT raw FROM inbox WHERE report_id = ?", (key,)).fetchone()
+    if row is None or json.loads(row[0]) == json.loads(text):
+        return None
+    other = "raw:" + hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()
+    return other if db.execute(insert, (other, text, stamp, source)).rowcount == 1 else None
+
+
+@dataclass(frozen=True)
+class StagedReport:
+    """A report committed to the inbox, not yet drained."""
+
+    seq: int  # the order it was staged in
+    key: str  # its report id, or a key made of its content when it has no usable id
+    raw: Any
+    source: str  # poll | push
+    received_at: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -393,6 +426,8 @@ class Store:
             # Future migrations go here, one `if version < N:` block each.
             if version < 2:
                 _ledger_per_task(db)
+            if version < 3:
+                _inbox_source(db)
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     # -- ledger -------------------------------------------------------------------------------------
@@ -417,6 +452,19 @@ class Store:
                     row["message_id"], row["task_id"], row["label"], row["code"], bool(row["final"]),
                     _parse_ts(row["event_time"]), _parse_ts(row["received_time"]), row["report_id"],
                 )
+        return found
+
+    def ledger_by_message(self, message_ids: Iterable[str]) -> dict[str, list[LedgerEntry]]:
+        """Per message id, what sfsync applied last to each of its Tasks."""
+        ids = list(dict.fromkeys(message_ids))
+        found: dict[str, list[LedgerEntry]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(f"SELECT * FROM ledger WHERE message_id IN ({marks})", chunk):
+                found.setdefault(row["message_id"], []).append(LedgerEntry(
+                    row["message_id"], row["task_id"], row["label"], row["code"], bool(row["final"]),
+                    _parse_ts(row["event_time"]), _parse_ts(row["received_time"]), row["report_id"]))
         return found
 
     def record_applied(self, entries: Iterable[LedgerEntry]) -> None:
@@ -477,6 +525,9 @@ class Store:
                    fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
                 (report_id, message_id, text, source, reason, sf_error, _ts(now_utc()), fingerprint),
             )
+            if cursor.rowcount != 1:  # kept already: the same letter, with the latest reason and error
+                db.execute("UPDATE dead_letters SET reason = ?, sf_error = ? WHERE fingerprint = ? "
+                           "AND retried_at IS NULL", (reason, sf_error, fingerprint))
             if report_id:
                 db.execute("DELETE FROM waiting WHERE report_id = ?", (report_id,))
             return cursor.rowcount == 1
@@ -544,9 +595,35 @@ class Store:
     def inbox_add(self, report_id: str, raw: Mapping[str, Any]) -> bool:
         """Store a pushed report; False when that report id was already stored (a duplicate)."""
         with self.transaction() as db:
-            cursor = db.execute("INSERT OR IGNORE INTO inbox (report_id, raw, received_at) VALUES (?, ?, ?)",
-                                (report_id, json.dumps(raw, default=str), _ts(now_utc())))
-            return cursor.rowcount == 1
+            return _stage_one(db, report_id, raw, _ts(now_utc()) or "", "push") is not None
+
+    def stage(self, source: str, reports: Iterable[tuple[str, Any]]) -> set[str]:
+        """Commit reports (key, raw) to the inbox in one transaction; returns the keys that were new.
+        A key staged before (drained or not) is left as it is: staging is idempotent."""
+        stamp = _ts(now_utc()) or ""
+        new: set[str] = set()
+        with self.transaction() as db:
+            for key, raw in reports:
+                stored = _stage_one(db, key, raw, stamp, source)
+                if stored:
+                    new.add(key)
+        return new
+
+    def claim_staged(self, limit: int, after: int = 0) -> list[StagedReport]:
+        """Staged reports not yet drained, in the order they were staged, after ``seq`` ``after``."""
+        if after == 0:
+            first = self.db.execute("SELECT min(rowid) FROM inbox WHERE processed_at IS NULL").fetchone()[0]
+            after = int(first) - 1 if first is not None else 0
+        rows = self.db.execute(
+            "SELECT rowid, report_id, raw, source, received_at FROM inbox WHERE rowid > ? AND processed_at IS NULL "
+            "ORDER BY rowid LIMIT ?", (after, limit)).fetchall()
+        return [StagedReport(r[0], r["report_id"], json.loads(r["raw"]), r["source"],
+                             _parse_ts(r["received_at"]) or now_utc()) for r in rows]
+
+    def inbox_backlog(self) -> tuple[int, dt.datetime | None]:
+        """How many staged reports wait to be drained, and when the oldest of them was staged."""
+        row = self.db.execute("SELECT COUNT(*), MIN(received_at) FROM inbox WHERE processed_at IS NULL").fetchone()
+        return int(row[0]), _parse_ts(row[1])
 
     def inbox_pending(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self.db.execute(

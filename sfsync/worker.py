@@ -1,8 +1,11 @@
-"""`sfsync run`: cycles of fetch -> pipeline -> confirm until the queue is empty or a limit stops it.
+"""`sfsync run`: one engine in two halves joined by the durable store.
 
-Order of a run: take the lock; retry waiting reports that are due; then poll MessageMedia (or
-drain the push inbox) one batch at a time, confirming after each batch only what the pipeline
-made durable; end with one summary line and a row in the run history.
+Order of a run: take the lock; poll MessageMedia (unless ``--inbox``), committing each check's
+reports to the store's inbox and only then confirming them (``sfsync.poll``); then the one drain:
+settle open Bulk API jobs, retry waiting reports that are due, and claim staged reports (pushed or
+polled) thousands at a time through the pipeline, marking them done in the transaction that records
+their outcomes. Salesforce unavailable or its budget spent stops the drain, never the polling: the
+next run drains the backlog. The run ends with one summary line and a row in the run history.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +31,7 @@ from sfsync.errors import (
     AuthError,
     BudgetExhausted,
     ConfigError,
+    RemoteError,
     SfsyncError,
     StopRequested,
     StoreError,
@@ -35,25 +39,26 @@ from sfsync.errors import (
 )
 from sfsync.lock import RunLock
 from sfsync.messagemedia import MessageMediaClient
-from sfsync.pipeline import BatchResult, Pipeline, Stage, _BudgetStop
+from sfsync.pipeline import BatchResult, OnCommit, Pipeline, Stage, _BudgetStop
+from sfsync.poll import PAGE, PollEnd, PollSource, confirmable_id, describe_ids
 from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
 from sfsync.retry import RetryCounter, RetryPolicy, StopAwareSleep
 from sfsync.salesforce import SalesforceClient
-from sfsync.store import Store, now_utc
+from sfsync.store import DeadLetter, StagedReport, Store, WaitingReport, now_utc
 
 log = logging.getLogger("sfsync.run")
-CONFIRM_PENDING = "confirm_pending"  # exit reason: confirmed reports still served, the queue not drained
-INBOX_BATCH = 1000  # at most this many reports per pipeline batch (a poll brings at most 100)
+CONFIRM_PENDING = PollEnd.CONFIRM_PENDING.value
+DRAIN_BATCH = 2000  # staged reports claimed per pipeline batch
 
 
 @dataclass(frozen=True)
-class _Source:
-    """Where a run's reports come from, and how they are confirmed there."""
+class _Batch:
+    """Reports claimed by the drain from one source, and how their outcomes are committed there."""
 
-    name: str  # the pipeline's source label: poll | push
-    fetch: Callable[[set[str]], list[Any]]  # given the keys already handled this run
-    confirm: Callable[[list[str]], Any]
-    empty: str  # exit reason once drained
+    raws: list[Any]
+    source: str  # the pipeline's source label: poll | push | waiting | retry
+    on_commit: OnCommit | None = None  # runs in the transaction that records the outcomes
+    waiting: Mapping[str, WaitingReport] | None = None
 
 
 @dataclass
@@ -80,7 +85,7 @@ class RunSummary:
 
     def as_dict(self) -> dict[str, Any]:
         keys = ("fetched", "applied", "skipped_stale", "skipped_unchanged", "waiting", "dead_lettered", "confirmed",
-                "held", "invalid", "unknown_code", "waiting_retried")
+                "held", "invalid", "unknown_code", "waiting_retried", "drained")
         return {
             **{k: self.counts.get(k, 0) for k in keys},
             **({"would_write": self.counts["would_write"]} if "would_write" in self.counts else {}),
@@ -185,111 +190,167 @@ class Worker:
         kind = "dry-run" if options.dry_run else ("inbox" if options.inbox else "run")
         pipeline = Pipeline(self.settings, self.store, self.sf, dry_run=options.dry_run, on_stage=self.on_stage)
         with recorded_run(self.store, kind, summary, self.mm, self.sf, self.retries) as started:
-            source = self._inbox_source() if options.inbox else self._poll_source()
+            if options.dry_run:
+                summary.exit_reason = self._dry_run(pipeline, options, summary)
+                return summary
+            unavailable: RemoteError | None = None
             try:
-                if not options.dry_run:  # an interrupted backfill's Bulk API job may still land: settle it first
-                    BulkReconciler(pipeline, BulkClient(self.sf), wait_seconds=self.bulk_wait_s,
-                                   sleep=StopAwareSleep(self.stop)).settle(summary.counts)
-                self._retry_waiting(pipeline, options, summary)
-                summary.exit_reason = self._drain(source, pipeline, options, summary, started)
-                if summary.exit_reason == CONFIRM_PENDING:
-                    summary.exit_code = EXIT_UNAVAILABLE  # the queue was not drained: never claim it was
-            except _BudgetStop as stop:
-                # The budget ran out mid-batch: confirm what was made durable, then stop.
-                self._absorb(stop.result, summary)
-                self._confirm(source, stop.result, options, summary)
-                raise
+                polled = "" if options.inbox else self._poll(options, summary, started)
+            except RemoteError as exc:  # MessageMedia failed: what is staged is still drained, then the error
+                unavailable, polled = exc, ""
+            if polled in ("signal", "time_budget"):
+                summary.exit_reason = polled
+                return summary
+            # The drain: the only half that speaks to Salesforce.
+            self.sf.check_budget()
+            BulkReconciler(pipeline, BulkClient(self.sf), wait_seconds=self.bulk_wait_s,
+                           sleep=StopAwareSleep(self.stop)).settle(summary.counts)
+            drained = self._drain(self._waiting_batches(options), pipeline, options, summary, started)
+            if not drained:
+                drained = self._drain(self._inbox_batches(options, summary), pipeline, options, summary, started)
+            if not drained and summary.counts["held"]:  # once more for rows a transient failure held (row locks)
+                drained = self._drain(self._inbox_batches(options, summary), pipeline, options, summary, started)
+            if polled == PollEnd.NOTHING.value and summary.counts["drained"]:
+                polled = "backlog_drained"  # nothing new to poll; reports staged earlier were written
+            summary.exit_reason = drained or polled or (
+                "inbox_empty" if summary.counts["drained"] else "nothing_to_do")
+            if polled == CONFIRM_PENDING:
+                summary.exit_code = EXIT_UNAVAILABLE  # the queue was not drained: never claim it was
+            elif polled == PollEnd.WEDGED.value:
+                summary.exit_code = EXIT_PARTIAL  # stuck: never exit 0
+            if unavailable is not None:
+                raise unavailable
         return summary
 
-    # -- sources -----------------------------------------------------------------------------------------
-    def _retry_waiting(self, pipeline: Pipeline, options: RunOptions, summary: RunSummary) -> None:
-        """Reports kept while their Task did not exist: try the due ones again, 100 at a time."""
+    # -- the poll source: stage, then confirm ------------------------------------------------------------
+    def _poll(self, options: RunOptions, summary: RunSummary, started: float) -> str:
+        """Check MessageMedia's queue until it is drained into the store (or a limit stops it)."""
+        source = PollSource(self.mm, self.store, wait_seconds=self.settings.confirm_wait_seconds, stop=self.stop,
+                            on_stage=self.on_stage)
+        while True:
+            reason = self._should_stop(options, summary, started, budget=False)
+            if reason:
+                return reason
+            check = source.next_check()
+            summary.counts["fetched"] += check.new
+            summary.counts["confirmed"] += check.confirmed
+            if not check.raws:
+                return PollEnd.QUEUE_EMPTY.value if summary.counts["fetched"] else PollEnd.NOTHING.value
+            if check.new:
+                if options.once:
+                    return "once"
+                continue
+            if check.served_again:
+                log.warning("MessageMedia still serves %d report(s) staged and confirmed %gs ago or more (a "
+                            "confirmation takes effect some time after its 202): the queue is not drained; the "
+                            "next run continues (SFSYNC_CONFIRM_WAIT_SECONDS sets the wait)", check.served_again,
+                            self.settings.confirm_wait_seconds, extra={"event": CONFIRM_PENDING})
+                return CONFIRM_PENDING
+            return self._unconfirmable(check.unconfirmable)
+
+    @staticmethod
+    def _unconfirmable(raws: list[Any]) -> str:
+        ids = describe_ids(raws)
+        if len(raws) >= PAGE:
+            log.error("the head of MessageMedia's queue holds %d report(s) whose ids MessageMedia will not accept "
+                      "in a confirmation (%s): nothing behind them can be fetched. They are kept as dead letters "
+                      "('sfsync dead-letters list'); ask MessageMedia support to remove them from the queue",
+                      len(raws), ids, extra={"event": "queue_wedged"})
+            return PollEnd.WEDGED.value
+        log.warning("the queue holds only %d report(s) whose ids MessageMedia will not accept in a confirmation "
+                    "(%s); they are kept as dead letters and stay at the head of the queue", len(raws), ids,
+                    extra={"event": "unconfirmable"})
+        return PollEnd.UNCONFIRMABLE.value
+
+    # -- the drain: claim, pipeline, mark done in one commit ----------------------------------------------
+    def _drain(self, batches: Iterable[_Batch], pipeline: Pipeline, options: RunOptions, summary: RunSummary,
+               started: float) -> str:
+        """Each batch through the pipeline; returns why it stopped early, or '' once done."""
+        for batch in batches:
+            try:
+                result = pipeline.process(batch.raws, batch.source, waiting=batch.waiting,
+                                          on_commit=batch.on_commit)
+            except _BudgetStop as stop:
+                self._absorb(stop.result, summary, waiting_retry=batch.source == "waiting")
+                raise
+            self._absorb(result, summary, waiting_retry=batch.source == "waiting")
+            reason = self._should_stop(options, summary, started, budget=True, poll_limits=options.inbox)
+            if reason:
+                return reason
+        return ""
+
+    def _waiting_batches(self, options: RunOptions) -> Iterator[_Batch]:
+        """Reports kept while their Task did not exist: the due ones, 100 at a time."""
         after = ""
-        while not self.stop.is_set():
+        while True:
             rows = self.store.due_waiting(None if options.retry_waiting else now_utc(), limit=100, after=after)
             if not rows:
                 return
             after = rows[-1].report_id
-            result = pipeline.process([r.raw for r in rows], "waiting", waiting={r.report_id: r for r in rows})
-            summary.counts["waiting_retried"] += len(rows)
-            self._absorb(result, summary, waiting_retry=True)
+            yield _Batch([r.raw for r in rows], "waiting", waiting={r.report_id: r for r in rows})
 
-    def _poll_source(self) -> _Source:
-        return _Source("poll", lambda seen: self.mm.fetch_reports(), self.mm.confirm, "queue_empty")
-
-    def _inbox_source(self) -> _Source:
-        # Pushed reports are already stored: bigger batches mean fewer API calls.
-        return _Source("push", lambda seen: self.store.inbox_pending(INBOX_BATCH + len(seen)), self.store.inbox_done,
-                       "inbox_empty")
-
-    def _drain(self, source: _Source, pipeline: Pipeline, options: RunOptions, summary: RunSummary,
-               started: float) -> str:
-        # Reports handled this run. One that comes back was not confirmed (its write failed
-        # transiently, or it has no id to confirm it by): never process it twice in a run.
-        seen: set[str] = set()
-        confirmed: set[str] = set()  # ids confirmed this run (MessageMedia may serve them a while longer)
-        shared: set[str] = set()  # ids served on two reports at once: a confirm cannot clear both
+    def _inbox_batches(self, options: RunOptions, summary: RunSummary) -> Iterator[_Batch]:
+        """Staged reports (polled and pushed), thousands at a time, in the order they were staged."""
+        after = 0
         while True:
-            reason = self._should_stop(options, summary, started)
-            if reason:
-                return reason
-            raws = source.fetch(seen)
-            self.on_stage("fetched")
-            if not raws:
-                return source.empty if summary.counts["fetched"] else "nothing_to_do"
-            fresh = [r for r in raws if _report_key(r) not in seen][:INBOX_BATCH]
-            keys = Counter(_report_key(r) for r in raws)
-            shared.update(k for k, n in keys.items() if n > 1)
-            pending = sum(1 for r in raws if _report_key(r) in confirmed and _report_key(r) not in shared)
-            if not fresh and pending:
-                log.warning("MessageMedia still serves %d report(s) this run confirmed (a confirmation takes effect "
-                            "some time after its 202): the queue is not drained; the next run continues", pending,
-                            extra={"event": CONFIRM_PENDING})
-                return CONFIRM_PENDING
-            if not fresh:
-                log.warning("the head of the queue holds only reports this run could not confirm; they stay "
-                            "unconfirmed and are tried again next run", extra={"event": "held"})
-                return "held"
-            if options.max_reports is not None:
-                fresh = fresh[: max(options.max_reports - summary.counts["fetched"], 0)]
-            summary.counts["fetched"] += len(fresh)
-            seen.update(_report_key(r) for r in fresh)
-            result = pipeline.process(fresh, source.name)
-            self._absorb(result, summary)
-            self._confirm(source, result, options, summary)
-            if not options.dry_run:
-                confirmed.update(result.confirm)
-            if options.dry_run:
-                return "dry_run"  # nothing is confirmed, so the next fetch would be the same batch
-            if options.once:
-                return "once"
+            limit = DRAIN_BATCH
+            if options.inbox and options.max_reports is not None:
+                limit = min(limit, options.max_reports - summary.counts["fetched"])
+                if limit <= 0:
+                    return
+            rows = self.store.claim_staged(limit, after)
+            if not rows:
+                return
+            after = rows[-1].seq
+            if options.inbox:
+                summary.counts["fetched"] += len(rows)
+            for source in dict.fromkeys(r.source for r in rows):
+                group = [r for r in rows if r.source == source]
+                yield _Batch([r.raw for r in group], source, on_commit=self._mark_drained(group, summary))
+
+    def _mark_drained(self, rows: list[StagedReport], summary: RunSummary) -> OnCommit:
+        def commit(result: BatchResult) -> None:
+            durable = set(result.confirm)
+            # A report without a usable id never parses: it is a dead letter already.
+            done = [r.key for r in rows if (rid := confirmable_id(r.raw)) is None or rid in durable]
+            self.store.inbox_done(done)
+            summary.counts["drained"] += len(done)
+
+        return commit
+
+    def _dry_run(self, pipeline: Pipeline, options: RunOptions, summary: RunSummary) -> str:
+        """What one page of the queue (or of the inbox) would do; nothing staged, written or confirmed."""
+        raws = self.store.inbox_pending(DRAIN_BATCH) if options.inbox else self.mm.fetch_reports()
+        self.on_stage("fetched")
+        if not raws:
+            return "nothing_to_do"
+        summary.counts["fetched"] += len(raws)
+        self._absorb(pipeline.process(raws, "push" if options.inbox else "poll"), summary, dry_run=True)
+        return "dry_run"
 
     # -- helpers -------------------------------------------------------------------------------------------
-    def _should_stop(self, options: RunOptions, summary: RunSummary, started: float) -> str:
+    def _should_stop(self, options: RunOptions, summary: RunSummary, started: float, *, budget: bool,
+                     poll_limits: bool = True) -> str:
         if self.stop.is_set():
             return "signal"
-        if options.max_reports is not None and summary.counts["fetched"] >= options.max_reports:
+        if poll_limits and options.max_reports is not None and summary.counts["fetched"] >= options.max_reports:
             return "max_reports"
         if options.max_seconds is not None and time.monotonic() - started >= options.max_seconds:
             return "time_budget"
-        self.sf.check_budget()
+        if budget:
+            self.sf.check_budget()
         return ""
 
-    def _confirm(self, source: _Source, result: BatchResult, options: RunOptions, summary: RunSummary) -> None:
-        if options.dry_run or not result.confirm:
-            return
-        self.on_stage("confirming")
-        source.confirm(result.confirm)
-        summary.counts["confirmed"] += len(result.confirm)
-        self.on_stage("confirmed")
-
     @staticmethod
-    def _absorb(result: BatchResult, summary: RunSummary, waiting_retry: bool = False) -> None:
+    def _absorb(result: BatchResult, summary: RunSummary, waiting_retry: bool = False, dry_run: bool = False) -> None:
         counts = result.counts.copy()
         if waiting_retry:
             counts.pop("waiting", None)  # still waiting is not newly waiting
             counts.pop("received", None)
+            summary.counts["waiting_retried"] += result.counts["received"]
         summary.counts.update(counts)
+        if not dry_run:
+            return  # a drain of a million staged reports keeps counts, not every change (memory stays flat)
         summary.changes += [
             {"task_id": c.task_id, "message_id": c.outcome.message_id, **c.fields,
              "was": c.current.label if c.current else None}
@@ -297,11 +358,61 @@ class Worker:
         ]
 
 
-def _report_id(raw: Any) -> str | None:
-    return raw.get("delivery_report_id") if isinstance(raw, dict) else None
+# -- dead-letter retry: a source of the same drain -------------------------------------------------------
+@dataclass(frozen=True)
+class LetterRetry:
+    """What a dead-letter retry did, letter by letter."""
+
+    tried: int
+    retired: int  # a durable new outcome is stored (applied, already there, superseded, waiting)
+    failed_again: int  # refused for good again: the same letter, with the new error
+    kept: int  # not retried to the end (a transient failure): left as it was
+    error: SfsyncError | None = None  # what stopped the retry part-way
+
+    @property
+    def exit_code(self) -> int:
+        if self.error is not None:
+            return self.error.exit_code
+        if self.kept:
+            return EXIT_UNAVAILABLE
+        return EXIT_PARTIAL if self.failed_again else EXIT_OK
 
 
-def _report_key(raw: Any) -> str:
-    """The report id, or for a report without a usable one, its content."""
-    rid = _report_id(raw)
-    return rid if isinstance(rid, str) and rid else "raw:" + json.dumps(raw, sort_keys=True, default=str)
+def retry_dead_letters(settings: Settings, store: Store, sf: SalesforceClient, letter_ids: list[int],
+                       batch: int = 100) -> LetterRetry:
+    """Run dead letters through the pipeline again. A letter is retired in the transaction that
+    records its report's new outcome, and only then; a report refused for good again keeps its
+    letter (with the new error); a transient failure leaves the letter as it was."""
+    with RunLock(settings.lock_path):
+        found = [store.dead_letter(i) for i in letter_ids] if letter_ids else store.dead_letters(10_000)
+        letters = [d for d in found if d is not None and d.retried_at is None]
+        pipeline = Pipeline(settings, store, sf)
+        retired = failed = 0
+        error: SfsyncError | None = None
+        for start in range(0, len(letters), batch):
+            chunk = letters[start : start + batch]
+            raws = [_letter_raw(d.raw) for d in chunk]
+
+            def retire(result: BatchResult, chunk: list[DeadLetter] = chunk) -> None:
+                nonlocal retired, failed
+                durable = set(result.confirm) - set(result.dead)
+                done = [d.id for d in chunk if d.report_id and d.report_id in durable]
+                store.mark_retried(done)
+                retired += len(done)
+                failed += sum(1 for d in chunk if not d.report_id or d.report_id in result.dead)
+
+            try:
+                pipeline.process(raws, "retry", on_commit=retire)
+            except (RemoteError, BudgetExhausted, StopRequested) as exc:
+                error = exc
+                log.warning("dead-letter retry stopped: %s; the letters not retried are kept as they were", exc,
+                            extra={"event": "dead_letter_retry_stopped"})
+                break
+        return LetterRetry(len(letters), retired, failed, len(letters) - retired - failed, error)
+
+
+def _letter_raw(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -144,7 +144,9 @@ def test_a_job_still_running_after_the_bound_blocks_every_write(sims: object,
     with pytest.raises(RemoteError, match="still"):
         worker(settings, bulk_wait_s=0.3).run()
     assert Store(settings.store_path).open_bulk_jobs() != []  # left recorded for the next run
-    assert sims.mm.stats()["unconfirmed"] == 6  # type: ignore[attr-defined]  # nothing confirmed
+    # Staged in the store, then confirmed: the drain waits for the job before it writes anything.
+    assert sims.mm.stats()["unconfirmed"] == 0  # type: ignore[attr-defined]
+    assert Store(settings.store_path).inbox_backlog()[0] == 6
     assert all(h["via"] == "bulk" for _, t in seeded for h in sims.sf.history(t))  # type: ignore[attr-defined]
 
     summary = worker(settings).run()  # the job lands within this run's wait

@@ -92,45 +92,49 @@ def test_bad_messagemedia_credentials_stop_the_run_with_exit_4(sims: Simulators,
 # -- confirmations that take effect late ------------------------------------------------------------------
 def test_a_confirm_delay_loses_nothing_writes_nothing_twice_and_the_exit_status_is_true(
         sims: Simulators, tmp_path: Path) -> None:
-    """MessageMedia answers 202 at once but keeps serving confirmed reports for a while. A run must
-    not process them twice, must not claim the queue drained (exit 0) while reports remain, and a
-    later run finishes the queue, with one write per Task and no confirm before the write."""
+    """MessageMedia answers 202 at once but keeps serving confirmed reports for a while. Reports are
+    staged in the store before they are confirmed, so one run waits for each confirmation to land and
+    drains the whole queue: nothing processed twice, one write per Task, exit 0."""
     messages = [new_message_id() for _ in range(250)]
     tasks = add_tasks(sims, messages)
     sims.mm.add_reports([report(m, "delivered", "221", minute=1) for m in messages])
-    sims.mm.configure(confirm_delay_s=2.0)
+    sims.mm.configure(confirm_delay_s=1.0)
     env = cli_env(sims, tmp_path / "state")
+
+    first = sfsync("run", env=env, cwd=tmp_path)
+    summary = summary_of(first.stderr)
+    assert first.returncode == EXIT_OK, first.stderr
+    assert summary["exit_reason"] == "queue_empty"
+    assert summary["applied"] == 250 == summary["confirmed"] == summary["fetched"]
+    assert wait_until(lambda: sims.mm.stats()["unconfirmed"] == 0, timeout=3)
+    assert all(n == 1 for n in sims.mm.stats()["confirm_counts"].values())  # none confirmed twice
+    for task in tasks:
+        assert fields_of(sims, task) == ("Delivered", "221")
+        assert len(sims.sf.history(task)) == 1, "a Task was written twice"
+    final = sfsync("run", env=env, cwd=tmp_path)
+    assert final.returncode == EXIT_OK and summary_of(final.stderr)["exit_reason"] == "nothing_to_do"
+    assert summary_of(final.stderr)["salesforce_calls"] == 0
+
+
+def test_a_confirm_slower_than_the_wait_ends_the_poll_with_one_clear_line_and_exit_8(
+        sims: Simulators, tmp_path: Path) -> None:
+    messages = [new_message_id() for _ in range(150)]
+    tasks = add_tasks(sims, messages)
+    sims.mm.add_reports([report(m, "delivered", "221", minute=1) for m in messages])
+    sims.mm.configure(confirm_delay_s=3.0)
+    env = cli_env(sims, tmp_path / "state", SFSYNC_CONFIRM_WAIT_SECONDS="0.5")
 
     first = sfsync("run", env=env, cwd=tmp_path)
     summary = summary_of(first.stderr)
     assert first.returncode == EXIT_UNAVAILABLE, first.stderr
     assert summary["exit_reason"] == "confirm_pending" and summary["applied"] == 100 == summary["confirmed"]
-    assert any(e.get("event") == "confirm_pending" and "not drained" in e.get("msg", "")
-               for e in log_events(first.stderr))
-    assert sims.mm.stats()["unconfirmed"] >= 150  # nothing beyond the first batch was reached
-
-    for _ in range(10):  # each later run gets further; the queue ends empty
-        time.sleep(2.1)
-        again = sfsync("run", env=env, cwd=tmp_path)
-        assert again.returncode in (EXIT_OK, EXIT_UNAVAILABLE), again.stderr
-        if summary_of(again.stderr)["exit_reason"] in ("queue_empty", "nothing_to_do") and \
-                sims.mm.stats()["unconfirmed"] == 0:
-            break
-    assert sims.mm.stats()["unconfirmed"] == 0
-    final = sfsync("run", env=env, cwd=tmp_path)
-    assert final.returncode == EXIT_OK and summary_of(final.stderr)["exit_reason"] == "nothing_to_do"
-
-    for task in tasks:
-        assert fields_of(sims, task) == ("Delivered", "221")
-        assert len(sims.sf.history(task)) == 1, "a Task was written twice"
-    # Nothing confirmed before it was durable: each report's first confirm follows its Task's write.
-    first_confirm: dict[str, float] = {}
-    for rid, moment in sims.mm.confirm_log():
-        first_confirm.setdefault(rid, moment)
-    by_message = {r["message_id"]: r["delivery_report_id"] for r in sims.mm.reports("all")}
-    for message, task in zip(messages, tasks, strict=True):
-        [write] = sims.sf.history(task)
-        assert first_confirm[by_message[message]] >= write["time"]
+    pending = [e for e in log_events(first.stderr) if e.get("event") == "confirm_pending"]
+    assert len(pending) == 1 and "not drained" in pending[0]["msg"]
+    time.sleep(3.1)
+    again = sfsync("run", env=env, cwd=tmp_path)
+    assert again.returncode in (EXIT_OK, EXIT_UNAVAILABLE), again.stderr
+    assert summary_of(again.stderr)["applied"] == 50
+    assert all(fields_of(sims, t) == ("Delivered", "221") and len(sims.sf.history(t)) == 1 for t in tasks)
 
 
 def test_the_simulator_serves_confirmed_reports_until_the_delay_passes(sims: Simulators) -> None:

@@ -157,7 +157,8 @@ def on_a_full_tmpfs(state: Path, script: str) -> list[str]:
 FILL = "cat /dev/zero > \"$SFSYNC_STATE_DIR/filler\" 2>/dev/null; "
 
 # The worker with Salesforce credentials that are refused, on a disk that fills up once the run has
-# started (after the fetch): the run fails for its own reason, then the store cannot record it.
+# started (after its reports are staged and confirmed): the run fails for its own reason, then the
+# store cannot record it.
 FILLED_MID_RUN = textwrap.dedent("""
     import os, sys
     from pathlib import Path
@@ -170,7 +171,7 @@ FILLED_MID_RUN = textwrap.dedent("""
     logs.setup("json")
 
     def fill(stage):
-        if stage == "fetched":
+        if stage == "confirmed":
             with open(Path(os.environ["SFSYNC_STATE_DIR"]) / "filler", "wb") as filler:
                 try:
                     while True:
@@ -208,7 +209,7 @@ def test_a_full_disk_never_hides_why_a_run_failed_and_the_summary_is_still_logge
     (summary,) = [e for e in lines if e.get("event") == "run_summary"]
     assert summary["exit_reason"] == "AuthError" and summary["exit_code"] == EXIT_AUTH
     assert next(e for e in lines if e.get("event") == "error")["error"] == "AuthError"
-    assert sims.mm.confirm_log() == []
+    assert len(sims.mm.confirm_log()) == 1  # confirmed only once staged, before the disk filled
 
 
 def test_doctor_warns_when_the_store_disk_is_nearly_full(sims: Simulators, tmp_path: Path) -> None:

@@ -3,12 +3,13 @@ Salesforce simulator and on what MessageMedia was told (confirmations), never on
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from sfsync.errors import EXIT_BUDGET, EXIT_OK, EXIT_PARTIAL, AlreadyRunning, AuthError, ConfigError
+from sfsync.errors import EXIT_BUDGET, EXIT_OK, EXIT_PARTIAL, AlreadyRunning, AuthError, ConfigError, RemoteError
 from sfsync.lock import RunLock
 from sfsync.sim.harness import Simulators
 from sfsync.worker import RunOptions, Worker
@@ -34,9 +35,9 @@ def test_happy_path(sims: Simulators, make_worker: MakeWorker) -> None:
     assert all(fields_of(sims, t) == ("Delivered", "221") for t in tasks)
     assert sims.mm.stats()["unconfirmed"] == 0
     assert confirmed_once(sims, [r["delivery_report_id"] for r in reports])
-    # 250 reports: 3 batches -> 3 look-ups and 3 collection writes, no per-report calls.
+    # 250 reports staged, drained as one batch: 3 look-ups (100 Tasks each) and 2 collection writes (200 each).
     calls = sims.sf.stats()["api_calls"]
-    assert calls.get("query", 0) == 3 and calls.get("composite", 0) == 3
+    assert calls.get("query", 0) == 3 and calls.get("composite", 0) == 2
     assert summary.counts["applied"] == 250
 
 
@@ -174,8 +175,8 @@ def test_expired_token_mid_run_gets_one_new_token(sims: Simulators, make_worker:
     sims.mm.add_reports([report(m, "delivered", "220") for m in messages])
     batches = []
 
-    def expire_after_first_batch(stage: str) -> None:
-        if stage == "confirmed":
+    def expire_after_first_batch(stage: str) -> None:  # between the look-ups and two writes sent together
+        if stage == "matched":
             batches.append(1)
             if len(batches) == 1:
                 sims.sf.expire_tokens()
@@ -217,32 +218,76 @@ def test_api_budget_stops_cleanly_and_the_next_run_resumes(sims: Simulators, mak
     tasks = add_tasks(sims, messages)
     sims.mm.add_reports([report(m, "delivered", "220") for m in messages])
     sims.sf.configure(daily_limit=1000, api_usage=895)  # 90% of 1,000 is reached after a few calls
-    summary = make_worker().run()
+    worker = make_worker(SFSYNC_SF_CONCURRENCY="1")  # calls sent together may pass the budget by a few
+    summary = worker.run()
     assert summary.exit_code == EXIT_BUDGET and summary.exit_reason == "api_budget"
     written = [t for t in tasks if fields_of(sims, t) == ("Delivered", "220")]
     assert 0 < len(written) < len(tasks)
-    # Confirmed exactly the reports whose Tasks were written: none unwritten was confirmed.
-    confirmed = set(sims.mm.stats()["confirm_counts"])
-    done_messages = {sims.sf.task(t)["SMS_Message_Id__c"] for t in written}  # type: ignore[index]
-    assert {r["message_id"] for r in sims.mm.reports("confirmed")} == done_messages
-    assert len(confirmed) == len(written)
+    # Polling went on: every report is staged in the store, so MessageMedia's queue is drained.
+    assert sims.mm.stats()["unconfirmed"] == 0 and summary.counts["confirmed"] == 400
+    backlog, oldest = worker.store.inbox_backlog()
+    assert backlog == len(tasks) - len(written) and oldest is not None
 
     sims.sf.configure(daily_limit=100_000)
-    assert make_worker().run().exit_code == EXIT_OK
+    again = make_worker().run()
+    assert again.exit_code == EXIT_OK and again.counts["fetched"] == 0 and again.exit_reason == "backlog_drained"
     assert all(fields_of(sims, t) == ("Delivered", "220") for t in tasks)
+    assert all(len(sims.sf.history(t)) == 1 for t in tasks)
+    assert worker.store.inbox_backlog() == (0, None)
 
 
-def test_request_limit_exceeded_stops_cleanly(sims: Simulators, make_worker: MakeWorker) -> None:
+def test_messagemedia_failing_mid_poll_still_drains_what_was_staged(sims: Simulators,
+                                                                    make_worker: MakeWorker) -> None:
+    messages = [new_message_id() for _ in range(250)]
+    tasks = add_tasks(sims, messages)
+    sims.mm.add_reports([report(m, "delivered", "221", minute=i) for i, m in enumerate(messages)])
+    confirms = []
+
+    def fail_second_confirm(stage: str) -> None:
+        if stage == "confirming":
+            confirms.append(1)
+            if len(confirms) == 2:
+                sims.mm.faults.configure(rate=1.0, kinds=["503"])
+
+    worker = make_worker(on_stage=fail_second_confirm, SFSYNC_RETRY_ATTEMPTS="2")
+    with pytest.raises(RemoteError):
+        worker.run()
+    # Both staged pages were written; only the first was confirmed: the second comes back, staged already.
+    assert sum(fields_of(sims, t) == ("Delivered", "221") for t in tasks) == 200
+    assert worker.store.inbox_backlog()[0] == 0 and sims.mm.stats()["unconfirmed"] == 150
+    sims.mm.faults.configure(rate=0.0)
+    again = make_worker().run()
+    assert again.exit_code == EXIT_OK and again.counts["applied"] == 50
+    assert all(fields_of(sims, t) == ("Delivered", "221") and len(sims.sf.history(t)) == 1 for t in tasks)
+
+
+def test_request_limit_exceeded_stops_cleanly(sims: Simulators, make_worker: MakeWorker, worker_env: dict[str, str],
+                                              monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     messages = [new_message_id() for _ in range(50)]
     add_tasks(sims, messages)
     sims.mm.add_reports([report(m, "delivered", "220") for m in messages])
     sims.sf.configure(daily_limit=10, api_usage=10)
-    summary = make_worker(SFSYNC_API_BUDGET_PCT="100").run()
+    worker = make_worker(SFSYNC_API_BUDGET_PCT="100")
+    summary = worker.run()
     assert summary.exit_code == EXIT_BUDGET
-    assert sims.mm.stats()["unconfirmed"] == 50
+    assert sims.mm.stats()["unconfirmed"] == 0 and worker.store.inbox_backlog()[0] == 50
+    # `sfsync status` shows the staged backlog and its oldest age.
+    from sfsync.cli import main
+
+    for key, value in worker_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["status"]) == EXIT_OK
+    assert "staged, not yet written to Salesforce: 50 (oldest" in capsys.readouterr().out
+    assert main(["status", "--json"]) == EXIT_OK
+    status = json.loads(capsys.readouterr().out)
+    assert status["inbox_pending"] == 50 and status["staged_oldest_age_s"] >= 0
 
 
-@pytest.mark.parametrize("crash_at", ["fetched", "resolved", "matched", "wrote", "recorded", "confirming"])
+@pytest.mark.parametrize("crash_at", ["fetched", "staged", "confirming", "confirmed", "resolved", "matched", "wrote",
+                                      "recorded"])
 def test_crash_at_any_stage_then_rerun_ends_right(sims: Simulators, make_worker: MakeWorker, crash_at: str) -> None:
     messages = [new_message_id() for _ in range(150)]
     tasks = add_tasks(sims, messages)
@@ -318,7 +363,7 @@ def test_bad_reports_are_dead_lettered_not_fatal(sims: Simulators, make_worker: 
     worker = make_worker()
     summary = worker.run()
     assert summary.counts["invalid"] == 6 and summary.exit_code == EXIT_PARTIAL
-    assert summary.exit_reason == "held"  # the two id-less reports stay at the head of the queue
+    assert summary.exit_reason == "unconfirmable"  # the two id-less reports stay at the head of the queue
     assert fields_of(sims, task) == ("Delivered", "221")
     assert sims.mm.stats()["unconfirmed"] == 2  # only the two with no id to confirm them by
     again = worker.run()
@@ -327,22 +372,47 @@ def test_bad_reports_are_dead_lettered_not_fatal(sims: Simulators, make_worker: 
     assert "metadata must be" in reasons and "missing message_id" in reasons
 
 
+def test_a_head_of_unconfirmable_reports_ends_every_run_non_zero_naming_them(
+        sims: Simulators, make_worker: MakeWorker, caplog: pytest.LogCaptureFixture) -> None:
+    """100 reports whose ids MessageMedia will not accept at the head of the queue: each check
+    serves the same 100, nothing behind them can be reached. Never exit 0 while stuck."""
+    sims.mm.add_raw_reports([report(new_message_id(), "delivered", delivery_report_id=bad)
+                             for bad in ["", None, 42, "  "] * 25])
+    behind = [new_message_id() for _ in range(5)]
+    add_tasks(sims, behind)
+    sims.mm.add_reports([report(m, "delivered", "220") for m in behind])
+    worker = make_worker()
+    for attempt in range(2):
+        caplog.clear()
+        summary = worker.run()
+        assert summary.exit_code == EXIT_PARTIAL and summary.exit_reason == "unconfirmable_head", attempt
+        [line] = [r for r in caplog.records if getattr(r, "event", "") == "queue_wedged"]
+        assert "100 report(s)" in line.getMessage() and "''" in line.getMessage()
+        assert "MessageMedia support" in line.getMessage() and "dead-letters list" in line.getMessage()
+    assert worker.store.dead_letter_count() == 100  # each kept once, by its content
+    assert sims.mm.stats()["unconfirmed"] == 105
+
+
 def test_wrong_credentials_are_authentication_errors(sims: Simulators, make_worker: MakeWorker) -> None:
     sims.mm.add_reports([report(new_message_id(), "delivered")])
     with pytest.raises(AuthError, match="SFSYNC_MM_API_KEY"):
         make_worker(SFSYNC_MM_API_SECRET="wrong").run()
-    with pytest.raises(AuthError, match="SFSYNC_SF_CLIENT_ID"):
-        make_worker(SFSYNC_SF_CLIENT_SECRET="wrong").run()
     assert sims.mm.stats()["unconfirmed"] == 1
+    worker = make_worker(SFSYNC_SF_CLIENT_SECRET="wrong")
+    with pytest.raises(AuthError, match="SFSYNC_SF_CLIENT_ID"):
+        worker.run()
+    # Staged before it was confirmed: it waits in the store for Salesforce.
+    assert sims.mm.stats()["unconfirmed"] == 0 and worker.store.inbox_backlog()[0] == 1
 
 
 def test_a_field_salesforce_rejects_fails_fast(sims: Simulators, make_worker: MakeWorker) -> None:
     message = new_message_id()
     add_tasks(sims, [message])
     sims.mm.add_reports([report(message, "delivered")])
+    worker = make_worker(SFSYNC_FIELD_STATUS="No_Such_Field__c")
     with pytest.raises(ConfigError, match="SFSYNC_FIELD"):
-        make_worker(SFSYNC_FIELD_STATUS="No_Such_Field__c").run()
-    assert sims.mm.stats()["unconfirmed"] == 1
+        worker.run()
+    assert sims.mm.stats()["unconfirmed"] == 0 and worker.store.inbox_backlog()[0] == 1
 
 
 def test_run_history_records_each_run(sims: Simulators, make_worker: MakeWorker) -> None:
@@ -377,3 +447,89 @@ def test_dead_letter_retry_after_the_cause_is_fixed(sims: Simulators, make_worke
     assert "0 remain" in capsys.readouterr().out
     assert fields_of(sims, task) == ("Delivered", "221")
     assert worker.store.dead_letter_count() == 0
+
+
+def _three_dead_letters(sims: Simulators, make_worker: MakeWorker) -> tuple[Worker, list[str]]:
+    """Three reports dead-lettered by Salesforce (a value too long for the field), then the cause fixed."""
+    messages = [new_message_id() for _ in range(3)]
+    tasks = add_tasks(sims, messages)
+    sims.sf.set_schema([{**f, "length": 5} if f["name"] == "SMS_Status__c" else f for f in sims.sf.schema()])
+    sims.mm.add_reports([report(m, "delivered", "221") for m in messages])
+    worker = make_worker()
+    assert worker.run().exit_code == EXIT_PARTIAL
+    assert worker.store.dead_letter_count() == 3
+    sims.sf.set_schema([{**f, "length": 40} if f["name"] == "SMS_Status__c" else f for f in sims.sf.schema()])
+    return worker, tasks
+
+
+@pytest.mark.parametrize("failure", ["UNABLE_TO_LOCK_ROW", "503"])
+def test_dead_letter_retry_keeps_every_letter_through_a_transient_failure(
+        sims: Simulators, make_worker: MakeWorker, worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Any, capsys: pytest.CaptureFixture[str], failure: str) -> None:
+    from sfsync.cli import main
+    from sfsync.errors import EXIT_UNAVAILABLE
+
+    worker, tasks = _three_dead_letters(sims, make_worker)
+    before = [(d.id, d.sf_error) for d in worker.store.dead_letters()]
+    for key, value in {**worker_env, "SFSYNC_RETRY_ATTEMPTS": "2", "SFSYNC_RETRY_MAX_SECONDS": "2"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    if failure == "503":
+        sims.sf.faults.configure(rate=1.0, kinds=["503"])
+    else:
+        sims.sf.configure(lock_row_rate=1.0)
+    capsys.readouterr()
+    assert main(["dead-letters", "retry"]) == EXIT_UNAVAILABLE
+    out = capsys.readouterr().out
+    assert "0 retired" in out and "3 kept as they were" in out and "try again later" in out and "3 remain" in out
+    assert [(d.id, d.sf_error) for d in worker.store.dead_letters()] == before  # every letter, as it was
+    assert all(fields_of(sims, t) == (None, None) for t in tasks)
+
+    sims.sf.faults.configure(rate=0.0)
+    sims.sf.configure(lock_row_rate=0.0)
+    assert main(["dead-letters", "retry"]) == EXIT_OK
+    assert "3 retired" in capsys.readouterr().out
+    assert all(fields_of(sims, t) == ("Delivered", "221") for t in tasks)
+    assert worker.store.dead_letter_count() == 0
+
+
+def test_dead_letter_retry_refused_again_keeps_the_same_letter_with_the_new_error(
+        sims: Simulators, make_worker: MakeWorker, worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from sfsync.cli import main
+
+    worker, tasks = _three_dead_letters(sims, make_worker)
+    ids = sorted(d.id for d in worker.store.dead_letters())
+    sims.sf.add_validation_rule("SMS_Status__c", "Delivered", "No deliveries today")
+    for key, value in worker_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    assert main(["dead-letters", "retry"]) == EXIT_PARTIAL
+    assert "3 failed again" in capsys.readouterr().out
+    letters = worker.store.dead_letters()
+    assert sorted(d.id for d in letters) == ids
+    assert all("FIELD_CUSTOM_VALIDATION_EXCEPTION" in (d.sf_error or "") for d in letters), letters
+    assert all(fields_of(sims, t) == (None, None) for t in tasks)
+
+
+def test_reports_that_cannot_change_what_was_written_cost_no_salesforce_call(
+        sims: Simulators, make_worker: MakeWorker) -> None:
+    """Decided against the ledger first: a duplicate final, an older or equal non-final."""
+    messages = [new_message_id() for _ in range(150)]
+    tasks = add_tasks(sims, messages)
+    sims.mm.add_reports([report(m, "delivered", "221", minute=5) for m in messages])
+    assert make_worker().run().counts["applied"] == 150
+    # The same statuses again under new report ids, and older intermediate ones.
+    sims.mm.add_reports([report(m, "delivered", "221", minute=5) for m in messages[:100]])
+    sims.mm.add_reports([report(m, "submitted", "210", minute=1) for m in messages[100:]])
+    again = make_worker().run()
+    assert again.exit_code == EXIT_OK and again.counts["fetched"] == 150
+    assert again.salesforce_calls == 0
+    assert again.counts["skipped_unchanged"] + again.counts["skipped_stale"] == 150
+    assert sims.mm.stats()["unconfirmed"] == 0
+    assert all(fields_of(sims, t) == ("Delivered", "221") and len(sims.sf.history(t)) == 1 for t in tasks)
+
+    # A later report that does change a Task still reaches Salesforce.
+    sims.mm.add_reports([report(messages[0], "failed", "402", minute=9)])
+    third = make_worker().run()
+    assert third.counts["applied"] == 1 and third.salesforce_calls == 3  # a token, a look-up, a write

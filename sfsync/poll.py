@@ -1,0 +1,145 @@
+"""The poll source: fetch from MessageMedia's queue, stage in the store, then confirm.
+
+Each check's reports are committed to the store's inbox in one transaction and only then confirmed
+to MessageMedia, so MessageMedia's queue drains at its own pace, whatever Salesforce is doing.
+Staging is idempotent by report id: a report served again (its confirmation not in effect yet, or a
+crash between commit and confirm) is recognised and never staged twice. A report without an id
+MessageMedia accepts is staged by a key made of its content; it cannot be confirmed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from sfsync.messagemedia import MessageMediaClient
+from sfsync.reports import MAX_ID
+from sfsync.retry import StopAwareSleep, poll_until
+from sfsync.store import Store
+
+log = logging.getLogger("sfsync.poll")
+PAGE = 100  # MessageMedia serves at most this many reports a check
+FIRST_RECHECK_S = 0.1  # first wait before checking again while confirmed reports are still served
+RECHECK_GROWTH = 1.5  # each later wait this much longer, up to MAX_RECHECK_S
+MAX_RECHECK_S = 1.0
+
+
+class PollEnd(Enum):
+    """Why polling stopped (the run's exit reason when the drain has nothing to add)."""
+
+    QUEUE_EMPTY = "queue_empty"
+    NOTHING = "nothing_to_do"
+    CONFIRM_PENDING = "confirm_pending"  # confirmed reports still served after the wait: not drained
+    UNCONFIRMABLE = "unconfirmable"  # only reports MessageMedia will not confirm are left
+    WEDGED = "unconfirmable_head"  # a whole page of them: nothing behind them can be reached
+
+
+def confirmable_id(raw: Any) -> str | None:
+    """The id MessageMedia accepts in a confirmation, or None (blank, not a string, over 100
+    characters): the same reading of the id as the report parser's."""
+    rid = raw.get("delivery_report_id") if isinstance(raw, dict) else None
+    if not isinstance(rid, str):
+        return None
+    rid = rid.strip()
+    return rid if 0 < len(rid) <= MAX_ID else None
+
+
+def staging_key(raw: Any) -> str:
+    """The inbox key of a report: its id, or for one without a confirmable id, its content."""
+    rid = confirmable_id(raw)
+    return rid if rid is not None else content_key(raw)
+
+
+def content_key(raw: Any) -> str:
+    text = json.dumps(raw, sort_keys=True, default=str)
+    return "raw:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def keyed(raws: list[Any]) -> list[tuple[str, Any]]:
+    """Each report with its inbox key; a second, different report served under an id already on
+    the page is kept by its content (one confirmation clears both)."""
+    first: dict[str, str] = {}
+    out = []
+    for raw in raws:
+        key = staging_key(raw)
+        text = json.dumps(raw, sort_keys=True, default=str)
+        if first.setdefault(key, text) != text:
+            key = content_key(raw)
+        out.append((key, raw))
+    return out
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check of the queue: what it served, staged and confirmed."""
+
+    raws: list[Any]
+    new: int  # reports staged for the first time
+    confirmed: int  # ids confirmed by this check
+    served_again: int  # confirmable reports already staged (and confirmed by this run)
+    unconfirmable: list[Any]  # reports without an id MessageMedia accepts
+
+    @property
+    def moved(self) -> bool:
+        """The queue gave something new, or nothing a later check could change."""
+        return bool(self.new) or not self.served_again
+
+
+class PollSource:
+    def __init__(self, mm: MessageMediaClient, store: Store, *, wait_seconds: float,
+                 stop: threading.Event, on_stage: Callable[[str], None],
+                 sleep: Callable[[float], Any] | None = None):
+        self.mm = mm
+        self.store = store
+        self.wait_seconds = wait_seconds
+        self.on_stage = on_stage
+        self.sleep = StopAwareSleep(stop, sleep)
+        self.confirmed: set[str] = set()  # ids confirmed this run
+        self.shared: set[str] = set()  # ids served on two reports at once: one confirm cannot clear both
+
+    def check(self) -> Check:
+        """Fetch one page, commit it to the inbox, then confirm its ids not yet confirmed this run."""
+        raws = self.mm.fetch_reports()
+        self.on_stage("fetched")
+        if not raws:
+            return Check([], 0, 0, 0, [])
+        new = self.store.stage("poll", keyed(raws))
+        self.on_stage("staged")
+        served = [i for i in map(confirmable_id, raws) if i is not None]
+        self.shared.update(i for i, n in Counter(served).items() if n > 1)
+        ids = list(dict.fromkeys(served))
+        to_confirm = [i for i in ids if i not in self.confirmed]
+        if to_confirm:
+            self.on_stage("confirming")
+            self.mm.confirm(to_confirm)
+            self.confirmed.update(to_confirm)
+            self.on_stage("confirmed")
+        again = sum(1 for i in ids if i not in new and i not in self.shared)
+        unconfirmable = [r for r in raws if confirmable_id(r) is None
+                         or (confirmable_id(r) in self.shared and confirmable_id(r) not in new)]
+        return Check(raws, len(new), len(to_confirm), again, unconfirmable)
+
+    def next_check(self) -> Check:
+        """A check that moved the queue on; while MessageMedia serves only reports already staged
+        and confirmed (a confirmation takes effect some time after its 202), wait and check again,
+        for at most ``wait_seconds``."""
+        return poll_until(self.check, lambda c: c.moved, max_seconds=self.wait_seconds, first=FIRST_RECHECK_S,
+                          max_wait=MAX_RECHECK_S, sleep=self.sleep, growth=RECHECK_GROWTH)
+
+
+def describe_ids(raws: list[Any], limit: int = 5) -> str:
+    """The ids of unconfirmable reports as served, shortened, for a log line."""
+    shown = []
+    for raw in raws[:limit]:
+        rid = raw.get("delivery_report_id") if isinstance(raw, dict) else None
+        text = repr(rid)
+        shown.append(text if len(text) <= 40 else text[:37] + "...")
+    more = f" and {len(raws) - limit} more" if len(raws) > limit else ""
+    return ", ".join(shown) + more
