@@ -115,6 +115,11 @@ def _parse_ts(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
 
 
+def _entry(row: sqlite3.Row) -> LedgerEntry:
+    """A ledger (or Bulk job) row as a ``LedgerEntry``."""
+    return LedgerEntry(row["message_id"], row["task_id"], row["label"], row["code"], bool(row["final"]),
+                       _parse_ts(row["event_time"]), _parse_ts(row["received_time"]), row["report_id"])
+
 def _ledger_per_task(db: sqlite3.Connection) -> None:
     """Schema 1 -> 2: the ledger was keyed by message id alone; keep every row, under its Task."""
     columns = [r["name"] for r in db.execute("PRAGMA table_info(ledger)") if r["pk"]]
@@ -440,32 +445,26 @@ class Store:
         return self._ledger("task_id", task_ids)
 
     def _ledger(self, key: str, values: Iterable[str]) -> dict[str, LedgerEntry]:
-        ids = list(dict.fromkeys(values))
         found: dict[str, LedgerEntry] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(f"SELECT * FROM ledger WHERE {key} IN ({marks}) ORDER BY applied_at, rowid",
-                                   chunk)
-            for row in rows:  # the last applied wins
-                found[row[key]] = LedgerEntry(
-                    row["message_id"], row["task_id"], row["label"], row["code"], bool(row["final"]),
-                    _parse_ts(row["event_time"]), _parse_ts(row["received_time"]), row["report_id"],
-                )
+        for row in self._ledger_rows(key, values, order=True):  # the last applied wins
+            found[row[key]] = _entry(row)
         return found
 
     def ledger_by_message(self, message_ids: Iterable[str]) -> dict[str, list[LedgerEntry]]:
         """Per message id, what sfsync applied last to each of its Tasks."""
-        ids = list(dict.fromkeys(message_ids))
         found: dict[str, list[LedgerEntry]] = {}
+        for row in self._ledger_rows("message_id", message_ids):
+            found.setdefault(row["message_id"], []).append(_entry(row))
+        return found
+
+    def _ledger_rows(self, column: str, values: Iterable[str], order: bool = False) -> Iterator[sqlite3.Row]:
+        """Ledger rows whose ``column`` is among ``values``, 500 values a query."""
+        ids = list(dict.fromkeys(values))
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for row in self.db.execute(f"SELECT * FROM ledger WHERE message_id IN ({marks})", chunk):
-                found.setdefault(row["message_id"], []).append(LedgerEntry(
-                    row["message_id"], row["task_id"], row["label"], row["code"], bool(row["final"]),
-                    _parse_ts(row["event_time"]), _parse_ts(row["received_time"]), row["report_id"]))
-        return found
+            tail = " ORDER BY applied_at, rowid" if order else ""
+            yield from self.db.execute(f"SELECT * FROM ledger WHERE {column} IN ({marks}){tail}", chunk)
 
     def record_applied(self, entries: Iterable[LedgerEntry]) -> None:
         stamp = _ts(now_utc())
@@ -665,8 +664,7 @@ class Store:
 
     def bulk_job_writes(self, job_id: str) -> list[LedgerEntry]:
         rows = self.db.execute("SELECT * FROM bulk_job_tasks WHERE job_id = ? ORDER BY task_id", (job_id,))
-        return [LedgerEntry(r["message_id"], r["task_id"], r["label"], r["code"], bool(r["final"]),
-                            _parse_ts(r["event_time"]), _parse_ts(r["received_time"]), r["report_id"]) for r in rows]
+        return [_entry(r) for r in rows]
 
     def forget_bulk_job(self, job_id: str) -> None:
         with self.transaction() as db:
@@ -675,15 +673,9 @@ class Store:
 
     def ledger_by_task(self, task_ids: Iterable[str]) -> dict[str, list[LedgerEntry]]:
         """Ledger entries per Task (keyed by the 15-character Id, whichever form was stored)."""
-        keys = list(dict.fromkeys(t[:15] for t in task_ids))
         found: dict[str, list[LedgerEntry]] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self.db.execute(f"SELECT * FROM ledger WHERE substr(task_id, 1, 15) IN ({marks})", chunk):
-                found.setdefault(row["task_id"][:15], []).append(LedgerEntry(
-                    row["message_id"], row["task_id"], row["label"], row["code"], bool(row["final"]),
-                    _parse_ts(row["event_time"]), _parse_ts(row["received_time"]), row["report_id"]))
+        for row in self._ledger_rows("substr(task_id, 1, 15)", (t[:15] for t in task_ids)):
+            found.setdefault(row["task_id"][:15], []).append(_entry(row))
         return found
 
     # -- read-only figures for monitoring and `sfsync trace` -----------------------------------------
@@ -691,9 +683,9 @@ class Store:
         """Counts of what is not yet in Salesforce, and the oldest of each (None when there is none)."""
         db = self.db
         waiting = db.execute("SELECT COUNT(*), MIN(first_seen) FROM waiting").fetchone()
-        inbox = db.execute("SELECT COUNT(*), MIN(received_at) FROM inbox WHERE processed_at IS NULL").fetchone()
+        staged, oldest_staged = self.inbox_backlog()
         return {"waiting": int(waiting[0]), "oldest_waiting": _parse_ts(waiting[1]),
-                "inbox_pending": int(inbox[0]), "oldest_inbox": _parse_ts(inbox[1]),
+                "inbox_pending": staged, "oldest_inbox": oldest_staged,
                 "dead_letters": self.dead_letter_count()}
 
     def trace(self, message_ids: Iterable[str], task_id: str | None = None) -> dict[str, list[dict[str, Any]]]:
