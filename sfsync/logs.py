@@ -15,7 +15,9 @@ import sys
 import threading
 from typing import Any
 
-PHONE = re.compile(r"(?<![\w.\-/])\+?\d{8,15}(?![\w.])")
+# a digit run of phone length, but never part of a word, a decimal, a path or a UUID (whose first group
+# can be eight digits: 1 message id in 40)
+PHONE = re.compile(r"(?<![\w.\-/])\+?\d{8,15}(?![\w.])(?!-[0-9A-Fa-f]{4}-)")
 # scheme://user-info@; wider than RFC 3986's user-info (a raw '/' in a password must not leak the rest)
 URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^@\s'\"<>]*@")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}

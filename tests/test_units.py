@@ -95,6 +95,9 @@ def test_json_logs_mask_phones_and_redact_secrets() -> None:
     # uuids, Task Ids and timestamps are left alone
     assert logs.mask_phone("d781dcab-d9d8-4fb2-9e03-872f07ae94ba 2017-05-20T06:30:37") == \
         "d781dcab-d9d8-4fb2-9e03-872f07ae94ba 2017-05-20T06:30:37"
+    # a message id whose groups are all digits (the first is eight digits in 1 id of 40) is not a phone
+    all_digits = "47664442-6481-4491-8918-123456789012"
+    assert logs.mask_phone(f"id {all_digits} to 61491570157-") == f"id {all_digits} to ********157-"
 
 
 def test_settings_defaults_and_validation() -> None:
