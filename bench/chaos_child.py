@@ -13,8 +13,8 @@ import signal
 import sys
 from typing import Any
 
-from sfsync import worker
-from sfsync.cli import main
+from sfsync import engine as worker
+from sfsync.cli.main import main
 
 
 def kill_at(stage: str, nth: int) -> None:

@@ -29,9 +29,9 @@ from typing import Any
 
 from _common import PYTHON, REPO, SFSYNC, CallMeter, Calls, ChildResult, git_commit, run_child, worker_env
 
-from sfsync.codes import resolve
-from sfsync.precedence import Action, Status, decide, strongest
-from sfsync.reports import parse_time
+from sfsync.domain.codes import resolve
+from sfsync.domain.precedence import Action, Status, decide, strongest
+from sfsync.domain.reports import parse_time
 from sfsync.sim.base import FaultConfig
 from sfsync.sim.harness import Simulators
 from sfsync.sim.messagemedia import format_timestamp

@@ -59,7 +59,7 @@ class Settings:
     mm_account: str = ""
     # Salesforce: one of three ways to authenticate
     sf_login_url: str = ""
-    sf_audience: str = ""  # JWT bearer `aud`; empty: derived from the login URL (sfsync.salesforce.jwt_audience)
+    sf_audience: str = ""  # JWT bearer `aud`; empty: derived from the login URL (clients.salesforce.jwt_audience)
     sf_client_id: str = ""
     sf_client_secret: Secret = field(default_factory=lambda: Secret(""))
     sf_username: str = ""

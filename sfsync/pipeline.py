@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
 
-from sfsync.codes import CodeMap, default_map, normalise_code, resolve
+from sfsync.clients.salesforce import COLLECTION_LIMIT, IN_LIST_LIMIT, SalesforceClient, WriteResult
 from sfsync.config import Settings
+from sfsync.domain.codes import CodeMap, default_map, normalise_code, resolve
+from sfsync.domain.ids import canonical_id, task_id
+from sfsync.domain.precedence import Action, Status, decide, merge, strongest, wins
+from sfsync.domain.reports import InvalidReport, Report, format_time, parse_report, parse_time
 from sfsync.errors import BudgetExhausted
-from sfsync.ids import canonical_id, task_id
-from sfsync.precedence import Action, Status, decide, merge, strongest, wins
-from sfsync.reports import InvalidReport, Report, format_time, parse_report, parse_time
-from sfsync.salesforce import COLLECTION_LIMIT, IN_LIST_LIMIT, SalesforceClient, WriteResult
 from sfsync.store import LedgerEntry, Store, WaitingReport, now_utc
 
 log = logging.getLogger(__name__)

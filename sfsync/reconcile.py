@@ -24,14 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sfsync.bulk import TERMINAL, BulkClient, JobInfo
+from sfsync.clients.bulk import TERMINAL, BulkClient, JobInfo
+from sfsync.clients.retry import poll_until
+from sfsync.clients.salesforce import COLLECTION_LIMIT
 from sfsync.config import Settings
+from sfsync.domain.precedence import Status, strongest, wins
+from sfsync.domain.reports import Report
 from sfsync.errors import RemoteError
 from sfsync.pipeline import BatchResult, Change, Outcome, Pipeline, current_status, task_fields
-from sfsync.precedence import Status, strongest, wins
-from sfsync.reports import Report
-from sfsync.retry import poll_until
-from sfsync.salesforce import COLLECTION_LIMIT
 from sfsync.store import LedgerEntry
 
 log = logging.getLogger("sfsync.reconcile")

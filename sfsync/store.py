@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sfsync.domain.ids import task_id
 from sfsync.errors import ConfigError, StoreError
-from sfsync.ids import task_id
 
 SCHEMA_VERSION = 3  # 2: the ledger keyed by (Task, message id), Task Ids canonical; 3: inbox rows name their source
 RUN_HISTORY = 10_000  # runs kept in the history

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sfsync import bounds
+from sfsync.domain.reports import TimeOutOfRange, format_time, parse_time
 from sfsync.errors import UsageError
-from sfsync.reports import TimeOutOfRange, format_time, parse_time
 
 EARLIEST = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
 LATEST = dt.datetime(3000, 1, 1, tzinfo=dt.UTC)  # excluded

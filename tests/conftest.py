@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from sfsync.config import Settings, load_settings
+from sfsync.engine import Worker, build_clients
 from sfsync.sim.harness import Simulators
-from sfsync.worker import Worker, build_clients
 
 T0 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
 _seq = itertools.count()

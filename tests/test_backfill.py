@@ -19,8 +19,16 @@ from typing import Any
 
 import pytest
 
-from sfsync import cli
-from sfsync.backfill import (
+from sfsync.cli import main as cli
+from sfsync.config import Settings, load_settings
+from sfsync.domain.codes import default_map
+from sfsync.domain.reports import parse_report
+from sfsync.engine import Worker, build_clients
+from sfsync.errors import EXIT_BUDGET, EXIT_OK, EXIT_PARTIAL, AlreadyRunning, UsageError
+from sfsync.lock import RunLock
+from sfsync.pipeline import Change, resolve_all
+from sfsync.sim.harness import Simulators
+from sfsync.sources.backfill import (
     Backfill,
     BackfillOptions,
     BackfillSummary,
@@ -29,15 +37,7 @@ from sfsync.backfill import (
     parse_window,
     report_from_record,
 )
-from sfsync.codes import default_map
-from sfsync.config import Settings, load_settings
-from sfsync.errors import EXIT_BUDGET, EXIT_OK, EXIT_PARTIAL, AlreadyRunning, UsageError
-from sfsync.lock import RunLock
-from sfsync.pipeline import Change, resolve_all
-from sfsync.reports import parse_report
-from sfsync.sim.harness import Simulators
 from sfsync.store import Store
-from sfsync.worker import Worker, build_clients
 from tests.conftest import composite_calls, fields_of, report
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -193,7 +193,7 @@ def test_five_thousand_rows_go_by_bulk_in_jobs_of_bounded_size(sims: Simulators,
                                                                make_backfill: MakeBackfill,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     seeded = seed(sims, 5000, by_metadata_every=0)
-    caplog.set_level(logging.INFO, logger="sfsync.backfill")
+    caplog.set_level(logging.INFO, logger="sfsync.sources.backfill")
     summary = make_backfill(bulk_threshold=100, bulk_job_rows=2000).run()
     assert_filled(sims, seeded)
     # The buffer is written whenever it holds a job's worth: 2,000 + 2,000, then the last 1,000.
@@ -543,7 +543,7 @@ def test_sfsync_backfill_against_sfsync_sim(tmp_path: Path) -> None:
         # The demo's deleted Task, named in metadata, is never written blind: a message "without a Task".
         assert done.returncode == EXIT_OK, done.stderr[-2000:]
         assert "backfill complete" in done.stdout
-        from sfsync.http import make_session
+        from sfsync.clients.http import make_session
 
         with make_session(info["ca_bundle"]) as http:
             tasks = http.get(info["salesforce_url"] + "/_sim/tasks", timeout=10).json()["records"]

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from sfsync.backfill import Backfill, BackfillOptions, Window
-from sfsync.bulk import BulkClient
+from sfsync.clients.bulk import BulkClient
 from sfsync.config import Settings
+from sfsync.engine import Worker, build_clients
 from sfsync.errors import RemoteError
+from sfsync.sources.backfill import Backfill, BackfillOptions, Window
 from sfsync.store import LedgerEntry, Store
-from sfsync.worker import Worker, build_clients
 from tests.conftest import add_tasks, fields_of, new_message_id, report
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)

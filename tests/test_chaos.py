@@ -25,7 +25,7 @@ MUTANTS = textwrap.dedent('''
 
     mutant = os.environ.get("CHAOS_MUTANT")
     if mutant == "confirm_early":
-        from sfsync import messagemedia
+        from sfsync.clients import messagemedia
 
         fetch = messagemedia.MessageMediaClient.fetch_reports
 
@@ -40,7 +40,7 @@ MUTANTS = textwrap.dedent('''
         messagemedia.MessageMediaClient.fetch_reports = fetch_and_confirm
     elif mutant == "no_precedence":
         from sfsync import pipeline
-        from sfsync.precedence import Action, same_values
+        from sfsync.domain.precedence import Action, same_values
 
         pipeline.decide = lambda current, incoming: (
             Action.UNCHANGED if same_values(current, incoming) else Action.WRITE)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sfsync import __version__
-from sfsync.cli import main
+from sfsync.cli.main import main
 
 SFSYNC = str(Path(sys.executable).parent / "sfsync")  # the console script of this environment
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from sfsync.http import make_session
+from sfsync.clients.http import make_session
 from sfsync.lock import RunLock
 
 BIN = Path(sys.executable).parent

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sfsync import codes
-from sfsync.codes import CodeMap, load_code_map, normalise_meaning, resolve
+from sfsync.domain import codes
+from sfsync.domain.codes import CodeMap, load_code_map, normalise_meaning, resolve
 from sfsync.errors import ConfigError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -244,7 +244,7 @@ def test_every_status_string_of_the_reference_is_known() -> None:
 
 def test_unknown_code_is_kept_and_warned_once(caplog: pytest.LogCaptureFixture) -> None:
     codes._warned.clear()
-    with caplog.at_level(logging.WARNING, logger="sfsync.codes"):
+    with caplog.at_level(logging.WARNING, logger="sfsync.domain.codes"):
         first = resolve("failed", "987")
         resolve("failed", "987")
     assert (first.label, first.code, first.known) == ("Failed", "987", False)
@@ -254,7 +254,7 @@ def test_unknown_code_is_kept_and_warned_once(caplog: pytest.LogCaptureFixture) 
 def test_code_wins_over_a_contradicting_status(caplog: pytest.LogCaptureFixture) -> None:
     """Normal mapping, not a warning: logged at info, naming the message."""
     codes._warned.clear()
-    with caplog.at_level(logging.INFO, logger="sfsync.codes"):
+    with caplog.at_level(logging.INFO, logger="sfsync.domain.codes"):
         r = resolve("failed", "220", message_id="msg-42")
     assert r.label == "Delivered"
     said = [rec for rec in caplog.records if "disagrees" in rec.message]

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from sfsync import logs
-from sfsync.cli import build_parser
+from sfsync.cli.main import build_parser
 from sfsync.config import NUMBERS, VARIABLES, Settings, load_settings
 from sfsync.errors import ConfigError
-from sfsync.push_auth import AuthFailed, check_date
+from sfsync.push.auth import AuthFailed, check_date
 from sfsync.sim.cli import build_parser as build_sim_parser
 from sfsync.sim.harness import Simulators
 from sfsync.sim.tls import EphemeralCA
@@ -252,7 +252,7 @@ def test_serve_refuses_a_nan_replay_bound_and_a_1970_push_is_never_accepted(tmp_
 
 
 def test_webhooks_list_never_shows_a_password_in_a_webhook_url(sims: Simulators, tmp_path: Path) -> None:
-    from sfsync.http import make_session
+    from sfsync.clients.http import make_session
 
     info = sims.info()
     with make_session(info["ca_bundle"]) as session:

@@ -26,9 +26,9 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from sfsync.clients.http import make_session
+from sfsync.clients.messagemedia import MessageMediaClient
 from sfsync.config import Settings
-from sfsync.http import make_session
-from sfsync.messagemedia import MessageMediaClient
 from sfsync.sim.harness import Simulators
 from sfsync.sim.messagemedia import Exchange
 from tests.conftest import add_tasks, new_message_id, report

@@ -23,9 +23,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from sfsync.clients.salesforce import SalesforceClient
 from sfsync.config import Settings
-from sfsync.report import DRILL_DOWN_REPORT, StatusReport, build, read_health, render_html
-from sfsync.salesforce import SalesforceClient
+from sfsync.ops.report import DRILL_DOWN_REPORT, StatusReport, build, read_health, render_html
 from sfsync.sim.harness import Simulators
 from sfsync.sim.soql import format_datetime
 from sfsync.store import Store

@@ -24,8 +24,13 @@ import responses
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sfsync.cli import exit_status
+from sfsync.cli.main import exit_status
+from sfsync.clients.messagemedia import MessageMediaClient
+from sfsync.clients.retry import RetryPolicy
+from sfsync.clients.salesforce import AUTH_ERRORS, SalesforceClient
 from sfsync.config import Settings, load_settings
+from sfsync.domain.reports import InvalidReport, parse_report
+from sfsync.engine import Worker, build_clients
 from sfsync.errors import (
     EXIT_AUTH,
     EXIT_CONFIG,
@@ -36,14 +41,9 @@ from sfsync.errors import (
     RemoteError,
     SfsyncError,
 )
-from sfsync.messagemedia import MessageMediaClient
-from sfsync.poll import confirmable_id
-from sfsync.reports import InvalidReport, parse_report
-from sfsync.retry import RetryPolicy
-from sfsync.salesforce import AUTH_ERRORS, SalesforceClient
 from sfsync.sim.harness import Simulators
+from sfsync.sources.poll import confirmable_id
 from sfsync.store import Store
-from sfsync.worker import Worker, build_clients
 from tests.conftest import at
 
 MM = "https://mm.example.com"

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from sfsync.domain.ids import canonical_id, checksum, same_record, task_id
+from sfsync.engine import RunOptions, Worker
 from sfsync.errors import EXIT_OK, EXIT_PARTIAL
-from sfsync.ids import canonical_id, checksum, same_record, task_id
 from sfsync.sim.harness import Simulators
 from sfsync.store import LedgerEntry, Store
-from sfsync.worker import RunOptions, Worker
 from tests.conftest import T0, add_tasks, fields_of, new_message_id, report
 
 MakeWorker = Callable[..., Worker]
@@ -33,7 +33,7 @@ def confirmed(sims: Simulators, report_ids: list[str]) -> bool:
     return all(counts.get(r, 0) >= 1 for r in report_ids)
 
 
-# -- sfsync/ids.py ----------------------------------------------------------------------------------
+# -- sfsync/domain/ids.py ----------------------------------------------------------------------------------
 def test_checksum_of_ids_whose_suffix_is_known() -> None:
     # Published examples of the 15 -> 18 conversion.
     assert checksum("00558000001N0Ke") == "AAK"

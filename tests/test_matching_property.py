@@ -18,13 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sfsync.codes import default_map
 from sfsync.config import Settings, load_settings
+from sfsync.domain.codes import default_map
+from sfsync.domain.precedence import Status, strongest
+from sfsync.engine import build_clients
 from sfsync.pipeline import Pipeline, parse, resolve_all
-from sfsync.precedence import Status, strongest
 from sfsync.sim.harness import Simulators
 from sfsync.store import Store
-from sfsync.worker import build_clients
 from tests.conftest import report
 
 STATUSES = [("enroute", "200"), ("enroute", None), ("submitted", "210"), ("submitted", None),

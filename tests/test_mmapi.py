@@ -21,14 +21,14 @@ from typing import Any
 import pytest
 import requests
 
+from sfsync.clients.http import make_session
 from sfsync.config import Settings
 from sfsync.errors import EXIT_AUTH, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
-from sfsync.http import make_session
-from sfsync.push_auth import load_public_keys
-from sfsync.server import PushServer
+from sfsync.push.auth import load_public_keys
+from sfsync.push.receiver import PushServer
+from sfsync.push.webhooks import dr_template
 from sfsync.sim.harness import Simulators
 from sfsync.sim.push import render_template
-from sfsync.webhooks import dr_template
 from tests.conftest import add_tasks, fields_of, new_message_id, report
 
 SFSYNC = str(Path(sys.executable).parent / "sfsync")

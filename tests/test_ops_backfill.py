@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sfsync.backfill import parse_window
 from sfsync.errors import UsageError
+from sfsync.sources.backfill import parse_window
 from sfsync.store import Store
 
 SFSYNC = str(Path(sys.executable).with_name("sfsync"))
@@ -64,7 +64,7 @@ def test_progress_says_pages_records_and_window_share_labelled(caplog: pytest.Lo
     import logging
     from collections import Counter
 
-    from sfsync.backfill import Progress, Window
+    from sfsync.sources.backfill import Progress, Window
 
     window = Window(dt.datetime(2026, 11, 1, tzinfo=dt.UTC), dt.datetime(2026, 11, 2, tzinfo=dt.UTC),
                     "Australia/Sydney")
@@ -75,7 +75,7 @@ def test_progress_says_pages_records_and_window_share_labelled(caplog: pytest.Lo
     shown = terminal.getvalue()
     assert "2026-11-01 11:00..2026-11-02 11:00 Australia/Sydney" in shown  # times, in the window's zone
     assert "of the window's time span" in shown and "page 3" in shown and "300 read" in shown
-    caplog.set_level(logging.INFO, logger="sfsync.backfill")
+    caplog.set_level(logging.INFO, logger="sfsync.sources.backfill")
     quiet = Progress(window, __import__("io").StringIO(), every=1)
     quiet.update(0.5, Counter(pages=2, fetched=200, changed=50, applied=40))
     (line,) = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "backfill_progress"]

@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from sfsync.cli import main
+from sfsync.cli.main import main
+from sfsync.clients.salesforce import SalesforceClient
 from sfsync.config import Settings
-from sfsync.doctor import run_checks
-from sfsync.metrics import render, write_textfile
-from sfsync.report import build, parse_window, render_html
-from sfsync.salesforce import SalesforceClient
+from sfsync.engine import RunSummary, Worker
+from sfsync.ops.doctor import run_checks
+from sfsync.ops.metrics import render, write_textfile
+from sfsync.ops.report import build, parse_window, render_html
 from sfsync.sim.harness import Simulators
 from sfsync.sim.salesforce import DEFAULT_TASK_FIELDS
-from sfsync.worker import RunSummary, Worker
 from tests.conftest import add_tasks, new_message_id, report
 
 
@@ -225,7 +225,7 @@ def test_run_cli_writes_the_metrics_file(sims: Simulators, worker_env: dict[str,
 def test_metrics_endpoint_serves_the_last_run() -> None:
     import urllib.request
 
-    from sfsync.metrics import MetricsEndpoint
+    from sfsync.ops.metrics import MetricsEndpoint
 
     endpoint = MetricsEndpoint("127.0.0.1", 0).start()
     try:

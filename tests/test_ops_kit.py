@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml  # PyYAML: part of the test extras
 
-from sfsync.codes import default_map
 from sfsync.config import VARIABLES
+from sfsync.domain.codes import default_map
 
 REPO = Path(__file__).resolve().parents[1]
 SF_PROJECT = REPO / "config" / "salesforce"
@@ -46,7 +46,7 @@ FIELD_DEFAULTS = {
 STATUS_LABELS = tuple(default_map().labels)
 # Unknown codes are kept verbatim, up to this many characters.
 MAX_CODE_LENGTH = 10
-# Every environment variable sfsync reads: the settings, plus SFSYNC_CODE_MAP read by sfsync.codes.
+# Every environment variable sfsync reads: the settings, plus SFSYNC_CODE_MAP read by sfsync.domain.codes.
 # Taken from the code, so the example cannot drift from what sfsync actually reads.
 ENV_VARS = (*VARIABLES, "SFSYNC_CODE_MAP")
 SECRET_VARS = ("SFSYNC_MM_API_KEY", "SFSYNC_MM_API_SECRET", "SFSYNC_SF_CLIENT_SECRET", "SFSYNC_SF_ACCESS_TOKEN")

@@ -20,11 +20,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sfsync.config import Settings
-from sfsync.metrics import Backlog, render, write_textfile
-from sfsync.server import PushServer
+from sfsync.engine import RunSummary
+from sfsync.ops.metrics import Backlog, render, write_textfile
+from sfsync.push.receiver import PushServer
 from sfsync.sim.harness import Simulators
 from sfsync.store import Store
-from sfsync.worker import RunSummary
 from tests.conftest import add_tasks, new_message_id, report
 
 SFSYNC = str(Path(sys.executable).with_name("sfsync"))
@@ -226,7 +226,7 @@ def test_connection_causes_in_words(cause: str, words: str) -> None:
 
     import requests
 
-    from sfsync.http import why_unreachable
+    from sfsync.clients.http import why_unreachable
 
     request = requests.Request("GET", "https://api.example.com/v1/x").prepare()
     made: dict[str, BaseException] = {

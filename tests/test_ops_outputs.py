@@ -11,8 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from sfsync.engine import RunOptions, Worker
 from sfsync.sim.harness import Simulators
-from sfsync.worker import RunOptions, Worker
 from tests.conftest import add_tasks, fields_of, new_message_id, report
 
 SFSYNC = str(Path(sys.executable).with_name("sfsync"))

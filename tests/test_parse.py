@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from sfsync.reports import InvalidReport, Report, parse_report, parse_time, read_metadata
+from sfsync.domain.reports import InvalidReport, Report, parse_report, parse_time, read_metadata
 
 UTC = dt.UTC
 BASE = {"delivery_report_id": "dr-1", "message_id": "m-1", "status": "delivered"}
@@ -58,7 +58,7 @@ def test_unreadable_times_are_a_value_error_only(text: str) -> None:
 ])
 def test_an_unreadable_or_implausible_time_is_no_time_with_a_warning(value: Any,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="sfsync.reports"):
+    with caplog.at_level(logging.WARNING, logger="sfsync.domain.reports"):
         report = parse_report({**BASE, "submitted_date": value, "date_received": "2024-04-16T23:41:04+00:00"})
     assert report.submitted_at is None
     assert report.received_at == dt.datetime(2024, 4, 16, 23, 41, 4, tzinfo=UTC)

@@ -8,7 +8,7 @@ import datetime as dt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sfsync.precedence import Action, Status, decide, merge, strongest, wins
+from sfsync.domain.precedence import Action, Status, decide, merge, strongest, wins
 
 T0 = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
 LABELS = {"Sending": False, "Submitted": False, "Scheduled": False, "Unknown": False,

@@ -30,15 +30,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from sfsync.config import Settings
+from sfsync.engine import Worker
 from sfsync.errors import ConfigError
 from sfsync.lock import RunLock
-from sfsync.push_auth import AuthFailed, PushAuth, check_date, load_public_keys, secret_matches
-from sfsync.server import AbortConnection, PushServer
+from sfsync.push.auth import AuthFailed, PushAuth, check_date, load_public_keys, secret_matches
+from sfsync.push.receiver import AbortConnection, PushServer
+from sfsync.push.webhooks import dr_template
 from sfsync.sim.harness import Simulators
 from sfsync.sim.push import render_template, sign_headers
 from sfsync.store import Store
-from sfsync.webhooks import dr_template
-from sfsync.worker import Worker
 from tests.conftest import add_tasks, fields_of, new_message_id, report
 
 SECRET = "push-secret-for-tests-0123456789"
@@ -607,7 +607,7 @@ def test_simulator_pushes_signed_and_gives_up_after_bounded_retries(
 
 
 def test_simulator_webhooks_api(sims: Simulators) -> None:
-    from sfsync.http import make_session
+    from sfsync.clients.http import make_session
 
     session = make_session(str(sims.ca.ca_bundle))
     base = sims.info()["messagemedia_url"] + "/v1/webhooks/messages"

@@ -35,7 +35,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from sfsync.server import DEFAULT_PATH
+from sfsync.push.receiver import DEFAULT_PATH
 
 SECRET = "push-secret-for-the-fuzzer-0123456789"
 HEADER = "X-SFSync-Secret"

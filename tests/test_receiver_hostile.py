@@ -25,7 +25,7 @@ import pytest
 
 from sfsync.config import load_settings
 from sfsync.errors import UsageError
-from sfsync.server import PushServer
+from sfsync.push.receiver import PushServer
 from sfsync.sim.tls import EphemeralCA
 from sfsync.store import Store
 from tests.conftest import new_message_id, report
@@ -230,7 +230,7 @@ def test_a_parser_failure_is_400_and_logged(make_server: MakeServer, monkeypatch
     def broken(raw: Any, source: str = "poll") -> Any:
         raise OverflowError("date value out of range")
 
-    monkeypatch.setattr("sfsync.server.parse_report", broken)
+    monkeypatch.setattr("sfsync.push.receiver.parse_report", broken)
     server = make_server()
     status, answer = push_json(server, report(new_message_id(), "delivered"))
     assert status == 400 and "unreadable" in answer["reason"]

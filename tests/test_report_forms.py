@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from sfsync.http import make_session
+from sfsync.clients.http import make_session
 from sfsync.sim.harness import Simulators
 from sfsync.sim.messagemedia import DATE_FORMS, METADATA_SHAPES
 from sfsync.store import Store

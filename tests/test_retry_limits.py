@@ -23,9 +23,9 @@ from typing import IO, Any
 import pytest
 
 from sfsync.config import Settings
+from sfsync.engine import Worker, build_clients
 from sfsync.errors import EXIT_OK, EXIT_UNAVAILABLE, RemoteError
 from sfsync.sim.harness import Simulators
-from sfsync.worker import Worker, build_clients
 from tests.conftest import add_tasks, fields_of, new_message_id, report
 
 SFSYNC = str(Path(sys.executable).parent / "sfsync")

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import requests
 
+from sfsync.clients.retry import RetryPolicy
+from sfsync.clients.salesforce import SalesforceClient, jwt_audience
 from sfsync.config import Settings, load_settings
-from sfsync.doctor import run_checks
+from sfsync.engine import Worker
 from sfsync.errors import EXIT_AUTH, EXIT_BUDGET, EXIT_OK, EXIT_UNAVAILABLE, AuthError, RemoteError
-from sfsync.retry import RetryPolicy
-from sfsync.salesforce import SalesforceClient, jwt_audience
-from sfsync.server import PushServer
+from sfsync.ops.doctor import run_checks
+from sfsync.push.receiver import PushServer
 from sfsync.sim.harness import Simulators
-from sfsync.worker import Worker
 from tests.conftest import add_tasks, fields_of, new_message_id, report
 
 MakeWorker = Callable[..., Worker]

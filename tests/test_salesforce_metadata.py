@@ -8,7 +8,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from sfsync.report import DRILL_DOWN_REPORT, FALLBACK_LIST_VIEW
+from sfsync.ops.report import DRILL_DOWN_REPORT, FALLBACK_LIST_VIEW
 
 ROOT = Path(__file__).resolve().parent.parent / "config" / "salesforce" / "force-app" / "main" / "default"
 NS = "{http://soap.sforce.com/2006/04/metadata}"

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from simple_salesforce import Salesforce, format_soql
 
-from sfsync.http import make_session
+from sfsync.clients.http import make_session
 from sfsync.sim.cli import main
 from sfsync.sim.harness import Simulators
 from sfsync.sim.seed import seed_demo, seed_simple

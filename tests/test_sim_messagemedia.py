@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import requests
 
+from sfsync.clients.http import make_session
 from sfsync.errors import ConfigError
-from sfsync.http import make_session
 from sfsync.sim.base import FaultConfig, SimServer
 from sfsync.sim.messagemedia import MessageMediaSim
 from sfsync.sim.tls import EphemeralCA

@@ -26,7 +26,7 @@ from simple_salesforce.exceptions import (
     SalesforceResourceNotFound,
 )
 
-from sfsync.http import make_session
+from sfsync.clients.http import make_session
 from sfsync.sim import soql
 from sfsync.sim.base import SimServer
 from sfsync.sim.salesforce import SalesforceSim

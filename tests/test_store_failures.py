@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 
 from sfsync.config import Settings
-from sfsync.doctor import run_checks
 from sfsync.errors import EXIT_AUTH, EXIT_CONFIG, EXIT_OK
+from sfsync.ops.doctor import run_checks
 from sfsync.sim.harness import Simulators
 from sfsync.store import Store
 from tests.conftest import add_tasks, new_message_id, report
@@ -163,9 +163,9 @@ FILLED_MID_RUN = textwrap.dedent("""
     import os, sys
     from pathlib import Path
     from sfsync import logs
-    from sfsync.cli import exit_status
+    from sfsync.cli.main import exit_status
     from sfsync.config import load_settings
-    from sfsync.worker import Worker
+    from sfsync.engine import Worker
 
     settings = load_settings()
     logs.setup("json")

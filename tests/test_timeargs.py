@@ -13,8 +13,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from sfsync import backfill, report, timeargs
+from sfsync import timeargs
 from sfsync.errors import UsageError
+from sfsync.ops import report
+from sfsync.sources import backfill
 
 SFSYNC = str(Path(sys.executable).parent / "sfsync")
 NOW = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)

@@ -13,10 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sfsync import logs
+from sfsync.clients.salesforce import valid_task_id
 from sfsync.config import Secret, describe, load_settings, missing_variables
+from sfsync.domain.reports import InvalidReport, parse_report, parse_time, read_metadata
 from sfsync.errors import ConfigError
-from sfsync.reports import InvalidReport, parse_report, parse_time, read_metadata
-from sfsync.salesforce import valid_task_id
 
 UTC = dt.UTC
 

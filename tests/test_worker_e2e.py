@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from sfsync.engine import RunOptions, Worker
 from sfsync.errors import EXIT_BUDGET, EXIT_OK, EXIT_PARTIAL, AlreadyRunning, AuthError, ConfigError, RemoteError
 from sfsync.lock import RunLock
 from sfsync.sim.harness import Simulators
-from sfsync.worker import RunOptions, Worker
 from tests.conftest import add_tasks, composite_calls, fields_of, new_message_id, report
 
 MakeWorker = Callable[..., Worker]
@@ -273,7 +273,7 @@ def test_request_limit_exceeded_stops_cleanly(sims: Simulators, make_worker: Mak
     assert summary.exit_code == EXIT_BUDGET
     assert sims.mm.stats()["unconfirmed"] == 0 and worker.store.inbox_backlog()[0] == 50
     # `sfsync status` shows the staged backlog and its oldest age.
-    from sfsync.cli import main
+    from sfsync.cli.main import main
 
     for key, value in worker_env.items():
         monkeypatch.setenv(key, value)
@@ -428,7 +428,7 @@ def test_run_history_records_each_run(sims: Simulators, make_worker: MakeWorker)
 def test_dead_letter_retry_after_the_cause_is_fixed(sims: Simulators, make_worker: MakeWorker,
                                                      worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
                                                      tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    from sfsync.cli import main
+    from sfsync.cli.main import main
 
     message = new_message_id()
     [task] = add_tasks(sims, [message])
@@ -466,7 +466,7 @@ def _three_dead_letters(sims: Simulators, make_worker: MakeWorker) -> tuple[Work
 def test_dead_letter_retry_keeps_every_letter_through_a_transient_failure(
         sims: Simulators, make_worker: MakeWorker, worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Any, capsys: pytest.CaptureFixture[str], failure: str) -> None:
-    from sfsync.cli import main
+    from sfsync.cli.main import main
     from sfsync.errors import EXIT_UNAVAILABLE
 
     worker, tasks = _three_dead_letters(sims, make_worker)
@@ -496,7 +496,7 @@ def test_dead_letter_retry_keeps_every_letter_through_a_transient_failure(
 def test_dead_letter_retry_refused_again_keeps_the_same_letter_with_the_new_error(
         sims: Simulators, make_worker: MakeWorker, worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    from sfsync.cli import main
+    from sfsync.cli.main import main
 
     worker, tasks = _three_dead_letters(sims, make_worker)
     ids = sorted(d.id for d in worker.store.dead_letters())

@@ -2,7 +2,7 @@
 POSTs each delivery report to its targets from background threads, retrying non-2xx answers and
 connection errors with exponential back-off up to a bounded number of attempts.
 
-Signing is written here from the reference, independently of ``sfsync.push_auth``, so that the
+Signing is written here from the reference, independently of ``sfsync.push.auth``, so that the
 tests check the receiver against a second reading of the protocol rather than against itself.
 """
 
@@ -26,7 +26,7 @@ import requests
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from sfsync.http import make_session
+from sfsync.clients.http import make_session
 
 # Delivery report status -> the webhook event that pushes it.
 DR_EVENTS: dict[str, str] = {

@@ -33,9 +33,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sfsync import bounds
+from sfsync.clients.messagemedia import WEBHOOK_EVENTS
 from sfsync.config import HEADER_VALUE, Settings
 from sfsync.errors import EXIT_OK, ConfigError, RemoteError, UsageError
-from sfsync.messagemedia import WEBHOOK_EVENTS
 
 # MessageMedia's bounds for a webhook (POST /v1/webhooks/messages).
 READ_TIMEOUT_MS = (1, 60_000)
@@ -126,7 +126,7 @@ def _redacted(hook: dict[str, Any]) -> dict[str, Any]:
 
 # -- the command -----------------------------------------------------------------------------------------
 def register(sub: Any) -> None:
-    from sfsync.commands import common_options
+    from sfsync.cli.commands import common_options
 
     # Common options go on each action only: argparse would let an action's defaults overwrite them.
     parser = sub.add_parser("webhooks",
@@ -163,9 +163,9 @@ def register(sub: Any) -> None:
 
 
 def webhooks_command(args: argparse.Namespace) -> int:
-    from sfsync.commands import settings_for
+    from sfsync.cli.commands import settings_for
+    from sfsync.clients.messagemedia import MessageMediaClient
     from sfsync.logs import register_secret
-    from sfsync.messagemedia import MessageMediaClient
 
     settings = settings_for(args, messagemedia=True, salesforce=False)
     client = MessageMediaClient(settings)

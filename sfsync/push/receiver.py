@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 from sfsync import bounds
 from sfsync.config import Settings
+from sfsync.domain.reports import InvalidReport, parse_report
 from sfsync.errors import (
     EXIT_BUDGET,
     EXIT_OK,
@@ -46,11 +47,10 @@ from sfsync.errors import (
 )
 from sfsync.httpd import BackgroundServer
 from sfsync.logs import register_secret
-from sfsync.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from sfsync.metrics import MetricsState
-from sfsync.push_auth import AuthFailed, PushAuth
-from sfsync.receiver_api import openapi_document
-from sfsync.reports import InvalidReport, parse_report
+from sfsync.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from sfsync.ops.metrics import MetricsState
+from sfsync.push.auth import AuthFailed, PushAuth
+from sfsync.push.openapi import openapi_document
 from sfsync.store import Store, now_utc
 
 log = logging.getLogger("sfsync.serve")
@@ -392,7 +392,7 @@ class PushServer:
 
     # -- the drain -----------------------------------------------------------------------------------
     def _default_worker(self, stop: threading.Event) -> Any:
-        from sfsync.worker import Worker
+        from sfsync.engine import Worker
 
         return Worker(self.settings, store=self.store, stop=stop)
 
@@ -414,7 +414,7 @@ class PushServer:
 
     def drain_once(self) -> float:
         """One drain if there is anything to do; returns the seconds to wait before the next."""
-        from sfsync.worker import RunOptions
+        from sfsync.engine import RunOptions
 
         state = self.drain_state
         try:
@@ -838,7 +838,7 @@ class _Handler(BaseHTTPRequestHandler):
 # -- sfsync serve ----------------------------------------------------------------------------------------
 def register(sub: Any) -> None:
     from sfsync import timeargs
-    from sfsync.commands import common_options
+    from sfsync.cli.commands import common_options
 
     parser = sub.add_parser(
         "serve", parents=[common_options()], help="receive pushed delivery reports (MessageMedia webhooks)",
@@ -871,7 +871,7 @@ def register(sub: Any) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from sfsync.commands import settings_for, stop_on_signals
+    from sfsync.cli.commands import settings_for, stop_on_signals
 
     settings = settings_for(args, messagemedia=False, salesforce=not args.no_drain)
     stop = stop_on_signals()

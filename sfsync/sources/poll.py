@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from sfsync.messagemedia import MessageMediaClient
-from sfsync.reports import MAX_ID
-from sfsync.retry import StopAwareSleep, poll_until
+from sfsync.clients.messagemedia import MessageMediaClient
+from sfsync.clients.retry import StopAwareSleep, poll_until
+from sfsync.domain.reports import MAX_ID
 from sfsync.store import Store
 
-log = logging.getLogger("sfsync.poll")
+log = logging.getLogger("sfsync.sources.poll")
 PAGE = 100  # MessageMedia serves at most this many reports a check
 FIRST_RECHECK_S = 0.1  # first wait before checking again while confirmed reports are still served
 RECHECK_GROWTH = 1.5  # each later wait this much longer, up to MAX_RECHECK_S

@@ -1,4 +1,4 @@
-"""`sfsync backfill` on the command line (the work is in ``sfsync.backfill``, imported lazily so
+"""`sfsync backfill` on the command line (the work is in ``sfsync.sources.backfill``, imported lazily so
 `sfsync --help` and `sfsync codes` do not pay for HTTP and SQLite modules)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from sfsync.errors import UsageError
 
 
 def register(sub: Any) -> None:
-    from sfsync.commands import common_options
+    from sfsync.cli.commands import common_options
 
     parser = sub.add_parser(
         "backfill", parents=[common_options()],
@@ -52,7 +52,7 @@ def register(sub: Any) -> None:
 
 
 def options_from(args: argparse.Namespace) -> Any:
-    from sfsync.backfill import BackfillOptions, parse_window
+    from sfsync.sources.backfill import BackfillOptions, parse_window
 
     missing = [name for name in ("since", "until") if getattr(args, name) is None]
     if missing:
@@ -76,8 +76,8 @@ def options_from(args: argparse.Namespace) -> Any:
 
 
 def backfill_command(args: argparse.Namespace) -> int:
-    from sfsync.backfill import Backfill
-    from sfsync.commands import settings_for, stop_on_signals
+    from sfsync.cli.commands import settings_for, stop_on_signals
+    from sfsync.sources.backfill import Backfill
 
     if args.list:
         return list_command(args)
@@ -142,7 +142,7 @@ def resumable(store: Any) -> list[dict[str, Any]]:
 
 
 def list_command(args: argparse.Namespace) -> int:
-    from sfsync.commands import settings_for
+    from sfsync.cli.commands import settings_for
     from sfsync.store import Store
 
     settings = settings_for(args, messagemedia=False, salesforce=False)

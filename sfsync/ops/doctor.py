@@ -15,15 +15,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from sfsync.codes import default_map
 from sfsync.config import Settings, load_settings, missing_variables
+from sfsync.domain.codes import default_map
 from sfsync.errors import EXIT_CHECK_FAILED, EXIT_OK, AlreadyRunning, ConfigError, SfsyncError
 from sfsync.lock import RunLock
 from sfsync.logs import redact_urls
 
 if TYPE_CHECKING:  # the clients are imported when the checks run, so `sfsync --help` stays quick
-    from sfsync.messagemedia import MessageMediaClient
-    from sfsync.salesforce import SalesforceClient
+    from sfsync.clients.messagemedia import MessageMediaClient
+    from sfsync.clients.salesforce import SalesforceClient
 
 TEXT_TYPES = {"string", "textarea", "picklist", "multipicklist", "phone", "url", "email", "encryptedstring"}
 NUMBER_TYPES = {"double", "int", "long", "currency", "percent"}
@@ -39,9 +39,9 @@ class Check:
 
 def run_checks(settings: Settings, *, mm: MessageMediaClient | None = None,
                sf: SalesforceClient | None = None) -> list[Check]:
-    from sfsync.messagemedia import MessageMediaClient
-    from sfsync.retry import RetryPolicy
-    from sfsync.salesforce import SalesforceClient
+    from sfsync.clients.messagemedia import MessageMediaClient
+    from sfsync.clients.retry import RetryPolicy
+    from sfsync.clients.salesforce import SalesforceClient
 
     checks: list[Check] = []
     missing = missing_variables(settings)
@@ -203,7 +203,7 @@ def _messagemedia(mm: MessageMediaClient) -> Check:
 
 
 def _token(sf: SalesforceClient) -> Check:
-    from sfsync.salesforce import jwt_audience
+    from sfsync.clients.salesforce import jwt_audience
 
     sf.login()
     mode = sf.settings.sf_auth_mode
@@ -212,7 +212,7 @@ def _token(sf: SalesforceClient) -> Check:
 
 
 def _usage(sf: SalesforceClient, settings: Settings) -> Check:
-    from sfsync.salesforce import VIEW_SETUP
+    from sfsync.clients.salesforce import VIEW_SETUP
 
     try:
         limits = sf.limits().get("DailyApiRequests", {})
@@ -286,7 +286,7 @@ def _guard(name: str, check: Callable[[], Check]) -> Check:
 
 # -- command -----------------------------------------------------------------------------------------------
 def register(sub: Any) -> None:
-    from sfsync.commands import common_options
+    from sfsync.cli.commands import common_options
 
     parser = sub.add_parser("doctor", parents=[common_options()],
                             help="check configuration, credentials, Task fields and state before the first run")

@@ -93,7 +93,7 @@ def _run(sub: Any) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from sfsync.worker import RunOptions, Worker
+    from sfsync.engine import RunOptions, Worker
 
     settings = settings_for(args, messagemedia=not args.inbox)
     stop = stop_on_signals()
@@ -105,7 +105,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         if not args.loop:
             raise UsageError("--metrics-port needs --loop (a one-off run is gone before anyone scrapes it)")
-        from sfsync.metrics import MetricsEndpoint
+        from sfsync.ops.metrics import MetricsEndpoint
 
         endpoint = MetricsEndpoint(args.metrics_host, args.metrics_port, store=worker.store,
                                    health=heartbeat.health).start()
@@ -200,7 +200,7 @@ def _write_metrics(args: argparse.Namespace, summary: Any, store: Any = None) ->
     path = getattr(args, "metrics_file", None)
     if not path:
         return
-    from sfsync import metrics
+    from sfsync.ops import metrics
 
     metrics.write_textfile(path, summary, metrics.Backlog.of(store) if store is not None else None)
 
@@ -352,8 +352,8 @@ def dead_letters_command(args: argparse.Namespace) -> int:
 
 def _retry_dead_letters(settings: Any, store: Any, ids: list[int]) -> int:
     """Run dead letters through the pipeline again (after fixing the field, the Task, the rule...)."""
-    from sfsync.salesforce import SalesforceClient
-    from sfsync.worker import retry_dead_letters
+    from sfsync.clients.salesforce import SalesforceClient
+    from sfsync.engine import retry_dead_letters
 
     done = retry_dead_letters(settings, store, SalesforceClient(settings), ids)
     print(f"retried {done.tried} dead letter(s): {done.retired} retired (a new outcome is stored), "
@@ -409,7 +409,7 @@ def _demo(sub: Any) -> None:
     parser.add_argument("--rows", type=bounds.whole(0, 100_000), default=25, help="Task rows to print")
 
     def run(args: argparse.Namespace) -> int:
-        from sfsync.demo import main as demo_main
+        from sfsync.cli.demo import main as demo_main
 
         return demo_main(args)
 
@@ -417,13 +417,13 @@ def _demo(sub: Any) -> None:
 
 
 def _doctor(sub: Any) -> None:
-    from sfsync import doctor
+    from sfsync.ops import doctor
 
     doctor.register(sub)
 
 
 def _report(sub: Any) -> None:
-    from sfsync import report
+    from sfsync.ops import report
 
     report.register(sub)
 
@@ -439,7 +439,7 @@ def _lazy(module: str) -> Callable[[Any], None]:
 
 REGISTRARS: list[Callable[[Any], None]] = [
     _run, _status, _dead_letters, _doctor, _report, _demo, _sim,
-    _lazy("sfsync.server"), _lazy("sfsync.webhooks"),  # push mode
-    _lazy("sfsync.backfill_cli"),  # manual backfill
-    _lazy("sfsync.trace"), _lazy("sfsync.config_cli"),  # answers for people
+    _lazy("sfsync.push.receiver"), _lazy("sfsync.push.webhooks"),  # push mode
+    _lazy("sfsync.cli.backfill"),  # manual backfill
+    _lazy("sfsync.ops.trace"), _lazy("sfsync.cli.config"),  # answers for people
 ]

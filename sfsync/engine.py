@@ -1,7 +1,7 @@
 """`sfsync run`: one engine in two halves joined by the durable store.
 
 Order of a run: take the lock; poll MessageMedia (unless ``--inbox``), committing each check's
-reports to the store's inbox and only then confirming them (``sfsync.poll``); then the one drain:
+reports to the store's inbox and only then confirming them (``sfsync.sources.poll``); then the one drain:
 settle open Bulk API jobs, retry waiting reports that are due, and claim staged reports (pushed or
 polled) thousands at a time through the pipeline, marking them done in the transaction that records
 their outcomes. Salesforce unavailable or its budget spent stops the drain, never the polling: the
@@ -20,7 +20,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sfsync.bulk import BulkClient
+from sfsync.clients.bulk import BulkClient
+from sfsync.clients.messagemedia import MessageMediaClient
+from sfsync.clients.retry import RetryCounter, RetryPolicy, StopAwareSleep
+from sfsync.clients.salesforce import SalesforceClient
 from sfsync.config import Settings
 from sfsync.errors import (
     EXIT_BUDGET,
@@ -38,12 +41,9 @@ from sfsync.errors import (
     UsageError,
 )
 from sfsync.lock import RunLock
-from sfsync.messagemedia import MessageMediaClient
 from sfsync.pipeline import BatchResult, OnCommit, Pipeline, Stage, _BudgetStop
-from sfsync.poll import PAGE, PollEnd, PollSource, confirmable_id, describe_ids
 from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
-from sfsync.retry import RetryCounter, RetryPolicy, StopAwareSleep
-from sfsync.salesforce import SalesforceClient
+from sfsync.sources.poll import PAGE, PollEnd, PollSource, confirmable_id, describe_ids
 from sfsync.store import DeadLetter, StagedReport, Store, WaitingReport, now_utc
 
 log = logging.getLogger("sfsync.run")

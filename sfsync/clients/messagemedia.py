@@ -13,11 +13,11 @@ from typing import Any
 
 import requests
 
+from sfsync.clients.http import make_session, why_unreachable
+from sfsync.clients.retry import RetryPolicy, parse_retry_after
 from sfsync.config import Settings
 from sfsync.errors import AuthError, RemoteError
-from sfsync.http import make_session, why_unreachable
 from sfsync.logs import register_secret
-from sfsync.retry import RetryPolicy, parse_retry_after
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ def _shown(value: Any) -> str:
 
 
 def register(sub: Any) -> None:
-    from sfsync.commands import common_options
+    from sfsync.cli.commands import common_options
 
     parser = sub.add_parser("config", parents=[common_options()],
                             help="the effective configuration and where each value came from (secrets masked)")
@@ -60,8 +60,8 @@ def register(sub: Any) -> None:
 
 
 def config_command(args: argparse.Namespace) -> int:
-    from sfsync.cli import _table
-    from sfsync.commands import settings_for
+    from sfsync.cli.commands import settings_for
+    from sfsync.cli.main import _table
 
     settings = settings_for(args, messagemedia=False, salesforce=False)
     rows = effective(settings, args.env_file)

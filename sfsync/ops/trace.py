@@ -14,12 +14,12 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sfsync.codes import default_map, resolve
+from sfsync.domain.codes import default_map, resolve
+from sfsync.domain.ids import task_id
+from sfsync.domain.precedence import Status, explain
+from sfsync.domain.reports import InvalidReport, parse_report
 from sfsync.errors import EXIT_OK
-from sfsync.ids import task_id
 from sfsync.logs import masked
-from sfsync.precedence import Status, explain
-from sfsync.reports import InvalidReport, parse_report
 from sfsync.store import Store
 
 
@@ -132,7 +132,7 @@ def render(result: Trace) -> str:
 
 
 def register(sub: Any) -> None:
-    from sfsync.commands import common_options
+    from sfsync.cli.commands import common_options
 
     parser = sub.add_parser("trace", parents=[common_options()],
                             help="every report the store holds for a Task or message, and what was decided",
@@ -143,7 +143,7 @@ def register(sub: Any) -> None:
 
 
 def trace_command(args: argparse.Namespace) -> int:
-    from sfsync.commands import settings_for
+    from sfsync.cli.commands import settings_for
 
     settings = settings_for(args, messagemedia=False, salesforce=False)
     result = trace(Store(settings.store_path), args.id)

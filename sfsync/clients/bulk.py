@@ -22,8 +22,8 @@ import requests
 from simple_salesforce import Salesforce
 from simple_salesforce.util import exception_handler
 
+from sfsync.clients.salesforce import SalesforceClient, WriteResult, is_lock_error
 from sfsync.errors import ConfigError, RemoteError
-from sfsync.salesforce import SalesforceClient, WriteResult, is_lock_error
 
 log = logging.getLogger(__name__)
 

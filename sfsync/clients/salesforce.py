@@ -27,12 +27,12 @@ from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession
 from simple_salesforce.format import format_soql
 
+from sfsync.clients.http import make_session, why_unreachable
+from sfsync.clients.retry import RetryPolicy, parse_retry_after
 from sfsync.config import Settings
+from sfsync.domain.ids import canonical_id, task_id
 from sfsync.errors import AuthError, BudgetExhausted, ConfigError, RemoteError
-from sfsync.http import make_session, why_unreachable
-from sfsync.ids import canonical_id, task_id
 from sfsync.logs import register_secret
-from sfsync.retry import RetryPolicy, parse_retry_after
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -88,7 +88,7 @@ def is_daily_limit(code: str, message: str) -> bool:
 
 
 def valid_task_id(value: str) -> bool:
-    """A 15- or 18-character Task Id (key prefix 00T) in any form Salesforce accepts (``sfsync.ids``)."""
+    """A 15- or 18-character Task Id (key prefix 00T) in any form Salesforce accepts (``sfsync.domain.ids``)."""
     return task_id(value) is not None
 
 
@@ -298,7 +298,7 @@ class SalesforceClient:
     def call(self, name: str, fn: Callable[[Salesforce], T]) -> T:
         """Run ``fn`` with the same retries, budget check, token refresh and error classification
         as every call of this client (for APIs it has no method for, e.g. Bulk API 2.0 in
-        ``sfsync.bulk``). ``fn`` raises simple-salesforce's exceptions for error answers."""
+        ``sfsync.clients.bulk``). ``fn`` raises simple-salesforce's exceptions for error answers."""
         return self._call(name, fn)
 
     def _translate(self, exc: SalesforceError, name: str) -> Exception:

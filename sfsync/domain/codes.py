@@ -25,7 +25,7 @@ CATEGORIES = ("processing", "pending", "delivered", "discarded", "failed")
 LABELS = ("Sending", "Scheduled", "Submitted", "Delivered", "Failed", "Rejected", "Stopped")
 _CODE_RE = re.compile(r"^[1-4]\d{2}$")
 # The installed package carries the map at sfsync/data (a link to config/ in the source tree).
-DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "status_codes.toml"
+DEFAULT_PATH = Path(__file__).resolve().parent.parent / "data" / "status_codes.toml"
 
 
 @dataclass(frozen=True)

@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from sfsync import __version__, timeargs
-from sfsync.codes import default_map
 from sfsync.config import Settings
+from sfsync.domain.codes import default_map
+from sfsync.domain.reports import format_time
 from sfsync.errors import EXIT_OK, ConfigError, RemoteError, UsageError
-from sfsync.reports import format_time
 from sfsync.store import Store
 
 if TYPE_CHECKING:
-    from sfsync.salesforce import SalesforceClient
+    from sfsync.clients.salesforce import SalesforceClient
 
 # In config/salesforce: the drill-down report whose first two filters (SMS Status, SMS Status Code)
 # the links set with fv0 and fv1, and the list view used when that report is not deployed.
@@ -463,7 +463,7 @@ def parse_window(since: str | None, until: str | None, days: float | str) -> tup
 
 # -- command -----------------------------------------------------------------------------------------------
 def register(sub: Any) -> None:
-    from sfsync.commands import common_options
+    from sfsync.cli.commands import common_options
 
     parser = sub.add_parser("report", parents=[common_options()],
                             help="counts of Tasks by SMS Status and Code over a window (table, JSON or HTML)")
@@ -477,8 +477,8 @@ def register(sub: Any) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from sfsync.commands import settings_for
-    from sfsync.salesforce import SalesforceClient
+    from sfsync.cli.commands import settings_for
+    from sfsync.clients.salesforce import SalesforceClient
 
     since, until = parse_window(args.since, args.until, args.days)  # usage errors before the settings
     settings = settings_for(args, messagemedia=False)

@@ -30,7 +30,7 @@ Command = Callable[[argparse.Namespace], int]
 
 # -- sfsync codes --------------------------------------------------------------------------------
 def _cmd_codes(args: argparse.Namespace) -> int:
-    from sfsync.codes import default_map, normalise_code
+    from sfsync.domain.codes import default_map, normalise_code
 
     cmap = default_map()
     entries = list(cmap.codes.values())
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _registrars() -> list[Callable[[Any], None]]:
     """Commands that live in their own modules add their parsers here."""
-    from sfsync import commands
+    from sfsync.cli import commands
 
     return commands.REGISTRARS
 

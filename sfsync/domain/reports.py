@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sfsync.codes import normalise_code
+from sfsync.domain.codes import normalise_code
 from sfsync.errors import BadReport
 
-log = logging.getLogger("sfsync.reports")
+log = logging.getLogger("sfsync.domain.reports")
 
 MAX_ID = 100  # MessageMedia ids are uuids (36); anything far longer is garbage
 MAX_STATUS = 40

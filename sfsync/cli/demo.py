@@ -17,10 +17,10 @@ from pathlib import Path
 
 from sfsync import logs
 from sfsync.config import load_settings
+from sfsync.engine import RunOptions, RunSummary, Worker
 from sfsync.errors import EXIT_OK
 from sfsync.sim.harness import Simulators
 from sfsync.sim.seed import seed_demo
-from sfsync.worker import RunOptions, RunSummary, Worker
 
 
 def main(args: argparse.Namespace) -> int:

@@ -36,25 +36,25 @@ from pathlib import Path
 from typing import IO, Any
 
 from sfsync import timeargs
-from sfsync.bulk import NULL, BulkClient
-from sfsync.codes import CodeMap, normalise_code
+from sfsync.clients.bulk import NULL, BulkClient
+from sfsync.clients.messagemedia import MessageMediaClient
+from sfsync.clients.retry import RetryCounter, StopAwareSleep
+from sfsync.clients.salesforce import COLLECTION_LIMIT, SalesforceClient, WriteResult
 from sfsync.config import Settings
+from sfsync.domain.codes import CodeMap, normalise_code
+from sfsync.domain.precedence import Status, wins
+from sfsync.domain.reports import format_time, parse_report, parse_time, read_metadata
+from sfsync.engine import RunSummary, build_clients, recorded_run
 from sfsync.errors import (
     RemoteError,
     UsageError,
 )
 from sfsync.lock import RunLock
-from sfsync.messagemedia import MessageMediaClient
 from sfsync.pipeline import BatchResult, Change, Pipeline, resolve_all
-from sfsync.precedence import Status, wins
 from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
-from sfsync.reports import format_time, parse_report, parse_time, read_metadata
-from sfsync.retry import RetryCounter, StopAwareSleep
-from sfsync.salesforce import COLLECTION_LIMIT, SalesforceClient, WriteResult
 from sfsync.store import LedgerEntry, Store, now_utc
-from sfsync.worker import RunSummary, build_clients, recorded_run
 
-log = logging.getLogger("sfsync.backfill")
+log = logging.getLogger("sfsync.sources.backfill")
 
 SOURCE = "backfill"  # the pipeline's source name: dead letters say where a report came from
 PAGE_SIZE = 100  # reporting API maximum

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sfsync.push_auth import CIPHER_HEADER, DIGEST_HEADER, KEY_ID_HEADER, SIGNATURE_HEADER, PushAuth
+from sfsync.push.auth import CIPHER_HEADER, DIGEST_HEADER, KEY_ID_HEADER, SIGNATURE_HEADER, PushAuth
 
 OPENAPI_VERSION = "3.0.3"
 

@@ -1,0 +1,1 @@
+"""The domain: report parsing, the code map, Salesforce Ids and the one precedence rule."""

@@ -1,0 +1,1 @@
+"""Ops: doctor, the status report and dashboard, metrics, trace."""

@@ -1,0 +1,1 @@
+"""Push: the webhook receiver, its authentication and webhook management."""

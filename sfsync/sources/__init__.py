@@ -1,0 +1,1 @@
+"""Sources: each stages reports in the store, then acknowledges them upstream."""
