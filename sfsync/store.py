@@ -626,7 +626,7 @@ class Store:
 
     def inbox_pending(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self.db.execute(
-            "SELECT raw FROM inbox WHERE processed_at IS NULL ORDER BY received_at, report_id LIMIT ?", (limit,)
+            "SELECT raw FROM inbox WHERE processed_at IS NULL ORDER BY rowid LIMIT ?", (limit,)
         ).fetchall()
         return [json.loads(r["raw"]) for r in rows]
 

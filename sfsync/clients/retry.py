@@ -219,3 +219,30 @@ def poll_until(fn: Callable[[], T], done: Callable[[T], bool], *, max_seconds: f
         reraise=True,
     )
     return retrying(fn)
+
+
+# -- back-offs between runs and tries (not one call's retries): tenacity strategies, evaluated here ---------
+LOOP_MAX_BACKOFF_S = 60.0
+BUDGET_BACKOFF_S = 300.0  # the daily API allocation does not come back within seconds
+WAITING_FIRST_TRY_S = 60.0
+WAITING_MAX_TRY_S = 3600.0
+
+
+def wait_after(strategy: wait_base, attempt: int) -> float:
+    """What a tenacity wait strategy gives after ``attempt`` failed tries (1 for the first)."""
+    state = RetryCallState(Retrying(), None, (), {})
+    state.attempt_number = max(attempt, 1)
+    return float(strategy(state))
+
+
+def loop_backoff(interval: float, failures: int) -> float:
+    """A loop's wait after ``failures`` runs in a row that failed or moved nothing: the interval
+    doubled per failure, at most a minute (``serve``'s drain, ``run --loop``)."""
+    strategy = wait_exponential(multiplier=interval, min=interval, max=max(LOOP_MAX_BACKOFF_S, interval))
+    return wait_after(strategy, failures + 1)
+
+
+def waiting_next_try(tries: int) -> float:
+    """A waiting report's next try after ``tries`` earlier ones: 1 min, 2, 4, ... up to 1 h."""
+    strategy = wait_exponential(multiplier=WAITING_FIRST_TRY_S, min=WAITING_FIRST_TRY_S, max=WAITING_MAX_TRY_S)
+    return wait_after(strategy, tries + 1)

@@ -472,7 +472,7 @@ class Backfill:
         self.on_page = on_page or (lambda page: None)
         self.progress_stream = progress_stream
         self.pipeline = Pipeline(settings, self.store, sf, dry_run=options.dry_run)
-        self.bulk = BulkClient(sf)
+        self.bulk = BulkClient(sf, sleep=StopAwareSleep(self.stop))  # a signal ends a wait for a job at once
         self.bulk_wait_s = bulk_wait_s
 
     def run(self) -> BackfillSummary:
