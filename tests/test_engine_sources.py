@@ -167,3 +167,18 @@ def test_stop_aware_sleep_raises_at_once_when_stopped() -> None:
     stop.set()
     with pytest.raises(StopRequested):
         StopAwareSleep(stop)(3600.0)
+
+
+def test_row_lock_retries_are_bounded_by_the_configured_time(
+        sims: Simulators, settings_for: Callable[..., Settings]) -> None:
+    [task] = add_tasks(sims, [new_message_id()])
+    sims.sf.configure(lock_row_rate=1.0)  # the row stays locked
+    waits: list[float] = []
+    settings = settings_for(SFSYNC_RETRY_ATTEMPTS="100", SFSYNC_RETRY_MAX_SECONDS="3")
+    _, sf, retries = build_clients(settings, sleep=waits.append)
+    [answer] = sf.update_tasks([{"id": task, "SMS_Status__c": "Delivered"}])
+    sims.sf.configure(lock_row_rate=0.0)
+    assert answer.transient and not answer.ok  # held: tried again by a later drain, never dead-lettered
+    assert waits and sum(waits) <= 3.0, waits  # SFSYNC_RETRY_MAX_SECONDS holds for row locks too
+    assert retries.counts["salesforce.row_lock"] == len(waits)
+    assert fields_of(sims, task) == (None, None)

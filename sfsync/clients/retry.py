@@ -197,6 +197,27 @@ class RetryPolicy:
                                 "resumes") from last
 
 
+    def repeat(self, name: str, fn: Callable[[], T], done: Callable[[T], bool]) -> T:
+        """Call ``fn`` again while its answer is not ``done`` (rows Salesforce kept locked), with the
+        same back-off and caps as ``call``: the last answer once attempts or time run out."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            self.counter.add(name)
+            log.info("%s: again in %.1fs (try %d)", name, state.upcoming_sleep, state.attempt_number + 1,
+                     extra={"event": "retry", "operation": name})
+
+        retrying = Retrying(
+            retry=retry_if_result(lambda answer: not done(answer)),
+            wait=wait_exponential(multiplier=self.initial, max=self.max_wait),
+            stop=stop_after_attempt(self.attempts) | stop_before_overrun(self.max_seconds, name),
+            sleep=self.sleep,
+            before_sleep=before_sleep,
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+            reraise=True,
+        )
+        return retrying(fn)
+
+
 def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "unknown"
