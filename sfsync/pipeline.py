@@ -94,14 +94,12 @@ class Plan:
 
 
 # -- stages ---------------------------------------------------------------------------------------------
-def parse(
-    raws: Iterable[Any], source: str, default_tz: dt.tzinfo = dt.UTC
-) -> tuple[list[Report], list[InvalidReport]]:
+def parse(raws: Iterable[Any], default_tz: dt.tzinfo = dt.UTC) -> tuple[list[Report], list[InvalidReport]]:
     good: dict[str, Report] = {}
     bad: list[InvalidReport] = []
     for raw in raws:
         try:
-            report = parse_report(raw, source, default_tz)
+            report = parse_report(raw, default_tz)
         except InvalidReport as exc:
             exc.raw = raw  # type: ignore[attr-defined]
             bad.append(exc)
@@ -219,7 +217,7 @@ class Pipeline:
     def plan(self, raws: Iterable[Any], source: str = "poll", *, default_tz: dt.tzinfo = dt.UTC) -> Plan:
         """Parse, resolve, collapse, match and decide. Reads Salesforce and the store; writes nothing."""
         result = BatchResult()
-        reports, bad = parse(raws, source, default_tz)
+        reports, bad = parse(raws, default_tz)
         result.counts["received"] += len(reports) + len(bad)
         result.counts["invalid"] += len(bad)
         outcomes = resolve_all(reports, self.code_map)

@@ -227,7 +227,7 @@ def test_a_date_out_of_range_is_answered_and_only_2xx_when_stored(make_server: M
 # -- item 1: any exception is an answer, logged ---------------------------------------------------------------
 def test_a_parser_failure_is_400_and_logged(make_server: MakeServer, monkeypatch: pytest.MonkeyPatch,
                                             caplog: pytest.LogCaptureFixture) -> None:
-    def broken(raw: Any, source: str = "poll") -> Any:
+    def broken(raw: Any, default_tz: Any = None) -> Any:
         raise OverflowError("date value out of range")
 
     monkeypatch.setattr("sfsync.sources.inbox.parse_report", broken)
