@@ -21,13 +21,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from sfsync.errors import ConfigError, UsageError
-from sfsync.httpd import BackgroundServer
+from sfsync.httpd import BackgroundServer, Handler
 from sfsync.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from sfsync.push.deadlines import Deadlines
 from sfsync.sources.inbox import json_content_type
 
 log = logging.getLogger("sfsync.serve")
@@ -94,75 +94,6 @@ def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext:
 
 
 # -- the server ------------------------------------------------------------------------------------------------
-class _Deadlines:
-    """The whole-request deadline: a connection whose request (TLS handshake, request line, headers
-    and body) has not fully arrived ``seconds`` after its first byte has its reading side shut, so
-    the handler's blocked read ends at once. A per-read timeout cannot do this: a client sending a
-    byte now and then never lets one read time out (slowloris). One thread watches every connection."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self._due: dict[socket.socket, tuple[float, str]] = {}
-        self._expired: set[socket.socket] = set()
-        self._cond = threading.Condition()
-        self._closed = False
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._watch, name="sfsync-deadlines", daemon=True)
-            self._thread.start()
-
-    def arm(self, conn: socket.socket, peer: str) -> None:
-        with self._cond:  # no wake-up: every deadline armed now falls after those already armed
-            self._expired.discard(conn)
-            self._due[conn] = (time.monotonic() + self.seconds, peer)
-
-    def disarm(self, conn: socket.socket) -> bool:
-        """Stop the clock; True when the deadline had already passed (the connection was cut)."""
-        with self._cond:
-            self._due.pop(conn, None)
-            return conn in self._expired
-
-    def expired(self, conn: socket.socket) -> bool:
-        with self._cond:
-            return conn in self._expired
-
-    def forget(self, conn: socket.socket) -> None:
-        with self._cond:
-            self._due.pop(conn, None)
-            self._expired.discard(conn)
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def _watch(self) -> None:
-        with self._cond:
-            while not self._closed:
-                now = time.monotonic()
-                for conn, (due, peer) in list(self._due.items()):
-                    if due <= now:
-                        self._cut(conn, peer)
-                # Looks again at least every quarter deadline: one armed meanwhile is then cut late by
-                # at most that.
-                next_due = min((due for due, _ in self._due.values()), default=now + self.seconds / 4)
-                self._cond.wait(timeout=min(max(0.01, next_due - now), self.seconds / 4, 1.0))
-
-    def _cut(self, conn: socket.socket, peer: str) -> None:
-        del self._due[conn]
-        self._expired.add(conn)
-        log.warning("request from %s not complete within %g s: cut off", peer, self.seconds,
-                    extra={"event": "push_request_timeout"})
-        # socket.socket's own shutdown: SSLSocket's would also drop its TLS state, and the 408 with it.
-        with contextlib.suppress(OSError):
-            socket.socket.shutdown(conn, socket.SHUT_RD)
-
-
 class PushHTTPServer(BackgroundServer):
     def __init__(self, address: tuple[str, int], app: App, context: ssl.SSLContext | None,
                  max_connections: int, max_per_client: int):
@@ -171,7 +102,7 @@ class PushHTTPServer(BackgroundServer):
         if context is not None:
             # The handshake runs in the connection's thread, so a slow client cannot stall accept().
             self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
-        self.deadlines = _Deadlines(app.request_timeout)
+        self.deadlines = Deadlines(app.request_timeout)
         self.max_per_client = max_per_client
         self._slots = threading.BoundedSemaphore(max_connections)
         self._connections: dict[socket.socket, str] = {}
@@ -255,10 +186,8 @@ class PushHTTPServer(BackgroundServer):
         log.debug("connection error from %s", client_address, exc_info=True)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(Handler):
     protocol_version = "HTTP/1.1"  # keep-alive: MessageMedia and the simulator reuse connections
-    server_version = "sfsync"
-    sys_version = ""
     timeout = IDLE_TIMEOUT_S  # per read: an idle connection gives its thread back
     server: PushHTTPServer
     _replied = False
@@ -299,9 +228,6 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(rfile, io.BufferedReader):
             return rfile.peek(1)
         return b"-"  # unbuffered (never, with the default rbufsize): no way to wait without consuming
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.client_address[0], *args)
 
     # -- routes ----------------------------------------------------------------------------------------
     def do_GET(self) -> None:
@@ -428,20 +354,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, body: bytes, *, head: bool = False, close: bool = False,
               headers: dict[str, str] | None = None, content_type: str = "application/json") -> None:
         self._replied = True
-        close = close or self.server.app.closing.is_set()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-        self.wfile.flush()
+        self.send_body(status, body, content_type=content_type, head=head, headers=headers,
+                       close=close or self.server.app.closing.is_set())
 
     def _abort(self) -> None:
         """Reset the connection with no answer (SO_LINGER 0 sends a TCP RST)."""
