@@ -391,26 +391,32 @@ class LoopState:
 
 
 class Loop:
-    """One run of the engine after another until the stop event, each when ``due`` says there is
-    work. A run that fails or moves nothing backs off (``loop_backoff``); the budget spent waits
-    ``BUDGET_BACKOFF_S``; a cron run holding the lock is waited for. Every wait ends at the stop event."""
+    """One run of the engine after another until the stop event (``run --loop``, ``serve``'s drain),
+    each when ``due`` says there is work. A run that fails or moves nothing backs off
+    (``loop_backoff``); the budget spent waits ``BUDGET_BACKOFF_S``; a cron run holding the lock is
+    waited for. Errors of a ``fatal`` kind end the loop; every wait ends at the stop event."""
 
     def __init__(self, run_once: Callable[[], RunSummary], *, interval: float, stop: threading.Event,
                  due: Callable[[], bool] = lambda: True, on_summary: Callable[[RunSummary], None] | None = None,
-                 state: LoopState | None = None):
+                 state: LoopState | None = None, fatal: tuple[type[BaseException], ...] = (), name: str = "drain"):
         self.run_once = run_once
         self.interval = interval
         self.stop = stop
         self.due = due
         self.on_summary = on_summary or (lambda summary: None)
         self.state = state or LoopState()
+        self.fatal = fatal
+        self.name = name
+        self.exit_code = EXIT_OK  # the last run's, or the last failure's
         self._lock = threading.Lock()
 
-    def forever(self, between: Callable[[], None] = lambda: None) -> None:
-        delay = self.interval
+    def forever(self, between: Callable[[], None] = lambda: None, *, at_once: bool = False) -> int:
+        """Runs until the stop event; the exit status of the last run (or failure)."""
+        delay = 0.0 if at_once else self.interval
         while not self.stop.wait(delay):
             delay = self.once()
             between()
+        return self.exit_code
 
     def once(self) -> float:
         """One run if there is anything to do; returns the seconds to wait before the next."""
@@ -418,27 +424,29 @@ class Loop:
             if not self.due():
                 return self.interval
             summary = self.run_once()
+        except self.fatal:
+            raise
         except AlreadyRunning:
             # A cron `sfsync run` holds the lock: its turn now, ours at the next interval.
             with self._lock:
                 self.state.skipped_locked += 1
-            log.debug("drain skipped: another run holds the lock", extra={"event": "drain_locked"})
+            log.debug("%s skipped: another run holds the lock", self.name, extra={"event": f"{self.name}_locked"})
             return self.interval
-        except (AuthError, ConfigError) as exc:
-            log.error("drain failed: %s", exc, extra={"event": "drain_error"})
-            return self._failed(exc)
         except SfsyncError as exc:
-            log.warning("drain failed: %s; the reports stay in the inbox", exc, extra={"event": "drain_error"})
-            return self._failed(exc)
+            level = logging.ERROR if isinstance(exc, AuthError | ConfigError) else logging.WARNING
+            log.log(level, "%s failed: %s; nothing is lost, trying again", self.name, exc,
+                    extra={"event": f"{self.name}_error"})
+            return self._failed(exc, exc.exit_code)
         except Exception as exc:
-            log.exception("drain crashed; retrying later", extra={"event": "drain_crash"})
-            return self._failed(exc)
+            log.exception("%s crashed; trying again later", self.name, extra={"event": f"{self.name}_crash"})
+            return self._failed(exc, EXIT_UNEXPECTED)
         self.on_summary(summary)
         with self._lock:
             state = self.state
             state.runs += 1
             state.last_finished = now_utc().isoformat(timespec="seconds")
             state.last_exit_reason, state.last_error = summary.exit_reason, None
+            self.exit_code = summary.exit_code
             if summary.exit_code == EXIT_BUDGET:
                 return BUDGET_BACKOFF_S
             if summary.counts.get("held") and not (summary.counts.get("applied") or summary.counts.get("drained")):
@@ -447,8 +455,9 @@ class Loop:
             state.consecutive_failures = 0
         return self.interval
 
-    def _failed(self, exc: BaseException) -> float:
+    def _failed(self, exc: BaseException, exit_code: int) -> float:
         with self._lock:
+            self.exit_code = exit_code
             self.state.last_error = f"{type(exc).__name__}: {exc}"
             self.state.consecutive_failures += 1
             return loop_backoff(self.interval, self.state.consecutive_failures)

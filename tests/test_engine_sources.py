@@ -182,3 +182,20 @@ def test_row_lock_retries_are_bounded_by_the_configured_time(
     assert waits and sum(waits) <= 3.0, waits  # SFSYNC_RETRY_MAX_SECONDS holds for row locks too
     assert retries.counts["salesforce.row_lock"] == len(waits)
     assert fields_of(sims, task) == (None, None)
+
+
+def test_run_loop_outlives_an_outage_and_ends_on_what_needs_a_person() -> None:
+    from sfsync.errors import AuthError
+
+    calls: list[str] = []
+
+    def run() -> RunSummary:
+        calls.append("run")
+        if len(calls) == 1:
+            raise RemoteError("Salesforce unavailable", transient=True)  # backed off, then run again
+        raise AuthError("invalid_grant: the credentials were refused")  # a person must act: the loop ends
+
+    loop = Loop(run, interval=0.01, stop=threading.Event(), fatal=(AuthError,), name="run")
+    with pytest.raises(AuthError):
+        loop.forever(at_once=True)
+    assert len(calls) == 2 and loop.state.consecutive_failures == 1 and loop.exit_code == 8
