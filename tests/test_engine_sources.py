@@ -52,8 +52,10 @@ def test_a_push_is_written_by_the_engine_drain(sims: Simulators, server: PushSer
     assert wait_for(lambda: fields_of(sims, task) == ("Delivered", "221"))
     assert len(sims.sf.history(task)) == 1
     assert wait_for(lambda: server.store.inbox_count() == 0)  # the inbox row is done
-    runs = [r for r in server.store.recent_runs() if r["kind"] == "inbox"]
-    assert runs and any(r["counts"]["applied"] == 1 for r in runs)  # one run of the engine, in the history
+    def recorded() -> bool:  # one run of the engine, finished, in the history
+        return any(r["kind"] == "inbox" and r["counts"].get("applied") == 1 for r in server.store.recent_runs())
+
+    assert wait_for(recorded)
 
 
 def test_a_waiting_report_is_retried_by_the_engine(sims: Simulators, make_worker: Callable[..., Worker]) -> None:
