@@ -247,12 +247,12 @@ class Worker:
                        sleep=StopAwareSleep(self.stop)).settle(summary.counts)
         inbox_rules = rules if options.inbox else replace(rules, max_reports=None)
         at_most = options.max_reports if options.inbox else None
-        sources: list[tuple[Source, StopRules]] = [
-            (WaitingSource(self.store, every=options.retry_waiting), inbox_rules),
-            (InboxSource(self.store, summary.counts, at_most=at_most, count_fetched=options.inbox), inbox_rules),
+        sources: list[Source] = [
+            WaitingSource(self.store, every=options.retry_waiting),
+            InboxSource(self.store, summary.counts, at_most=at_most, count_fetched=options.inbox),
         ]
-        for source, source_rules in sources:
-            drained = self.drain(source, pipeline, summary, source_rules)
+        for source in sources:
+            drained = self.drain(source, pipeline, summary, inbox_rules)
             if drained:
                 return drained
         if summary.counts["held"]:  # once more for rows a transient failure held (row locks)

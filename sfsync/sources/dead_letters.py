@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sfsync.errors import EXIT_OK, EXIT_PARTIAL, EXIT_UNAVAILABLE, SfsyncError
-from sfsync.pipeline import BatchResult
+from sfsync.pipeline import BatchResult, OnCommit
 from sfsync.sources.batch import Batch
 from sfsync.store import DeadLetter, Store
 
@@ -63,7 +63,7 @@ class DeadLetterSource:
             chunk = self.letters[start : start + self.batch]
             yield Batch([letter_raw(d.raw) for d in chunk], SOURCE, on_commit=self._retire(chunk))
 
-    def _retire(self, chunk: list[DeadLetter]) -> Any:
+    def _retire(self, chunk: list[DeadLetter]) -> OnCommit:
         def commit(result: BatchResult) -> None:
             durable = set(result.confirm) - set(result.dead)
             done = [d.id for d in chunk if d.report_id and d.report_id in durable]
