@@ -43,7 +43,6 @@ from sfsync.errors import (
     StoreError,
     UsageError,
 )
-from sfsync.lock import RunLock
 from sfsync.pipeline import BatchResult, Pipeline, Stage, _BudgetStop
 from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
 from sfsync.sources.batch import Source
@@ -52,7 +51,7 @@ from sfsync.sources.inbox import DRAIN_BATCH, InboxSource
 from sfsync.sources.poll import PAGE, PollEnd, PollSource, describe_ids
 from sfsync.sources.waiting import SOURCE as WAITING
 from sfsync.sources.waiting import WaitingSource
-from sfsync.store import Store, now_utc
+from sfsync.store import Store, now_utc, open_store
 
 log = logging.getLogger("sfsync.run")
 CONFIRM_PENDING = PollEnd.CONFIRM_PENDING.value
@@ -196,14 +195,14 @@ class Worker:
         self.mm = mm
         self.sf = sf
         self.retries = retries or RetryCounter()
-        self.store = store or Store(settings.store_path)
+        self.store = store or open_store(settings.store_target)
         self.on_stage = on_stage or (lambda stage: None)
         self.bulk_wait_s = bulk_wait_s
 
     # -- one run --------------------------------------------------------------------------------------
     def run(self, options: RunOptions | None = None) -> RunSummary:
         options = options or RunOptions()
-        with RunLock(self.settings.lock_path):
+        with self.store.run_lock(self.settings.lock_path):
             return self._run_locked(options)
 
     def rules(self, started: float, options: RunOptions) -> StopRules:
@@ -320,7 +319,7 @@ class Worker:
 
     def retry_letters(self, letter_ids: list[int]) -> LetterRetry:
         """Dead letters through the same drain (``sfsync dead-letters retry``), recorded as a run."""
-        with RunLock(self.settings.lock_path):
+        with self.store.run_lock(self.settings.lock_path):
             source = DeadLetterSource(self.store, letter_ids)
             summary = RunSummary()
             error: SfsyncError | None = None

@@ -43,7 +43,7 @@ from sfsync.push.http import (
 from sfsync.push.openapi import openapi_document
 from sfsync.sources.inbox import MAX_JSON_DEPTH, BadPush, InboxSource, stage_push, validated
 from sfsync.sources.waiting import WaitingSource
-from sfsync.store import Store, now_utc
+from sfsync.store import Store, now_utc, open_store
 
 log = logging.getLogger("sfsync.serve")
 
@@ -83,7 +83,7 @@ class PushServer:
         self.max_body = settings.push_max_body_bytes
         self.request_timeout = float(request_timeout)
         self.max_connections_per_client = min(per_client, max_connections)
-        self.store = store or Store(settings.store_path)
+        self.store = store or open_store(settings.store_target)
         self.drain_interval = drain_interval
         self.inbox_retention = dt.timedelta(days=inbox_retention_days)
         self.counts: Counter[str] = Counter()
