@@ -6,8 +6,9 @@ The caller (poll loop, waiting retry, push inbox, backfill) fetches the batch an
 Reports whose write failed transiently are listed as ``held``: never confirmed, they come back.
 
 ``process`` is ``plan`` (parse, resolve, collapse, match, decide: reads only) then ``apply``
-(write, record). Backfill uses the halves on their own: it plans page by page and writes later,
-by sObject Collections (``write_changes``) or by Bulk API (then ``record_written``).
+(write, record). Every source's batches come through ``process`` (the engine's drain), backfill's
+pages included. The write step chooses its path: sObject Collections, 200 a call, or, when a
+``BulkWriter`` is given and more Tasks change than its threshold, one Bulk API 2.0 job.
 
 Every stage is a small function over plain data; this module is the only one that knows their
 order. ``on_stage`` lets tests crash the pipeline at any boundary.
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
 
+from sfsync.bulkwrite import BulkRow, BulkWriter
 from sfsync.clients.retry import waiting_next_try
 from sfsync.clients.salesforce import COLLECTION_LIMIT, IN_LIST_LIMIT, SalesforceClient, WriteResult
 from sfsync.config import Settings
@@ -191,8 +193,11 @@ def _ledger_entry(change: Change) -> LedgerEntry:
 class Pipeline:
     def __init__(self, settings: Settings, store: Store, salesforce: SalesforceClient, *,
                  code_map: CodeMap | None = None, dry_run: bool = False, on_stage: Stage | None = None,
-                 clock: Callable[[], dt.datetime] = now_utc):
+                 clock: Callable[[], dt.datetime] = now_utc, bulk: BulkWriter | None = None,
+                 waits: bool = True):
         self.settings = settings
+        self.bulk = bulk  # the Bulk API path above its threshold (backfill); None: Collections only
+        self.waits = waits  # keep reports whose Task does not exist yet waiting (backfill counts them instead)
         self.store = store
         self.sf = salesforce
         self.code_map = code_map or default_map()
@@ -210,7 +215,7 @@ class Pipeline:
         plan = self.plan(raws, source, default_tz=default_tz)
         if self.dry_run:
             plan.result.counts["would_write"] += len(plan.changes)
-            plan.result.counts["would_wait"] += len(plan.unmatched)
+            plan.result.counts["would_wait" if self.waits else "no_task"] += len(plan.unmatched)
             return plan.result
         return self.apply(plan, source, waiting=waiting, on_commit=on_commit)
 
@@ -366,7 +371,10 @@ class Pipeline:
         with self.store.transaction():
             self.record_written(written, [*unchanged, *sent.unchanged], source, result)
             for outcome in unmatched:
-                self._keep_waiting(outcome, source, waiting.get(outcome.report.report_id), now, result)
+                if self.waits:
+                    self._keep_waiting(outcome, source, waiting.get(outcome.report.report_id), now, result)
+                else:  # backfill never waits: a message without a Task is counted
+                    result.counts["no_task"] += 1
             result.confirm += [o.report.report_id for o in unmatched]
             held = {rid for rid, answers in by_report.items() if any(a.transient for a in answers)} | unwritten
             # A message whose winning report is held keeps its superseded reports unconfirmed too.
@@ -398,7 +406,7 @@ class Pipeline:
         """Write ``changes``; a Task found by the Id in metadata that Salesforce says is not there
         (deleted since the look-up, ``TASK_GONE``) gives way to the message-id match, read and
         decided afresh, before its report is dead-lettered with Salesforce's error."""
-        written, unsent, budget_stop = self._send(changes)
+        written, unsent, budget_stop = self._send(changes, result)
         gone = [(c, a) for c, a in written
                 if not a.ok and a.error_code in TASK_GONE and c.matched_by is MatchedBy.TASK_ID]
         if not gone or budget_stop:
@@ -428,11 +436,52 @@ class Pipeline:
         kept = [(c, a) for c, a in written if (c, a) not in gone or c.outcome.message_id not in found]
         log.info("%d Task(s) named in metadata are not there; %d report(s) matched by message id instead",
                  len(gone_ids), len(found), extra={"event": "metadata_task_gone"})
-        more, unsent_again, budget_stop = self._send(list(again.values()))
+        more, unsent_again, budget_stop = self._send(list(again.values()), result)
         return _Sent([*kept, *more], unchanged, [*unsent, *unsent_again], budget_stop)
 
-    def _send(self, changes: list[Change]
+    def _send(self, changes: list[Change], result: BatchResult
               ) -> tuple[list[tuple[Change, WriteResult]], list[Change], BudgetExhausted | None]:
+        """The write-path chooser: a Bulk API job above the ``BulkWriter``'s threshold, else
+        sObject Collections. What was written, what was not sent, and a budget stop."""
+        if self.bulk is not None and self.bulk.chooses(len(changes)):
+            return self._send_bulk(self.bulk, changes, result)
+        return self._send_collections(changes)
+
+    def _send_bulk(self, bulk: BulkWriter, changes: list[Change], result: BatchResult
+                   ) -> tuple[list[tuple[Change, WriteResult]], list[Change], BudgetExhausted | None]:
+        """One Bulk API job; rows still locked go again through sObject Collections (with their
+        back-off), rows the job never processed are not sent (held, tried again)."""
+        rows = []
+        for change in changes:
+            values = self.fit(change.fields)
+            s, f = change.outcome.status, self.settings  # the values as sent (cut if configured so)
+            rows.append(BulkRow(change.task_id, values, LedgerEntry(
+                change.outcome.message_id, change.task_id, str(values.get(f.field_status, s.label)),
+                values.get(f.field_code, s.code), s.final, s.event_time, s.received_time,
+                change.outcome.report.report_id)))
+        try:
+            job = bulk.write(rows)
+        except BudgetExhausted as exc:
+            return [], list(changes), exc
+        result.counts["bulk_jobs"] += 1
+        result.counts["bulk_rows"] += len(changes)
+        self.on_stage("wrote")
+        written: list[tuple[Change, WriteResult]] = []
+        locked: list[Change] = []
+        unsent: list[Change] = []
+        for change in changes:
+            answer = job.results.get(change.task_id[:15])
+            if answer is None:
+                unsent.append(change)  # unprocessed (the job failed or was aborted part-way)
+            elif answer.transient:
+                locked.append(change)
+            else:
+                written.append((change, answer))
+        more, unsent_again, budget_stop = self._send_collections(locked)
+        return [*written, *more], [*unsent, *unsent_again], budget_stop
+
+    def _send_collections(self, changes: list[Change]
+                          ) -> tuple[list[tuple[Change, WriteResult]], list[Change], BudgetExhausted | None]:
         """sObject Collections writes, 200 a call, a few calls at a time (SFSYNC_SF_CONCURRENCY):
         what was written, what was not sent because the API budget ran out, and that stop."""
         chunks = [changes[start : start + COLLECTION_LIMIT] for start in range(0, len(changes), COLLECTION_LIMIT)]
@@ -469,6 +518,7 @@ class Pipeline:
             result.counts["applied"] += len(applied)
             for change, answer in written:
                 if not answer.ok and not answer.transient:
+                    result.counts["refused"] += 1
                     result.dead.append(change.outcome.report.report_id)
                     result.counts["dead_lettered"] += self.store.add_dead_letter(
                         change.outcome.report.report_id, change.outcome.message_id, change.outcome.report.raw, source,

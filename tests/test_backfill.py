@@ -21,18 +21,15 @@ import pytest
 
 from sfsync.cli import main as cli
 from sfsync.config import Settings, load_settings
-from sfsync.domain.codes import default_map
 from sfsync.domain.reports import parse_report
 from sfsync.engine import Worker, build_clients
 from sfsync.errors import EXIT_BUDGET, EXIT_OK, EXIT_PARTIAL, AlreadyRunning, UsageError
 from sfsync.lock import RunLock
-from sfsync.pipeline import Change, resolve_all
 from sfsync.sim.harness import Simulators
 from sfsync.sources.backfill import (
     Backfill,
     BackfillOptions,
     BackfillSummary,
-    ChangeBuffer,
     Window,
     parse_window,
     report_from_record,
@@ -487,25 +484,23 @@ def test_reporting_records_become_the_reports_the_worker_parses() -> None:
     assert report_from_record("garbage", dt.UTC) == "garbage"  # the pipeline dead-letters it
 
 
-def test_the_change_buffer_keeps_one_change_per_task_by_the_precedence_rule() -> None:
-    cmap = default_map()
-
-    def change(task_id: str, status: str, code: str, minute: int) -> Change:
-        raw = report(f"m-{status}", status, code, minute=minute, delivery_report_id=f"r-{status}-{minute}")
-        [outcome] = resolve_all([parse_report(raw)], cmap)
-        return Change(task_id, outcome, {"SMS_Status__c": outcome.status.label}, None)
-
-    buffer = ChangeBuffer(cmap)
-    assert not buffer.add(change("00TSm0000000001AAA", "submitted", "210", 1))
-    assert buffer.add(change("00TSm0000000001", "delivered", "221", 2))  # the same Task, 15 characters: wins
-    assert buffer.add(change("00TSm0000000001AAA", "enroute", "200", 3))  # later but not final: loses
-    assert not buffer.add(change("00TSm0000000002AAA", "failed", "414", 1))
-    assert len(buffer) == 2
-    assert [(c.task_id, c.outcome.status.code) for c in buffer.changes()] == [("00TSm0000000001", "221"),
-                                                                             ("00TSm0000000002AAA", "414")]
-    buffer.clear()
-    assert len(buffer) == 0 and list(buffer.changes()) == []
-    buffer.close()
+def test_one_write_per_task_across_pages_by_the_precedence_rule(sims: Simulators,
+                                                                 make_backfill: MakeBackfill) -> None:
+    """Two messages naming one Task on different pages of one batch: collapsed per Task by the
+    precedence rule, written once (the final status, though the in-flight one was sent later)."""
+    seeded = seed(sims, 150, by_metadata_every=0)
+    [task] = sims.sf.add_tasks([{"Subject": "sent twice"}])
+    first, resend = str(uuid.uuid4()), str(uuid.uuid4())
+    sims.mm.add_messages([
+        {"message_id": first, "status": "delivered", "status_code": "221", "metadata": {"sf_task_id": task},
+         "timestamp": (SENT - dt.timedelta(seconds=1)).isoformat()},  # on the first page
+        {"message_id": resend, "status": "submitted", "status_code": "210", "metadata": {"sf_task_id": task},
+         "timestamp": (SENT + dt.timedelta(seconds=500)).isoformat()},  # on the second
+    ])
+    summary = make_backfill().run()
+    assert summary.counts["pages"] == 2 and summary.exit_code == EXIT_OK
+    assert fields_of(sims, task) == ("Delivered", "221") and len(sims.sf.history(task)) == 1
+    assert_filled(sims, seeded)
 
 
 class _Terminal(io.StringIO):
