@@ -275,6 +275,56 @@ def test_interrupted_then_resumed_ends_as_an_uninterrupted_run(sims: Simulators,
     assert all(len(sims.sf.history(t)) <= 1 for _, t, _ in seeded)  # nothing written twice
 
 
+@pytest.mark.parametrize("stage,nth,options,reread", [
+    ("wrote", 1, {}, 4),  # Collections: 200 of 350 written, not recorded: the whole batch again
+    ("wrote", 1, {"bulk_threshold": 50, "bulk_job_rows": 100}, 4),  # a Bulk job read back, not recorded
+    ("recorded", 1, {"bulk_threshold": 50, "bulk_job_rows": 100}, 3),  # recorded with its checkpoint: page 2 on
+])
+def test_a_kill_between_a_batchs_write_and_its_checkpoint_writes_nothing_twice(
+        sims: Simulators, make_backfill: MakeBackfill, stage: str, nth: int, options: dict[str, Any],
+        reread: int) -> None:
+    """Backfill's batches go through the engine's drain (the pipeline's stages, the checkpoint moved
+    in the transaction that records the outcomes): a kill at either side of the record loses nothing,
+    and the resumed run writes no Task a second time."""
+    seeded = seed(sims, 350)
+    seen: list[str] = []
+
+    def kill(at: str) -> None:
+        seen.append(at)
+        if at == stage and seen.count(stage) == nth:
+            raise Crash
+
+    settings = make_backfill().settings
+    mm, sf, retries = build_clients(settings, sleep=lambda s: None)
+    with pytest.raises(Crash):
+        Backfill(settings, BackfillOptions(WINDOW, **options), mm=mm, sf=sf, retries=retries, on_stage=kill).run()
+    assert {"resolved", "matched", "wrote"} <= set(seen)  # the drain's pipeline, stage by stage
+    calls = reporting_calls(sims)
+    resumed = make_backfill(resume=True, **options).run()
+    assert resumed.exit_reason == "complete" and resumed.exit_code == EXIT_OK
+    assert reporting_calls(sims) - calls == reread
+    assert_filled(sims, seeded)
+    assert all(len(sims.sf.history(t)) == 1 for _, t, _ in seeded)  # nothing written twice
+    ledger = resumed.window_counts
+    assert ledger["pages"] == 4 and len(make_backfill().store.ledger([m for m, _, _ in seeded])) == 350
+
+
+def test_a_backfill_over_tasks_the_worker_wrote_makes_no_salesforce_write(
+        sims: Simulators, make_backfill: MakeBackfill, make_worker: Callable[..., Worker]) -> None:
+    """Decided against the ledger in the drain: what `sfsync run` wrote costs no Salesforce write."""
+    seeded = seed(sims, 150, by_metadata_every=0)
+    sims.mm.add_reports([report(m, status, code, submitted_date=iso(SENT + dt.timedelta(seconds=i)))
+                         for i, (m, _, (status, code)) in enumerate(seeded)])
+    assert make_worker().run().counts["applied"] == 150
+    writes = composite_calls(sims), bulk_calls(sims)
+    for options in ({}, {"bulk_threshold": 10}):
+        summary = make_backfill(**options).run()
+        assert summary.exit_reason == "complete" and summary.counts["applied"] == 0
+        assert summary.counts["skipped_unchanged"] + summary.counts["skipped_stale"] == 150
+        assert (composite_calls(sims), bulk_calls(sims)) == writes
+    assert all(len(sims.sf.history(t)) == 1 for _, t, _ in seeded)
+
+
 def test_a_rerun_of_a_completed_window_makes_zero_writes(sims: Simulators, make_backfill: MakeBackfill) -> None:
     seed(sims, 250)
     make_backfill(bulk_threshold=100).run()
