@@ -2,13 +2,14 @@
 
 Used after an outage, at go-live, or when the fields were wiped. The pages a backfill reads back
 (``sfsync.sources.backfill_pages``: MessageMedia's reporting API, or ``--from-salesforce``) are a
-source like the others: ``BackfillSource`` groups them into batches of up to ``--bulk-job-rows``
-reports and the engine's drain (``Worker.drain``) takes each batch through the pipeline: collapse
-per message, decide against the ledger (no Salesforce call for what cannot change), match, write
-(sObject Collections, or a Bulk API 2.0 job above ``--bulk-threshold``: the pipeline's write-path
-chooser), record. A backfill acknowledges by moving its checkpoint, and it moves in the transaction
-that records a batch's outcomes, only when none of them is held: ``--resume`` continues from the
-first page whose reports are not all durable, and nothing decided is ever skipped.
+source like the others: ``BackfillSource`` groups them into batches of up to 10,000 reports
+(``BackfillOptions.bulk_job_rows``) and the engine's drain (``Worker.drain``) takes each batch
+through the pipeline: collapse per message, decide against the ledger (no Salesforce call for what
+cannot change), match, write (sObject Collections, or a Bulk API 2.0 job above ``--bulk-threshold``:
+the pipeline's write-path chooser), record. A backfill acknowledges by moving its checkpoint, and it
+moves in the transaction that records a batch's outcomes, only when none of them is held:
+``--resume`` continues from the first page whose reports are not all durable, and nothing decided
+is ever skipped.
 
 Pages go to the drain directly rather than through the store's inbox: reading a window back is
 itself replayable from the checkpoint (the cursor is the durable part), and the inbox is keyed by
