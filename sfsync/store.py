@@ -111,6 +111,11 @@ def _ts(value: dt.datetime | None) -> str | None:
     return value.astimezone(dt.UTC).isoformat(timespec="microseconds") if value else None
 
 
+def _like_escaped(text: str) -> str:
+    """``text`` matched literally by ``LIKE ... ESCAPE '\\'``."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def _parse_ts(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
 
@@ -693,22 +698,24 @@ class Store:
         ``applied_at``), waiting, dead letters and inbox, oldest first. Read-only."""
         ids = list(dict.fromkeys(message_ids))
         marks = ",".join("?" * len(ids)) or "NULL"
-        like = "%" + (task_id or "\x00")[:15].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        quoted = ['%"' + m.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + '"%' for m in ids]
-        inbox_where = " OR ".join(["raw LIKE ? ESCAPE '\\'"] * (len(quoted) + 1))
+        quoted = ['%"' + _like_escaped(m) + '"%' for m in ids]
+        # A report naming the Task in its metadata; no Task asked for: no such clause (a pattern of
+        # nothing would match every row).
+        named = ["%" + _like_escaped(task_id[:15]) + "%"] if task_id else []
+        by_raw = " OR raw LIKE ? ESCAPE '\\'" if named else ""
+        inbox_where = " OR ".join(["raw LIKE ? ESCAPE '\\'"] * (len(quoted) + len(named))) or "0"
         db = self.db
         return {
             "ledger": [dict(r) for r in db.execute(
                 f"SELECT * FROM ledger WHERE message_id IN ({marks}) OR substr(task_id, 1, 15) = ? "
                 "ORDER BY applied_at", [*ids, (task_id or "")[:15]])],
             "waiting": [dict(r) for r in db.execute(
-                f"SELECT * FROM waiting WHERE message_id IN ({marks}) OR raw LIKE ? ESCAPE '\\' "
-                "ORDER BY first_seen", [*ids, like])],
+                f"SELECT * FROM waiting WHERE message_id IN ({marks}){by_raw} ORDER BY first_seen", [*ids, *named])],
             "dead_letters": [dict(r) for r in db.execute(
-                f"SELECT * FROM dead_letters WHERE message_id IN ({marks}) OR raw LIKE ? ESCAPE '\\' "
-                "ORDER BY created_at", [*ids, like])],
+                f"SELECT * FROM dead_letters WHERE message_id IN ({marks}){by_raw} ORDER BY created_at",
+                [*ids, *named])],
             "inbox": [dict(r) for r in db.execute(
-                f"SELECT * FROM inbox WHERE {inbox_where} ORDER BY received_at", [*quoted, like])],
+                f"SELECT * FROM inbox WHERE {inbox_where} ORDER BY received_at", [*quoted, *named])],
         }
 
     def checkpoints(self, prefix: str) -> list[tuple[str, dict[str, Any], dt.datetime | None]]:

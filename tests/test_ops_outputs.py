@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -106,3 +107,34 @@ def test_webhooks_json_outputs(sims: Simulators, tmp_path: Path) -> None:
     assert [h["id"] for h in listed] == [outcome["created"]]
     removed = run("webhooks", "remove", str(outcome["created"]), "--json", env=env, cwd=tmp_path)
     assert json.loads(removed.stdout) == {"removed": str(outcome["created"])}
+
+
+def test_trace_shows_only_the_reports_of_what_was_asked(tmp_path: Path) -> None:
+    """A message id, or an id nothing holds, never pulls in the other messages' reports; and the trace,
+    read-only, logs no findings of its own (an unknown code, a status the code overrides)."""
+    from sfsync.store import Store
+
+    state = tmp_path / "state"
+    state.mkdir()
+    store = Store(state / "sfsync.db")
+    mine, other = new_message_id(), new_message_id()
+    for message in (mine, other):
+        pushed = report(message, "failed", "402")  # "failed" but the code says Rejected
+        store.inbox_add(pushed["delivery_report_id"], pushed)
+        waiting = report(message, "delivered", "999", minute=2)  # an unknown code
+        store.add_waiting(waiting["delivery_report_id"], message, waiting, "poll", "no Task yet",
+                          dt.datetime.now(dt.UTC))
+        dead = report(message, "submitted", "210", minute=1)
+        store.add_dead_letter(dead["delivery_report_id"], message, dead, "poll", "a validation rule")
+    store.close()
+    env = cli_env(state)
+    done = run("trace", mine, "--json", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)["seen"]
+    assert sorted(s["where"] for s in seen) == ["dead letter", "inbox", "waiting"]
+    assert {s["message_id"] for s in seen} == {mine}
+    assert done.stderr == ""
+    nothing = run("trace", "no-such-message", "--json", env=env, cwd=tmp_path)
+    assert nothing.returncode == 0, nothing.stderr
+    assert json.loads(nothing.stdout)["seen"] == [] and "reports seen: none" in \
+        run("trace", "no-such-message", env=env, cwd=tmp_path).stdout
