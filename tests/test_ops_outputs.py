@@ -78,17 +78,20 @@ def test_config_shows_values_sources_and_masks_secrets(tmp_path: Path) -> None:
 def test_sim_write_env_gives_a_working_configuration(tmp_path: Path) -> None:
     env_file = tmp_path / "sim.env"
     env = cli_env(tmp_path / "state")
-    sim = subprocess.Popen([SFSYNC, "sim", "--write-env", str(env_file), "--tls-dir", str(tmp_path / "tls")],
+    # Relative paths, as in the README: the file must still work from another folder.
+    sim = subprocess.Popen([SFSYNC, "sim", "--write-env", "sim.env", "--tls-dir", "var/sim"],
                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     try:
         assert sim.stdout is not None
         info = json.loads(sim.stdout.readline())
         assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
         text = env_file.read_text()
         assert f"SFSYNC_MM_BASE_URL={info['messagemedia_url']}" in text
-        done = run("run", "--env-file", str(env_file), env=env, cwd=tmp_path)
+        done = run("run", "--env-file", str(env_file), env=env, cwd=elsewhere)
         assert done.returncode == 0, done.stderr
-        assert run("doctor", "--env-file", str(env_file), env=env, cwd=tmp_path).returncode in (0, 9)
+        assert run("doctor", "--env-file", str(env_file), env=env, cwd=elsewhere).returncode in (0, 9)
     finally:
         sim.send_signal(signal.SIGTERM)
         assert sim.wait(timeout=20) == 0
