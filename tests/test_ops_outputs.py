@@ -138,6 +138,6 @@ def test_trace_shows_only_the_reports_of_what_was_asked(tmp_path: Path) -> None:
     assert {s["message_id"] for s in seen} == {mine}
     assert done.stderr == ""
     nothing = run("trace", "no-such-message", "--json", env=env, cwd=tmp_path)
-    assert nothing.returncode == 0, nothing.stderr
+    assert nothing.returncode == 10, nothing.stderr  # not found, as documented: check the id asked for
     assert json.loads(nothing.stdout)["seen"] == [] and "reports seen: none" in \
         run("trace", "no-such-message", env=env, cwd=tmp_path).stdout
