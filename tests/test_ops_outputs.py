@@ -110,6 +110,10 @@ def test_webhooks_json_outputs(sims: Simulators, tmp_path: Path) -> None:
     assert [h["id"] for h in listed] == [outcome["created"]]
     removed = run("webhooks", "remove", str(outcome["created"]), "--json", env=env, cwd=tmp_path)
     assert json.loads(removed.stdout) == {"removed": str(outcome["created"])}
+    # Gone already: MessageMedia answers 404 (its spec), which is "not found", not "unavailable, retry".
+    again_removed = run("webhooks", "remove", str(outcome["created"]), "--json", env=env, cwd=tmp_path)
+    assert again_removed.returncode == 10, again_removed.stderr
+    assert "webhooks list" in again_removed.stderr and again_removed.stdout == ""
 
 
 def test_trace_shows_only_the_reports_of_what_was_asked(tmp_path: Path) -> None:

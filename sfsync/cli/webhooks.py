@@ -11,7 +11,7 @@ from typing import Any
 
 from sfsync import bounds
 from sfsync.cli.common import common_options, settings_for
-from sfsync.errors import EXIT_OK, UsageError
+from sfsync.errors import EXIT_OK, NotFound, RemoteError, UsageError
 from sfsync.push.webhooks import SIGNATURE_DIGESTS
 
 
@@ -69,7 +69,12 @@ def webhooks_command(args: argparse.Namespace) -> int:
                   f"events: {','.join(hook.get('events') or [])}")
         return EXIT_OK
     if args.webhooks_action == "remove":
-        client.delete_webhook(args.webhook_id)
+        try:
+            client.delete_webhook(args.webhook_id)
+        except RemoteError as exc:
+            if exc.status != 404:
+                raise
+            raise NotFound(f"MessageMedia has no webhook {args.webhook_id} (see 'sfsync webhooks list')") from exc
         print(json.dumps({"removed": args.webhook_id}) if args.json else f"removed webhook {args.webhook_id}")
         return EXIT_OK
     if args.webhooks_action == "signing-key":
