@@ -47,6 +47,7 @@ def register(sub: Any) -> None:
     signing.add_argument("--append", action="store_true",
                          help="keep the keys already in the file (a rotation: the old key verifies pushes "
                               "signed before the switch)")
+    signing.add_argument("--json", action="store_true", help="the outcome as one JSON object")
     parser.set_defaults(func=webhooks_command)
 
 
@@ -120,6 +121,10 @@ def signing_key_command(client: Any, settings: Any, args: argparse.Namespace) ->
     # The file first, then enable: a key MessageMedia signs with is never one we could not verify.
     write_public_key(Path(target), key.pem, append=args.append)
     client.enable_signature_key(key.key_id)
+    if args.json:
+        print(json.dumps({"key_id": key.key_id, "digest": key.digest, "cipher": "RSA", "enabled": True,
+                          "public_key_file": str(target)}))
+        return EXIT_OK
     print(f"created and enabled signature key {key.key_id} ({key.digest}, RSA); public key written to {target}")
     if Path(target) != Path(settings.push_public_key_file or ""):
         print(f"set SFSYNC_PUSH_PUBLIC_KEY_FILE={target} for 'sfsync serve', then restart it")
