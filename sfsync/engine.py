@@ -14,7 +14,6 @@ import json
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from sfsync.clients.messagemedia import MessageMediaClient
 from sfsync.clients.retry import RetryCounter, RetryPolicy, StopAwareSleep
 from sfsync.clients.salesforce import SalesforceClient
 from sfsync.config import Settings
+from sfsync.domain.outcome import CountKey, Counts, ReportOutcome, ResultSink, Tally, discard
 from sfsync.errors import (
     EXIT_BUDGET,
     EXIT_OK,
@@ -75,7 +75,7 @@ class RunOptions:
 
 @dataclass
 class RunSummary:
-    counts: Counter[str] = field(default_factory=Counter)
+    counts: Counts = field(default_factory=Counts)
     exit_reason: str = ""
     exit_code: int = EXIT_OK
     duration_s: float = 0.0
@@ -86,11 +86,15 @@ class RunSummary:
     changes: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        keys = ("fetched", "applied", "skipped_stale", "skipped_unchanged", "waiting", "dead_lettered", "confirmed",
-                "held", "invalid", "unknown_code", "waiting_retried", "drained")
+        """The summary as logged and kept in the run history (the field names dashboards read)."""
+        keys: tuple[CountKey, ...] = (
+            Tally.FETCHED, ReportOutcome.APPLIED, ReportOutcome.SKIPPED_STALE, ReportOutcome.SKIPPED_UNCHANGED,
+            ReportOutcome.WAITING, ReportOutcome.DEAD_LETTERED, Tally.CONFIRMED, ReportOutcome.HELD,
+            ReportOutcome.INVALID, Tally.UNKNOWN_CODE, Tally.WAITING_RETRIED, Tally.DRAINED)
+        dry = (ReportOutcome.WOULD_WRITE, ReportOutcome.WOULD_WAIT)
         return {
-            **{k: self.counts.get(k, 0) for k in keys},
-            **({"would_write": self.counts["would_write"]} if "would_write" in self.counts else {}),
+            **{k.value: self.counts[k] for k in keys},
+            **{k.value: self.counts[k] for k in dry if k in self.counts},
             "salesforce_calls": self.salesforce_calls, "messagemedia_calls": self.messagemedia_calls,
             "api_usage": self.api_usage, "retries": self.retries, "duration_s": round(self.duration_s, 3),
             "exit_reason": self.exit_reason, "exit_code": self.exit_code,
@@ -134,7 +138,7 @@ def recorded_run(store: Store, kind: str, summary: RunSummary, mm: MessageMediaC
     except BaseException as exc:
         summary.exit_reason, summary.exit_code, error = "crash", EXIT_UNEXPECTED, exc
     finally:
-        if summary.exit_code == EXIT_OK and summary.counts["dead_lettered"]:
+        if summary.exit_code == EXIT_OK and summary.counts[ReportOutcome.DEAD_LETTERED]:
             summary.exit_code = EXIT_PARTIAL
         summary.duration_s = time.monotonic() - started
         summary.salesforce_calls = sf.calls_total - sf_before
@@ -168,7 +172,8 @@ class Worker:
     def __init__(self, settings: Settings, *, mm: MessageMediaClient | None = None,
                  sf: SalesforceClient | None = None, store: Store | None = None, on_stage: Stage | None = None,
                  stop: threading.Event | None = None, retries: RetryCounter | None = None,
-                 bulk_wait_s: float = WAIT_SECONDS):
+                 bulk_wait_s: float = WAIT_SECONDS, results: ResultSink = discard):
+        """``results`` takes every report's result row as the run decides it (``--output-dir``)."""
         self.settings = settings
         self.stop = stop or threading.Event()
         if mm is None or sf is None:
@@ -180,6 +185,7 @@ class Worker:
         self.store = store or Store(settings.store_path)
         self.on_stage = on_stage or (lambda stage: None)
         self.bulk_wait_s = bulk_wait_s
+        self.results = results
 
     # -- one run --------------------------------------------------------------------------------------
     def run(self, options: RunOptions | None = None) -> RunSummary:
@@ -190,7 +196,8 @@ class Worker:
     def _run_locked(self, options: RunOptions) -> RunSummary:
         summary = RunSummary()
         kind = "dry-run" if options.dry_run else ("inbox" if options.inbox else "run")
-        pipeline = Pipeline(self.settings, self.store, self.sf, dry_run=options.dry_run, on_stage=self.on_stage)
+        pipeline = Pipeline(self.settings, self.store, self.sf, dry_run=options.dry_run, on_stage=self.on_stage,
+                            results=self.results)
         with recorded_run(self.store, kind, summary, self.mm, self.sf, self.retries) as started:
             if options.dry_run:
                 summary.exit_reason = self._dry_run(pipeline, options, summary)
@@ -210,12 +217,12 @@ class Worker:
             drained = self._drain(self._waiting_batches(options), pipeline, options, summary, started)
             if not drained:
                 drained = self._drain(self._inbox_batches(options, summary), pipeline, options, summary, started)
-            if not drained and summary.counts["held"]:  # once more for rows a transient failure held (row locks)
+            if not drained and summary.counts[ReportOutcome.HELD]:  # once more for rows held by a transient failure
                 drained = self._drain(self._inbox_batches(options, summary), pipeline, options, summary, started)
-            if polled == PollEnd.NOTHING.value and summary.counts["drained"]:
+            if polled == PollEnd.NOTHING.value and summary.counts[Tally.DRAINED]:
                 polled = "backlog_drained"  # nothing new to poll; reports staged earlier were written
             summary.exit_reason = drained or polled or (
-                "inbox_empty" if summary.counts["drained"] else "nothing_to_do")
+                "inbox_empty" if summary.counts[Tally.DRAINED] else "nothing_to_do")
             if polled == CONFIRM_PENDING:
                 summary.exit_code = EXIT_UNAVAILABLE  # the queue was not drained: never claim it was
             elif polled == PollEnd.WEDGED.value:
@@ -234,10 +241,10 @@ class Worker:
             if reason:
                 return reason
             check = source.next_check()
-            summary.counts["fetched"] += check.new
-            summary.counts["confirmed"] += check.confirmed
+            summary.counts[Tally.FETCHED] += check.new
+            summary.counts[Tally.CONFIRMED] += check.confirmed
             if not check.raws:
-                return PollEnd.QUEUE_EMPTY.value if summary.counts["fetched"] else PollEnd.NOTHING.value
+                return PollEnd.QUEUE_EMPTY.value if summary.counts[Tally.FETCHED] else PollEnd.NOTHING.value
             if check.new:
                 if options.once:
                     return "once"
@@ -297,7 +304,7 @@ class Worker:
         while True:
             limit = DRAIN_BATCH
             if options.inbox and options.max_reports is not None:
-                limit = min(limit, options.max_reports - summary.counts["fetched"])
+                limit = min(limit, options.max_reports - summary.counts[Tally.FETCHED])
                 if limit <= 0:
                     return
             rows = self.store.claim_staged(limit, after)
@@ -305,7 +312,7 @@ class Worker:
                 return
             after = rows[-1].seq
             if options.inbox:
-                summary.counts["fetched"] += len(rows)
+                summary.counts[Tally.FETCHED] += len(rows)
             for source in dict.fromkeys(r.source for r in rows):
                 group = [r for r in rows if r.source == source]
                 yield _Batch([r.raw for r in group], source, on_commit=self._mark_drained(group, summary))
@@ -316,7 +323,7 @@ class Worker:
             # A report without a usable id never parses: it is a dead letter already.
             done = [r.key for r in rows if (rid := confirmable_id(r.raw)) is None or rid in durable]
             self.store.inbox_done(done)
-            summary.counts["drained"] += len(done)
+            summary.counts[Tally.DRAINED] += len(done)
 
         return commit
 
@@ -326,7 +333,7 @@ class Worker:
         self.on_stage("fetched")
         if not raws:
             return "nothing_to_do"
-        summary.counts["fetched"] += len(raws)
+        summary.counts[Tally.FETCHED] += len(raws)
         self._absorb(pipeline.process(raws, "push" if options.inbox else "poll"), summary, dry_run=True)
         return "dry_run"
 
@@ -335,7 +342,7 @@ class Worker:
                      poll_limits: bool = True) -> str:
         if self.stop.is_set():
             return "signal"
-        if poll_limits and options.max_reports is not None and summary.counts["fetched"] >= options.max_reports:
+        if poll_limits and options.max_reports is not None and summary.counts[Tally.FETCHED] >= options.max_reports:
             return "max_reports"
         if options.max_seconds is not None and time.monotonic() - started >= options.max_seconds:
             return "time_budget"
@@ -347,9 +354,9 @@ class Worker:
     def _absorb(result: BatchResult, summary: RunSummary, waiting_retry: bool = False, dry_run: bool = False) -> None:
         counts = result.counts.copy()
         if waiting_retry:
-            counts.pop("waiting", None)  # still waiting is not newly waiting
-            counts.pop("received", None)
-            summary.counts["waiting_retried"] += result.counts["received"]
+            counts.pop(ReportOutcome.WAITING, None)  # still waiting is not newly waiting
+            counts.pop(Tally.RECEIVED, None)
+            summary.counts[Tally.WAITING_RETRIED] += result.counts[Tally.RECEIVED]
         summary.counts.update(counts)
         if not dry_run:
             return  # a drain of a million staged reports keeps counts, not every change (memory stays flat)

@@ -95,11 +95,6 @@ def print_dry_run(summary: Any, status_field: str) -> None:
     c = summary.counts
     print(f"dry run: {c['would_write']} Task update(s) would be written ({c['fetched']} records read, "
           f"{_skipped(c)} skipped as already right or superseded, {c['no_task']} without a Task)")
-    for change in summary.samples:
-        fields = {k: v for k, v in change.items() if k not in ("task_id", "message_id", "was")}
-        print(f"  {change['task_id']}  {change['was'] or '(empty)'} -> {json.dumps(fields)}")
-    if c["would_write"] > len(summary.samples):
-        print(f"  ... and {c['would_write'] - len(summary.samples)} more")
     if summary.by_label:
         print("  by SMS Status: " + ", ".join(f"{k} {n}" for k, n in sorted(summary.by_label.items())))
 
