@@ -24,7 +24,17 @@ from sfsync.clients.messagemedia import MessageMediaClient
 from sfsync.clients.retry import RetryCounter, RetryPolicy, StopAwareSleep
 from sfsync.clients.salesforce import SalesforceClient
 from sfsync.config import Settings
-from sfsync.domain.outcome import CountKey, Counts, ReportOutcome, ResultSink, Tally, discard
+from sfsync.domain.outcome import (
+    LETTER_OF,
+    CountKey,
+    Counts,
+    LetterOutcome,
+    ReportOutcome,
+    ReportResult,
+    ResultSink,
+    Tally,
+    discard,
+)
 from sfsync.errors import (
     EXIT_BUDGET,
     EXIT_OK,
@@ -83,7 +93,7 @@ class RunSummary:
     messagemedia_calls: int = 0
     api_usage: str = ""
     retries: int = 0
-    changes: list[dict[str, Any]] = field(default_factory=list)
+    covered: str = ""  # a dry run: what it planned, in words (how much of each source that was)
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as logged and kept in the run history (the field names dashboards read)."""
@@ -98,6 +108,7 @@ class RunSummary:
             "salesforce_calls": self.salesforce_calls, "messagemedia_calls": self.messagemedia_calls,
             "api_usage": self.api_usage, "retries": self.retries, "duration_s": round(self.duration_s, 3),
             "exit_reason": self.exit_reason, "exit_code": self.exit_code,
+            **({"covered": self.covered} if self.covered else {}),
         }
 
 
@@ -328,14 +339,29 @@ class Worker:
         return commit
 
     def _dry_run(self, pipeline: Pipeline, options: RunOptions, summary: RunSummary) -> str:
-        """What one page of the queue (or of the inbox) would do; nothing staged, written or confirmed."""
-        raws = self.store.inbox_pending(DRAIN_BATCH) if options.inbox else self.mm.fetch_reports()
-        self.on_stage("fetched")
-        if not raws:
-            return "nothing_to_do"
-        summary.counts[Tally.FETCHED] += len(raws)
-        self._absorb(pipeline.process(raws, "push" if options.inbox else "poll"), summary, dry_run=True)
-        return "dry_run"
+        """What a run would do with everything a dry run can see; nothing staged, written or confirmed.
+        MessageMedia serves the oldest 100 unconfirmed reports, the same ones until they are confirmed:
+        without confirming, only that first page of its queue can be planned. Reports staged earlier
+        (polled or pushed, not yet written) are all planned."""
+        page: list[Any] = []
+        if not options.inbox:
+            page = self.mm.fetch_reports()
+            self.on_stage("fetched")
+            summary.counts[Tally.FETCHED] += len(page)
+            if page:
+                self._absorb(pipeline.process(page, "poll"), summary)
+        on_page = {i for i in map(confirmable_id, page) if i is not None}
+        staged, after = 0, 0
+        while rows := self.store.claim_staged(DRAIN_BATCH, after):  # read only: nothing is marked done
+            after = rows[-1].seq
+            rows = [r for r in rows if confirmable_id(r.raw) not in on_page]  # planned with the page already
+            staged += len(rows)
+            summary.counts[Tally.FETCHED] += len(rows)
+            for source in dict.fromkeys(r.source for r in rows):
+                self._absorb(pipeline.process([r.raw for r in rows if r.source == source], source), summary)
+        summary.covered = _covered(None if options.inbox else len(page), staged)
+        log.info("dry run covered %s", summary.covered, extra={"event": "dry_run_covered"})
+        return "dry_run" if page or staged else "nothing_to_do"
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _should_stop(self, options: RunOptions, summary: RunSummary, started: float, *, budget: bool,
@@ -351,32 +377,68 @@ class Worker:
         return ""
 
     @staticmethod
-    def _absorb(result: BatchResult, summary: RunSummary, waiting_retry: bool = False, dry_run: bool = False) -> None:
+    def _absorb(result: BatchResult, summary: RunSummary, waiting_retry: bool = False) -> None:
+        """A batch's counts into the run's (its rows went to the results sink as they were decided)."""
         counts = result.counts.copy()
         if waiting_retry:
             counts.pop(ReportOutcome.WAITING, None)  # still waiting is not newly waiting
             counts.pop(Tally.RECEIVED, None)
             summary.counts[Tally.WAITING_RETRIED] += result.counts[Tally.RECEIVED]
         summary.counts.update(counts)
-        if not dry_run:
-            return  # a drain of a million staged reports keeps counts, not every change (memory stays flat)
-        summary.changes += [
-            {"task_id": c.task_id, "message_id": c.outcome.message_id, **c.fields,
-             "was": c.current.label if c.current else None}
-            for c in result.changes
-        ]
+
+
+def _covered(page: int | None, staged: int) -> str:
+    """What a dry run planned, in words: a page of MessageMedia's queue at most, and the whole backlog."""
+    parts = []
+    if page is not None:
+        if page >= PAGE:
+            parts.append(f"{page} report(s): the first page of MessageMedia's queue (it serves the oldest {PAGE} "
+                         "unconfirmed reports, the same ones until they are confirmed; a dry run confirms nothing, "
+                         "so it cannot see further)")
+        else:
+            parts.append(f"{page} report(s): the whole of MessageMedia's queue as it stood (less than a page)")
+    parts.append(f"{staged} staged report(s) not yet written: all of them")
+    return "; ".join(parts)
 
 
 # -- dead-letter retry: a source of the same drain -------------------------------------------------------
 @dataclass(frozen=True)
+class LetterResult:
+    """What a dead-letter retry did with one letter (its id is kept whatever happened)."""
+
+    letter_id: int
+    report_id: str | None
+    message_id: str | None
+    outcome: LetterOutcome
+    task_id: str | None = None
+    error: str = ""  # the new error (failed again), or why it was not retried to the end
+
+
+@dataclass(frozen=True)
 class LetterRetry:
     """What a dead-letter retry did, letter by letter."""
 
-    tried: int
-    retired: int  # a durable new outcome is stored (applied, already there, superseded, waiting)
-    failed_again: int  # refused for good again: the same letter, with the new error
-    kept: int  # not retried to the end (a transient failure): left as it was
+    letters: tuple[LetterResult, ...]
     error: SfsyncError | None = None  # what stopped the retry part-way
+
+    def count(self, *outcomes: LetterOutcome) -> int:
+        return sum(1 for letter in self.letters if letter.outcome in outcomes)
+
+    @property
+    def tried(self) -> int:
+        return len(self.letters)
+
+    @property
+    def retired(self) -> int:  # a durable new outcome is stored (applied, already there, superseded, waiting)
+        return sum(1 for letter in self.letters if letter.outcome.retired)
+
+    @property
+    def failed_again(self) -> int:  # refused for good again: the same letter, with the new error
+        return self.count(LetterOutcome.FAILED_PERMANENT)
+
+    @property
+    def kept(self) -> int:  # not retried to the end (a transient failure, a stop): left as it was
+        return self.count(LetterOutcome.FAILED_TRANSIENT, LetterOutcome.NOT_TRIED)
 
     @property
     def exit_code(self) -> int:
@@ -388,27 +450,30 @@ class LetterRetry:
 
 
 def retry_dead_letters(settings: Settings, store: Store, sf: SalesforceClient, letter_ids: list[int],
-                       batch: int = 100) -> LetterRetry:
+                       batch: int = 100, results: ResultSink = discard) -> LetterRetry:
     """Run dead letters through the pipeline again. A letter is retired in the transaction that
     records its report's new outcome, and only then; a report refused for good again keeps its
-    letter (with the new error); a transient failure leaves the letter as it was."""
+    letter (with the new error); a transient failure leaves the letter as it was. ``results`` takes
+    each report's row, as a run's do."""
     with RunLock(settings.lock_path):
         found = [store.dead_letter(i) for i in letter_ids] if letter_ids else store.dead_letters(10_000)
         letters = [d for d in found if d is not None and d.retried_at is None]
-        pipeline = Pipeline(settings, store, sf)
-        retired = failed = 0
+        rows: dict[str, list[ReportResult]] = {}
+
+        def collect(row: ReportResult) -> None:
+            rows.setdefault(row.report_id or "", []).append(row)
+            results(row)
+
+        pipeline = Pipeline(settings, store, sf, results=collect)
         error: SfsyncError | None = None
+        done: list[LetterResult] = []
         for start in range(0, len(letters), batch):
             chunk = letters[start : start + batch]
             raws = [_letter_raw(d.raw) for d in chunk]
 
             def retire(result: BatchResult, chunk: list[DeadLetter] = chunk) -> None:
-                nonlocal retired, failed
                 durable = set(result.confirm) - set(result.dead)
-                done = [d.id for d in chunk if d.report_id and d.report_id in durable]
-                store.mark_retried(done)
-                retired += len(done)
-                failed += sum(1 for d in chunk if not d.report_id or d.report_id in result.dead)
+                store.mark_retried(d.id for d in chunk if d.report_id and d.report_id in durable)
 
             try:
                 pipeline.process(raws, "retry", on_commit=retire)
@@ -416,8 +481,29 @@ def retry_dead_letters(settings: Settings, store: Store, sf: SalesforceClient, l
                 error = exc
                 log.warning("dead-letter retry stopped: %s; the letters not retried are kept as they were", exc,
                             extra={"event": "dead_letter_retry_stopped"})
+            done += [_letter_result(d, rows.pop(d.report_id or "", []) if d.report_id else [], error)
+                     for d in chunk]
+            if error is not None:
+                done += [_letter_result(d, [], error) for d in letters[start + batch :]]
                 break
-        return LetterRetry(len(letters), retired, failed, len(letters) - retired - failed, error)
+        return LetterRetry(tuple(done), error)
+
+
+def _letter_result(letter: DeadLetter, rows: list[ReportResult], stopped: SfsyncError | None) -> LetterResult:
+    """A letter's outcome: that of its worst report row (a report can match two Tasks)."""
+    order = list(LETTER_OF)
+    worst = min(rows, key=lambda r: order.index(r.outcome) if r.outcome in LETTER_OF else len(order), default=None)
+    if worst is None or worst.outcome not in LETTER_OF:
+        if letter.report_id is None:  # no id: it never parses, so it is refused again as it was
+            return LetterResult(letter.id, None, letter.message_id, LetterOutcome.FAILED_PERMANENT,
+                                error=letter.reason)
+        why = f"not retried: {stopped}" if stopped else "not retried"
+        return LetterResult(letter.id, letter.report_id, letter.message_id, LetterOutcome.NOT_TRIED, error=why)
+    return LetterResult(letter.id, letter.report_id, letter.message_id, LETTER_OF[worst.outcome], worst.task_id,
+                        worst.error if LETTER_OF[worst.outcome] in _FAILURES else "")
+
+
+_FAILURES = (LetterOutcome.FAILED_PERMANENT, LetterOutcome.FAILED_TRANSIENT)
 
 
 def _letter_raw(text: str) -> Any:

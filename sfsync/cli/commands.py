@@ -18,7 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from sfsync import bounds, timeargs
-from sfsync.errors import EXIT_OK, RemoteError, UsageError
+from sfsync.cli.outputs import Outputs, add_output_options
+from sfsync.errors import EXIT_OK, RemoteError, SfsyncError, UsageError
 from sfsync.logs import masked
 
 log = logging.getLogger("sfsync")
@@ -78,7 +79,8 @@ def _run(sub: Any) -> None:
     parser.add_argument("--max-seconds", type=timeargs.RUN_MAX_SECONDS.argument(), metavar="S",
                         help="stop starting new batches after S seconds")
     parser.add_argument("--dry-run", action="store_true",
-                        help="fetch, resolve, match and print what would be written; write and confirm nothing")
+                        help="plan the first page of MessageMedia's queue (all a dry run can see without confirming) "
+                             "and every staged report; print or write the whole plan; write and confirm nothing")
     parser.add_argument("--retry-waiting", action="store_true",
                         help="retry every report waiting for its Task now, ignoring its back-off")
     parser.add_argument("--inbox", action="store_true", help="drain pushed reports stored by 'sfsync serve'")
@@ -89,6 +91,8 @@ def _run(sub: Any) -> None:
     parser.add_argument("--heartbeat", type=bounds.positive(86_400.0), default=600.0, metavar="SECONDS",
                         help="with --loop: runs that find nothing to do are not summarised; one heartbeat line "
                              "says so this often (default 600)")
+    add_output_options(parser, json_help="print one JSON document on stdout: the run summary with its counts, the "
+                                         "exit status and, for a dry run, what it covered (and its plan)")
     parser.set_defaults(func=run_command)
 
 
@@ -96,8 +100,9 @@ def run_command(args: argparse.Namespace) -> int:
     from sfsync.engine import RunOptions, Worker
 
     settings = settings_for(args, messagemedia=not args.inbox)
+    outputs = Outputs(args, dry_run=args.dry_run)  # an unwritable --output-dir stops here, before any fetch
     stop = stop_on_signals()
-    worker = Worker(settings, stop=stop)
+    worker = Worker(settings, stop=stop, results=outputs)
     options = RunOptions(once=args.once, max_reports=args.max_reports, max_seconds=args.max_seconds,
                          dry_run=args.dry_run, retry_waiting=args.retry_waiting, inbox=args.inbox)
     endpoint = None
@@ -115,8 +120,12 @@ def run_command(args: argparse.Namespace) -> int:
     if quiet:
         logging.getLogger("sfsync.run").addFilter(quiet)
     try:
-        return _run_loop(args, settings, worker, options, stop, endpoint, heartbeat)
+        return _run_loop(args, settings, worker, options, stop, endpoint, heartbeat, outputs)
+    except SfsyncError as exc:
+        outputs.finish({"command": "run", "dry_run": args.dry_run, "exit_code": exc.exit_code, "error": str(exc)})
+        raise
     finally:
+        outputs.close()
         if quiet:
             logging.getLogger("sfsync.run").removeFilter(quiet)
         if endpoint:
@@ -173,7 +182,7 @@ class Heartbeat:
 
 
 def _run_loop(args: argparse.Namespace, settings: Any, worker: Any, options: Any, stop: threading.Event,
-              endpoint: Any, heartbeat: Heartbeat) -> int:
+              endpoint: Any, heartbeat: Heartbeat, outputs: Outputs) -> int:
     while True:
         try:
             summary = worker.run(options)
@@ -190,8 +199,8 @@ def _run_loop(args: argparse.Namespace, settings: Any, worker: Any, options: Any
             endpoint.update(summary)
         if args.loop:
             heartbeat.ran(summary)
-        if args.dry_run:
-            _print_changes(summary.changes, summary.counts, settings.field_status)
+        if not args.loop:
+            _finish_run(args, summary, outputs)
         if not args.loop or stop.wait(args.interval):
             return summary.exit_code
 
@@ -205,19 +214,19 @@ def _write_metrics(args: argparse.Namespace, summary: Any, store: Any = None) ->
     metrics.write_textfile(path, summary, metrics.Backlog.of(store) if store is not None else None)
 
 
-def _print_changes(changes: list[dict[str, Any]], counts: Any, status_field: str) -> None:
-    from collections import Counter
+def _finish_run(args: argparse.Namespace, summary: Any, outputs: Outputs) -> None:
+    """A one-off run's end on stdout: the JSON document, or a dry run's totals after its plan."""
+    from sfsync.domain.outcome import ReportOutcome
 
-    print(f"dry run: {len(changes)} Task update(s) would be written, "
-          f"{counts.get('would_wait', 0)} report(s) would wait for their Task")
-    for change in changes[:200]:
-        fields = {k: v for k, v in change.items() if k not in ("task_id", "message_id", "was")}
-        print(f"  {change['task_id']}  {change['was'] or '(empty)'} -> {json.dumps(fields)}")
-    if len(changes) > 200:
-        print(f"  ... and {len(changes) - 200} more")
-    by_label = Counter(str(c.get(status_field, "")) for c in changes)
-    if by_label:
-        print("  by SMS Status: " + ", ".join(f"{k or '?'} {n}" for k, n in sorted(by_label.items())))
+    if not outputs.as_json and args.dry_run:
+        print(f"dry run: {summary.counts[ReportOutcome.WOULD_WRITE]} Task update(s) would be written, "
+              f"{summary.counts[ReportOutcome.WOULD_WAIT]} report(s) would wait for their Task")
+        print(f"  covered: {summary.covered}")
+        if outputs.by_label:
+            print(f"  by SMS Status: {outputs.by_label_text()}")
+    outputs.finish({"command": "run", "dry_run": args.dry_run, "exit_code": summary.exit_code,
+                    "exit_reason": summary.exit_reason, "covered": summary.covered or None,
+                    "counts": {str(k): n for k, n in sorted(summary.counts.items())}, "summary": summary.as_dict()})
 
 
 # -- sfsync status ----------------------------------------------------------------------------------------
@@ -300,13 +309,16 @@ def _dead_letters(sub: Any) -> None:
     parser.add_argument("ids", nargs="*", type=bounds.whole(1, bounds.SQLITE_INT_MAX),
                         help="dead letter ids (show, retry); retry without ids: all")
     output = parser.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="list, show: JSON")
+    output.add_argument("--json", action="store_true", help="list, show, retry: JSON (retry: one document, "
+                                                            "each letter with what happened)")
     output.add_argument("--csv", action="store_true", help="list: CSV with a header row")
     parser.add_argument("--limit", type=bounds.whole(1, 10**6), default=100)
     parser.add_argument("--older-than-days", type=timeargs.OLDER_THAN_DAYS.argument(), metavar="DAYS",
                         help="purge only letters older than this (0 to 36500)")
     parser.add_argument("--yes", action="store_true",
                         help="purge without asking (required when stdin is not a terminal: cron, scripts)")
+    parser.add_argument("--output-dir", metavar="DIR",
+                        help="retry: write success.csv and error.csv here, one row per report, as 'sfsync run' does")
     parser.set_defaults(func=dead_letters_command)
 
 
@@ -347,18 +359,47 @@ def dead_letters_command(args: argparse.Namespace) -> int:
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=args.older_than_days) if args.older_than_days else None
         print(f"purged {store.purge_dead_letters(cutoff)} dead letter(s)")
         return EXIT_OK
-    return _retry_dead_letters(settings, store, args.ids)
+    if args.output_dir and args.action != "retry":
+        raise UsageError("--output-dir goes with 'dead-letters retry'")
+    return _retry_dead_letters(settings, store, args)
 
 
-def _retry_dead_letters(settings: Any, store: Any, ids: list[int]) -> int:
-    """Run dead letters through the pipeline again (after fixing the field, the Task, the rule...)."""
+LETTER_WORDS = {
+    "written": "written to its Task (retired)",
+    "nothing_to_write": "nothing to write: the Task holds it, or a status that wins (retired)",
+    "waiting": "waiting for its Task (retired into the waiting list)",
+    "failed_permanent": "failed again, permanent (kept, with the new error)",
+    "failed_transient": "failed again, transient (kept as it was: try again later)",
+    "not_tried": "not retried (kept as it was)",
+}
+
+
+def _retry_dead_letters(settings: Any, store: Any, args: argparse.Namespace) -> int:
+    """Run dead letters through the pipeline again (after fixing the field, the Task, the rule...);
+    say per letter what happened, keeping its id."""
     from sfsync.clients.salesforce import SalesforceClient
     from sfsync.engine import retry_dead_letters
 
-    done = retry_dead_letters(settings, store, SalesforceClient(settings), ids)
-    print(f"retried {done.tried} dead letter(s): {done.retired} retired (a new outcome is stored), "
-          f"{done.failed_again} failed again (kept, with the new error), {done.kept} kept as they were"
-          f"{f' ({done.error}): try again later' if done.kept else ''}; {store.dead_letter_count()} remain")
+    outputs = Outputs(args, dry_run=False)  # an unwritable --output-dir stops here, before any retry
+    try:
+        done = retry_dead_letters(settings, store, SalesforceClient(settings), args.ids, results=outputs)
+    finally:
+        outputs.close()
+    letters = [{"id": d.letter_id, "report_id": d.report_id, "message_id": d.message_id,
+                "outcome": d.outcome.value, "task_id": d.task_id, "error": masked(d.error) or None}
+               for d in done.letters]
+    if not args.json:
+        for d in letters:
+            task = f" (Task {d['task_id']})" if d["task_id"] else ""
+            print(f"  #{d['id']} report {d['report_id']}: {LETTER_WORDS[str(d['outcome'])]}{task}"
+                  f"{': ' + str(d['error']) if d['error'] else ''}")
+        print(f"retried {done.tried} dead letter(s): {done.retired} retired (a new outcome is stored), "
+              f"{done.failed_again} failed again (kept, with the new error), {done.kept} kept as they were"
+              f"{f' ({done.error}): try again later' if done.kept else ''}; {store.dead_letter_count()} remain")
+    outputs.finish({"command": "dead-letters retry", "exit_code": done.exit_code, "tried": done.tried,
+                    "retired": done.retired, "failed_again": done.failed_again, "kept": done.kept,
+                    "remaining": store.dead_letter_count(), "error": str(done.error) if done.error else None,
+                    "letters": letters})
     return done.exit_code
 
 

@@ -62,6 +62,33 @@ class Tally(StrEnum):
     BULK_ROWS = "bulk_rows"
 
 
+class LetterOutcome(StrEnum):
+    """What a dead-letter retry did with one letter."""
+
+    WRITTEN = "written"  # written to its Task: the letter is retired
+    NOTHING_TO_WRITE = "nothing_to_write"  # the Task holds it already, or a status that wins: retired
+    WAITING = "waiting"  # no Task yet: moved to the waiting list, the letter retired
+    FAILED_PERMANENT = "failed_permanent"  # refused for good again: the same letter, with the new error
+    FAILED_TRANSIENT = "failed_transient"  # a transient failure (row lock, outage): the letter left as it was
+    NOT_TRIED = "not_tried"  # the retry stopped before it (budget, outage, signal): the letter left as it was
+
+    @property
+    def retired(self) -> bool:
+        return self in (LetterOutcome.WRITTEN, LetterOutcome.NOTHING_TO_WRITE, LetterOutcome.WAITING)
+
+
+# A letter's report rows, worst first: the letter's outcome is that of its worst row (two Tasks, one refused).
+LETTER_OF: dict[ReportOutcome, LetterOutcome] = {
+    ReportOutcome.DEAD_LETTERED: LetterOutcome.FAILED_PERMANENT,
+    ReportOutcome.INVALID: LetterOutcome.FAILED_PERMANENT,
+    ReportOutcome.HELD: LetterOutcome.FAILED_TRANSIENT,
+    ReportOutcome.WAITING: LetterOutcome.WAITING,
+    ReportOutcome.APPLIED: LetterOutcome.WRITTEN,
+    ReportOutcome.SKIPPED_UNCHANGED: LetterOutcome.NOTHING_TO_WRITE,
+    ReportOutcome.SKIPPED_STALE: LetterOutcome.NOTHING_TO_WRITE,
+}
+
+
 CountKey = ReportOutcome | Tally
 Counts = Counter[CountKey]
 _KEYS: dict[str, CountKey] = {k.value: k for k in (*ReportOutcome, *Tally)}

@@ -581,6 +581,10 @@ class Backfill:
         if reason != "complete":
             log.info("stopped (%s): run the same command with --resume to continue", reason,
                      extra={"event": "backfill_stopped"})
+        if o.dry_run:
+            read = f"{summary.counts[Tally.PAGES]} page(s), {summary.counts[Tally.FETCHED]} record(s) read"
+            summary.covered = (f"the whole window {o.window}: {read}" if reason == "complete" else
+                               f"the window {o.window} up to where it stopped ({reason}): {read}")
         return "dry_run" if o.dry_run and reason == "complete" else reason
 
     def _should_stop(self, summary: BackfillSummary) -> str:
