@@ -50,7 +50,8 @@ class PlanPrinter:
             if not self.rows:
                 self.out.write("dry run plan, every report planned (outcome, Task, SMS Status now -> planned):\n")
             why = f"  [{row.error}]" if row.error else ""
-            self.out.write(f"  {row.outcome.value:17} {row.task_id or '-':18}  {_shown(row.old_status, row.old_code)}"
+            old = _shown(row.old_status, row.old_code) if row.task_id else "-"  # no Task: nothing known
+            self.out.write(f"  {row.outcome.value:17} {row.task_id or '-':18}  {old}"
                            f" -> {_shown(row.new_status, row.new_code)}  message {row.message_id or '-'}{why}\n")
         self.rows += 1
 
