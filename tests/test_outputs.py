@@ -314,3 +314,19 @@ def test_dead_letter_retry_through_row_locks_says_each_letter_failed_transiently
     assert all("failed again, transient (kept as it was" in line and "UNABLE_TO_LOCK_ROW" in line for line in lines)
     assert {d.id for d in Store(cli_env / "sfsync.db").dead_letters()} == before
     assert all(fields_of(sims, t) == (None, None) for t in tasks)
+
+
+def test_a_report_held_twice_in_one_run_has_one_row(sims: Simulators, cli_env: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    messages = [new_message_id() for _ in range(5)]
+    add_tasks(sims, messages)
+    sims.mm.add_reports([report(m, "delivered", "221") for m in messages])
+    monkeypatch.setenv("SFSYNC_RETRY_ATTEMPTS", "2")
+    monkeypatch.setenv("SFSYNC_RETRY_MAX_SECONDS", "2")
+    sims.sf.configure(lock_row_rate=1.0)  # every write refused with UNABLE_TO_LOCK_ROW: held, drained again, held
+    out = tmp_path / "results"
+    cli.main(["run", "--output-dir", str(out)])
+    held = rows_of(out / "error.csv")
+    assert sorted(r["MESSAGE_ID"] for r in held) == sorted(messages)  # once each, though tried twice
+    assert {r["OUTCOME"] for r in held} == {"held"} and all("UNABLE_TO_LOCK_ROW" in r["ERROR"] for r in held)
+    assert rows_of(out / "success.csv") == []

@@ -5,8 +5,10 @@ and ``STATUS`` in its success file, or plus ``ERROR`` in its error file. Here a 
 result for one Task (``ReportResult``): ``ID`` is the Task Id, then the message and report ids, the
 Task's SMS Status and Code as last known and as the report has them, the outcome, and ``STATUS``
 (what was done) or ``ERROR`` (why not). Both files get their header at once, so an empty run still
-leaves two readable files; rows are written as the run decides them (a run of any size). No report
-body is written: no phone number, no message text; free text is masked as the logs mask it.
+leaves two readable files; rows are written as the run decides them (a run of any size). A report held
+by a transient failure is tried again in the same run: its ``held`` row waits until the run ends, and is
+dropped when a later row settles that report, so each report has one row. No report body is written:
+no phone number, no message text; free text is masked as the logs mask it.
 
 The files hold Task Ids and message ids: each is created 0600, and a folder created here 0700.
 """
@@ -57,6 +59,7 @@ class ResultFiles:
         self.folder = Path(folder)
         self.counts: Counter[ReportOutcome] = Counter()
         self._lock = threading.Lock()
+        self._held: dict[str, dict[str | None, ReportResult]] = {}  # report -> Task -> its held row
         try:
             if not self.folder.is_dir():
                 self.folder.mkdir(mode=0o700, parents=True)
@@ -86,6 +89,15 @@ class ResultFiles:
         return sum(n for outcome, n in self.counts.items() if outcome.failed)
 
     def __call__(self, row: ReportResult) -> None:
+        with self._lock:
+            if row.outcome is ReportOutcome.HELD and row.report_id:
+                self._held.setdefault(row.report_id, {})[row.task_id] = row  # written at the end, unless settled
+                return
+            if row.report_id:
+                self._held.pop(row.report_id, None)
+            self._write(row)
+
+    def _write(self, row: ReportResult) -> None:
         failed = row.outcome.failed
         if failed:
             last = masked(row.error) or row.outcome.value
@@ -94,12 +106,17 @@ class ResultFiles:
             last = f"{done}: {masked(row.error)}" if row.error else done
         cells = [row.task_id, row.message_id, row.report_id, row.old_status, row.old_code, row.new_status,
                  row.new_code, row.outcome.value, last]
-        with self._lock:
-            self._writers[failed].writerow(["" if c is None else c for c in cells])
-            self.counts[row.outcome] += 1
+        self._writers[failed].writerow(["" if c is None else c for c in cells])
+        self.counts[row.outcome] += 1
 
     def close(self) -> None:
         with self._lock:
+            if self._success.closed:
+                return
+            for rows in self._held.values():
+                for row in rows.values():
+                    self._write(row)
+            self._held.clear()
             for out in (self._success, self._error):
                 out.close()
 
