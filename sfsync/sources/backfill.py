@@ -59,10 +59,9 @@ from sfsync.errors import (
     RemoteError,
     UsageError,
 )
-from sfsync.lock import RunLock
 from sfsync.pipeline import TASK_DELETED, BatchResult, Change, Pipeline, change_row, resolve_all, result_row
 from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
-from sfsync.store import LedgerEntry, Store, now_utc
+from sfsync.store import LedgerEntry, Store, now_utc, open_store
 
 log = logging.getLogger("sfsync.sources.backfill")
 
@@ -487,7 +486,7 @@ class Backfill:
             mm, sf = mm or built_mm, sf or built_sf
         self.mm, self.sf = mm, sf
         self.retries = retries or RetryCounter()
-        self.store = store or Store(settings.store_path)
+        self.store = store or open_store(settings.store_target)
         self.on_page = on_page or (lambda page: None)
         self.progress_stream = progress_stream
         # A Task deleted since its message was sent is counted and reported, not a dead letter.
@@ -499,7 +498,7 @@ class Backfill:
     def run(self) -> BackfillSummary:
         if self.options.dry_run:  # writes nothing, so it need not keep the worker out
             return self._run_recorded()
-        with RunLock(self.settings.lock_path):
+        with self.store.run_lock(self.settings.lock_path):
             return self._run_recorded()
 
     def _run_recorded(self) -> BackfillSummary:
