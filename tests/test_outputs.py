@@ -330,3 +330,9 @@ def test_a_report_held_twice_in_one_run_has_one_row(sims: Simulators, cli_env: P
     assert sorted(r["MESSAGE_ID"] for r in held) == sorted(messages)  # once each, though tried twice
     assert {r["OUTCOME"] for r in held} == {"held"} and all("UNABLE_TO_LOCK_ROW" in r["ERROR"] for r in held)
     assert rows_of(out / "success.csv") == []
+
+
+def test_json_and_output_dir_describe_one_run_not_a_loop(sims: Simulators, cli_env: Path, tmp_path: Path) -> None:
+    for extra in (["--json"], ["--output-dir", str(tmp_path / "r")]):
+        assert cli.main(["run", "--loop", *extra]) == 2
+    assert sims.mm.stats()["calls_total"] == 0 and not (tmp_path / "r").exists()
