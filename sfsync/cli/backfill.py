@@ -125,8 +125,6 @@ def print_summary(summary: Any) -> None:
     if w and w != c:
         print(f"  whole window so far: {w[Tally.PAGES]} page(s), {w[Tally.FETCHED]} records read, "
               f"{w[ReportOutcome.APPLIED]} Tasks written")
-    if summary.exit_reason in ("signal", "max_pages", "api_budget", "error"):
-        print("  continue with the same command and --resume")
 
 
 def resumable(store: Any) -> list[dict[str, Any]]:
