@@ -34,6 +34,7 @@ from sfsync.clients.messagemedia import MessageMediaClient
 from sfsync.clients.retry import RetryCounter, StopAwareSleep
 from sfsync.clients.salesforce import SalesforceClient
 from sfsync.config import Settings
+from sfsync.domain.outcome import CountKey, Counts, ReportOutcome, ResultSink, Tally, counts_from, discard
 from sfsync.engine import RunSummary, StopRules, Worker, build_clients, recorded_run
 from sfsync.errors import RemoteError
 from sfsync.pipeline import BatchResult, OnCommit, Pipeline, Stage
@@ -65,13 +66,12 @@ __all__ = ["BULK_JOB_ROWS", "Backfill", "BackfillOptions", "BackfillSource", "Ba
 log = logging.getLogger("sfsync.sources.backfill")
 
 SOURCE = "backfill"  # the pipeline's source name: dead letters say where a report came from
-SAMPLES = 200  # dry run: changes kept to print
 
 
 class BackfillSource:
     """A window's pages as the engine's batches; the checkpoint moves as each batch is recorded."""
 
-    def __init__(self, pages: Iterator[Page], store: Store, options: BackfillOptions, counts: Counter[str],
+    def __init__(self, pages: Iterator[Page], store: Store, options: BackfillOptions, counts: Counts,
                  rules: StopRules, start: dict[str, Any], *, progress: Progress,
                  on_page: Callable[[int], None]):
         self.pages = pages
@@ -81,7 +81,7 @@ class BackfillSource:
         self.rules = rules
         self.progress = progress
         self.on_page = on_page
-        self.base = Counter({k: int(v) for k, v in start.get("counts", {}).items()})  # the window before this run
+        self.base = counts_from(start.get("counts", {}))  # the window before this run
         self.resume_at: dict[str, Any] = dict(start.get("cursor", {}))  # first page not all durable
         self.read_to = self.resume_at  # just after the last page read
         self.unrecorded = 0  # reports read whose batch is not recorded yet
@@ -108,37 +108,37 @@ class BackfillSource:
             yield Batch(raws, SOURCE, on_commit=self._commit(self.read_to))
 
     def _read(self, page: Page) -> None:
-        self.counts["fetched"] += page.records
-        self.counts["pages"] += 1
-        self.counts["not_found"] += page.not_found
+        self.counts[Tally.FETCHED] += page.records
+        self.counts[Tally.PAGES] += 1
+        self.counts[Tally.NOT_FOUND] += page.not_found
         self.read_to = page.resume_at
         self.unrecorded += len(page.raws)
         self.progress.update(page.fraction, self.window_counts())
         self.on_page(page.number)
 
     def _page_limit(self) -> str:
-        if self.options.max_pages is not None and self.counts["pages"] >= self.options.max_pages:
+        if self.options.max_pages is not None and self.counts[Tally.PAGES] >= self.options.max_pages:
             return "max_pages"
         return ""
 
     def _commit(self, cursor: dict[str, Any]) -> OnCommit:
         def commit(result: BatchResult) -> None:  # inside the transaction recording the batch's outcomes
-            self.counts["changed"] += len(result.changes)
+            self.counts[Tally.CHANGED] += len(result.changes)
             if result.held or self.held:
                 self.held += len(result.held)
                 return
-            batch = Counter(result.counts)
+            batch = result.counts.copy()
             self.resume_at, self.unrecorded = cursor, 0
             save_checkpoint(self.store, self.options, cursor, self.window_counts(batch), done=False)
 
         return commit
 
-    def window_counts(self, more: Counter[str] | None = None) -> Counter[str]:
-        counts = self.base + self.counts + (more or Counter())
-        counts.pop("received", None)
+    def window_counts(self, more: Counts | None = None) -> Counts:
+        counts = self.base + self.counts + (more or Counts())
+        counts.pop(Tally.RECEIVED, None)
         return counts
 
-    def finish(self, *, done: bool) -> Counter[str]:
+    def finish(self, *, done: bool) -> Counts:
         """The checkpoint at the end of a run that stopped cleanly (or completed)."""
         if not self.unrecorded:
             self.resume_at = self.read_to  # past any trailing page without reports
@@ -150,16 +150,16 @@ class BackfillSource:
 @dataclass
 class BackfillSummary(RunSummary):
     window: str = ""
-    window_counts: Counter[str] = field(default_factory=Counter)  # the whole window, resumed runs included
-    samples: list[dict[str, Any]] = field(default_factory=list)  # dry run: the first changes, to print
+    window_counts: Counts = field(default_factory=Counts)  # the whole window, resumed runs included
     by_label: Counter[str] = field(default_factory=Counter)  # dry run: changes per SMS Status
 
     def as_dict(self) -> dict[str, Any]:
         data = super().as_dict()
         for key in ("confirmed", "waiting", "waiting_retried"):  # nothing is confirmed or kept waiting
             data.pop(key, None)
-        extra = ("pages", "changed", "refused", "no_task", "not_found", "bulk_jobs", "bulk_rows")
-        return {"window": self.window, **{k: self.counts.get(k, 0) for k in extra}, **data}
+        extra: tuple[CountKey, ...] = (Tally.PAGES, Tally.CHANGED, Tally.REFUSED, ReportOutcome.NO_TASK,
+                                       ReportOutcome.TASK_DELETED, Tally.NOT_FOUND, Tally.BULK_JOBS, Tally.BULK_ROWS)
+        return {"window": self.window, **{k.value: self.counts[k] for k in extra}, **data}
 
 
 class Backfill:
@@ -167,7 +167,7 @@ class Backfill:
                  sf: SalesforceClient | None = None, store: Store | None = None, retries: RetryCounter | None = None,
                  stop: threading.Event | None = None, sleep: Callable[[float], Any] = time.sleep,
                  on_page: Callable[[int], None] | None = None, progress_stream: Any = None,
-                 bulk_wait_s: float = WAIT_SECONDS, on_stage: Stage | None = None):
+                 bulk_wait_s: float = WAIT_SECONDS, on_stage: Stage | None = None, results: ResultSink = discard):
         self.settings = settings
         self.options = options
         self.stop = stop or threading.Event()
@@ -180,7 +180,9 @@ class Backfill:
         self.on_page = on_page or (lambda page: None)
         self.progress_stream = progress_stream
         self.bulk = BulkClient(sf, sleep=StopAwareSleep(self.stop))  # a signal ends a wait for a job at once
+        # Never waits for a Task; a Task deleted since its message was sent is counted and reported, not a dead letter.
         self.pipeline = Pipeline(settings, self.store, sf, dry_run=options.dry_run, on_stage=on_stage, waits=False,
+                                 results=results, deleted_not_dead=True,
                                  bulk=BulkWriter(self.bulk, self.store, settings, threshold=options.bulk_threshold))
         self.engine = Worker(settings, mm=mm, sf=sf, store=self.store, stop=self.stop, retries=self.retries)
         self.bulk_wait_s = bulk_wait_s
@@ -245,18 +247,19 @@ class Backfill:
         if reason != "complete":
             log.info("stopped (%s): run the same command with --resume to continue", reason,
                      extra={"event": "backfill_stopped"})
+        if o.dry_run:
+            read = f"{summary.counts[Tally.PAGES]} page(s), {summary.counts[Tally.FETCHED]} record(s) read"
+            summary.covered = (f"the whole window {o.window}: {read}" if reason == "complete" else
+                               f"the window {o.window} up to where it stopped ({reason}): {read}")
         return "dry_run" if o.dry_run and reason == "complete" else reason
 
     def _dry_run(self, source: BackfillSource, summary: BackfillSummary) -> str:
-        """Every batch through the same pipeline, deciding only: what it would write, per SMS Status."""
+        """Every batch through the same pipeline, deciding only: what it would write (each row to the
+        results sink), per SMS Status."""
         for batch in source.batches():
             result = self.pipeline.process(batch.raws, batch.source)
-            result.counts.pop("received", None)
+            result.counts.pop(Tally.RECEIVED, None)
             summary.counts.update(result.counts)
-            summary.counts["changed"] += len(result.changes)
-            for change in result.changes:
-                summary.by_label[change.outcome.status.label] += 1
-                if len(summary.samples) < SAMPLES:
-                    summary.samples.append({"task_id": change.task_id, "message_id": change.outcome.message_id,
-                                            **change.fields, "was": change.current.label if change.current else None})
+            summary.counts[Tally.CHANGED] += len(result.changes)
+            summary.by_label.update(change.outcome.status.label for change in result.changes)
         return ""

@@ -7,9 +7,9 @@ import datetime as dt
 import logging
 import sys
 import time
-from collections import Counter
 from typing import Any
 
+from sfsync.domain.outcome import Counts, ReportOutcome, Tally
 from sfsync.sources.backfill_window import Window
 
 log = logging.getLogger("sfsync.sources.backfill")
@@ -38,23 +38,24 @@ class Progress:
                             bar_format="{desc}: {percentage:3.0f}% of the window's time span|{bar}| "
                                        "[{elapsed}]{postfix}")
 
-    def update(self, fraction: float | None, counts: Counter[str], *, final: bool = False) -> None:
+    def update(self, fraction: float | None, counts: Counts, *, final: bool = False) -> None:
         """``counts`` are the window's (resumed runs included)."""
         now = time.monotonic()
-        pages = counts["pages"]
+        pages = counts[Tally.PAGES]
         if fraction is not None:
             self.fraction = max(self.fraction, fraction)  # never backwards
-        records = counts["fetched"]
+        records = counts[Tally.FETCHED]
+        changed, applied = counts[Tally.CHANGED], counts[ReportOutcome.APPLIED]
         rate = records / max(now - self.started, 1e-6)
         if self.bar is not None:
             self.bar.update(self.fraction * 100 - self.bar.n)
-            self.bar.set_postfix_str(f"page {pages}, {records} read, {counts['changed']} changed, "
-                                     f"{counts['applied']} written, {rate:.0f}/s", refresh=True)
+            self.bar.set_postfix_str(f"page {pages}, {records} read, {changed} changed, "
+                                     f"{applied} written, {rate:.0f}/s", refresh=True)
             return
         if final or pages % self.every == 0:
             # No time left is shown: records are not spread evenly over the window's time span.
             log.info("backfill: %d pages, %d records read, %d changed, %d written, %.0f records/s, %.0f%% of the "
-                     "window's time span (no total is known)", pages, records, counts["changed"], counts["applied"],
+                     "window's time span (no total is known)", pages, records, changed, applied,
                      rate, self.fraction * 100, extra={"event": "backfill_progress", "pages": pages,
                                                        "records": records, "percent": round(self.fraction * 100, 1)})
 

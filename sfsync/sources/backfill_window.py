@@ -10,11 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import zoneinfo
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from sfsync import timeargs
+from sfsync.domain.outcome import Counts
 from sfsync.domain.reports import format_time
 from sfsync.errors import UsageError
 from sfsync.store import Store, now_utc
@@ -131,12 +131,12 @@ def starting_point(store: Store, options: BackfillOptions) -> dict[str, Any]:
     return fresh_checkpoint()
 
 
-def save_checkpoint(store: Store, options: BackfillOptions, cursor: dict[str, Any], counts: Counter[str], *,
+def save_checkpoint(store: Store, options: BackfillOptions, cursor: dict[str, Any], counts: Counts, *,
                     done: bool) -> None:
     if options.dry_run:
         return
     store.save_checkpoint(options.key, {
         "source": options.source, "since": format_time(options.window.since),
         "until": format_time(options.window.until), "timezone": options.window.timezone, "cursor": cursor,
-        "counts": dict(counts), "done": done,
+        "counts": {str(k): n for k, n in counts.items()}, "done": done,
     })
