@@ -20,8 +20,9 @@ Accounts: every API key belongs to one account and may act for that account's su
 acts for; one naming an account the key may not act for is refused with 403 (the spec documents
 403 ``{"message": ...}`` for refused credentials; the exact wording of this refusal is not
 documented). Reports are queued per account: a check sees, and a confirm confirms, only the
-reports of the account acted for. State lives in memory under ``self.lock``. A message is derived from its reports (its status is the status
-of its latest report by ``submitted_date``) or added directly. Everything under ``/_sim/`` is
+reports of the account acted for. State lives in memory under ``self.lock``. A message is
+derived from its reports (its status is the status of its latest report by ``submitted_date``)
+or added directly. Everything under ``/_sim/`` is
 the unauthenticated admin API; the Python methods and the admin routes share one code path.
 """
 
