@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +24,7 @@ from sfsync.clients.bulk import BulkClient
 from sfsync.clients.messagemedia import MessageMediaClient
 from sfsync.clients.retry import RetryCounter, RetryPolicy, StopAwareSleep
 from sfsync.clients.salesforce import SalesforceClient
-from sfsync.config import Settings
+from sfsync.config import MMAccount, Settings
 from sfsync.errors import (
     EXIT_BUDGET,
     EXIT_OK,
@@ -43,6 +43,7 @@ from sfsync.errors import (
 from sfsync.lock import RunLock
 from sfsync.pipeline import BatchResult, OnCommit, Pipeline, Stage, _BudgetStop
 from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
+from sfsync.sources.accounts import AccountPolls
 from sfsync.sources.poll import PAGE, PollEnd, PollSource, confirmable_id, describe_ids
 from sfsync.store import DeadLetter, StagedReport, Store, WaitingReport, now_utc
 
@@ -84,6 +85,7 @@ class RunSummary:
     api_usage: str = ""
     retries: int = 0
     changes: list[dict[str, Any]] = field(default_factory=list)
+    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)  # per account, with SFSYNC_MM_ACCOUNTS
 
     def as_dict(self) -> dict[str, Any]:
         keys = ("fetched", "applied", "skipped_stale", "skipped_unchanged", "waiting", "dead_lettered", "confirmed",
@@ -94,6 +96,7 @@ class RunSummary:
             "salesforce_calls": self.salesforce_calls, "messagemedia_calls": self.messagemedia_calls,
             "api_usage": self.api_usage, "retries": self.retries, "duration_s": round(self.duration_s, 3),
             "exit_reason": self.exit_reason, "exit_code": self.exit_code,
+            **({"accounts": self.accounts} if self.accounts else {}),
         }
 
 
@@ -107,14 +110,22 @@ def build_clients(settings: Settings, sleep: Callable[[float], Any] = time.sleep
             counter)
 
 
+def account_clients(settings: Settings, first: MessageMediaClient) -> list[MessageMediaClient]:
+    """One client per account polled (``SFSYNC_MM_ACCOUNTS``), sharing ``first``'s retry policy;
+    without the setting, ``first`` alone."""
+    accounts: Sequence[MMAccount] = settings.poll_accounts()
+    return [first, *(MessageMediaClient(settings, policy=first.policy, account=a) for a in accounts[1:])]
+
+
 @contextmanager
-def recorded_run(store: Store, kind: str, summary: RunSummary, mm: MessageMediaClient, sf: SalesforceClient,
-                 retries: RetryCounter, **log_extra: Any) -> Iterator[float]:
+def recorded_run(store: Store, kind: str, summary: RunSummary, mm: MessageMediaClient | Sequence[MessageMediaClient],
+                 sf: SalesforceClient, retries: RetryCounter, **log_extra: Any) -> Iterator[float]:
     """Around one run (worker or backfill): a row in the run history, the exit status from how it
     ended, the calls it made, and one ``run_summary`` log line. A budget stop is a clean end (exit
     5); any other error is recorded, then raised again for the command to report."""
     started = time.monotonic()
-    sf_before, mm_before, retries_before = sf.calls_total, mm.calls_total, retries.total
+    mms = [mm] if isinstance(mm, MessageMediaClient) else list(mm)
+    sf_before, mm_before, retries_before = sf.calls_total, sum(c.calls_total for c in mms), retries.total
     run_id: int | None = None
     error: BaseException | None = None
     try:
@@ -138,7 +149,7 @@ def recorded_run(store: Store, kind: str, summary: RunSummary, mm: MessageMediaC
             summary.exit_code = EXIT_PARTIAL
         summary.duration_s = time.monotonic() - started
         summary.salesforce_calls = sf.calls_total - sf_before
-        summary.messagemedia_calls = mm.calls_total - mm_before
+        summary.messagemedia_calls = sum(c.calls_total for c in mms) - mm_before
         summary.retries = retries.total - retries_before
         summary.api_usage = f"{sf.usage.used}/{sf.usage.max}" if sf.usage.max else "unknown"
         error = _record_finish(store, run_id, summary, error)
@@ -175,6 +186,7 @@ class Worker:
             built_mm, built_sf, retries = build_clients(settings, stop=self.stop)
             mm, sf = mm or built_mm, sf or built_sf
         self.mm = mm
+        self.mm_clients = account_clients(settings, mm)  # one poll source per account
         self.sf = sf
         self.retries = retries or RetryCounter()
         self.store = store or Store(settings.store_path)
@@ -191,13 +203,13 @@ class Worker:
         summary = RunSummary()
         kind = "dry-run" if options.dry_run else ("inbox" if options.inbox else "run")
         pipeline = Pipeline(self.settings, self.store, self.sf, dry_run=options.dry_run, on_stage=self.on_stage)
-        with recorded_run(self.store, kind, summary, self.mm, self.sf, self.retries) as started:
+        with recorded_run(self.store, kind, summary, self.mm_clients, self.sf, self.retries) as started:
             if options.dry_run:
                 summary.exit_reason = self._dry_run(pipeline, options, summary)
                 return summary
-            unavailable: RemoteError | None = None
+            unavailable: SfsyncError | None = None
             try:
-                polled = "" if options.inbox else self._poll(options, summary, started)
+                polled, unavailable = ("", None) if options.inbox else self._poll(options, summary, started)
             except RemoteError as exc:  # MessageMedia failed: what is staged is still drained, then the error
                 unavailable, polled = exc, ""
             if polled in ("signal", "time_budget"):
@@ -224,20 +236,49 @@ class Worker:
                 raise unavailable
         return summary
 
-    # -- the poll source: stage, then confirm ------------------------------------------------------------
-    def _poll(self, options: RunOptions, summary: RunSummary, started: float) -> str:
-        """Check MessageMedia's queue until it is drained into the store (or a limit stops it)."""
-        source = PollSource(self.mm, self.store, wait_seconds=self.settings.confirm_wait_seconds, stop=self.stop,
+    # -- the poll sources, one per account: stage, then confirm ------------------------------------------
+    def _poll(self, options: RunOptions, summary: RunSummary, started: float) -> tuple[str, SfsyncError | None]:
+        """Poll each account in turn (one account: its errors end the run as they always did).
+        Returns the combined end and the error of the accounts that failed, raised after the drain."""
+        if len(self.mm_clients) == 1:
+            return self.poll_account(self.mm_clients[0], options, summary, started), None
+        polls = AccountPolls()
+        for client in self.mm_clients:
+            before = summary.counts["fetched"], summary.counts["confirmed"]
+            try:
+                end = self.poll_account(client, options, summary, started)
+            except (AuthError, RemoteError) as exc:
+                polls.failed(client.account, exc, summary.counts["fetched"] - before[0],
+                             summary.counts["confirmed"] - before[1])
+                log.error("MessageMedia %s could not be polled: %s; the other accounts go on", client.account.label,
+                          exc, extra={"event": "account_failed", "account": client.account.name})
+                continue
+            polls.ended(client.account, end, summary.counts["fetched"] - before[0],
+                        summary.counts["confirmed"] - before[1])
+            if end in ("signal", "time_budget"):
+                break
+        summary.accounts = polls.counts
+        stopped = [e for e in polls.ends.values() if e in ("signal", "time_budget")]
+        return (stopped[0] if stopped else polls.end()), polls.error()
+
+    def poll_account(self, mm: MessageMediaClient, options: RunOptions, summary: RunSummary, started: float) -> str:
+        """Check one account's queue until it is drained into the store (or a limit stops it). The
+        one poll of one account: a lease per account wraps this call."""
+        source = PollSource(mm, self.store, wait_seconds=self.settings.confirm_wait_seconds, stop=self.stop,
                             on_stage=self.on_stage)
+        fetched = 0
         while True:
-            reason = self._should_stop(options, summary, started, budget=False)
+            reason = self._should_stop(options, summary, started, budget=False, poll_limits=False)
             if reason:
                 return reason
+            if options.max_reports is not None and fetched >= options.max_reports:
+                return "max_reports"
             check = source.next_check()
+            fetched += check.new
             summary.counts["fetched"] += check.new
             summary.counts["confirmed"] += check.confirmed
             if not check.raws:
-                return PollEnd.QUEUE_EMPTY.value if summary.counts["fetched"] else PollEnd.NOTHING.value
+                return PollEnd.QUEUE_EMPTY.value if fetched else PollEnd.NOTHING.value
             if check.new:
                 if options.once:
                     return "once"
@@ -322,7 +363,8 @@ class Worker:
 
     def _dry_run(self, pipeline: Pipeline, options: RunOptions, summary: RunSummary) -> str:
         """What one page of the queue (or of the inbox) would do; nothing staged, written or confirmed."""
-        raws = self.store.inbox_pending(DRAIN_BATCH) if options.inbox else self.mm.fetch_reports()
+        raws = (self.store.inbox_pending(DRAIN_BATCH) if options.inbox
+                else [r for mm in self.mm_clients for r in mm.fetch_reports()])
         self.on_stage("fetched")
         if not raws:
             return "nothing_to_do"

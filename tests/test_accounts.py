@@ -1,0 +1,156 @@
+"""Several MessageMedia accounts into one Salesforce org (SFSYNC_MM_ACCOUNTS): each account is its
+own poll source, with its own key or the parent's key and an Account header; one that fails does not
+stop the others. Asserted on what the simulators saw: confirm calls with their Account header, the
+Tasks' write history."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sfsync.config import load_settings, missing_variables
+from sfsync.engine import Worker, build_clients
+from sfsync.errors import EXIT_AUTH, EXIT_CONFIG, EXIT_OK, ConfigError
+from sfsync.sim.harness import Simulators
+from tests.conftest import add_tasks, fields_of, new_message_id, report
+
+SFSYNC = str(Path(sys.executable).parent / "sfsync")
+BETA_KEY, BETA_SECRET = "beta-key", "beta-secret-do-not-print"
+
+
+@pytest.fixture
+def sims() -> Iterator[Simulators]:
+    """A parent account (the default key) with the sub-account Acme, and a separate account Beta
+    with its own key pair."""
+    with Simulators(mm_options={"sub_accounts": ("Acme",)}) as running:
+        running.mm.add_key(BETA_KEY, BETA_SECRET, "Beta")
+        yield running
+
+
+def accounts_env(worker_env: dict[str, str], accounts: str = "Acme,Beta") -> dict[str, str]:
+    return {**worker_env, "SFSYNC_MM_ACCOUNTS": accounts,
+            "SFSYNC_MM_ACCOUNT_BETA_API_KEY": BETA_KEY, "SFSYNC_MM_ACCOUNT_BETA_API_SECRET": BETA_SECRET}
+
+
+def worker_for(env: dict[str, str]) -> Worker:
+    settings = load_settings(environ=env)
+    mm, sf, retries = build_clients(settings, sleep=lambda seconds: None)
+    return Worker(settings, mm=mm, sf=sf, retries=retries)
+
+
+def seed(sims: Simulators, account: str, n: int) -> tuple[list[str], list[str]]:
+    messages = [new_message_id() for _ in range(n)]
+    tasks = add_tasks(sims, messages)
+    ids = sims.mm.add_reports([report(m, "delivered", "221") for m in messages], account=account)
+    return tasks, ids
+
+
+def test_one_run_polls_and_confirms_each_account_with_its_own_header(sims: Simulators,
+                                                                     worker_env: dict[str, str]) -> None:
+    acme_tasks, acme_ids = seed(sims, "Acme", 130)  # two pages
+    beta_tasks, beta_ids = seed(sims, "Beta", 20)
+    _, own_ids = seed(sims, "SimAccount", 5)  # the parent's own queue: not listed, so not polled
+
+    summary = worker_for(accounts_env(worker_env)).run()
+
+    assert summary.exit_code == EXIT_OK and summary.counts["fetched"] == 150
+    assert all(fields_of(sims, t) == ("Delivered", "221") for t in acme_tasks + beta_tasks)
+    assert all(len(sims.sf.history(t)) == 1 for t in acme_tasks + beta_tasks)  # each Task written once
+    calls = sims.mm.confirm_calls()
+    # Acme through the parent key with Account: Acme; Beta with its own key and no header.
+    assert {i for c in calls if c["header"] == "Acme" for i in c["confirmed"]} == set(acme_ids)
+    assert {i for c in calls if c["header"] is None and c["account"] == "Beta" for i in c["confirmed"]} == set(beta_ids)
+    assert all(c["ids"] == c["confirmed"] for c in calls)  # no id sent to an account it is not of
+    assert {r["delivery_report_id"] for r in sims.mm.reports()} == set(own_ids)
+    assert summary.accounts["Acme"] == {"fetched": 130, "confirmed": 130, "end": "queue_empty"}
+    assert summary.accounts["Beta"] == {"fetched": 20, "confirmed": 20, "end": "queue_empty"}
+
+
+def test_an_account_refused_does_not_stop_the_others(sims: Simulators, worker_env: dict[str, str],
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Gone is not a sub-account of the parent key: 403 for it, while Acme and Beta drain; the run
+    then ends with exit 4 naming the account."""
+    acme_tasks, acme_ids = seed(sims, "Acme", 10)
+    beta_tasks, beta_ids = seed(sims, "Beta", 10)
+    sims.mm.add_reports([report(new_message_id(), "delivered")], account="Gone")
+
+    worker = worker_for(accounts_env(worker_env, "Acme,Gone,Beta"))
+    with pytest.raises(Exception) as raised:
+        worker.run()
+    assert getattr(raised.value, "exit_code", None) == EXIT_AUTH
+    assert "account Gone" in str(raised.value) and "1 of 3" in str(raised.value)
+    assert all(fields_of(sims, t) == ("Delivered", "221") for t in acme_tasks + beta_tasks)
+    confirmed = {i for c in sims.mm.confirm_calls() for i in c["confirmed"]}
+    assert confirmed == set(acme_ids) | set(beta_ids)
+    last = worker.store.recent_runs(1)[0]
+    assert last["exit_code"] == EXIT_AUTH
+    counts = last["counts"] if isinstance(last["counts"], dict) else json.loads(last["counts"])
+    assert counts["accounts"]["Gone"]["end"] == "auth_error"
+    assert counts["accounts"]["Beta"]["end"] == "queue_empty"
+    assert any(getattr(r, "event", "") == "account_failed" for r in caplog.records)
+
+
+def test_unset_is_one_account_as_before(sims: Simulators, worker_env: dict[str, str]) -> None:
+    tasks, _ = seed(sims, "SimAccount", 3)
+    summary = worker_for(worker_env).run()
+    assert summary.exit_code == EXIT_OK and "accounts" not in summary.as_dict()
+    assert [c["header"] for c in sims.mm.confirm_calls()] == [None]
+    assert all(fields_of(sims, t) == ("Delivered", "221") for t in tasks)
+
+
+# -- configuration -----------------------------------------------------------------------------------
+BASE = {"SFSYNC_MM_API_KEY": "k", "SFSYNC_MM_API_SECRET": "s"}
+
+
+@pytest.mark.parametrize(("extra", "named"), [
+    ({"SFSYNC_MM_ACCOUNTS": "acme,beta", "SFSYNC_MM_ACCOUNT_BETA_API_KEY": "bk"}, "SFSYNC_MM_ACCOUNT_BETA_API_SECRET"),
+    ({"SFSYNC_MM_ACCOUNTS": "acme,beta", "SFSYNC_MM_ACCOUNT_BETA_API_SECRET": "hidden-value"},
+     "SFSYNC_MM_ACCOUNT_BETA_API_KEY"),
+    ({"SFSYNC_MM_ACCOUNTS": "acme", "SFSYNC_MM_ACCOUNT_BETA_API_SECRET": "hidden-value"},
+     "SFSYNC_MM_ACCOUNT_BETA_API_SECRET"),
+    ({"SFSYNC_MM_ACCOUNT_BETA_API_KEY": "bk"}, "SFSYNC_MM_ACCOUNT_BETA_API_KEY"),
+    ({"SFSYNC_MM_ACCOUNTS": "acme", "SFSYNC_MM_ACCOUNT": "acme"}, "SFSYNC_MM_ACCOUNTS"),
+    ({"SFSYNC_MM_ACCOUNTS": " , ,"}, "SFSYNC_MM_ACCOUNTS"),
+    ({"SFSYNC_MM_ACCOUNTS": "acme,acme"}, "SFSYNC_MM_ACCOUNTS"),
+    ({"SFSYNC_MM_ACCOUNTS": "a-b,a_b"}, "SFSYNC_MM_ACCOUNTS"),
+    ({"SFSYNC_MM_ACCOUNTS": "acme,bad name"}, "SFSYNC_MM_ACCOUNTS"),
+    ({"SFSYNC_MM_ACCOUNTS": "beta", "SFSYNC_MM_ACCOUNT_BETA_API_KEY": "bk",
+      "SFSYNC_MM_ACCOUNT_BETA_API_SECRET": "hidden value"}, "SFSYNC_MM_ACCOUNT_BETA_API_SECRET"),
+])
+def test_account_settings_are_checked_naming_the_variable(extra: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={**BASE, **extra})
+    assert named in str(raised.value) and "hidden" not in str(raised.value)
+
+
+def test_accounts_read_as_sub_accounts_or_own_key_pairs() -> None:
+    settings = load_settings(environ={**BASE, "SFSYNC_MM_ACCOUNTS": "acme, beta.eu",
+                                      "SFSYNC_MM_ACCOUNT_BETA_EU_API_KEY": "bk",
+                                      "SFSYNC_MM_ACCOUNT_BETA_EU_API_SECRET": "bs"})
+    acme, beta = settings.poll_accounts()
+    assert (acme.name, acme.api_key, acme.api_secret.value, acme.header) == ("acme", "k", "s", "acme")
+    assert (beta.name, beta.api_key, beta.api_secret.value, beta.header) == ("beta.eu", "bk", "bs", "")
+    assert "bs" not in repr(settings) and "bs" not in repr(beta)
+    # Only accounts with their own key pair: the parent key is not needed.
+    own = load_settings(environ={"SFSYNC_MM_ACCOUNTS": "beta", "SFSYNC_MM_ACCOUNT_BETA_API_KEY": "bk",
+                                 "SFSYNC_MM_ACCOUNT_BETA_API_SECRET": "bs"})
+    assert missing_variables(own, salesforce=False) == []
+    subs = load_settings(environ={"SFSYNC_MM_ACCOUNTS": "acme"})
+    assert missing_variables(subs, salesforce=False) == [
+        "SFSYNC_MM_API_KEY (for the sub-accounts acme)", "SFSYNC_MM_API_SECRET (for the sub-accounts acme)"]
+
+
+def test_a_missing_secret_is_exit_3_naming_the_variable_not_a_value(tmp_path: Path) -> None:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")}, **BASE,
+           "SFSYNC_MM_ACCOUNTS": "acme,beta", "SFSYNC_MM_ACCOUNT_BETA_API_KEY": "beta-key-value",
+           "SFSYNC_STATE_DIR": str(tmp_path / "state")}
+    result = subprocess.run([SFSYNC, "run"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == EXIT_CONFIG
+    assert "SFSYNC_MM_ACCOUNT_BETA_API_SECRET" in result.stderr
+    assert "beta-key-value" not in result.stderr + result.stdout
