@@ -688,12 +688,34 @@ class Store:
                 "inbox_pending": staged, "oldest_inbox": oldest_staged,
                 "dead_letters": self.dead_letter_count()}
 
+    def backlog_by_account(self) -> dict[str, dict[str, Any]]:
+        """The backlog per MessageMedia account, as each report names it (``vendor_account_id``;
+        "" when it does not): staged and not yet drained (with the oldest), waiting, dead letters."""
+        account = ("COALESCE(CAST(CASE WHEN json_valid(raw) THEN json_extract(raw, '$.vendor_account_id.account_id') "
+                   "END AS TEXT), '')")
+        found: dict[str, dict[str, Any]] = {}
+
+        def row(name: str) -> dict[str, Any]:
+            return found.setdefault(name, {"inbox_pending": 0, "oldest_inbox": None, "waiting": 0, "dead_letters": 0})
+
+        db = self.db
+        for r in db.execute(f"SELECT {account}, COUNT(*), MIN(received_at) FROM inbox WHERE processed_at IS NULL "
+                            "GROUP BY 1"):
+            row(r[0]).update(inbox_pending=int(r[1]), oldest_inbox=_parse_ts(r[2]))
+        for r in db.execute(f"SELECT {account}, COUNT(*) FROM waiting GROUP BY 1"):
+            row(r[0])["waiting"] = int(r[1])
+        for r in db.execute(f"SELECT {account}, COUNT(*) FROM dead_letters WHERE retried_at IS NULL GROUP BY 1"):
+            row(r[0])["dead_letters"] = int(r[1])
+        return dict(sorted(found.items()))
+
     def trace(self, message_ids: Iterable[str], task_id: str | None = None) -> dict[str, list[dict[str, Any]]]:
         """Every stored row about these messages (or naming this Task in a report): ledger (with
         ``applied_at``), waiting, dead letters and inbox, oldest first. Read-only."""
         ids = list(dict.fromkeys(message_ids))
         marks = ",".join("?" * len(ids)) or "NULL"
-        like = "%" + (task_id or "\x00")[:15].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        # Without a Task Id, NULL: "x LIKE NULL" matches nothing (a pattern holding NUL matched every row).
+        like = None if not task_id else (
+            "%" + task_id[:15].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
         quoted = ['%"' + m.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + '"%' for m in ids]
         inbox_where = " OR ".join(["raw LIKE ? ESCAPE '\\'"] * (len(quoted) + 1))
         db = self.db

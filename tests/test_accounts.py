@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 
 from sfsync.config import load_settings, missing_variables
-from sfsync.engine import Worker, build_clients
-from sfsync.errors import EXIT_AUTH, EXIT_CONFIG, EXIT_OK, ConfigError
+from sfsync.engine import RunSummary, Worker, build_clients
+from sfsync.errors import EXIT_AUTH, EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, ConfigError
+from sfsync.ops.metrics import Backlog, render
+from sfsync.ops.trace import render as render_trace
+from sfsync.ops.trace import trace
 from sfsync.sim.harness import Simulators
 from tests.conftest import add_tasks, fields_of, new_message_id, report
 
@@ -102,6 +105,35 @@ def test_unset_is_one_account_as_before(sims: Simulators, worker_env: dict[str, 
     assert summary.exit_code == EXIT_OK and "accounts" not in summary.as_dict()
     assert [c["header"] for c in sims.mm.confirm_calls()] == [None]
     assert all(fields_of(sims, t) == ("Delivered", "221") for t in tasks)
+
+
+def test_the_backlog_keeps_each_account(sims: Simulators, worker_env: dict[str, str]) -> None:
+    """Salesforce down: both accounts' reports are staged and confirmed; the backlog, the metrics
+    and trace show which account each report belongs to."""
+    seed(sims, "Acme", 7)
+    beta_messages = [new_message_id() for _ in range(3)]
+    sims.mm.add_reports([report(m, "delivered", "221") for m in beta_messages], account="Beta")  # no Task yet
+    sims.sf.faults.configure(rate=1.0, kinds=("503",))
+    worker = worker_for(accounts_env(worker_env))
+    with pytest.raises(Exception) as raised:
+        worker.run()
+    assert getattr(raised.value, "exit_code", None) == EXIT_UNAVAILABLE
+    assert len({i for c in sims.mm.confirm_calls() for i in c["confirmed"]}) == 10
+    backlog = worker.store.backlog_by_account()
+    assert {a: b["inbox_pending"] for a, b in backlog.items()} == {"Acme": 7, "Beta": 3}
+    assert all(b["oldest_inbox"] is not None for b in backlog.values())
+    values = render(RunSummary(), backlog=Backlog.of(worker.store))
+    assert 'sfsync_backlog_account_reports{account="Acme",where="inbox"} 7.0' in values
+    assert 'sfsync_backlog_account_reports{account="Beta",where="inbox"} 3.0' in values
+
+    sims.sf.faults.configure(rate=0.0)
+    assert worker_for(accounts_env(worker_env)).run().exit_code == EXIT_OK  # Beta's reports wait for their Task
+    backlog = worker.store.backlog_by_account()
+    assert backlog == {"Beta": {"inbox_pending": 0, "oldest_inbox": None, "waiting": 3, "dead_letters": 0}}
+    seen = trace(worker.store, beta_messages[0]).seen
+    assert [(s.account, s.where, s.message_id) for s in seen] == [("Beta", "inbox", beta_messages[0]),
+                                                                   ("Beta", "waiting", beta_messages[0])]
+    assert "account Beta" in render_trace(trace(worker.store, beta_messages[0]))
 
 
 # -- configuration -----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from sfsync.domain.precedence import Status, explain
 from sfsync.domain.reports import InvalidReport, parse_report
 from sfsync.errors import EXIT_OK
 from sfsync.logs import masked
+from sfsync.sources.accounts import report_account
 from sfsync.store import Store
 
 
@@ -46,6 +47,7 @@ class Seen:
     event_time: str | None
     decision: str  # what the rule made of it against what was written, and why
     note: str = ""  # the waiting reason, the dead letter's reason and Salesforce error
+    account: str = ""  # the MessageMedia account the report belongs to ("" when it does not say)
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,8 @@ def _message_ids(rows: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 def _seen(where: str, when: str, raw_text: str, written: dict[str, Written], note: str) -> Seen:
     try:
-        report = parse_report(json.loads(raw_text), "push" if where == "inbox" else "poll")
+        raw = json.loads(raw_text)
+        report = parse_report(raw, "push" if where == "inbox" else "poll")
     except (InvalidReport, ValueError) as exc:
         return Seen(where, when, None, None, None, None, None, None, f"unreadable: {exc}", note)
     resolution = resolve(report.status, report.code, default_map())
@@ -111,7 +114,7 @@ def _seen(where: str, when: str, raw_text: str, written: dict[str, Written], not
         decision = f"against {done.label} written at {done.applied_at}: {explain(current, incoming)}"
     event = report.submitted_at or report.received_at
     return Seen(where, when, report.report_id, report.message_id, report.status, report.code, resolution.label,
-                event.isoformat() if event else None, decision, note)
+                event.isoformat() if event else None, decision, note, report_account(raw))
 
 
 def render(result: Trace) -> str:
@@ -126,7 +129,8 @@ def render(result: Trace) -> str:
                  "are kept only while waiting or as dead letters)")
     for s in data["seen"]:
         lines.append(f"  {s['when'][:19]}  {s['where']:11}  report {s['report_id']}  {s['status']} "
-                     f"{s['code'] or ''} -> {s['label']}  event {s['event_time'] or 'unknown'}")
+                     f"{s['code'] or ''} -> {s['label']}  event {s['event_time'] or 'unknown'}"
+                     + (f"  account {s['account']}" if s["account"] else ""))
         lines.append(f"      {s['decision']}" + (f"  [{s['note']}]" if s["note"] else ""))
     return "\n".join(lines)
 

@@ -470,6 +470,9 @@ class MessageMediaSim(SimApp):
         }
         # What is given is kept verbatim; error_code (like callback_url) appears only when given.
         wire.update({k: v for k, v in raw.items() if v is not None})
+        vendor = wire.get("vendor_account_id")
+        if isinstance(vendor, dict):  # a report names the account it is queued for, whatever was given
+            wire["vendor_account_id"] = {**vendor, "account_id": account}
         return wire
 
     def _apply_to_message(self, wire: dict[str, Any], account: str) -> None:
