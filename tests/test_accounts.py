@@ -16,7 +16,8 @@ import pytest
 
 from sfsync.config import load_settings, missing_variables
 from sfsync.engine import RunSummary, Worker, build_clients
-from sfsync.errors import EXIT_AUTH, EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, ConfigError
+from sfsync.errors import EXIT_AUTH, EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, ConfigError
+from sfsync.ops.doctor import run_checks
 from sfsync.ops.metrics import Backlog, render
 from sfsync.ops.trace import render as render_trace
 from sfsync.ops.trace import trace
@@ -134,6 +135,32 @@ def test_the_backlog_keeps_each_account(sims: Simulators, worker_env: dict[str, 
     assert [(s.account, s.where, s.message_id) for s in seen] == [("Beta", "inbox", beta_messages[0]),
                                                                    ("Beta", "waiting", beta_messages[0])]
     assert "account Beta" in render_trace(trace(worker.store, beta_messages[0]))
+
+
+def test_doctor_checks_each_account(sims: Simulators, worker_env: dict[str, str]) -> None:
+    checks = {c.name: c for c in run_checks(load_settings(environ=accounts_env(worker_env, "Acme,Gone,Beta")))}
+    assert checks["messagemedia credentials"].status == "ok" and "account Acme" in checks[
+        "messagemedia credentials"].detail
+    assert checks["messagemedia account Beta"].status == "ok"
+    gone = checks["messagemedia account Gone"]
+    assert gone.status == "fail" and "Gone" in gone.detail and BETA_SECRET not in gone.detail
+
+
+def test_webhooks_act_for_the_account_named(sims: Simulators, worker_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")}, **accounts_env(worker_env),
+           "SFSYNC_PUSH_SECRET": "push-secret-value"}
+
+    def webhooks(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([SFSYNC, "webhooks", *args], env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60)
+
+    for account in ("Beta", "Acme"):
+        done = webhooks("install", "--url", "https://sfsync.example.com/delivery-reports", "--account", account)
+        assert done.returncode == EXIT_OK, done.stderr
+    assert len(sims.mm.webhooks("Beta")) == len(sims.mm.webhooks("Acme")) == 1
+    assert sims.mm.webhooks("SimAccount") == []
+    refused = webhooks("list", "--account", "Nope")
+    assert refused.returncode == EXIT_USAGE and "Acme, Beta" in refused.stderr
 
 
 # -- configuration -----------------------------------------------------------------------------------
