@@ -126,6 +126,14 @@ def test_the_backlog_keeps_each_account(sims: Simulators, worker_env: dict[str, 
     values = render(RunSummary(), backlog=Backlog.of(worker.store))
     assert 'sfsync_backlog_account_reports{account="Acme",where="inbox"} 7.0' in values
     assert 'sfsync_backlog_account_reports{account="Beta",where="inbox"} 3.0' in values
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")}, **accounts_env(worker_env)}
+    status = subprocess.run([SFSYNC, "status", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert status.returncode == EXIT_OK, status.stderr
+    accounts = json.loads(status.stdout)["accounts"]
+    assert {n: (a["staged"], a["last_poll"]) for n, a in accounts.items()} == {
+        "Acme": (7, "queue_empty"), "Beta": (3, "queue_empty")}
+    text = subprocess.run([SFSYNC, "status"], env=env, capture_output=True, text=True, timeout=60).stdout
+    assert "account Acme: staged 7" in text and "account Beta: staged 3" in text
 
     sims.sf.faults.configure(rate=0.0)
     assert worker_for(accounts_env(worker_env)).run().exit_code == EXIT_OK  # Beta's reports wait for their Task
@@ -135,6 +143,20 @@ def test_the_backlog_keeps_each_account(sims: Simulators, worker_env: dict[str, 
     assert [(s.account, s.where, s.message_id) for s in seen] == [("Beta", "inbox", beta_messages[0]),
                                                                    ("Beta", "waiting", beta_messages[0])]
     assert "account Beta" in render_trace(trace(worker.store, beta_messages[0]))
+
+
+def test_dead_letters_keep_their_account(sims: Simulators, worker_env: dict[str, str]) -> None:
+    sims.mm.add_raw_reports([{"delivery_report_id": "bad-1", "message_id": new_message_id(), "status": 17,
+                              "vendor_account_id": {"vendor_id": "MessageMedia", "account_id": "Beta"}}],
+                            account="Beta")
+    worker = worker_for(accounts_env(worker_env))
+    assert worker.run().exit_code == 6
+    assert worker.store.backlog_by_account()["Beta"]["dead_letters"] == 1
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")}, **accounts_env(worker_env)}
+    shown = subprocess.run([SFSYNC, "dead-letters", "show", "1"], env=env, capture_output=True, text=True, timeout=60)
+    assert json.loads(shown.stdout)["account"] == "Beta"
+    listed = subprocess.run([SFSYNC, "dead-letters", "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert "account Beta" in listed.stdout
 
 
 def test_doctor_checks_each_account(sims: Simulators, worker_env: dict[str, str]) -> None:
