@@ -28,7 +28,8 @@ from typing import Any
 from sfsync.domain.ids import task_id
 from sfsync.errors import ConfigError, StoreError
 
-SCHEMA_VERSION = 3  # 2: the ledger keyed by (Task, message id), Task Ids canonical; 3: inbox rows name their source
+SCHEMA_VERSION = 4  # 2: the ledger keyed by (Task, message id), Task Ids canonical; 3: inbox rows name their source;
+# 4: ledger rows name the MessageMedia account of the report written
 RUN_HISTORY = 10_000  # runs kept in the history
 
 _LEDGER = """CREATE TABLE IF NOT EXISTS ledger (
@@ -118,7 +119,8 @@ def _parse_ts(value: str | None) -> dt.datetime | None:
 def _entry(row: sqlite3.Row) -> LedgerEntry:
     """A ledger (or Bulk job) row as a ``LedgerEntry``."""
     return LedgerEntry(row["message_id"], row["task_id"], row["label"], row["code"], bool(row["final"]),
-                       _parse_ts(row["event_time"]), _parse_ts(row["received_time"]), row["report_id"])
+                       _parse_ts(row["event_time"]), _parse_ts(row["received_time"]), row["report_id"],
+                       row["account"] if "account" in row.keys() else "")  # noqa: SIM118 - a Row's "in" tests values
 
 def _ledger_per_task(db: sqlite3.Connection) -> None:
     """Schema 1 -> 2: the ledger was keyed by message id alone; keep every row, under its Task."""
@@ -140,6 +142,12 @@ def _inbox_source(db: sqlite3.Connection) -> None:
     """Schema 2 -> 3: the inbox held pushed reports only; now every source stages there."""
     if "source" not in [r["name"] for r in db.execute("PRAGMA table_info(inbox)")]:
         db.execute("ALTER TABLE inbox ADD COLUMN source TEXT NOT NULL DEFAULT 'push'")
+
+
+def _ledger_account(db: sqlite3.Connection) -> None:
+    """Schema 3 -> 4: each ledger row names the MessageMedia account of its report ('' before)."""
+    if "account" not in [r["name"] for r in db.execute("PRAGMA table_info(ledger)")]:
+        db.execute("ALTER TABLE ledger ADD COLUMN account TEXT NOT NULL DEFAULT ''")
 
 
 def _stage_one(db: sqlite3.Connection, key: str, raw: Any, stamp: str, source: str) -> str | None:
@@ -178,6 +186,7 @@ class LedgerEntry:
     event_time: dt.datetime | None
     received_time: dt.datetime | None
     report_id: str | None
+    account: str = ""  # the MessageMedia account of the report written ("" when it names none)
 
 
 @dataclass(frozen=True)
@@ -433,6 +442,8 @@ class Store:
                 _ledger_per_task(db)
             if version < 3:
                 _inbox_source(db)
+            if version < 4:
+                _ledger_account(db)
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     # -- ledger -------------------------------------------------------------------------------------
@@ -470,9 +481,10 @@ class Store:
         stamp = _ts(now_utc())
         with self.transaction() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO ledger (message_id, task_id, label, code, final, event_time, received_time, "
+                "report_id, applied_at, account) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(e.message_id, task_id(e.task_id) or e.task_id, e.label, e.code, int(e.final), _ts(e.event_time),
-                  _ts(e.received_time), e.report_id, stamp) for e in entries],
+                  _ts(e.received_time), e.report_id, stamp, e.account) for e in entries],
             )
 
     # -- waiting for a Task --------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from sfsync.ops.metrics import Backlog, render
 from sfsync.ops.trace import render as render_trace
 from sfsync.ops.trace import trace
 from sfsync.sim.harness import Simulators
+from sfsync.store import LedgerEntry, Store
 from tests.conftest import add_tasks, fields_of, new_message_id, report
 
 SFSYNC = str(Path(sys.executable).parent / "sfsync")
@@ -61,7 +62,8 @@ def test_one_run_polls_and_confirms_each_account_with_its_own_header(sims: Simul
     beta_tasks, beta_ids = seed(sims, "Beta", 20)
     _, own_ids = seed(sims, "SimAccount", 5)  # the parent's own queue: not listed, so not polled
 
-    summary = worker_for(accounts_env(worker_env)).run()
+    worker = worker_for(accounts_env(worker_env))
+    summary = worker.run()
 
     assert summary.exit_code == EXIT_OK and summary.counts["fetched"] == 150
     assert all(fields_of(sims, t) == ("Delivered", "221") for t in acme_tasks + beta_tasks)
@@ -73,6 +75,8 @@ def test_one_run_polls_and_confirms_each_account_with_its_own_header(sims: Simul
     assert all(c["ids"] == c["confirmed"] for c in calls)  # no id sent to an account it is not of
     assert {r["delivery_report_id"] for r in sims.mm.reports()} == set(own_ids)
     assert summary.accounts["Acme"] == {"fetched": 130, "confirmed": 130, "end": "queue_empty"}
+    written = trace(worker.store, acme_tasks[0]).written + trace(worker.store, beta_tasks[0]).written
+    assert [w.account for w in written] == ["Acme", "Beta"]  # the ledger keeps each write's account
     assert summary.accounts["Beta"] == {"fetched": 20, "confirmed": 20, "end": "queue_empty"}
 
 
@@ -183,6 +187,20 @@ def test_webhooks_act_for_the_account_named(sims: Simulators, worker_env: dict[s
     assert sims.mm.webhooks("SimAccount") == []
     refused = webhooks("list", "--account", "Nope")
     assert refused.returncode == EXIT_USAGE and "Acme, Beta" in refused.stderr
+
+
+def test_a_schema_3_store_gains_the_ledger_account(tmp_path: Path) -> None:
+    store = Store(tmp_path / "sfsync.db")
+    store.record_applied([LedgerEntry("m1", "00T000000000001AAA", "Delivered", "221", True, None, None, "r1", "Acme")])
+    with store.transaction() as db:
+        db.execute("ALTER TABLE ledger DROP COLUMN account")
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    store.close()
+    again = Store(tmp_path / "sfsync.db")
+    assert again.ledger(["m1"])["m1"].account == ""  # written before accounts were kept
+    again.record_applied([LedgerEntry("m2", "00T000000000002AAA", "Failed", None, True, None, None, "r2", "Beta")])
+    assert again.ledger(["m2"])["m2"].account == "Beta"
+    assert again.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "4"
 
 
 # -- configuration -----------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def _letter_dict(letter: Any) -> dict[str, Any]:
     """A dead letter for people: phone numbers and message text masked as in the logs."""
     from dataclasses import asdict
 
-    from sfsync.sources.accounts import report_account
+    from sfsync.domain.reports import report_account
 
     data = asdict(letter)
     with contextlib.suppress(ValueError):

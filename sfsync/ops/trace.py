@@ -16,9 +16,8 @@ from typing import Any
 from sfsync.domain.codes import default_map, resolve
 from sfsync.domain.ids import task_id
 from sfsync.domain.precedence import Status, explain
-from sfsync.domain.reports import InvalidReport, parse_report
+from sfsync.domain.reports import InvalidReport, parse_report, report_account
 from sfsync.logs import masked
-from sfsync.sources.accounts import report_account
 from sfsync.store import Store
 
 
@@ -31,6 +30,7 @@ class Written:
     event_time: str | None
     report_id: str | None
     applied_at: str
+    account: str = ""  # the MessageMedia account of the report written
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def trace(store: Store, query: str) -> Trace:
         mids = list(dict.fromkeys(_message_ids(rows)))
         rows = store.trace(mids, tid)
     written = [Written(r["task_id"], r["message_id"], r["label"], r["code"], r["event_time"], r["report_id"],
-                       r["applied_at"]) for r in rows["ledger"]]
+                       r["applied_at"], r.get("account") or "") for r in rows["ledger"]]
     by_message = {w.message_id: w for w in written if tid is None or w.task_id[:15] == tid[:15]}
     seen: list[Seen] = []
     for where, key, time_key in (("inbox", "inbox", "received_at"), ("waiting", "waiting", "first_seen"),
@@ -122,7 +122,8 @@ def render(result: Trace) -> str:
     lines.append("written by sfsync:" if data["written"] else "written by sfsync: nothing")
     for w in data["written"]:
         lines.append(f"  {w['applied_at'][:19]}  Task {w['task_id']}  {w['label']} {w['code'] or '(no code)'}  "
-                     f"event {w['event_time'] or 'unknown'}  report {w['report_id']}")
+                     f"event {w['event_time'] or 'unknown'}  report {w['report_id']}"
+                     + (f"  account {w['account']}" if w["account"] else ""))
     lines.append("reports seen:" if data["seen"] else "reports seen: none kept in the store (polled reports "
                  "are kept only while waiting or as dead letters)")
     for s in data["seen"]:

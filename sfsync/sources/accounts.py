@@ -15,15 +15,6 @@ from sfsync.config import MMAccount
 from sfsync.errors import AuthError, RemoteError, SfsyncError
 from sfsync.sources.poll import PollEnd
 
-
-def report_account(raw: Any) -> str:
-    """The MessageMedia account a report belongs to, as the report itself says
-    (``vendor_account_id.account_id``, in polled and pushed reports alike); "" when it does not."""
-    vendor = raw.get("vendor_account_id") if isinstance(raw, dict) else None
-    account = vendor.get("account_id") if isinstance(vendor, dict) else None
-    return account.strip()[:100] if isinstance(account, str) else ""
-
-
 # How the ends of several accounts' polls combine into the run's: the first found in this order.
 END_ORDER = (PollEnd.CONFIRM_PENDING.value, PollEnd.WEDGED.value, "max_reports", "once",
              PollEnd.QUEUE_EMPTY.value, PollEnd.UNCONFIRMABLE.value, PollEnd.NOTHING.value)
