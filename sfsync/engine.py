@@ -110,6 +110,11 @@ def build_clients(settings: Settings, sleep: Callable[[float], Any] = time.sleep
             counter)
 
 
+def _of(account: MMAccount) -> str:
+    """The words naming an account of SFSYNC_MM_ACCOUNTS in a log line; nothing for the single account."""
+    return f" of {account.label}" if account.name else ""
+
+
 def account_clients(settings: Settings, first: MessageMediaClient) -> list[MessageMediaClient]:
     """One client per account polled (``SFSYNC_MM_ACCOUNTS``), sharing ``first``'s retry policy;
     without the setting, ``first`` alone."""
@@ -284,25 +289,26 @@ class Worker:
                     return "once"
                 continue
             if check.served_again:
-                log.warning("MessageMedia still serves %d report(s) staged and confirmed %gs ago or more (a "
+                log.warning("MessageMedia still serves %d report(s)%s staged and confirmed %gs ago or more (a "
                             "confirmation takes effect some time after its 202): the queue is not drained; the "
                             "next run continues (SFSYNC_CONFIRM_WAIT_SECONDS sets the wait)", check.served_again,
-                            self.settings.confirm_wait_seconds, extra={"event": CONFIRM_PENDING})
+                            _of(mm.account), self.settings.confirm_wait_seconds,
+                            extra={"event": CONFIRM_PENDING, "account": mm.account.name})
                 return CONFIRM_PENDING
-            return self._unconfirmable(check.unconfirmable)
+            return self._unconfirmable(check.unconfirmable, mm.account)
 
     @staticmethod
-    def _unconfirmable(raws: list[Any]) -> str:
-        ids = describe_ids(raws)
+    def _unconfirmable(raws: list[Any], account: MMAccount) -> str:
+        ids = describe_ids(raws) + _of(account)
         if len(raws) >= PAGE:
             log.error("the head of MessageMedia's queue holds %d report(s) whose ids MessageMedia will not accept "
                       "in a confirmation (%s): nothing behind them can be fetched. They are kept as dead letters "
                       "('sfsync dead-letters list'); ask MessageMedia support to remove them from the queue",
-                      len(raws), ids, extra={"event": "queue_wedged"})
+                      len(raws), ids, extra={"event": "queue_wedged", "account": account.name})
             return PollEnd.WEDGED.value
         log.warning("the queue holds only %d report(s) whose ids MessageMedia will not accept in a confirmation "
                     "(%s); they are kept as dead letters and stay at the head of the queue", len(raws), ids,
-                    extra={"event": "unconfirmable"})
+                    extra={"event": "unconfirmable", "account": account.name})
         return PollEnd.UNCONFIRMABLE.value
 
     # -- the drain: claim, pipeline, mark done in one commit ----------------------------------------------
