@@ -245,6 +245,19 @@ def test_accounts_read_as_sub_accounts_or_own_key_pairs() -> None:
         "SFSYNC_MM_API_KEY (for the sub-accounts acme)", "SFSYNC_MM_API_SECRET (for the sub-accounts acme)"]
 
 
+def test_config_shows_each_account_secret_masked(tmp_path: Path) -> None:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")}, **BASE,
+           "SFSYNC_MM_ACCOUNTS": "acme,beta", "SFSYNC_MM_ACCOUNT_BETA_API_KEY": "bk",
+           "SFSYNC_MM_ACCOUNT_BETA_API_SECRET": "beta-secret-value"}
+    done = subprocess.run([SFSYNC, "config", "--json"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    rows = {r["variable"]: r for r in json.loads(done.stdout)}
+    assert rows["SFSYNC_MM_ACCOUNTS"]["value"] == "acme,beta"
+    assert rows["SFSYNC_MM_ACCOUNT_BETA_API_SECRET"] == {"variable": "SFSYNC_MM_ACCOUNT_BETA_API_SECRET",
+                                                         "value": "***", "source": "environment"}
+    assert "beta-secret-value" not in done.stdout + done.stderr
+
+
 def test_a_missing_secret_is_exit_3_naming_the_variable_not_a_value(tmp_path: Path) -> None:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")}, **BASE,
            "SFSYNC_MM_ACCOUNTS": "acme,beta", "SFSYNC_MM_ACCOUNT_BETA_API_KEY": "beta-key-value",
