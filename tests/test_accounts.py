@@ -104,6 +104,20 @@ def test_an_account_refused_does_not_stop_the_others(sims: Simulators, worker_en
     assert any(getattr(r, "event", "") == "account_failed" for r in caplog.records)
 
 
+def test_an_account_unreachable_does_not_stop_the_others(sims: Simulators, worker_env: dict[str, str]) -> None:
+    """Acme's host unreachable (an outage for one account): Beta drains, the run ends with exit 8."""
+    seed(sims, "Acme", 4)
+    beta_tasks, beta_ids = seed(sims, "Beta", 6)
+    worker = worker_for(accounts_env(worker_env))
+    worker.mm_clients[0].base_url = "https://127.0.0.1:1"  # nothing listens there
+    with pytest.raises(Exception) as raised:
+        worker.run()
+    assert getattr(raised.value, "exit_code", None) == EXIT_UNAVAILABLE and "account Acme" in str(raised.value)
+    assert all(fields_of(sims, t) == ("Delivered", "221") for t in beta_tasks)
+    assert {i for c in sims.mm.confirm_calls() for i in c["confirmed"]} == set(beta_ids)
+    assert len(sims.mm.reports()) == 4  # Acme's still queued: nothing confirmed unseen
+
+
 def test_unset_is_one_account_as_before(sims: Simulators, worker_env: dict[str, str]) -> None:
     tasks, _ = seed(sims, "SimAccount", 3)
     summary = worker_for(worker_env).run()
