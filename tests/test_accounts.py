@@ -5,6 +5,7 @@ Tasks' write history."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -203,18 +204,22 @@ def test_webhooks_act_for_the_account_named(sims: Simulators, worker_env: dict[s
     assert refused.returncode == EXIT_USAGE and "Acme, Beta" in refused.stderr
 
 
-def test_a_schema_3_store_gains_the_ledger_account(tmp_path: Path) -> None:
+def test_a_schema_4_store_gains_the_accounts(tmp_path: Path) -> None:
     store = Store(tmp_path / "sfsync.db")
     store.record_applied([LedgerEntry("m1", "00T000000000001AAA", "Delivered", "221", True, None, None, "r1", "Acme")])
+    store.stage("poll", [("r9", {"delivery_report_id": "r9", "vendor_account_id": {"account_id": "Acme"}})])
     with store.transaction() as db:
-        db.execute("ALTER TABLE ledger DROP COLUMN account")
-        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        for table in ("ledger", "inbox", "waiting", "dead_letters"):
+            db.execute(f"ALTER TABLE {table} DROP COLUMN account")
+        db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
     store.close()
     again = Store(tmp_path / "sfsync.db")
     assert again.ledger(["m1"])["m1"].account == ""  # written before accounts were kept
     again.record_applied([LedgerEntry("m2", "00T000000000002AAA", "Failed", None, True, None, None, "r2", "Beta")])
     assert again.ledger(["m2"])["m2"].account == "Beta"
-    assert again.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "4"
+    assert again.backlog_by_account()["Acme"]["inbox_pending"] == 1  # filled from the report kept
+    with again.transaction() as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()["value"] == "5"
 
 
 # -- configuration -----------------------------------------------------------------------------------
@@ -280,3 +285,25 @@ def test_a_missing_secret_is_exit_3_naming_the_variable_not_a_value(tmp_path: Pa
     assert result.returncode == EXIT_CONFIG
     assert "SFSYNC_MM_ACCOUNT_BETA_API_SECRET" in result.stderr
     assert "beta-key-value" not in result.stderr + result.stdout
+
+
+# -- the store keeps accounts, on both backends ------------------------------------------------------------
+def _of(account: str, rid: str) -> dict[str, object]:
+    return {"delivery_report_id": rid, "message_id": "m-" + rid,
+            "vendor_account_id": {"vendor_id": "MessageMedia", "account_id": account}}
+
+
+def test_the_store_keeps_each_reports_account(store: Store) -> None:
+    store.stage("poll", [("a1", _of("Acme", "a1")), ("a2", _of("Acme", "a2")), ("b1", _of("Beta", "b1"))])
+    store.inbox_add("p1", _of("Beta", "p1"))  # pushed: the template carries vendor_account_id too
+    store.inbox_add("x1", {"delivery_report_id": "x1", "message_id": "m-x1"})  # names no account
+    store.add_waiting("w1", "m-w1", _of("Acme", "w1"), "poll", "no Task", dt.datetime.now(dt.UTC))
+    store.add_dead_letter("d1", "m-d1", _of("Beta", "d1"), "poll", "bad")
+    store.add_dead_letter(None, None, "not json at all", "push", "unreadable")
+    store.record_applied([LedgerEntry("m-a1", "00T000000000001AAA", "Delivered", "221", True, None, None, "a1",
+                                      "Acme")])
+    backlog = store.backlog_by_account()
+    assert {a: (b["inbox_pending"], b["waiting"], b["dead_letters"]) for a, b in backlog.items()} == {
+        "": (1, 0, 1), "Acme": (2, 1, 0), "Beta": (2, 0, 1)}
+    assert store.ledger(["m-a1"])["m-a1"].account == "Acme"
+    assert store.trace(["m-a1"])["ledger"][0]["account"] == "Acme"
