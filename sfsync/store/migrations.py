@@ -16,8 +16,10 @@ from sfsync.domain.ids import task_id
 from sfsync.errors import StoreError
 
 # 2: the ledger keyed by (Task, message id), Task Ids canonical; 3: inbox rows name their source;
-# 4: inbox rows carry an explicit staging sequence (``seq``), the claim order on both backends.
-SCHEMA_VERSION = 4
+# 4: inbox rows carry an explicit staging sequence (``seq``), the claim order on both backends;
+# 5: ledger, inbox, waiting and dead-letter rows name the MessageMedia account of their report.
+SCHEMA_VERSION = 5
+ACCOUNT_TABLES = ("ledger", "inbox", "waiting", "dead_letters")
 ADVISORY_KEY = 0x5F5359_4E43  # "_SYNC": serialises migrations between processes on one PostgreSQL database
 
 _LEDGER_COLUMNS = """message_id TEXT NOT NULL,
@@ -136,6 +138,18 @@ def _sqlite_inbox_seq(db: Any) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (processed_at, received_at)")
 
 
+def _sqlite_accounts(db: Any) -> None:
+    """Schema 4 -> 5: an ``account`` column ('' when the report names none), filled from the reports
+    already kept (``vendor_account_id.account_id``); the ledger's older rows stay ''."""
+    for table in ACCOUNT_TABLES:
+        if "account" in [r["name"] for r in _columns(db, table)]:
+            continue
+        db.execute(f"ALTER TABLE {table} ADD COLUMN account TEXT NOT NULL DEFAULT ''")
+        if table != "ledger":
+            db.execute(f"UPDATE {table} SET account = COALESCE(CAST(CASE WHEN json_valid(raw) THEN "
+                       "json_extract(raw, '$.vendor_account_id.account_id') END AS TEXT), '')")
+
+
 @dataclass(frozen=True)
 class Step:
     version: int  # the version this step brings a store to
@@ -143,7 +157,9 @@ class Step:
     postgres: tuple[str, ...] = ()  # PostgreSQL starts at 4: nothing before
 
 
-STEPS = (Step(2, _sqlite_ledger_per_task), Step(3, _sqlite_inbox_source), Step(4, _sqlite_inbox_seq))
+STEPS = (Step(2, _sqlite_ledger_per_task), Step(3, _sqlite_inbox_source), Step(4, _sqlite_inbox_seq),
+         Step(5, _sqlite_accounts, tuple(f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS account TEXT NOT NULL DEFAULT ''"
+                                         for t in ACCOUNT_TABLES)))
 
 
 def stored_version(db: Any, dialect: str) -> int:
@@ -193,13 +209,14 @@ def migrate_postgres(db: Any, name: str) -> tuple[int, int]:
     _refuse_newer(version, name)
     if version == SCHEMA_VERSION:
         return version, version
+    reached = version
     if version == 0:
         for statement in POSTGRES_TABLES:
             db.execute(statement)
-    else:
-        for step in STEPS:
-            if version < step.version:
-                for statement in step.postgres:
-                    db.execute(statement)
+        reached = 4  # the tables above are schema 4; the later steps follow
+    for step in STEPS:
+        if reached < step.version:
+            for statement in step.postgres:
+                db.execute(statement)
     _record(db)
     return version, SCHEMA_VERSION
