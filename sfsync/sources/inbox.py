@@ -157,7 +157,7 @@ def validated(body: bytes) -> list[tuple[str, dict[str, Any]]]:
         if not report.report_id.strip() or not report.message_id.strip():
             # The inbox is keyed by report id: a blank one would make distinct reports "duplicates".
             raise BadPush(f"report {index}: blank delivery_report_id or message_id")
-        valid.append((report.report_id.strip(), raw))
+        valid.append((report.report_id, raw))
     return valid
 
 

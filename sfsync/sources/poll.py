@@ -47,8 +47,7 @@ def confirmable_id(raw: Any) -> str | None:
     rid = raw.get("delivery_report_id") if isinstance(raw, dict) else None
     if not isinstance(rid, str):
         return None
-    rid = rid.strip()
-    return rid if 0 < len(rid) <= MAX_ID else None
+    return rid if rid.strip() and len(rid) <= MAX_ID else None  # exactly as served: never stripped
 
 
 def staging_key(raw: Any) -> str:
