@@ -53,4 +53,7 @@ class Backend(Protocol):
 
     def run_lock(self, lock_path: Any) -> Lock: ...
 
+    def after_copy(self, db: Conn) -> None:
+        """After rows were copied in with their ids: the next id of each table follows them."""
+
     def close(self) -> None: ...

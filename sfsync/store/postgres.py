@@ -133,6 +133,11 @@ class PostgresBackend:
     def run_lock(self, lock_path: Any = None) -> AdvisoryRunLock:
         return AdvisoryRunLock(self.target)
 
+    def after_copy(self, db: Any) -> None:
+        for table, column in (("dead_letters", "id"), ("runs", "id"), ("inbox", "seq")):
+            db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
+                       f"COALESCE(MAX({column}), 0) + 1, false) FROM {table}")
+
     def close(self) -> None:
         self._pool.close()
 

@@ -241,6 +241,9 @@ class SqliteBackend:
     def run_lock(self, lock_path: Any) -> RunLock:
         return RunLock(lock_path)
 
+    def after_copy(self, db: Any) -> None:
+        """SQLite's AUTOINCREMENT follows the largest id inserted on its own."""
+
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
