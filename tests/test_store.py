@@ -202,3 +202,14 @@ def test_one_run_at_a_time(store: Store, tmp_path: pytest.TempPathFactory) -> No
             store.run_lock(lock_path).__enter__()
         assert store.run_lock(lock_path).is_free() is False
     assert store.run_lock(lock_path).is_free() is True
+
+
+def test_text_holding_nul_characters_is_stored(store: Store) -> None:
+    """A hostile report's id or body may hold U+0000, which PostgreSQL's text cannot: it is kept as U+FFFD
+    there (staging and dead-lettering must never fail on it, or the report would be retried for ever)."""
+    assert store.stage("push", [("r\x00x", {"id": "r\x00x"})]) == {"r\x00x"}
+    assert store.stage("push", [("r\x00x", {"id": "r\x00x"})]) == set()
+    assert store.add_dead_letter(None, None, "body\x00", "push", "malformed") is True
+    claimed = store.claim_staged(10)
+    assert len(claimed) == 1 and claimed[0].raw == {"id": "r\x00x"}  # the JSON text escapes it
+    assert store.dead_letters()[0].raw in ("body\x00", "body\ufffd")

@@ -33,7 +33,16 @@ def _placeholders(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
-class _Conn:
+def _text(value: Any) -> Any:
+    """PostgreSQL's text cannot hold U+0000 (a hostile report's id or body may): U+FFFD stands in for it."""
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
+
+
+def _params(parameters: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(_text(p) for p in parameters)
+
+
+class PgConn:
     """A psycopg connection that takes the store's SQL; connection failures become ``StoreError``."""
 
     def __init__(self, conn: psycopg.Connection[Any], label: str):
@@ -42,11 +51,11 @@ class _Conn:
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
         with translated(self._label):
-            return self._conn.execute(_placeholders(sql), parameters)
+            return self._conn.execute(_placeholders(sql), _params(parameters))
 
     def executemany(self, sql: str, parameters: Any, /) -> Any:
         with translated(self._label), self._conn.cursor() as cursor:
-            cursor.executemany(_placeholders(sql), list(parameters))
+            cursor.executemany(_placeholders(sql), [_params(p) for p in parameters])
             return cursor
 
 
@@ -102,12 +111,12 @@ class PostgresBackend:
     @contextmanager
     def transaction(self) -> Iterator[Any]:
         """One transaction; nested use (on the same thread) joins the outer one."""
-        outer: _Conn | None = getattr(self._local, "conn", None)
+        outer: PgConn | None = getattr(self._local, "conn", None)
         if outer is not None:
             yield outer
             return
         with translated(self.name), self._pool.connection() as conn, conn.transaction():
-            self._local.conn = _Conn(conn, self.name)
+            self._local.conn = PgConn(conn, self.name)
             try:
                 yield self._local.conn
             finally:
@@ -115,12 +124,12 @@ class PostgresBackend:
 
     @contextmanager
     def reading(self) -> Iterator[Any]:
-        outer: _Conn | None = getattr(self._local, "conn", None)
+        outer: PgConn | None = getattr(self._local, "conn", None)
         if outer is not None:
             yield outer
             return
         with translated(self.name), self._pool.connection() as conn:
-            yield _Conn(conn, self.name)
+            yield PgConn(conn, self.name)
 
     def migrate(self) -> tuple[int, int]:
         with self.transaction() as db:

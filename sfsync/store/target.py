@@ -10,6 +10,7 @@ The password never goes in the URL: it comes from ``SFSYNC_STORE_PASSWORD``, the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -36,7 +37,7 @@ def sqlite_target(path: Path) -> StoreTarget:
     return StoreTarget("sqlite", path=path, label=str(path))
 
 
-def parse_store_url(url: str, default_path: Path, password: str = "", environ: dict[str, str] | None = None,
+def parse_store_url(url: str, default_path: Path, password: str = "", environ: Mapping[str, str] | None = None,
                     ) -> StoreTarget:
     """The store ``url`` names (``default_path`` when empty); a ``ConfigError`` naming
     SFSYNC_STORE_URL when it cannot be used."""
@@ -55,7 +56,7 @@ def parse_store_url(url: str, default_path: Path, password: str = "", environ: d
                       "postgresql://user@host:port/database")
 
 
-def _postgres_target(url: str, password: str, environ: dict[str, str]) -> StoreTarget:
+def _postgres_target(url: str, password: str, environ: Mapping[str, str]) -> StoreTarget:
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -71,3 +72,30 @@ def _postgres_target(url: str, password: str, environ: dict[str, str]) -> StoreT
     shown_port = port or query.get("port") or environ.get("PGPORT") or 5432
     label = f"PostgreSQL database {database} on {host}:{shown_port} as {user}"
     return StoreTarget("postgresql", conninfo=url, password=password, label=label)
+
+
+def store_password(environ: Mapping[str, str]) -> str:
+    """The PostgreSQL password from SFSYNC_STORE_PASSWORD or the file SFSYNC_STORE_PASSWORD_FILE names
+    (its first line); empty when neither is set (libpq then reads PGPASSWORD or ~/.pgpass)."""
+    direct = environ.get("SFSYNC_STORE_PASSWORD", "")
+    file_name = environ.get("SFSYNC_STORE_PASSWORD_FILE", "").strip()
+    if direct and file_name:
+        raise ConfigError("set SFSYNC_STORE_PASSWORD or SFSYNC_STORE_PASSWORD_FILE, not both")
+    if not file_name:
+        return direct
+    try:
+        text = Path(file_name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"SFSYNC_STORE_PASSWORD_FILE: cannot read {file_name} ({type(exc).__name__}: "
+                          f"{getattr(exc, 'strerror', None) or 'not UTF-8 text'})") from None
+    lines = text.splitlines()
+    if not lines or not lines[0]:
+        raise ConfigError(f"SFSYNC_STORE_PASSWORD_FILE: {file_name} is empty")
+    return lines[0]
+
+
+def target_from_environ(environ: Mapping[str, str], default_path: Path) -> StoreTarget:
+    """The store the environment names: SFSYNC_STORE_URL and the password variables."""
+    url = environ.get("SFSYNC_STORE_URL", "")
+    password = store_password(environ) if url.strip() else ""
+    return parse_store_url(url, default_path, password, environ)
