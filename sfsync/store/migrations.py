@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sfsync.errors import StoreError
 from sfsync.domain.ids import task_id
+from sfsync.errors import StoreError
 
 # 2: the ledger keyed by (Task, message id), Task Ids canonical; 3: inbox rows name their source;
 # 4: inbox rows carry an explicit staging sequence (``seq``), the claim order on both backends.
