@@ -43,6 +43,7 @@ from sfsync.errors import (
 from sfsync.lock import RunLock
 from sfsync.pipeline import BatchResult, OnCommit, Pipeline, Stage, _BudgetStop
 from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
+from sfsync.replicas import coordinator, poll_lease
 from sfsync.sources.poll import PAGE, PollEnd, PollSource, confirmable_id, describe_ids
 from sfsync.store import DeadLetter, StagedReport, Store, WaitingReport, now_utc
 
@@ -180,17 +181,19 @@ class Worker:
         self.store = store or Store(settings.store_path)
         self.on_stage = on_stage or (lambda stage: None)
         self.bulk_wait_s = bulk_wait_s
+        self.replica = coordinator(self.store, settings.lease_seconds)  # SQLite: alone; PostgreSQL: leases
 
     # -- one run --------------------------------------------------------------------------------------
     def run(self, options: RunOptions | None = None) -> RunSummary:
         options = options or RunOptions()
-        with RunLock(self.settings.lock_path):
+        with self.replica.session(self.settings.lock_path):
             return self._run_locked(options)
 
     def _run_locked(self, options: RunOptions) -> RunSummary:
         summary = RunSummary()
         kind = "dry-run" if options.dry_run else ("inbox" if options.inbox else "run")
-        pipeline = Pipeline(self.settings, self.store, self.sf, dry_run=options.dry_run, on_stage=self.on_stage)
+        pipeline = Pipeline(self.settings, self.store, self.sf, dry_run=options.dry_run, on_stage=self.on_stage,
+                            guard=self.replica.task_guard)
         with recorded_run(self.store, kind, summary, self.mm, self.sf, self.retries) as started:
             if options.dry_run:
                 summary.exit_reason = self._dry_run(pipeline, options, summary)
@@ -205,9 +208,13 @@ class Worker:
                 return summary
             # The drain: the only half that speaks to Salesforce.
             self.sf.check_budget()
-            BulkReconciler(pipeline, BulkClient(self.sf), wait_seconds=self.bulk_wait_s,
-                           sleep=StopAwareSleep(self.stop)).settle(summary.counts)
-            drained = self._drain(self._waiting_batches(options), pipeline, options, summary, started)
+            with self.replica.lease("bulk") as settling:
+                if settling:
+                    BulkReconciler(pipeline, BulkClient(self.sf), wait_seconds=self.bulk_wait_s,
+                                   sleep=StopAwareSleep(self.stop)).settle(summary.counts)
+            with self.replica.lease("waiting") as retrying:
+                drained = self._drain(self._waiting_batches(options), pipeline, options, summary,
+                                      started) if retrying else ""
             if not drained:
                 drained = self._drain(self._inbox_batches(options, summary), pipeline, options, summary, started)
             if not drained and summary.counts["held"]:  # once more for rows a transient failure held (row locks)
@@ -226,6 +233,15 @@ class Worker:
 
     # -- the poll source: stage, then confirm ------------------------------------------------------------
     def _poll(self, options: RunOptions, summary: RunSummary, started: float) -> str:
+        """Poll under the account's lease: another replica polling it leaves nothing to do here."""
+        lease = poll_lease()
+        with self.replica.lease(lease) as polling:
+            if not polling:
+                log.info("another replica polls MessageMedia now (lease %s)", lease, extra={"event": "poll_leased"})
+                return PollEnd.ELSEWHERE.value
+            return self._poll_held(options, summary, started, lease)
+
+    def _poll_held(self, options: RunOptions, summary: RunSummary, started: float, lease: str) -> str:
         """Check MessageMedia's queue until it is drained into the store (or a limit stops it)."""
         source = PollSource(self.mm, self.store, wait_seconds=self.settings.confirm_wait_seconds, stop=self.stop,
                             on_stage=self.on_stage)
@@ -233,6 +249,8 @@ class Worker:
             reason = self._should_stop(options, summary, started, budget=False)
             if reason:
                 return reason
+            if self.replica.lost(lease):  # not renewed in time: another replica may poll now
+                return PollEnd.ELSEWHERE.value
             check = source.next_check()
             summary.counts["fetched"] += check.new
             summary.counts["confirmed"] += check.confirmed
@@ -300,10 +318,11 @@ class Worker:
                 limit = min(limit, options.max_reports - summary.counts["fetched"])
                 if limit <= 0:
                     return
-            rows = self.store.claim_staged(limit, after)
-            if not rows:
+            rows, after = self.replica.claim_staged(limit, after)
+            if not after:
                 return
-            after = rows[-1].seq
+            if not rows:
+                continue  # all of them belong to messages another replica holds
             if options.inbox:
                 summary.counts["fetched"] += len(rows)
             for source in dict.fromkeys(r.source for r in rows):
@@ -315,7 +334,7 @@ class Worker:
             durable = set(result.confirm)
             # A report without a usable id never parses: it is a dead letter already.
             done = [r.key for r in rows if (rid := confirmable_id(r.raw)) is None or rid in durable]
-            self.store.inbox_done(done)
+            self.replica.done(done)
             summary.counts["drained"] += len(done)
 
         return commit

@@ -18,8 +18,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 Stage = Callable[[str], None]
 OnCommit = Callable[["BatchResult"], None]
+# Leases on the Tasks about to be written, held until their outcomes are recorded; yields the Ids
+# granted, or None when this process is the only writer (nothing to re-check).
+TaskGuard = Callable[[Iterable[str]], AbstractContextManager[set[str] | None]]
 WAIT_FIRST_RETRY_S = 60.0
 WAIT_MAX_RETRY_S = 3600.0
 # A write naming a Task that is not there (another org's Id, a deleted record): for a Task found by
@@ -190,11 +194,16 @@ def _ledger_entry(change: Change) -> LedgerEntry:
                        s.received_time, change.outcome.report.report_id)
 
 
+@contextmanager
+def sole_writer(task_ids: Iterable[str]) -> Iterator[set[str] | None]:
+    yield None
+
+
 # -- the pipeline -------------------------------------------------------------------------------------------
 class Pipeline:
     def __init__(self, settings: Settings, store: Store, salesforce: SalesforceClient, *,
                  code_map: CodeMap | None = None, dry_run: bool = False, on_stage: Stage | None = None,
-                 clock: Callable[[], dt.datetime] = now_utc):
+                 clock: Callable[[], dt.datetime] = now_utc, guard: TaskGuard = sole_writer):
         self.settings = settings
         self.store = store
         self.sf = salesforce
@@ -202,6 +211,7 @@ class Pipeline:
         self.dry_run = dry_run
         self.on_stage = on_stage or (lambda stage: None)
         self.clock = clock
+        self.guard = guard
         self._field_lengths: dict[str, int] | None = None
 
     def process(self, raws: list[Any], source: str = "poll", *, default_tz: dt.tzinfo = dt.UTC,
@@ -358,13 +368,48 @@ class Pipeline:
     def _write_and_record(self, changes: list[Change], unchanged: list[Change], resolved: list[Outcome],
                           unmatched: list[Outcome], source: str, waiting: Mapping[str, WaitingReport],
                           result: BatchResult, on_commit: OnCommit | None = None) -> None:
+        with self.guard(c.task_id for c in [*changes, *unchanged]) as granted:
+            changes, unchanged, denied = self._fresh(changes, unchanged, granted, result)
+            self._write_and_record_guarded(changes, unchanged, resolved, unmatched, source, waiting, result,
+                                           on_commit, {c.outcome.report.report_id for c in denied})
+
+    def _fresh(self, changes: list[Change], unchanged: list[Change], granted: set[str] | None,
+               result: BatchResult) -> tuple[list[Change], list[Change], list[Change]]:
+        """With other replicas writing (``granted`` not None): the changes on Tasks whose lease this
+        replica holds, decided again against the ledger read under the lease (another replica may
+        have written the Task since the plan read it), and those whose Task another holds."""
+        if granted is None:
+            return changes, unchanged, []
+        denied = [c for c in [*changes, *unchanged] if c.task_id not in granted]
+        ledger = self.store.ledger_for_tasks(granted)
+        writes: list[Change] = []
+        same: list[Change] = []
+        for change in (c for c in changes if c.task_id in granted):
+            entry = ledger.get(change.task_id)
+            action = decide(_ledger_status(entry), change.outcome.status) if entry else Action.WRITE
+            if action is Action.WRITE:
+                writes.append(change)
+            elif action is Action.UNCHANGED:
+                result.counts["skipped_unchanged"] += 1
+                same.append(change)
+            else:
+                result.counts["skipped_stale"] += 1
+        for change in (c for c in unchanged if c.task_id in granted):
+            entry = ledger.get(change.task_id)
+            if entry is None or decide(_ledger_status(entry), change.outcome.status) is not Action.STALE:
+                same.append(change)  # recorded only when nothing newer was written since the plan
+        return writes, same, denied
+
+    def _write_and_record_guarded(self, changes: list[Change], unchanged: list[Change], resolved: list[Outcome],
+                                  unmatched: list[Outcome], source: str, waiting: Mapping[str, WaitingReport],
+                                  result: BatchResult, on_commit: OnCommit | None, denied: set[str]) -> None:
         sent = self._send_or_fall_back(changes, result)
         written, budget_stop = sent.written, sent.budget_stop
         by_report: dict[str, list[WriteResult]] = defaultdict(list)
         for change, answer in written:
             by_report[change.outcome.report.report_id].append(answer)
 
-        unwritten = {c.outcome.report.report_id for c in sent.unsent}
+        unwritten = {c.outcome.report.report_id for c in sent.unsent} | denied
         now = self.clock()
         with self.store.transaction():
             self.record_written(written, [*unchanged, *sent.unchanged], source, result)

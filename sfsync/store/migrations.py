@@ -16,8 +16,9 @@ from sfsync.domain.ids import task_id
 from sfsync.errors import StoreError
 
 # 2: the ledger keyed by (Task, message id), Task Ids canonical; 3: inbox rows name their source;
-# 4: inbox rows carry an explicit staging sequence (``seq``), the claim order on both backends.
-SCHEMA_VERSION = 4
+# 4: inbox rows carry an explicit staging sequence (``seq``), the claim order on both backends;
+# 5: replicas: a ``leases`` table and inbox claim columns (used on PostgreSQL, see ``store.leases``).
+SCHEMA_VERSION = 5
 ADVISORY_KEY = 0x5F5359_4E43  # "_SYNC": serialises migrations between processes on one PostgreSQL database
 
 _LEDGER_COLUMNS = """message_id TEXT NOT NULL,
@@ -136,6 +137,32 @@ def _sqlite_inbox_seq(db: Any) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (processed_at, received_at)")
 
 
+_CLAIM_COLUMNS = (("claimed_by", "TEXT"), ("claim_key", "TEXT"), ("claim_expires", "TEXT"))
+_LEASES = "CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at {} NOT NULL)"
+_CLAIMED_INDEX = ("CREATE INDEX IF NOT EXISTS inbox_claimed ON inbox (claim_key) "
+                  "WHERE claimed_by IS NOT NULL AND processed_at IS NULL")
+
+
+def _sqlite_replicas(db: Any) -> None:
+    """Schema 4 -> 5: the replica tables and columns (SQLite keeps one process at a time by flock,
+    so it never fills them; they keep both schemas alike for ``store copy``)."""
+    have = [r["name"] for r in _columns(db, "inbox")]
+    for name, kind in _CLAIM_COLUMNS:
+        if name not in have:
+            db.execute(f"ALTER TABLE inbox ADD COLUMN {name} {kind}")
+    db.execute(_LEASES.format("TEXT"))
+    db.execute(_CLAIMED_INDEX)
+
+
+POSTGRES_REPLICAS = (
+    _LEASES.format("TIMESTAMPTZ"),  # the server's clock decides expiry, never a replica's
+    "ALTER TABLE inbox ADD COLUMN IF NOT EXISTS claimed_by TEXT",
+    "ALTER TABLE inbox ADD COLUMN IF NOT EXISTS claim_key TEXT",
+    "ALTER TABLE inbox ADD COLUMN IF NOT EXISTS claim_expires TIMESTAMPTZ",
+    _CLAIMED_INDEX,
+)
+
+
 @dataclass(frozen=True)
 class Step:
     version: int  # the version this step brings a store to
@@ -143,7 +170,9 @@ class Step:
     postgres: tuple[str, ...] = ()  # PostgreSQL starts at 4: nothing before
 
 
-STEPS = (Step(2, _sqlite_ledger_per_task), Step(3, _sqlite_inbox_source), Step(4, _sqlite_inbox_seq))
+STEPS = (Step(2, _sqlite_ledger_per_task), Step(3, _sqlite_inbox_source), Step(4, _sqlite_inbox_seq),
+         Step(5, _sqlite_replicas, POSTGRES_REPLICAS))
+POSTGRES_BASE = 4  # a new PostgreSQL store is created at schema 4, then brought forward by the steps
 
 
 def stored_version(db: Any, dialect: str) -> int:
@@ -193,13 +222,14 @@ def migrate_postgres(db: Any, name: str) -> tuple[int, int]:
     _refuse_newer(version, name)
     if version == SCHEMA_VERSION:
         return version, version
+    at = version
     if version == 0:
         for statement in POSTGRES_TABLES:
             db.execute(statement)
-    else:
-        for step in STEPS:
-            if version < step.version:
-                for statement in step.postgres:
-                    db.execute(statement)
+        at = POSTGRES_BASE
+    for step in STEPS:
+        if at < step.version:
+            for statement in step.postgres:
+                db.execute(statement)
     _record(db)
     return version, SCHEMA_VERSION
