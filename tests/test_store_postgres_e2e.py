@@ -144,3 +144,11 @@ def test_a_newer_schema_is_refused_by_the_cli(worker_env: dict[str, str], tmp_pa
     result = cli(["status"], worker_env, tmp_path)
     assert result.returncode == EXIT_CONFIG and "newer than this sfsync" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_doctor_names_the_backend_and_checks_postgresql(worker_env: dict[str, str], tmp_path: Path) -> None:
+    result = cli(["doctor", "--json"], worker_env, tmp_path)
+    checks = {c["name"]: c for c in json.loads(result.stdout)}
+    assert checks["store"]["status"] == "ok", checks["store"]
+    assert "PostgreSQL 15" in checks["store"]["detail"] and "may apply migrations" in checks["store"]["detail"]
+    assert checks["run lock"]["status"] == "ok"

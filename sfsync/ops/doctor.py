@@ -169,7 +169,7 @@ def _store_integrity(settings: Settings) -> Check:
         return Check("store", finding.status, finding.detail)
     path = settings.store_path
     if not path.exists():
-        return Check("store", "ok", f"no store yet at {path}; the first run creates it")
+        return Check("store", "ok", f"SQLite: no store yet at {path}; the first run creates it")
     problem = integrity_problem(path)
     return Check("store", "fail", problem) if problem else Check("store", "ok",
                                                                  f"SQLite: {path} passes SQLite's quick check")

@@ -101,7 +101,7 @@ class PostgresBackend:
         self.target = target
         self.name = target.label
         connect(target).close()  # a clear error now rather than a pool timeout later
-        self._pool = ConnectionPool(target.conninfo, kwargs=connect_kwargs(target), min_size=1,
+        self._pool = ConnectionPool(target.conninfo, kwargs=connect_kwargs(target), min_size=0,
                                     max_size=POOL_SIZE, open=False, timeout=30,
                                     check=ConnectionPool.check_connection, name="sfsync-store")
         with translated(self.name):
