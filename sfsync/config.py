@@ -19,6 +19,7 @@ from dotenv import dotenv_values
 from sfsync.bounds import PORT_MAX, OutOfRange, Range
 from sfsync.errors import ConfigError
 from sfsync.logs import redact_urls
+from sfsync.store.target import StoreTarget, parse_store_url, store_password
 
 SALESFORCE_ID_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(__c)?$")
 
@@ -77,6 +78,9 @@ class Settings:
     # Runtime
     ca_bundle: str = ""
     state_dir: Path = Path("var")
+    store_url: str = ""  # empty: the SQLite file in state_dir (sfsync.store.target reads the forms)
+    store_password: Secret = field(default_factory=lambda: Secret(""))  # PostgreSQL, or from the file below
+    store_password_file: str = ""
     api_budget_pct: float = 90.0
     wait_max_age_hours: float = 24.0
     http_timeout: float = 30.0
@@ -108,6 +112,18 @@ class Settings:
     @property
     def store_path(self) -> Path:
         return self.state_dir / "sfsync.db"
+
+    @property
+    def store_target(self) -> StoreTarget:
+        """The store SFSYNC_STORE_URL names (the SQLite file in the state folder when unset)."""
+        return parse_store_url(self.store_url, self.store_path, self.store_password_text, os.environ)
+
+    @property
+    def store_password_text(self) -> str:
+        """The PostgreSQL password (SFSYNC_STORE_PASSWORD, or the file SFSYNC_STORE_PASSWORD_FILE names)."""
+        if self.store_password_file:
+            return store_password({"SFSYNC_STORE_PASSWORD_FILE": self.store_password_file})
+        return self.store_password.value
 
     @property
     def lock_path(self) -> Path:
@@ -144,6 +160,9 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SFSYNC_TRUNCATE_FIELDS": ("truncate_fields", "fields"),
     "SFSYNC_CA_BUNDLE": ("ca_bundle", "ca_bundle"),
     "SFSYNC_STATE_DIR": ("state_dir", "path"),
+    "SFSYNC_STORE_URL": ("store_url", "str"),
+    "SFSYNC_STORE_PASSWORD": ("store_password", "secret"),
+    "SFSYNC_STORE_PASSWORD_FILE": ("store_password_file", "file"),
     "SFSYNC_API_BUDGET_PCT": ("api_budget_pct", "number"),
     "SFSYNC_WAIT_MAX_AGE_HOURS": ("wait_max_age_hours", "number"),
     "SFSYNC_HTTP_TIMEOUT": ("http_timeout", "number"),
@@ -321,6 +340,9 @@ def load_settings(env_file: str | Path | None = None, environ: Mapping[str, str]
         if raw is not None and raw.strip() != "":
             values[attr] = _convert(name, kind, raw)
     settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.store_password and settings.store_password_file:
+        raise ConfigError("set SFSYNC_STORE_PASSWORD or SFSYNC_STORE_PASSWORD_FILE, not both")
+    settings.store_target  # noqa: B018 - SFSYNC_STORE_URL checked now, not on the first store call
     if settings.truncate_fields:
         allowed = {settings.field_status, settings.field_code}
         if not set(settings.truncate_fields) <= allowed:

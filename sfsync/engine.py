@@ -40,12 +40,11 @@ from sfsync.errors import (
     StoreError,
     UsageError,
 )
-from sfsync.lock import RunLock
 from sfsync.pipeline import BatchResult, OnCommit, Pipeline, Stage, _BudgetStop
 from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
 from sfsync.replicas import coordinator, poll_lease
 from sfsync.sources.poll import PAGE, PollEnd, PollSource, confirmable_id, describe_ids
-from sfsync.store import DeadLetter, StagedReport, Store, WaitingReport, now_utc
+from sfsync.store import DeadLetter, StagedReport, Store, WaitingReport, now_utc, open_store
 
 log = logging.getLogger("sfsync.run")
 CONFIRM_PENDING = PollEnd.CONFIRM_PENDING.value
@@ -178,7 +177,7 @@ class Worker:
         self.mm = mm
         self.sf = sf
         self.retries = retries or RetryCounter()
-        self.store = store or Store(settings.store_path)
+        self.store = store or open_store(settings.store_target)
         self.on_stage = on_stage or (lambda stage: None)
         self.bulk_wait_s = bulk_wait_s
         self.replica = coordinator(self.store, settings.lease_seconds)  # SQLite: alone; PostgreSQL: leases
@@ -404,7 +403,7 @@ def retry_dead_letters(settings: Settings, store: Store, sf: SalesforceClient, l
     """Run dead letters through the pipeline again. A letter is retired in the transaction that
     records its report's new outcome, and only then; a report refused for good again keeps its
     letter (with the new error); a transient failure leaves the letter as it was."""
-    with RunLock(settings.lock_path):
+    with store.run_lock(settings.lock_path):
         found = [store.dead_letter(i) for i in letter_ids] if letter_ids else store.dead_letters(10_000)
         letters = [d for d in found if d is not None and d.retried_at is None]
         pipeline = Pipeline(settings, store, sf)

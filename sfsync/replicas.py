@@ -19,10 +19,7 @@ takes its leases and finishes its claimed reports.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
-import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -30,7 +27,7 @@ from typing import Protocol
 
 from sfsync.errors import StoreError
 from sfsync.store import StagedReport, Store
-from sfsync.store.leases import Leases
+from sfsync.store.leases import Leases, holder_id
 
 log = logging.getLogger("sfsync.replicas")
 DEFAULT_ACCOUNT = "default"
@@ -43,12 +40,6 @@ def poll_lease(account: str | None = None) -> str:
 
 def task_lease(task_id: str) -> str:
     return "task:" + task_id[:15]  # either form of a Task Id names one lease
-
-
-def holder_id() -> str:
-    """This replica's name in leases and claims: host, process and a random part (two replicas in
-    one process, as in the tests, are told apart)."""
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class Coordinator(Protocol):

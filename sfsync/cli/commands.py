@@ -231,13 +231,13 @@ def _status(sub: Any) -> None:
 
 
 def status_command(args: argparse.Namespace) -> int:
-    from sfsync.store import Store
+    from sfsync.store import open_store
 
     settings = settings_for(args, messagemedia=False, salesforce=False)
-    store = Store(settings.store_path)
+    store = open_store(settings.store_target)
     runs, hidden = _shown_runs(store, args.runs, args.all)
     staged, oldest = store.inbox_backlog()
-    data: dict[str, Any] = {"store": str(settings.store_path), "waiting": store.waiting_count(),
+    data: dict[str, Any] = {"store": store.name, "waiting": store.waiting_count(),
             "dead_letters": store.dead_letter_count(), "inbox_pending": staged,
             "staged_oldest_age_s": _age_seconds(oldest), "runs": runs, "idle_runs_hidden": hidden}
     if args.json:
@@ -313,10 +313,10 @@ def _dead_letters(sub: Any) -> None:
 def dead_letters_command(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from sfsync.store import Store
+    from sfsync.store import open_store
 
     settings = settings_for(args, messagemedia=False, salesforce=args.action == "retry")
-    store = Store(settings.store_path)
+    store = open_store(settings.store_target)
     if args.action == "list":
         letters = store.dead_letters(args.limit)
         if args.json:
@@ -442,4 +442,5 @@ REGISTRARS: list[Callable[[Any], None]] = [
     _lazy("sfsync.push.receiver"), _lazy("sfsync.push.webhooks"),  # push mode
     _lazy("sfsync.cli.backfill"),  # manual backfill
     _lazy("sfsync.ops.trace"), _lazy("sfsync.cli.config"),  # answers for people
+    _lazy("sfsync.cli.store"),  # store migrations and copies
 ]

@@ -20,7 +20,7 @@ from sfsync.domain.precedence import Status, explain
 from sfsync.domain.reports import InvalidReport, parse_report
 from sfsync.errors import EXIT_OK
 from sfsync.logs import masked
-from sfsync.store import Store
+from sfsync.store import Store, open_store
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,6 @@ def trace_command(args: argparse.Namespace) -> int:
     from sfsync.cli.commands import settings_for
 
     settings = settings_for(args, messagemedia=False, salesforce=False)
-    result = trace(Store(settings.store_path), args.id)
+    result = trace(open_store(settings.store_target), args.id)
     print(json.dumps(result.as_dict(), indent=2) if args.json else render(result))
     return EXIT_OK

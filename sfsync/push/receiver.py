@@ -51,7 +51,7 @@ from sfsync.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sfsync.ops.metrics import MetricsState
 from sfsync.push.auth import AuthFailed, PushAuth
 from sfsync.push.openapi import openapi_document
-from sfsync.store import Store, now_utc
+from sfsync.store import Store, now_utc, open_store
 
 log = logging.getLogger("sfsync.serve")
 
@@ -225,7 +225,7 @@ class PushServer:
         self.max_body = settings.push_max_body_bytes
         self.request_timeout = float(request_timeout)
         self.max_connections_per_client = min(per_client, max_connections)
-        self.store = store or Store(settings.store_path)
+        self.store = store or open_store(settings.store_target)
         self.drain_interval = drain_interval
         self.inbox_retention = dt.timedelta(days=inbox_retention_days)
         self.drain_state = DrainState(enabled=drain)

@@ -49,10 +49,9 @@ from sfsync.errors import (
     RemoteError,
     UsageError,
 )
-from sfsync.lock import RunLock
 from sfsync.pipeline import BatchResult, Change, Pipeline, resolve_all
 from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
-from sfsync.store import LedgerEntry, Store, now_utc
+from sfsync.store import LedgerEntry, Store, now_utc, open_store
 
 log = logging.getLogger("sfsync.sources.backfill")
 
@@ -468,7 +467,7 @@ class Backfill:
             mm, sf = mm or built_mm, sf or built_sf
         self.mm, self.sf = mm, sf
         self.retries = retries or RetryCounter()
-        self.store = store or Store(settings.store_path)
+        self.store = store or open_store(settings.store_target)
         self.on_page = on_page or (lambda page: None)
         self.progress_stream = progress_stream
         self.pipeline = Pipeline(settings, self.store, sf, dry_run=options.dry_run)
@@ -478,7 +477,7 @@ class Backfill:
     def run(self) -> BackfillSummary:
         if self.options.dry_run:  # writes nothing, so it need not keep the worker out
             return self._run_recorded()
-        with RunLock(self.settings.lock_path):
+        with self.store.run_lock(self.settings.lock_path):
             return self._run_recorded()
 
     def _run_recorded(self) -> BackfillSummary:

@@ -14,11 +14,18 @@ a live claim elsewhere is left for its holder.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import threading
+import uuid
 from collections.abc import Iterable
+from types import TracebackType
 from typing import Any
 
-from sfsync.store.base import Store
+from sfsync.errors import AlreadyRunning, StoreError
+from sfsync.store.backend import Backend
 from sfsync.store.records import StagedReport, now_utc, parse_ts, ts
 
 CLAIM_KEY = 0x5F5359_4E45  # serialises claim transactions (migrations and the old run lock use others)
@@ -34,6 +41,17 @@ _BUSY = ("SELECT DISTINCT claim_key FROM inbox WHERE claimed_by IS NOT NULL AND 
          "AND claimed_by <> ? AND claim_expires >= clock_timestamp()")
 
 
+LEASES_SCHEMA = 5  # the schema that brought the leases table
+RUN_LEASE = "run"  # the exclusive commands' run lock (backfill, dead-letter retry)
+DEFAULT_TTL_S = 60.0
+
+
+def holder_id() -> str:
+    """A replica's name in leases and claims: host, process and a random part (two replicas in
+    one process, as in the tests, are told apart)."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 def message_key(report_id: str, raw: Any) -> str:
     """What groups staged reports: their message id, or the report's own key when it has none."""
     message = raw.get("message_id") if isinstance(raw, dict) else None
@@ -45,10 +63,11 @@ def message_key(report_id: str, raw: Any) -> str:
 class Leases:
     """The leases and claims of one holder (one replica) on a PostgreSQL store."""
 
-    def __init__(self, store: Store, holder: str, ttl_seconds: float):
-        if store.dialect != "postgresql":
+    def __init__(self, store: Any, holder: str, ttl_seconds: float):
+        """``store``: a PostgreSQL ``Store`` or its ``Backend``."""
+        self.store: Backend = getattr(store, "backend", store)
+        if self.store.dialect != "postgresql":
             raise ValueError("leases are kept on a PostgreSQL store only")
-        self.store = store
         self.holder = holder
         self.ttl = float(ttl_seconds)
 
@@ -73,8 +92,9 @@ class Leases:
     def held(self, names: Iterable[str]) -> set[str]:
         """Of ``names``, the leases this holder has now (not expired)."""
         wanted = sorted(set(names))
-        rows = self.store._rows("SELECT name FROM leases WHERE holder = ? AND expires_at >= clock_timestamp() "
-                                "AND name = ANY(?::text[])", (self.holder, wanted))
+        with self.store.reading() as db:
+            rows = db.execute("SELECT name FROM leases WHERE holder = ? AND expires_at >= clock_timestamp() "
+                              "AND name = ANY(?::text[])", (self.holder, wanted)).fetchall()
         return {r["name"] for r in rows}
 
     def release(self, names: Iterable[str] | None = None) -> None:
@@ -88,8 +108,9 @@ class Leases:
 
     def holders(self, prefix: str = "") -> dict[str, str]:
         """Live leases (name -> holder) whose name starts with ``prefix``: for status and tests."""
-        rows = self.store._rows("SELECT name, holder FROM leases WHERE expires_at >= clock_timestamp() "
-                                "AND substr(name, 1, ?) = ?", (len(prefix), prefix))
+        with self.store.reading() as db:
+            rows = db.execute("SELECT name, holder FROM leases WHERE expires_at >= clock_timestamp() "
+                              "AND substr(name, 1, ?) = ?", (len(prefix), prefix)).fetchall()
         return {r["name"]: r["holder"] for r in rows}
 
     # -- inbox claims -------------------------------------------------------------------------------
@@ -137,3 +158,51 @@ class Leases:
             return int(db.execute("UPDATE inbox SET processed_at = ? WHERE claimed_by = ? AND processed_at IS NULL "
                                   "AND report_id = ANY(?::text[])", (ts(now_utc()), self.holder, ids)).rowcount)
 
+
+
+class LeaseRunLock:
+    """The run lock on PostgreSQL for the commands that run one at a time (backfill, dead-letter
+    retry): the lease ``run``, renewed by a thread while held. Workers and receivers do not take
+    it; they share the work through the leases and claims above."""
+
+    def __init__(self, backend: Backend, ttl_seconds: float = DEFAULT_TTL_S):
+        self.leases = Leases(backend, holder_id(), ttl_seconds)
+        self._stop = threading.Event()
+        self._keeper: threading.Thread | None = None
+
+    def acquire(self) -> LeaseRunLock:
+        if RUN_LEASE not in self.leases.acquire([RUN_LEASE]):
+            holder = self.leases.holders(RUN_LEASE).get(RUN_LEASE, "another process")
+            raise AlreadyRunning(f"another sfsync run ({holder}) holds the run lock of the store "
+                                 f"({self.leases.store.name}); this run exits without doing anything. Nothing to "
+                                 "fix unless that run is stuck: its lease expires when it stops renewing it.")
+        self._stop.clear()
+        self._keeper = threading.Thread(target=self._keep, name="sfsync-run-lease", daemon=True)
+        self._keeper.start()
+        return self
+
+    def _keep(self) -> None:
+        while not self._stop.wait(self.leases.ttl / 3):
+            try:
+                self.leases.renew()
+            except StoreError:
+                continue  # tried again at the next turn; past the expiry another may take it
+
+    def release(self) -> None:
+        if self._keeper is None:
+            return
+        self._stop.set()
+        self._keeper.join()
+        self._keeper = None
+        with contextlib.suppress(StoreError):  # else it expires on its own
+            self.leases.release([RUN_LEASE])
+
+    def is_free(self) -> bool:
+        return RUN_LEASE not in self.leases.holders(RUN_LEASE)
+
+    def __enter__(self) -> LeaseRunLock:
+        return self.acquire()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()

@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from sfsync.errors import AlreadyRunning, StoreError
 from sfsync.logs import redact_urls, register_secret
+from sfsync.store.leases import LeaseRunLock
 from sfsync.store.migrations import migrate_postgres, stored_version
 from sfsync.store.target import DEFAULT_CONNECT_TIMEOUT, StoreTarget
 
@@ -101,7 +102,7 @@ class PostgresBackend:
         self.target = target
         self.name = target.label
         connect(target).close()  # a clear error now rather than a pool timeout later
-        self._pool = ConnectionPool(target.conninfo, kwargs=connect_kwargs(target), min_size=1,
+        self._pool = ConnectionPool(target.conninfo, kwargs=connect_kwargs(target), min_size=0,
                                     max_size=POOL_SIZE, open=False, timeout=30,
                                     check=ConnectionPool.check_connection, name="sfsync-store")
         with translated(self.name):
@@ -139,8 +140,9 @@ class PostgresBackend:
         with self.reading() as db:
             return stored_version(db, "postgresql")
 
-    def run_lock(self, lock_path: Any = None) -> AdvisoryRunLock:
-        return AdvisoryRunLock(self.target)
+    def run_lock(self, lock_path: Any = None) -> LeaseRunLock:
+        """A lease row, not a session lock: a lost host's lock expires at a known time (see store.leases)."""
+        return LeaseRunLock(self)
 
     def after_copy(self, db: Any) -> None:
         for table, column in (("dead_letters", "id"), ("runs", "id"), ("inbox", "seq")):
