@@ -333,8 +333,7 @@ class Worker:
             durable = set(result.confirm)
             # A report without a usable id never parses: it is a dead letter already.
             done = [r.key for r in rows if (rid := confirmable_id(r.raw)) is None or rid in durable]
-            self.replica.done(done)
-            summary.counts["drained"] += len(done)
+            summary.counts["drained"] += len(self.replica.done(done))  # those still claimed here
 
         return commit
 

@@ -53,7 +53,8 @@ class Coordinator(Protocol):
 
     def claim_staged(self, limit: int, after: int) -> tuple[list[StagedReport], int]: ...
 
-    def done(self, report_ids: list[str]) -> None: ...
+    def done(self, report_ids: list[str]) -> list[str]:
+        """Mark claimed reports drained; the keys marked."""
 
     def task_guard(self, task_ids: Iterable[str]) -> AbstractContextManager[set[str] | None]: ...
 
@@ -80,8 +81,9 @@ class Solo:
         rows = self.store.claim_staged(limit, after)
         return rows, rows[-1].seq if rows else 0
 
-    def done(self, report_ids: list[str]) -> None:
+    def done(self, report_ids: list[str]) -> list[str]:
         self.store.inbox_done(report_ids)
+        return report_ids
 
     @contextmanager
     def task_guard(self, task_ids: Iterable[str]) -> Iterator[set[str] | None]:
@@ -195,8 +197,8 @@ class Replica:
     def claim_staged(self, limit: int, after: int) -> tuple[list[StagedReport], int]:
         return self.leases.claim_staged(limit, after)
 
-    def done(self, report_ids: list[str]) -> None:
-        self.leases.done(report_ids)
+    def done(self, report_ids: list[str]) -> list[str]:
+        return self.leases.done(report_ids)
 
 
 def coordinator(store: Store, lease_seconds: float) -> Solo | Replica:

@@ -148,15 +148,17 @@ class Leases:
             return int(db.execute("UPDATE inbox SET claimed_by = NULL, claim_key = NULL, claim_expires = NULL "
                                   "WHERE claimed_by = ? AND processed_at IS NULL", (self.holder,)).rowcount)
 
-    def done(self, report_ids: Iterable[str]) -> int:
+    def done(self, report_ids: Iterable[str]) -> list[str]:
         """Mark claimed reports drained, only those this holder still claims: a report whose
-        claim expired and was taken over is left to its new holder. Returns how many."""
+        claim expired and was taken over is left to its new holder. Returns the keys marked."""
         ids = list(report_ids)
         if not ids:
-            return 0
+            return []
         with self.store.transaction() as db:
-            return int(db.execute("UPDATE inbox SET processed_at = ? WHERE claimed_by = ? AND processed_at IS NULL "
-                                  "AND report_id = ANY(?::text[])", (ts(now_utc()), self.holder, ids)).rowcount)
+            rows = db.execute("UPDATE inbox SET processed_at = ? WHERE claimed_by = ? AND processed_at IS NULL "
+                              "AND report_id = ANY(?::text[]) RETURNING report_id",
+                              (ts(now_utc()), self.holder, ids)).fetchall()
+        return [r["report_id"] for r in rows]
 
 
 
