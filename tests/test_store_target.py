@@ -76,7 +76,7 @@ def test_doctor_findings_on_postgresql(pg_server: pgcluster.Server) -> None:
     url = pg_server.fresh_database()
     target = parse_store_url(url, DEFAULT, password=pg_server.password)
     assert postgres_findings(target).status == "ok" and "empty" in postgres_findings(target).detail
-    open_store(target).close()
+    open_store(target).dispose()
     finding = postgres_findings(target)
     assert (finding.status, f"store schema {SCHEMA_VERSION}" in finding.detail) == ("ok", True)
     # A user who may read and write but not create: fine today, warned about future migrations.
