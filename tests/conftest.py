@@ -130,4 +130,4 @@ def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> StoreTarget:
 def store(store_target: StoreTarget) -> Iterator[Store]:
     opened = open_store(store_target)
     yield opened
-    opened.close()
+    opened.dispose()

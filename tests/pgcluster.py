@@ -3,7 +3,7 @@
 ``initdb`` into a temporary folder as a non-root user (the ``postgres`` system user when the tests
 run as root), listening on a free port on 127.0.0.1 only, its socket in that folder, password
 authentication on TCP; stopped with ``pg_ctl stop -m fast`` and removed at the end.
-Each test gets a database of its own (``fresh_database``)."""
+Each test gets a schema of its own in one test database (``fresh_database``)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
+TEST_DATABASE = "sfsync_tests"
 PASSWORD = "pg-test-" + uuid.uuid4().hex[:12]
 START_SECONDS = 60
 
@@ -30,19 +32,26 @@ class Server:
     admin_url: str  # a URL without the password
     password: str
 
+    def _admin(self, url: str | None = None) -> psycopg.Connection[Any]:
+        return psycopg.connect(url or self.admin_url, password=self.password, autocommit=True)
+
     def fresh_database(self) -> str:
-        """A new empty database; its URL (no password in it)."""
-        name = "t_" + uuid.uuid4().hex[:16]
-        with psycopg.connect(self.admin_url, password=self.password, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+        """A new empty store for one test: a schema of its own in the shared test database (far quicker
+        than a database each); its URL, with no password in it, selects it through search_path."""
         base = self.admin_url.rsplit("/", 1)[0]
-        return f"{base}/{name}"
+        shared = f"{base}/{TEST_DATABASE}"
+        with contextlib.suppress(psycopg.errors.DuplicateDatabase), self._admin() as conn:
+            conn.execute(f'CREATE DATABASE "{TEST_DATABASE}"')
+        name = "t_" + uuid.uuid4().hex[:16]
+        with self._admin(shared) as conn:
+            conn.execute(f'CREATE SCHEMA "{name}"')
+        return f"{shared}?options=-csearch_path%3D{name}"
 
     def drop_database(self, url: str) -> None:
-        name = url.rsplit("/", 1)[1].split("?")[0]
-        with contextlib.suppress(psycopg.Error), psycopg.connect(
-                self.admin_url, password=self.password, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        """Drop the schema ``fresh_database`` made (or a database named by a URL without one)."""
+        schema = url.rsplit("%3D", 1)[1] if "%3D" in url else ""
+        with contextlib.suppress(psycopg.Error), self._admin(url.split("?")[0]) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def binaries() -> Path | None:

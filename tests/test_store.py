@@ -26,7 +26,7 @@ def test_a_new_store_is_at_the_current_schema_and_reopens_unchanged(store: Store
     again = open_store(store_target)
     assert again.migrated == (SCHEMA_VERSION, SCHEMA_VERSION)
     assert again.backend.schema_version() == SCHEMA_VERSION
-    again.close()
+    again.dispose()
 
 
 def test_staging_is_idempotent_and_a_different_copy_under_one_id_is_kept(store: Store) -> None:

@@ -57,7 +57,7 @@ def test_sqlite_to_postgresql_and_back_keeps_everything(tmp_path: Path, pg_serve
     back = Store(tmp_path / "b" / "sfsync.db")
     copy_store(target, back)
     assert snapshot(back) == snapshot(target)
-    target.close()
+    target.dispose()
 
 
 def test_a_target_holding_data_is_refused_unless_forced(tmp_path: Path, store: Store) -> None:

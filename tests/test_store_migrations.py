@@ -81,7 +81,7 @@ def test_an_old_sqlite_store_upgrades_in_place_keeping_every_row(tmp_path: Path,
     # New reports are staged after the old ones, in order, and a duplicate of an old one is no new report.
     assert store.stage("poll", [("c", {"k": "c"}), ("z", {"k": "z"})]) == {"c"}
     assert [c.key for c in store.claim_staged(10)] == ["z", "m", "b", "c"]
-    store.close()
+    store.dispose()
     assert Store(path).migrated == (SCHEMA_VERSION, SCHEMA_VERSION)
 
 
@@ -97,7 +97,7 @@ def _set_version(target: StoreTarget, version: int) -> None:
 
 def test_a_store_newer_than_the_code_is_refused(store: Store, store_target: StoreTarget) -> None:
     store.stage("poll", [("r1", {"id": "r1"})])
-    store.close()
+    store.dispose()
     _set_version(store_target, SCHEMA_VERSION + 1)
     with pytest.raises(StoreError, match=rf"schema {SCHEMA_VERSION + 1}, newer than this sfsync.*upgrade sfsync, "
                                          "or point"):
@@ -112,7 +112,7 @@ def test_concurrent_starts_migrate_once(store_target: StoreTarget) -> None:
         try:
             opened = open_store(store_target)
             results.append(opened.migrated)
-            opened.close()
+            opened.dispose()
         except BaseException as exc:
             errors.append(exc)
 

@@ -10,9 +10,11 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
 
 from sfsync.engine import RunOptions, Worker
 from sfsync.errors import EXIT_CONFIG, EXIT_OK, AlreadyRunning
@@ -20,6 +22,15 @@ from sfsync.sim.harness import Simulators
 from sfsync.store import SCHEMA_VERSION, Store, open_store, parse_store_url
 from tests import pgcluster
 from tests.conftest import add_tasks, composite_calls, fields_of, new_message_id, report
+from tests.test_push import (  # noqa: F401 - fixtures and tests used again here, on PostgreSQL
+    MakeServer,
+    http,
+    make_server,
+    post,
+    test_duplicate_pushes_are_stored_once,
+    test_shared_secret_pushes_are_stored,
+    wait_until,
+)
 from tests.test_worker_e2e import (  # noqa: F401 - collected again here, on PostgreSQL
     test_dead_letter_retry_after_the_cause_is_fixed,
     test_happy_path,
@@ -118,7 +129,7 @@ def test_a_sqlite_deployment_moves_to_postgresql_without_losing_anything(
     assert old.store.dialect == "sqlite" and old.store.waiting_count() == 1
     letters = old.store.dead_letter_count()
     assert letters == 1
-    old.store.close()
+    old.store.dispose()
 
     copied = cli(["store", "copy", "--to", pg_url, "--json"], on_sqlite, tmp_path)
     assert copied.returncode == EXIT_OK, copied.stderr
@@ -144,7 +155,7 @@ def test_a_newer_schema_is_refused_by_the_cli(worker_env: dict[str, str], tmp_pa
     store: Store = open_store(parse_store_url(pg_url, tmp_path, password=pg_server.password))
     with store.transaction() as db:
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
-    store.close()
+    store.dispose()
     result = cli(["status"], worker_env, tmp_path)
     assert result.returncode == EXIT_CONFIG and "newer than this sfsync" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
@@ -156,3 +167,24 @@ def test_doctor_names_the_backend_and_checks_postgresql(worker_env: dict[str, st
     assert checks["store"]["status"] == "ok", checks["store"]
     assert "PostgreSQL 15" in checks["store"]["detail"] and "may apply migrations" in checks["store"]["detail"]
     assert checks["run lock"]["status"] == "ok"
+
+
+def test_the_receiver_and_its_drain_share_postgresql(sims: Simulators, make_server: MakeServer) -> None:  # noqa: F811
+    """Pushes from 8 threads while the drain runs: every one stored once and written, none answered
+    before it was committed (a 200 is checked against the rows afterwards)."""
+    server = make_server(drain=True, drain_interval=0.2)
+    assert server.store.dialect == "postgresql"
+    messages = [new_message_id() for _ in range(400)]
+    tasks = add_tasks(sims, messages)
+    reports = [report(m, "delivered", "221", minute=1) for m in messages]
+
+    def push_share(share: list[dict[str, object]]) -> list[int]:
+        with requests.Session() as session:
+            return [post(session, server, body).status_code for body in share + share[:5]]  # a few twice
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = [s for part in pool.map(push_share, [reports[i::8] for i in range(8)]) for s in part]
+    assert set(statuses) == {200} and server.counts["stored"] == 400
+    assert server.store.inbox_count(pending_only=False) == 400
+    assert wait_until(lambda: server.store.inbox_count() == 0, timeout=60)
+    assert all(fields_of(sims, t) == ("Delivered", "221") for t in tasks)

@@ -76,19 +76,21 @@ def test_doctor_findings_on_postgresql(pg_server: pgcluster.Server) -> None:
     url = pg_server.fresh_database()
     target = parse_store_url(url, DEFAULT, password=pg_server.password)
     assert postgres_findings(target).status == "ok" and "empty" in postgres_findings(target).detail
-    open_store(target).close()
+    open_store(target).dispose()
     finding = postgres_findings(target)
     assert (finding.status, f"store schema {SCHEMA_VERSION}" in finding.detail) == ("ok", True)
     # A user who may read and write but not create: fine today, warned about future migrations.
     role = "r_" + uuid.uuid4().hex[:8]
+    empty_url = pg_server.fresh_database()
     with psycopg.connect(url, password=pg_server.password, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'limited-pw'")
-        conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+        for schema in (url.rsplit("%3D", 1)[1], empty_url.rsplit("%3D", 1)[1]):
+            conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+            conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}")
     limited = parse_store_url(url.replace("postgres@", f"{role}@"), DEFAULT, password="limited-pw")
     finding = postgres_findings(limited)
     assert finding.status == "warn" and "cannot apply future migrations" in finding.detail, finding
-    # On an empty database the same user could not create the tables: a failure that says so.
-    empty = parse_store_url(pg_server.fresh_database().replace("postgres@", f"{role}@"), DEFAULT,
-                            password="limited-pw")
+    # On an empty schema the same user could not create the tables: a failure that says so.
+    empty = parse_store_url(empty_url.replace("postgres@", f"{role}@"), DEFAULT, password="limited-pw")
     finding = postgres_findings(empty)
     assert finding.status == "fail" and "may not create or alter tables" in finding.detail, finding

@@ -41,7 +41,7 @@ def migrate_command(args: argparse.Namespace) -> int:
     settings = settings_for(args, messagemedia=False, salesforce=False)
     store = open_store(settings.store_target)
     before, after = store.migrated
-    store.close()
+    store.dispose()
     if args.json:
         print(json.dumps({"store": store.name, "from": before, "to": after}))
     elif before == after:
@@ -66,8 +66,8 @@ def copy_command(args: argparse.Namespace) -> int:
     try:
         result = copy_store(source, target, force=args.force)
     finally:
-        source.close()
-        target.close()
+        source.dispose()
+        target.dispose()
     if args.json:
         print(json.dumps({"from": result.source, "to": result.target, "rows": result.counts,
                           "replaced": result.replaced}, indent=2))

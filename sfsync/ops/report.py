@@ -107,7 +107,7 @@ def read_health(where: StoreTarget | Path) -> Health:
     except sqlite3.Error as exc:
         raise ConfigError(f"cannot read the store {store_path} ({exc}); check SFSYNC_STATE_DIR") from exc
     finally:
-        store.close()
+        store.dispose()
 
 
 @dataclass

@@ -56,4 +56,8 @@ class Backend(Protocol):
     def after_copy(self, db: Conn) -> None:
         """After rows were copied in with their ids: the next id of each table follows them."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release what the calling thread holds (SQLite: its connection; it reopens when used again)."""
+
+    def dispose(self) -> None:
+        """Release everything (PostgreSQL: the pool); the store is not used again."""

@@ -82,7 +82,12 @@ class Store:
         return self.backend.run_lock(lock_path)
 
     def close(self) -> None:
+        """Release the calling thread's connection (SQLite); the store stays usable."""
         self.backend.close()
+
+    def dispose(self) -> None:
+        """Release every connection (PostgreSQL: close the pool); the store is not used again."""
+        self.backend.dispose()
 
     def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         with self.backend.reading() as db:

@@ -150,6 +150,9 @@ class PostgresBackend:
                        f"COALESCE(MAX({column}), 0) + 1, false) FROM {table}")
 
     def close(self) -> None:
+        """A thread holds no connection between calls: nothing to release."""
+
+    def dispose(self) -> None:
         self._pool.close()
 
 

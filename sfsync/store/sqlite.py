@@ -249,3 +249,6 @@ class SqliteBackend:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+    def dispose(self) -> None:
+        self.close()
