@@ -55,7 +55,7 @@ from sfsync.sim.base import FaultConfig
 from sfsync.sim.harness import Simulators
 
 CHILD = Path(__file__).resolve().parent / "chaos_child.py"
-SECRET = "chaos-push-secret-0123456789abcdef"
+SECRET = "chaos-push-secret-0123456789abcdef"  # noqa: S105 - the simulators only
 HEADER = "X-SFSync-Secret"
 
 
@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"endpoint; {p.kills} kills", flush=True)
             with TokenExpiry(sims, 3.0):
                 kills = _kill_loop(procs, p, rng, url, password, work_dir, started, work, sims)
+                print(f"  {kills} kills done at {time.monotonic() - started:.1f} s; draining", flush=True)
                 while True:
                     pending, waiting = backlog(url, password, deleted)
                     if sims.mm.stats()["unconfirmed"] == 0 and not pending and not waiting \
@@ -279,11 +280,13 @@ def main(argv: list[str] | None = None) -> int:
                 injected = sum(Counter(sims.mm.faults.snapshot()["injected"]).values()) + \
                     sum(Counter(sims.sf.faults.snapshot()["injected"]).values())
                 pushes = Counter(str(x.get("status")) for x in sims.mm.push_log())
+                lines = len(record.read_text().splitlines()) if record.exists() else 0
     except TimeoutError as exc:
         for proc in procs:
             proc.kill()
         for log in sorted(work_dir.glob("*.log")):
-            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            text = log.read_text(errors="replace").strip().splitlines()
+            tail = [*text[:2], "...", *text[-2:]]
             print(f"  {log.stem}: " + "\n    ".join(tail)[-1500:])
         print(f"chaos: FAILED: {exc}")
         print(json.dumps({"chaos": "replicas", "seed": seed, "ok": False, "error": str(exc)}))
@@ -292,7 +295,6 @@ def main(argv: list[str] | None = None) -> int:
         for proc in procs:
             proc.kill()
         shutil.rmtree(work_dir, ignore_errors=True)
-    lines = len(record.read_text().splitlines()) if record.exists() else 0
     figures = {
         "chaos": "replicas", "seed": seed, "ok": verdict.ok, "elapsed_s": round(time.monotonic() - started, 1),
         "replicas": p.replicas, "receivers": 2, "reports": work.report_count, "messages": len(work.messages),
@@ -320,7 +322,7 @@ def _kill_loop(procs: list[Proc], p: argparse.Namespace, rng: random.Random, url
     while kills < p.kills:
         if time.monotonic() - started > p.budget * 0.6:
             break
-        time.sleep(rng.uniform(0.3, 1.5))
+        time.sleep(rng.uniform(0.3, 1.2))
         if not lost_one:
             holders = claim_holders(url, password)
             victims = [x for x in procs if x.name.startswith("worker") and x.popen and x.popen.pid in holders]
@@ -370,7 +372,7 @@ def _free_port() -> int:
 def _wait_healthy(ports: list[int]) -> None:
     import urllib.request
 
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 45
     for port in ports:
         while True:
             try:
