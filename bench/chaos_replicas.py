@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import datetime as dt
 import json
-import os
 import random
 import shutil
 import signal
@@ -33,13 +32,13 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from _common import PYTHON, REPO, worker_env
+from _common import PYTHON, worker_env
+from _pg import postgres
 from chaos import (
     CHAOS_ENV,
     FAULT_KINDS,
@@ -57,28 +56,6 @@ from sfsync.sim.harness import Simulators
 CHILD = Path(__file__).resolve().parent / "chaos_child.py"
 SECRET = "chaos-push-secret-0123456789abcdef"  # noqa: S105 - the simulators only
 HEADER = "X-SFSync-Secret"
-
-
-@contextlib.contextmanager
-def postgres(store: str) -> Iterator[tuple[str, str]]:
-    """(URL, password): the server ``store`` names (password in SFSYNC_STORE_PASSWORD or PGPASSWORD),
-    each run in a fresh database of its own; or, for ``postgresql`` alone, a throwaway cluster."""
-    import sys
-
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    from tests import pgcluster
-
-    if store in ("postgresql", "postgres"):
-        reason = pgcluster.unavailable_reason()
-        if reason:
-            raise SystemExit(f"--store postgresql: {reason}")
-        with pgcluster.server() as server:
-            url = server.fresh_database()
-            yield url, server.password
-        return
-    password = os.environ.get("SFSYNC_STORE_PASSWORD") or os.environ.get("PGPASSWORD", "")
-    yield store, password
 
 
 @dataclass
@@ -229,10 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     record = work_dir / "drained.log"
     procs: list[Proc] = []
     try:
-        with postgres(p.store) as (url, password), Simulators(
+        with postgres(p.store) as server, Simulators(
                 tls_dir=work_dir / "tls",
                 mm_faults=FaultConfig(rate=p.fault_rate, kinds=FAULT_KINDS, seed=seed + 1, stall_seconds=3),
                 sf_faults=FaultConfig(rate=p.fault_rate, kinds=FAULT_KINDS, seed=seed + 2, stall_seconds=3)) as sims:
+            url, password = server.fresh("chaos"), server.password
             extra = {**CHAOS_ENV, "SFSYNC_STORE_URL": url, "SFSYNC_STORE_PASSWORD": password,
                      "SFSYNC_LEASE_SECONDS": f"{p.lease_seconds:g}", "SFSYNC_PUSH_SECRET": SECRET,
                      "CHAOS_RECORD": str(record), "SFSYNC_METADATA_TASK_KEY": METADATA_KEY}
