@@ -7,12 +7,11 @@ import argparse
 import json
 from typing import Any
 
+from sfsync.cli.common import common_options, settings_for
 from sfsync.errors import EXIT_OK, ConfigError
 
 
 def register(sub: Any) -> None:
-    from sfsync.cli.commands import common_options
-
     parser = sub.add_parser("store", help="the store: apply schema migrations, or copy it to another database")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     migrate = actions.add_parser("migrate", parents=[common_options()],
@@ -35,7 +34,6 @@ def register(sub: Any) -> None:
 
 
 def migrate_command(args: argparse.Namespace) -> int:
-    from sfsync.cli.commands import settings_for
     from sfsync.store import open_store
 
     settings = settings_for(args, messagemedia=False, salesforce=False)
@@ -52,7 +50,6 @@ def migrate_command(args: argparse.Namespace) -> int:
 
 
 def copy_command(args: argparse.Namespace) -> int:
-    from sfsync.cli.commands import settings_for
     from sfsync.store import open_store, parse_store_url
     from sfsync.store.copy import copy_store
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from sfsync.store.base import RUN_HISTORY, Store
 from sfsync.store.migrations import SCHEMA_VERSION
-from sfsync.store.postgres import PostgresBackend
 from sfsync.store.records import DeadLetter, LedgerEntry, StagedReport, WaitingReport, now_utc
 from sfsync.store.sqlite import MIN_FREE_BYTES, free_bytes, integrity_problem, store_error
 from sfsync.store.target import StoreTarget, parse_store_url, sqlite_target
@@ -20,6 +19,9 @@ __all__ = [
 def open_store(target: StoreTarget) -> Store:
     """The store ``target`` names, migrated to this version's schema."""
     if target.dialect == "postgresql":
+        # psycopg is imported only by a process that uses PostgreSQL (every `sfsync` start pays for it otherwise)
+        from sfsync.store.postgres import PostgresBackend
+
         return Store(PostgresBackend(target))
     assert target.path is not None
     return Store(target.path)
