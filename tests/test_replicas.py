@@ -188,3 +188,24 @@ def test_a_task_written_by_another_replica_since_the_plan_is_not_overwritten(
 
     assert writes(sims, task) == [("Delivered", "221")]
     assert result.counts["skipped_stale"] == 1 and older["delivery_report_id"] in result.confirm
+
+
+def test_a_task_whose_lease_another_replica_holds_is_left_for_a_later_pass(
+        sims: Simulators, replica: Callable[..., Worker], open_pg: Callable[[], Store]) -> None:
+    message = new_message_id()
+    [task] = add_tasks(sims, [message])
+    body = report(message, "delivered", "221")
+    store = open_pg()
+    store.stage("push", [(body["delivery_report_id"], body)])
+    writing = Leases(store, "other-host:3:live", ttl_seconds=60)
+    writing.acquire(["task:" + task[:15]])  # another replica is writing this Task now
+    worker = replica()
+
+    held = worker.run(RunOptions(inbox=True))
+    assert held.counts["held"] >= 1 and held.counts["drained"] == 0
+    assert writes(sims, task) == [] and store.inbox_count() == 1  # neither written nor marked drained
+
+    writing.release()
+    done = worker.run(RunOptions(inbox=True))
+    assert done.counts["drained"] == 1 and writes(sims, task) == [("Delivered", "221")]
+    assert Leases(store, "observer", 1).holders() == {}  # every lease given back
