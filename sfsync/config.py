@@ -99,7 +99,9 @@ class Settings:
     push_max_body_bytes: int = 65536
 
     def __repr__(self) -> str:
-        return f"Settings({', '.join(f'{k}={v}' for k, v in describe(self).items())})"
+        """Secrets shown only as set or not; URLs without credentials."""
+        shown = (f"{f.name}={_shown(getattr(self, f.name))}" for f in fields(self))
+        return f"Settings({', '.join(shown)})"
 
     @property
     def sf_auth_mode(self) -> str:
@@ -385,10 +387,5 @@ def require(settings: Settings, *, messagemedia: bool = True, salesforce: bool =
     return settings
 
 
-def describe(settings: Settings) -> dict[str, str]:
-    """Settings for logs and `sfsync status`: secrets shown only as set or not."""
-    shown: dict[str, str] = {}
-    for f in fields(settings):
-        value = getattr(settings, f.name)
-        shown[f.name] = ("set" if value else "not set") if isinstance(value, Secret) else redact_urls(str(value))
-    return shown
+def _shown(value: object) -> str:
+    return ("set" if value else "not set") if isinstance(value, Secret) else redact_urls(str(value))

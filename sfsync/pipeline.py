@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
 
+from sfsync.clients.retry import waiting_next_try
 from sfsync.clients.salesforce import COLLECTION_LIMIT, IN_LIST_LIMIT, SalesforceClient, WriteResult
 from sfsync.config import Settings
 from sfsync.domain.codes import CodeMap, default_map, normalise_code, resolve
@@ -41,8 +42,6 @@ OnCommit = Callable[["BatchResult"], None]
 # Leases on the Tasks about to be written, held until their outcomes are recorded; yields the Ids
 # granted, or None when this process is the only writer (nothing to re-check).
 TaskGuard = Callable[[Iterable[str]], AbstractContextManager[set[str] | None]]
-WAIT_FIRST_RETRY_S = 60.0
-WAIT_MAX_RETRY_S = 3600.0
 # A write naming a Task that is not there (another org's Id, a deleted record): for a Task found by
 # the Id in metadata, the message-id match is tried before the report is dead-lettered.
 TASK_GONE = frozenset({"INVALID_CROSS_REFERENCE_KEY", "ENTITY_IS_DELETED"})
@@ -99,14 +98,12 @@ class Plan:
 
 
 # -- stages ---------------------------------------------------------------------------------------------
-def parse(
-    raws: Iterable[Any], source: str, default_tz: dt.tzinfo = dt.UTC
-) -> tuple[list[Report], list[InvalidReport]]:
+def parse(raws: Iterable[Any], default_tz: dt.tzinfo = dt.UTC) -> tuple[list[Report], list[InvalidReport]]:
     good: dict[str, Report] = {}
     bad: list[InvalidReport] = []
     for raw in raws:
         try:
-            report = parse_report(raw, source, default_tz)
+            report = parse_report(raw, default_tz)
         except InvalidReport as exc:
             exc.raw = raw  # type: ignore[attr-defined]
             bad.append(exc)
@@ -230,7 +227,7 @@ class Pipeline:
     def plan(self, raws: Iterable[Any], source: str = "poll", *, default_tz: dt.tzinfo = dt.UTC) -> Plan:
         """Parse, resolve, collapse, match and decide. Reads Salesforce and the store; writes nothing."""
         result = BatchResult()
-        reports, bad = parse(raws, source, default_tz)
+        reports, bad = parse(raws, default_tz)
         result.counts["received"] += len(reports) + len(bad)
         result.counts["invalid"] += len(bad)
         outcomes = resolve_all(reports, self.code_map)
@@ -544,7 +541,7 @@ class Pipeline:
             )
             return
         tried = row.attempts if row else 0
-        delay = min(WAIT_FIRST_RETRY_S * 2**tried, WAIT_MAX_RETRY_S)  # 1 min, 2, 4, ... 1 h
+        delay = waiting_next_try(tried)  # 1 min, 2, 4, ... 1 h
         self.store.add_waiting(report.report_id, report.message_id, report.raw, row.source if row else source,
                                f"no Task with {self.settings.field_message_id} = {report.message_id} yet{not_there}",
                                now + dt.timedelta(seconds=delay))

@@ -42,7 +42,18 @@ def task_lease(task_id: str) -> str:
     return "task:" + task_id[:15]  # either form of a Task Id names one lease
 
 
-class Coordinator(Protocol):
+class Claims(Protocol):
+    """How the inbox drain claims staged reports and marks them drained."""
+
+    def claim_staged(self, limit: int, after: int) -> tuple[list[StagedReport], int]:
+        """Up to ``limit`` staged reports after ``seq`` ``after``, and the ``seq`` the next claim
+        starts after (0: none seen)."""
+
+    def done(self, report_ids: list[str]) -> list[str]:
+        """Mark claimed reports drained; the keys marked."""
+
+
+class Coordinator(Claims, Protocol):
     holder: str
 
     def session(self, lock_path: Path) -> AbstractContextManager[object]: ...
@@ -50,11 +61,6 @@ class Coordinator(Protocol):
     def lease(self, name: str) -> AbstractContextManager[bool]: ...
 
     def lost(self, name: str) -> bool: ...
-
-    def claim_staged(self, limit: int, after: int) -> tuple[list[StagedReport], int]: ...
-
-    def done(self, report_ids: list[str]) -> list[str]:
-        """Mark claimed reports drained; the keys marked."""
 
     def task_guard(self, task_ids: Iterable[str]) -> AbstractContextManager[set[str] | None]: ...
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from sfsync.engine import RunOptions, RunSummary, Worker, build_clients
 from sfsync.pipeline import Pipeline
 from sfsync.replicas import Replica, poll_lease
 from sfsync.sim.harness import Simulators
+from sfsync.sources.inbox import InboxSource
 from sfsync.store import Store, open_store, parse_store_url
 from sfsync.store.leases import Leases
 from tests import pgcluster
@@ -77,7 +79,7 @@ def in_threads(*jobs: Callable[[], RunSummary]) -> list[RunSummary]:
 def test_two_replicas_draining_one_store_never_process_one_report_twice(
         sims: Simulators, replica: Callable[..., Worker], open_pg: Callable[[], Store],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "DRAIN_BATCH", 40)  # many small claims, interleaved between the two
+    monkeypatch.setattr(engine, "InboxSource", partial(InboxSource, batch=40))  # small claims, interleaved
     sims.sf.faults.configure(latency_ms=15)
     messages = [new_message_id() for _ in range(200)]
     tasks = add_tasks(sims, messages)

@@ -303,7 +303,7 @@ class Store:
         return int(row["n"]), parse_ts(row["oldest"])
 
     def inbox_pending(self, limit: int = 100) -> list[dict[str, Any]]:
-        rows = self._rows("SELECT raw FROM inbox WHERE processed_at IS NULL ORDER BY received_at, report_id LIMIT ?",
+        rows = self._rows("SELECT raw FROM inbox WHERE processed_at IS NULL ORDER BY seq LIMIT ?",
                           (limit,))
         return [json.loads(r["raw"]) for r in rows]
 
