@@ -51,6 +51,50 @@ class Secret:
         return hash(self._value)
 
 
+ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")  # a MessageMedia account id, safe in a header
+ACCOUNT_VARIABLE = re.compile(r"^SFSYNC_MM_ACCOUNT_(?P<name>[A-Z0-9_]+)_API_(?:KEY|SECRET)$")
+
+
+@dataclass(frozen=True, repr=False)
+class MMAccount:
+    """One MessageMedia account polled by a run: its own key pair, or the parent's key pair with the
+    ``Account`` header naming it (a sub-account). ``name`` is "" for the single account of a
+    configuration without ``SFSYNC_MM_ACCOUNTS``."""
+
+    name: str
+    api_key: str
+    api_secret: Secret
+    header: str  # sent as the Account header; "" for none
+    key_variable: str = "SFSYNC_MM_API_KEY"
+    secret_variable: str = "SFSYNC_MM_API_SECRET"  # noqa: S105 - a variable's name
+
+    def __repr__(self) -> str:
+        how = f"Account: {self.header}" if self.header else "its own key"
+        return f"MMAccount({self.name or '(default)'}, {how})"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def label(self) -> str:
+        """How logs and errors name it."""
+        return f"account {self.name}" if self.name else "the account"
+
+    @property
+    def variables(self) -> str:
+        """The settings that make up its credentials, for an error message."""
+        if not self.name:
+            return "SFSYNC_MM_API_KEY, SFSYNC_MM_API_SECRET and SFSYNC_MM_ACCOUNT"
+        if self.header:
+            return f"SFSYNC_MM_API_KEY, SFSYNC_MM_API_SECRET and the sub-account id {self.name} in SFSYNC_MM_ACCOUNTS"
+        return f"{self.key_variable} and {self.secret_variable}"
+
+
+def account_variable(name: str, part: str) -> str:
+    """``SFSYNC_MM_ACCOUNT_<NAME>_API_KEY`` (``part`` KEY) or ``..._API_SECRET`` for an account name."""
+    return f"SFSYNC_MM_ACCOUNT_{re.sub(r'[^A-Za-z0-9]', '_', name).upper()}_API_{part}"
+
+
 @dataclass(frozen=True, repr=False)
 class Settings:
     # MessageMedia
@@ -58,6 +102,7 @@ class Settings:
     mm_api_key: str = ""
     mm_api_secret: Secret = field(default_factory=lambda: Secret(""))
     mm_account: str = ""
+    mm_accounts: tuple[MMAccount, ...] = ()  # SFSYNC_MM_ACCOUNTS: several accounts, each polled in turn
     # Salesforce: one of three ways to authenticate
     sf_login_url: str = ""
     sf_audience: str = ""  # JWT bearer `aud`; empty: derived from the login URL (clients.salesforce.jwt_audience)
@@ -111,6 +156,13 @@ class Settings:
             return "jwt"
         return "client_credentials"
 
+    def poll_accounts(self) -> tuple[MMAccount, ...]:
+        """The accounts a run polls: those of ``SFSYNC_MM_ACCOUNTS``, else the one account of
+        ``SFSYNC_MM_API_KEY`` (with ``SFSYNC_MM_ACCOUNT`` as its Account header when set)."""
+        if self.mm_accounts:
+            return self.mm_accounts
+        return (MMAccount("", self.mm_api_key, self.mm_api_secret, self.mm_account),)
+
     @property
     def store_path(self) -> Path:
         return self.state_dir / "sfsync.db"
@@ -145,6 +197,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SFSYNC_MM_API_KEY": ("mm_api_key", "header_str"),
     "SFSYNC_MM_API_SECRET": ("mm_api_secret", "header_secret"),
     "SFSYNC_MM_ACCOUNT": ("mm_account", "header_str"),
+    "SFSYNC_MM_ACCOUNTS": ("mm_accounts", "accounts"),
     "SFSYNC_SF_LOGIN_URL": ("sf_login_url", "url"),
     "SFSYNC_SF_AUDIENCE": ("sf_audience", "url"),
     "SFSYNC_SF_CLIENT_ID": ("sf_client_id", "str"),
@@ -276,6 +329,8 @@ def _convert(name: str, kind: str, raw: str) -> object:
             return Secret(check_header_value(name, raw))
         if kind == "header_str":
             return check_header_value(name, raw)
+        if kind == "accounts":
+            return _account_names(name, raw)
         if kind == "secret":
             return Secret(raw)
         if kind == "field":
@@ -341,6 +396,15 @@ def load_settings(env_file: str | Path | None = None, environ: Mapping[str, str]
         raw = env.get(name)
         if raw is not None and raw.strip() != "":
             values[attr] = _convert(name, kind, raw)
+    if "mm_accounts" in values:
+        if values.get("mm_account"):
+            raise ConfigError("SFSYNC_MM_ACCOUNT and SFSYNC_MM_ACCOUNTS are both set: list every account, "
+                              "sub-accounts included, in SFSYNC_MM_ACCOUNTS and unset SFSYNC_MM_ACCOUNT")
+        values["mm_accounts"] = read_accounts(values["mm_accounts"], env, values)  # type: ignore[arg-type]
+    else:
+        orphans = sorted(n for n in env if ACCOUNT_VARIABLE.match(n) and (env.get(n) or "").strip())
+        if orphans:
+            raise ConfigError(f"{orphans[0]} is set but SFSYNC_MM_ACCOUNTS is not: list the account there")
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.store_password and settings.store_password_file:
         raise ConfigError("set SFSYNC_STORE_PASSWORD or SFSYNC_STORE_PASSWORD_FILE, not both")
@@ -352,12 +416,63 @@ def load_settings(env_file: str | Path | None = None, environ: Mapping[str, str]
     return settings
 
 
+def read_accounts(names: tuple[str, ...], env: Mapping[str, str],
+                  values: Mapping[str, object]) -> tuple[MMAccount, ...]:
+    """``SFSYNC_MM_ACCOUNTS``: each name is a sub-account (the parent key pair, ``Account: <name>``)
+    unless ``SFSYNC_MM_ACCOUNT_<NAME>_API_KEY`` and ``_API_SECRET`` give it its own key pair. Errors
+    name the variable, never a value of a key or secret."""
+    accounts: list[MMAccount] = []
+    by_variable: dict[str, str] = {}
+    for name in names:
+        key_var, secret_var = account_variable(name, "KEY"), account_variable(name, "SECRET")
+        if key_var in by_variable:
+            raise ConfigError(f"SFSYNC_MM_ACCOUNTS: {by_variable[key_var]!r} and {name!r} share the variables "
+                              f"{key_var}/_SECRET; give accounts names that differ in more than case or punctuation")
+        by_variable[key_var] = name
+        key = (env.get(key_var) or "").strip()
+        secret = (env.get(secret_var) or "").strip()
+        if bool(key) != bool(secret):
+            absent, present = (secret_var, key_var) if key else (key_var, secret_var)
+            raise ConfigError(f"{absent} is missing ({present} is set): account {name} needs both, or neither to "
+                              f"act for it with the parent key (SFSYNC_MM_API_KEY) and the header Account: {name}")
+        if key:
+            accounts.append(MMAccount(name, check_header_value(key_var, key),
+                                      Secret(check_header_value(secret_var, secret)), "", key_var, secret_var))
+        else:
+            parent_secret = values.get("mm_api_secret")
+            accounts.append(MMAccount(name, str(values.get("mm_api_key") or ""),
+                                      parent_secret if isinstance(parent_secret, Secret) else Secret(""), name))
+    orphans = sorted(n for n in env if ACCOUNT_VARIABLE.match(n) and n.rsplit("_API_", 1)[0] + "_API_KEY"
+                     not in by_variable and (env.get(n) or "").strip())
+    if orphans:
+        raise ConfigError(f"{orphans[0]} names no account of SFSYNC_MM_ACCOUNTS ({', '.join(names)}): "
+                          "add the account there or remove the variable")
+    return tuple(accounts)
+
+
+def _account_names(name: str, raw: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    if not names:
+        raise ConfigError(f"{name} lists no account (e.g. {name}=acme,beta)")
+    bad = [n for n in names if not ACCOUNT_NAME.match(n)]
+    if bad:
+        shown = bad[0] if _printable(bad[0]) and len(bad[0]) <= 100 else "one of them"
+        raise ConfigError(f"{name}: {shown!r} is not a MessageMedia account id (letters, digits, '_', '.', '-'; "
+                          "at most 100 characters)")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{name} lists {dupes[0]!r} twice")
+    return names
+
+
 def missing_variables(settings: Settings, *, messagemedia: bool = True, salesforce: bool = True) -> list[str]:
     """The variables still needed to talk to the services, in the words of the README."""
     missing: list[str] = []
-    if messagemedia:
-        missing += [n for n, v in (("SFSYNC_MM_API_KEY", settings.mm_api_key),
-                                   ("SFSYNC_MM_API_SECRET", settings.mm_api_secret)) if not v]
+    subs = [a.name for a in settings.mm_accounts if a.header]
+    if messagemedia and (subs or not settings.mm_accounts):
+        why = f" (for the sub-accounts {', '.join(subs)})" if subs else ""
+        missing += [n + why for n, v in (("SFSYNC_MM_API_KEY", settings.mm_api_key),
+                                         ("SFSYNC_MM_API_SECRET", settings.mm_api_secret)) if not v]
     if salesforce:
         mode = settings.sf_auth_mode
         if mode == "token":

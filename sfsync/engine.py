@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,7 +25,7 @@ from sfsync.clients.bulk import BulkClient
 from sfsync.clients.messagemedia import MessageMediaClient
 from sfsync.clients.retry import BUDGET_BACKOFF_S, RetryCounter, RetryPolicy, StopAwareSleep, loop_backoff
 from sfsync.clients.salesforce import SalesforceClient
-from sfsync.config import Settings
+from sfsync.config import MMAccount, Settings
 from sfsync.domain.outcome import CountKey, Counts, ReportOutcome, ResultSink, Tally, discard
 from sfsync.errors import (
     EXIT_BUDGET,
@@ -46,6 +46,7 @@ from sfsync.errors import (
 from sfsync.pipeline import BatchResult, Pipeline, Stage, _BudgetStop
 from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
 from sfsync.replicas import coordinator, poll_lease
+from sfsync.sources.accounts import AccountPolls
 from sfsync.sources.batch import Source
 from sfsync.sources.dead_letters import DeadLetterSource, LetterRetry
 from sfsync.sources.inbox import DRAIN_BATCH, InboxSource
@@ -79,6 +80,7 @@ class RunSummary:
     api_usage: str = ""
     retries: int = 0
     covered: str = ""  # a dry run: what it planned, in words (how much of each source that was)
+    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)  # per account, with SFSYNC_MM_ACCOUNTS
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as logged and kept in the run history (the field names dashboards read)."""
@@ -94,6 +96,7 @@ class RunSummary:
             "api_usage": self.api_usage, "retries": self.retries, "duration_s": round(self.duration_s, 3),
             "exit_reason": self.exit_reason, "exit_code": self.exit_code,
             **({"covered": self.covered} if self.covered else {}),
+            **({"accounts": self.accounts} if self.accounts else {}),
         }
 
 
@@ -107,14 +110,27 @@ def build_clients(settings: Settings, sleep: Callable[[float], Any] = time.sleep
             counter)
 
 
+def _of(account: MMAccount) -> str:
+    """The words naming an account of SFSYNC_MM_ACCOUNTS in a log line; nothing for the single account."""
+    return f" of {account.label}" if account.name else ""
+
+
+def account_clients(settings: Settings, first: MessageMediaClient) -> list[MessageMediaClient]:
+    """One client per account polled (``SFSYNC_MM_ACCOUNTS``), sharing ``first``'s retry policy;
+    without the setting, ``first`` alone."""
+    accounts: Sequence[MMAccount] = settings.poll_accounts()
+    return [first, *(MessageMediaClient(settings, policy=first.policy, account=a) for a in accounts[1:])]
+
+
 @contextmanager
-def recorded_run(store: Store, kind: str, summary: RunSummary, mm: MessageMediaClient, sf: SalesforceClient,
-                 retries: RetryCounter, **log_extra: Any) -> Iterator[float]:
+def recorded_run(store: Store, kind: str, summary: RunSummary, mm: MessageMediaClient | Sequence[MessageMediaClient],
+                 sf: SalesforceClient, retries: RetryCounter, **log_extra: Any) -> Iterator[float]:
     """Around one run (worker or backfill): a row in the run history, the exit status from how it
     ended, the calls it made, and one ``run_summary`` log line. A budget stop is a clean end (exit
     5); any other error is recorded, then raised again for the command to report."""
     started = time.monotonic()
-    sf_before, mm_before, retries_before = sf.calls_total, mm.calls_total, retries.total
+    mms = [mm] if isinstance(mm, MessageMediaClient) else list(mm)
+    sf_before, mm_before, retries_before = sf.calls_total, sum(c.calls_total for c in mms), retries.total
     run_id: int | None = None
     error: BaseException | None = None
     try:
@@ -138,7 +154,7 @@ def recorded_run(store: Store, kind: str, summary: RunSummary, mm: MessageMediaC
             summary.exit_code = EXIT_PARTIAL
         summary.duration_s = time.monotonic() - started
         summary.salesforce_calls = sf.calls_total - sf_before
-        summary.messagemedia_calls = mm.calls_total - mm_before
+        summary.messagemedia_calls = sum(c.calls_total for c in mms) - mm_before
         summary.retries = retries.total - retries_before
         summary.api_usage = f"{sf.usage.used}/{sf.usage.max}" if sf.usage.max else "unknown"
         error = _record_finish(store, run_id, summary, error)
@@ -200,6 +216,7 @@ class Worker:
             built_mm, built_sf, retries = build_clients(settings, stop=self.stop)
             mm, sf = mm or built_mm, sf or built_sf
         self.mm = mm
+        self.mm_clients = account_clients(settings, mm)  # one poll source per account
         self.sf = sf
         self.retries = retries or RetryCounter()
         self.store = store or open_store(settings.store_target)
@@ -222,14 +239,14 @@ class Worker:
         kind = "dry-run" if options.dry_run else ("inbox" if options.inbox else "run")
         pipeline = Pipeline(self.settings, self.store, self.sf, dry_run=options.dry_run, on_stage=self.on_stage,
                             results=self.results, guard=self.replica.task_guard)
-        with recorded_run(self.store, kind, summary, self.mm, self.sf, self.retries) as started:
+        with recorded_run(self.store, kind, summary, self.mm_clients, self.sf, self.retries) as started:
             rules = self.rules(started, options)
             if options.dry_run:
                 summary.exit_reason = self._dry_run(pipeline, options, summary)
                 return summary
-            unavailable: RemoteError | None = None
+            unavailable: SfsyncError | None = None
             try:
-                polled = "" if options.inbox else self._poll(options, summary, rules)
+                polled, unavailable = ("", None) if options.inbox else self._poll(options, summary, rules)
             except RemoteError as exc:  # MessageMedia failed: what is staged is still drained, then the error
                 unavailable, polled = exc, ""
             if polled in ("signal", "time_budget"):
@@ -274,55 +291,85 @@ class Worker:
             return self.drain(again, pipeline, summary, inbox_rules)
         return ""
 
-    # -- the poll source: stage, then confirm ------------------------------------------------------------
-    def _poll(self, options: RunOptions, summary: RunSummary, rules: StopRules) -> str:
-        """Poll under the account's lease: another replica polling it leaves nothing to do here."""
-        lease = poll_lease()
+    # -- the poll sources, one per account: stage, then confirm ------------------------------------------
+    def _poll(self, options: RunOptions, summary: RunSummary, rules: StopRules) -> tuple[str, SfsyncError | None]:
+        """Poll each account in turn (one account: its errors end the run as they always did).
+        Returns the combined end and the error of the accounts that failed, raised after the drain."""
+        if len(self.mm_clients) == 1:
+            return self.poll_account(self.mm_clients[0], options, summary, rules), None
+        polls = AccountPolls()
+        for client in self.mm_clients:
+            before = summary.counts[Tally.FETCHED], summary.counts[Tally.CONFIRMED]
+            try:
+                end = self.poll_account(client, options, summary, rules)
+            except (AuthError, RemoteError) as exc:
+                polls.failed(client.account, exc, summary.counts[Tally.FETCHED] - before[0],
+                             summary.counts[Tally.CONFIRMED] - before[1])
+                log.error("MessageMedia %s could not be polled: %s; the other accounts go on", client.account.label,
+                          exc, extra={"event": "account_failed", "account": client.account.name})
+                continue
+            polls.ended(client.account, end, summary.counts[Tally.FETCHED] - before[0],
+                        summary.counts[Tally.CONFIRMED] - before[1])
+            if end in ("signal", "time_budget"):
+                break
+        summary.accounts = polls.counts
+        stopped = [e for e in polls.ends.values() if e in ("signal", "time_budget")]
+        return (stopped[0] if stopped else polls.end()), polls.error()
+
+    def poll_account(self, mm: MessageMediaClient, options: RunOptions, summary: RunSummary, rules: StopRules) -> str:
+        """Poll one account under its lease (``poll:<account>``): another replica polling it leaves
+        nothing to do here."""
+        lease = poll_lease(mm.account.name)
         with self.replica.lease(lease) as polling:
             if not polling:
                 log.info("another replica polls MessageMedia now (lease %s)", lease, extra={"event": "poll_leased"})
                 return PollEnd.ELSEWHERE.value
-            return self._poll_held(options, summary, rules, lease)
+            return self._poll_account_held(mm, options, summary, rules, lease)
 
-    def _poll_held(self, options: RunOptions, summary: RunSummary, rules: StopRules, lease: str) -> str:
-        """Check MessageMedia's queue until it is drained into the store (or a limit stops it)."""
-        source = PollSource(self.mm, self.store, wait_seconds=self.settings.confirm_wait_seconds, stop=self.stop,
+    def _poll_account_held(self, mm: MessageMediaClient, options: RunOptions, summary: RunSummary,
+                           rules: StopRules, lease: str) -> str:
+        """Check one account's queue until it is drained into the store (or a limit stops it); its
+        own ``--max-reports``."""
+        source = PollSource(mm, self.store, wait_seconds=self.settings.confirm_wait_seconds, stop=self.stop,
                             on_stage=self.on_stage)
+        fetched = 0
         while True:
-            reason = rules.reason(summary.counts[Tally.FETCHED])
+            reason = rules.reason(fetched)
             if reason:
                 return reason
             if self.replica.lost(lease):  # not renewed in time: another replica may poll now
                 return PollEnd.ELSEWHERE.value
             check = source.next_check()
+            fetched += check.new
             summary.counts[Tally.FETCHED] += check.new
             summary.counts[Tally.CONFIRMED] += check.confirmed
             if not check.raws:
-                return PollEnd.QUEUE_EMPTY.value if summary.counts[Tally.FETCHED] else PollEnd.NOTHING.value
+                return PollEnd.QUEUE_EMPTY.value if fetched else PollEnd.NOTHING.value
             if check.new:
                 if options.once:
                     return "once"
                 continue
             if check.served_again:
-                log.warning("MessageMedia still serves %d report(s) staged and confirmed %gs ago or more (a "
+                log.warning("MessageMedia still serves %d report(s)%s staged and confirmed %gs ago or more (a "
                             "confirmation takes effect some time after its 202): the queue is not drained; the "
                             "next run continues (SFSYNC_CONFIRM_WAIT_SECONDS sets the wait)", check.served_again,
-                            self.settings.confirm_wait_seconds, extra={"event": CONFIRM_PENDING})
+                            _of(mm.account), self.settings.confirm_wait_seconds,
+                            extra={"event": CONFIRM_PENDING, "account": mm.account.name})
                 return CONFIRM_PENDING
-            return self._unconfirmable(check.unconfirmable)
+            return self._unconfirmable(check.unconfirmable, mm.account)
 
     @staticmethod
-    def _unconfirmable(raws: list[Any]) -> str:
-        ids = describe_ids(raws)
+    def _unconfirmable(raws: list[Any], account: MMAccount) -> str:
+        ids = describe_ids(raws) + _of(account)
         if len(raws) >= PAGE:
             log.error("the head of MessageMedia's queue holds %d report(s) whose ids MessageMedia will not accept "
                       "in a confirmation (%s): nothing behind them can be fetched. They are kept as dead letters "
                       "('sfsync dead-letters list'); ask MessageMedia support to remove them from the queue",
-                      len(raws), ids, extra={"event": "queue_wedged"})
+                      len(raws), ids, extra={"event": "queue_wedged", "account": account.name})
             return PollEnd.WEDGED.value
         log.warning("the queue holds only %d report(s) whose ids MessageMedia will not accept in a confirmation "
                     "(%s); they are kept as dead letters and stay at the head of the queue", len(raws), ids,
-                    extra={"event": "unconfirmable"})
+                    extra={"event": "unconfirmable", "account": account.name})
         return PollEnd.UNCONFIRMABLE.value
 
     # -- the drain: claim, pipeline, mark done in one commit ----------------------------------------------
@@ -370,7 +417,7 @@ class Worker:
         (polled or pushed, not yet written) are all planned."""
         page: list[Any] = []
         if not options.inbox:
-            page = self.mm.fetch_reports()
+            page = [r for mm in self.mm_clients for r in mm.fetch_reports()]
             self.on_stage("fetched")
             summary.counts[Tally.FETCHED] += len(page)
             if page:

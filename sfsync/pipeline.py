@@ -32,7 +32,7 @@ from sfsync.domain.codes import CodeMap, default_map, normalise_code, resolve
 from sfsync.domain.ids import canonical_id, task_id
 from sfsync.domain.outcome import Counts, ReportOutcome, ReportResult, ResultSink, Tally, discard
 from sfsync.domain.precedence import Action, Status, decide, merge, strongest, wins
-from sfsync.domain.reports import InvalidReport, Report, format_time, parse_report, parse_time
+from sfsync.domain.reports import InvalidReport, Report, format_time, parse_report, parse_time, report_account
 from sfsync.errors import BudgetExhausted
 from sfsync.store import LedgerEntry, Store, WaitingReport, now_utc
 
@@ -191,7 +191,7 @@ def _ledger_status(entry: LedgerEntry) -> Status:
 def _ledger_entry(change: Change) -> LedgerEntry:
     s = change.outcome.status
     return LedgerEntry(change.outcome.message_id, change.task_id, s.label, s.code, s.final, s.event_time,
-                       s.received_time, change.outcome.report.report_id)
+                       s.received_time, change.outcome.report.report_id, report_account(change.outcome.report.raw))
 
 
 @contextmanager

@@ -204,21 +204,50 @@ def test_hmac_authentication_in_both_readings(
         assert answer.status_code == 403
 
 
-def test_the_account_header_selects_a_separate_queue(
-    sim: MessageMediaSim, server: SimServer, http: requests.Session
-) -> None:
-    own = sim.add_reports([{"message_id": new_id()}])[0]
-    sub = sim.add_reports([{"message_id": new_id()}], account="SubAccount1")[0]
-    assert [r["delivery_report_id"] for r in poll(http, server)] == [own]
-    sub_reports = poll(http, server, headers={"Account": "SubAccount1"})
-    assert [r["delivery_report_id"] for r in sub_reports] == [sub]
-    assert sub_reports[0]["vendor_account_id"]["account_id"] == "SubAccount1"
-    assert poll(http, server, headers={"Account": "Other"}) == []
+def test_the_account_header_selects_a_separate_queue(ca: EphemeralCA, http: requests.Session) -> None:
+    sim = MessageMediaSim(sub_accounts=("SubAccount1",))
+    with SimServer(sim, ca) as server:
+        own = sim.add_reports([{"message_id": new_id()}])[0]
+        sub = sim.add_reports([{"message_id": new_id()}], account="SubAccount1")[0]
+        assert [r["delivery_report_id"] for r in poll(http, server)] == [own]
+        sub_reports = poll(http, server, headers={"Account": "SubAccount1"})
+        assert [r["delivery_report_id"] for r in sub_reports] == [sub]
+        assert sub_reports[0]["vendor_account_id"]["account_id"] == "SubAccount1"
 
-    assert confirm(http, server, [sub]).status_code == 202  # wrong account: ignored
-    assert [r["delivery_report_id"] for r in sim.reports()] == [own, sub]
-    assert confirm(http, server, [sub], headers={"Account": "SubAccount1"}).status_code == 202
-    assert [r["delivery_report_id"] for r in sim.reports()] == [own]
+        assert confirm(http, server, [sub]).status_code == 202  # wrong account: ignored
+        assert [r["delivery_report_id"] for r in sim.reports()] == [own, sub]
+        assert confirm(http, server, [sub], headers={"Account": "SubAccount1"}).status_code == 202
+        assert [r["delivery_report_id"] for r in sim.reports()] == [own]
+        assert [(c["header"], c["account"], c["confirmed"]) for c in sim.confirm_calls()] == [
+            (None, "SimAccount", []), ("SubAccount1", "SubAccount1", [sub])]
+
+
+def test_an_account_the_key_may_not_act_for_is_refused(ca: EphemeralCA, http: requests.Session) -> None:
+    """A sub-account of another parent, or a made-up one: 403 on every endpoint, nothing served or
+    confirmed. A separate account's own key reaches its own queue only."""
+    sim = MessageMediaSim(sub_accounts=("Sub1",))
+    sim.add_key("beta-key", "beta-secret", "Beta", sub_accounts=("BetaSub",))
+    with SimServer(sim, ca) as server:
+        beta_sub = sim.add_reports([{"message_id": new_id()}], account="BetaSub")[0]
+        beta = sim.add_reports([{"message_id": new_id()}], account="Beta")[0]
+        for account in ("BetaSub", "Beta", "Other"):
+            answer = http.get(url(server, "/v1/delivery_reports"), headers={"Account": account}, timeout=TIMEOUT)
+            assert answer.status_code == 403 and answer.json()["message"]
+            refused = confirm(http, server, [beta_sub, beta], headers={"Account": account})
+            assert refused.status_code == 403
+            assert http.get(url(server, "/v1/webhooks/messages"), headers={"Account": account},
+                            timeout=TIMEOUT).status_code == 403
+        assert sim.confirm_calls() == [] and len(sim.reports()) == 2
+        with make_session(str(ca.ca_bundle)) as other:
+            other.auth = ("beta-key", "beta-secret")
+            assert [r["delivery_report_id"] for r in poll(other, server)] == [beta]
+            assert [r["delivery_report_id"] for r in poll(other, server, headers={"Account": "BetaSub"})] == [beta_sub]
+            assert other.get(url(server, "/v1/delivery_reports"), headers={"Account": "Sub1"},
+                             timeout=TIMEOUT).status_code == 403
+            other.auth = ("beta-key", SECRET)  # the default key's secret with Beta's key: refused
+            assert other.get(url(server, "/v1/delivery_reports"), timeout=TIMEOUT).status_code == 403
+    sim.reset()
+    assert sim.confirm_calls() == []
 
 
 # -- messages ----------------------------------------------------------------------------------

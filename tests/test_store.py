@@ -163,7 +163,7 @@ def test_backlog_and_trace(store: Store) -> None:
     found = store.trace(["m_1"])
     assert [len(found[k]) for k in ("ledger", "waiting", "dead_letters", "inbox")] == [1, 0, 0, 1]
     assert set(found["ledger"][0]) == {"message_id", "task_id", "label", "code", "final", "event_time",
-                                       "received_time", "report_id", "applied_at"}
+                                       "received_time", "report_id", "applied_at", "account"}
     assert store.trace(["mX1"])["inbox"] == []  # "_" is not a wildcard
     by_task = store.trace([], task_id=TASK_B)
     assert [len(by_task[k]) for k in ("ledger", "waiting", "dead_letters", "inbox")] == [0, 1, 0, 0]

@@ -30,14 +30,18 @@ def effective(settings: Settings, env_file: str | None, environ: dict[str, str] 
     path = Path(env_file) if env_file else Path(".env")
     from_file = {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
     shown: list[Setting] = []
-    for name, (attr, _) in VARIABLES.items():
+
+    def source(name: str) -> str:
         if (env.get(name) or "").strip():
-            source = "environment"
-        elif (from_file.get(name) or "").strip():
-            source = str(path)
-        else:
-            source = "default"
-        shown.append(Setting(name, _shown(getattr(settings, attr)), source))
+            return "environment"
+        return str(path) if (from_file.get(name) or "").strip() else "default"
+
+    for name, (attr, _) in VARIABLES.items():
+        shown.append(Setting(name, _shown(getattr(settings, attr)), source(name)))
+    for account in settings.mm_accounts:  # SFSYNC_MM_ACCOUNTS: each account's own key pair, when it has one
+        if not account.header:
+            shown.append(Setting(account.key_variable, account.api_key, source(account.key_variable)))
+            shown.append(Setting(account.secret_variable, _shown(account.api_secret), source(account.secret_variable)))
     return shown
 
 

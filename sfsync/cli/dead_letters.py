@@ -53,7 +53,9 @@ def dead_letters_command(args: argparse.Namespace) -> int:
         else:
             print(f"{store.dead_letter_count()} dead letter(s)")
             for d in letters:
-                print(f"  #{d.id} {d.created_at:%Y-%m-%d %H:%M} report {d.report_id} message {d.message_id}: "
+                account = _letter_dict(d)["account"]
+                print(f"  #{d.id} {d.created_at:%Y-%m-%d %H:%M} report {d.report_id} message {d.message_id}"
+                      f"{f' account {account}' if account else ''}: "
                       f"{masked(d.reason)}{f' [{d.sf_error}]' if d.sf_error else ''}")
         return EXIT_OK
     if args.action == "show":
@@ -124,13 +126,17 @@ def _letter_dict(letter: Any) -> dict[str, Any]:
     """A dead letter for people: phone numbers and message text masked as in the logs."""
     from dataclasses import asdict
 
+    from sfsync.domain.reports import report_account
+
     data = asdict(letter)
     with contextlib.suppress(ValueError):
         data["raw"] = json.loads(letter.raw)
+    data["account"] = report_account(data["raw"])  # the MessageMedia account the report names ("" if none)
     return {k: v if isinstance(v, int | type(None)) else masked(v) for k, v in data.items()}
 
 
-LETTER_COLUMNS = ("id", "created_at", "report_id", "message_id", "source", "reason", "sf_error", "retried_at")
+LETTER_COLUMNS = ("id", "created_at", "report_id", "message_id", "source", "reason", "sf_error", "retried_at",
+                  "account")
 
 
 def _letters_csv(letters: list[Any]) -> None:

@@ -29,7 +29,8 @@ def status_command(args: argparse.Namespace) -> int:
     staged, oldest = store.inbox_backlog()
     data: dict[str, Any] = {"store": store.name, "waiting": store.waiting_count(),
             "dead_letters": store.dead_letter_count(), "inbox_pending": staged,
-            "staged_oldest_age_s": _age_seconds(oldest), "runs": runs, "idle_runs_hidden": hidden}
+            "staged_oldest_age_s": _age_seconds(oldest), "runs": runs, "idle_runs_hidden": hidden,
+            "accounts": _accounts(store, settings)}
     if args.json:
         print(json.dumps(data, indent=2, default=str))
         return EXIT_OK
@@ -39,6 +40,13 @@ def status_command(args: argparse.Namespace) -> int:
     if staged:
         print(f"staged, not yet written to Salesforce: {staged} (oldest {_age_text(data['staged_oldest_age_s'])} "
               "old; the next run drains them)")
+    if settings.mm_accounts or len(data["accounts"]) > 1:
+        for name, figures in data["accounts"].items():
+            last = f"   last poll: {figures['last_poll']}" if figures.get("last_poll") else ""
+            oldest_text = (f" (oldest {_age_text(figures['staged_oldest_age_s'])})"
+                           if figures["staged_oldest_age_s"] is not None else "")
+            print(f"  account {name or '(not named in the report)'}: staged {figures['staged']}{oldest_text}, "
+                  f"waiting {figures['waiting']}, dead letters {figures['dead_letters']}{last}")
     for run in runs:
         c = run["counts"]
         code = "" if run["exit_code"] is None else f"exit {run['exit_code']}"
@@ -49,6 +57,28 @@ def status_command(args: argparse.Namespace) -> int:
     if hidden:
         print(f"  ({hidden} idle run(s) hidden among these: --all shows them)")
     return EXIT_OK
+
+
+def _accounts(store: Any, settings: Any) -> dict[str, dict[str, Any]]:
+    """Each MessageMedia account's backlog (the accounts of SFSYNC_MM_ACCOUNTS, and any other account
+    reports in the store name), with how its last poll ended."""
+    backlog = store.backlog_by_account()
+    last: dict[str, Any] = {}
+    for run in store.recent_runs(50):  # the latest run that polled several accounts
+        if isinstance(run["counts"], dict) and isinstance(run["counts"].get("accounts"), dict):
+            last = run["counts"]["accounts"]
+            break
+    names = [a.name for a in settings.mm_accounts] + [n for n in backlog if n not in
+                                                     {a.name for a in settings.mm_accounts}]
+    shown: dict[str, dict[str, Any]] = {}
+    for name in names:
+        figures = backlog.get(name, {})
+        polled = last.get(name) if isinstance(last.get(name), dict) else None
+        shown[name] = {"staged": figures.get("inbox_pending", 0),
+                       "staged_oldest_age_s": _age_seconds(figures.get("oldest_inbox")),
+                       "waiting": figures.get("waiting", 0), "dead_letters": figures.get("dead_letters", 0),
+                       "last_poll": polled.get("end") if polled else None}
+    return shown
 
 
 def _shown_runs(store: Any, wanted: int, everything: bool) -> tuple[list[dict[str, Any]], int]:

@@ -20,7 +20,10 @@ def register(sub: Any) -> None:
     parser = sub.add_parser("webhooks",
                             help="install, list or remove the MessageMedia webhook that pushes to 'sfsync serve'")
     actions = parser.add_subparsers(dest="webhooks_action", metavar="ACTION", required=True)
-    install = actions.add_parser("install", parents=[common_options()],
+    account = argparse.ArgumentParser(add_help=False)
+    account.add_argument("--account", metavar="ID",
+                         help="with SFSYNC_MM_ACCOUNTS: the account to act for (default: the first listed)")
+    install = actions.add_parser("install", parents=[common_options(), account],
                                  help="create the account webhook for the six delivery report events")
     install.add_argument("--url", required=True, help="public https URL of 'sfsync serve', path included")
     install.add_argument("--secret-header-value", metavar="VALUE",
@@ -32,13 +35,13 @@ def register(sub: Any) -> None:
                          help="retry_delay in seconds, 5 to 60 (default 30)")
     install.add_argument("--replace", action="store_true", help="delete a webhook already sending to --url first")
     install.add_argument("--json", action="store_true", help="the outcome as one JSON object")
-    listing = actions.add_parser("list", parents=[common_options()], help="the account's webhooks")
+    listing = actions.add_parser("list", parents=[common_options(), account], help="the account's webhooks")
     listing.add_argument("--json", action="store_true")
-    remove = actions.add_parser("remove", parents=[common_options()], help="delete a webhook by id")
+    remove = actions.add_parser("remove", parents=[common_options(), account], help="delete a webhook by id")
     remove.add_argument("webhook_id", metavar="ID")
     remove.add_argument("--json", action="store_true", help="the outcome as one JSON object")
     signing = actions.add_parser(
-        "signing-key", parents=[common_options()],
+        "signing-key", parents=[common_options(), account],
         help="create and enable a MessageMedia signature key; write its public key for SFSYNC_PUSH_PUBLIC_KEY_FILE")
     signing.add_argument("--out", metavar="PATH",
                          help="where to write the public key (PEM); default: SFSYNC_PUSH_PUBLIC_KEY_FILE "
@@ -51,6 +54,17 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=webhooks_command)
 
 
+def chosen_account(settings: Any, name: str | None) -> Any:
+    """The account ``--account`` names (None: the first); a name not listed is a usage error."""
+    if name is None:
+        return None
+    for account in settings.poll_accounts():
+        if account.name == name:
+            return account
+    listed = ", ".join(a.name for a in settings.mm_accounts) or "none: SFSYNC_MM_ACCOUNTS is not set"
+    raise UsageError(f"--account {name[:100]!r} is not an account of SFSYNC_MM_ACCOUNTS ({listed})")
+
+
 def webhooks_command(args: argparse.Namespace) -> int:
     from sfsync.clients.messagemedia import WEBHOOK_EVENTS, MessageMediaClient
     from sfsync.config import HEADER_VALUE
@@ -58,7 +72,7 @@ def webhooks_command(args: argparse.Namespace) -> int:
     from sfsync.push.webhooks import redacted, webhook_body
 
     settings = settings_for(args, messagemedia=True, salesforce=False)
-    client = MessageMediaClient(settings)
+    client = MessageMediaClient(settings, account=chosen_account(settings, args.account))
     if args.webhooks_action == "list":
         hooks = [redacted(h) for h in client.list_webhooks()]
         if args.json:

@@ -15,7 +15,7 @@ import requests
 
 from sfsync.clients.http import make_session, why_unreachable
 from sfsync.clients.retry import RetryPolicy, parse_retry_after
-from sfsync.config import Settings
+from sfsync.config import MMAccount, Settings
 from sfsync.errors import AuthError, RemoteError
 from sfsync.logs import register_secret
 
@@ -26,15 +26,19 @@ WEBHOOK_EVENTS = ("ENROUTE_DR", "SUBMITTED_DR", "DELIVERED_DR", "EXPIRED_DR", "R
 
 
 class MessageMediaClient:
+    """The API as one account sees it: ``account`` (default: the first account of the settings)
+    gives the key pair, and the ``Account`` header sent on every call when it is a sub-account."""
+
     def __init__(self, settings: Settings, *, session: requests.Session | None = None,
-                 policy: RetryPolicy | None = None):
+                 policy: RetryPolicy | None = None, account: MMAccount | None = None):
+        self.account = account or settings.poll_accounts()[0]
         self.base_url = settings.mm_base_url.rstrip("/")
         self.session = session or make_session(settings.ca_bundle or None, timeout=(10.0, settings.http_timeout))
-        self.session.auth = (settings.mm_api_key, settings.mm_api_secret.value)
-        register_secret(settings.mm_api_secret.value)
+        self.session.auth = (self.account.api_key, self.account.api_secret.value)
+        register_secret(self.account.api_secret.value)
         self.session.headers["Accept"] = "application/json"
-        if settings.mm_account:
-            self.session.headers["Account"] = settings.mm_account
+        if self.account.header:
+            self.session.headers["Account"] = self.account.header
         self.policy = policy or RetryPolicy(settings.retry_attempts, settings.retry_max_seconds)
         self.calls: Counter[str] = Counter()
 
@@ -67,16 +71,16 @@ class MessageMediaClient:
             raise RemoteError(f"MessageMedia {name}: no usable answer after every retry ({why_unreachable(exc)})",
                               transient=True) from exc
 
-    @staticmethod
-    def _raise_for(response: requests.Response, name: str) -> None:
+    def _raise_for(self, response: requests.Response, name: str) -> None:
         status = response.status_code
         if status < 400:
             return
         detail = _error_message(response)
         if status in (401, 403):
+            whose = f" for {self.account.label}" if self.account.name else ""
             raise AuthError(
-                f"MessageMedia refused the credentials (HTTP {status}: {detail}). "
-                "Check SFSYNC_MM_API_KEY, SFSYNC_MM_API_SECRET and SFSYNC_MM_ACCOUNT."
+                f"MessageMedia refused the credentials{whose} (HTTP {status}: {detail}). "
+                f"Check {self.account.variables}."
             )
         transient = status == 429 or status >= 500
         raise RemoteError(

@@ -220,3 +220,11 @@ def parse_report(raw: Any, default_tz: dt.tzinfo = dt.UTC) -> Report:
     submitted = report_time(raw, "submitted_date", rid, default_tz)
     received = report_time(raw, "date_received", rid, default_tz)
     return Report(rid, message_id, status, code, submitted, received, metadata, raw)
+
+
+def report_account(raw: Any) -> str:
+    """The MessageMedia account a report belongs to, as the report itself says
+    (``vendor_account_id.account_id``, in polled and pushed reports alike); "" when it does not."""
+    vendor = raw.get("vendor_account_id") if isinstance(raw, dict) else None
+    account = vendor.get("account_id") if isinstance(vendor, dict) else None
+    return account.strip()[:100] if isinstance(account, str) else ""

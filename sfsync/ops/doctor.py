@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sfsync.config import Settings, missing_variables
@@ -54,6 +55,10 @@ def run_checks(settings: Settings, *, mm: MessageMediaClient | None = None,
     if not any(m.startswith("SFSYNC_MM") for m in missing):
         checks.append(_guard("messagemedia credentials", lambda: _messagemedia(mm or MessageMediaClient(
             settings, policy=quick))))
+        for account in settings.mm_accounts[1:]:  # SFSYNC_MM_ACCOUNTS: each account's key (and Account header)
+            probe = MessageMediaClient(settings, policy=quick, account=account)
+            name = f"messagemedia account {account.name}"
+            checks.append(_guard(name, partial(_messagemedia, probe, name)))
     if any(m.startswith("SFSYNC_SF") for m in missing):
         return checks
     client = sf or SalesforceClient(settings, policy=quick)
@@ -213,9 +218,10 @@ def _lock(settings: Settings) -> Check:
                  "free" if free else "held by a running sfsync (fine if a run is under way)")
 
 
-def _messagemedia(mm: MessageMediaClient) -> Check:
+def _messagemedia(mm: MessageMediaClient, name: str = "messagemedia credentials") -> Check:
     mm.message(PROBE_MESSAGE_ID)  # 404 is the expected, harmless answer; 401/403 raise AuthError
-    return Check("messagemedia credentials", "ok", f"accepted by {redact_urls(mm.base_url)}")
+    whose = f" for {mm.account.label}" if mm.account.name else ""
+    return Check(name, "ok", f"accepted by {redact_urls(mm.base_url)}{whose}")
 
 
 def _token(sf: SalesforceClient) -> Check:

@@ -58,12 +58,14 @@ class Backlog:
     dead_letters: int = 0
     oldest_inbox: dt.datetime | None = None
     oldest_waiting: dt.datetime | None = None
+    # per MessageMedia account (as the reports name it): {"inbox_pending": n, "waiting": n, "dead_letters": n}
+    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, store: Any) -> Backlog:
         figures = store.backlog()
         return cls(figures["inbox_pending"], figures["waiting"], figures["dead_letters"], figures["oldest_inbox"],
-                   figures["oldest_waiting"])
+                   figures["oldest_waiting"], store.backlog_by_account())
 
 
 @dataclass
@@ -178,6 +180,14 @@ class _Collector:
         yield self._gauge("sfsync_backlog_oldest_waiting_age_seconds",
                           "Age of the oldest report waiting for its Task (0 when none).",
                           _age(backlog.oldest_waiting, now))
+        by_account = GaugeMetricFamily("sfsync_backlog_account_reports",
+                                       "Reports not yet in Salesforce, by MessageMedia account (as the report names "
+                                       "it) and where they are: inbox, waiting, dead_letters.",
+                                       labels=["account", "where"])
+        for account, figures in backlog.accounts.items():
+            for where in ("inbox_pending", "waiting", "dead_letters"):
+                by_account.add_metric([account, where.removesuffix("_pending")], figures.get(where, 0))
+        yield by_account
 
 
 def _age(since: dt.datetime | None, now: float) -> float:

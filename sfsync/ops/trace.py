@@ -16,7 +16,7 @@ from typing import Any
 from sfsync.domain.codes import default_map, resolve
 from sfsync.domain.ids import task_id
 from sfsync.domain.precedence import Status, explain
-from sfsync.domain.reports import InvalidReport, parse_report
+from sfsync.domain.reports import InvalidReport, parse_report, report_account
 from sfsync.logs import masked
 from sfsync.store import Store
 
@@ -30,6 +30,7 @@ class Written:
     event_time: str | None
     report_id: str | None
     applied_at: str
+    account: str = ""  # the MessageMedia account of the report written
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Seen:
     event_time: str | None
     decision: str  # what the rule made of it against what was written, and why
     note: str = ""  # the waiting reason, the dead letter's reason and Salesforce error
+    account: str = ""  # the MessageMedia account the report belongs to ("" when it does not say)
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ def trace(store: Store, query: str) -> Trace:
         mids = list(dict.fromkeys(_message_ids(rows)))
         rows = store.trace(mids, tid)
     written = [Written(r["task_id"], r["message_id"], r["label"], r["code"], r["event_time"], r["report_id"],
-                       r["applied_at"]) for r in rows["ledger"]]
+                       r["applied_at"], r.get("account") or "") for r in rows["ledger"]]
     by_message = {w.message_id: w for w in written if tid is None or w.task_id[:15] == tid[:15]}
     seen: list[Seen] = []
     for where, key, time_key in (("inbox", "inbox", "received_at"), ("waiting", "waiting", "first_seen"),
@@ -91,7 +93,8 @@ def _message_ids(rows: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 def _seen(where: str, when: str, raw_text: str, written: dict[str, Written], note: str) -> Seen:
     try:
-        report = parse_report(json.loads(raw_text))
+        raw = json.loads(raw_text)
+        report = parse_report(raw)
     except (InvalidReport, ValueError) as exc:
         return Seen(where, when, None, None, None, None, None, None, f"unreadable: {exc}", note)
     resolution = resolve(report.status, report.code, default_map(), report.message_id, quiet=True)
@@ -109,7 +112,7 @@ def _seen(where: str, when: str, raw_text: str, written: dict[str, Written], not
         decision = f"against {done.label} written at {done.applied_at}: {explain(current, incoming)}"
     event = report.submitted_at or report.received_at
     return Seen(where, when, report.report_id, report.message_id, report.status, report.code, resolution.label,
-                event.isoformat() if event else None, decision, note)
+                event.isoformat() if event else None, decision, note, report_account(raw))
 
 
 def render(result: Trace) -> str:
@@ -119,11 +122,13 @@ def render(result: Trace) -> str:
     lines.append("written by sfsync:" if data["written"] else "written by sfsync: nothing")
     for w in data["written"]:
         lines.append(f"  {w['applied_at'][:19]}  Task {w['task_id']}  {w['label']} {w['code'] or '(no code)'}  "
-                     f"event {w['event_time'] or 'unknown'}  report {w['report_id']}")
+                     f"event {w['event_time'] or 'unknown'}  report {w['report_id']}"
+                     + (f"  account {w['account']}" if w["account"] else ""))
     lines.append("reports seen:" if data["seen"] else "reports seen: none kept in the store (polled reports "
                  "are kept only while waiting or as dead letters)")
     for s in data["seen"]:
         lines.append(f"  {s['when'][:19]}  {s['where']:11}  report {s['report_id']}  {s['status']} "
-                     f"{s['code'] or ''} -> {s['label']}  event {s['event_time'] or 'unknown'}")
+                     f"{s['code'] or ''} -> {s['label']}  event {s['event_time'] or 'unknown'}"
+                     + (f"  account {s['account']}" if s["account"] else ""))
         lines.append(f"      {s['decision']}" + (f"  [{s['note']}]" if s["note"] else ""))
     return "\n".join(lines)

@@ -54,6 +54,9 @@ def dr_template(task_key: str) -> str:
         "submitted_date": _escaped("$submittedTimestamp"),
         "date_received": _escaped("$receivedTimestamp"),
         "source_number": _escaped("$sourceAddress"),
+        # The account the report belongs to, as polled reports carry it ($vendorId, $accountId: the
+        # spec's template variables): a sub-account's pushes keep their account in the store.
+        "vendor_account_id": {"vendor_id": _escaped("$vendorId"), "account_id": _escaped("$accountId")},
         "metadata": {task_key: _escaped(f"$metadata.get('{task_key}')")},
     }
     return json.dumps(fields, separators=(",", ":"))

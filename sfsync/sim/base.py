@@ -139,6 +139,8 @@ class Request:
     reader: _BodyReader
     params: dict[str, str] = field(default_factory=dict)
     _body: bytes | None = None
+    principal: Any = None  # who the credentials name, once an app has authenticated the call
+    account: str = ""  # the account the call acts for, once an app has authenticated it
 
     def body(self) -> bytes:
         if self._body is None:

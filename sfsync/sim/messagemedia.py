@@ -15,9 +15,14 @@ webhook of its account whose events include it (rendered from the webhook's temp
 connection errors are retried with back-off, a bounded number of times. Pushed reports stay in
 the poll queue too.
 
-State lives in memory under ``self.lock``. Reports are queued per account (the ``Account``
-header selects a sub-account); a message is derived from its reports (its status is the status
-of its latest report by ``submitted_date``) or added directly. Everything under ``/_sim/`` is
+Accounts: every API key belongs to one account and may act for that account's sub-accounts
+(``sub_accounts``; more keys with ``add_key``). The ``Account`` header selects the account a call
+acts for; one naming an account the key may not act for is refused with 403 (the spec documents
+403 ``{"message": ...}`` for refused credentials; the exact wording of this refusal is not
+documented). Reports are queued per account: a check sees, and a confirm confirms, only the
+reports of the account acted for. State lives in memory under ``self.lock``. A message is
+derived from its reports (its status is the status of its latest report by ``submitted_date``)
+or added directly. Everything under ``/_sim/`` is
 the unauthenticated admin API; the Python methods and the admin routes share one code path.
 """
 
@@ -168,6 +173,19 @@ def parse_timestamp(value: Any, zone: dt.tzinfo = dt.UTC, *, spec_form: bool = F
     return moment.replace(tzinfo=zone) if moment.tzinfo is None else moment
 
 
+@dataclass(frozen=True)
+class SimKey:
+    """An API key pair, the account it belongs to, and the sub-accounts it may act for."""
+
+    api_key: str
+    api_secret: str
+    account: str
+    sub_accounts: frozenset[str] = frozenset()
+
+    def may_act_for(self, account: str) -> bool:
+        return account == self.account or account in self.sub_accounts
+
+
 @dataclass
 class _Report:
     wire: dict[str, Any]  # exactly what the poll serves; never mutated after insertion
@@ -239,11 +257,15 @@ class MessageMediaSim(SimApp):
         report_date_form: str = "iso_ms",
         auth_failure_status: int = 403,
         account_id: str = DEFAULT_ACCOUNT,
+        sub_accounts: tuple[str, ...] = (),
+        keys: tuple[SimKey, ...] = (),
     ):
         super().__init__(faults)
         self.api_key = api_key
         self.api_secret = api_secret
         self.account_id = account_id  # the key's own account, used when no Account header is sent
+        # The constructor's keys: the default one (a parent of ``sub_accounts``) and any others.
+        self._initial_keys = (SimKey(api_key, api_secret, account_id, frozenset(sub_accounts)), *keys)
         self._initial_faults = copy.deepcopy(self.faults.config)
         self._initial_settings = {
             "reporting_metadata_shape": reporting_metadata_shape,
@@ -325,6 +347,16 @@ class MessageMediaSim(SimApp):
         self._webhooks: dict[str, dict[str, Any]] = {}  # id -> webhook as created, with its account
         self._signature_keys: dict[str, _SignatureKey] = {}
         self._exchanges: collections.deque[Exchange] = collections.deque(maxlen=EXCHANGE_LOG_MAX)
+        self._keys: dict[str, SimKey] = {k.api_key: k for k in self._initial_keys}
+        self._confirm_calls: list[dict[str, Any]] = []
+
+    def add_key(self, api_key: str, api_secret: str, account: str, sub_accounts: tuple[str, ...] = ()) -> SimKey:
+        """Another API key pair: of ``account`` (a separate account, or a parent of ``sub_accounts``).
+        Kept until ``reset``."""
+        key = SimKey(api_key, api_secret, account, frozenset(sub_accounts))
+        with self.lock:
+            self._keys[api_key] = key
+        return key
 
     def configure(self, **settings: Any) -> dict[str, Any]:
         """Change behaviour at run time: reporting_metadata_shape, reporting_naive_timestamps,
@@ -438,6 +470,9 @@ class MessageMediaSim(SimApp):
         }
         # What is given is kept verbatim; error_code (like callback_url) appears only when given.
         wire.update({k: v for k, v in raw.items() if v is not None})
+        vendor = wire.get("vendor_account_id")
+        if isinstance(vendor, dict):  # a report names the account it is queued for, whatever was given
+            wire["vendor_account_id"] = {**vendor, "account_id": account}
         return wire
 
     def _apply_to_message(self, wire: dict[str, Any], account: str) -> None:
@@ -490,6 +525,12 @@ class MessageMediaSim(SimApp):
                 copy.deepcopy(r.wire) for r in self._reports.values()
                 if state == "all" or (r.confirmed_at is None) == (state == "unconfirmed")
             ]
+
+    def confirm_calls(self) -> list[dict[str, Any]]:
+        """Every confirm call that was authenticated, in order: the ``Account`` header as sent (None
+        when absent), the account acted for, the ids sent and the ids it confirmed."""
+        with self.lock:
+            return copy.deepcopy(self._confirm_calls)
 
     def confirm_log(self) -> list[tuple[str, float]]:
         """Every confirmation of a known report, in order: (report id, time.time())."""
@@ -729,31 +770,41 @@ class MessageMediaSim(SimApp):
 
     def _authenticated(self, handler: Handler) -> Handler:
         def guarded(request: Request) -> Response:
-            if not self._credentials_ok(request):
+            key = self._credentials(request)
+            if key is None:
                 raise HttpError(self.auth_failure_status, AUTH_MESSAGE)
+            header = request.headers.get("Account")
+            acting = (header or "").strip() or key.account
+            if not key.may_act_for(acting):
+                raise HttpError(403, f"Not authorised to act on behalf of account {acting[:100]}")
+            request.principal, request.account = key, acting
             return handler(request)
 
         return guarded
 
-    def _credentials_ok(self, request: Request) -> bool:
+    def _credentials(self, request: Request) -> SimKey | None:
+        """The key pair that authenticates the call (Basic or HMAC), or None."""
         scheme, _, value = (request.headers.get("Authorization") or "").strip().partition(" ")
+        with self.lock:
+            keys = list(self._keys.values())
         if scheme.lower() == "basic":
             try:
                 key, sep, secret = base64.b64decode(value.strip(), validate=True).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
-                return False
-            return bool(sep) and _same(key, self.api_key) and _same(secret, self.api_secret)
+                return None
+            found = [k for k in keys if _same(key, k.api_key) and _same(secret, k.api_secret)]
+            return found[0] if sep and found else None
         if scheme.lower() == "hmac":
-            return self._hmac_ok(request, value)
-        return False
+            return next((k for k in keys if self._hmac_ok(request, value, k)), None)
+        return None
 
-    def _hmac_ok(self, request: Request, value: str) -> bool:
+    def _hmac_ok(self, request: Request, value: str, key: SimKey) -> bool:
         """HMAC auth as the SDKs (hmac-sha1, x-Content-MD5) and the newer docs (hmac-sha256,
         Content-MD5) describe it: both readings are accepted."""
         params = dict(_HMAC_PARAM.findall(value))
         digest = _HMAC_DIGESTS.get(params.get("algorithm", "").lower())
         names = params.get("headers", "").split()
-        if digest is None or not _same(params.get("username", ""), self.api_key):
+        if digest is None or not _same(params.get("username", ""), key.api_key):
             return False
         if "date" not in (n.lower() for n in names):
             return False
@@ -778,11 +829,12 @@ class MessageMediaSim(SimApp):
             if header is None:
                 return False
             lines.append(f"{name}: {header}")
-        expected = hmac.new(self.api_secret.encode(), "\n".join(lines).encode(), digest).digest()
+        expected = hmac.new(key.api_secret.encode(), "\n".join(lines).encode(), digest).digest()
         return _same(params.get("signature", ""), base64.b64encode(expected).decode())
 
     def _account(self, request: Request) -> str:
-        return (request.headers.get("Account") or "").strip() or self.account_id
+        """The account the call acts for (checked by ``_authenticated``)."""
+        return request.account or self.account_id
 
     def _poll(self, request: Request) -> Response:
         with self.lock:
@@ -814,7 +866,13 @@ class MessageMediaSim(SimApp):
         if len(ids) > MAX_IDS:
             raise HttpError(400, "Request validation failed",
                             details=[f"delivery_report_ids: must contain at most {MAX_IDS} items, got {len(ids)}"])
-        self.confirm(ids, self._account(request))
+        account = self._account(request)
+        with self.lock:
+            before = Counter(self._confirm_counts)
+            self.confirm(ids, account)
+            confirmed = [i for i in dict.fromkeys(ids) if self._confirm_counts[i] > before[i]]
+            self._confirm_calls.append({"header": request.headers.get("Account"), "account": account,
+                                        "ids": list(ids), "confirmed": confirmed})
         return Response.text(202, "Accepted")
 
     def _message_route(self, request: Request) -> Response:
@@ -868,6 +926,11 @@ class MessageMediaSim(SimApp):
         accounts = body.get("accounts") or [self._account(request)]
         if not isinstance(accounts, list):
             raise HttpError(400, "Request validation failed", details=["accounts: a list of account ids"])
+        key = request.principal
+        refused = [a for a in accounts if a != self._account(request)
+                   and not (isinstance(key, SimKey) and key.may_act_for(a))]
+        if refused:
+            raise HttpError(403, f"Not authorised to act on behalf of account {str(refused[0])[:100]}")
 
         with self.lock:
             order = self._ordered_by_send_time()

@@ -81,6 +81,11 @@ def normalise_pushed(raw: Any) -> Any:
     metadata = clean.get("metadata")
     if isinstance(metadata, dict):
         clean["metadata"] = {k: v for k, v in metadata.items() if not _unrendered(v)}
+    vendor = clean.get("vendor_account_id")  # the account: {"vendor_id": "$vendorId", "account_id": ...}
+    if isinstance(vendor, dict):
+        clean["vendor_account_id"] = {k: v for k, v in vendor.items() if not _unrendered(v)}
+        if not clean["vendor_account_id"]:
+            clean.pop("vendor_account_id")
     return clean
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sfsync.domain.ids import task_id
+from sfsync.domain.reports import report_account
 from sfsync.store.backend import Backend, Conn, Lock
 from sfsync.store.records import (
     DeadLetter,
@@ -36,7 +37,7 @@ from sfsync.store.sqlite import SqliteBackend
 
 RUN_HISTORY = 10_000  # runs kept in the history
 _LEDGER_COLUMNS = "message_id, task_id, label, code, final, event_time, received_time, report_id"
-_STAGE = ("INSERT INTO inbox (report_id, raw, received_at, source) VALUES (?, ?, ?, ?) "
+_STAGE = ("INSERT INTO inbox (report_id, raw, received_at, source, account) VALUES (?, ?, ?, ?, ?) "
           "ON CONFLICT (report_id) DO NOTHING")
 
 
@@ -45,13 +46,14 @@ def _stage_one(db: Conn, key: str, raw: Any, stamp: str, source: str) -> str | N
     was staged before. Another report under the same id (a pushed copy that carries more than the
     polled one) is kept too, under a key made of its content."""
     text = json.dumps(raw, default=str)
-    if db.execute(_STAGE, (key, text, stamp, source)).rowcount == 1:
+    account = report_account(raw)
+    if db.execute(_STAGE, (key, text, stamp, source, account)).rowcount == 1:
         return key
     row = db.execute("SELECT raw FROM inbox WHERE report_id = ?", (key,)).fetchone()
     if row is None or json.loads(row["raw"]) == json.loads(text):
         return None
     other = "raw:" + hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()
-    return other if db.execute(_STAGE, (other, text, stamp, source)).rowcount == 1 else None
+    return other if db.execute(_STAGE, (other, text, stamp, source, account)).rowcount == 1 else None
 
 
 def _like(text: str) -> str:
@@ -133,31 +135,31 @@ class Store:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            yield from self._rows(f"SELECT {_LEDGER_COLUMNS}, applied_at FROM ledger WHERE {column} IN ({marks})"
-                                  + tail, chunk)
+            yield from self._rows(f"SELECT {_LEDGER_COLUMNS}, applied_at, account FROM ledger "
+                                  f"WHERE {column} IN ({marks})" + tail, chunk)
 
     def record_applied(self, entries: Iterable[LedgerEntry]) -> None:
         """Record what was applied; a row rewritten counts as written last (it moves to the end)."""
         stamp = ts(now_utc())
         latest = {(e.message_id, task_id(e.task_id) or e.task_id): e for e in entries}  # the last of each pair
-        rows = [(m, t, e.label, e.code, int(e.final), ts(e.event_time), ts(e.received_time), e.report_id, stamp)
-                for (m, t), e in latest.items()]
+        rows = [(m, t, e.label, e.code, int(e.final), ts(e.event_time), ts(e.received_time), e.report_id, stamp,
+                 e.account) for (m, t), e in latest.items()]
         with self.transaction() as db:
             db.executemany("DELETE FROM ledger WHERE message_id = ? AND task_id = ?", [(r[0], r[1]) for r in rows])
-            db.executemany(f"INSERT INTO ledger ({_LEDGER_COLUMNS}, applied_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           rows)
+            db.executemany(f"INSERT INTO ledger ({_LEDGER_COLUMNS}, applied_at, account) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     # -- waiting for a Task --------------------------------------------------------------------------
     def add_waiting(self, report_id: str, message_id: str, raw: Mapping[str, Any], source: str, reason: str,
                     next_attempt: dt.datetime) -> None:
         with self.transaction() as db:
             db.execute(
-                """INSERT INTO waiting (report_id, message_id, raw, source, reason, first_seen, next_attempt, attempts)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, 1)
+                """INSERT INTO waiting (report_id, message_id, raw, source, reason, first_seen, next_attempt, attempts,
+                   account) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)
                    ON CONFLICT (report_id) DO UPDATE SET attempts = waiting.attempts + 1,
                    next_attempt = excluded.next_attempt, reason = excluded.reason""",
                 (report_id, message_id, json.dumps(raw, default=str), source, reason, ts(now_utc()),
-                 ts(next_attempt)),
+                 ts(next_attempt), report_account(raw)),
             )
 
     def due_waiting(self, now: dt.datetime | None, limit: int = 100, after: str = "") -> list[WaitingReport]:
@@ -193,8 +195,9 @@ class Store:
         with self.transaction() as db:
             added = db.execute(
                 """INSERT INTO dead_letters (report_id, message_id, raw, source, reason, sf_error, created_at,
-                   fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
-                (report_id, message_id, text, source, reason, sf_error, ts(now_utc()), fingerprint),
+                   fingerprint, account) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
+                (report_id, message_id, text, source, reason, sf_error, ts(now_utc()), fingerprint,
+                 report_account(raw)),
             ).rowcount == 1
             if not added:  # kept already: the same letter, with the latest reason and error
                 db.execute("UPDATE dead_letters SET reason = ?, sf_error = ? WHERE fingerprint = ? "
@@ -357,6 +360,24 @@ class Store:
                 "inbox_pending": staged, "oldest_inbox": oldest_staged,
                 "dead_letters": self.dead_letter_count()}
 
+    def backlog_by_account(self) -> dict[str, dict[str, Any]]:
+        """The backlog per MessageMedia account, as each report names it (``vendor_account_id``; ""
+        when it does not): staged and not yet drained (with the oldest), waiting, dead letters."""
+        found: dict[str, dict[str, Any]] = {}
+
+        def row(name: str) -> dict[str, Any]:
+            return found.setdefault(name, {"inbox_pending": 0, "oldest_inbox": None, "waiting": 0, "dead_letters": 0})
+
+        for r in self._rows("SELECT account, COUNT(*) AS n, MIN(received_at) AS oldest FROM inbox "
+                            "WHERE processed_at IS NULL GROUP BY account"):
+            row(r["account"]).update(inbox_pending=int(r["n"]), oldest_inbox=parse_ts(r["oldest"]))
+        for r in self._rows("SELECT account, COUNT(*) AS n FROM waiting GROUP BY account"):
+            row(r["account"])["waiting"] = int(r["n"])
+        for r in self._rows("SELECT account, COUNT(*) AS n FROM dead_letters WHERE retried_at IS NULL "
+                            "GROUP BY account"):
+            row(r["account"])["dead_letters"] = int(r["n"])
+        return dict(sorted(found.items()))
+
     def trace(self, message_ids: Iterable[str], task_id: str | None = None) -> dict[str, list[dict[str, Any]]]:
         """Every stored row about these messages (or naming this Task in a report): ledger (with
         ``applied_at``), waiting, dead letters and inbox, oldest first. Read-only."""
@@ -369,7 +390,7 @@ class Store:
         inbox_where = " OR ".join(["raw LIKE ? ESCAPE '\\'"] * (len(quoted) + 1))
         return {
             "ledger": [dict(r) for r in self._rows(
-                f"SELECT {_LEDGER_COLUMNS}, applied_at FROM ledger WHERE message_id IN ({marks}) "
+                f"SELECT {_LEDGER_COLUMNS}, applied_at, account FROM ledger WHERE message_id IN ({marks}) "
                 "OR substr(task_id, 1, 15) = ? ORDER BY applied_at", [*ids, task])],
             "waiting": [dict(r) for r in self._rows(
                 f"SELECT * FROM waiting WHERE message_id IN ({marks}) OR raw LIKE ? ESCAPE '\\' "

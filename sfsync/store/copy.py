@@ -14,13 +14,15 @@ from sfsync.store.base import Store
 # table -> (columns copied, the order rows are read and written in). The ledger's order is the order
 # rows were written (its ties are decided by it); the target numbers them anew in that order.
 TABLES: dict[str, tuple[str, str]] = {
-    "ledger": ("message_id, task_id, label, code, final, event_time, received_time, report_id, applied_at", ""),
-    "waiting": ("report_id, message_id, raw, source, reason, first_seen, next_attempt, attempts", "report_id"),
-    "dead_letters": ("id, report_id, message_id, raw, source, reason, sf_error, created_at, retried_at, fingerprint",
-                     "id"),
+    "ledger": ("message_id, task_id, label, code, final, event_time, received_time, report_id, applied_at, account",
+               ""),
+    "waiting": ("report_id, message_id, raw, source, reason, first_seen, next_attempt, attempts, account",
+                "report_id"),
+    "dead_letters": ("id, report_id, message_id, raw, source, reason, sf_error, created_at, retried_at, fingerprint, "
+                     "account", "id"),
     "runs": ("id, kind, started_at, ended_at, counts, exit_reason, exit_code", "id"),
     "checkpoints": ("name, data, updated_at", "name"),
-    "inbox": ("seq, report_id, raw, received_at, processed_at, source", "seq"),
+    "inbox": ("seq, report_id, raw, received_at, processed_at, source, account", "seq"),
     "bulk_jobs": ("job_id, created_at", "job_id"),
     "bulk_job_tasks": ("job_id, task_id, message_id, label, code, final, event_time, received_time, report_id",
                        "job_id, task_id"),

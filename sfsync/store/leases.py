@@ -41,7 +41,7 @@ _BUSY = ("SELECT DISTINCT claim_key FROM inbox WHERE claimed_by IS NOT NULL AND 
          "AND claimed_by <> ? AND claim_expires >= clock_timestamp()")
 
 
-LEASES_SCHEMA = 5  # the schema that brought the leases table
+LEASES_SCHEMA = 6  # the schema that brought the leases table
 RUN_LEASE = "run"  # the exclusive commands' run lock (backfill, dead-letter retry)
 DEFAULT_TTL_S = 60.0
 

@@ -17,8 +17,10 @@ from sfsync.errors import StoreError
 
 # 2: the ledger keyed by (Task, message id), Task Ids canonical; 3: inbox rows name their source;
 # 4: inbox rows carry an explicit staging sequence (``seq``), the claim order on both backends;
-# 5: replicas: a ``leases`` table and inbox claim columns (used on PostgreSQL, see ``store.leases``).
-SCHEMA_VERSION = 5
+# 5: ledger, inbox, waiting and dead-letter rows name the MessageMedia account of their report;
+# 6: replicas: a ``leases`` table and inbox claim columns (used on PostgreSQL, see ``store.leases``).
+SCHEMA_VERSION = 6
+ACCOUNT_TABLES = ("ledger", "inbox", "waiting", "dead_letters")
 ADVISORY_KEY = 0x5F5359_4E43  # "_SYNC": serialises migrations between processes on one PostgreSQL database
 
 _LEDGER_COLUMNS = """message_id TEXT NOT NULL,
@@ -137,6 +139,18 @@ def _sqlite_inbox_seq(db: Any) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (processed_at, received_at)")
 
 
+def _sqlite_accounts(db: Any) -> None:
+    """Schema 4 -> 5: an ``account`` column ('' when the report names none), filled from the reports
+    already kept (``vendor_account_id.account_id``); the ledger's older rows stay ''."""
+    for table in ACCOUNT_TABLES:
+        if "account" in [r["name"] for r in _columns(db, table)]:
+            continue
+        db.execute(f"ALTER TABLE {table} ADD COLUMN account TEXT NOT NULL DEFAULT ''")
+        if table != "ledger":
+            db.execute(f"UPDATE {table} SET account = COALESCE(CAST(CASE WHEN json_valid(raw) THEN "
+                       "json_extract(raw, '$.vendor_account_id.account_id') END AS TEXT), '')")
+
+
 _CLAIM_COLUMNS = (("claimed_by", "TEXT"), ("claim_key", "TEXT"), ("claim_expires", "TEXT"))
 _LEASES = "CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at {} NOT NULL)"
 _CLAIMED_INDEX = ("CREATE INDEX IF NOT EXISTS inbox_claimed ON inbox (claim_key) "
@@ -144,7 +158,7 @@ _CLAIMED_INDEX = ("CREATE INDEX IF NOT EXISTS inbox_claimed ON inbox (claim_key)
 
 
 def _sqlite_replicas(db: Any) -> None:
-    """Schema 4 -> 5: the replica tables and columns (SQLite keeps one process at a time by flock,
+    """Schema 5 -> 6: the replica tables and columns (SQLite keeps one process at a time by flock,
     so it never fills them; they keep both schemas alike for ``store copy``)."""
     have = [r["name"] for r in _columns(db, "inbox")]
     for name, kind in _CLAIM_COLUMNS:
@@ -171,8 +185,9 @@ class Step:
 
 
 STEPS = (Step(2, _sqlite_ledger_per_task), Step(3, _sqlite_inbox_source), Step(4, _sqlite_inbox_seq),
-         Step(5, _sqlite_replicas, POSTGRES_REPLICAS))
-POSTGRES_BASE = 4  # a new PostgreSQL store is created at schema 4, then brought forward by the steps
+         Step(5, _sqlite_accounts, tuple(f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS account TEXT NOT NULL DEFAULT ''"
+                                         for t in ACCOUNT_TABLES)),
+         Step(6, _sqlite_replicas, POSTGRES_REPLICAS))
 
 
 def stored_version(db: Any, dialect: str) -> int:
@@ -222,13 +237,13 @@ def migrate_postgres(db: Any, name: str) -> tuple[int, int]:
     _refuse_newer(version, name)
     if version == SCHEMA_VERSION:
         return version, version
-    at = version
+    reached = version
     if version == 0:
         for statement in POSTGRES_TABLES:
             db.execute(statement)
-        at = POSTGRES_BASE
+        reached = 4  # the tables above are schema 4; the later steps follow
     for step in STEPS:
-        if at < step.version:
+        if reached < step.version:
             for statement in step.postgres:
                 db.execute(statement)
     _record(db)

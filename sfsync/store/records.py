@@ -42,6 +42,7 @@ class LedgerEntry:
     event_time: dt.datetime | None
     received_time: dt.datetime | None
     report_id: str | None
+    account: str = ""  # the MessageMedia account of the report written ("" when it names none)
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,8 @@ class DeadLetter:
 def entry(row: Mapping[str, Any]) -> LedgerEntry:
     """A ledger (or Bulk job) row as a ``LedgerEntry``."""
     return LedgerEntry(row["message_id"], row["task_id"], row["label"], row["code"], bool(row["final"]),
-                       parse_ts(row["event_time"]), parse_ts(row["received_time"]), row["report_id"])
+                       parse_ts(row["event_time"]), parse_ts(row["received_time"]), row["report_id"],
+                       row["account"] if "account" in row.keys() else "")  # noqa: SIM118 - a Row's "in" tests values
 
 
 def dead_letter(row: Mapping[str, Any]) -> DeadLetter:
