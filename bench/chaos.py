@@ -3,6 +3,7 @@
     scripts/chaos                    # CI size: 2,000 reports, 10 kills, 10% faults, ~1 minute
     scripts/chaos --large            # 20,000 reports, 20 kills
     scripts/chaos --reports 5000 --kills 15 --fault-rate 0.2 --seed 3
+    scripts/chaos --replicas 3 --store postgresql://sfsync@db:5432/sfsync   # bench/chaos_replicas.py
 
 Seeds the simulators (in this process) with a queue of delivery reports over Tasks: in and out of
 order (across poll batches), with and without codes, duplicates, Tasks matched by metadata or by
@@ -445,6 +446,11 @@ def log_events(processes: list[Process]) -> Iterator[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if any(a == "--replicas" or a.startswith("--replicas=") for a in args):
+        import chaos_replicas  # replicas on one PostgreSQL store: bench/chaos_replicas.py
+
+        return chaos_replicas.main(args)
     parser = argparse.ArgumentParser(prog="scripts/chaos", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reports", type=int, help="delivery reports to seed (default 2,000; --large 20,000)")

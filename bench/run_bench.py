@@ -5,6 +5,7 @@ on the same simulators, with wall time, throughput, API calls, peak memory and t
     scripts/bench --reports 2000 --tasks 1000 --mm-latency-ms 10 --sf-latency-ms 30
     scripts/bench --naive-sample 0                  # the naive script over every report (slow)
     scripts/bench --skip-naive --backfill 1000000   # the backfill of a million Tasks
+    scripts/bench --replicas 1,2,4 --store postgresql://...   # by replica count (bench/bench_replicas.py)
 
 The simulators run in this process; every measured program is a child process (see _common.py).
 The last line of output is one JSON object holding every figure.
@@ -305,6 +306,11 @@ def targets(floor: Floor, sfsync: Measured, rerun: Measured | None, naive: Measu
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if any(a == "--replicas" or a.startswith("--replicas=") for a in args):
+        import bench_replicas  # replicas on one PostgreSQL store: bench/bench_replicas.py
+
+        return bench_replicas.main(args)
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reports", type=int, default=10_000, help="delivery reports in the workload (default 10,000)")

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -45,6 +45,7 @@ from sfsync.errors import (
 )
 from sfsync.pipeline import BatchResult, Pipeline, Stage, _BudgetStop
 from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
+from sfsync.replicas import coordinator, poll_lease
 from sfsync.sources.accounts import AccountPolls
 from sfsync.sources.batch import Source
 from sfsync.sources.dead_letters import DeadLetterSource, LetterRetry
@@ -222,11 +223,12 @@ class Worker:
         self.on_stage = on_stage or (lambda stage: None)
         self.bulk_wait_s = bulk_wait_s
         self.results = results
+        self.replica = coordinator(self.store, settings.lease_seconds)  # SQLite: alone; PostgreSQL: leases
 
     # -- one run --------------------------------------------------------------------------------------
     def run(self, options: RunOptions | None = None) -> RunSummary:
         options = options or RunOptions()
-        with self.store.run_lock(self.settings.lock_path):
+        with self.replica.session(self.settings.lock_path):
             return self._run_locked(options)
 
     def rules(self, started: float, options: RunOptions) -> StopRules:
@@ -236,7 +238,7 @@ class Worker:
         summary = RunSummary()
         kind = "dry-run" if options.dry_run else ("inbox" if options.inbox else "run")
         pipeline = Pipeline(self.settings, self.store, self.sf, dry_run=options.dry_run, on_stage=self.on_stage,
-                            results=self.results)
+                            results=self.results, guard=self.replica.task_guard)
         with recorded_run(self.store, kind, summary, self.mm_clients, self.sf, self.retries) as started:
             rules = self.rules(started, options)
             if options.dry_run:
@@ -267,20 +269,25 @@ class Worker:
         """The drain, the only half that speaks to Salesforce: settle open Bulk jobs, then the
         due waiting reports, then everything staged (once more for rows a transient failure held)."""
         self.sf.check_budget()
-        BulkReconciler(pipeline, BulkClient(self.sf), wait_seconds=self.bulk_wait_s,
-                       sleep=StopAwareSleep(self.stop)).settle(summary.counts)
+        with self.replica.lease("bulk") as settling:  # one replica settles open Bulk jobs at a time
+            if settling:
+                BulkReconciler(pipeline, BulkClient(self.sf), wait_seconds=self.bulk_wait_s,
+                               sleep=StopAwareSleep(self.stop)).settle(summary.counts)
         inbox_rules = rules if options.inbox else replace(rules, max_reports=None)
         at_most = options.max_reports if options.inbox else None
-        sources: list[Source] = [
-            WaitingSource(self.store, every=options.retry_waiting),
-            InboxSource(self.store, summary.counts, at_most=at_most, count_fetched=options.inbox),
+        sources: list[tuple[str | None, Source]] = [  # (the lease it needs, the source)
+            ("waiting", WaitingSource(self.store, every=options.retry_waiting)),
+            (None, InboxSource(self.store, summary.counts, at_most=at_most, count_fetched=options.inbox,
+                               claims=self.replica)),
         ]
-        for source in sources:
-            drained = self.drain(source, pipeline, summary, inbox_rules)
+        for lease, source in sources:
+            with self.replica.lease(lease) if lease else nullcontext(True) as mine:
+                drained = self.drain(source, pipeline, summary, inbox_rules) if mine else ""
             if drained:
                 return drained
         if summary.counts[ReportOutcome.HELD]:  # once more for rows a transient failure held (row locks)
-            again = InboxSource(self.store, summary.counts, at_most=at_most, count_fetched=options.inbox)
+            again = InboxSource(self.store, summary.counts, at_most=at_most, count_fetched=options.inbox,
+                                claims=self.replica)
             return self.drain(again, pipeline, summary, inbox_rules)
         return ""
 
@@ -310,8 +317,19 @@ class Worker:
         return (stopped[0] if stopped else polls.end()), polls.error()
 
     def poll_account(self, mm: MessageMediaClient, options: RunOptions, summary: RunSummary, rules: StopRules) -> str:
+        """Poll one account under its lease (``poll:<account>``): another replica polling it leaves
+        nothing to do here."""
+        lease = poll_lease(mm.account.name)
+        with self.replica.lease(lease) as polling:
+            if not polling:
+                log.info("another replica polls MessageMedia now (lease %s)", lease, extra={"event": "poll_leased"})
+                return PollEnd.ELSEWHERE.value
+            return self._poll_account_held(mm, options, summary, rules, lease)
+
+    def _poll_account_held(self, mm: MessageMediaClient, options: RunOptions, summary: RunSummary,
+                           rules: StopRules, lease: str) -> str:
         """Check one account's queue until it is drained into the store (or a limit stops it); its
-        own ``--max-reports``. The one poll of one account: a lease per account wraps this call."""
+        own ``--max-reports``."""
         source = PollSource(mm, self.store, wait_seconds=self.settings.confirm_wait_seconds, stop=self.stop,
                             on_stage=self.on_stage)
         fetched = 0
@@ -319,6 +337,8 @@ class Worker:
             reason = rules.reason(fetched)
             if reason:
                 return reason
+            if self.replica.lost(lease):  # not renewed in time: another replica may poll now
+                return PollEnd.ELSEWHERE.value
             check = source.next_check()
             fetched += check.new
             summary.counts[Tally.FETCHED] += check.new
@@ -376,7 +396,8 @@ class Worker:
             source = DeadLetterSource(self.store, letter_ids, results=self.results)
             summary = RunSummary()
             error: SfsyncError | None = None
-            pipeline = Pipeline(self.settings, self.store, self.sf, on_stage=self.on_stage, results=source.collect)
+            pipeline = Pipeline(self.settings, self.store, self.sf, on_stage=self.on_stage, results=source.collect,
+                                guard=self.replica.task_guard)
             with recorded_run(self.store, "dead-letter-retry", summary, self.mm, self.sf, self.retries,
                               command="dead-letters retry") as started:
                 try:

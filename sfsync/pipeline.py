@@ -18,8 +18,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, TypeVar
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 
 Stage = Callable[[str], None]
 OnCommit = Callable[["BatchResult"], None]
+# Leases on the Tasks about to be written, held until their outcomes are recorded; yields the Ids
+# granted, or None when this process is the only writer (nothing to re-check).
+TaskGuard = Callable[[Iterable[str]], AbstractContextManager[set[str] | None]]
 # A write naming a Task that is not there (another org's Id, a deleted record): for a Task found by
 # the Id in metadata, the message-id match is tried before the report is dead-lettered.
 TASK_GONE = frozenset({"INVALID_CROSS_REFERENCE_KEY", "ENTITY_IS_DELETED"})
@@ -190,6 +194,11 @@ def _ledger_entry(change: Change) -> LedgerEntry:
                        s.received_time, change.outcome.report.report_id, report_account(change.outcome.report.raw))
 
 
+@contextmanager
+def sole_writer(task_ids: Iterable[str]) -> Iterator[set[str] | None]:
+    yield None
+
+
 def result_row(outcome: ReportOutcome, of: Outcome, *, task: str | None = None, old: Status | None = None,
                error: str = "") -> ReportResult:
     """One report's result row: what the report says, and what the Task held as last known."""
@@ -211,10 +220,11 @@ class Pipeline:
     def __init__(self, settings: Settings, store: Store, salesforce: SalesforceClient, *,
                  code_map: CodeMap | None = None, dry_run: bool = False, on_stage: Stage | None = None,
                  clock: Callable[[], dt.datetime] = now_utc, results: ResultSink = discard,
-                 deleted_not_dead: bool = False):
+                 deleted_not_dead: bool = False, guard: TaskGuard = sole_writer):
         """``results`` takes each report's result row once its outcome is durable (in a dry run, once
         decided). ``deleted_not_dead`` (backfill): a write Salesforce refuses because the Task was
-        deleted is counted and reported as ``task_deleted``, not kept as a dead letter."""
+        deleted is counted and reported as ``task_deleted``, not kept as a dead letter. ``guard``:
+        Task leases around each write (replicas on PostgreSQL, ``sfsync.replicas``)."""
         self.settings = settings
         self.store = store
         self.sf = salesforce
@@ -224,6 +234,7 @@ class Pipeline:
         self.deleted_not_dead = deleted_not_dead
         self.on_stage = on_stage or (lambda stage: None)
         self.clock = clock
+        self.guard = guard
         self._field_lengths: dict[str, int] | None = None
 
     def process(self, raws: list[Any], source: str = "poll", *, default_tz: dt.tzinfo = dt.UTC,
@@ -422,6 +433,42 @@ class Pipeline:
     # -- write and record ---------------------------------------------------------------------------------
     def _write_and_record(self, plan: Plan, source: str, waiting: Mapping[str, WaitingReport],
                           on_commit: OnCommit | None = None) -> None:
+        with self.guard(c.task_id for c in [*plan.changes, *plan.unchanged]) as granted:
+            changes, unchanged, denied = self._fresh(plan.changes, plan.unchanged, granted, plan.result)
+            self._write_and_record_guarded(replace(plan, changes=changes, unchanged=unchanged), source, waiting,
+                                           on_commit, denied)
+
+    def _fresh(self, changes: list[Change], unchanged: list[Change], granted: set[str] | None,
+               result: BatchResult) -> tuple[list[Change], list[Change], list[Change]]:
+        """With other replicas writing (``granted`` not None): the changes on Tasks whose lease this
+        replica holds, decided again against the ledger read under the lease (another replica may
+        have written the Task since the plan read it), and those whose Task another holds."""
+        if granted is None:
+            return changes, unchanged, []
+        denied = [c for c in [*changes, *unchanged] if c.task_id not in granted]
+        ledger = self.store.ledger_for_tasks(granted)
+        writes: list[Change] = []
+        same: list[Change] = []
+        for change in (c for c in changes if c.task_id in granted):
+            entry = ledger.get(change.task_id)
+            action = decide(_ledger_status(entry), change.outcome.status) if entry else Action.WRITE
+            if action is Action.WRITE:
+                writes.append(change)
+            elif action is Action.UNCHANGED:
+                result.counts[ReportOutcome.SKIPPED_UNCHANGED] += 1
+                same.append(change)
+            else:
+                result.counts[ReportOutcome.SKIPPED_STALE] += 1
+                self.emit([change_row(ReportOutcome.SKIPPED_STALE, change,
+                                      "another replica wrote the Task since: " + _stale_reason(None))])
+        for change in (c for c in unchanged if c.task_id in granted):
+            entry = ledger.get(change.task_id)
+            if entry is None or decide(_ledger_status(entry), change.outcome.status) is not Action.STALE:
+                same.append(change)  # recorded only when nothing newer was written since the plan
+        return writes, same, denied
+
+    def _write_and_record_guarded(self, plan: Plan, source: str, waiting: Mapping[str, WaitingReport],
+                                  on_commit: OnCommit | None, denied: list[Change]) -> None:
         result, unchanged, resolved, unmatched = plan.result, plan.unchanged, plan.resolved, plan.unmatched
         sent = self._send_or_fall_back(plan.changes, result)
         written, budget_stop = sent.written, sent.budget_stop
@@ -429,7 +476,8 @@ class Pipeline:
         for change, answer in written:
             by_report[change.outcome.report.report_id].append(answer)
 
-        unwritten = {c.outcome.report.report_id for c in sent.unsent}
+        # Not sent (the budget ran out), or another replica writes their Task now: held, they come back.
+        unwritten = {c.outcome.report.report_id for c in [*sent.unsent, *denied]}
         now = self.clock()
         with self.store.transaction():
             self.record_written(written, [*unchanged, *sent.unchanged], source, result)
@@ -449,6 +497,8 @@ class Pipeline:
         result.counts[ReportOutcome.HELD] += len(result.held)
         self.on_stage("recorded")
         self.emit(change_row(ReportOutcome.HELD, c, "not sent: the Salesforce API budget ran out") for c in sent.unsent)
+        self.emit(change_row(ReportOutcome.HELD, c, "another replica is writing this Task: tried again later")
+                  for c in denied)
         self.emit(replace(row, outcome=ReportOutcome.HELD, error=f"held with the winning report of its message "
                           f"({row.error})") if row.message_id in held_messages
                   and row.outcome is ReportOutcome.SKIPPED_STALE else row for row in plan.rows)

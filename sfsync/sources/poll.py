@@ -39,6 +39,7 @@ class PollEnd(Enum):
     CONFIRM_PENDING = "confirm_pending"  # confirmed reports still served after the wait: not drained
     UNCONFIRMABLE = "unconfirmable"  # only reports MessageMedia will not confirm are left
     WEDGED = "unconfirmable_head"  # a whole page of them: nothing behind them can be reached
+    ELSEWHERE = "polled_elsewhere"  # another replica holds the account's poll lease
 
 
 def confirmable_id(raw: Any) -> str | None:
