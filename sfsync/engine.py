@@ -41,6 +41,7 @@ from sfsync.errors import (
     UsageError,
 )
 from sfsync.lock import RunLock
+from sfsync.overlap import Lookahead
 from sfsync.pipeline import BatchResult, OnCommit, Pipeline, Stage, _BudgetStop
 from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
 from sfsync.sources.poll import PAGE, PollEnd, PollSource, confirmable_id, describe_ids
@@ -196,20 +197,28 @@ class Worker:
                 summary.exit_reason = self._dry_run(pipeline, options, summary)
                 return summary
             unavailable: RemoteError | None = None
+            ahead = None if options.inbox else Lookahead(pipeline, self.store, limit=DRAIN_BATCH,
+                                                         on_stage=self.on_stage).start()
             try:
-                polled = "" if options.inbox else self._poll(options, summary, started)
+                polled = "" if options.inbox else self._poll(options, summary, started, ahead)
             except RemoteError as exc:  # MessageMedia failed: what is staged is still drained, then the error
                 unavailable, polled = exc, ""
+            finally:
+                claimed = ahead.finish() if ahead else []
             if polled in ("signal", "time_budget"):
                 summary.exit_reason = polled
                 return summary
+            if ahead and ahead.error:
+                raise ahead.error  # the drain's first Salesforce call would meet it
             # The drain: the only half that speaks to Salesforce.
             self.sf.check_budget()
             BulkReconciler(pipeline, BulkClient(self.sf), wait_seconds=self.bulk_wait_s,
                            sleep=StopAwareSleep(self.stop)).settle(summary.counts)
             drained = self._drain(self._waiting_batches(options), pipeline, options, summary, started)
             if not drained:
-                drained = self._drain(self._inbox_batches(options, summary), pipeline, options, summary, started)
+                drained = self._drain(self._inbox_batches(options, summary, claimed), pipeline, options, summary,
+                                      started)
+            pipeline.prefetched.clear()
             if not drained and summary.counts["held"]:  # once more for rows a transient failure held (row locks)
                 drained = self._drain(self._inbox_batches(options, summary), pipeline, options, summary, started)
             if polled == PollEnd.NOTHING.value and summary.counts["drained"]:
@@ -225,7 +234,7 @@ class Worker:
         return summary
 
     # -- the poll source: stage, then confirm ------------------------------------------------------------
-    def _poll(self, options: RunOptions, summary: RunSummary, started: float) -> str:
+    def _poll(self, options: RunOptions, summary: RunSummary, started: float, ahead: Lookahead | None) -> str:
         """Check MessageMedia's queue until it is drained into the store (or a limit stops it)."""
         source = PollSource(self.mm, self.store, wait_seconds=self.settings.confirm_wait_seconds, stop=self.stop,
                             on_stage=self.on_stage)
@@ -234,6 +243,8 @@ class Worker:
             if reason:
                 return reason
             check = source.next_check()
+            if check.new and ahead:
+                ahead.staged()
             summary.counts["fetched"] += check.new
             summary.counts["confirmed"] += check.confirmed
             if not check.raws:
@@ -291,8 +302,10 @@ class Worker:
             after = rows[-1].report_id
             yield _Batch([r.raw for r in rows], "waiting", waiting={r.report_id: r for r in rows})
 
-    def _inbox_batches(self, options: RunOptions, summary: RunSummary) -> Iterator[_Batch]:
-        """Staged reports (polled and pushed), thousands at a time, in the order they were staged."""
+    def _inbox_batches(self, options: RunOptions, summary: RunSummary,
+                       claimed: list[StagedReport] | None = None) -> Iterator[_Batch]:
+        """Staged reports (polled and pushed), thousands at a time, in the order they were staged;
+        the first batch ``claimed`` already, when given (by the look-ahead)."""
         after = 0
         while True:
             limit = DRAIN_BATCH
@@ -300,7 +313,7 @@ class Worker:
                 limit = min(limit, options.max_reports - summary.counts["fetched"])
                 if limit <= 0:
                     return
-            rows = self.store.claim_staged(limit, after)
+            rows, claimed = (claimed, None) if claimed else (self.store.claim_staged(limit, after), None)
             if not rows:
                 return
             after = rows[-1].seq

@@ -1,0 +1,85 @@
+"""Polling and the drain's look-ups overlap (``sfsync.overlap``), at no extra Salesforce call.
+
+Assertions are on what the simulators saw: when each Salesforce call and each confirmation
+arrived, how many calls of each kind, the Tasks' fields and write history, the store's inbox.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from sfsync.engine import Worker
+from sfsync.errors import EXIT_OK, RemoteError
+from sfsync.sim.harness import Simulators
+from tests.conftest import add_tasks, fields_of, new_message_id, report
+
+MakeWorker = Callable[..., Worker]
+
+
+def _two_rounds(sims: Simulators, n_messages: int) -> tuple[list[str], list[dict[str, object]]]:
+    """Every message enroute, then every message submitted: a message's reports in different pages."""
+    messages = [new_message_id() for _ in range(n_messages)]
+    tasks = add_tasks(sims, messages)
+    reports = [report(m, "enroute", minute=1) for m in messages] + [report(m, "submitted", minute=2) for m in messages]
+    sims.mm.add_reports(reports)
+    return tasks, reports
+
+
+def test_look_ups_go_out_while_the_poll_runs_at_no_extra_call(sims: Simulators, make_worker: MakeWorker) -> None:
+    tasks, reports = _two_rounds(sims, 1500)  # 3,000 reports: 30 pages; 15 look-ups + 8 writes at the floor
+    sims.mm.faults.configure(latency_ms=25)
+    summary = make_worker().run()
+    assert summary.exit_code == EXIT_OK
+    calls = sims.sf.stats()["api_calls"]
+    assert calls.get("query") == 15 and calls.get("composite") == 8
+    last_confirm = max(at for _, at in sims.mm.confirm_log())
+    queries = [at for kind, at in sims.sf.call_log if kind == "query"]
+    assert sum(at < last_confirm for at in queries) >= 10, "the look-ups did not overlap the poll"
+    assert all(fields_of(sims, t) == ("Submitted", None) and len(sims.sf.history(t)) == 1 for t in tasks)
+
+    # The same reports again under new ids: decided against the ledger, by the look-ahead too: no call.
+    before = sims.sf.stats()["api_calls_total"]
+    sims.mm.add_reports([{**r, "delivery_report_id": str(uuid.uuid4())} for r in reports])
+    again = make_worker().run()
+    assert again.exit_code == EXIT_OK and again.counts["fetched"] == 3000
+    assert sims.sf.stats()["api_calls_total"] == before
+
+
+def test_salesforce_down_while_polling_polls_on_into_the_store(sims: Simulators, make_worker: MakeWorker) -> None:
+    tasks, _ = _two_rounds(sims, 300)
+    sims.sf.faults.configure(rate=1.0, kinds=["503"])
+    worker = make_worker(SFSYNC_RETRY_ATTEMPTS="2")
+    with pytest.raises(RemoteError):
+        worker.run()
+    # The look-ahead met the failure; polling went on: the queue is drained into the store, nothing written.
+    assert sims.mm.stats()["unconfirmed"] == 0 and worker.store.inbox_backlog()[0] == 600
+    assert all(sims.sf.history(t) == [] for t in tasks)
+
+    sims.sf.faults.configure(rate=0.0)
+    again = make_worker().run()
+    assert again.exit_code == EXIT_OK and again.exit_reason == "backlog_drained"
+    assert all(fields_of(sims, t) == ("Submitted", None) and len(sims.sf.history(t)) == 1 for t in tasks)
+    assert worker.store.inbox_backlog() == (0, None)
+
+
+def test_a_stop_mid_poll_leaves_the_look_ahead_claim_staged(sims: Simulators, make_worker: MakeWorker) -> None:
+    tasks, _ = _two_rounds(sims, 300)
+    worker = make_worker()
+    pages = []
+
+    def stop_after_four_pages(stage: str) -> None:
+        if stage == "staged":
+            pages.append(1)
+            if len(pages) == 4:
+                worker.stop.set()
+
+    worker.on_stage = stop_after_four_pages
+    summary = worker.run()
+    assert summary.exit_reason == "signal" and summary.counts["fetched"] == 400
+    assert worker.store.inbox_backlog()[0] == 400 and all(sims.sf.history(t) == [] for t in tasks)
+    again = make_worker().run()
+    assert again.exit_code == EXIT_OK
+    assert all(fields_of(sims, t) == ("Submitted", None) and len(sims.sf.history(t)) == 1 for t in tasks)
