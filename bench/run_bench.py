@@ -5,6 +5,7 @@ on the same simulators, with wall time, throughput, API calls, peak memory and t
     scripts/bench --reports 2000 --tasks 1000 --mm-latency-ms 10 --sf-latency-ms 30
     scripts/bench --naive-sample 0                  # the naive script over every report (slow)
     scripts/bench --skip-naive --backfill 1000000   # the backfill of a million Tasks
+    scripts/bench --staged 1000000                  # the drain of a million staged reports: peak RSS
 
 The simulators run in this process; every measured program is a child process (see _common.py).
 The last line of output is one JSON object holding every figure.
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import PYTHON, REPO, SFSYNC, CallMeter, Calls, ChildResult, git_commit, run_child, worker_env
+from staged import print_staged, run_staged
 
 from sfsync.domain.codes import resolve
 from sfsync.domain.precedence import Action, Status, decide, strongest
@@ -304,6 +306,22 @@ def targets(floor: Floor, sfsync: Measured, rerun: Measured | None, naive: Measu
     return found
 
 
+def staged_only(p: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="sfsync-bench-staged-"))
+    try:
+        print(f"bench: staging {p.staged:,} reports in a store and seeding their Tasks ...", flush=True)
+        result = run_staged(p.staged, work, p.seed)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print_staged(result)
+    met = {"staged_drain_under_250_mb": result["peak_rss_mb"] < 250, "staged_all_drained": not result["left_staged"]}
+    print("\n  targets: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in met.items()))
+    print(json.dumps({"bench": "sfsync-staged", "commit": git_commit(),
+                      "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "staged": result, "targets": met},
+                     separators=(",", ":")))
+    return 0 if all(met.values()) and not result["sampled_tasks_wrong"] and result["exit_code"] == 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -326,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confirm-delay", type=float, default=0.0, metavar="SECONDS",
                         help="MessageMedia keeps serving a confirmed report this long after its 202 (default 0)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the workload (ids, times)")
+    parser.add_argument("--staged", type=int, default=0, metavar="N",
+                        help="instead: stage N reports straight in the store (N/2 Tasks, no latency) and time "
+                             "the drain of 'sfsync run' over them, with its peak RSS (e.g. 1000000)")
     p = parser.parse_args(argv)
     if p.reports < 1 or p.tasks < 1:
         parser.error("--reports and --tasks must be at least 1")
@@ -334,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     if p.backfill_sf_latency_ms is None:
         p.backfill_sf_latency_ms = p.sf_latency_ms
 
+    if p.staged > 0:
+        return staged_only(p)
     work = Path(tempfile.mkdtemp(prefix="sfsync-bench-"))
     mm_faults, sf_faults = FaultConfig(latency_ms=p.mm_latency_ms), FaultConfig(latency_ms=p.sf_latency_ms)
     naive: Measured | None = None

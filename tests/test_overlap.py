@@ -6,14 +6,19 @@ arrived, how many calls of each kind, the Tasks' fields and write history, the s
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from sfsync.engine import Worker
+from sfsync.config import Settings
+from sfsync.engine import Worker, build_clients
 from sfsync.errors import EXIT_OK, RemoteError
 from sfsync.sim.harness import Simulators
+from sfsync.sources.poll import PollSource
+from sfsync.store import Store
 from tests.conftest import add_tasks, fields_of, new_message_id, report
 
 MakeWorker = Callable[..., Worker]
@@ -83,3 +88,22 @@ def test_a_stop_mid_poll_leaves_the_look_ahead_claim_staged(sims: Simulators, ma
     again = make_worker().run()
     assert again.exit_code == EXIT_OK
     assert all(fields_of(sims, t) == ("Submitted", None) and len(sims.sf.history(t)) == 1 for t in tasks)
+
+
+def test_a_long_poll_remembers_only_the_latest_confirmations(sims: Simulators, settings_for: Callable[..., Settings],
+                                                             tmp_path: Path) -> None:
+    """Memory stays flat over a large queue: the ids confirmed this run are not all kept; each report
+    is still confirmed once, and staged once."""
+    messages = [new_message_id() for _ in range(500)]
+    sims.mm.add_reports([report(m, "delivered", "220") for m in messages])
+    settings = settings_for()
+    mm, _, _ = build_clients(settings, sleep=lambda seconds: None)
+    store = Store(tmp_path / "sfsync.db")
+    source = PollSource(mm, store, wait_seconds=1, stop=threading.Event(), on_stage=lambda stage: None, remember=150)
+    kept = []
+    while source.next_check().raws:
+        kept.append(len(source.confirmed))
+    assert max(kept) <= 150 and len(kept) == 5
+    counts = sims.mm.stats()["confirm_counts"]
+    assert len(counts) == 500 and set(counts.values()) == {1}
+    assert store.inbox_backlog()[0] == 500
