@@ -78,6 +78,8 @@ class Lookahead:
             log.info("look-ahead stopped: %s", exc, extra={"event": "lookahead_stopped"})
         except BaseException as exc:  # a bug: raised again by finish(), on the run's thread
             self._failure = exc
+        finally:
+            self.store.close()  # this thread's own connection (a reader's; the run's thread writes)
 
     def _claim(self, *, plan: bool) -> None:
         """Staged reports after those held, up to the limit; with ``plan``, what they need looked up."""
