@@ -219,6 +219,7 @@ class Worker:
                 drained = self._drain(self._inbox_batches(options, summary, claimed), pipeline, options, summary,
                                       started)
             pipeline.prefetched.clear()
+            pipeline.parsed.clear()
             if not drained and summary.counts["held"]:  # once more for rows a transient failure held (row locks)
                 drained = self._drain(self._inbox_batches(options, summary), pipeline, options, summary, started)
             if polled == PollEnd.NOTHING.value and summary.counts["drained"]:

@@ -95,20 +95,32 @@ class Plan:
 
 
 # -- stages ---------------------------------------------------------------------------------------------
+Parsed = dict[int, tuple[Any, "Report | InvalidReport"]]  # id(raw) -> (that raw, what it reads as)
+
+
 def parse(
-    raws: Iterable[Any], source: str, default_tz: dt.tzinfo = dt.UTC
+    raws: Iterable[Any], source: str, default_tz: dt.tzinfo = dt.UTC, ahead: Parsed | None = None,
 ) -> tuple[list[Report], list[InvalidReport]]:
+    """Reports and the invalid ones. ``ahead`` holds raws read before (by the look-ahead), each with
+    its reading; one found there is taken out of it instead of being read again."""
     good: dict[str, Report] = {}
     bad: list[InvalidReport] = []
     for raw in raws:
-        try:
-            report = parse_report(raw, source, default_tz)
-        except InvalidReport as exc:
-            exc.raw = raw  # type: ignore[attr-defined]
-            bad.append(exc)
+        hit = ahead.pop(id(raw), None) if ahead else None
+        known = hit[1] if hit is not None and hit[0] is raw else _read(raw, source, default_tz)
+        if isinstance(known, InvalidReport):
+            bad.append(known)
             continue
-        good.setdefault(report.report_id, report)  # the same report twice in one batch counts once
+        good.setdefault(known.report_id, known)  # the same report twice in one batch counts once
     return list(good.values()), bad
+
+
+def _read(raw: Any, source: str, default_tz: dt.tzinfo) -> Report | InvalidReport:
+    try:
+        return parse_report(raw, source, default_tz)
+    except InvalidReport as exc:
+        exc.raw = raw  # type: ignore[attr-defined]
+        return exc
 
 
 def resolve_all(reports: Iterable[Report], code_map: CodeMap) -> list[Outcome]:
@@ -203,8 +215,10 @@ class Pipeline:
         self.on_stage = on_stage or (lambda stage: None)
         self.clock = clock
         self._field_lengths: dict[str, int] | None = None
-        # Look-up answers fetched ahead (``sfsync.overlap``), per looked-up value: used once, then dropped.
+        # Read ahead (``sfsync.overlap``), each used once: look-up answers per looked-up value, and
+        # staged reports as parsed (held with their raw object, so its identity stays unique).
         self.prefetched: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.parsed: Parsed = {}
 
     def process(self, raws: list[Any], source: str = "poll", *, default_tz: dt.tzinfo = dt.UTC,
                 waiting: Mapping[str, WaitingReport] | None = None, on_commit: OnCommit | None = None) -> BatchResult:
@@ -222,7 +236,7 @@ class Pipeline:
     def plan(self, raws: Iterable[Any], source: str = "poll", *, default_tz: dt.tzinfo = dt.UTC) -> Plan:
         """Parse, resolve, collapse, match and decide. Reads Salesforce and the store; writes nothing."""
         result = BatchResult()
-        reports, bad = parse(raws, source, default_tz)
+        reports, bad = parse(raws, source, default_tz, self.parsed)
         result.counts["received"] += len(reports) + len(bad)
         result.counts["invalid"] += len(bad)
         outcomes = resolve_all(reports, self.code_map)
@@ -333,9 +347,13 @@ class Pipeline:
 
     def lookup_values(self, raws: Iterable[Any], source: str = "poll") -> list[tuple[str, str]]:
         """The values the match stage would look up for these reports now (reads the store only):
-        nothing for a message the ledger settles at no call."""
-        reports, _ = parse(raws, source)
-        winners, _ = collapse(resolve_all(reports, self.code_map))
+        nothing for a message the ledger settles at no call. Their readings are kept for the drain."""
+        reports: dict[str, Report] = {}
+        for raw in raws:
+            known = self.parsed[id(raw)] = (raw, _read(raw, source, dt.UTC))
+            if isinstance(known[1], Report):
+                reports.setdefault(known[1].report_id, known[1])
+        winners, _ = collapse(resolve_all(reports.values(), self.code_map))
         settled = self._settled_by_ledger(winners, BatchResult())
         named, by_field = self._look_up_keys({m: o for m, o in winners.items() if m not in settled})
         return [("Id", t) for t in named] + [("msg", m) for m in sorted(by_field)]
