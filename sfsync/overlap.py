@@ -47,6 +47,7 @@ class Lookahead:
         self._thread = threading.Thread(target=self._run, name="sfsync-lookahead", daemon=True)
 
     def start(self) -> Lookahead:
+        self._wake.set()  # a backlog staged by earlier runs is drained first: read it now
         self._thread.start()
         return self
 

@@ -7,6 +7,7 @@ arrived, how many calls of each kind, the Tasks' fields and write history, the s
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +17,10 @@ import pytest
 from sfsync.config import Settings
 from sfsync.engine import Worker, build_clients
 from sfsync.errors import EXIT_OK, RemoteError
+from sfsync.overlap import Lookahead
+from sfsync.pipeline import Pipeline
 from sfsync.sim.harness import Simulators
-from sfsync.sources.poll import PollSource
+from sfsync.sources.poll import PollSource, keyed
 from sfsync.store import Store
 from tests.conftest import add_tasks, fields_of, new_message_id, report
 
@@ -107,3 +110,19 @@ def test_a_long_poll_remembers_only_the_latest_confirmations(sims: Simulators, s
     counts = sims.mm.stats()["confirm_counts"]
     assert len(counts) == 500 and set(counts.values()) == {1}
     assert store.inbox_backlog()[0] == 500
+
+
+def test_the_look_ahead_holds_at_most_one_drain_batch(sims: Simulators, make_worker: MakeWorker) -> None:
+    messages = [new_message_id() for _ in range(1000)]
+    add_tasks(sims, messages)
+    worker = make_worker()
+    worker.store.stage("poll", keyed([report(m, "delivered", "220") for m in messages]))
+    pipeline = Pipeline(worker.settings, worker.store, worker.sf)
+    ahead = Lookahead(pipeline, worker.store, limit=300, on_stage=lambda stage: None).start()
+    deadline = time.monotonic() + 20
+    while sims.sf.stats()["api_calls"].get("query", 0) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rows = ahead.finish()
+    assert ahead.error is None and len(rows) == 300 and len(pipeline.parsed) <= 300
+    assert [r.key for r in rows] == [r.key for r in worker.store.claim_staged(300)]  # the oldest, in order
+    assert sims.sf.stats()["api_calls"].get("query") == 3  # whole queries for its 300 messages, no more
