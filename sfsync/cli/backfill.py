@@ -1,5 +1,5 @@
-"""`sfsync backfill` on the command line (the work is in ``sfsync.sources.backfill``, imported lazily so
-`sfsync --help` and `sfsync codes` do not pay for HTTP and SQLite modules)."""
+"""`sfsync backfill` on the command line (the work is in ``sfsync.sources.backfill``, imported inside the
+command functions so `sfsync --help` and `sfsync codes` do not pay for HTTP and SQLite modules)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import shlex
 from typing import Any
 
 from sfsync import bounds
+from sfsync.cli.common import common_options, settings_for, stop_on_signals
 from sfsync.errors import UsageError
 
 
 def register(sub: Any) -> None:
-    from sfsync.cli.commands import common_options
-
     parser = sub.add_parser(
         "backfill", parents=[common_options()],
         help="fill SMS Status and Code for a past window (after an outage, at go-live)",
@@ -76,7 +75,6 @@ def options_from(args: argparse.Namespace) -> Any:
 
 
 def backfill_command(args: argparse.Namespace) -> int:
-    from sfsync.cli.commands import settings_for, stop_on_signals
     from sfsync.sources.backfill import Backfill
 
     if args.list:
@@ -142,7 +140,6 @@ def resumable(store: Any) -> list[dict[str, Any]]:
 
 
 def list_command(args: argparse.Namespace) -> int:
-    from sfsync.cli.commands import settings_for
     from sfsync.store import Store
 
     settings = settings_for(args, messagemedia=False, salesforce=False)

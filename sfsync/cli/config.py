@@ -12,6 +12,7 @@ from typing import Any
 
 from dotenv import dotenv_values
 
+from sfsync.cli.common import common_options, settings_for, table
 from sfsync.config import VARIABLES, Secret, Settings
 from sfsync.errors import EXIT_OK
 from sfsync.logs import redact_urls
@@ -51,8 +52,6 @@ def _shown(value: Any) -> str:
 
 
 def register(sub: Any) -> None:
-    from sfsync.cli.commands import common_options
-
     parser = sub.add_parser("config", parents=[common_options()],
                             help="the effective configuration and where each value came from (secrets masked)")
     parser.add_argument("--json", action="store_true")
@@ -60,13 +59,10 @@ def register(sub: Any) -> None:
 
 
 def config_command(args: argparse.Namespace) -> int:
-    from sfsync.cli.commands import settings_for
-    from sfsync.cli.main import _table
-
     settings = settings_for(args, messagemedia=False, salesforce=False)
     rows = effective(settings, args.env_file)
     if args.json:
         print(json.dumps([{"variable": r.variable, "value": r.value, "source": r.source} for r in rows], indent=2))
         return EXIT_OK
-    print(_table([["variable", "value", "source"], *([r.variable, r.value, r.source] for r in rows)]))
+    print(table([["variable", "value", "source"], *([r.variable, r.value, r.source] for r in rows)]))
     return EXIT_OK

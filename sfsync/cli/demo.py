@@ -14,16 +14,31 @@ import os
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from sfsync import logs
-from sfsync.config import load_settings
-from sfsync.engine import RunOptions, RunSummary, Worker
+from sfsync import bounds, logs
 from sfsync.errors import EXIT_OK
-from sfsync.sim.harness import Simulators
-from sfsync.sim.seed import seed_demo
+
+if TYPE_CHECKING:
+    from sfsync.engine import RunSummary
+    from sfsync.sim.harness import Simulators
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("demo", help="run the whole job against the bundled simulators (no set-up needed)")
+    parser.add_argument("--tasks", type=bounds.whole(1, 100_000), default=300, help="how many Tasks to seed")
+    parser.add_argument("--seed", type=bounds.whole(0, 2**32 - 1), default=7)
+    parser.add_argument("--rows", type=bounds.whole(0, 100_000), default=25, help="Task rows to print")
+    parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
+    # Imported here: the simulators and the engine are not for `sfsync --help`.
+    from sfsync.config import load_settings
+    from sfsync.engine import RunOptions, Worker
+    from sfsync.sim.harness import Simulators
+    from sfsync.sim.seed import seed_demo
+
     logs.setup("text", logging.WARNING)  # the tables below are the output; warnings still show
     with tempfile.TemporaryDirectory(prefix="sfsync-demo-") as state, Simulators() as sims:
         plan = seed_demo(sims, args.tasks, seed=args.seed)

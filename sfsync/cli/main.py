@@ -1,21 +1,34 @@
 """The ``sfsync`` command: parses arguments, runs one command, turns errors into exit statuses.
 
-Each command lives in the module that does its job; this file only wires them up.
+Each command has its own module in this package (``cli/run.py`` for ``sfsync run``, ...); shared options,
+settings loading and signal handling are in ``cli/common.py``. This file only wires them up.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from sfsync import __version__
+from sfsync.cli import (
+    backfill,
+    codes,
+    config,
+    dead_letters,
+    demo,
+    doctor,
+    report,
+    run,
+    serve,
+    sim,
+    status,
+    trace,
+    webhooks,
+)
 from sfsync.errors import (
-    EXIT_NOT_FOUND,
-    EXIT_OK,
     EXIT_PIPE_CLOSED,
     EXIT_UNEXPECTED,
     EXIT_USAGE,
@@ -25,46 +38,17 @@ from sfsync.errors import (
 
 log = logging.getLogger("sfsync")
 
-Command = Callable[[argparse.Namespace], int]
+# Every command, in the order `sfsync --help` lists them. Each module's ``register`` adds its parser and
+# sets ``func``; the work a command does is imported inside its function, not here.
+REGISTRARS: tuple[Callable[[Any], None], ...] = (
+    codes.register, run.register, status.register, dead_letters.register, doctor.register, report.register,
+    demo.register, sim.register,
+    serve.register, webhooks.register,  # push mode
+    backfill.register,
+    trace.register, config.register,  # answers for people
+)
 
 
-# -- sfsync codes --------------------------------------------------------------------------------
-def _cmd_codes(args: argparse.Namespace) -> int:
-    from sfsync.domain.codes import default_map, normalise_code
-
-    cmap = default_map()
-    entries = list(cmap.codes.values())
-    if args.code is not None:
-        wanted = normalise_code(args.code)
-        entry = cmap.codes.get(wanted or "")
-        if entry is None:
-            print(
-                f"sfsync: {args.code!r} is not a MessageMedia delivery status code in the map "
-                f"(known: {min(cmap.codes)} to {max(cmap.codes)}; see 'sfsync codes').",
-                file=sys.stderr,
-            )
-            return EXIT_NOT_FOUND
-        entries = [entry]
-    if args.json:
-        print(json.dumps([e.as_dict() for e in entries], indent=2))
-        return EXIT_OK
-    rows = [["code", "category", "SMS Status", "final", "meaning", "hint"]]
-    rows += [[e.code, e.category, e.sms_status, "yes" if e.final else "no", e.meaning, e.hint] for e in entries]
-    print(_table(rows))
-    if args.code is None:
-        print("\nStatus strings (used when a report carries no code):")
-        print(_table([["status", "SMS Status"], *([s, lbl] for s, lbl in cmap.statuses.items())]))
-    return EXIT_OK
-
-
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-# -- the parser ----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sfsync",
@@ -75,22 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sfsync {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    codes = sub.add_parser("codes", help="print the status code map (or one code)")
-    codes.add_argument("code", nargs="?", help="one delivery status code, e.g. 411")
-    codes.add_argument("--json", action="store_true", help="a JSON array instead of a table")
-    codes.set_defaults(func=_cmd_codes)
-
-    for register in _registrars():
+    for register in REGISTRARS:
         register(sub)
     return parser
-
-
-def _registrars() -> list[Callable[[Any], None]]:
-    """Commands that live in their own modules add their parsers here."""
-    from sfsync.cli import commands
-
-    return commands.REGISTRARS
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,17 +7,14 @@ permissions and Task counts, and a GET for a message id that cannot exist. It ne
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sfsync.config import Settings, load_settings, missing_variables
+from sfsync.config import Settings, missing_variables
 from sfsync.domain.codes import default_map
-from sfsync.errors import EXIT_CHECK_FAILED, EXIT_OK, AlreadyRunning, ConfigError, SfsyncError
+from sfsync.errors import AlreadyRunning, ConfigError, SfsyncError
 from sfsync.lock import RunLock
 from sfsync.logs import redact_urls
 
@@ -282,31 +279,3 @@ def _guard(name: str, check: Callable[[], Check]) -> Check:
         return Check(name, "fail", redact_urls(str(exc)))
     except Exception as exc:  # a network failure is a finding here, not a crash
         return Check(name, "fail", redact_urls(f"{type(exc).__name__}: {exc}"))
-
-
-# -- command -----------------------------------------------------------------------------------------------
-def register(sub: Any) -> None:
-    from sfsync.cli.commands import common_options
-
-    parser = sub.add_parser("doctor", parents=[common_options()],
-                            help="check configuration, credentials, Task fields and state before the first run")
-    parser.add_argument("--json", action="store_true", help="a JSON array of checks")
-    parser.set_defaults(func=command)
-
-
-def command(args: argparse.Namespace) -> int:
-    from sfsync import logs
-
-    settings = load_settings(args.env_file)
-    logs.setup(args.log_format or settings.log_format)
-    checks = run_checks(settings)
-    if args.json:
-        print(json.dumps([asdict(c) for c in checks], indent=2))
-    else:
-        colour = os.isatty(1)
-        marks = {"ok": "\033[32mok  \033[0m", "warn": "\033[33mwarn\033[0m", "fail": "\033[31mfail\033[0m"}
-        for c in checks:
-            print(f"{marks[c.status] if colour else c.status.ljust(4)}  {c.name:28} {c.detail}")
-        failed = sum(c.status == "fail" for c in checks)
-        print(f"\n{failed} failed, {sum(c.status == 'warn' for c in checks)} warning(s)")
-    return EXIT_CHECK_FAILED if any(c.status == "fail" for c in checks) else EXIT_OK

@@ -17,11 +17,9 @@ external assets, no JavaScript), readable at 400 px, with text beside every bar.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import enum
 import html
-import json
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,7 +31,7 @@ from sfsync import __version__, timeargs
 from sfsync.config import Settings
 from sfsync.domain.codes import default_map
 from sfsync.domain.reports import format_time
-from sfsync.errors import EXIT_OK, ConfigError, RemoteError, UsageError
+from sfsync.errors import ConfigError, RemoteError, UsageError
 from sfsync.store import Store
 
 if TYPE_CHECKING:
@@ -459,37 +457,3 @@ def parse_window(since: str | None, until: str | None, days: float | str) -> tup
     if start >= end:
         raise UsageError(f"the window is empty or the wrong way round: --since {since} is not before --until {until}")
     return start, end
-
-
-# -- command -----------------------------------------------------------------------------------------------
-def register(sub: Any) -> None:
-    from sfsync.cli.commands import common_options
-
-    parser = sub.add_parser("report", parents=[common_options()],
-                            help="counts of Tasks by SMS Status and Code over a window (table, JSON or HTML)")
-    parser.add_argument("--since", help="start of the window (ISO date or date-time, UTC unless zoned)")
-    parser.add_argument("--until", help="end of the window (default: now)")
-    parser.add_argument("--days", type=timeargs.REPORT_DAYS.argument(), default=7,
-                        help="window length in days when --since is not given (default 7, at most 36500)")
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--html", metavar="FILE", help="write a self-contained HTML page with a bar chart")
-    parser.set_defaults(func=command)
-
-
-def command(args: argparse.Namespace) -> int:
-    from sfsync.cli.commands import settings_for
-    from sfsync.clients.salesforce import SalesforceClient
-
-    since, until = parse_window(args.since, args.until, args.days)  # usage errors before the settings
-    settings = settings_for(args, messagemedia=False)
-    report = build(SalesforceClient(settings), settings, since, until)
-    if args.html:
-        report.health = read_health(settings.store_path)
-    if args.html:
-        Path(args.html).write_text(render_html(report), encoding="utf-8")
-        print(f"wrote {args.html}")
-    if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
-    elif not args.html:
-        print(render_text(report))
-    return EXIT_OK

@@ -8,7 +8,6 @@ decided against what was written, and why. Read-only: no remote call.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 from dataclasses import asdict, dataclass
@@ -18,7 +17,6 @@ from sfsync.domain.codes import default_map, resolve
 from sfsync.domain.ids import task_id
 from sfsync.domain.precedence import Status, explain
 from sfsync.domain.reports import InvalidReport, parse_report
-from sfsync.errors import EXIT_OK
 from sfsync.logs import masked
 from sfsync.store import Store
 
@@ -129,23 +127,3 @@ def render(result: Trace) -> str:
                      f"{s['code'] or ''} -> {s['label']}  event {s['event_time'] or 'unknown'}")
         lines.append(f"      {s['decision']}" + (f"  [{s['note']}]" if s["note"] else ""))
     return "\n".join(lines)
-
-
-def register(sub: Any) -> None:
-    from sfsync.cli.commands import common_options
-
-    parser = sub.add_parser("trace", parents=[common_options()],
-                            help="every report the store holds for a Task or message, and what was decided",
-                            description="Why does this Task say what it says? Reads the local store only.")
-    parser.add_argument("id", help="a Task Id (15 or 18 characters, any case) or a MessageMedia message id")
-    parser.add_argument("--json", action="store_true")
-    parser.set_defaults(func=trace_command)
-
-
-def trace_command(args: argparse.Namespace) -> int:
-    from sfsync.cli.commands import settings_for
-
-    settings = settings_for(args, messagemedia=False, salesforce=False)
-    result = trace(Store(settings.store_path), args.id)
-    print(json.dumps(result.as_dict(), indent=2) if args.json else render(result))
-    return EXIT_OK

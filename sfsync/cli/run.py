@@ -1,0 +1,164 @@
+"""`sfsync run`: apply delivery reports to Salesforce Tasks, once or in a loop (metrics, health, heartbeat)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import threading
+from typing import Any
+
+from sfsync import bounds, timeargs
+from sfsync.cli.common import common_options, idle_run, settings_for, stop_on_signals
+from sfsync.errors import RemoteError, UsageError
+
+log = logging.getLogger("sfsync")
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("run", parents=[common_options()], help="apply delivery reports to Salesforce Tasks",
+                            description="Fetch delivery reports, write SMS Status and Code on the matching Tasks, "
+                                        "confirm the reports. Without options: until the queue is empty.")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="one batch (at most 100 reports), then stop")
+    mode.add_argument("--loop", action="store_true", help="run again every --interval seconds until SIGTERM")
+    parser.add_argument("--interval", type=timeargs.RUN_INTERVAL.argument(), default=60.0, metavar="SECONDS",
+                        help="pause between loop runs (default 60, at most 7 days)")
+    parser.add_argument("--max-reports", type=bounds.whole(1, 10**9), metavar="N", help="stop after N reports")
+    parser.add_argument("--max-seconds", type=timeargs.RUN_MAX_SECONDS.argument(), metavar="S",
+                        help="stop starting new batches after S seconds")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="fetch, resolve, match and print what would be written; write and confirm nothing")
+    parser.add_argument("--retry-waiting", action="store_true",
+                        help="retry every report waiting for its Task now, ignoring its back-off")
+    parser.add_argument("--inbox", action="store_true", help="drain pushed reports stored by 'sfsync serve'")
+    parser.add_argument("--metrics-file", metavar="PATH", help="write Prometheus metrics here after each run")
+    parser.add_argument("--metrics-port", type=bounds.PORT_OR_ANY, metavar="PORT",
+                        help="with --loop: serve GET /metrics on this port (0: any free port)")
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
+    parser.add_argument("--heartbeat", type=bounds.positive(86_400.0), default=600.0, metavar="SECONDS",
+                        help="with --loop: runs that find nothing to do are not summarised; one heartbeat line "
+                             "says so this often (default 600)")
+    parser.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from sfsync.engine import RunOptions, Worker
+
+    settings = settings_for(args, messagemedia=not args.inbox)
+    stop = stop_on_signals()
+    worker = Worker(settings, stop=stop)
+    options = RunOptions(once=args.once, max_reports=args.max_reports, max_seconds=args.max_seconds,
+                         dry_run=args.dry_run, retry_waiting=args.retry_waiting, inbox=args.inbox)
+    endpoint = None
+    heartbeat = Heartbeat(args.heartbeat, stop)
+    if args.metrics_port is not None:
+        if not args.loop:
+            raise UsageError("--metrics-port needs --loop (a one-off run is gone before anyone scrapes it)")
+        from sfsync.ops.metrics import MetricsEndpoint
+
+        endpoint = MetricsEndpoint(args.metrics_host, args.metrics_port, store=worker.store,
+                                   health=heartbeat.health).start()
+        log.info("metrics on http://%s:%d/metrics, health on /healthz", args.metrics_host, endpoint.port,
+                 extra={"event": "metrics", "port": endpoint.port})
+    quiet = _IdleSummaries() if args.loop else None
+    if quiet:
+        logging.getLogger("sfsync.run").addFilter(quiet)
+    try:
+        return _run_loop(args, settings, worker, options, stop, endpoint, heartbeat)
+    finally:
+        if quiet:
+            logging.getLogger("sfsync.run").removeFilter(quiet)
+        if endpoint:
+            endpoint.stop()
+
+
+class _IdleSummaries(logging.Filter):
+    """In a loop, an idle run's ``run_summary`` line is left out (the heartbeat stands for it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (getattr(record, "event", None) == "run_summary" and idle_run(vars(record)))
+
+
+class Heartbeat:
+    """A loop's liveness: idle runs are counted and logged once per ``every`` seconds; ``/healthz``
+    reports the last run."""
+
+    def __init__(self, every: float, stop: threading.Event):
+        import time
+
+        self.every = every
+        self.stop = stop
+        self.clock = time.monotonic
+        self.idle_runs = 0
+        self.since = self.clock()
+        self.last_run: dict[str, Any] = {}
+        self.last_finished: str | None = None
+
+    def ran(self, summary: Any) -> None:
+        import datetime as dt
+
+        data = summary.as_dict()
+        self.last_run = {"exit_reason": data.get("exit_reason"), "exit_code": data.get("exit_code")}
+        self.last_finished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        if not idle_run(data):
+            self.idle_runs, self.since = 0, self.clock()
+            return
+        self.idle_runs += 1
+        if self.clock() - self.since >= self.every:
+            log.info("alive: %d run(s) in the last %.0fs found nothing to do", self.idle_runs,
+                     self.clock() - self.since, extra={"event": "heartbeat", "idle_runs": self.idle_runs})
+            self.idle_runs, self.since = 0, self.clock()
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        stopping = self.stop.is_set()
+        return (503 if stopping else 200), {"status": "stopping" if stopping else "ok",
+                                            "last_finished": self.last_finished, "last_run": self.last_run}
+
+
+def _run_loop(args: argparse.Namespace, settings: Any, worker: Any, options: Any, stop: threading.Event,
+              endpoint: Any, heartbeat: Heartbeat) -> int:
+    while True:
+        try:
+            summary = worker.run(options)
+        except RemoteError as exc:
+            if not args.loop:
+                raise
+            # A daemon outlives an outage: nothing was lost, the next loop resumes.
+            log.error("%s; trying again in %gs", exc, args.interval, extra={"event": "unavailable"})
+            if stop.wait(args.interval):
+                return exc.exit_code
+            continue
+        _write_metrics(args, summary, worker.store)
+        if endpoint:
+            endpoint.update(summary)
+        if args.loop:
+            heartbeat.ran(summary)
+        if args.dry_run:
+            _print_changes(summary.changes, summary.counts, settings.field_status)
+        if not args.loop or stop.wait(args.interval):
+            return summary.exit_code
+
+
+def _write_metrics(args: argparse.Namespace, summary: Any, store: Any = None) -> None:
+    path = getattr(args, "metrics_file", None)
+    if not path:
+        return
+    from sfsync.ops import metrics
+
+    metrics.write_textfile(path, summary, metrics.Backlog.of(store) if store is not None else None)
+
+
+def _print_changes(changes: list[dict[str, Any]], counts: Any, status_field: str) -> None:
+    from collections import Counter
+
+    print(f"dry run: {len(changes)} Task update(s) would be written, "
+          f"{counts.get('would_wait', 0)} report(s) would wait for their Task")
+    for change in changes[:200]:
+        fields = {k: v for k, v in change.items() if k not in ("task_id", "message_id", "was")}
+        print(f"  {change['task_id']}  {change['was'] or '(empty)'} -> {json.dumps(fields)}")
+    if len(changes) > 200:
+        print(f"  ... and {len(changes) - 200} more")
+    by_label = Counter(str(c.get(status_field, "")) for c in changes)
+    if by_label:
+        print("  by SMS Status: " + ", ".join(f"{k or '?'} {n}" for k, n in sorted(by_label.items())))
