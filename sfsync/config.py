@@ -19,6 +19,7 @@ from dotenv import dotenv_values
 from sfsync.bounds import PORT_MAX, OutOfRange, Range
 from sfsync.errors import ConfigError
 from sfsync.logs import redact_urls
+from sfsync.store.target import StoreTarget, parse_store_url, store_password
 
 SALESFORCE_ID_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(__c)?$")
 
@@ -77,6 +78,9 @@ class Settings:
     # Runtime
     ca_bundle: str = ""
     state_dir: Path = Path("var")
+    store_url: str = ""  # empty: the SQLite file in state_dir (sfsync.store.target reads the forms)
+    store_password: Secret = field(default_factory=lambda: Secret(""))  # PostgreSQL, or from the file below
+    store_password_file: str = ""
     api_budget_pct: float = 90.0
     wait_max_age_hours: float = 24.0
     http_timeout: float = 30.0
@@ -94,7 +98,9 @@ class Settings:
     push_max_body_bytes: int = 65536
 
     def __repr__(self) -> str:
-        return f"Settings({', '.join(f'{k}={v}' for k, v in describe(self).items())})"
+        """Secrets shown only as set or not; URLs without credentials."""
+        shown = (f"{f.name}={_shown(getattr(self, f.name))}" for f in fields(self))
+        return f"Settings({', '.join(shown)})"
 
     @property
     def sf_auth_mode(self) -> str:
@@ -107,6 +113,18 @@ class Settings:
     @property
     def store_path(self) -> Path:
         return self.state_dir / "sfsync.db"
+
+    @property
+    def store_target(self) -> StoreTarget:
+        """The store SFSYNC_STORE_URL names (the SQLite file in the state folder when unset)."""
+        return parse_store_url(self.store_url, self.store_path, self.store_password_text, os.environ)
+
+    @property
+    def store_password_text(self) -> str:
+        """The PostgreSQL password (SFSYNC_STORE_PASSWORD, or the file SFSYNC_STORE_PASSWORD_FILE names)."""
+        if self.store_password_file:
+            return store_password({"SFSYNC_STORE_PASSWORD_FILE": self.store_password_file})
+        return self.store_password.value
 
     @property
     def lock_path(self) -> Path:
@@ -143,6 +161,9 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SFSYNC_TRUNCATE_FIELDS": ("truncate_fields", "fields"),
     "SFSYNC_CA_BUNDLE": ("ca_bundle", "ca_bundle"),
     "SFSYNC_STATE_DIR": ("state_dir", "path"),
+    "SFSYNC_STORE_URL": ("store_url", "str"),
+    "SFSYNC_STORE_PASSWORD": ("store_password", "secret"),
+    "SFSYNC_STORE_PASSWORD_FILE": ("store_password_file", "file"),
     "SFSYNC_API_BUDGET_PCT": ("api_budget_pct", "number"),
     "SFSYNC_WAIT_MAX_AGE_HOURS": ("wait_max_age_hours", "number"),
     "SFSYNC_HTTP_TIMEOUT": ("http_timeout", "number"),
@@ -318,6 +339,9 @@ def load_settings(env_file: str | Path | None = None, environ: Mapping[str, str]
         if raw is not None and raw.strip() != "":
             values[attr] = _convert(name, kind, raw)
     settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.store_password and settings.store_password_file:
+        raise ConfigError("set SFSYNC_STORE_PASSWORD or SFSYNC_STORE_PASSWORD_FILE, not both")
+    settings.store_target  # noqa: B018 - SFSYNC_STORE_URL checked now, not on the first store call
     if settings.truncate_fields:
         allowed = {settings.field_status, settings.field_code}
         if not set(settings.truncate_fields) <= allowed:
@@ -360,10 +384,5 @@ def require(settings: Settings, *, messagemedia: bool = True, salesforce: bool =
     return settings
 
 
-def describe(settings: Settings) -> dict[str, str]:
-    """Settings for logs and `sfsync status`: secrets shown only as set or not."""
-    shown: dict[str, str] = {}
-    for f in fields(settings):
-        value = getattr(settings, f.name)
-        shown[f.name] = ("set" if value else "not set") if isinstance(value, Secret) else redact_urls(str(value))
-    return shown
+def _shown(value: object) -> str:
+    return ("set" if value else "not set") if isinstance(value, Secret) else redact_urls(str(value))

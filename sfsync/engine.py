@@ -1,28 +1,30 @@
-"""`sfsync run`: one engine in two halves joined by the durable store.
+"""The one engine: every source's reports drained through the pipeline, under one set of stop rules.
 
-Order of a run: take the lock; poll MessageMedia (unless ``--inbox``), committing each check's
-reports to the store's inbox and only then confirming them (``sfsync.sources.poll``); then the one drain:
-settle open Bulk API jobs, retry waiting reports that are due, and claim staged reports (pushed or
-polled) thousands at a time through the pipeline, marking them done in the transaction that records
-their outcomes. Salesforce unavailable or its budget spent stops the drain, never the polling: the
-next run drains the backlog. The run ends with one summary line and a row in the run history.
+Sources (``sfsync.sources``) stage and acknowledge, or hand over what is already durable: the poll
+source commits each check to the store's inbox and only then confirms it; the push receiver stages
+a body before its 2xx; the waiting list, the dead letters and the inbox are read from the store.
+The drain (``Worker.drain``) takes a source's batches through the pipeline, each batch's outcomes
+and the source's bookkeeping (inbox rows done, waiting rows removed, letters retired) in one
+commit. ``StopRules`` holds the one set of stop conditions (signal, ``--max-reports``,
+``--max-seconds``, the API budget); ``recorded_run`` the one run history and summary line;
+``Loop`` runs the engine again and again (``serve``'s drain). Salesforce unavailable or its budget
+spent stops the drain, never the polling: the next run drains the backlog.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sfsync.clients.bulk import BulkClient
 from sfsync.clients.messagemedia import MessageMediaClient
-from sfsync.clients.retry import RetryCounter, RetryPolicy, StopAwareSleep
+from sfsync.clients.retry import BUDGET_BACKOFF_S, RetryCounter, RetryPolicy, StopAwareSleep, loop_backoff
 from sfsync.clients.salesforce import SalesforceClient
 from sfsync.config import Settings
 from sfsync.errors import (
@@ -31,6 +33,7 @@ from sfsync.errors import (
     EXIT_PARTIAL,
     EXIT_UNAVAILABLE,
     EXIT_UNEXPECTED,
+    AlreadyRunning,
     AuthError,
     BudgetExhausted,
     ConfigError,
@@ -40,28 +43,19 @@ from sfsync.errors import (
     StoreError,
     UsageError,
 )
-from sfsync.lock import RunLock
 from sfsync.overlap import Lookahead
-from sfsync.pipeline import BatchResult, OnCommit, Pipeline, Stage, _BudgetStop
+from sfsync.pipeline import BatchResult, Pipeline, Stage, _BudgetStop
 from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
-from sfsync.sources.poll import PAGE, PollEnd, PollSource, confirmable_id, describe_ids
-from sfsync.store import DeadLetter, StagedReport, Store, WaitingReport, now_utc
+from sfsync.sources.batch import Source
+from sfsync.sources.dead_letters import DeadLetterSource, LetterRetry
+from sfsync.sources.inbox import DRAIN_BATCH, InboxSource
+from sfsync.sources.poll import PAGE, PollEnd, PollSource, describe_ids
+from sfsync.sources.waiting import SOURCE as WAITING
+from sfsync.sources.waiting import WaitingSource
+from sfsync.store import StagedReport, Store, now_utc, open_store
 
 log = logging.getLogger("sfsync.run")
 CONFIRM_PENDING = PollEnd.CONFIRM_PENDING.value
-# Staged reports claimed per pipeline batch: the reports of one message spread over a backlog still
-# collapse into one write (10,000 raw reports stay well under 100 MB).
-DRAIN_BATCH = 10_000
-
-
-@dataclass(frozen=True)
-class _Batch:
-    """Reports claimed by the drain from one source, and how their outcomes are committed there."""
-
-    raws: list[Any]
-    source: str  # the pipeline's source label: poll | push | waiting | retry
-    on_commit: OnCommit | None = None  # runs in the transaction that records the outcomes
-    waiting: Mapping[str, WaitingReport] | None = None
 
 
 @dataclass
@@ -165,6 +159,30 @@ def _record_finish(store: Store, run_id: int | None, summary: RunSummary,
     return error
 
 
+@dataclass(frozen=True)
+class StopRules:
+    """The one set of stop conditions of every run: a signal, ``--max-reports``, ``--max-seconds``
+    and the Salesforce API budget. ``reason`` names the first that holds ('' for none); the budget
+    is checked only where Salesforce is about to be called, and raises ``BudgetExhausted``."""
+
+    stop: threading.Event
+    started: float
+    budget: Callable[[], None]
+    max_reports: int | None = None
+    max_seconds: float | None = None
+
+    def reason(self, taken: int = 0, *, budget: bool = False) -> str:
+        if self.stop.is_set():
+            return "signal"
+        if self.max_reports is not None and taken >= self.max_reports:
+            return "max_reports"
+        if self.max_seconds is not None and time.monotonic() - self.started >= self.max_seconds:
+            return "time_budget"
+        if budget:
+            self.budget()
+        return ""
+
+
 class Worker:
     def __init__(self, settings: Settings, *, mm: MessageMediaClient | None = None,
                  sf: SalesforceClient | None = None, store: Store | None = None, on_stage: Stage | None = None,
@@ -178,21 +196,25 @@ class Worker:
         self.mm = mm
         self.sf = sf
         self.retries = retries or RetryCounter()
-        self.store = store or Store(settings.store_path)
+        self.store = store or open_store(settings.store_target)
         self.on_stage = on_stage or (lambda stage: None)
         self.bulk_wait_s = bulk_wait_s
 
     # -- one run --------------------------------------------------------------------------------------
     def run(self, options: RunOptions | None = None) -> RunSummary:
         options = options or RunOptions()
-        with RunLock(self.settings.lock_path):
+        with self.store.run_lock(self.settings.lock_path):
             return self._run_locked(options)
+
+    def rules(self, started: float, options: RunOptions) -> StopRules:
+        return StopRules(self.stop, started, self.sf.check_budget, options.max_reports, options.max_seconds)
 
     def _run_locked(self, options: RunOptions) -> RunSummary:
         summary = RunSummary()
         kind = "dry-run" if options.dry_run else ("inbox" if options.inbox else "run")
         pipeline = Pipeline(self.settings, self.store, self.sf, dry_run=options.dry_run, on_stage=self.on_stage)
         with recorded_run(self.store, kind, summary, self.mm, self.sf, self.retries) as started:
+            rules = self.rules(started, options)
             if options.dry_run:
                 summary.exit_reason = self._dry_run(pipeline, options, summary)
                 return summary
@@ -200,7 +222,7 @@ class Worker:
             ahead = None if options.inbox else Lookahead(pipeline, self.store, limit=DRAIN_BATCH,
                                                          on_stage=self.on_stage).start()
             try:
-                polled = "" if options.inbox else self._poll(options, summary, started, ahead)
+                polled = "" if options.inbox else self._poll(options, summary, rules, ahead)
             except RemoteError as exc:  # MessageMedia failed: what is staged is still drained, then the error
                 unavailable, polled = exc, ""
             finally:
@@ -210,18 +232,7 @@ class Worker:
                 return summary
             if ahead and ahead.error:
                 raise ahead.error  # the drain's first Salesforce call would meet it
-            # The drain: the only half that speaks to Salesforce.
-            self.sf.check_budget()
-            BulkReconciler(pipeline, BulkClient(self.sf), wait_seconds=self.bulk_wait_s,
-                           sleep=StopAwareSleep(self.stop)).settle(summary.counts)
-            drained = self._drain(self._waiting_batches(options), pipeline, options, summary, started)
-            if not drained:
-                drained = self._drain(self._inbox_batches(options, summary, claimed), pipeline, options, summary,
-                                      started)
-            pipeline.prefetched.clear()
-            pipeline.parsed.clear()
-            if not drained and summary.counts["held"]:  # once more for rows a transient failure held (row locks)
-                drained = self._drain(self._inbox_batches(options, summary), pipeline, options, summary, started)
+            drained = self._drain_all(pipeline, options, summary, rules, claimed)
             if polled == PollEnd.NOTHING.value and summary.counts["drained"]:
                 polled = "backlog_drained"  # nothing new to poll; reports staged earlier were written
             summary.exit_reason = drained or polled or (
@@ -234,13 +245,38 @@ class Worker:
                 raise unavailable
         return summary
 
+    def _drain_all(self, pipeline: Pipeline, options: RunOptions, summary: RunSummary, rules: StopRules,
+                   claimed: list[StagedReport]) -> str:
+        """The drain, the only half that speaks to Salesforce: settle open Bulk jobs, then the
+        due waiting reports, then everything staged (once more for rows a transient failure held);
+        ``claimed``: the first staged reports, claimed and read by the look-ahead."""
+        self.sf.check_budget()
+        BulkReconciler(pipeline, BulkClient(self.sf), wait_seconds=self.bulk_wait_s,
+                       sleep=StopAwareSleep(self.stop)).settle(summary.counts)
+        inbox_rules = rules if options.inbox else replace(rules, max_reports=None)
+        at_most = options.max_reports if options.inbox else None
+        sources: list[Source] = [
+            WaitingSource(self.store, every=options.retry_waiting),
+            InboxSource(self.store, summary.counts, at_most=at_most, count_fetched=options.inbox, claimed=claimed),
+        ]
+        for source in sources:
+            drained = self.drain(source, pipeline, summary, inbox_rules)
+            if drained:
+                return drained
+        pipeline.prefetched.clear()
+        pipeline.parsed.clear()
+        if summary.counts["held"]:  # once more for rows a transient failure held (row locks)
+            again = InboxSource(self.store, summary.counts, at_most=at_most, count_fetched=options.inbox)
+            return self.drain(again, pipeline, summary, inbox_rules)
+        return ""
+
     # -- the poll source: stage, then confirm ------------------------------------------------------------
-    def _poll(self, options: RunOptions, summary: RunSummary, started: float, ahead: Lookahead | None) -> str:
+    def _poll(self, options: RunOptions, summary: RunSummary, rules: StopRules, ahead: Lookahead | None) -> str:
         """Check MessageMedia's queue until it is drained into the store (or a limit stops it)."""
         source = PollSource(self.mm, self.store, wait_seconds=self.settings.confirm_wait_seconds, stop=self.stop,
                             on_stage=self.on_stage)
         while True:
-            reason = self._should_stop(options, summary, started, budget=False)
+            reason = rules.reason(summary.counts["fetched"])
             if reason:
                 return reason
             check = source.next_check()
@@ -277,62 +313,41 @@ class Worker:
         return PollEnd.UNCONFIRMABLE.value
 
     # -- the drain: claim, pipeline, mark done in one commit ----------------------------------------------
-    def _drain(self, batches: Iterable[_Batch], pipeline: Pipeline, options: RunOptions, summary: RunSummary,
-               started: float) -> str:
-        """Each batch through the pipeline; returns why it stopped early, or '' once done."""
-        for batch in batches:
+    def drain(self, source: Source, pipeline: Pipeline, summary: RunSummary, rules: StopRules) -> str:
+        """Each batch of a source through the pipeline, its outcomes and the source's bookkeeping in
+        one commit; returns why it stopped early, or '' once the source has nothing more."""
+        for batch in source.batches():
+            waiting_retry = batch.source == WAITING
             try:
                 result = pipeline.process(batch.raws, batch.source, waiting=batch.waiting,
                                           on_commit=batch.on_commit)
             except _BudgetStop as stop:
-                self._absorb(stop.result, summary, waiting_retry=batch.source == "waiting")
+                self._absorb(stop.result, summary, waiting_retry=waiting_retry)
                 raise
-            self._absorb(result, summary, waiting_retry=batch.source == "waiting")
-            reason = self._should_stop(options, summary, started, budget=True, poll_limits=options.inbox)
+            self._absorb(result, summary, waiting_retry=waiting_retry)
+            reason = rules.reason(summary.counts["fetched"], budget=True)
             if reason:
                 return reason
         return ""
 
-    def _waiting_batches(self, options: RunOptions) -> Iterator[_Batch]:
-        """Reports kept while their Task did not exist: the due ones, 100 at a time."""
-        after = ""
-        while True:
-            rows = self.store.due_waiting(None if options.retry_waiting else now_utc(), limit=100, after=after)
-            if not rows:
-                return
-            after = rows[-1].report_id
-            yield _Batch([r.raw for r in rows], "waiting", waiting={r.report_id: r for r in rows})
-
-    def _inbox_batches(self, options: RunOptions, summary: RunSummary,
-                       claimed: list[StagedReport] | None = None) -> Iterator[_Batch]:
-        """Staged reports (polled and pushed), thousands at a time, in the order they were staged;
-        the first batch ``claimed`` already, when given (by the look-ahead)."""
-        after = 0
-        while True:
-            limit = DRAIN_BATCH
-            if options.inbox and options.max_reports is not None:
-                limit = min(limit, options.max_reports - summary.counts["fetched"])
-                if limit <= 0:
-                    return
-            rows, claimed = (claimed, None) if claimed else (self.store.claim_staged(limit, after), None)
-            if not rows:
-                return
-            after = rows[-1].seq
-            if options.inbox:
-                summary.counts["fetched"] += len(rows)
-            for source in dict.fromkeys(r.source for r in rows):
-                group = [r for r in rows if r.source == source]
-                yield _Batch([r.raw for r in group], source, on_commit=self._mark_drained(group, summary))
-
-    def _mark_drained(self, rows: list[StagedReport], summary: RunSummary) -> OnCommit:
-        def commit(result: BatchResult) -> None:
-            durable = set(result.confirm)
-            # A report without a usable id never parses: it is a dead letter already.
-            done = [r.key for r in rows if (rid := confirmable_id(r.raw)) is None or rid in durable]
-            self.store.inbox_done(done)
-            summary.counts["drained"] += len(done)
-
-        return commit
+    def retry_letters(self, letter_ids: list[int]) -> LetterRetry:
+        """Dead letters through the same drain (``sfsync dead-letters retry``), recorded as a run."""
+        with self.store.run_lock(self.settings.lock_path):
+            source = DeadLetterSource(self.store, letter_ids)
+            summary = RunSummary()
+            error: SfsyncError | None = None
+            pipeline = Pipeline(self.settings, self.store, self.sf, on_stage=self.on_stage)
+            with recorded_run(self.store, "dead-letter-retry", summary, self.mm, self.sf, self.retries,
+                              command="dead-letters retry") as started:
+                try:
+                    summary.exit_reason = self.drain(source, pipeline, summary, self.rules(started, RunOptions())) \
+                        or "letters_retried"
+                except (RemoteError, BudgetExhausted, StopRequested) as exc:
+                    error = exc
+                    summary.exit_reason, summary.exit_code = type(exc).__name__, exc.exit_code
+                    log.warning("dead-letter retry stopped: %s; the letters not retried are kept as they were", exc,
+                                extra={"event": "dead_letter_retry_stopped"})
+            return source.outcome(error)
 
     def _dry_run(self, pipeline: Pipeline, options: RunOptions, summary: RunSummary) -> str:
         """What one page of the queue (or of the inbox) would do; nothing staged, written or confirmed."""
@@ -345,18 +360,6 @@ class Worker:
         return "dry_run"
 
     # -- helpers -------------------------------------------------------------------------------------------
-    def _should_stop(self, options: RunOptions, summary: RunSummary, started: float, *, budget: bool,
-                     poll_limits: bool = True) -> str:
-        if self.stop.is_set():
-            return "signal"
-        if poll_limits and options.max_reports is not None and summary.counts["fetched"] >= options.max_reports:
-            return "max_reports"
-        if options.max_seconds is not None and time.monotonic() - started >= options.max_seconds:
-            return "time_budget"
-        if budget:
-            self.sf.check_budget()
-        return ""
-
     @staticmethod
     def _absorb(result: BatchResult, summary: RunSummary, waiting_retry: bool = False, dry_run: bool = False) -> None:
         counts = result.counts.copy()
@@ -374,61 +377,99 @@ class Worker:
         ]
 
 
-# -- dead-letter retry: a source of the same drain -------------------------------------------------------
-@dataclass(frozen=True)
-class LetterRetry:
-    """What a dead-letter retry did, letter by letter."""
-
-    tried: int
-    retired: int  # a durable new outcome is stored (applied, already there, superseded, waiting)
-    failed_again: int  # refused for good again: the same letter, with the new error
-    kept: int  # not retried to the end (a transient failure): left as it was
-    error: SfsyncError | None = None  # what stopped the retry part-way
-
-    @property
-    def exit_code(self) -> int:
-        if self.error is not None:
-            return self.error.exit_code
-        if self.kept:
-            return EXIT_UNAVAILABLE
-        return EXIT_PARTIAL if self.failed_again else EXIT_OK
-
-
-def retry_dead_letters(settings: Settings, store: Store, sf: SalesforceClient, letter_ids: list[int],
-                       batch: int = 100) -> LetterRetry:
-    """Run dead letters through the pipeline again. A letter is retired in the transaction that
+def retry_dead_letters(settings: Settings, store: Store, sf: SalesforceClient, letter_ids: list[int]) -> LetterRetry:
+    """Run dead letters through the engine again. A letter is retired in the transaction that
     records its report's new outcome, and only then; a report refused for good again keeps its
     letter (with the new error); a transient failure leaves the letter as it was."""
-    with RunLock(settings.lock_path):
-        found = [store.dead_letter(i) for i in letter_ids] if letter_ids else store.dead_letters(10_000)
-        letters = [d for d in found if d is not None and d.retried_at is None]
-        pipeline = Pipeline(settings, store, sf)
-        retired = failed = 0
-        error: SfsyncError | None = None
-        for start in range(0, len(letters), batch):
-            chunk = letters[start : start + batch]
-            raws = [_letter_raw(d.raw) for d in chunk]
-
-            def retire(result: BatchResult, chunk: list[DeadLetter] = chunk) -> None:
-                nonlocal retired, failed
-                durable = set(result.confirm) - set(result.dead)
-                done = [d.id for d in chunk if d.report_id and d.report_id in durable]
-                store.mark_retried(done)
-                retired += len(done)
-                failed += sum(1 for d in chunk if not d.report_id or d.report_id in result.dead)
-
-            try:
-                pipeline.process(raws, "retry", on_commit=retire)
-            except (RemoteError, BudgetExhausted, StopRequested) as exc:
-                error = exc
-                log.warning("dead-letter retry stopped: %s; the letters not retried are kept as they were", exc,
-                            extra={"event": "dead_letter_retry_stopped"})
-                break
-        return LetterRetry(len(letters), retired, failed, len(letters) - retired - failed, error)
+    mm = MessageMediaClient(settings, policy=sf.policy)  # not called: the letters are in the store
+    return Worker(settings, sf=sf, store=store, mm=mm, retries=sf.policy.counter).retry_letters(letter_ids)
 
 
-def _letter_raw(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+# -- the engine again and again: `run --loop` and `serve`'s drain ---------------------------------------------
+@dataclass
+class LoopState:
+    """How a long-running loop of runs fares (``/healthz`` shows it)."""
+
+    enabled: bool = True
+    runs: int = 0
+    last_finished: str | None = None
+    last_exit_reason: str | None = None
+    last_error: str | None = None
+    consecutive_failures: int = 0
+    skipped_locked: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+class Loop:
+    """One run of the engine after another until the stop event (``run --loop``, ``serve``'s drain),
+    each when ``due`` says there is work. A run that fails or moves nothing backs off
+    (``loop_backoff``); the budget spent waits ``BUDGET_BACKOFF_S``; a cron run holding the lock is
+    waited for. Errors of a ``fatal`` kind end the loop; every wait ends at the stop event."""
+
+    def __init__(self, run_once: Callable[[], RunSummary], *, interval: float, stop: threading.Event,
+                 due: Callable[[], bool] = lambda: True, on_summary: Callable[[RunSummary], None] | None = None,
+                 state: LoopState | None = None, fatal: tuple[type[BaseException], ...] = (), name: str = "drain"):
+        self.run_once = run_once
+        self.interval = interval
+        self.stop = stop
+        self.due = due
+        self.on_summary = on_summary or (lambda summary: None)
+        self.state = state or LoopState()
+        self.fatal = fatal
+        self.name = name
+        self.exit_code = EXIT_OK  # the last run's, or the last failure's
+        self._lock = threading.Lock()
+
+    def forever(self, between: Callable[[], None] = lambda: None, *, at_once: bool = False) -> int:
+        """Runs until the stop event; the exit status of the last run (or failure)."""
+        delay = 0.0 if at_once else self.interval
+        while not self.stop.wait(delay):
+            delay = self.once()
+            between()
+        return self.exit_code
+
+    def once(self) -> float:
+        """One run if there is anything to do; returns the seconds to wait before the next."""
+        try:
+            if not self.due():
+                return self.interval
+            summary = self.run_once()
+        except self.fatal:
+            raise
+        except AlreadyRunning:
+            # A cron `sfsync run` holds the lock: its turn now, ours at the next interval.
+            with self._lock:
+                self.state.skipped_locked += 1
+            log.debug("%s skipped: another run holds the lock", self.name, extra={"event": f"{self.name}_locked"})
+            return self.interval
+        except SfsyncError as exc:
+            level = logging.ERROR if isinstance(exc, AuthError | ConfigError) else logging.WARNING
+            log.log(level, "%s failed: %s; nothing is lost, trying again", self.name, exc,
+                    extra={"event": f"{self.name}_error"})
+            return self._failed(exc, exc.exit_code)
+        except Exception as exc:
+            log.exception("%s crashed; trying again later", self.name, extra={"event": f"{self.name}_crash"})
+            return self._failed(exc, EXIT_UNEXPECTED)
+        self.on_summary(summary)
+        with self._lock:
+            state = self.state
+            state.runs += 1
+            state.last_finished = now_utc().isoformat(timespec="seconds")
+            state.last_exit_reason, state.last_error = summary.exit_reason, None
+            self.exit_code = summary.exit_code
+            if summary.exit_code == EXIT_BUDGET:
+                return BUDGET_BACKOFF_S
+            if summary.counts.get("held") and not (summary.counts.get("applied") or summary.counts.get("drained")):
+                state.consecutive_failures += 1  # nothing moved (writes failing transiently): back off
+                return loop_backoff(self.interval, state.consecutive_failures)
+            state.consecutive_failures = 0
+        return self.interval
+
+    def _failed(self, exc: BaseException, exit_code: int) -> float:
+        with self._lock:
+            self.exit_code = exit_code
+            self.state.last_error = f"{type(exc).__name__}: {exc}"
+            self.state.consecutive_failures += 1
+            return loop_backoff(self.interval, self.state.consecutive_failures)

@@ -89,6 +89,3 @@ class StopRequested(SfsyncError):
 
     exit_code = EXIT_OK
 
-
-class BadReport(SfsyncError):
-    """A delivery report that cannot be parsed; it becomes a dead letter, never a crash."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -57,10 +57,36 @@ class Page:
 Route = Callable[[], Page]
 
 
-class _StatusHandler(BaseHTTPRequestHandler):
-    server: StatusServer
+class Handler(BaseHTTPRequestHandler):
+    """The request handler base of sfsync's servers: one way to answer, and request logs at debug."""
+
     server_version = "sfsync"
     sys_version = ""
+
+    def send_body(self, status: int, body: bytes, *, content_type: str = "application/json", head: bool = False,
+                  close: bool = False, headers: Mapping[str, str] | None = None) -> None:
+        """One whole answer: status, the headers every answer carries, ``headers``, then the body
+        (not for HEAD); ``close`` ends the connection after it."""
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+        self.wfile.flush()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.client_address[0], *args)
+
+
+class _StatusHandler(Handler):
+    server: StatusServer
     timeout = 10  # per read: an idle scraper gives its thread back
 
     def do_GET(self) -> None:
@@ -77,16 +103,7 @@ class _StatusHandler(BaseHTTPRequestHandler):
             log.error("failed answering %s: %s: %s", self.path, type(exc).__name__, exc, exc_info=True,
                       extra={"event": "status_server_error"})
             page = Page.json(500, {"error": "internal error"})
-        self.send_response(page.status)
-        self.send_header("Content-Type", page.content_type)
-        self.send_header("Content-Length", str(len(page.body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if not head:
-            self.wfile.write(page.body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.client_address[0], *args)
+        self.send_body(page.status, page.body, content_type=page.content_type, head=head)
 
 
 class StatusServer(BackgroundServer):

@@ -91,12 +91,10 @@ class Lookahead:
         self.rows += rows
         if not plan:
             return
-        for source in dict.fromkeys(r.source for r in rows):
-            values = self.pipeline.lookup_values([r.raw for r in rows if r.source == source], source)
-            for value in values:
-                if value not in self._seen:
-                    self._seen.add(value)
-                    self._pending[value] = None
+        for value in self.pipeline.lookup_values([r.raw for r in rows]):
+            if value not in self._seen:
+                self._seen.add(value)
+                self._pending[value] = None
 
     def _look_up(self) -> None:
         """Whole queries only: what is left over goes with the drain's own look-ups."""

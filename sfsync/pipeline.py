@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
 
+from sfsync.clients.retry import waiting_next_try
 from sfsync.clients.salesforce import COLLECTION_LIMIT, IN_LIST_LIMIT, SalesforceClient, WriteResult
 from sfsync.config import Settings
 from sfsync.domain.codes import CodeMap, default_map, normalise_code, resolve
@@ -37,8 +38,6 @@ log = logging.getLogger(__name__)
 
 Stage = Callable[[str], None]
 OnCommit = Callable[["BatchResult"], None]
-WAIT_FIRST_RETRY_S = 60.0
-WAIT_MAX_RETRY_S = 3600.0
 # A write naming a Task that is not there (another org's Id, a deleted record): for a Task found by
 # the Id in metadata, the message-id match is tried before the report is dead-lettered.
 TASK_GONE = frozenset({"INVALID_CROSS_REFERENCE_KEY", "ENTITY_IS_DELETED"})
@@ -99,7 +98,7 @@ Parsed = dict[int, tuple[Any, "Report | InvalidReport"]]  # id(raw) -> (that raw
 
 
 def parse(
-    raws: Iterable[Any], source: str, default_tz: dt.tzinfo = dt.UTC, ahead: Parsed | None = None,
+    raws: Iterable[Any], default_tz: dt.tzinfo = dt.UTC, ahead: Parsed | None = None,
 ) -> tuple[list[Report], list[InvalidReport]]:
     """Reports and the invalid ones. ``ahead`` holds raws read before (by the look-ahead), each with
     its reading; one found there is taken out of it instead of being read again."""
@@ -107,7 +106,7 @@ def parse(
     bad: list[InvalidReport] = []
     for raw in raws:
         hit = ahead.pop(id(raw), None) if ahead else None
-        known = hit[1] if hit is not None and hit[0] is raw else _read(raw, source, default_tz)
+        known = hit[1] if hit is not None and hit[0] is raw else _read(raw, default_tz)
         if isinstance(known, InvalidReport):
             bad.append(known)
             continue
@@ -115,9 +114,9 @@ def parse(
     return list(good.values()), bad
 
 
-def _read(raw: Any, source: str, default_tz: dt.tzinfo) -> Report | InvalidReport:
+def _read(raw: Any, default_tz: dt.tzinfo) -> Report | InvalidReport:
     try:
-        return parse_report(raw, source, default_tz)
+        return parse_report(raw, default_tz)
     except InvalidReport as exc:
         exc.raw = raw  # type: ignore[attr-defined]
         return exc
@@ -236,7 +235,7 @@ class Pipeline:
     def plan(self, raws: Iterable[Any], source: str = "poll", *, default_tz: dt.tzinfo = dt.UTC) -> Plan:
         """Parse, resolve, collapse, match and decide. Reads Salesforce and the store; writes nothing."""
         result = BatchResult()
-        reports, bad = parse(raws, source, default_tz, self.parsed)
+        reports, bad = parse(raws, default_tz, self.parsed)
         result.counts["received"] += len(reports) + len(bad)
         result.counts["invalid"] += len(bad)
         outcomes = resolve_all(reports, self.code_map)
@@ -345,12 +344,12 @@ class Pipeline:
                 by_field.add(message_id)
         return named, by_field
 
-    def lookup_values(self, raws: Iterable[Any], source: str = "poll") -> list[tuple[str, str]]:
+    def lookup_values(self, raws: Iterable[Any]) -> list[tuple[str, str]]:
         """The values the match stage would look up for these reports now (reads the store only):
         nothing for a message the ledger settles at no call. Their readings are kept for the drain."""
         reports: dict[str, Report] = {}
         for raw in raws:
-            known = self.parsed[id(raw)] = (raw, _read(raw, source, dt.UTC))
+            known = self.parsed[id(raw)] = (raw, _read(raw, dt.UTC))
             if isinstance(known[1], Report):
                 reports.setdefault(known[1].report_id, known[1])
         winners, _ = collapse(resolve_all(reports.values(), self.code_map))
@@ -552,7 +551,7 @@ class Pipeline:
             )
             return
         tried = row.attempts if row else 0
-        delay = min(WAIT_FIRST_RETRY_S * 2**tried, WAIT_MAX_RETRY_S)  # 1 min, 2, 4, ... 1 h
+        delay = waiting_next_try(tried)  # 1 min, 2, 4, ... 1 h
         self.store.add_waiting(report.report_id, report.message_id, report.raw, row.source if row else source,
                                f"no Task with {self.settings.field_message_id} = {report.message_id} yet{not_there}",
                                now + dt.timedelta(seconds=delay))

@@ -55,7 +55,7 @@ def _change(task_id: str, winner: LedgerEntry, current: Status, settings: Settin
     raw: dict[str, Any] = {"delivery_report_id": winner.report_id, "message_id": winner.message_id,
                            "status": winner.label, "reconciled_after_bulk_job": True}
     report = Report(winner.report_id or f"reconcile:{winner.message_id}", winner.message_id, winner.label.lower(),
-                    winner.code, winner.event_time, winner.received_time, {}, raw, SOURCE)
+                    winner.code, winner.event_time, winner.received_time, {}, raw)
     outcome = Outcome(report, status_of(winner), True)
     return Change(task_id, outcome, task_fields(outcome, settings), current)
 

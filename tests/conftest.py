@@ -15,6 +15,8 @@ import pytest
 from sfsync.config import Settings, load_settings
 from sfsync.engine import Worker, build_clients
 from sfsync.sim.harness import Simulators
+from sfsync.store import Store, StoreTarget, open_store, parse_store_url, sqlite_target
+from tests import pgcluster
 
 T0 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
 _seq = itertools.count()
@@ -92,3 +94,40 @@ def fields_of(sims: Simulators, task_id: str) -> tuple[Any, Any]:
 
 def composite_calls(sims: Simulators) -> int:
     return int(sims.sf.stats()["api_calls"].get("composite", 0))
+
+
+# -- PostgreSQL: a throwaway cluster for the session, a database per test -------------------------------
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[pgcluster.Server]:
+    reason = pgcluster.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with pgcluster.server() as running:
+        yield running
+
+
+@pytest.fixture
+def pg_url(pg_server: pgcluster.Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh database's URL; its password in SFSYNC_STORE_PASSWORD for this test."""
+    url = pg_server.fresh_database()
+    monkeypatch.setenv("SFSYNC_STORE_PASSWORD", pg_server.password)
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> StoreTarget:
+    """Where a store test's store lives: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return sqlite_target(tmp_path / "state" / "sfsync.db")
+    server: pgcluster.Server = request.getfixturevalue("pg_server")
+    url = server.fresh_database()
+    request.addfinalizer(lambda: server.drop_database(url))
+    return parse_store_url(url, tmp_path, password=server.password)
+
+
+@pytest.fixture
+def store(store_target: StoreTarget) -> Iterator[Store]:
+    opened = open_store(store_target)
+    yield opened
+    opened.dispose()

@@ -492,7 +492,7 @@ def test_the_change_buffer_keeps_one_change_per_task_by_the_precedence_rule() ->
 
     def change(task_id: str, status: str, code: str, minute: int) -> Change:
         raw = report(f"m-{status}", status, code, minute=minute, delivery_report_id=f"r-{status}-{minute}")
-        [outcome] = resolve_all([parse_report(raw, "backfill")], cmap)
+        [outcome] = resolve_all([parse_report(raw)], cmap)
         return Change(task_id, outcome, {"SMS_Status__c": outcome.status.label}, None)
 
     buffer = ChangeBuffer(cmap)

@@ -646,15 +646,15 @@ def test_reset_stops_the_pusher(sims: Simulators) -> None:
 def test_a_store_failure_is_503_and_messagemedia_pushes_again(sims: Simulators, make_server: MakeServer,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     server = make_server()
-    real_add = server.store.inbox_add
+    real_stage = server.store.stage
     failures = iter([True, True])
 
-    def flaky_add(report_id: str, raw: Any) -> bool:
+    def flaky_stage(source: str, reports: Any) -> set[str]:
         if next(failures, False):
             raise sqlite3.OperationalError("disk I/O error")  # injected: the disk hiccups twice
-        return real_add(report_id, raw)
+        return real_stage(source, reports)
 
-    monkeypatch.setattr(server.store, "inbox_add", flaky_add)
+    monkeypatch.setattr(server.store, "stage", flaky_stage)
     sims.mm.configure(push_url=server.url, push_headers={HEADER: SECRET}, push_retry_delay_s=0.01)
     [report_id] = sims.mm.add_reports([report(new_message_id(), "delivered", "221")])
     assert sims.mm.wait_for_pushes(5)

@@ -227,10 +227,10 @@ def test_a_date_out_of_range_is_answered_and_only_2xx_when_stored(make_server: M
 # -- item 1: any exception is an answer, logged ---------------------------------------------------------------
 def test_a_parser_failure_is_400_and_logged(make_server: MakeServer, monkeypatch: pytest.MonkeyPatch,
                                             caplog: pytest.LogCaptureFixture) -> None:
-    def broken(raw: Any, source: str = "poll") -> Any:
+    def broken(raw: Any, default_tz: Any = None) -> Any:
         raise OverflowError("date value out of range")
 
-    monkeypatch.setattr("sfsync.push.receiver.parse_report", broken)
+    monkeypatch.setattr("sfsync.sources.inbox.parse_report", broken)
     server = make_server()
     status, answer = push_json(server, report(new_message_id(), "delivered"))
     assert status == 400 and "unreadable" in answer["reason"]
@@ -242,10 +242,10 @@ def test_a_parser_failure_is_400_and_logged(make_server: MakeServer, monkeypatch
 def test_our_own_bug_is_500_logged_and_nothing_is_acknowledged(make_server: MakeServer,
                                                                monkeypatch: pytest.MonkeyPatch,
                                                                caplog: pytest.LogCaptureFixture) -> None:
-    def broken(self: Store, report_id: str, raw: Any) -> bool:
+    def broken(self: Store, source: str, reports: Any) -> set[str]:
         raise KeyError("a bug")
 
-    monkeypatch.setattr(Store, "inbox_add", broken)
+    monkeypatch.setattr(Store, "stage", broken)
     server = make_server()
     status, answer = push_json(server, report(new_message_id(), "delivered"))
     assert status == 500 and answer["error"] == "internal error"

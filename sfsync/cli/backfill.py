@@ -140,10 +140,10 @@ def resumable(store: Any) -> list[dict[str, Any]]:
 
 
 def list_command(args: argparse.Namespace) -> int:
-    from sfsync.store import Store
+    from sfsync.store import open_store
 
     settings = settings_for(args, messagemedia=False, salesforce=False)
-    found = resumable(Store(settings.store_path))
+    found = resumable(open_store(settings.store_target))
     if args.json:
         print(json.dumps(found, indent=2))
         return 0

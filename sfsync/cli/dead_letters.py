@@ -34,10 +34,10 @@ def register(sub: Any) -> None:
 def dead_letters_command(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from sfsync.store import Store
+    from sfsync.store import open_store
 
     settings = settings_for(args, messagemedia=False, salesforce=args.action == "retry")
-    store = Store(settings.store_path)
+    store = open_store(settings.store_target)
     if args.action == "list":
         letters = store.dead_letters(args.limit)
         if args.json:

@@ -25,6 +25,7 @@ from sfsync.cli import (
     serve,
     sim,
     status,
+    store,
     trace,
     webhooks,
 )
@@ -46,6 +47,7 @@ REGISTRARS: tuple[Callable[[Any], None], ...] = (
     serve.register, webhooks.register,  # push mode
     backfill.register,
     trace.register, config.register,  # answers for people
+    store.register,  # store migrations and copies
 )
 
 

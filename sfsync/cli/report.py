@@ -33,7 +33,7 @@ def report_command(args: argparse.Namespace) -> int:
     settings = settings_for(args, messagemedia=False)
     report = build(SalesforceClient(settings), settings, since, until)
     if args.html:
-        report.health = read_health(settings.store_path)
+        report.health = read_health(settings.store_target)
         Path(args.html).write_text(render_html(report), encoding="utf-8")
         print(f"wrote {args.html}")
     if args.json:

@@ -10,7 +10,7 @@ from typing import Any
 
 from sfsync import bounds, timeargs
 from sfsync.cli.common import common_options, idle_run, settings_for, stop_on_signals
-from sfsync.errors import RemoteError, UsageError
+from sfsync.errors import AlreadyRunning, AuthError, ConfigError, UsageError
 
 log = logging.getLogger("sfsync")
 
@@ -118,17 +118,9 @@ class Heartbeat:
 
 def _run_loop(args: argparse.Namespace, settings: Any, worker: Any, options: Any, stop: threading.Event,
               endpoint: Any, heartbeat: Heartbeat) -> int:
-    while True:
-        try:
-            summary = worker.run(options)
-        except RemoteError as exc:
-            if not args.loop:
-                raise
-            # A daemon outlives an outage: nothing was lost, the next loop resumes.
-            log.error("%s; trying again in %gs", exc, args.interval, extra={"event": "unavailable"})
-            if stop.wait(args.interval):
-                return exc.exit_code
-            continue
+    from sfsync.engine import Loop
+
+    def ran(summary: Any) -> None:
         _write_metrics(args, summary, worker.store)
         if endpoint:
             endpoint.update(summary)
@@ -136,8 +128,15 @@ def _run_loop(args: argparse.Namespace, settings: Any, worker: Any, options: Any
             heartbeat.ran(summary)
         if args.dry_run:
             _print_changes(summary.changes, summary.counts, settings.field_status)
-        if not args.loop or stop.wait(args.interval):
-            return summary.exit_code
+
+    if not args.loop:
+        summary = worker.run(options)
+        ran(summary)
+        return int(summary.exit_code)
+    # A daemon outlives an outage (nothing was lost, the next run resumes); what needs a person ends it.
+    loop = Loop(lambda: worker.run(options), interval=args.interval, stop=stop, on_summary=ran, name="run",
+                fatal=(AuthError, ConfigError, UsageError, AlreadyRunning))
+    return loop.forever(at_once=True)
 
 
 def _write_metrics(args: argparse.Namespace, summary: Any, store: Any = None) -> None:

@@ -21,13 +21,13 @@ def register(sub: Any) -> None:
 
 
 def status_command(args: argparse.Namespace) -> int:
-    from sfsync.store import Store
+    from sfsync.store import open_store
 
     settings = settings_for(args, messagemedia=False, salesforce=False)
-    store = Store(settings.store_path)
+    store = open_store(settings.store_target)
     runs, hidden = _shown_runs(store, args.runs, args.all)
     staged, oldest = store.inbox_backlog()
-    data: dict[str, Any] = {"store": str(settings.store_path), "waiting": store.waiting_count(),
+    data: dict[str, Any] = {"store": store.name, "waiting": store.waiting_count(),
             "dead_letters": store.dead_letter_count(), "inbox_pending": staged,
             "staged_oldest_age_s": _age_seconds(oldest), "runs": runs, "idle_runs_hidden": hidden}
     if args.json:

@@ -22,9 +22,9 @@ def register(sub: Any) -> None:
 
 def trace_command(args: argparse.Namespace) -> int:
     from sfsync.ops.trace import render, trace
-    from sfsync.store import Store
+    from sfsync.store import open_store
 
     settings = settings_for(args, messagemedia=False, salesforce=False)
-    result = trace(Store(settings.store_path), args.id)
+    result = trace(open_store(settings.store_target), args.id)
     print(json.dumps(result.as_dict(), indent=2) if args.json else render(result))
     return EXIT_OK

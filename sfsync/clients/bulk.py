@@ -22,12 +22,14 @@ import requests
 from simple_salesforce import Salesforce
 from simple_salesforce.util import exception_handler
 
+from sfsync.clients.retry import poll_until
 from sfsync.clients.salesforce import SalesforceClient, WriteResult, is_lock_error
 from sfsync.errors import ConfigError, RemoteError
 
 log = logging.getLogger(__name__)
 
 TERMINAL = ("JobComplete", "Failed", "Aborted")
+POLL_GROWTH = 1.5  # each wait for a job this much longer than the last, up to poll_max_s
 NULL = "#N/A"  # a CSV cell that sets a field to null (an empty cell leaves it as it is)
 
 
@@ -48,14 +50,12 @@ def split_error(text: str) -> tuple[str, str]:
 
 class BulkClient:
     def __init__(self, sf: SalesforceClient, *, poll_first_s: float = 0.5, poll_max_s: float = 15.0,
-                 max_wait_s: float = 3600.0, sleep: Callable[[float], Any] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic):
+                 max_wait_s: float = 3600.0, sleep: Callable[[float], Any] = time.sleep):
         self.sf = sf
         self.poll_first_s = poll_first_s
         self.poll_max_s = poll_max_s
         self.max_wait_s = max_wait_s
         self.sleep = sleep
-        self.clock = clock
         self.on_step: Callable[[str, str], Any] = lambda step, job_id: None  # tests crash at a step
 
     # -- one job -------------------------------------------------------------------------------
@@ -135,16 +135,15 @@ class BulkClient:
                        int(answer.get("numberRecordsFailed") or 0), str(answer.get("errorMessage") or ""))
 
     def _wait(self, job_id: str) -> JobInfo:
-        delay, started = self.poll_first_s, self.clock()
-        while True:
-            info = self.info(job_id)
-            if info.state in TERMINAL:
-                return info
-            if self.clock() - started > self.max_wait_s:
-                raise RemoteError(f"Salesforce Bulk API job {job_id} is still {info.state} after {self.max_wait_s:g}s; "
-                                  "it may still finish: run again with --resume", transient=False)
-            self.sleep(delay)
-            delay = min(delay * 1.5, self.poll_max_s)
+        """Poll the job until Salesforce has finished it (waits growing from ``poll_first_s`` to
+        ``poll_max_s``, for at most ``max_wait_s``); a stop event in ``sleep`` ends the wait at once."""
+        info = poll_until(lambda: self.info(job_id), lambda i: i.state in TERMINAL, max_seconds=self.max_wait_s,
+                          first=self.poll_first_s, max_wait=self.poll_max_s, sleep=self.sleep,
+                          growth=POLL_GROWTH)
+        if info.state not in TERMINAL:
+            raise RemoteError(f"Salesforce Bulk API job {job_id} is still {info.state} after {self.max_wait_s:g}s; "
+                              "it may still finish: run again with --resume", transient=False)
+        return info
 
     # -- results -------------------------------------------------------------------------------
     def _download(self, job_id: str, kind: str) -> IO[bytes]:

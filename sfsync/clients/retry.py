@@ -197,6 +197,27 @@ class RetryPolicy:
                                 "resumes") from last
 
 
+    def repeat(self, name: str, fn: Callable[[], T], done: Callable[[T], bool]) -> T:
+        """Call ``fn`` again while its answer is not ``done`` (rows Salesforce kept locked), with the
+        same back-off and caps as ``call``: the last answer once attempts or time run out."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            self.counter.add(name)
+            log.info("%s: again in %.1fs (try %d)", name, state.upcoming_sleep, state.attempt_number + 1,
+                     extra={"event": "retry", "operation": name})
+
+        retrying = Retrying(
+            retry=retry_if_result(lambda answer: not done(answer)),
+            wait=wait_exponential(multiplier=self.initial, max=self.max_wait),
+            stop=stop_after_attempt(self.attempts) | stop_before_overrun(self.max_seconds, name),
+            sleep=self.sleep,
+            before_sleep=before_sleep,
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+            reraise=True,
+        )
+        return retrying(fn)
+
+
 def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "unknown"
@@ -219,3 +240,30 @@ def poll_until(fn: Callable[[], T], done: Callable[[T], bool], *, max_seconds: f
         reraise=True,
     )
     return retrying(fn)
+
+
+# -- back-offs between runs and tries (not one call's retries): tenacity strategies, evaluated here ---------
+LOOP_MAX_BACKOFF_S = 60.0
+BUDGET_BACKOFF_S = 300.0  # the daily API allocation does not come back within seconds
+WAITING_FIRST_TRY_S = 60.0
+WAITING_MAX_TRY_S = 3600.0
+
+
+def wait_after(strategy: wait_base, attempt: int) -> float:
+    """What a tenacity wait strategy gives after ``attempt`` failed tries (1 for the first)."""
+    state = RetryCallState(Retrying(), None, (), {})
+    state.attempt_number = max(attempt, 1)
+    return float(strategy(state))
+
+
+def loop_backoff(interval: float, failures: int) -> float:
+    """A loop's wait after ``failures`` runs in a row that failed or moved nothing: the interval
+    doubled per failure, at most a minute (``serve``'s drain, ``run --loop``)."""
+    strategy = wait_exponential(multiplier=interval, min=interval, max=max(LOOP_MAX_BACKOFF_S, interval))
+    return wait_after(strategy, failures + 1)
+
+
+def waiting_next_try(tries: int) -> float:
+    """A waiting report's next try after ``tries`` earlier ones: 1 min, 2, 4, ... up to 1 h."""
+    strategy = wait_exponential(multiplier=WAITING_FIRST_TRY_S, min=WAITING_FIRST_TRY_S, max=WAITING_MAX_TRY_S)
+    return wait_after(strategy, tries + 1)

@@ -374,11 +374,13 @@ class SalesforceClient:
             raise ValueError(f"at most {COLLECTION_LIMIT} records per call")
         results: dict[str, WriteResult] = {}
         pending = records
-        for attempt in range(1, self.policy.attempts + 1):
+
+        def attempt() -> list[dict[str, Any]]:
+            nonlocal pending
             payload = {"allOrNone": False,
                        "records": [{"attributes": {"type": "Task"}, **r} for r in pending]}
-            answer = self._call("composite", lambda sf, p=payload: _restful(  # type: ignore[misc]
-                sf, "composite/sobjects", method="PATCH", json=p))
+            answer = self._call("composite",
+                                lambda sf: _restful(sf, "composite/sobjects", method="PATCH", json=payload))
             if not isinstance(answer, list) or len(answer) != len(pending):
                 raise RemoteError("Salesforce composite: answer does not hold one result per record", transient=True)
             locked = []
@@ -396,12 +398,11 @@ class SalesforceClient:
                     results[task_id] = WriteResult(task_id, False, code, message, transient=True)
                 else:
                     results[task_id] = WriteResult(task_id, False, code, message)
-            if not locked:
-                break
             pending = locked
-            if attempt < self.policy.attempts:
-                self.policy.counter.add("salesforce.row_lock")
-                self.policy.sleep(min(self.policy.initial * 2 ** (attempt - 1), self.policy.max_wait))
+            return locked
+
+        # Rows Salesforce kept locked: written again alone, with back-off (a strategy of the retry module).
+        self.policy.repeat("salesforce.row_lock", attempt, lambda locked: not locked)
         return [results[str(r["id"])] for r in records]
 
     # -- metadata -----------------------------------------------------------------------------------------

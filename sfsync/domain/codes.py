@@ -61,9 +61,6 @@ class CodeMap:
     final_labels: frozenset[str]
     unknown_label: str
 
-    def entry(self, code: str | int) -> CodeEntry | None:
-        return self.codes.get(normalise_code(code) or "")
-
     def is_final(self, label: str | None) -> bool:
         return label in self.final_labels
 

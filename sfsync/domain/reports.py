@@ -1,6 +1,6 @@
 """Parse and validate delivery reports from any source (poll, push, backfill) into ``Report``.
 
-A report that cannot be parsed raises ``BadReport`` naming the problem (and the report id when
+A report that cannot be parsed raises ``InvalidReport`` naming the problem (and the report id when
 one is readable), so the pipeline can dead-letter it and still confirm it. A time that cannot be
 read, or is implausible, is not such a problem: it becomes "no time" (``report_time``).
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sfsync.domain.codes import normalise_code
-from sfsync.errors import BadReport
+from sfsync.errors import SfsyncError
 
 log = logging.getLogger("sfsync.domain.reports")
 
@@ -28,7 +28,9 @@ class TimeOutOfRange(ValueError):
     """A date-time that reads, but lies outside what Python can hold once converted to UTC."""
 
 
-class InvalidReport(BadReport):
+class InvalidReport(SfsyncError):
+    """A delivery report that cannot be parsed; the pipeline makes it a dead letter, never a crash."""
+
     def __init__(self, reason: str, report_id: str | None = None):
         super().__init__(reason)
         self.reason = reason
@@ -45,7 +47,6 @@ class Report:
     received_at: dt.datetime | None
     metadata: Mapping[str, str]
     raw: Mapping[str, Any] = field(repr=False, compare=False)
-    source: str = "poll"
 
     @property
     def event_time(self) -> dt.datetime | None:
@@ -195,7 +196,7 @@ def report_time(raw: Mapping[str, Any], key: str, report_id: str, default_tz: dt
     return moment
 
 
-def parse_report(raw: Any, source: str = "poll", default_tz: dt.tzinfo = dt.UTC) -> Report:
+def parse_report(raw: Any, default_tz: dt.tzinfo = dt.UTC) -> Report:
     """A delivery report (as polled or pushed) -> ``Report``; ``InvalidReport`` if it is not one."""
     if not isinstance(raw, Mapping):
         raise InvalidReport(f"a report must be a JSON object, not {type(raw).__name__}")
@@ -218,4 +219,4 @@ def parse_report(raw: Any, source: str = "poll", default_tz: dt.tzinfo = dt.UTC)
         raise InvalidReport(str(exc), rid) from exc
     submitted = report_time(raw, "submitted_date", rid, default_tz)
     received = report_time(raw, "date_received", rid, default_tz)
-    return Report(rid, message_id, status, code, submitted, received, metadata, raw, source)
+    return Report(rid, message_id, status, code, submitted, received, metadata, raw)

@@ -158,17 +158,25 @@ def _state_folder(settings: Settings) -> Check:
 
 def _store_integrity(settings: Settings) -> Check:
     from sfsync.store import integrity_problem
+    from sfsync.store.health import postgres_findings
 
+    target = settings.store_target
+    if target.dialect == "postgresql":
+        finding = postgres_findings(target)
+        return Check("store", finding.status, finding.detail)
     path = settings.store_path
     if not path.exists():
-        return Check("store", "ok", f"no store yet at {path}; the first run creates it")
+        return Check("store", "ok", f"SQLite: no store yet at {path}; the first run creates it")
     problem = integrity_problem(path)
-    return Check("store", "fail", problem) if problem else Check("store", "ok", f"{path} passes SQLite's quick check")
+    return Check("store", "fail", problem) if problem else Check("store", "ok",
+                                                                 f"SQLite: {path} passes SQLite's quick check")
 
 
 def _store_space(settings: Settings) -> Check:
     from sfsync.store import MIN_FREE_BYTES, free_bytes
 
+    if settings.store_target.dialect != "sqlite":
+        return Check("store disk space", "ok", "the store is on PostgreSQL: its server watches its own disk")
     folder = settings.state_dir if settings.state_dir.exists() else settings.state_dir.parent
     free = free_bytes(folder)
     if free is None:
@@ -185,7 +193,13 @@ def _store_space(settings: Settings) -> Check:
 
 def _lock(settings: Settings) -> Check:
     try:
-        free = RunLock(settings.lock_path).is_free()
+        target = settings.store_target
+        if target.dialect == "postgresql":
+            from sfsync.store.postgres import AdvisoryRunLock
+
+            free = AdvisoryRunLock(target).is_free()
+        else:
+            free = RunLock(settings.lock_path).is_free()
     except AlreadyRunning:
         free = False
     except SfsyncError as exc:

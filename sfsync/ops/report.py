@@ -32,7 +32,7 @@ from sfsync.config import Settings
 from sfsync.domain.codes import default_map
 from sfsync.domain.reports import format_time
 from sfsync.errors import ConfigError, RemoteError, UsageError
-from sfsync.store import Store
+from sfsync.store import StoreTarget, open_store, sqlite_target
 
 if TYPE_CHECKING:
     from sfsync.clients.salesforce import SalesforceClient
@@ -84,11 +84,13 @@ class Health:
         return self.waiting + self.inbox_pending
 
 
-def read_health(store_path: Path) -> Health:
-    """Read-only: a missing store is reported as such, not created."""
-    if not store_path.exists():
+def read_health(where: StoreTarget | Path) -> Health:
+    """Read-only: a missing SQLite store is reported as such, not created."""
+    target = where if isinstance(where, StoreTarget) else sqlite_target(where)
+    store_path = target.path or target.label
+    if target.path is not None and not target.path.exists():
         return Health(str(store_path), found=False)
-    store = Store(store_path)
+    store = open_store(target)
     try:
         runs = store.recent_runs(50)
         success = next((r for r in runs if r.get("exit_code") == 0), None)
@@ -103,7 +105,7 @@ def read_health(store_path: Path) -> Health:
     except sqlite3.Error as exc:
         raise ConfigError(f"cannot read the store {store_path} ({exc}); check SFSYNC_STATE_DIR") from exc
     finally:
-        store.close()
+        store.dispose()
 
 
 @dataclass

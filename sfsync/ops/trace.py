@@ -91,7 +91,7 @@ def _message_ids(rows: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 def _seen(where: str, when: str, raw_text: str, written: dict[str, Written], note: str) -> Seen:
     try:
-        report = parse_report(json.loads(raw_text), "push" if where == "inbox" else "poll")
+        report = parse_report(json.loads(raw_text))
     except (InvalidReport, ValueError) as exc:
         return Seen(where, when, None, None, None, None, None, None, f"unreadable: {exc}", note)
     resolution = resolve(report.status, report.code, default_map())

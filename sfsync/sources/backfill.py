@@ -44,15 +44,14 @@ from sfsync.config import Settings
 from sfsync.domain.codes import CodeMap, normalise_code
 from sfsync.domain.precedence import Status, wins
 from sfsync.domain.reports import format_time, parse_report, parse_time, read_metadata
-from sfsync.engine import RunSummary, build_clients, recorded_run
+from sfsync.engine import RunSummary, StopRules, build_clients, recorded_run
 from sfsync.errors import (
     RemoteError,
     UsageError,
 )
-from sfsync.lock import RunLock
 from sfsync.pipeline import BatchResult, Change, Pipeline, resolve_all
 from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
-from sfsync.store import LedgerEntry, Store, now_utc
+from sfsync.store import LedgerEntry, Store, now_utc, open_store
 
 log = logging.getLogger("sfsync.sources.backfill")
 
@@ -364,7 +363,7 @@ class ChangeBuffer:
         for line in self._file:
             if offset in live:
                 item = json.loads(line)
-                [outcome] = resolve_all([parse_report(item["r"], SOURCE)], self.code_map)
+                [outcome] = resolve_all([parse_report(item["r"])], self.code_map)
                 yield Change(item["t"], outcome, item["f"], None)
             offset += len(line)
 
@@ -468,24 +467,24 @@ class Backfill:
             mm, sf = mm or built_mm, sf or built_sf
         self.mm, self.sf = mm, sf
         self.retries = retries or RetryCounter()
-        self.store = store or Store(settings.store_path)
+        self.store = store or open_store(settings.store_target)
         self.on_page = on_page or (lambda page: None)
         self.progress_stream = progress_stream
         self.pipeline = Pipeline(settings, self.store, sf, dry_run=options.dry_run)
-        self.bulk = BulkClient(sf)
+        self.bulk = BulkClient(sf, sleep=StopAwareSleep(self.stop))  # a signal ends a wait for a job at once
         self.bulk_wait_s = bulk_wait_s
 
     def run(self) -> BackfillSummary:
         if self.options.dry_run:  # writes nothing, so it need not keep the worker out
             return self._run_recorded()
-        with RunLock(self.settings.lock_path):
+        with self.store.run_lock(self.settings.lock_path):
             return self._run_recorded()
 
     def _run_recorded(self) -> BackfillSummary:
         summary = BackfillSummary(window=str(self.options.window))
         kind = "backfill-dry-run" if self.options.dry_run else "backfill"
-        with recorded_run(self.store, kind, summary, self.mm, self.sf, self.retries, command="backfill"):
-            summary.exit_reason = self._run(summary)
+        with recorded_run(self.store, kind, summary, self.mm, self.sf, self.retries, command="backfill") as started:
+            summary.exit_reason = self._run(summary, StopRules(self.stop, started, self.sf.check_budget))
         return summary
 
     # -- pages ----------------------------------------------------------------------------------
@@ -507,7 +506,7 @@ class Backfill:
             return SalesforceSource(self.sf, self.mm, self.settings, self.pipeline.code_map, self.options)
         return ReportingSource(self.mm, self.options)
 
-    def _run(self, summary: BackfillSummary) -> str:
+    def _run(self, summary: BackfillSummary, rules: StopRules) -> str:
         o = self.options
         start = self._start()
         if start.get("done"):
@@ -533,7 +532,7 @@ class Backfill:
         try:
             with _redirect_logs(progress):
                 while not reason:
-                    reason = self._should_stop(summary)
+                    reason = rules.reason() or self._page_limit(summary) or rules.reason(budget=True)
                     page = None if reason else next(pages, None)
                     if page is None:
                         reason = reason or "complete"
@@ -562,12 +561,9 @@ class Backfill:
                      extra={"event": "backfill_stopped"})
         return "dry_run" if o.dry_run and reason == "complete" else reason
 
-    def _should_stop(self, summary: BackfillSummary) -> str:
-        if self.stop.is_set():
-            return "signal"
+    def _page_limit(self, summary: BackfillSummary) -> str:
         if self.options.max_pages is not None and summary.counts["pages"] >= self.options.max_pages:
             return "max_pages"
-        self.sf.check_budget()
         return ""
 
     def _take(self, page: Page, buffer: ChangeBuffer, summary: BackfillSummary) -> None:

@@ -1,0 +1,32 @@
+"""What every source hands the engine: a batch of raw reports, and how its outcomes are acknowledged.
+
+A source stages and acknowledges (poll, push) or reads what is already durable (the store's inbox,
+the waiting list, dead letters). The engine drains each batch through the pipeline; ``on_commit``
+runs inside the transaction that records the batch's outcomes, so a source's own bookkeeping (an
+inbox row marked done, a dead letter retired) is durable exactly when the outcome is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sfsync.pipeline import OnCommit
+from sfsync.store import WaitingReport
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Reports claimed from one source, and how their outcomes are committed there."""
+
+    raws: list[Any]
+    source: str  # the pipeline's source label: poll | push | waiting | retry
+    on_commit: OnCommit | None = None  # runs in the transaction that records the outcomes
+    waiting: Mapping[str, WaitingReport] | None = None  # reports from the waiting list, by report id
+
+
+class Source(Protocol):
+    """A source the engine drains: batches until it has nothing more (or the engine stops asking)."""
+
+    def batches(self) -> Iterator[Batch]: ...

@@ -1,0 +1,205 @@
+"""Versioned schema, for both dialects; applied at start inside one transaction, one process at a
+time (SQLite: the write transaction; PostgreSQL: an advisory lock held by that transaction).
+
+SQLite has a history (files from schema 1, 2 and 3 upgrade in place); PostgreSQL starts at schema 4.
+A new migration: bump ``SCHEMA_VERSION``, add a ``Step`` with the SQLite function and the
+PostgreSQL statements that bring a store from the version before to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sfsync.domain.ids import task_id
+from sfsync.errors import StoreError
+
+# 2: the ledger keyed by (Task, message id), Task Ids canonical; 3: inbox rows name their source;
+# 4: inbox rows carry an explicit staging sequence (``seq``), the claim order on both backends.
+SCHEMA_VERSION = 4
+ADVISORY_KEY = 0x5F5359_4E43  # "_SYNC": serialises migrations between processes on one PostgreSQL database
+
+_LEDGER_COLUMNS = """message_id TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        label TEXT NOT NULL,
+        code TEXT,
+        final INTEGER NOT NULL,
+        event_time TEXT,
+        received_time TEXT,
+        report_id TEXT,
+        applied_at TEXT NOT NULL,
+        PRIMARY KEY (task_id, message_id)"""
+_INBOX_COLUMNS = """report_id TEXT NOT NULL UNIQUE,
+        raw TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        processed_at TEXT,
+        source TEXT NOT NULL DEFAULT 'push'"""
+
+
+def _tables(serial: str, ledger_seq: str) -> list[str]:
+    """Schema 4 in either dialect: ``serial`` is the auto-increasing key's type."""
+    return [
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS ledger ({ledger_seq}{_LEDGER_COLUMNS})",
+        """CREATE TABLE IF NOT EXISTS waiting (
+        report_id TEXT PRIMARY KEY,
+        message_id TEXT NOT NULL,
+        raw TEXT NOT NULL,
+        source TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        first_seen TEXT NOT NULL,
+        next_attempt TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0)""",
+        "CREATE INDEX IF NOT EXISTS waiting_due ON waiting (next_attempt)",
+        f"""CREATE TABLE IF NOT EXISTS dead_letters (
+        id {serial},
+        report_id TEXT,
+        message_id TEXT,
+        raw TEXT NOT NULL,
+        source TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        sf_error TEXT,
+        created_at TEXT NOT NULL,
+        retried_at TEXT,
+        fingerprint TEXT NOT NULL)""",
+        # A report dead-lettered again (a rerun after a crash, an id-less report served again) is
+        # kept once: by its report id, or by a hash of its content when it has none.
+        """CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_fingerprint ON dead_letters (fingerprint)
+        WHERE retried_at IS NULL""",
+        f"""CREATE TABLE IF NOT EXISTS runs (
+        id {serial},
+        kind TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        ended_at TEXT,
+        counts TEXT,
+        exit_reason TEXT,
+        exit_code INTEGER)""",
+        "CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, data TEXT NOT NULL, updated_at TEXT NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS inbox (seq {serial}, {_INBOX_COLUMNS})",
+        "CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (processed_at, received_at)",
+        # Bulk API jobs sent but not yet read back; each with the status it writes on each Task.
+        "CREATE TABLE IF NOT EXISTS bulk_jobs (job_id TEXT PRIMARY KEY, created_at TEXT NOT NULL)",
+        """CREATE TABLE IF NOT EXISTS bulk_job_tasks (
+        job_id TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        label TEXT NOT NULL,
+        code TEXT,
+        final INTEGER NOT NULL,
+        event_time TEXT,
+        received_time TEXT,
+        report_id TEXT,
+        PRIMARY KEY (job_id, task_id))""",
+    ]
+
+
+SQLITE_TABLES = _tables("INTEGER PRIMARY KEY AUTOINCREMENT", "")
+# The ledger's ``seq`` stands in for SQLite's rowid: which of two rows written together came last.
+POSTGRES_TABLES = _tables("BIGSERIAL PRIMARY KEY", "seq BIGSERIAL, ")
+
+
+def _columns(db: Any, table: str) -> list[Any]:
+    return list(db.execute(f"PRAGMA table_info({table})"))
+
+
+def _sqlite_ledger_per_task(db: Any) -> None:
+    """Schema 1 -> 2: the ledger was keyed by message id alone; keep every row, under its Task."""
+    if [r["name"] for r in _columns(db, "ledger") if r["pk"]] != ["message_id"]:
+        return  # created by a later version
+    db.execute("ALTER TABLE ledger RENAME TO ledger_v1")
+    db.execute(f"CREATE TABLE ledger ({_LEDGER_COLUMNS})")
+    rows = db.execute("SELECT * FROM ledger_v1").fetchall()
+    db.executemany(
+        "INSERT OR REPLACE INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(r["message_id"], task_id(r["task_id"]) or r["task_id"], r["label"], r["code"], r["final"],
+          r["event_time"], r["received_time"], r["report_id"], r["applied_at"]) for r in rows],
+    )
+    db.execute("DROP TABLE ledger_v1")
+
+
+def _sqlite_inbox_source(db: Any) -> None:
+    """Schema 2 -> 3: the inbox held pushed reports only; now every source stages there."""
+    if "source" not in [r["name"] for r in _columns(db, "inbox")]:
+        db.execute("ALTER TABLE inbox ADD COLUMN source TEXT NOT NULL DEFAULT 'push'")
+
+
+def _sqlite_inbox_seq(db: Any) -> None:
+    """Schema 3 -> 4: the claim order was SQLite's hidden rowid; now an explicit ``seq``, kept."""
+    if "seq" in [r["name"] for r in _columns(db, "inbox")]:
+        return
+    db.execute("ALTER TABLE inbox RENAME TO inbox_v3")
+    db.execute(f"CREATE TABLE inbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, {_INBOX_COLUMNS})")
+    db.execute("INSERT INTO inbox (seq, report_id, raw, received_at, processed_at, source) "
+               "SELECT rowid, report_id, raw, received_at, processed_at, source FROM inbox_v3 ORDER BY rowid")
+    db.execute("DROP TABLE inbox_v3")
+    db.execute("CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (processed_at, received_at)")
+
+
+@dataclass(frozen=True)
+class Step:
+    version: int  # the version this step brings a store to
+    sqlite: Callable[[Any], None]
+    postgres: tuple[str, ...] = ()  # PostgreSQL starts at 4: nothing before
+
+
+STEPS = (Step(2, _sqlite_ledger_per_task), Step(3, _sqlite_inbox_source), Step(4, _sqlite_inbox_seq))
+
+
+def stored_version(db: Any, dialect: str) -> int:
+    """The schema version recorded in the store; 0 for an empty one."""
+    if dialect == "sqlite":
+        found = db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+    else:
+        found = db.execute("SELECT to_regclass('meta') AS name").fetchone()
+        found = found if found and found["name"] else None
+    if not found:
+        return 0
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row["value"]) if row else 0
+
+
+def _refuse_newer(version: int, name: str) -> None:
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the store {name} has schema {version}, newer than this sfsync understands ({SCHEMA_VERSION}): "
+            "upgrade sfsync, or point SFSYNC_STORE_URL (or SFSYNC_STATE_DIR) at another database")
+
+
+def _record(db: Any) -> None:
+    db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+               "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
+
+
+def migrate_sqlite(db: Any, name: str) -> tuple[int, int]:
+    """Bring a SQLite store (inside a write transaction) to ``SCHEMA_VERSION``: (from, to)."""
+    version = stored_version(db, "sqlite")
+    _refuse_newer(version, name)
+    if version == SCHEMA_VERSION:
+        return version, version
+    for statement in SQLITE_TABLES:  # new tables; those of an older schema are upgraded by the steps
+        db.execute(statement)
+    for step in STEPS:
+        if version < step.version:
+            step.sqlite(db)
+    _record(db)
+    return version, SCHEMA_VERSION
+
+
+def migrate_postgres(db: Any, name: str) -> tuple[int, int]:
+    """Bring a PostgreSQL store (inside a transaction) to ``SCHEMA_VERSION``, one process at a time."""
+    db.execute("SELECT pg_advisory_xact_lock(?)", (ADVISORY_KEY,))
+    version = stored_version(db, "postgresql")
+    _refuse_newer(version, name)
+    if version == SCHEMA_VERSION:
+        return version, version
+    if version == 0:
+        for statement in POSTGRES_TABLES:
+            db.execute(statement)
+    else:
+        for step in STEPS:
+            if version < step.version:
+                for statement in step.postgres:
+                    db.execute(statement)
+    _record(db)
+    return version, SCHEMA_VERSION
