@@ -69,6 +69,12 @@ class AlreadyRunning(SfsyncError):
     exit_code = EXIT_LOCKED
 
 
+class NotFound(SfsyncError):
+    """What was asked for by id is not there (a dead letter, a code): check the value asked for."""
+
+    exit_code = EXIT_NOT_FOUND
+
+
 class RemoteError(SfsyncError):
     """A remote call failed. ``transient`` errors are retried; permanent ones are reported."""
 

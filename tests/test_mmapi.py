@@ -236,10 +236,12 @@ def test_signing_key_command_then_signed_pushes_are_verified(sims: Simulators, t
     assert key_file.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
 
     # A rotation keeps the old key in the file (pushes signed before the switch still verify).
-    rotated = sfsync("webhooks", "signing-key", "--append", env={**env, "SFSYNC_PUSH_PUBLIC_KEY_FILE": str(key_file)},
-                     cwd=tmp_path)
+    rotated = sfsync("webhooks", "signing-key", "--append", "--json",
+                     env={**env, "SFSYNC_PUSH_PUBLIC_KEY_FILE": str(key_file)}, cwd=tmp_path)
     assert rotated.returncode == EXIT_OK, rotated.stderr
     assert [k["enabled"] for k in sims.mm.signature_keys()] == [False, True]
+    assert json.loads(rotated.stdout) == {"key_id": sims.mm.signature_keys()[1]["key_id"], "digest": "SHA256",
+                                          "cipher": "RSA", "enabled": True, "public_key_file": str(key_file)}
     assert len(load_public_keys(key_file.read_bytes())) == 2
 
     # Signature only: the pushes carry no shared secret, and the receiver verifies MessageMedia's.

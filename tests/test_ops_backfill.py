@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sfsync.errors import UsageError
+from sfsync.sim.harness import Simulators
 from sfsync.sources.backfill import parse_window
 from sfsync.store import Store
 
@@ -80,3 +81,18 @@ def test_progress_says_pages_records_and_window_share_labelled(caplog: pytest.Lo
     quiet.update(0.5, Counter(pages=2, fetched=200, changed=50, applied=40))
     (line,) = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "backfill_progress"]
     assert "2 pages, 200 records read" in line and "50% of the window's time span (no total is known)" in line
+
+
+def test_a_stopped_backfill_says_how_to_continue_once(sims: Simulators, worker_env: dict[str, str],
+                                                      tmp_path: Path) -> None:
+    from tests.test_backfill import WINDOW, iso, seed
+
+    seed(sims, 150)  # two pages
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")}, **worker_env,
+           "SFSYNC_LOG_FORMAT": "text"}
+    done = subprocess.run([SFSYNC, "backfill", "--since", iso(WINDOW.since), "--until", iso(WINDOW.until),
+                           "--max-pages", "1"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "1 page(s), 100 records read" in done.stdout
+    said = done.stdout + done.stderr  # on a terminal, both show
+    assert said.count("--resume") == 1, said

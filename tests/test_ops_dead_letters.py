@@ -94,3 +94,11 @@ def test_status_shows_exit_statuses_and_hides_idle_runs(tmp_path: Path) -> None:
     hidden = json.loads(subprocess.run([SFSYNC, "status", "--json"], env=env, cwd=tmp_path, capture_output=True,
                                        text=True, timeout=60).stdout)
     assert [r["exit_code"] for r in hidden["runs"]] == [6] and hidden["idle_runs_hidden"] == 3
+
+
+def test_show_of_a_letter_that_does_not_exist_is_not_found(tmp_path: Path) -> None:
+    state, _ = seeded(tmp_path)
+    done = sfsync(state, "show", "1", "99")
+    assert done.returncode == 10, done.stderr  # as documented: not found, not a usage error
+    assert done.stderr.count("no dead letter #99") == 1, done.stderr
+    assert json.loads(done.stdout)["report_id"] == "dr-1"  # the ones that exist are shown

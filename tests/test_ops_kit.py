@@ -514,7 +514,7 @@ def test_crontab_line() -> None:
     assert _max_seconds(fields[6]) < 300, "a run ends before the next one is due"
 
 
-@pytest.mark.parametrize("rc", [0, 6, 8])
+@pytest.mark.parametrize("rc", [0, 5, 6, 7, 8])
 def test_crontab_job_keeps_the_exit_status(tmp_path: Path, rc: int) -> None:
     settings, (job,) = _crontab()
     command = job.split(None, 6)[6]
@@ -529,6 +529,9 @@ def test_crontab_job_keeps_the_exit_status(tmp_path: Path, rc: int) -> None:
     assert done.returncode == rc
     logged = (tmp_path / "log").read_text() if (tmp_path / "log").exists() else ""
     assert (f"sfsync run exited {rc}" in logged) == (rc != 0)
+    if rc:  # 5 (budget reached) and 7 (already running) are benign: info, never a warning that pages
+        priority = "user.info" if rc in (5, 7) else "user.warning"
+        assert f"-p {priority} sfsync run exited {rc}" in logged, logged
     assert (tmp_path / "args").read_text().split()[:1] == ["run"]
 
 

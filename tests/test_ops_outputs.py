@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -77,17 +78,20 @@ def test_config_shows_values_sources_and_masks_secrets(tmp_path: Path) -> None:
 def test_sim_write_env_gives_a_working_configuration(tmp_path: Path) -> None:
     env_file = tmp_path / "sim.env"
     env = cli_env(tmp_path / "state")
-    sim = subprocess.Popen([SFSYNC, "sim", "--write-env", str(env_file), "--tls-dir", str(tmp_path / "tls")],
+    # Relative paths, as in the README: the file must still work from another folder.
+    sim = subprocess.Popen([SFSYNC, "sim", "--write-env", "sim.env", "--tls-dir", "var/sim"],
                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     try:
         assert sim.stdout is not None
         info = json.loads(sim.stdout.readline())
         assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
         text = env_file.read_text()
         assert f"SFSYNC_MM_BASE_URL={info['messagemedia_url']}" in text
-        done = run("run", "--env-file", str(env_file), env=env, cwd=tmp_path)
+        done = run("run", "--env-file", str(env_file), env=env, cwd=elsewhere)
         assert done.returncode == 0, done.stderr
-        assert run("doctor", "--env-file", str(env_file), env=env, cwd=tmp_path).returncode in (0, 9)
+        assert run("doctor", "--env-file", str(env_file), env=env, cwd=elsewhere).returncode in (0, 9)
     finally:
         sim.send_signal(signal.SIGTERM)
         assert sim.wait(timeout=20) == 0
@@ -106,3 +110,38 @@ def test_webhooks_json_outputs(sims: Simulators, tmp_path: Path) -> None:
     assert [h["id"] for h in listed] == [outcome["created"]]
     removed = run("webhooks", "remove", str(outcome["created"]), "--json", env=env, cwd=tmp_path)
     assert json.loads(removed.stdout) == {"removed": str(outcome["created"])}
+    # Gone already: MessageMedia answers 404 (its spec), which is "not found", not "unavailable, retry".
+    again_removed = run("webhooks", "remove", str(outcome["created"]), "--json", env=env, cwd=tmp_path)
+    assert again_removed.returncode == 10, again_removed.stderr
+    assert "webhooks list" in again_removed.stderr and again_removed.stdout == ""
+
+
+def test_trace_shows_only_the_reports_of_what_was_asked(tmp_path: Path) -> None:
+    """A message id, or an id nothing holds, never pulls in the other messages' reports; and the trace,
+    read-only, logs no findings of its own (an unknown code, a status the code overrides)."""
+    from sfsync.store import Store
+
+    state = tmp_path / "state"
+    state.mkdir()
+    store = Store(state / "sfsync.db")
+    mine, other = new_message_id(), new_message_id()
+    for message in (mine, other):
+        pushed = report(message, "failed", "402")  # "failed" but the code says Rejected
+        store.inbox_add(pushed["delivery_report_id"], pushed)
+        waiting = report(message, "delivered", "999", minute=2)  # an unknown code
+        store.add_waiting(waiting["delivery_report_id"], message, waiting, "poll", "no Task yet",
+                          dt.datetime.now(dt.UTC))
+        dead = report(message, "submitted", "210", minute=1)
+        store.add_dead_letter(dead["delivery_report_id"], message, dead, "poll", "a validation rule")
+    store.close()
+    env = cli_env(state)
+    done = run("trace", mine, "--json", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)["seen"]
+    assert sorted(s["where"] for s in seen) == ["dead letter", "inbox", "waiting"]
+    assert {s["message_id"] for s in seen} == {mine}
+    assert done.stderr == ""
+    nothing = run("trace", "no-such-message", "--json", env=env, cwd=tmp_path)
+    assert nothing.returncode == 10, nothing.stderr  # not found, as documented: check the id asked for
+    assert json.loads(nothing.stdout)["seen"] == [] and "reports seen: none" in \
+        run("trace", "no-such-message", env=env, cwd=tmp_path).stdout

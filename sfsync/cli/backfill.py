@@ -112,8 +112,6 @@ def print_summary(summary: Any) -> None:
           f"{summary.duration_s:.1f}s; exit {summary.exit_code}")
     if w and w != c:
         print(f"  whole window so far: {w['pages']} page(s), {w['fetched']} records read, {w['applied']} Tasks written")
-    if summary.exit_reason in ("signal", "max_pages", "api_budget", "error"):
-        print("  continue with the same command and --resume")
 
 
 def resumable(store: Any) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from sfsync import bounds, timeargs
 from sfsync.cli.common import common_options, settings_for
-from sfsync.errors import EXIT_OK, UsageError
+from sfsync.errors import EXIT_OK, NotFound, UsageError
 from sfsync.logs import masked
 
 
@@ -53,11 +53,15 @@ def dead_letters_command(args: argparse.Namespace) -> int:
     if args.action == "show":
         if not args.ids:
             raise UsageError("dead-letters show needs an id (see 'sfsync dead-letters list')")
+        missing = []
         for letter_id in args.ids:
             letter = store.dead_letter(letter_id)
             if letter is None:
-                raise UsageError(f"no dead letter #{letter_id}")
-            print(json.dumps(_letter_dict(letter), indent=2, default=str))
+                missing.append(f"#{letter_id}")
+            else:
+                print(json.dumps(_letter_dict(letter), indent=2, default=str))
+        if missing:
+            raise NotFound(f"no dead letter {', '.join(missing)} (see 'sfsync dead-letters list')")
         return EXIT_OK
     if args.action == "purge":
         if not args.yes:

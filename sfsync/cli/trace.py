@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from sfsync.cli.common import common_options, settings_for
-from sfsync.errors import EXIT_OK
+from sfsync.errors import EXIT_NOT_FOUND, EXIT_OK
 
 
 def register(sub: Any) -> None:
@@ -27,4 +27,5 @@ def trace_command(args: argparse.Namespace) -> int:
     settings = settings_for(args, messagemedia=False, salesforce=False)
     result = trace(open_store(settings.store_target), args.id)
     print(json.dumps(result.as_dict(), indent=2) if args.json else render(result))
-    return EXIT_OK
+    # Nothing at all in the store: most often a mistyped id (exit 10, as 'sfsync codes 999').
+    return EXIT_OK if result.written or result.seen else EXIT_NOT_FOUND

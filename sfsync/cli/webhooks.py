@@ -11,7 +11,7 @@ from typing import Any
 
 from sfsync import bounds
 from sfsync.cli.common import common_options, settings_for
-from sfsync.errors import EXIT_OK, UsageError
+from sfsync.errors import EXIT_OK, NotFound, RemoteError, UsageError
 from sfsync.push.webhooks import SIGNATURE_DIGESTS
 
 
@@ -47,6 +47,7 @@ def register(sub: Any) -> None:
     signing.add_argument("--append", action="store_true",
                          help="keep the keys already in the file (a rotation: the old key verifies pushes "
                               "signed before the switch)")
+    signing.add_argument("--json", action="store_true", help="the outcome as one JSON object")
     parser.set_defaults(func=webhooks_command)
 
 
@@ -69,7 +70,12 @@ def webhooks_command(args: argparse.Namespace) -> int:
                   f"events: {','.join(hook.get('events') or [])}")
         return EXIT_OK
     if args.webhooks_action == "remove":
-        client.delete_webhook(args.webhook_id)
+        try:
+            client.delete_webhook(args.webhook_id)
+        except RemoteError as exc:
+            if exc.status != 404:
+                raise
+            raise NotFound(f"MessageMedia has no webhook {args.webhook_id} (see 'sfsync webhooks list')") from exc
         print(json.dumps({"removed": args.webhook_id}) if args.json else f"removed webhook {args.webhook_id}")
         return EXIT_OK
     if args.webhooks_action == "signing-key":
@@ -115,6 +121,10 @@ def signing_key_command(client: Any, settings: Any, args: argparse.Namespace) ->
     # The file first, then enable: a key MessageMedia signs with is never one we could not verify.
     write_public_key(Path(target), key.pem, append=args.append)
     client.enable_signature_key(key.key_id)
+    if args.json:
+        print(json.dumps({"key_id": key.key_id, "digest": key.digest, "cipher": "RSA", "enabled": True,
+                          "public_key_file": str(target)}))
+        return EXIT_OK
     print(f"created and enabled signature key {key.key_id} ({key.digest}, RSA); public key written to {target}")
     if Path(target) != Path(settings.push_public_key_file or ""):
         print(f"set SFSYNC_PUSH_PUBLIC_KEY_FILE={target} for 'sfsync serve', then restart it")

@@ -156,29 +156,30 @@ def _warn_once(kind: str, value: str, message: str, *args: object) -> None:
 
 
 def resolve(status: str | None, code: object = None, code_map: CodeMap | None = None,
-            message_id: str | None = None) -> Resolution:
+            message_id: str | None = None, *, quiet: bool = False) -> Resolution:
     """The one function the worker calls to turn a report's status and code into Task values.
 
     A known code decides the label. An unknown code is written as received, with the label from
     the status string (or "Unknown"). When code and status disagree, the code wins (logged at info).
+    ``quiet``: log nothing (a read-only look at stored reports, as `sfsync trace`, finds nothing new).
     """
     cmap = code_map or default_map()
     status_key = (status or "").strip().lower()
     status_label = cmap.statuses.get(status_key)
-    if status_key and status_label is None:
+    if status_key and status_label is None and not quiet:
         _warn_once("status", status_key, "unknown MessageMedia status %r kept as %s", status_key, cmap.unknown_label)
     code_text = normalise_code(code)
     entry = cmap.codes.get(code_text or "")
     if entry is not None:
         # Worth a warning only when the status claims an outcome the code contradicts
         # ("failed" with 220); a status that lags behind its code ("submitted" with 221) is normal.
-        if cmap.is_final(status_label) and status_label != entry.sms_status:
+        if cmap.is_final(status_label) and status_label != entry.sms_status and not quiet:
             # Normal mapping (the code is the more precise of the two): info, naming the message.
             log.info("message %s: status %r disagrees with code %s (%s); the code wins", message_id or "?",
                      status_key, entry.code, entry.sms_status,
                      extra={"event": "disagreement", "message_id": message_id})
         return Resolution(entry.sms_status, entry.code, entry.final, True)
-    if code_text is not None:
+    if code_text is not None and not quiet:
         _warn_once("code", code_text, "unknown delivery status code %r kept as received", code_text)
     label = status_label or cmap.unknown_label
     return Resolution(label, code_text, cmap.is_final(label), code_text is None and status_label is not None)

@@ -94,7 +94,7 @@ def _seen(where: str, when: str, raw_text: str, written: dict[str, Written], not
         report = parse_report(json.loads(raw_text))
     except (InvalidReport, ValueError) as exc:
         return Seen(where, when, None, None, None, None, None, None, f"unreadable: {exc}", note)
-    resolution = resolve(report.status, report.code, default_map())
+    resolution = resolve(report.status, report.code, default_map(), report.message_id, quiet=True)
     incoming = Status(resolution.label, resolution.code, resolution.final, report.submitted_at, report.received_at,
                       report.report_id)
     done = written.get(report.message_id)

@@ -50,7 +50,7 @@ class Simulators:
         if tls_dir is None:
             self._owned_dir = folder = Path(tempfile.mkdtemp(prefix="sfsync-sim-"))
         else:
-            folder = Path(tls_dir)
+            folder = Path(tls_dir).resolve()  # the settings name its files from any folder
         self._state = "bound"  # then "serving", then "stopped" (a closed server cannot restart)
         self.mm_server: SimServer | None = None
         self.sf_server: SimServer | None = None
