@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -27,6 +26,7 @@ from sfsync.clients.messagemedia import MessageMediaClient
 from sfsync.clients.retry import BUDGET_BACKOFF_S, RetryCounter, RetryPolicy, StopAwareSleep, loop_backoff
 from sfsync.clients.salesforce import SalesforceClient
 from sfsync.config import Settings
+from sfsync.domain.outcome import CountKey, Counts, ReportOutcome, ResultSink, Tally, discard
 from sfsync.errors import (
     EXIT_BUDGET,
     EXIT_OK,
@@ -49,7 +49,7 @@ from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
 from sfsync.sources.batch import Source
 from sfsync.sources.dead_letters import DeadLetterSource, LetterRetry
 from sfsync.sources.inbox import DRAIN_BATCH, InboxSource
-from sfsync.sources.poll import PAGE, PollEnd, PollSource, describe_ids
+from sfsync.sources.poll import PAGE, PollEnd, PollSource, confirmable_id, describe_ids
 from sfsync.sources.waiting import SOURCE as WAITING
 from sfsync.sources.waiting import WaitingSource
 from sfsync.store import StagedReport, Store, now_utc, open_store
@@ -70,7 +70,7 @@ class RunOptions:
 
 @dataclass
 class RunSummary:
-    counts: Counter[str] = field(default_factory=Counter)
+    counts: Counts = field(default_factory=Counts)
     exit_reason: str = ""
     exit_code: int = EXIT_OK
     duration_s: float = 0.0
@@ -78,17 +78,22 @@ class RunSummary:
     messagemedia_calls: int = 0
     api_usage: str = ""
     retries: int = 0
-    changes: list[dict[str, Any]] = field(default_factory=list)
+    covered: str = ""  # a dry run: what it planned, in words (how much of each source that was)
 
     def as_dict(self) -> dict[str, Any]:
-        keys = ("fetched", "applied", "skipped_stale", "skipped_unchanged", "waiting", "dead_lettered", "confirmed",
-                "held", "invalid", "unknown_code", "waiting_retried", "drained")
+        """The summary as logged and kept in the run history (the field names dashboards read)."""
+        keys: tuple[CountKey, ...] = (
+            Tally.FETCHED, ReportOutcome.APPLIED, ReportOutcome.SKIPPED_STALE, ReportOutcome.SKIPPED_UNCHANGED,
+            ReportOutcome.WAITING, ReportOutcome.DEAD_LETTERED, Tally.CONFIRMED, ReportOutcome.HELD,
+            ReportOutcome.INVALID, Tally.UNKNOWN_CODE, Tally.WAITING_RETRIED, Tally.DRAINED)
+        dry = (ReportOutcome.WOULD_WRITE, ReportOutcome.WOULD_WAIT)
         return {
-            **{k: self.counts.get(k, 0) for k in keys},
-            **({"would_write": self.counts["would_write"]} if "would_write" in self.counts else {}),
+            **{k.value: self.counts[k] for k in keys},
+            **{k.value: self.counts[k] for k in dry if k in self.counts},
             "salesforce_calls": self.salesforce_calls, "messagemedia_calls": self.messagemedia_calls,
             "api_usage": self.api_usage, "retries": self.retries, "duration_s": round(self.duration_s, 3),
             "exit_reason": self.exit_reason, "exit_code": self.exit_code,
+            **({"covered": self.covered} if self.covered else {}),
         }
 
 
@@ -129,7 +134,7 @@ def recorded_run(store: Store, kind: str, summary: RunSummary, mm: MessageMediaC
     except BaseException as exc:
         summary.exit_reason, summary.exit_code, error = "crash", EXIT_UNEXPECTED, exc
     finally:
-        if summary.exit_code == EXIT_OK and summary.counts["dead_lettered"]:
+        if summary.exit_code == EXIT_OK and summary.counts[ReportOutcome.DEAD_LETTERED]:
             summary.exit_code = EXIT_PARTIAL
         summary.duration_s = time.monotonic() - started
         summary.salesforce_calls = sf.calls_total - sf_before
@@ -187,7 +192,8 @@ class Worker:
     def __init__(self, settings: Settings, *, mm: MessageMediaClient | None = None,
                  sf: SalesforceClient | None = None, store: Store | None = None, on_stage: Stage | None = None,
                  stop: threading.Event | None = None, retries: RetryCounter | None = None,
-                 bulk_wait_s: float = WAIT_SECONDS):
+                 bulk_wait_s: float = WAIT_SECONDS, results: ResultSink = discard):
+        """``results`` takes every report's result row as the run decides it (``--output-dir``)."""
         self.settings = settings
         self.stop = stop or threading.Event()
         if mm is None or sf is None:
@@ -199,6 +205,7 @@ class Worker:
         self.store = store or open_store(settings.store_target)
         self.on_stage = on_stage or (lambda stage: None)
         self.bulk_wait_s = bulk_wait_s
+        self.results = results
 
     # -- one run --------------------------------------------------------------------------------------
     def run(self, options: RunOptions | None = None) -> RunSummary:
@@ -212,7 +219,8 @@ class Worker:
     def _run_locked(self, options: RunOptions) -> RunSummary:
         summary = RunSummary()
         kind = "dry-run" if options.dry_run else ("inbox" if options.inbox else "run")
-        pipeline = Pipeline(self.settings, self.store, self.sf, dry_run=options.dry_run, on_stage=self.on_stage)
+        pipeline = Pipeline(self.settings, self.store, self.sf, dry_run=options.dry_run, on_stage=self.on_stage,
+                            results=self.results)
         with recorded_run(self.store, kind, summary, self.mm, self.sf, self.retries) as started:
             rules = self.rules(started, options)
             if options.dry_run:
@@ -233,10 +241,10 @@ class Worker:
             if ahead and ahead.error:
                 raise ahead.error  # the drain's first Salesforce call would meet it
             drained = self._drain_all(pipeline, options, summary, rules, claimed)
-            if polled == PollEnd.NOTHING.value and summary.counts["drained"]:
+            if polled == PollEnd.NOTHING.value and summary.counts[Tally.DRAINED]:
                 polled = "backlog_drained"  # nothing new to poll; reports staged earlier were written
             summary.exit_reason = drained or polled or (
-                "inbox_empty" if summary.counts["drained"] else "nothing_to_do")
+                "inbox_empty" if summary.counts[Tally.DRAINED] else "nothing_to_do")
             if polled == CONFIRM_PENDING:
                 summary.exit_code = EXIT_UNAVAILABLE  # the queue was not drained: never claim it was
             elif polled == PollEnd.WEDGED.value:
@@ -265,7 +273,7 @@ class Worker:
                 return drained
         pipeline.prefetched.clear()
         pipeline.parsed.clear()
-        if summary.counts["held"]:  # once more for rows a transient failure held (row locks)
+        if summary.counts[ReportOutcome.HELD]:  # once more for rows a transient failure held (row locks)
             again = InboxSource(self.store, summary.counts, at_most=at_most, count_fetched=options.inbox)
             return self.drain(again, pipeline, summary, inbox_rules)
         return ""
@@ -276,16 +284,16 @@ class Worker:
         source = PollSource(self.mm, self.store, wait_seconds=self.settings.confirm_wait_seconds, stop=self.stop,
                             on_stage=self.on_stage)
         while True:
-            reason = rules.reason(summary.counts["fetched"])
+            reason = rules.reason(summary.counts[Tally.FETCHED])
             if reason:
                 return reason
             check = source.next_check()
             if check.new and ahead:
                 ahead.staged()
-            summary.counts["fetched"] += check.new
-            summary.counts["confirmed"] += check.confirmed
+            summary.counts[Tally.FETCHED] += check.new
+            summary.counts[Tally.CONFIRMED] += check.confirmed
             if not check.raws:
-                return PollEnd.QUEUE_EMPTY.value if summary.counts["fetched"] else PollEnd.NOTHING.value
+                return PollEnd.QUEUE_EMPTY.value if summary.counts[Tally.FETCHED] else PollEnd.NOTHING.value
             if check.new:
                 if options.once:
                     return "once"
@@ -325,7 +333,7 @@ class Worker:
                 self._absorb(stop.result, summary, waiting_retry=waiting_retry)
                 raise
             self._absorb(result, summary, waiting_retry=waiting_retry)
-            reason = rules.reason(summary.counts["fetched"], budget=True)
+            reason = rules.reason(summary.counts[Tally.FETCHED], budget=True)
             if reason:
                 return reason
         return ""
@@ -333,10 +341,10 @@ class Worker:
     def retry_letters(self, letter_ids: list[int]) -> LetterRetry:
         """Dead letters through the same drain (``sfsync dead-letters retry``), recorded as a run."""
         with self.store.run_lock(self.settings.lock_path):
-            source = DeadLetterSource(self.store, letter_ids)
+            source = DeadLetterSource(self.store, letter_ids, results=self.results)
             summary = RunSummary()
             error: SfsyncError | None = None
-            pipeline = Pipeline(self.settings, self.store, self.sf, on_stage=self.on_stage)
+            pipeline = Pipeline(self.settings, self.store, self.sf, on_stage=self.on_stage, results=source.collect)
             with recorded_run(self.store, "dead-letter-retry", summary, self.mm, self.sf, self.retries,
                               command="dead-letters retry") as started:
                 try:
@@ -350,39 +358,65 @@ class Worker:
             return source.outcome(error)
 
     def _dry_run(self, pipeline: Pipeline, options: RunOptions, summary: RunSummary) -> str:
-        """What one page of the queue (or of the inbox) would do; nothing staged, written or confirmed."""
-        raws = self.store.inbox_pending(DRAIN_BATCH) if options.inbox else self.mm.fetch_reports()
-        self.on_stage("fetched")
-        if not raws:
-            return "nothing_to_do"
-        summary.counts["fetched"] += len(raws)
-        self._absorb(pipeline.process(raws, "push" if options.inbox else "poll"), summary, dry_run=True)
-        return "dry_run"
+        """What a run would do with everything a dry run can see; nothing staged, written or confirmed.
+        MessageMedia serves the oldest 100 unconfirmed reports, the same ones until they are confirmed:
+        without confirming, only that first page of its queue can be planned. Reports staged earlier
+        (polled or pushed, not yet written) are all planned."""
+        page: list[Any] = []
+        if not options.inbox:
+            page = self.mm.fetch_reports()
+            self.on_stage("fetched")
+            summary.counts[Tally.FETCHED] += len(page)
+            if page:
+                self._absorb(pipeline.process(page, "poll"), summary)
+        on_page = {i for i in map(confirmable_id, page) if i is not None}
+        staged, after = 0, 0
+        while rows := self.store.claim_staged(DRAIN_BATCH, after):  # read only: nothing is marked done
+            after = rows[-1].seq
+            rows = [r for r in rows if confirmable_id(r.raw) not in on_page]  # planned with the page already
+            staged += len(rows)
+            summary.counts[Tally.FETCHED] += len(rows)
+            for source in dict.fromkeys(r.source for r in rows):
+                self._absorb(pipeline.process([r.raw for r in rows if r.source == source], source), summary)
+        summary.covered = _covered(None if options.inbox else len(page), staged)
+        log.info("dry run covered %s", summary.covered, extra={"event": "dry_run_covered"})
+        return "dry_run" if page or staged else "nothing_to_do"
 
     # -- helpers -------------------------------------------------------------------------------------------
     @staticmethod
-    def _absorb(result: BatchResult, summary: RunSummary, waiting_retry: bool = False, dry_run: bool = False) -> None:
+    def _absorb(result: BatchResult, summary: RunSummary, waiting_retry: bool = False) -> None:
+        """A batch's counts into the run's (its rows went to the results sink as they were decided)."""
         counts = result.counts.copy()
         if waiting_retry:
-            counts.pop("waiting", None)  # still waiting is not newly waiting
-            counts.pop("received", None)
-            summary.counts["waiting_retried"] += result.counts["received"]
+            counts.pop(ReportOutcome.WAITING, None)  # still waiting is not newly waiting
+            counts.pop(Tally.RECEIVED, None)
+            summary.counts[Tally.WAITING_RETRIED] += result.counts[Tally.RECEIVED]
         summary.counts.update(counts)
-        if not dry_run:
-            return  # a drain of a million staged reports keeps counts, not every change (memory stays flat)
-        summary.changes += [
-            {"task_id": c.task_id, "message_id": c.outcome.message_id, **c.fields,
-             "was": c.current.label if c.current else None}
-            for c in result.changes
-        ]
 
 
-def retry_dead_letters(settings: Settings, store: Store, sf: SalesforceClient, letter_ids: list[int]) -> LetterRetry:
+def _covered(page: int | None, staged: int) -> str:
+    """What a dry run planned, in words: a page of MessageMedia's queue at most, and the whole backlog."""
+    parts = []
+    if page is not None:
+        if page >= PAGE:
+            parts.append(f"{page} report(s): the first page of MessageMedia's queue (it serves the oldest {PAGE} "
+                         "unconfirmed reports, the same ones until they are confirmed; a dry run confirms nothing, "
+                         "so it cannot see further)")
+        else:
+            parts.append(f"{page} report(s): the whole of MessageMedia's queue as it stood (less than a page)")
+    parts.append(f"{staged} staged report(s) not yet written: all of them")
+    return "; ".join(parts)
+
+
+def retry_dead_letters(settings: Settings, store: Store, sf: SalesforceClient, letter_ids: list[int],
+                       results: ResultSink = discard) -> LetterRetry:
     """Run dead letters through the engine again. A letter is retired in the transaction that
     records its report's new outcome, and only then; a report refused for good again keeps its
-    letter (with the new error); a transient failure leaves the letter as it was."""
+    letter (with the new error); a transient failure leaves the letter as it was. ``results`` takes
+    each report's row, as a run's do; the answer says per letter what happened."""
     mm = MessageMediaClient(settings, policy=sf.policy)  # not called: the letters are in the store
-    return Worker(settings, sf=sf, store=store, mm=mm, retries=sf.policy.counter).retry_letters(letter_ids)
+    worker = Worker(settings, sf=sf, store=store, mm=mm, retries=sf.policy.counter, results=results)
+    return worker.retry_letters(letter_ids)
 
 
 # -- the engine again and again: `run --loop` and `serve`'s drain ---------------------------------------------
@@ -461,7 +495,8 @@ class Loop:
             self.exit_code = summary.exit_code
             if summary.exit_code == EXIT_BUDGET:
                 return BUDGET_BACKOFF_S
-            if summary.counts.get("held") and not (summary.counts.get("applied") or summary.counts.get("drained")):
+            counts = summary.counts
+            if counts[ReportOutcome.HELD] and not (counts[ReportOutcome.APPLIED] or counts[Tally.DRAINED]):
                 state.consecutive_failures += 1  # nothing moved (writes failing transiently): back off
                 return loop_backoff(self.interval, state.consecutive_failures)
             state.consecutive_failures = 0

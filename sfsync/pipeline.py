@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ from sfsync.clients.salesforce import COLLECTION_LIMIT, IN_LIST_LIMIT, Salesforc
 from sfsync.config import Settings
 from sfsync.domain.codes import CodeMap, default_map, normalise_code, resolve
 from sfsync.domain.ids import canonical_id, task_id
+from sfsync.domain.outcome import Counts, ReportOutcome, ReportResult, ResultSink, Tally, discard
 from sfsync.domain.precedence import Action, Status, decide, merge, strongest, wins
 from sfsync.domain.reports import InvalidReport, Report, format_time, parse_report, parse_time
 from sfsync.errors import BudgetExhausted
@@ -41,6 +42,7 @@ OnCommit = Callable[["BatchResult"], None]
 # A write naming a Task that is not there (another org's Id, a deleted record): for a Task found by
 # the Id in metadata, the message-id match is tried before the report is dead-lettered.
 TASK_GONE = frozenset({"INVALID_CROSS_REFERENCE_KEY", "ENTITY_IS_DELETED"})
+TASK_DELETED = "ENTITY_IS_DELETED"  # Salesforce's answer to a write to a Task in the recycle bin (or purged)
 
 
 class MatchedBy(Enum):
@@ -77,7 +79,7 @@ class BatchResult:
     confirm: list[str] = field(default_factory=list)  # report ids with a durable outcome
     held: list[str] = field(default_factory=list)  # report ids to try again later (not confirmed)
     dead: list[str] = field(default_factory=list)  # report ids kept as dead letters (new or already kept)
-    counts: Counter[str] = field(default_factory=Counter)
+    counts: Counts = field(default_factory=Counts)
     changes: list[Change] = field(default_factory=list)  # what was (or, in a dry run, would be) written
 
 
@@ -91,6 +93,7 @@ class Plan:
     unchanged: list[Change] = field(default_factory=list)  # the Task already holds these values
     resolved: list[Outcome] = field(default_factory=list)  # matched winners and the reports they superseded
     unmatched: list[Outcome] = field(default_factory=list)  # no Task found
+    rows: list[ReportResult] = field(default_factory=list)  # outcomes decided without a write (stale, invalid)
 
 
 # -- stages ---------------------------------------------------------------------------------------------
@@ -201,16 +204,38 @@ def _ledger_entry(change: Change) -> LedgerEntry:
                        s.received_time, change.outcome.report.report_id)
 
 
+def result_row(outcome: ReportOutcome, of: Outcome, *, task: str | None = None, old: Status | None = None,
+               error: str = "") -> ReportResult:
+    """One report's result row: what the report says, and what the Task held as last known."""
+    return ReportResult(outcome, of.report.report_id, of.message_id, task, old.label if old else None,
+                        old.code if old else None, of.status.label, of.status.code, error)
+
+
+def change_row(outcome: ReportOutcome, change: Change, error: str = "") -> ReportResult:
+    return result_row(outcome, change.outcome, task=change.task_id, old=change.current, error=error)
+
+
+def _stale_reason(current: Status | None) -> str:
+    held = f"{current.label}{f' ({current.code})' if current.code else ''}" if current else "its value"
+    return f"the Task holds {held}, which the precedence rule keeps"
+
+
 # -- the pipeline -------------------------------------------------------------------------------------------
 class Pipeline:
     def __init__(self, settings: Settings, store: Store, salesforce: SalesforceClient, *,
                  code_map: CodeMap | None = None, dry_run: bool = False, on_stage: Stage | None = None,
-                 clock: Callable[[], dt.datetime] = now_utc):
+                 clock: Callable[[], dt.datetime] = now_utc, results: ResultSink = discard,
+                 deleted_not_dead: bool = False):
+        """``results`` takes each report's result row once its outcome is durable (in a dry run, once
+        decided). ``deleted_not_dead`` (backfill): a write Salesforce refuses because the Task was
+        deleted is counted and reported as ``task_deleted``, not kept as a dead letter."""
         self.settings = settings
         self.store = store
         self.sf = salesforce
         self.code_map = code_map or default_map()
         self.dry_run = dry_run
+        self.results = results
+        self.deleted_not_dead = deleted_not_dead
         self.on_stage = on_stage or (lambda stage: None)
         self.clock = clock
         self._field_lengths: dict[str, int] | None = None
@@ -227,55 +252,96 @@ class Pipeline:
         inbox rows done there), with the result's ``confirm`` and ``held`` complete."""
         plan = self.plan(raws, source, default_tz=default_tz)
         if self.dry_run:
-            plan.result.counts["would_write"] += len(plan.changes)
-            plan.result.counts["would_wait"] += len(plan.unmatched)
+            self.emit_planned(plan, wait=True)
             return plan.result
         return self.apply(plan, source, waiting=waiting, on_commit=on_commit)
+
+    def emit_planned(self, plan: Plan, *, wait: bool) -> None:
+        """A dry run's rows: what the plan would write, leave, and (``wait``) keep waiting for its Task."""
+        counts = plan.result.counts
+        counts[ReportOutcome.WOULD_WRITE] += len(plan.changes)
+        for change in plan.changes:
+            self.results(change_row(ReportOutcome.WOULD_WRITE, change))
+        for change in plan.unchanged:
+            self.results(change_row(ReportOutcome.SKIPPED_UNCHANGED, change))
+        if wait:
+            counts[ReportOutcome.WOULD_WAIT] += len(plan.unmatched)
+            for outcome in plan.unmatched:
+                self.results(result_row(ReportOutcome.WOULD_WAIT, outcome, error=self._no_task(outcome)))
+        self.emit(plan.rows)
+
+    def emit(self, rows: Iterable[ReportResult]) -> None:
+        for row in rows:
+            self.results(row)
+
+    def _no_task(self, outcome: Outcome, yet: str = "") -> str:
+        named = task_id_from_metadata(outcome.report, self.settings.metadata_task_key)
+        # A Task Id in metadata that the look-up did not return: deleted, another org's, or not visible.
+        not_there = f" (Task {named}, named in its metadata, is not there)" if named else ""
+        return f"no Task with {self.settings.field_message_id} = {outcome.message_id}{yet}{not_there}"
 
     def plan(self, raws: Iterable[Any], source: str = "poll", *, default_tz: dt.tzinfo = dt.UTC) -> Plan:
         """Parse, resolve, collapse, match and decide. Reads Salesforce and the store; writes nothing."""
         result = BatchResult()
         reports, bad = parse(raws, default_tz, self.parsed)
-        result.counts["received"] += len(reports) + len(bad)
-        result.counts["invalid"] += len(bad)
+        result.counts[Tally.RECEIVED] += len(reports) + len(bad)
+        result.counts[ReportOutcome.INVALID] += len(bad)
         outcomes = resolve_all(reports, self.code_map)
-        result.counts["unknown_code"] += sum(1 for o in outcomes if not o.known)
+        result.counts[Tally.UNKNOWN_CODE] += sum(1 for o in outcomes if not o.known)
         winners, superseded = collapse(outcomes)
-        result.counts["skipped_stale"] += len(superseded)
+        result.counts[ReportOutcome.SKIPPED_STALE] += len(superseded)
         self.on_stage("resolved")
 
-        settled = self._settled_by_ledger(winners, result)
+        settled, rows = self._settled_by_ledger(winners, result)
         winners = {m: o for m, o in winners.items() if m not in settled}
         matches = self._match(winners)
         self.on_stage("matched")
         plan = Plan(result, bad, resolved=[*superseded, *settled.values()])  # durable once the batch is recorded
+        plan.rows += [ReportResult(ReportOutcome.INVALID, exc.report_id, None, error=f"invalid report: {exc.reason}")
+                      for exc in bad]
+        plan.rows += [result_row(ReportOutcome.SKIPPED_STALE, o, error=f"superseded by report "
+                                 f"{winners.get(o.message_id, settled.get(o.message_id, o)).report.report_id} "
+                                 "of the same message") for o in superseded]
+        plan.rows += rows
         writing: dict[str, int] = {}  # Task -> its change's index in plan.changes
         for change, action in self._decide(winners, matches):
             if action is Action.WRITE:
                 self._keep_strongest(plan, writing, change)
             elif action is Action.UNCHANGED:
-                result.counts["skipped_unchanged"] += 1
+                result.counts[ReportOutcome.SKIPPED_UNCHANGED] += 1
                 plan.unchanged.append(change)
             else:
-                result.counts["skipped_stale"] += 1
+                result.counts[ReportOutcome.SKIPPED_STALE] += 1
+                plan.rows.append(change_row(ReportOutcome.SKIPPED_STALE, change, _stale_reason(change.current)))
         for message_id, outcome in winners.items():
             (plan.resolved if matches.rows.get(message_id) else plan.unmatched).append(outcome)
         result.changes = plan.changes
         return plan
 
-    def _settled_by_ledger(self, winners: Mapping[str, Outcome], result: BatchResult) -> dict[str, Outcome]:
+    def _settled_by_ledger(self, winners: Mapping[str, Outcome], result: BatchResult
+                           ) -> tuple[dict[str, Outcome], list[ReportResult]]:
         """Messages whose report cannot change what sfsync last wrote on any of their Tasks (an older
-        or equal non-final, a duplicate final): decided against the ledger, at no Salesforce call."""
+        or equal non-final, a duplicate final): decided against the ledger, at no Salesforce call.
+        Returns them with their rows (one per Task the ledger knows)."""
         settled: dict[str, Outcome] = {}
+        rows: list[ReportResult] = []
         for message_id, entries in self.store.ledger_by_message(winners).items():
             outcome = winners[message_id]
             actions = [decide(_ledger_status(e), outcome.status) for e in entries]
             if Action.WRITE in actions:
                 continue
             settled[message_id] = outcome
-            key = "skipped_unchanged" if all(a is Action.UNCHANGED for a in actions) else "skipped_stale"
+            key = (ReportOutcome.SKIPPED_UNCHANGED if all(a is Action.UNCHANGED for a in actions)
+                   else ReportOutcome.SKIPPED_STALE)
             result.counts[key] += 1
-        return settled
+            for entry, action in zip(entries, actions, strict=True):
+                old = _ledger_status(entry)
+                if action is Action.UNCHANGED:
+                    rows.append(result_row(ReportOutcome.SKIPPED_UNCHANGED, outcome, task=entry.task_id, old=old))
+                else:
+                    rows.append(result_row(ReportOutcome.SKIPPED_STALE, outcome, task=entry.task_id, old=old,
+                                           error=_stale_reason(old)))
+        return settled, rows
 
     def _decide(self, winners: Mapping[str, Outcome], matches: Matches) -> list[tuple[Change, Action]]:
         """Each matched Task against its report, by the precedence rule, with the ledger's entry for
@@ -303,16 +369,18 @@ class Pipeline:
             writing[key] = len(plan.changes)
             plan.changes.append(change)
             return
-        plan.result.counts["skipped_stale"] += 1
+        plan.result.counts[ReportOutcome.SKIPPED_STALE] += 1
+        loser = change
         if wins(plan.changes[at].outcome.status, change.outcome.status):
-            plan.changes[at] = change
+            loser, plan.changes[at] = plan.changes[at], change
+        plan.rows.append(change_row(ReportOutcome.SKIPPED_STALE, loser, "another report of this batch for the same "
+                                    f"Task wins ({plan.changes[at].outcome.report.report_id})"))
 
     def apply(self, plan: Plan, source: str = "poll", *, waiting: Mapping[str, WaitingReport] | None = None,
               on_commit: OnCommit | None = None) -> BatchResult:
         """Write a plan's changes and record every report's outcome (the drain's second half)."""
         self.dead_letter_invalid(plan.bad, source, plan.result)
-        self._write_and_record(plan.changes, plan.unchanged, plan.resolved, plan.unmatched, source, waiting or {},
-                               plan.result, on_commit)
+        self._write_and_record(plan, source, waiting or {}, on_commit)
         return plan.result
 
     # -- match ----------------------------------------------------------------------------------------------
@@ -353,7 +421,7 @@ class Pipeline:
             if isinstance(known[1], Report):
                 reports.setdefault(known[1].report_id, known[1])
         winners, _ = collapse(resolve_all(reports.values(), self.code_map))
-        settled = self._settled_by_ledger(winners, BatchResult())
+        settled, _ = self._settled_by_ledger(winners, BatchResult())
         named, by_field = self._look_up_keys({m: o for m, o in winners.items() if m not in settled})
         return [("Id", t) for t in named] + [("msg", m) for m in sorted(by_field)]
 
@@ -407,10 +475,10 @@ class Pipeline:
         return returned
 
     # -- write and record ---------------------------------------------------------------------------------
-    def _write_and_record(self, changes: list[Change], unchanged: list[Change], resolved: list[Outcome],
-                          unmatched: list[Outcome], source: str, waiting: Mapping[str, WaitingReport],
-                          result: BatchResult, on_commit: OnCommit | None = None) -> None:
-        sent = self._send_or_fall_back(changes, result)
+    def _write_and_record(self, plan: Plan, source: str, waiting: Mapping[str, WaitingReport],
+                          on_commit: OnCommit | None = None) -> None:
+        result, unchanged, resolved, unmatched = plan.result, plan.unchanged, plan.resolved, plan.unmatched
+        sent = self._send_or_fall_back(plan.changes, result)
         written, budget_stop = sent.written, sent.budget_stop
         by_report: dict[str, list[WriteResult]] = defaultdict(list)
         for change, answer in written:
@@ -433,8 +501,12 @@ class Pipeline:
                                        if o.report.report_id in waiting and o.message_id not in held_messages])
             if on_commit is not None:
                 on_commit(result)
-        result.counts["held"] += len(result.held)
+        result.counts[ReportOutcome.HELD] += len(result.held)
         self.on_stage("recorded")
+        self.emit(change_row(ReportOutcome.HELD, c, "not sent: the Salesforce API budget ran out") for c in sent.unsent)
+        self.emit(replace(row, outcome=ReportOutcome.HELD, error=f"held with the winning report of its message "
+                          f"({row.error})") if row.message_id in held_messages
+                  and row.outcome is ReportOutcome.SKIPPED_STALE else row for row in plan.rows)
         if budget_stop:
             raise _BudgetStop(result) from budget_stop
 
@@ -475,10 +547,11 @@ class Pipeline:
                 if held is None or wins(held.outcome.status, change.outcome.status):
                     again[change.task_id] = change
             elif action is Action.UNCHANGED:
-                result.counts["skipped_unchanged"] += 1
+                result.counts[ReportOutcome.SKIPPED_UNCHANGED] += 1
                 unchanged.append(change)
             else:
-                result.counts["skipped_stale"] += 1
+                result.counts[ReportOutcome.SKIPPED_STALE] += 1
+                self.results(change_row(ReportOutcome.SKIPPED_STALE, change, _stale_reason(change.current)))
         found = {m for m, rows in matches.rows.items() if rows}
         kept = [(c, a) for c, a in written if (c, a) not in gone or c.outcome.message_id not in found]
         log.info("%d Task(s) named in metadata are not there; %d report(s) matched by message id instead",
@@ -517,21 +590,33 @@ class Pipeline:
         dead letters with Salesforce's error for what it refused for good; transient failures
         are left for the caller (held, tried again)."""
         written = list(written)
+        unchanged = list(unchanged)
+        rows: list[ReportResult] = [change_row(ReportOutcome.SKIPPED_UNCHANGED, c) for c in unchanged]
         with self.store.transaction():
             applied = [c for c, a in written if a.ok]
             # What was written last, so that it is the Task's latest ledger entry.
             self.store.record_applied([_ledger_entry(c) for c in [*unchanged, *applied]])
-            result.counts["applied"] += len(applied)
+            result.counts[ReportOutcome.APPLIED] += len(applied)
             for change, answer in written:
-                if not answer.ok and not answer.transient:
+                error = f"{answer.error_code}: {answer.message}"
+                if answer.ok:
+                    rows.append(change_row(ReportOutcome.APPLIED, change))
+                elif answer.transient:
+                    rows.append(change_row(ReportOutcome.HELD, change, f"{error} (transient: tried again later)"))
+                elif self.deleted_not_dead and answer.error_code == TASK_DELETED:
+                    result.counts[ReportOutcome.TASK_DELETED] += 1
+                    rows.append(change_row(ReportOutcome.TASK_DELETED, change,
+                                           f"the Task was deleted since the message was sent ({error})"))
+                else:
                     result.dead.append(change.outcome.report.report_id)
-                    result.counts["dead_lettered"] += self.store.add_dead_letter(
+                    result.counts[ReportOutcome.DEAD_LETTERED] += self.store.add_dead_letter(
                         change.outcome.report.report_id, change.outcome.message_id, change.outcome.report.raw, source,
-                        f"Salesforce refused the update of Task {change.task_id}",
-                        f"{answer.error_code}: {answer.message}",
+                        f"Salesforce refused the update of Task {change.task_id}", error,
                     )
+                    rows.append(change_row(ReportOutcome.DEAD_LETTERED, change, error))
                     log.warning("report %s dead-lettered: Task %s %s", change.outcome.report.report_id,
                                 change.task_id, answer.error_code, extra={"event": "dead_letter"})
+        self.emit(rows)
 
     def _keep_waiting(self, outcome: Outcome, source: str, row: WaitingReport | None, now: dt.datetime,
                       result: BatchResult) -> None:
@@ -543,19 +628,20 @@ class Pipeline:
         # A Task Id in metadata that the look-up did not return: deleted, another org's, or not visible.
         not_there = f" (Task {named}, named in its metadata, is not there)" if named else ""
         if now - first_seen >= max_age:
+            reason = (f"no Task found for message {report.message_id} within {self.settings.wait_max_age_hours:g} h"
+                      + not_there)
             result.dead.append(report.report_id)
-            result.counts["dead_lettered"] += self.store.add_dead_letter(
-                report.report_id, report.message_id, report.raw, source,
-                f"no Task found for message {report.message_id} within {self.settings.wait_max_age_hours:g} h"
-                + not_there,
-            )
+            result.counts[ReportOutcome.DEAD_LETTERED] += self.store.add_dead_letter(
+                report.report_id, report.message_id, report.raw, source, reason)
+            self.results(result_row(ReportOutcome.DEAD_LETTERED, outcome, error=reason))
             return
         tried = row.attempts if row else 0
         delay = waiting_next_try(tried)  # 1 min, 2, 4, ... 1 h
+        reason = self._no_task(outcome, " yet")
         self.store.add_waiting(report.report_id, report.message_id, report.raw, row.source if row else source,
-                               f"no Task with {self.settings.field_message_id} = {report.message_id} yet{not_there}",
-                               now + dt.timedelta(seconds=delay))
-        result.counts["waiting"] += 1
+                               reason, now + dt.timedelta(seconds=delay))
+        result.counts[ReportOutcome.WAITING] += 1
+        self.results(result_row(ReportOutcome.WAITING, outcome, error=reason))
 
     def dead_letter_invalid(self, bad: list[InvalidReport], source: str, result: BatchResult) -> None:
         """Keep reports that cannot be parsed; those with an id are confirmed (they never will parse)."""
@@ -566,7 +652,7 @@ class Pipeline:
                 raw = getattr(exc, "raw", None)
                 if self.store.add_dead_letter(exc.report_id, None, raw if raw is not None else "", source,
                                               f"invalid report: {exc.reason}"):
-                    result.counts["dead_lettered"] += 1
+                    result.counts[ReportOutcome.DEAD_LETTERED] += 1
                     log.warning("invalid report dead-lettered: %s", exc.reason,
                                 extra={"event": "invalid_report", "report_id": exc.report_id})
                 if exc.report_id:

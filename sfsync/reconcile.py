@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ from sfsync.clients.bulk import TERMINAL, BulkClient, JobInfo
 from sfsync.clients.retry import poll_until
 from sfsync.clients.salesforce import COLLECTION_LIMIT
 from sfsync.config import Settings
+from sfsync.domain.outcome import Counts, Tally
 from sfsync.domain.precedence import Status, strongest, wins
 from sfsync.domain.reports import Report
 from sfsync.errors import RemoteError
@@ -69,7 +69,7 @@ class BulkReconciler:
         self.wait_seconds = wait_seconds
         self.sleep = sleep
 
-    def settle(self, counts: Counter[str] | None = None) -> Settled:
+    def settle(self, counts: Counts | None = None) -> Settled:
         """Settle every recorded job, oldest first; raises ``RemoteError`` if one is still running."""
         jobs = self.store.open_bulk_jobs()
         rewritten = 0
@@ -100,7 +100,7 @@ class BulkReconciler:
         return poll_until(lambda: self.bulk.info_or_gone(job_id), lambda i: i is None or i.state in TERMINAL,
                           max_seconds=self.wait_seconds, sleep=self.sleep)
 
-    def _reconcile(self, job_id: str, info: JobInfo | None, counts: Counter[str] | None) -> int:
+    def _reconcile(self, job_id: str, info: JobInfo | None, counts: Counts | None) -> int:
         """Write the ledger's winner again where the job wrote something older over it."""
         writes = {e.task_id[:15]: e for e in self.store.bulk_job_writes(job_id)}
         if not writes:
@@ -126,8 +126,8 @@ class BulkReconciler:
         log.info("Bulk API job %s of an interrupted backfill is %s: %d Task(s) touched, %d rewritten with the "
                  "newer status in the ledger", job_id, state, len(writes), len(changes),
                  extra={"event": "bulk_job_reconciled", "job_id": job_id, "rewritten": len(changes)})
-        result = BatchResult(counts=counts if counts is not None else Counter())
-        result.counts["reconciled"] += len(changes)
+        result = BatchResult(counts=counts if counts is not None else Counts())
+        result.counts[Tally.RECONCILED] += len(changes)
         for start in range(0, len(changes), COLLECTION_LIMIT):
             for change, answer in self.pipeline.write_changes(changes[start : start + COLLECTION_LIMIT], SOURCE,
                                                               result):

@@ -22,6 +22,7 @@ import pytest
 from sfsync.cli import main as cli
 from sfsync.config import Settings, load_settings
 from sfsync.domain.codes import default_map
+from sfsync.domain.outcome import ReportOutcome, ReportResult, ResultSink, discard
 from sfsync.domain.reports import parse_report
 from sfsync.engine import Worker, build_clients
 from sfsync.errors import EXIT_BUDGET, EXIT_OK, EXIT_PARTIAL, AlreadyRunning, UsageError
@@ -58,11 +59,12 @@ def make_backfill(settings_for: Callable[..., Settings]) -> MakeBackfill:
     """A backfill configured like `sfsync backfill`, whose retries never sleep."""
 
     def make(window: Window = WINDOW, *, env: dict[str, str] | None = None,
-             on_page: Callable[[int], None] | None = None, progress_stream: Any = None, **options: Any) -> Backfill:
+             on_page: Callable[[int], None] | None = None, progress_stream: Any = None,
+             results: ResultSink = discard, **options: Any) -> Backfill:
         settings = settings_for(**(env or {}))
         mm, sf, retries = build_clients(settings, sleep=lambda seconds: None)
         return Backfill(settings, BackfillOptions(window, **options), mm=mm, sf=sf, retries=retries,
-                        on_page=on_page, progress_stream=progress_stream)
+                        on_page=on_page, progress_stream=progress_stream, results=results)
 
     return make
 
@@ -382,11 +384,13 @@ def summary_key(window: Window) -> str:
 # -- dry run ----------------------------------------------------------------------------------
 def test_dry_run_writes_nothing_and_counts_per_sms_status(sims: Simulators, make_backfill: MakeBackfill) -> None:
     seeded = seed(sims, 120)
-    backfill = make_backfill(dry_run=True, bulk_threshold=10)
+    rows: list[ReportResult] = []
+    backfill = make_backfill(dry_run=True, bulk_threshold=10, results=rows.append)
     summary = backfill.run()
-    assert summary.exit_reason == "dry_run" and summary.counts["would_write"] == 120
+    assert summary.exit_reason == "dry_run" and summary.counts[ReportOutcome.WOULD_WRITE] == 120
     assert summary.by_label == {"Delivered": 60, "Failed": 20, "Rejected": 20, "Submitted": 20}
-    assert len(summary.samples) == 120 and summary.samples[0]["was"] is None
+    assert len(rows) == 120 and {r.outcome for r in rows} == {ReportOutcome.WOULD_WRITE}
+    assert rows[0].old_status is None and {r.task_id for r in rows} == {t for _, t, _ in seeded}
     assert composite_calls(sims) == 0 and bulk_calls(sims) == 0
     assert all(fields_of(sims, t) == (None, None) for _, t, _ in seeded)
     assert backfill.store.checkpoint(backfill.options.key) is None

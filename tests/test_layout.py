@@ -15,7 +15,7 @@ PACKAGE = Path(sfsync.__file__).parent
 # Argument types for argparse (ArgumentTypeError) live beside the values they check; the simulators have
 # their own command line.
 ARGPARSE_ALLOWED = {"sfsync.bounds", "sfsync.timeargs", "sfsync.sim.cli"}
-CLI_SUPPORT = {"sfsync.cli", "sfsync.cli.__main__", "sfsync.cli.main", "sfsync.cli.common"}
+CLI_SUPPORT = {"sfsync.cli", "sfsync.cli.__main__", "sfsync.cli.main", "sfsync.cli.common", "sfsync.cli.outputs"}
 
 
 def _in_cli(name: str) -> bool:

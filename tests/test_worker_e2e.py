@@ -330,7 +330,7 @@ def test_dry_run_writes_nothing_and_confirms_nothing(sims: Simulators, make_work
     tasks = add_tasks(sims, messages)
     sims.mm.add_reports([report(m, "delivered", "220") for m in messages])
     summary = make_worker().run(RunOptions(dry_run=True))
-    assert len(summary.changes) == 10 and summary.counts["would_write"] == 10
+    assert summary.counts["would_write"] == 10
     assert composite_calls(sims) == 0
     assert all(fields_of(sims, t) == (None, None) for t in tasks)
     assert sims.mm.stats()["unconfirmed"] == 10 and sims.mm.stats()["confirmed"] == 0

@@ -10,7 +10,9 @@ from typing import Any
 
 from sfsync import bounds
 from sfsync.cli.common import common_options, settings_for, stop_on_signals
-from sfsync.errors import UsageError
+from sfsync.cli.outputs import Outputs, add_output_options
+from sfsync.domain.outcome import ReportOutcome, Tally
+from sfsync.errors import SfsyncError, UsageError
 
 
 def register(sub: Any) -> None:
@@ -29,7 +31,6 @@ def register(sub: Any) -> None:
                              "for the current time (an end up to 5 minutes ahead is taken as now)")
     parser.add_argument("--list", action="store_true",
                         help="list the interrupted backfills that --resume can continue, with their command lines")
-    parser.add_argument("--json", action="store_true", help="with --list: JSON")
     parser.add_argument("--timezone", default="UTC", metavar="ZONE",
                         help="time zone for dates and times given without one, ours and MessageMedia's (default UTC; "
                              "e.g. Australia/Sydney)")
@@ -46,7 +47,11 @@ def register(sub: Any) -> None:
                         help="stop after N pages (continue with --resume)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted backfill of this window")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print the changes it would make (and a count per SMS Status); write nothing")
+                        help="plan the whole window and print (or, with --output-dir, write) every change it would "
+                             "make, with a count per SMS Status; write nothing")
+    add_output_options(parser, json_help="print one JSON document on stdout: the summary with its counts, the exit "
+                                         "status and, for a dry run, what it covered (and its plan); with --list, "
+                                         "the checkpoints")
     parser.set_defaults(func=backfill_command)
 
 
@@ -81,37 +86,45 @@ def backfill_command(args: argparse.Namespace) -> int:
         return list_command(args)
     options = options_from(args)  # usage errors before any configuration is read
     settings = settings_for(args)
-    summary = Backfill(settings, options, stop=stop_on_signals()).run()
-    if options.dry_run:
-        print_dry_run(summary, settings.field_status)
-    else:
-        print_summary(summary)
+    outputs = Outputs(args, dry_run=options.dry_run)  # an unwritable --output-dir stops here, before any fetch
+    try:
+        summary = Backfill(settings, options, stop=stop_on_signals(), results=outputs).run()
+    except SfsyncError as exc:
+        outputs.finish({"command": "backfill", "dry_run": options.dry_run, "exit_code": exc.exit_code,
+                        "error": str(exc)})
+        raise
+    finally:
+        outputs.close()
+    if not outputs.as_json:
+        (print_dry_run if options.dry_run else print_summary)(summary)
+    outputs.finish({"command": "backfill", "dry_run": options.dry_run, "exit_code": summary.exit_code,
+                    "exit_reason": summary.exit_reason, "covered": summary.covered or None,
+                    "counts": {str(k): n for k, n in sorted(summary.counts.items())},
+                    "by_sms_status": dict(sorted(summary.by_label.items())), "summary": summary.as_dict()})
     return int(summary.exit_code)
 
 
-def print_dry_run(summary: Any, status_field: str) -> None:
+def print_dry_run(summary: Any) -> None:
     c = summary.counts
-    print(f"dry run: {c['would_write']} Task update(s) would be written ({c['fetched']} records read, "
-          f"{_skipped(c)} skipped as already right or superseded, {c['no_task']} without a Task)")
-    for change in summary.samples:
-        fields = {k: v for k, v in change.items() if k not in ("task_id", "message_id", "was")}
-        print(f"  {change['task_id']}  {change['was'] or '(empty)'} -> {json.dumps(fields)}")
-    if c["would_write"] > len(summary.samples):
-        print(f"  ... and {c['would_write'] - len(summary.samples)} more")
+    print(f"dry run: {c[ReportOutcome.WOULD_WRITE]} Task update(s) would be written ({c[Tally.FETCHED]} records "
+          f"read, {_skipped(c)} skipped as already right or superseded, {c[ReportOutcome.NO_TASK]} without a Task)")
+    print(f"  covered: {summary.covered}")
     if summary.by_label:
         print("  by SMS Status: " + ", ".join(f"{k} {n}" for k, n in sorted(summary.by_label.items())))
 
 
 def print_summary(summary: Any) -> None:
     c, w = summary.counts, summary.window_counts
-    print(f"backfill {summary.exit_reason}: {c['pages']} page(s), {c['fetched']} records read, {c['applied']} Tasks "
-          f"written ({c['bulk_rows']} by Bulk API in {c['bulk_jobs']} job(s)), {_skipped(c)} skipped as already "
-          f"right or superseded, {c['no_task']} without a Task, {c['refused']} refused by Salesforce "
-          f"({c['dead_lettered']} new dead letter(s)); "
+    print(f"backfill {summary.exit_reason}: {c[Tally.PAGES]} page(s), {c[Tally.FETCHED]} records read, "
+          f"{c[ReportOutcome.APPLIED]} Tasks written ({c[Tally.BULK_ROWS]} by Bulk API in {c[Tally.BULK_JOBS]} "
+          f"job(s)), {_skipped(c)} skipped as already right or superseded, {c[ReportOutcome.NO_TASK]} without a "
+          f"Task, {c[ReportOutcome.TASK_DELETED]} whose Task was deleted, {c[Tally.REFUSED]} refused by Salesforce "
+          f"({c[ReportOutcome.DEAD_LETTERED]} new dead letter(s)); "
           f"Salesforce calls {summary.salesforce_calls}, MessageMedia calls {summary.messagemedia_calls}, "
           f"{summary.duration_s:.1f}s; exit {summary.exit_code}")
     if w and w != c:
-        print(f"  whole window so far: {w['pages']} page(s), {w['fetched']} records read, {w['applied']} Tasks written")
+        print(f"  whole window so far: {w[Tally.PAGES]} page(s), {w[Tally.FETCHED]} records read, "
+              f"{w[ReportOutcome.APPLIED]} Tasks written")
 
 
 def resumable(store: Any) -> list[dict[str, Any]]:
@@ -156,4 +169,4 @@ def list_command(args: argparse.Namespace) -> int:
 
 def _skipped(counts: Any) -> int:
     """Reports the precedence rule set aside: the Task holds the same values, or a stronger status."""
-    return int(counts["skipped_unchanged"] + counts["skipped_stale"])
+    return int(counts[ReportOutcome.SKIPPED_UNCHANGED] + counts[ReportOutcome.SKIPPED_STALE])

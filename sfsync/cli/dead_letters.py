@@ -10,6 +10,7 @@ from typing import Any
 
 from sfsync import bounds, timeargs
 from sfsync.cli.common import common_options, settings_for
+from sfsync.cli.outputs import Outputs
 from sfsync.errors import EXIT_OK, NotFound, UsageError
 from sfsync.logs import masked
 
@@ -21,13 +22,16 @@ def register(sub: Any) -> None:
     parser.add_argument("ids", nargs="*", type=bounds.whole(1, bounds.SQLITE_INT_MAX),
                         help="dead letter ids (show, retry); retry without ids: all")
     output = parser.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="list, show: JSON")
+    output.add_argument("--json", action="store_true", help="list, show, retry: JSON (retry: one document, "
+                                                            "each letter with what happened)")
     output.add_argument("--csv", action="store_true", help="list: CSV with a header row")
     parser.add_argument("--limit", type=bounds.whole(1, 10**6), default=100)
     parser.add_argument("--older-than-days", type=timeargs.OLDER_THAN_DAYS.argument(), metavar="DAYS",
                         help="purge only letters older than this (0 to 36500)")
     parser.add_argument("--yes", action="store_true",
                         help="purge without asking (required when stdin is not a terminal: cron, scripts)")
+    parser.add_argument("--output-dir", metavar="DIR",
+                        help="retry: write success.csv and error.csv here, one row per report, as 'sfsync run' does")
     parser.set_defaults(func=dead_letters_command)
 
 
@@ -36,6 +40,8 @@ def dead_letters_command(args: argparse.Namespace) -> int:
 
     from sfsync.store import open_store
 
+    if args.output_dir and args.action != "retry":
+        raise UsageError("--output-dir goes with 'dead-letters retry'")
     settings = settings_for(args, messagemedia=False, salesforce=args.action == "retry")
     store = open_store(settings.store_target)
     if args.action == "list":
@@ -72,18 +78,45 @@ def dead_letters_command(args: argparse.Namespace) -> int:
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=args.older_than_days) if args.older_than_days else None
         print(f"purged {store.purge_dead_letters(cutoff)} dead letter(s)")
         return EXIT_OK
-    return _retry_dead_letters(settings, store, args.ids)
+    return _retry_dead_letters(settings, store, args)
 
 
-def _retry_dead_letters(settings: Any, store: Any, ids: list[int]) -> int:
-    """Run dead letters through the pipeline again (after fixing the field, the Task, the rule...)."""
+LETTER_WORDS = {
+    "written": "written to its Task (retired)",
+    "nothing_to_write": "nothing to write: the Task holds it, or a status that wins (retired)",
+    "waiting": "waiting for its Task (retired into the waiting list)",
+    "failed_permanent": "failed again, permanent (kept, with the new error)",
+    "failed_transient": "failed again, transient (kept as it was: try again later)",
+    "not_tried": "not retried (kept as it was)",
+}
+
+
+def _retry_dead_letters(settings: Any, store: Any, args: argparse.Namespace) -> int:
+    """Run dead letters through the pipeline again (after fixing the field, the Task, the rule...);
+    say per letter what happened, keeping its id."""
     from sfsync.clients.salesforce import SalesforceClient
     from sfsync.engine import retry_dead_letters
 
-    done = retry_dead_letters(settings, store, SalesforceClient(settings), ids)
-    print(f"retried {done.tried} dead letter(s): {done.retired} retired (a new outcome is stored), "
-          f"{done.failed_again} failed again (kept, with the new error), {done.kept} kept as they were"
-          f"{f' ({done.error}): try again later' if done.kept else ''}; {store.dead_letter_count()} remain")
+    outputs = Outputs(args, dry_run=False)  # an unwritable --output-dir stops here, before any retry
+    try:
+        done = retry_dead_letters(settings, store, SalesforceClient(settings), args.ids, results=outputs)
+    finally:
+        outputs.close()
+    letters = [{"id": d.letter_id, "report_id": d.report_id, "message_id": d.message_id,
+                "outcome": d.outcome.value, "task_id": d.task_id, "error": masked(d.error) or None}
+               for d in done.letters]
+    if not args.json:
+        for d in letters:
+            task = f" (Task {d['task_id']})" if d["task_id"] else ""
+            print(f"  #{d['id']} report {d['report_id']}: {LETTER_WORDS[str(d['outcome'])]}{task}"
+                  f"{': ' + str(d['error']) if d['error'] else ''}")
+        print(f"retried {done.tried} dead letter(s): {done.retired} retired (a new outcome is stored), "
+              f"{done.failed_again} failed again (kept, with the new error), {done.kept} kept as they were"
+              f"{f' ({done.error}): try again later' if done.kept else ''}; {store.dead_letter_count()} remain")
+    outputs.finish({"command": "dead-letters retry", "exit_code": done.exit_code, "tried": done.tried,
+                    "retired": done.retired, "failed_again": done.failed_again, "kept": done.kept,
+                    "remaining": store.dead_letter_count(), "error": str(done.error) if done.error else None,
+                    "letters": letters})
     return done.exit_code
 
 

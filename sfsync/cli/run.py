@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import threading
 from typing import Any
 
 from sfsync import bounds, timeargs
 from sfsync.cli.common import common_options, idle_run, settings_for, stop_on_signals
-from sfsync.errors import AlreadyRunning, AuthError, ConfigError, UsageError
+from sfsync.cli.outputs import Outputs, add_output_options
+from sfsync.domain.outcome import ReportOutcome
+from sfsync.errors import AlreadyRunning, AuthError, ConfigError, SfsyncError, UsageError
 
 log = logging.getLogger("sfsync")
 
@@ -28,7 +29,8 @@ def register(sub: Any) -> None:
     parser.add_argument("--max-seconds", type=timeargs.RUN_MAX_SECONDS.argument(), metavar="S",
                         help="stop starting new batches after S seconds")
     parser.add_argument("--dry-run", action="store_true",
-                        help="fetch, resolve, match and print what would be written; write and confirm nothing")
+                        help="plan the first page of MessageMedia's queue (all a dry run can see without confirming) "
+                             "and every staged report; print or write the whole plan; write and confirm nothing")
     parser.add_argument("--retry-waiting", action="store_true",
                         help="retry every report waiting for its Task now, ignoring its back-off")
     parser.add_argument("--inbox", action="store_true", help="drain pushed reports stored by 'sfsync serve'")
@@ -39,6 +41,8 @@ def register(sub: Any) -> None:
     parser.add_argument("--heartbeat", type=bounds.positive(86_400.0), default=600.0, metavar="SECONDS",
                         help="with --loop: runs that find nothing to do are not summarised; one heartbeat line "
                              "says so this often (default 600)")
+    add_output_options(parser, json_help="print one JSON document on stdout: the run summary with its counts, the "
+                                         "exit status and, for a dry run, what it covered (and its plan)")
     parser.set_defaults(func=run_command)
 
 
@@ -46,8 +50,9 @@ def run_command(args: argparse.Namespace) -> int:
     from sfsync.engine import RunOptions, Worker
 
     settings = settings_for(args, messagemedia=not args.inbox)
+    outputs = Outputs(args, dry_run=args.dry_run)  # an unwritable --output-dir stops here, before any fetch
     stop = stop_on_signals()
-    worker = Worker(settings, stop=stop)
+    worker = Worker(settings, stop=stop, results=outputs)
     options = RunOptions(once=args.once, max_reports=args.max_reports, max_seconds=args.max_seconds,
                          dry_run=args.dry_run, retry_waiting=args.retry_waiting, inbox=args.inbox)
     endpoint = None
@@ -65,8 +70,12 @@ def run_command(args: argparse.Namespace) -> int:
     if quiet:
         logging.getLogger("sfsync.run").addFilter(quiet)
     try:
-        return _run_loop(args, settings, worker, options, stop, endpoint, heartbeat)
+        return _run_loop(args, settings, worker, options, stop, endpoint, heartbeat, outputs)
+    except SfsyncError as exc:
+        outputs.finish({"command": "run", "dry_run": args.dry_run, "exit_code": exc.exit_code, "error": str(exc)})
+        raise
     finally:
+        outputs.close()
         if quiet:
             logging.getLogger("sfsync.run").removeFilter(quiet)
         if endpoint:
@@ -117,7 +126,7 @@ class Heartbeat:
 
 
 def _run_loop(args: argparse.Namespace, settings: Any, worker: Any, options: Any, stop: threading.Event,
-              endpoint: Any, heartbeat: Heartbeat) -> int:
+              endpoint: Any, heartbeat: Heartbeat, outputs: Outputs) -> int:
     from sfsync.engine import Loop
 
     def ran(summary: Any) -> None:
@@ -126,12 +135,11 @@ def _run_loop(args: argparse.Namespace, settings: Any, worker: Any, options: Any
             endpoint.update(summary)
         if args.loop:
             heartbeat.ran(summary)
-        if args.dry_run:
-            _print_changes(summary.changes, summary.counts, settings.field_status)
 
     if not args.loop:
         summary = worker.run(options)
         ran(summary)
+        _finish_run(args, summary, outputs)
         return int(summary.exit_code)
     # A daemon outlives an outage (nothing was lost, the next run resumes); what needs a person ends it.
     loop = Loop(lambda: worker.run(options), interval=args.interval, stop=stop, on_summary=ran, name="run",
@@ -148,16 +156,14 @@ def _write_metrics(args: argparse.Namespace, summary: Any, store: Any = None) ->
     metrics.write_textfile(path, summary, metrics.Backlog.of(store) if store is not None else None)
 
 
-def _print_changes(changes: list[dict[str, Any]], counts: Any, status_field: str) -> None:
-    from collections import Counter
-
-    print(f"dry run: {len(changes)} Task update(s) would be written, "
-          f"{counts.get('would_wait', 0)} report(s) would wait for their Task")
-    for change in changes[:200]:
-        fields = {k: v for k, v in change.items() if k not in ("task_id", "message_id", "was")}
-        print(f"  {change['task_id']}  {change['was'] or '(empty)'} -> {json.dumps(fields)}")
-    if len(changes) > 200:
-        print(f"  ... and {len(changes) - 200} more")
-    by_label = Counter(str(c.get(status_field, "")) for c in changes)
-    if by_label:
-        print("  by SMS Status: " + ", ".join(f"{k or '?'} {n}" for k, n in sorted(by_label.items())))
+def _finish_run(args: argparse.Namespace, summary: Any, outputs: Outputs) -> None:
+    """A one-off run's end on stdout: the JSON document, or a dry run's totals after its plan."""
+    if not outputs.as_json and args.dry_run:
+        print(f"dry run: {summary.counts[ReportOutcome.WOULD_WRITE]} Task update(s) would be written, "
+              f"{summary.counts[ReportOutcome.WOULD_WAIT]} report(s) would wait for their Task")
+        print(f"  covered: {summary.covered}")
+        if outputs.by_label:
+            print(f"  by SMS Status: {outputs.by_label_text()}")
+    outputs.finish({"command": "run", "dry_run": args.dry_run, "exit_code": summary.exit_code,
+                    "exit_reason": summary.exit_reason, "covered": summary.covered or None,
+                    "counts": {str(k): n for k, n in sorted(summary.counts.items())}, "summary": summary.as_dict()})

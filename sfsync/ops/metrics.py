@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.parser import text_string_to_metric_families
 
 from sfsync import __version__
+from sfsync.domain.outcome import ReportOutcome, Tally
 from sfsync.httpd import Page, StatusServer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -40,8 +41,10 @@ _LAST_RUN = {
     "held": "Reports left unconfirmed in the last run after transient write failures.",
 }
 # Outcomes counted in sfsync_reports_total{outcome=...}: the run summary's counts of that name.
-OUTCOMES = ("fetched", "applied", "skipped_stale", "skipped_unchanged", "waiting", "dead_lettered", "confirmed",
-            "held", "invalid", "unknown_code")
+OUTCOMES: tuple[str, ...] = tuple(k.value for k in (
+    Tally.FETCHED, ReportOutcome.APPLIED, ReportOutcome.SKIPPED_STALE, ReportOutcome.SKIPPED_UNCHANGED,
+    ReportOutcome.WAITING, ReportOutcome.DEAD_LETTERED, Tally.CONFIRMED, ReportOutcome.HELD, ReportOutcome.INVALID,
+    Tally.UNKNOWN_CODE))
 SERVICES = {"salesforce": "salesforce_calls", "messagemedia": "messagemedia_calls"}
 SUCCESS_EXITS = (0, 6)
 

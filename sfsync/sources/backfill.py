@@ -31,7 +31,7 @@ import zoneinfo
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,6 +42,16 @@ from sfsync.clients.retry import RetryCounter, StopAwareSleep
 from sfsync.clients.salesforce import COLLECTION_LIMIT, SalesforceClient, WriteResult
 from sfsync.config import Settings
 from sfsync.domain.codes import CodeMap, normalise_code
+from sfsync.domain.outcome import (
+    CountKey,
+    Counts,
+    ReportOutcome,
+    ReportResult,
+    ResultSink,
+    Tally,
+    counts_from,
+    discard,
+)
 from sfsync.domain.precedence import Status, wins
 from sfsync.domain.reports import format_time, parse_report, parse_time, read_metadata
 from sfsync.engine import RunSummary, StopRules, build_clients, recorded_run
@@ -49,7 +59,7 @@ from sfsync.errors import (
     RemoteError,
     UsageError,
 )
-from sfsync.pipeline import BatchResult, Change, Pipeline, resolve_all
+from sfsync.pipeline import TASK_DELETED, BatchResult, Change, Pipeline, change_row, resolve_all, result_row
 from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
 from sfsync.store import LedgerEntry, Store, now_utc, open_store
 
@@ -330,41 +340,49 @@ class ChangeBuffer:
     def __init__(self, code_map: CodeMap, spool: bool = True):
         self.code_map = code_map
         self._file: IO[bytes] | None = tempfile.TemporaryFile() if spool else None  # noqa: SIM115 (closed by close())
-        self._live: dict[str, tuple[Status, int]] = {}
+        self._live: dict[str, tuple[Status, int, str]] = {}  # Task -> its change's status, offset, report id
 
     def __len__(self) -> int:
         return len(self._live)
 
-    def add(self, change: Change) -> bool:
-        """Keep ``change`` unless a buffered one for its Task wins; True when one of the two lost."""
+    def add(self, change: Change) -> ReportResult | None:
+        """Keep ``change`` unless a buffered one for its Task wins. When one of the two lost, returns
+        the loser's row (the loser's Task, its report and message; the winner named as the reason)."""
         key = change.task_id[:15]  # a 15- and an 18-character Id name the same Task
         held = self._live.get(key)
+        why = "another report for the same Task in this window wins"
         if held is not None and not wins(held[0], change.outcome.status):
-            return True
+            return change_row(ReportOutcome.SKIPPED_STALE, change, f"{why} ({held[2]})")
         offset = -1
         if self._file is not None:
             self._file.seek(0, 2)
             offset = self._file.tell()
-            line = {"t": change.task_id, "f": change.fields, "r": dict(change.outcome.report.raw)}
+            old = [change.current.label, change.current.code] if change.current else None
+            line = {"t": change.task_id, "f": change.fields, "r": dict(change.outcome.report.raw), "o": old}
             self._file.write(json.dumps(line, default=str).encode() + b"\n")
-        self._live[key] = (change.outcome.status, offset)
-        return held is not None
+        self._live[key] = (change.outcome.status, offset, change.outcome.report.report_id)
+        if held is None:
+            return None
+        return ReportResult(ReportOutcome.SKIPPED_STALE, held[2], None, change.task_id, new_status=held[0].label,
+                            new_code=held[0].code, error=f"{why} ({change.outcome.report.report_id})")
 
     def labels(self) -> Counter[str]:
-        return Counter(status.label for status, _ in self._live.values())
+        return Counter(status.label for status, _, _ in self._live.values())
 
     def changes(self) -> Iterator[Change]:
         """The live changes, in the order they were decided (rebuilt from the spool)."""
         if self._file is None:
             return
-        live = {offset for _, offset in self._live.values()}
+        live = {offset for _, offset, _ in self._live.values()}
         self._file.seek(0)
         offset = 0
         for line in self._file:
             if offset in live:
                 item = json.loads(line)
                 [outcome] = resolve_all([parse_report(item["r"])], self.code_map)
-                yield Change(item["t"], outcome, item["f"], None)
+                old = item.get("o")
+                current = Status(old[0], old[1], self.code_map.is_final(old[0])) if old else None
+                yield Change(item["t"], outcome, item["f"], current)
             offset += len(line)
 
     def clear(self) -> None:
@@ -412,23 +430,24 @@ class Progress:
                             bar_format="{desc}: {percentage:3.0f}% of the window's time span|{bar}| "
                                        "[{elapsed}]{postfix}")
 
-    def update(self, fraction: float | None, counts: Counter[str], *, final: bool = False) -> None:
+    def update(self, fraction: float | None, counts: Counts, *, final: bool = False) -> None:
         """``counts`` are the window's (resumed runs included)."""
         now = time.monotonic()
-        pages = counts["pages"]
+        pages = counts[Tally.PAGES]
         if fraction is not None:
             self.fraction = max(self.fraction, fraction)  # never backwards
-        records = counts["fetched"]
+        records = counts[Tally.FETCHED]
+        changed, applied = counts[Tally.CHANGED], counts[ReportOutcome.APPLIED]
         rate = records / max(now - self.started, 1e-6)
         if self.bar is not None:
             self.bar.update(self.fraction * 100 - self.bar.n)
-            self.bar.set_postfix_str(f"page {pages}, {records} read, {counts['changed']} changed, "
-                                     f"{counts['applied']} written, {rate:.0f}/s", refresh=True)
+            self.bar.set_postfix_str(f"page {pages}, {records} read, {changed} changed, "
+                                     f"{applied} written, {rate:.0f}/s", refresh=True)
             return
         if final or pages % self.every == 0:
             # No time left is shown: records are not spread evenly over the window's time span.
             log.info("backfill: %d pages, %d records read, %d changed, %d written, %.0f records/s, %.0f%% of the "
-                     "window's time span (no total is known)", pages, records, counts["changed"], counts["applied"],
+                     "window's time span (no total is known)", pages, records, changed, applied,
                      rate, self.fraction * 100, extra={"event": "backfill_progress", "pages": pages,
                                                        "records": records, "percent": round(self.fraction * 100, 1)})
 
@@ -441,16 +460,16 @@ class Progress:
 @dataclass
 class BackfillSummary(RunSummary):
     window: str = ""
-    window_counts: Counter[str] = field(default_factory=Counter)  # the whole window, resumed runs included
-    samples: list[dict[str, Any]] = field(default_factory=list)  # dry run: the first changes, to print
+    window_counts: Counts = field(default_factory=Counts)  # the whole window, resumed runs included
     by_label: Counter[str] = field(default_factory=Counter)  # dry run: changes per SMS Status
 
     def as_dict(self) -> dict[str, Any]:
         data = super().as_dict()
         for key in ("confirmed", "waiting", "waiting_retried"):  # nothing is confirmed or kept waiting
             data.pop(key, None)
-        extra = ("pages", "changed", "refused", "no_task", "not_found", "bulk_jobs", "bulk_rows")
-        return {"window": self.window, **{k: self.counts.get(k, 0) for k in extra}, **data}
+        extra: tuple[CountKey, ...] = (Tally.PAGES, Tally.CHANGED, Tally.REFUSED, ReportOutcome.NO_TASK,
+                                       ReportOutcome.TASK_DELETED, Tally.NOT_FOUND, Tally.BULK_JOBS, Tally.BULK_ROWS)
+        return {"window": self.window, **{k.value: self.counts[k] for k in extra}, **data}
 
 
 class Backfill:
@@ -458,7 +477,7 @@ class Backfill:
                  sf: SalesforceClient | None = None, store: Store | None = None, retries: RetryCounter | None = None,
                  stop: threading.Event | None = None, sleep: Callable[[float], Any] = time.sleep,
                  on_page: Callable[[int], None] | None = None, progress_stream: Any = None,
-                 bulk_wait_s: float = WAIT_SECONDS):
+                 bulk_wait_s: float = WAIT_SECONDS, results: ResultSink = discard):
         self.settings = settings
         self.options = options
         self.stop = stop or threading.Event()
@@ -470,7 +489,9 @@ class Backfill:
         self.store = store or open_store(settings.store_target)
         self.on_page = on_page or (lambda page: None)
         self.progress_stream = progress_stream
-        self.pipeline = Pipeline(settings, self.store, sf, dry_run=options.dry_run)
+        # A Task deleted since its message was sent is counted and reported, not a dead letter.
+        self.pipeline = Pipeline(settings, self.store, sf, dry_run=options.dry_run, results=results,
+                                 deleted_not_dead=True)
         self.bulk = BulkClient(sf, sleep=StopAwareSleep(self.stop))  # a signal ends a wait for a job at once
         self.bulk_wait_s = bulk_wait_s
 
@@ -521,10 +542,10 @@ class Backfill:
         if not o.dry_run:  # an interrupted backfill's Bulk API job may still land: settle it first
             BulkReconciler(self.pipeline, self.bulk, wait_seconds=self.bulk_wait_s,
                            sleep=StopAwareSleep(self.stop)).settle(summary.counts)
-        base = Counter({k: int(v) for k, v in start.get("counts", {}).items()})  # the window before this run
+        base = counts_from(start.get("counts", {}))  # the window before this run
         resume_at: dict[str, Any] = dict(start["cursor"])  # first page whose changes are not all written
         summary.window_counts = base.copy()  # the window up to resume_at
-        buffer = ChangeBuffer(self.pipeline.code_map, spool=not o.dry_run)
+        buffer = ChangeBuffer(self.pipeline.code_map)  # a dry run spools too: its plan is written whole
         progress = Progress(o.window, self.progress_stream)
         pages = self._source().pages(resume_at)
         last: Page | None = None
@@ -559,37 +580,46 @@ class Backfill:
         if reason != "complete":
             log.info("stopped (%s): run the same command with --resume to continue", reason,
                      extra={"event": "backfill_stopped"})
+        if o.dry_run:
+            read = f"{summary.counts[Tally.PAGES]} page(s), {summary.counts[Tally.FETCHED]} record(s) read"
+            summary.covered = (f"the whole window {o.window}: {read}" if reason == "complete" else
+                               f"the window {o.window} up to where it stopped ({reason}): {read}")
         return "dry_run" if o.dry_run and reason == "complete" else reason
 
     def _page_limit(self, summary: BackfillSummary) -> str:
-        if self.options.max_pages is not None and summary.counts["pages"] >= self.options.max_pages:
+        if self.options.max_pages is not None and summary.counts[Tally.PAGES] >= self.options.max_pages:
             return "max_pages"
         return ""
 
     def _take(self, page: Page, buffer: ChangeBuffer, summary: BackfillSummary) -> None:
         """Plan one page exactly as `sfsync run` plans a batch; record what needs no write."""
-        summary.counts["fetched"] += page.records
-        summary.counts["pages"] += 1
-        summary.counts["not_found"] += page.not_found
+        summary.counts[Tally.FETCHED] += page.records
+        summary.counts[Tally.PAGES] += 1
+        summary.counts[Tally.NOT_FOUND] += page.not_found
         plan = self.pipeline.plan(page.raws, SOURCE)
         counts = plan.result.counts.copy()
-        counts.pop("received", None)
+        counts.pop(Tally.RECEIVED, None)
         summary.counts.update(counts)
-        summary.counts["no_task"] += len(plan.unmatched)  # backfill never waits: a missing Task is counted
-        if not self.options.dry_run:
+        summary.counts[ReportOutcome.NO_TASK] += len(plan.unmatched)  # backfill never waits: a missing Task is counted
+        if self.options.dry_run:
+            self.pipeline.emit_planned(replace(plan, changes=[]), wait=False)  # the changes: once flushed
+        else:
             result = BatchResult(counts=summary.counts)
             self.pipeline.dead_letter_invalid(plan.bad, SOURCE, result)
             self.pipeline.record_written([], plan.unchanged, SOURCE, result)  # remembers the event times
+            self.pipeline.emit(plan.rows)
+        field_name = self.settings.field_message_id
+        self.pipeline.emit(result_row(ReportOutcome.NO_TASK, o, error=f"no Task with {field_name} = {o.message_id}: "
+                                      "deleted since the message was sent, or never created") for o in plan.unmatched)
         for change in plan.changes:
-            if buffer.add(change):  # another change for this Task, decided earlier, lost or won
-                summary.counts["skipped_stale"] += 1
+            lost = buffer.add(change)
+            if lost is not None:  # another change for this Task, decided earlier, lost or won
+                summary.counts[ReportOutcome.SKIPPED_STALE] += 1
+                self.pipeline.results(lost)
                 continue
-            summary.counts["changed"] += 1
-            if self.options.dry_run and len(summary.samples) < 200:
-                summary.samples.append({"task_id": change.task_id, "message_id": change.outcome.message_id,
-                                        **change.fields, "was": change.current.label if change.current else None})
+            summary.counts[Tally.CHANGED] += 1
 
-    def _checkpoint(self, cursor: dict[str, Any], counts: Counter[str], *, done: bool) -> None:
+    def _checkpoint(self, cursor: dict[str, Any], counts: Counts, *, done: bool) -> None:
         if self.options.dry_run:
             return
         o = self.options
@@ -604,7 +634,8 @@ class Backfill:
             return
         if self.options.dry_run:
             summary.by_label += buffer.labels()
-            summary.counts["would_write"] += len(buffer)
+            summary.counts[ReportOutcome.WOULD_WRITE] += len(buffer)
+            self.pipeline.emit(change_row(ReportOutcome.WOULD_WRITE, c) for c in buffer.changes())
         elif len(buffer) > self.options.bulk_threshold:
             self._write_bulk(buffer, summary)
         else:
@@ -617,7 +648,7 @@ class Backfill:
         for chunk in _chunks(changes, COLLECTION_LIMIT):
             for _, answer in self.pipeline.write_changes(chunk, SOURCE, result):
                 held += answer.transient
-                summary.counts["refused"] += not answer.ok and not answer.transient  # kept as one dead letter
+                summary.counts[Tally.REFUSED] += _refused(answer)  # kept as one dead letter
         self._held(held, summary)
 
     def _write_bulk(self, buffer: ChangeBuffer, summary: BackfillSummary) -> None:
@@ -638,8 +669,8 @@ class Backfill:
                                               values.get(f.field_code, s.code), s.final, s.event_time,
                                               s.received_time, change.outcome.report.report_id))
             job = self.bulk.update(path, on_created=lambda job_id: self.store.add_bulk_job(job_id, writes))
-        summary.counts["bulk_jobs"] += 1
-        summary.counts["bulk_rows"] += len(buffer)
+        summary.counts[Tally.BULK_JOBS] += 1
+        summary.counts[Tally.BULK_ROWS] += len(buffer)
         results = {r.task_id[:15]: r for r in self.bulk.results(job.id)}  # at most one job's rows
         log.info("Bulk API job %s %s: %d processed, %d failed", job.id, job.state, job.processed, job.failed,
                  extra={"event": "bulk_job", "job_id": job.id})
@@ -652,11 +683,12 @@ class Backfill:
                 row = results.get(change.task_id[:15])
                 if row is None:
                     held += 1  # unprocessed (job failed or aborted part-way)
+                    self.pipeline.results(change_row(ReportOutcome.HELD, change, f"Bulk API job {job.id} left it "
+                                                     "unprocessed: --resume writes it again"))
                 elif row.transient:
                     retry.append(change)
                 else:
-                    if not row.ok:
-                        summary.counts["refused"] += 1
+                    summary.counts[Tally.REFUSED] += _refused(row)
                     written.append((change, row))
             self.pipeline.record_written(written, [], SOURCE, result)
         self.store.forget_bulk_job(job.id)  # read back and recorded: nothing of it is left to land
@@ -667,10 +699,15 @@ class Backfill:
     @staticmethod
     def _held(held: int, summary: BackfillSummary) -> None:
         if held:
-            summary.counts["held"] += held
+            summary.counts[ReportOutcome.HELD] += held
             # The checkpoint stays before these pages: --resume decides and writes them again.
             raise RemoteError(f"{held} Task update(s) could not be made (Salesforce kept the rows locked or left "
                               "them unprocessed); nothing is lost: run again with --resume", transient=False)
+
+
+def _refused(answer: WriteResult) -> bool:
+    """Refused for good (a dead letter); a Task deleted since its message was sent is counted apart."""
+    return not answer.ok and not answer.transient and answer.error_code != TASK_DELETED
 
 
 def _cell(values: Mapping[str, Any], column: str) -> str:

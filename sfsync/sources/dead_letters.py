@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from sfsync.domain.outcome import LETTER_OF, LetterOutcome, ReportResult, ResultSink, discard
 from sfsync.errors import EXIT_OK, EXIT_PARTIAL, EXIT_UNAVAILABLE, SfsyncError
 from sfsync.pipeline import BatchResult, OnCommit
 from sfsync.sources.batch import Batch
@@ -24,14 +25,42 @@ ALL_LETTERS = 10_000
 
 
 @dataclass(frozen=True)
+class LetterResult:
+    """What a dead-letter retry did with one letter (its id is kept whatever happened)."""
+
+    letter_id: int
+    report_id: str | None
+    message_id: str | None
+    outcome: LetterOutcome
+    task_id: str | None = None
+    error: str = ""  # the new error (failed again), or why it was not retried to the end
+
+
+@dataclass(frozen=True)
 class LetterRetry:
     """What a dead-letter retry did, letter by letter."""
 
-    tried: int
-    retired: int  # a durable new outcome is stored (applied, already there, superseded, waiting)
-    failed_again: int  # refused for good again: the same letter, with the new error
-    kept: int  # not retried to the end (a transient failure): left as it was
+    letters: tuple[LetterResult, ...]
     error: SfsyncError | None = None  # what stopped the retry part-way
+
+    def count(self, *outcomes: LetterOutcome) -> int:
+        return sum(1 for letter in self.letters if letter.outcome in outcomes)
+
+    @property
+    def tried(self) -> int:
+        return len(self.letters)
+
+    @property
+    def retired(self) -> int:  # a durable new outcome is stored (applied, already there, superseded, waiting)
+        return sum(1 for letter in self.letters if letter.outcome.retired)
+
+    @property
+    def failed_again(self) -> int:  # refused for good again: the same letter, with the new error
+        return self.count(LetterOutcome.FAILED_PERMANENT)
+
+    @property
+    def kept(self) -> int:  # not retried to the end (a transient failure, a stop): left as it was
+        return self.count(LetterOutcome.FAILED_TRANSIENT, LetterOutcome.NOT_TRIED)
 
     @property
     def exit_code(self) -> int:
@@ -50,13 +79,19 @@ def letter_raw(text: str) -> Any:
 
 
 class DeadLetterSource:
-    def __init__(self, store: Store, letter_ids: list[int], *, batch: int = BATCH):
+    def __init__(self, store: Store, letter_ids: list[int], *, batch: int = BATCH, results: ResultSink = discard):
         found = [store.dead_letter(i) for i in letter_ids] if letter_ids else store.dead_letters(ALL_LETTERS)
         self.letters = [d for d in found if d is not None and d.retried_at is None]
         self.store = store
         self.batch = batch
-        self.retired = 0
-        self.failed = 0
+        self.results = results
+        self._rows: dict[str, list[ReportResult]] = {}  # report id -> its rows, until its letter's outcome is told
+
+    def collect(self, row: ReportResult) -> None:
+        """The pipeline's results sink for the retry: each row kept for its letter, and passed on."""
+        if row.report_id:
+            self._rows.setdefault(row.report_id, []).append(row)
+        self.results(row)
 
     def batches(self) -> Iterator[Batch]:
         for start in range(0, len(self.letters), self.batch):
@@ -66,13 +101,28 @@ class DeadLetterSource:
     def _retire(self, chunk: list[DeadLetter]) -> OnCommit:
         def commit(result: BatchResult) -> None:
             durable = set(result.confirm) - set(result.dead)
-            done = [d.id for d in chunk if d.report_id and d.report_id in durable]
-            self.store.mark_retried(done)
-            self.retired += len(done)
-            self.failed += sum(1 for d in chunk if not d.report_id or d.report_id in result.dead)
+            self.store.mark_retried(d.id for d in chunk if d.report_id and d.report_id in durable)
 
         return commit
 
     def outcome(self, error: SfsyncError | None) -> LetterRetry:
-        tried = len(self.letters)
-        return LetterRetry(tried, self.retired, self.failed, tried - self.retired - self.failed, error)
+        """Per letter, what happened: the outcome of its report's worst row (a report can match two
+        Tasks); a letter whose report has no row was not reached (the retry stopped first)."""
+        return LetterRetry(tuple(self._letter(d, self._rows.get(d.report_id or "", []), error)
+                                 for d in self.letters), error)
+
+    @staticmethod
+    def _letter(letter: DeadLetter, rows: list[ReportResult], stopped: SfsyncError | None) -> LetterResult:
+        order = list(LETTER_OF)
+        known = [r for r in rows if r.outcome in LETTER_OF]
+        if not known:
+            if letter.report_id is None:  # no id: it never parses, so it is refused again as it was
+                return LetterResult(letter.id, None, letter.message_id, LetterOutcome.FAILED_PERMANENT,
+                                    error=letter.reason)
+            why = f"not retried: {stopped}" if stopped else "not retried"
+            return LetterResult(letter.id, letter.report_id, letter.message_id, LetterOutcome.NOT_TRIED, error=why)
+        worst = min(known, key=lambda r: order.index(r.outcome))
+        outcome = LETTER_OF[worst.outcome]
+        failed = outcome in (LetterOutcome.FAILED_PERMANENT, LetterOutcome.FAILED_TRANSIENT)
+        return LetterResult(letter.id, letter.report_id, letter.message_id, outcome, worst.task_id,
+                            worst.error if failed else "")

@@ -13,10 +13,10 @@ import contextlib
 import json
 import logging
 import re
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+from sfsync.domain.outcome import Counts, Tally
 from sfsync.domain.reports import InvalidReport, parse_report
 from sfsync.pipeline import BatchResult, OnCommit
 from sfsync.sources.batch import Batch
@@ -166,7 +166,7 @@ def stage_push(store: Store, reports: list[tuple[str, dict[str, Any]]]) -> int:
 class InboxSource:
     """Staged reports (polled and pushed), thousands at a time, in the order they were staged."""
 
-    def __init__(self, store: Store, counts: Counter[str], *, at_most: int | None = None,
+    def __init__(self, store: Store, counts: Counts, *, at_most: int | None = None,
                  count_fetched: bool = False, batch: int = DRAIN_BATCH, claimed: list[StagedReport] | None = None):
         self.store = store
         self.counts = counts
@@ -186,7 +186,7 @@ class InboxSource:
                 return
             after, taken = rows[-1].seq, taken + len(rows)
             if self.count_fetched:
-                self.counts["fetched"] += len(rows)
+                self.counts[Tally.FETCHED] += len(rows)
             for source in dict.fromkeys(r.source for r in rows):
                 group = [r for r in rows if r.source == source]
                 yield Batch([r.raw for r in group], source, on_commit=self._mark_drained(group))
@@ -197,7 +197,7 @@ class InboxSource:
             # A report without a usable id never parses: it is a dead letter already.
             done = [r.key for r in rows if (rid := confirmable_id(r.raw)) is None or rid in durable]
             self.store.inbox_done(done)
-            self.counts["drained"] += len(done)
+            self.counts[Tally.DRAINED] += len(done)
 
         return commit
 
