@@ -12,8 +12,9 @@ Turns on faults on every endpoint of both simulators (500, 502, 503, 429 with Re
 connection resets, lost responses, stalls past the client's timeout, truncated JSON, per-record
 UNABLE_TO_LOCK_ROW, periodic token expiry) and a confirm delay (confirmed reports still served for a
 while). Runs ``sfsync run`` as a child process and SIGKILLs it at the new boundaries (between the
-inbox commit and the confirm, mid-drain, between a write and its record: ``chaos_child.py``) and at
-random instants, then restarts it until the queue, the store's inbox and the waiting list are drained.
+inbox commit and the confirm, after it, mid-poll once the look-ahead has looked Tasks up, mid-drain,
+between a write and its record: ``chaos_child.py``) and at random instants, then restarts it until the queue,
+the store's inbox and the waiting list are drained.
 
 Then checks, against the simulators' own records (never against what sfsync says):
   lost       every Task holds the status and code of its message's winning report, computed here
@@ -267,7 +268,7 @@ class Process:
 
 
 CHILD = Path(__file__).resolve().parent / "chaos_child.py"
-BOUNDARIES = ("staged", "confirmed", "matched", "wrote", "recorded")  # kill points, one run each
+BOUNDARIES = ("staged", "confirmed", "looked_ahead", "matched", "wrote", "recorded")  # kill points, one run each
 
 
 def staged(state: Path) -> tuple[dict[str, float], int]:

@@ -1,7 +1,8 @@
 """``sfsync`` for ``scripts/chaos``, SIGKILLed at a named stage boundary.
 
 ``CHAOS_KILL_AT=stage:n`` kills the process (SIGKILL, no clean-up) the n-th time the run reaches
-``stage``: ``staged`` (the inbox committed, nothing confirmed yet), ``confirmed``, ``matched``
+``stage``: ``staged`` (the inbox committed, nothing confirmed yet), ``looked_ahead`` (mid-poll:
+the look-ahead thread has looked up Tasks for staged reports, nothing drained), ``confirmed``, ``matched``
 (mid-drain: Tasks read, nothing written), ``wrote`` (a write answered, its outcome not yet
 recorded), ``recorded``. Without it, plain ``sfsync``.
 

@@ -43,9 +43,10 @@ from sfsync.errors import (
     StoreError,
     UsageError,
 )
+from sfsync.overlap import Lookahead
 from sfsync.pipeline import BatchResult, Pipeline, Stage, _BudgetStop
 from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
-from sfsync.replicas import coordinator, poll_lease
+from sfsync.replicas import Solo, coordinator, poll_lease
 from sfsync.sources.accounts import AccountPolls
 from sfsync.sources.batch import Source
 from sfsync.sources.dead_letters import DeadLetterSource, LetterRetry
@@ -53,7 +54,7 @@ from sfsync.sources.inbox import DRAIN_BATCH, InboxSource
 from sfsync.sources.poll import PAGE, PollEnd, PollSource, confirmable_id, describe_ids
 from sfsync.sources.waiting import SOURCE as WAITING
 from sfsync.sources.waiting import WaitingSource
-from sfsync.store import Store, now_utc, open_store
+from sfsync.store import StagedReport, Store, now_utc, open_store
 
 log = logging.getLogger("sfsync.run")
 CONFIRM_PENDING = PollEnd.CONFIRM_PENDING.value
@@ -224,6 +225,7 @@ class Worker:
         self.bulk_wait_s = bulk_wait_s
         self.results = results
         self.replica = coordinator(self.store, settings.lease_seconds)  # SQLite: alone; PostgreSQL: leases
+        self._ahead: Lookahead | None = None  # the look-ahead of the run in progress (sfsync.overlap)
 
     # -- one run --------------------------------------------------------------------------------------
     def run(self, options: RunOptions | None = None) -> RunSummary:
@@ -245,14 +247,25 @@ class Worker:
                 summary.exit_reason = self._dry_run(pipeline, options, summary)
                 return summary
             unavailable: SfsyncError | None = None
+            # The look-ahead reads what is staged without claiming it: only for a process alone on its
+            # store (SQLite); replicas claim through their leases instead.
+            alone = isinstance(self.replica, Solo)
+            ahead = None if options.inbox or not alone else Lookahead(pipeline, self.store, limit=DRAIN_BATCH,
+                                                                      on_stage=self.on_stage).start()
             try:
+                self._ahead = ahead
                 polled, unavailable = ("", None) if options.inbox else self._poll(options, summary, rules)
             except RemoteError as exc:  # MessageMedia failed: what is staged is still drained, then the error
                 unavailable, polled = exc, ""
+            finally:
+                self._ahead = None
+                claimed = ahead.finish() if ahead else []
             if polled in ("signal", "time_budget"):
                 summary.exit_reason = polled
                 return summary
-            drained = self._drain_all(pipeline, options, summary, rules)
+            if ahead and ahead.error:
+                raise ahead.error  # the drain's first Salesforce call would meet it
+            drained = self._drain_all(pipeline, options, summary, rules, claimed)
             if polled == PollEnd.NOTHING.value and summary.counts[Tally.DRAINED]:
                 polled = "backlog_drained"  # nothing new to poll; reports staged earlier were written
             summary.exit_reason = drained or polled or (
@@ -265,9 +278,11 @@ class Worker:
                 raise unavailable
         return summary
 
-    def _drain_all(self, pipeline: Pipeline, options: RunOptions, summary: RunSummary, rules: StopRules) -> str:
+    def _drain_all(self, pipeline: Pipeline, options: RunOptions, summary: RunSummary, rules: StopRules,
+                   claimed: list[StagedReport]) -> str:
         """The drain, the only half that speaks to Salesforce: settle open Bulk jobs, then the
-        due waiting reports, then everything staged (once more for rows a transient failure held)."""
+        due waiting reports, then everything staged (once more for rows a transient failure held);
+        ``claimed``: the first staged reports, claimed and read by the look-ahead."""
         self.sf.check_budget()
         with self.replica.lease("bulk") as settling:  # one replica settles open Bulk jobs at a time
             if settling:
@@ -278,13 +293,15 @@ class Worker:
         sources: list[tuple[str | None, Source]] = [  # (the lease it needs, the source)
             ("waiting", WaitingSource(self.store, every=options.retry_waiting)),
             (None, InboxSource(self.store, summary.counts, at_most=at_most, count_fetched=options.inbox,
-                               claims=self.replica)),
+                               claims=self.replica, claimed=claimed)),
         ]
         for lease, source in sources:
             with self.replica.lease(lease) if lease else nullcontext(True) as mine:
                 drained = self.drain(source, pipeline, summary, inbox_rules) if mine else ""
             if drained:
                 return drained
+        pipeline.prefetched.clear()
+        pipeline.parsed.clear()
         if summary.counts[ReportOutcome.HELD]:  # once more for rows a transient failure held (row locks)
             again = InboxSource(self.store, summary.counts, at_most=at_most, count_fetched=options.inbox,
                                 claims=self.replica)
@@ -341,6 +358,8 @@ class Worker:
                 return PollEnd.ELSEWHERE.value
             check = source.next_check()
             fetched += check.new
+            if check.new and self._ahead:
+                self._ahead.staged()
             summary.counts[Tally.FETCHED] += check.new
             summary.counts[Tally.CONFIRMED] += check.confirmed
             if not check.raws:

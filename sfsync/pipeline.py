@@ -101,18 +101,32 @@ class Plan:
 
 
 # -- stages ---------------------------------------------------------------------------------------------
-def parse(raws: Iterable[Any], default_tz: dt.tzinfo = dt.UTC) -> tuple[list[Report], list[InvalidReport]]:
+Parsed = dict[int, tuple[Any, "Report | InvalidReport"]]  # id(raw) -> (that raw, what it reads as)
+
+
+def parse(
+    raws: Iterable[Any], default_tz: dt.tzinfo = dt.UTC, ahead: Parsed | None = None,
+) -> tuple[list[Report], list[InvalidReport]]:
+    """Reports and the invalid ones. ``ahead`` holds raws read before (by the look-ahead), each with
+    its reading; one found there is taken out of it instead of being read again."""
     good: dict[str, Report] = {}
     bad: list[InvalidReport] = []
     for raw in raws:
-        try:
-            report = parse_report(raw, default_tz)
-        except InvalidReport as exc:
-            exc.raw = raw  # type: ignore[attr-defined]
-            bad.append(exc)
+        hit = ahead.pop(id(raw), None) if ahead else None
+        known = hit[1] if hit is not None and hit[0] is raw else _read(raw, default_tz)
+        if isinstance(known, InvalidReport):
+            bad.append(known)
             continue
-        good.setdefault(report.report_id, report)  # the same report twice in one batch counts once
+        good.setdefault(known.report_id, known)  # the same report twice in one batch counts once
     return list(good.values()), bad
+
+
+def _read(raw: Any, default_tz: dt.tzinfo) -> Report | InvalidReport:
+    try:
+        return parse_report(raw, default_tz)
+    except InvalidReport as exc:
+        exc.raw = raw  # type: ignore[attr-defined]
+        return exc
 
 
 def resolve_all(reports: Iterable[Report], code_map: CodeMap) -> list[Outcome]:
@@ -236,6 +250,10 @@ class Pipeline:
         self.clock = clock
         self.guard = guard
         self._field_lengths: dict[str, int] | None = None
+        # Read ahead (``sfsync.overlap``), each used once: look-up answers per looked-up value, and
+        # staged reports as parsed (held with their raw object, so its identity stays unique).
+        self.prefetched: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.parsed: Parsed = {}
 
     def process(self, raws: list[Any], source: str = "poll", *, default_tz: dt.tzinfo = dt.UTC,
                 waiting: Mapping[str, WaitingReport] | None = None, on_commit: OnCommit | None = None) -> BatchResult:
@@ -276,7 +294,7 @@ class Pipeline:
     def plan(self, raws: Iterable[Any], source: str = "poll", *, default_tz: dt.tzinfo = dt.UTC) -> Plan:
         """Parse, resolve, collapse, match and decide. Reads Salesforce and the store; writes nothing."""
         result = BatchResult()
-        reports, bad = parse(raws, default_tz)
+        reports, bad = parse(raws, default_tz, self.parsed)
         result.counts[Tally.RECEIVED] += len(reports) + len(bad)
         result.counts[ReportOutcome.INVALID] += len(bad)
         outcomes = resolve_all(reports, self.code_map)
@@ -385,37 +403,74 @@ class Pipeline:
         matches = Matches()
         if not winners:
             return matches
-        key = self.settings.metadata_task_key
-        named: dict[str, list[str]] = defaultdict(list)  # Task Id -> messages naming it (resends)
-        by_field: set[str] = set()
-        for message_id, outcome in winners.items():
-            tid = task_id_from_metadata(outcome.report, key)
-            if tid:
-                named[tid].append(message_id)
-            else:
-                by_field.add(message_id)
+        named, by_field = self._look_up_keys(winners)
         returned = self._look_up(named, by_field, matches)
         missing = {m for tid, messages in named.items() if tid not in returned for m in messages}
         if missing:
             self._look_up({}, missing, matches)
         return matches
 
-    def _look_up(self, named: Mapping[str, list[str]], by_field: set[str], matches: Matches) -> set[str]:
-        """One look-up (queries of 100 values, a few at a time); returns the Ids of the Tasks it found."""
-        msg_field = self.settings.field_message_id
-        returned: set[str] = set()
-        values = [("Id", t) for t in named] + [("msg", m) for m in sorted(by_field)]
-        groups = [values[start : start + IN_LIST_LIMIT] for start in range(0, len(values), IN_LIST_LIMIT)]
+    def _look_up_keys(self, winners: Mapping[str, Outcome]) -> tuple[dict[str, list[str]], set[str]]:
+        """What the match looks up: Task Ids named in metadata (-> the messages naming them, resends)
+        and the message ids of the others."""
+        named: dict[str, list[str]] = defaultdict(list)
+        by_field: set[str] = set()
+        for message_id, outcome in winners.items():
+            tid = task_id_from_metadata(outcome.report, self.settings.metadata_task_key)
+            if tid:
+                named[tid].append(message_id)
+            else:
+                by_field.add(message_id)
+        return named, by_field
 
+    def lookup_values(self, raws: Iterable[Any]) -> list[tuple[str, str]]:
+        """The values the match stage would look up for these reports now (reads the store only):
+        nothing for a message the ledger settles at no call. Their readings are kept for the drain."""
+        reports: dict[str, Report] = {}
+        for raw in raws:
+            known = self.parsed[id(raw)] = (raw, _read(raw, dt.UTC))
+            if isinstance(known[1], Report):
+                reports.setdefault(known[1].report_id, known[1])
+        winners, _ = collapse(resolve_all(reports.values(), self.code_map))
+        settled, _ = self._settled_by_ledger(winners, BatchResult())
+        named, by_field = self._look_up_keys({m: o for m, o in winners.items() if m not in settled})
+        return [("Id", t) for t in named] + [("msg", m) for m in sorted(by_field)]
+
+    def prefetch(self, values: list[tuple[str, str]]) -> None:
+        """Look ``values`` up now (queries of 100, a few at a time) and keep each one's rows for the
+        match stage; raises what the look-up raised (the budget, Salesforce unavailable)."""
+        groups = [values[start : start + IN_LIST_LIMIT] for start in range(0, len(values), IN_LIST_LIMIT)]
+        for group, rows in zip(groups, self._find_groups(groups), strict=True):
+            for value in group:
+                self.prefetched[value] = [r for r in rows if _answers(value, r, self.settings.field_message_id)]
+
+    def _find_groups(self, groups: list[list[tuple[str, str]]]) -> list[list[dict[str, Any]]]:
         def find(group: list[tuple[str, str]]) -> list[dict[str, Any]]:
             return self.sf.find_tasks([v for k, v in group if k == "Id"], [v for k, v in group if k != "Id"])
 
         if len(groups) > 1:
             self.sf.sf  # noqa: B018 - one token before the calls go out together
-        found: list[dict[str, Any]] = []
+        answers: list[list[dict[str, Any]]] = []
         for rows in concurrently(find, groups, self.settings.sf_concurrency):
             if isinstance(rows, BudgetExhausted):
                 raise rows
+            answers.append(rows)
+        return answers
+
+    def _look_up(self, named: Mapping[str, list[str]], by_field: set[str], matches: Matches) -> set[str]:
+        """One look-up (queries of 100 values, a few at a time; values fetched ahead are taken from
+        ``prefetched``); returns the Ids of the Tasks it found."""
+        msg_field = self.settings.field_message_id
+        returned: set[str] = set()
+        values = [("Id", t) for t in named] + [("msg", m) for m in sorted(by_field)]
+        found: list[dict[str, Any]] = []
+        if self.prefetched:
+            ahead = {v for v in values if v in self.prefetched}
+            for value in ahead:
+                found += self.prefetched.pop(value)
+            values = [v for v in values if v not in ahead]
+        groups = [values[start : start + IN_LIST_LIMIT] for start in range(0, len(values), IN_LIST_LIMIT)]
+        for rows in self._find_groups(groups):
             found += rows
         for row in found:
             tid = canonical_id(row.get("Id"))
@@ -669,6 +724,12 @@ class Pipeline:
                 log.warning("cut %s to %d characters as configured", name, limit, extra={"event": "truncated"})
                 fitted[name] = value[:limit]
         return fitted
+
+
+def _answers(value: tuple[str, str], row: Mapping[str, Any], msg_field: str) -> bool:
+    """Whether a look-up row answers one looked-up value (a Task Id, or a message id in its field)."""
+    kind, wanted = value
+    return canonical_id(row.get("Id")) == wanted if kind == "Id" else row.get(msg_field) == wanted
 
 
 T = TypeVar("T")

@@ -173,7 +173,8 @@ class InboxSource:
     """Staged reports (polled and pushed), thousands at a time, in the order they were staged."""
 
     def __init__(self, store: Store, counts: Counts, *, at_most: int | None = None,
-                 count_fetched: bool = False, batch: int = DRAIN_BATCH, claims: Claims | None = None):
+                 count_fetched: bool = False, batch: int = DRAIN_BATCH, claims: Claims | None = None,
+                 claimed: list[StagedReport] | None = None):
         self.store = store
         # Who claims: this process alone (SQLite), or a replica's claims on PostgreSQL (sfsync.replicas).
         self.claims: Claims = claims or Solo(store)
@@ -181,6 +182,7 @@ class InboxSource:
         self.at_most = at_most  # reports to take in all (--max-reports with --inbox)
         self.count_fetched = count_fetched  # --inbox: what is claimed is what the run fetched
         self.batch = batch
+        self.claimed = claimed or []  # the first batch, claimed already (by the look-ahead, sfsync.overlap)
 
     def batches(self) -> Iterator[Batch]:
         after = taken = 0
@@ -188,7 +190,11 @@ class InboxSource:
             limit = self.batch if self.at_most is None else min(self.batch, self.at_most - taken)
             if limit <= 0:
                 return
-            rows, after = self.claims.claim_staged(limit, after)
+            if self.claimed:  # handed over by the look-ahead (one process alone: sfsync.overlap)
+                rows, self.claimed = self.claimed, []
+                after = rows[-1].seq
+            else:
+                rows, after = self.claims.claim_staged(limit, after)
             if not after:
                 return
             if not rows:
