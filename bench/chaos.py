@@ -3,6 +3,7 @@
     scripts/chaos                    # CI size: 2,000 reports, 10 kills, 10% faults, ~1 minute
     scripts/chaos --large            # 20,000 reports, 20 kills
     scripts/chaos --reports 5000 --kills 15 --fault-rate 0.2 --seed 3
+    scripts/chaos --replicas 3 --store postgresql://sfsync@db:5432/sfsync   # bench/chaos_replicas.py
 
 Seeds the simulators (in this process) with a queue of delivery reports over Tasks: in and out of
 order (across poll batches), with and without codes, duplicates, Tasks matched by metadata or by
@@ -11,8 +12,9 @@ Turns on faults on every endpoint of both simulators (500, 502, 503, 429 with Re
 connection resets, lost responses, stalls past the client's timeout, truncated JSON, per-record
 UNABLE_TO_LOCK_ROW, periodic token expiry) and a confirm delay (confirmed reports still served for a
 while). Runs ``sfsync run`` as a child process and SIGKILLs it at the new boundaries (between the
-inbox commit and the confirm, mid-drain, between a write and its record: ``chaos_child.py``) and at
-random instants, then restarts it until the queue, the store's inbox and the waiting list are drained.
+inbox commit and the confirm, after it, mid-poll once the look-ahead has looked Tasks up, mid-drain,
+between a write and its record: ``chaos_child.py``) and at random instants, then restarts it until the queue,
+the store's inbox and the waiting list are drained.
 
 Then checks, against the simulators' own records (never against what sfsync says):
   lost       every Task holds the status and code of its message's winning report, computed here
@@ -266,7 +268,7 @@ class Process:
 
 
 CHILD = Path(__file__).resolve().parent / "chaos_child.py"
-BOUNDARIES = ("staged", "confirmed", "matched", "wrote", "recorded")  # kill points, one run each
+BOUNDARIES = ("staged", "confirmed", "looked_ahead", "matched", "wrote", "recorded")  # kill points, one run each
 
 
 def staged(state: Path) -> tuple[dict[str, float], int]:
@@ -445,6 +447,11 @@ def log_events(processes: list[Process]) -> Iterator[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if any(a == "--replicas" or a.startswith("--replicas=") for a in args):
+        import chaos_replicas  # replicas on one PostgreSQL store: bench/chaos_replicas.py
+
+        return chaos_replicas.main(args)
     parser = argparse.ArgumentParser(prog="scripts/chaos", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reports", type=int, help="delivery reports to seed (default 2,000; --large 20,000)")

@@ -1,9 +1,14 @@
 """``sfsync`` for ``scripts/chaos``, SIGKILLed at a named stage boundary.
 
 ``CHAOS_KILL_AT=stage:n`` kills the process (SIGKILL, no clean-up) the n-th time the run reaches
-``stage``: ``staged`` (the inbox committed, nothing confirmed yet), ``confirmed``, ``matched``
+``stage``: ``staged`` (the inbox committed, nothing confirmed yet), ``looked_ahead`` (mid-poll:
+the look-ahead thread has looked up Tasks for staged reports, nothing drained), ``confirmed``, ``matched``
 (mid-drain: Tasks read, nothing written), ``wrote`` (a write answered, its outcome not yet
 recorded), ``recorded``. Without it, plain ``sfsync``.
+
+``CHAOS_RECORD=path`` (the replica chaos run): after each drained batch is committed, append the
+staged reports this process marked drained, with its replica's name, to ``path`` (one line each),
+so that the checker can tell whether two replicas ever recorded one report's outcome.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import sys
 from typing import Any
 
 from sfsync import engine as worker
+from sfsync import pipeline, replicas
 from sfsync.cli.main import main
 
 
@@ -37,7 +43,35 @@ def kill_at(stage: str, nth: int) -> None:
     worker.Worker.__init__ = init  # type: ignore[method-assign]
 
 
+def record_drained(path: str) -> None:
+    """Log the keys each replica marked drained, once the transaction that marked them committed."""
+    pending: dict[int, list[str]] = {}
+    done, process = replicas.Replica.done, pipeline.Pipeline.process
+
+    def marked(self: replicas.Replica, report_ids: list[str]) -> list[str]:
+        keys = done(self, report_ids)
+        pending.setdefault(id(self.store), []).extend(f"{self.holder} {k}" for k in keys)
+        return keys
+
+    def processed(self: pipeline.Pipeline, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = process(self, *args, **kwargs)
+        except BaseException:
+            pending.pop(id(self.store), None)  # a budget stop after its commit goes unlogged: fewer, never more
+            raise
+        lines = pending.pop(id(self.store), [])  # committed by now
+        if lines:
+            with open(path, "a") as out:
+                out.write("".join(line + "\n" for line in lines))
+        return result
+
+    replicas.Replica.done = marked  # type: ignore[method-assign]
+    pipeline.Pipeline.process = processed  # type: ignore[method-assign]
+
+
 if __name__ == "__main__":
+    if os.environ.get("CHAOS_RECORD"):
+        record_drained(os.environ["CHAOS_RECORD"])
     where, _, count = os.environ.get("CHAOS_KILL_AT", "").partition(":")
     if where:
         kill_at(where, int(count or 1))

@@ -129,6 +129,7 @@ class Settings:
     api_budget_pct: float = 90.0
     wait_max_age_hours: float = 24.0
     http_timeout: float = 30.0
+    lease_seconds: float = 60.0  # PostgreSQL replicas: a lease or claim not renewed for this long is free
     retry_attempts: int = 6
     retry_max_seconds: float = 120.0
     confirm_wait_seconds: float = 30.0  # re-check while MessageMedia still serves confirmed reports
@@ -220,6 +221,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SFSYNC_API_BUDGET_PCT": ("api_budget_pct", "number"),
     "SFSYNC_WAIT_MAX_AGE_HOURS": ("wait_max_age_hours", "number"),
     "SFSYNC_HTTP_TIMEOUT": ("http_timeout", "number"),
+    "SFSYNC_LEASE_SECONDS": ("lease_seconds", "number"),
     "SFSYNC_RETRY_ATTEMPTS": ("retry_attempts", "number"),
     "SFSYNC_RETRY_MAX_SECONDS": ("retry_max_seconds", "number"),
     "SFSYNC_CONFIRM_WAIT_SECONDS": ("confirm_wait_seconds", "number"),
@@ -237,6 +239,7 @@ NUMBERS: dict[str, Range] = {
     "SFSYNC_API_BUDGET_PCT": Range(0, 100, low_open=True),
     "SFSYNC_WAIT_MAX_AGE_HOURS": Range(0, 24 * 365, low_open=True),
     "SFSYNC_HTTP_TIMEOUT": Range(0, 600, low_open=True),
+    "SFSYNC_LEASE_SECONDS": Range(1, 3600),
     "SFSYNC_RETRY_ATTEMPTS": Range(1, 100, whole=True),
     "SFSYNC_RETRY_MAX_SECONDS": Range(0, 86400, low_open=True),
     "SFSYNC_CONFIRM_WAIT_SECONDS": Range(0, 3600, low_open=True),

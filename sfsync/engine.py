@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -43,8 +43,10 @@ from sfsync.errors import (
     StoreError,
     UsageError,
 )
+from sfsync.overlap import Lookahead
 from sfsync.pipeline import BatchResult, Pipeline, Stage, _BudgetStop
 from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
+from sfsync.replicas import Solo, coordinator, poll_lease
 from sfsync.sources.accounts import AccountPolls
 from sfsync.sources.batch import Source
 from sfsync.sources.dead_letters import DeadLetterSource, LetterRetry
@@ -52,7 +54,7 @@ from sfsync.sources.inbox import DRAIN_BATCH, InboxSource
 from sfsync.sources.poll import PAGE, PollEnd, PollSource, confirmable_id, describe_ids
 from sfsync.sources.waiting import SOURCE as WAITING
 from sfsync.sources.waiting import WaitingSource
-from sfsync.store import Store, now_utc, open_store
+from sfsync.store import StagedReport, Store, now_utc, open_store
 
 log = logging.getLogger("sfsync.run")
 CONFIRM_PENDING = PollEnd.CONFIRM_PENDING.value
@@ -222,11 +224,13 @@ class Worker:
         self.on_stage = on_stage or (lambda stage: None)
         self.bulk_wait_s = bulk_wait_s
         self.results = results
+        self.replica = coordinator(self.store, settings.lease_seconds)  # SQLite: alone; PostgreSQL: leases
+        self._ahead: Lookahead | None = None  # the look-ahead of the run in progress (sfsync.overlap)
 
     # -- one run --------------------------------------------------------------------------------------
     def run(self, options: RunOptions | None = None) -> RunSummary:
         options = options or RunOptions()
-        with self.store.run_lock(self.settings.lock_path):
+        with self.replica.session(self.settings.lock_path):
             return self._run_locked(options)
 
     def rules(self, started: float, options: RunOptions) -> StopRules:
@@ -236,21 +240,32 @@ class Worker:
         summary = RunSummary()
         kind = "dry-run" if options.dry_run else ("inbox" if options.inbox else "run")
         pipeline = Pipeline(self.settings, self.store, self.sf, dry_run=options.dry_run, on_stage=self.on_stage,
-                            results=self.results)
+                            results=self.results, guard=self.replica.task_guard)
         with recorded_run(self.store, kind, summary, self.mm_clients, self.sf, self.retries) as started:
             rules = self.rules(started, options)
             if options.dry_run:
                 summary.exit_reason = self._dry_run(pipeline, options, summary)
                 return summary
             unavailable: SfsyncError | None = None
+            # The look-ahead reads what is staged without claiming it: only for a process alone on its
+            # store (SQLite); replicas claim through their leases instead.
+            alone = isinstance(self.replica, Solo)
+            ahead = None if options.inbox or not alone else Lookahead(pipeline, self.store, limit=DRAIN_BATCH,
+                                                                      on_stage=self.on_stage).start()
             try:
+                self._ahead = ahead
                 polled, unavailable = ("", None) if options.inbox else self._poll(options, summary, rules)
             except RemoteError as exc:  # MessageMedia failed: what is staged is still drained, then the error
                 unavailable, polled = exc, ""
+            finally:
+                self._ahead = None
+                claimed = ahead.finish() if ahead else []
             if polled in ("signal", "time_budget"):
                 summary.exit_reason = polled
                 return summary
-            drained = self._drain_all(pipeline, options, summary, rules)
+            if ahead and ahead.error:
+                raise ahead.error  # the drain's first Salesforce call would meet it
+            drained = self._drain_all(pipeline, options, summary, rules, claimed)
             if polled == PollEnd.NOTHING.value and summary.counts[Tally.DRAINED]:
                 polled = "backlog_drained"  # nothing new to poll; reports staged earlier were written
             summary.exit_reason = drained or polled or (
@@ -263,24 +278,33 @@ class Worker:
                 raise unavailable
         return summary
 
-    def _drain_all(self, pipeline: Pipeline, options: RunOptions, summary: RunSummary, rules: StopRules) -> str:
+    def _drain_all(self, pipeline: Pipeline, options: RunOptions, summary: RunSummary, rules: StopRules,
+                   claimed: list[StagedReport]) -> str:
         """The drain, the only half that speaks to Salesforce: settle open Bulk jobs, then the
-        due waiting reports, then everything staged (once more for rows a transient failure held)."""
+        due waiting reports, then everything staged (once more for rows a transient failure held);
+        ``claimed``: the first staged reports, claimed and read by the look-ahead."""
         self.sf.check_budget()
-        BulkReconciler(pipeline, BulkClient(self.sf), wait_seconds=self.bulk_wait_s,
-                       sleep=StopAwareSleep(self.stop)).settle(summary.counts)
+        with self.replica.lease("bulk") as settling:  # one replica settles open Bulk jobs at a time
+            if settling:
+                BulkReconciler(pipeline, BulkClient(self.sf), wait_seconds=self.bulk_wait_s,
+                               sleep=StopAwareSleep(self.stop)).settle(summary.counts)
         inbox_rules = rules if options.inbox else replace(rules, max_reports=None)
         at_most = options.max_reports if options.inbox else None
-        sources: list[Source] = [
-            WaitingSource(self.store, every=options.retry_waiting),
-            InboxSource(self.store, summary.counts, at_most=at_most, count_fetched=options.inbox),
+        sources: list[tuple[str | None, Source]] = [  # (the lease it needs, the source)
+            ("waiting", WaitingSource(self.store, every=options.retry_waiting)),
+            (None, InboxSource(self.store, summary.counts, at_most=at_most, count_fetched=options.inbox,
+                               claims=self.replica, claimed=claimed)),
         ]
-        for source in sources:
-            drained = self.drain(source, pipeline, summary, inbox_rules)
+        for lease, source in sources:
+            with self.replica.lease(lease) if lease else nullcontext(True) as mine:
+                drained = self.drain(source, pipeline, summary, inbox_rules) if mine else ""
             if drained:
                 return drained
+        pipeline.prefetched.clear()
+        pipeline.parsed.clear()
         if summary.counts[ReportOutcome.HELD]:  # once more for rows a transient failure held (row locks)
-            again = InboxSource(self.store, summary.counts, at_most=at_most, count_fetched=options.inbox)
+            again = InboxSource(self.store, summary.counts, at_most=at_most, count_fetched=options.inbox,
+                                claims=self.replica)
             return self.drain(again, pipeline, summary, inbox_rules)
         return ""
 
@@ -310,8 +334,19 @@ class Worker:
         return (stopped[0] if stopped else polls.end()), polls.error()
 
     def poll_account(self, mm: MessageMediaClient, options: RunOptions, summary: RunSummary, rules: StopRules) -> str:
+        """Poll one account under its lease (``poll:<account>``): another replica polling it leaves
+        nothing to do here."""
+        lease = poll_lease(mm.account.name)
+        with self.replica.lease(lease) as polling:
+            if not polling:
+                log.info("another replica polls MessageMedia now (lease %s)", lease, extra={"event": "poll_leased"})
+                return PollEnd.ELSEWHERE.value
+            return self._poll_account_held(mm, options, summary, rules, lease)
+
+    def _poll_account_held(self, mm: MessageMediaClient, options: RunOptions, summary: RunSummary,
+                           rules: StopRules, lease: str) -> str:
         """Check one account's queue until it is drained into the store (or a limit stops it); its
-        own ``--max-reports``. The one poll of one account: a lease per account wraps this call."""
+        own ``--max-reports``."""
         source = PollSource(mm, self.store, wait_seconds=self.settings.confirm_wait_seconds, stop=self.stop,
                             on_stage=self.on_stage)
         fetched = 0
@@ -319,8 +354,12 @@ class Worker:
             reason = rules.reason(fetched)
             if reason:
                 return reason
+            if self.replica.lost(lease):  # not renewed in time: another replica may poll now
+                return PollEnd.ELSEWHERE.value
             check = source.next_check()
             fetched += check.new
+            if check.new and self._ahead:
+                self._ahead.staged()
             summary.counts[Tally.FETCHED] += check.new
             summary.counts[Tally.CONFIRMED] += check.confirmed
             if not check.raws:
@@ -376,7 +415,8 @@ class Worker:
             source = DeadLetterSource(self.store, letter_ids, results=self.results)
             summary = RunSummary()
             error: SfsyncError | None = None
-            pipeline = Pipeline(self.settings, self.store, self.sf, on_stage=self.on_stage, results=source.collect)
+            pipeline = Pipeline(self.settings, self.store, self.sf, on_stage=self.on_stage, results=source.collect,
+                                guard=self.replica.task_guard)
             with recorded_run(self.store, "dead-letter-retry", summary, self.mm, self.sf, self.retries,
                               command="dead-letters retry") as started:
                 try:

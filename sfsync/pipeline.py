@@ -19,8 +19,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, TypeVar
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 
 Stage = Callable[[str], None]
 OnCommit = Callable[["BatchResult"], None]
+# Leases on the Tasks about to be written, held until their outcomes are recorded; yields the Ids
+# granted, or None when this process is the only writer (nothing to re-check).
+TaskGuard = Callable[[Iterable[str]], AbstractContextManager[set[str] | None]]
 # A write naming a Task that is not there (another org's Id, a deleted record): for a Task found by
 # the Id in metadata, the message-id match is tried before the report is dead-lettered.
 TASK_GONE = frozenset({"INVALID_CROSS_REFERENCE_KEY", "ENTITY_IS_DELETED"})
@@ -99,18 +103,32 @@ class Plan:
 
 
 # -- stages ---------------------------------------------------------------------------------------------
-def parse(raws: Iterable[Any], default_tz: dt.tzinfo = dt.UTC) -> tuple[list[Report], list[InvalidReport]]:
+Parsed = dict[int, tuple[Any, "Report | InvalidReport"]]  # id(raw) -> (that raw, what it reads as)
+
+
+def parse(
+    raws: Iterable[Any], default_tz: dt.tzinfo = dt.UTC, ahead: Parsed | None = None,
+) -> tuple[list[Report], list[InvalidReport]]:
+    """Reports and the invalid ones. ``ahead`` holds raws read before (by the look-ahead), each with
+    its reading; one found there is taken out of it instead of being read again."""
     good: dict[str, Report] = {}
     bad: list[InvalidReport] = []
     for raw in raws:
-        try:
-            report = parse_report(raw, default_tz)
-        except InvalidReport as exc:
-            exc.raw = raw  # type: ignore[attr-defined]
-            bad.append(exc)
+        hit = ahead.pop(id(raw), None) if ahead else None
+        known = hit[1] if hit is not None and hit[0] is raw else _read(raw, default_tz)
+        if isinstance(known, InvalidReport):
+            bad.append(known)
             continue
-        good.setdefault(report.report_id, report)  # the same report twice in one batch counts once
+        good.setdefault(known.report_id, known)  # the same report twice in one batch counts once
     return list(good.values()), bad
+
+
+def _read(raw: Any, default_tz: dt.tzinfo) -> Report | InvalidReport:
+    try:
+        return parse_report(raw, default_tz)
+    except InvalidReport as exc:
+        exc.raw = raw  # type: ignore[attr-defined]
+        return exc
 
 
 def resolve_all(reports: Iterable[Report], code_map: CodeMap) -> list[Outcome]:
@@ -192,6 +210,11 @@ def _ledger_entry(change: Change) -> LedgerEntry:
                        s.received_time, change.outcome.report.report_id, report_account(change.outcome.report.raw))
 
 
+@contextmanager
+def sole_writer(task_ids: Iterable[str]) -> Iterator[set[str] | None]:
+    yield None
+
+
 def result_row(outcome: ReportOutcome, of: Outcome, *, task: str | None = None, old: Status | None = None,
                error: str = "") -> ReportResult:
     """One report's result row: what the report says, and what the Task held as last known."""
@@ -213,10 +236,12 @@ class Pipeline:
     def __init__(self, settings: Settings, store: Store, salesforce: SalesforceClient, *,
                  code_map: CodeMap | None = None, dry_run: bool = False, on_stage: Stage | None = None,
                  clock: Callable[[], dt.datetime] = now_utc, results: ResultSink = discard,
-                 deleted_not_dead: bool = False, bulk: BulkWriter | None = None, waits: bool = True):
+                 deleted_not_dead: bool = False, guard: TaskGuard = sole_writer, bulk: BulkWriter | None = None,
+                 waits: bool = True):
         """``results`` takes each report's result row once its outcome is durable (in a dry run, once
         decided). ``deleted_not_dead`` (backfill): a write Salesforce refuses because the Task was
-        deleted is counted and reported as ``task_deleted``, not kept as a dead letter. ``bulk``: the
+        deleted is counted and reported as ``task_deleted``, not kept as a dead letter. ``guard``:
+        Task leases around each write (replicas on PostgreSQL, ``sfsync.replicas``). ``bulk``: the
         Bulk API path above its threshold (backfill; None: Collections only). ``waits``: keep reports
         whose Task does not exist yet waiting (backfill counts them as ``no_task`` instead)."""
         self.settings = settings
@@ -230,7 +255,12 @@ class Pipeline:
         self.deleted_not_dead = deleted_not_dead
         self.on_stage = on_stage or (lambda stage: None)
         self.clock = clock
+        self.guard = guard
         self._field_lengths: dict[str, int] | None = None
+        # Read ahead (``sfsync.overlap``), each used once: look-up answers per looked-up value, and
+        # staged reports as parsed (held with their raw object, so its identity stays unique).
+        self.prefetched: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.parsed: Parsed = {}
 
     def process(self, raws: list[Any], source: str = "poll", *, default_tz: dt.tzinfo = dt.UTC,
                 waiting: Mapping[str, WaitingReport] | None = None, on_commit: OnCommit | None = None) -> BatchResult:
@@ -279,7 +309,7 @@ class Pipeline:
     def plan(self, raws: Iterable[Any], source: str = "poll", *, default_tz: dt.tzinfo = dt.UTC) -> Plan:
         """Parse, resolve, collapse, match and decide. Reads Salesforce and the store; writes nothing."""
         result = BatchResult()
-        reports, bad = parse(raws, default_tz)
+        reports, bad = parse(raws, default_tz, self.parsed)
         result.counts[Tally.RECEIVED] += len(reports) + len(bad)
         result.counts[ReportOutcome.INVALID] += len(bad)
         outcomes = resolve_all(reports, self.code_map)
@@ -388,37 +418,74 @@ class Pipeline:
         matches = Matches()
         if not winners:
             return matches
-        key = self.settings.metadata_task_key
-        named: dict[str, list[str]] = defaultdict(list)  # Task Id -> messages naming it (resends)
-        by_field: set[str] = set()
-        for message_id, outcome in winners.items():
-            tid = task_id_from_metadata(outcome.report, key)
-            if tid:
-                named[tid].append(message_id)
-            else:
-                by_field.add(message_id)
+        named, by_field = self._look_up_keys(winners)
         returned = self._look_up(named, by_field, matches)
         missing = {m for tid, messages in named.items() if tid not in returned for m in messages}
         if missing:
             self._look_up({}, missing, matches)
         return matches
 
-    def _look_up(self, named: Mapping[str, list[str]], by_field: set[str], matches: Matches) -> set[str]:
-        """One look-up (queries of 100 values, a few at a time); returns the Ids of the Tasks it found."""
-        msg_field = self.settings.field_message_id
-        returned: set[str] = set()
-        values = [("Id", t) for t in named] + [("msg", m) for m in sorted(by_field)]
-        groups = [values[start : start + IN_LIST_LIMIT] for start in range(0, len(values), IN_LIST_LIMIT)]
+    def _look_up_keys(self, winners: Mapping[str, Outcome]) -> tuple[dict[str, list[str]], set[str]]:
+        """What the match looks up: Task Ids named in metadata (-> the messages naming them, resends)
+        and the message ids of the others."""
+        named: dict[str, list[str]] = defaultdict(list)
+        by_field: set[str] = set()
+        for message_id, outcome in winners.items():
+            tid = task_id_from_metadata(outcome.report, self.settings.metadata_task_key)
+            if tid:
+                named[tid].append(message_id)
+            else:
+                by_field.add(message_id)
+        return named, by_field
 
+    def lookup_values(self, raws: Iterable[Any]) -> list[tuple[str, str]]:
+        """The values the match stage would look up for these reports now (reads the store only):
+        nothing for a message the ledger settles at no call. Their readings are kept for the drain."""
+        reports: dict[str, Report] = {}
+        for raw in raws:
+            known = self.parsed[id(raw)] = (raw, _read(raw, dt.UTC))
+            if isinstance(known[1], Report):
+                reports.setdefault(known[1].report_id, known[1])
+        winners, _ = collapse(resolve_all(reports.values(), self.code_map))
+        settled, _ = self._settled_by_ledger(winners, BatchResult())
+        named, by_field = self._look_up_keys({m: o for m, o in winners.items() if m not in settled})
+        return [("Id", t) for t in named] + [("msg", m) for m in sorted(by_field)]
+
+    def prefetch(self, values: list[tuple[str, str]]) -> None:
+        """Look ``values`` up now (queries of 100, a few at a time) and keep each one's rows for the
+        match stage; raises what the look-up raised (the budget, Salesforce unavailable)."""
+        groups = [values[start : start + IN_LIST_LIMIT] for start in range(0, len(values), IN_LIST_LIMIT)]
+        for group, rows in zip(groups, self._find_groups(groups), strict=True):
+            for value in group:
+                self.prefetched[value] = [r for r in rows if _answers(value, r, self.settings.field_message_id)]
+
+    def _find_groups(self, groups: list[list[tuple[str, str]]]) -> list[list[dict[str, Any]]]:
         def find(group: list[tuple[str, str]]) -> list[dict[str, Any]]:
             return self.sf.find_tasks([v for k, v in group if k == "Id"], [v for k, v in group if k != "Id"])
 
         if len(groups) > 1:
             self.sf.sf  # noqa: B018 - one token before the calls go out together
-        found: list[dict[str, Any]] = []
+        answers: list[list[dict[str, Any]]] = []
         for rows in concurrently(find, groups, self.settings.sf_concurrency):
             if isinstance(rows, BudgetExhausted):
                 raise rows
+            answers.append(rows)
+        return answers
+
+    def _look_up(self, named: Mapping[str, list[str]], by_field: set[str], matches: Matches) -> set[str]:
+        """One look-up (queries of 100 values, a few at a time; values fetched ahead are taken from
+        ``prefetched``); returns the Ids of the Tasks it found."""
+        msg_field = self.settings.field_message_id
+        returned: set[str] = set()
+        values = [("Id", t) for t in named] + [("msg", m) for m in sorted(by_field)]
+        found: list[dict[str, Any]] = []
+        if self.prefetched:
+            ahead = {v for v in values if v in self.prefetched}
+            for value in ahead:
+                found += self.prefetched.pop(value)
+            values = [v for v in values if v not in ahead]
+        groups = [values[start : start + IN_LIST_LIMIT] for start in range(0, len(values), IN_LIST_LIMIT)]
+        for rows in self._find_groups(groups):
             found += rows
         for row in found:
             tid = canonical_id(row.get("Id"))
@@ -436,6 +503,42 @@ class Pipeline:
     # -- write and record ---------------------------------------------------------------------------------
     def _write_and_record(self, plan: Plan, source: str, waiting: Mapping[str, WaitingReport],
                           on_commit: OnCommit | None = None) -> None:
+        with self.guard(c.task_id for c in [*plan.changes, *plan.unchanged]) as granted:
+            changes, unchanged, denied = self._fresh(plan.changes, plan.unchanged, granted, plan.result)
+            self._write_and_record_guarded(replace(plan, changes=changes, unchanged=unchanged), source, waiting,
+                                           on_commit, denied)
+
+    def _fresh(self, changes: list[Change], unchanged: list[Change], granted: set[str] | None,
+               result: BatchResult) -> tuple[list[Change], list[Change], list[Change]]:
+        """With other replicas writing (``granted`` not None): the changes on Tasks whose lease this
+        replica holds, decided again against the ledger read under the lease (another replica may
+        have written the Task since the plan read it), and those whose Task another holds."""
+        if granted is None:
+            return changes, unchanged, []
+        denied = [c for c in [*changes, *unchanged] if c.task_id not in granted]
+        ledger = self.store.ledger_for_tasks(granted)
+        writes: list[Change] = []
+        same: list[Change] = []
+        for change in (c for c in changes if c.task_id in granted):
+            entry = ledger.get(change.task_id)
+            action = decide(_ledger_status(entry), change.outcome.status) if entry else Action.WRITE
+            if action is Action.WRITE:
+                writes.append(change)
+            elif action is Action.UNCHANGED:
+                result.counts[ReportOutcome.SKIPPED_UNCHANGED] += 1
+                same.append(change)
+            else:
+                result.counts[ReportOutcome.SKIPPED_STALE] += 1
+                self.emit([change_row(ReportOutcome.SKIPPED_STALE, change,
+                                      "another replica wrote the Task since: " + _stale_reason(None))])
+        for change in (c for c in unchanged if c.task_id in granted):
+            entry = ledger.get(change.task_id)
+            if entry is None or decide(_ledger_status(entry), change.outcome.status) is not Action.STALE:
+                same.append(change)  # recorded only when nothing newer was written since the plan
+        return writes, same, denied
+
+    def _write_and_record_guarded(self, plan: Plan, source: str, waiting: Mapping[str, WaitingReport],
+                                  on_commit: OnCommit | None, denied: list[Change]) -> None:
         result, unchanged, resolved, unmatched = plan.result, plan.unchanged, plan.resolved, plan.unmatched
         sent = self._send_or_fall_back(plan.changes, result)
         written, budget_stop = sent.written, sent.budget_stop
@@ -443,7 +546,8 @@ class Pipeline:
         for change, answer in written:
             by_report[change.outcome.report.report_id].append(answer)
 
-        unwritten = {c.outcome.report.report_id for c in sent.unsent}
+        # Not sent (the budget ran out), or another replica writes their Task now: held, they come back.
+        unwritten = {c.outcome.report.report_id for c in [*sent.unsent, *denied]}
         now = self.clock()
         with self.store.transaction():
             self.record_written(written, [*unchanged, *sent.unchanged], source, result)
@@ -468,6 +572,8 @@ class Pipeline:
             self.emit(self._no_task_rows(unmatched))
         self.emit(change_row(ReportOutcome.HELD, c, "not written (the Salesforce API budget ran out, or a Bulk API "
                              "job left it unprocessed): tried again") for c in sent.unsent)
+        self.emit(change_row(ReportOutcome.HELD, c, "another replica is writing this Task: tried again later")
+                  for c in denied)
         self.emit(replace(row, outcome=ReportOutcome.HELD, error=f"held with the winning report of its message "
                           f"({row.error})") if row.message_id in held_messages
                   and row.outcome is ReportOutcome.SKIPPED_STALE else row for row in plan.rows)
@@ -680,6 +786,12 @@ class Pipeline:
                 log.warning("cut %s to %d characters as configured", name, limit, extra={"event": "truncated"})
                 fitted[name] = value[:limit]
         return fitted
+
+
+def _answers(value: tuple[str, str], row: Mapping[str, Any], msg_field: str) -> bool:
+    """Whether a look-up row answers one looked-up value (a Task Id, or a message id in its field)."""
+    kind, wanted = value
+    return canonical_id(row.get("Id")) == wanted if kind == "Id" else row.get(msg_field) == wanted
 
 
 T = TypeVar("T")

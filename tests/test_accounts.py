@@ -23,7 +23,7 @@ from sfsync.ops.metrics import Backlog, render
 from sfsync.ops.trace import render as render_trace
 from sfsync.ops.trace import trace
 from sfsync.sim.harness import Simulators
-from sfsync.store import LedgerEntry, Store
+from sfsync.store import SCHEMA_VERSION, LedgerEntry, Store
 from tests.conftest import add_tasks, fields_of, new_message_id, report
 
 SFSYNC = str(Path(sys.executable).parent / "sfsync")
@@ -219,7 +219,8 @@ def test_a_schema_4_store_gains_the_accounts(tmp_path: Path) -> None:
     assert again.ledger(["m2"])["m2"].account == "Beta"
     assert again.backlog_by_account()["Acme"]["inbox_pending"] == 1  # filled from the report kept
     with again.transaction() as db:
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()["value"] == "5"
+        version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()["value"]
+        assert version == str(SCHEMA_VERSION)
 
 
 # -- configuration -----------------------------------------------------------------------------------

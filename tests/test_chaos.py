@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests import pgcluster
+
 REPO = Path(__file__).resolve().parent.parent
 CHAOS = REPO / "bench" / "chaos.py"
 
@@ -75,3 +77,23 @@ def test_chaos_catches_a_broken_worker(tmp_path: Path, mutant: str, caught: str)
                                       "--budget", "60", env=env, timeout=90)
     assert code == 1, output[-3000:]
     assert figures[caught] > 0, output[-3000:]
+
+
+@pytest.mark.slow
+def test_replica_chaos_ci_size(pg_server: pgcluster.Server) -> None:
+    """3 workers and 2 receivers on one PostgreSQL, SIGKILLs, one worker lost for good while it
+    holds claims, faults on every endpoint: nothing lost, regressed, written stale, acknowledged
+    before durable, or drained by two replicas."""
+    url = pg_server.fresh_database()
+    try:
+        code, figures, output = run_chaos("--replicas", "3", "--store", url, "--reports", "300", "--kills", "4",
+                                          "--budget", "80", env={**os.environ, "SFSYNC_STORE_PASSWORD":
+                                                                 pg_server.password}, timeout=110)
+    finally:
+        pg_server.drop_database(url)
+    assert code == 0, output[-6000:]
+    assert figures["ok"] and figures["kills"] >= 4 and figures["lost_hosts"] == 1, output[-3000:]
+    for violation in ("lost", "regressed", "stale", "unconfirmed", "early_confirms", "early_push_answers",
+                      "processed_twice"):
+        assert figures[violation] == 0, (violation, output[-3000:])
+    assert figures["drained_records"] >= figures["reports"] * 0.9  # the record was kept: the check is not empty

@@ -208,5 +208,7 @@ def test_ids_of_every_type_form_and_length(report_id: Any, message_id: Any, stat
     except InvalidReport as exc:
         assert exc.report_id is None or (isinstance(exc.report_id, str) and 0 < len(exc.report_id) <= 100)
         return
-    for value in (report.report_id, report.message_id):
-        assert isinstance(value, str) and value == value.strip() and 0 < len(value) <= 100 and value.isprintable()
+    # the report id exactly as served (it is confirmed back byte for byte), the message id read
+    assert report.report_id == report_id and report_id.strip() and len(report_id) <= 100
+    value = report.message_id
+    assert isinstance(value, str) and value == value.strip() and 0 < len(value) <= 100 and value.isprintable()

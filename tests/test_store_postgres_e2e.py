@@ -79,13 +79,17 @@ def test_staged_pushes_drain_from_postgresql(sims: Simulators, make_worker: Make
     assert all(fields_of(sims, t) == ("Delivered", "221") for t in tasks)
 
 
-def test_one_run_at_a_time_across_hosts(sims: Simulators, make_worker: MakeWorker, tmp_path: Path) -> None:
-    """The lock is in the database: a worker with another state folder (another host) is kept out too."""
+def test_replicas_run_at_once_and_the_run_lock_keeps_exclusive_commands_one_at_a_time(
+        sims: Simulators, make_worker: MakeWorker, tmp_path: Path) -> None:
+    """The lock is in the database (a lease): another host's backfill or dead-letter retry is kept
+    out, while workers on any host share the work by leases and claims (tests/test_replicas.py)."""
     worker = make_worker()
     elsewhere = make_worker(SFSYNC_STATE_DIR=str(tmp_path / "other-host"))
-    with worker.store.run_lock(worker.settings.lock_path), pytest.raises(AlreadyRunning, match="run lock"):
-        elsewhere.run()
-    assert elsewhere.run().exit_code == EXIT_OK
+    with worker.store.run_lock(worker.settings.lock_path):
+        with pytest.raises(AlreadyRunning, match="run lock"):
+            elsewhere.store.run_lock(elsewhere.settings.lock_path).__enter__()
+        assert elsewhere.run().exit_code == EXIT_OK
+    assert elsewhere.store.run_lock(elsewhere.settings.lock_path).is_free()
 
 
 def test_cli_errors_on_a_bad_store_are_one_clear_line(sims: Simulators, worker_env: dict[str, str],

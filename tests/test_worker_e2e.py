@@ -393,6 +393,20 @@ def test_a_head_of_unconfirmable_reports_ends_every_run_non_zero_naming_them(
     assert sims.mm.stats()["unconfirmed"] == 105
 
 
+def test_report_ids_are_confirmed_exactly_as_served(sims: Simulators, make_worker: MakeWorker) -> None:
+    """An id is an opaque token: one with characters Python's strip() removes (U+0085, a tab, spaces)
+    was confirmed stripped, so MessageMedia served it for ever and the run ended confirm_pending."""
+    messages = [new_message_id() for _ in range(3)]
+    tasks = add_tasks(sims, messages)
+    odd = ["\x85r-1\x85", "  r-2\t", "r-3 "]
+    sims.mm.add_raw_reports([report(m, "delivered", "220", delivery_report_id=rid)
+                             for m, rid in zip(messages, odd, strict=True)])
+    summary = make_worker().run()
+    assert summary.exit_code == EXIT_OK, summary.exit_reason
+    assert sims.mm.stats()["unconfirmed"] == 0
+    assert [fields_of(sims, t) for t in tasks] == [("Delivered", "220")] * 3
+
+
 def test_wrong_credentials_are_authentication_errors(sims: Simulators, make_worker: MakeWorker) -> None:
     sims.mm.add_reports([report(new_message_id(), "delivered")])
     with pytest.raises(AuthError, match="SFSYNC_MM_API_KEY"):

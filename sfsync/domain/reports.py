@@ -201,8 +201,12 @@ def parse_report(raw: Any, default_tz: dt.tzinfo = dt.UTC) -> Report:
     if not isinstance(raw, Mapping):
         raise InvalidReport(f"a report must be a JSON object, not {type(raw).__name__}")
     report_id = raw.get("delivery_report_id")
-    readable_id = report_id.strip() if isinstance(report_id, str) and 0 < len(report_id.strip()) <= MAX_ID else None
-    rid = _text(raw, "delivery_report_id", MAX_ID, readable_id)
+    # An id is an opaque token, confirmed back exactly as served: never stripped (Python's strip also
+    # takes characters such as U+0085 that MessageMedia keeps), only checked.
+    readable_id = report_id if isinstance(report_id, str) and report_id.strip() and len(report_id) <= MAX_ID else None
+    _text(raw, "delivery_report_id", MAX_ID, readable_id)
+    assert isinstance(report_id, str)  # _text refused anything else
+    rid = report_id
     message_id = _text(raw, "message_id", MAX_ID, rid)
     status = _text(raw, "status", MAX_STATUS, rid).lower()
     code_raw = raw.get("error_code", raw.get("status_code"))

@@ -200,9 +200,14 @@ def _lock(settings: Settings) -> Check:
     try:
         target = settings.store_target
         if target.dialect == "postgresql":
-            from sfsync.store.postgres import AdvisoryRunLock
+            from sfsync.store.leases import LEASES_SCHEMA
+            from sfsync.store.postgres import PostgresBackend
 
-            free = AdvisoryRunLock(target).is_free()
+            backend = PostgresBackend(target)  # read only: doctor never migrates
+            try:
+                free = backend.schema_version() < LEASES_SCHEMA or backend.run_lock().is_free()
+            finally:
+                backend.close()
         else:
             free = RunLock(settings.lock_path).is_free()
     except AlreadyRunning:

@@ -9,6 +9,7 @@ step (``_apply``) that records per-Task history, so tests can prove what was wri
 from __future__ import annotations
 
 import base64
+import collections
 import copy
 import dataclasses
 import datetime as dt
@@ -291,6 +292,7 @@ class SalesforceSim(SimApp):
         self._initial_faults = copy.deepcopy(self.faults.config)
         self.settings = dataclasses.replace(self._initial_settings)
         self.api_calls: Counter[str] = Counter()
+        self.call_log: collections.deque[tuple[str, float]] = collections.deque(maxlen=10_000)  # (kind, when)
         self.api_usage = 0
         self._tokens: dict[str, float] = {}
         self._last_stamp: tuple[int, str] = (-1, "")
@@ -439,6 +441,7 @@ class SalesforceSim(SimApp):
             self.set_schema(DEFAULT_TASK_FIELDS)
             self.settings = dataclasses.replace(self._initial_settings)
             self.api_calls.clear()
+            self.call_log.clear()
             self.api_usage = 0
             self.bulk.reset()
             self.faults.configure(**vars(copy.deepcopy(self._initial_faults)))
@@ -674,6 +677,7 @@ class SalesforceSim(SimApp):
                 raise HttpError(403, message, "REQUEST_LIMIT_EXCEEDED")
             self.api_usage += 1
             self.api_calls[kind] += 1
+            self.call_log.append((kind, time.time()))
 
     def _register_routes(self) -> None:
         self.route("POST", "/services/oauth2/token", self._oauth_token, name="token")

@@ -19,6 +19,7 @@ from typing import Any
 from sfsync.domain.outcome import Counts, Tally
 from sfsync.domain.reports import InvalidReport, parse_report
 from sfsync.pipeline import BatchResult, OnCommit
+from sfsync.replicas import Claims, Solo
 from sfsync.sources.batch import Batch
 from sfsync.sources.poll import confirmable_id
 from sfsync.store import StagedReport, Store
@@ -157,7 +158,7 @@ def validated(body: bytes) -> list[tuple[str, dict[str, Any]]]:
         if not report.report_id.strip() or not report.message_id.strip():
             # The inbox is keyed by report id: a blank one would make distinct reports "duplicates".
             raise BadPush(f"report {index}: blank delivery_report_id or message_id")
-        valid.append((report.report_id.strip(), raw))
+        valid.append((report.report_id, raw))
     return valid
 
 
@@ -172,12 +173,16 @@ class InboxSource:
     """Staged reports (polled and pushed), thousands at a time, in the order they were staged."""
 
     def __init__(self, store: Store, counts: Counts, *, at_most: int | None = None,
-                 count_fetched: bool = False, batch: int = DRAIN_BATCH):
+                 count_fetched: bool = False, batch: int = DRAIN_BATCH, claims: Claims | None = None,
+                 claimed: list[StagedReport] | None = None):
         self.store = store
+        # Who claims: this process alone (SQLite), or a replica's claims on PostgreSQL (sfsync.replicas).
+        self.claims: Claims = claims or Solo(store)
         self.counts = counts
         self.at_most = at_most  # reports to take in all (--max-reports with --inbox)
         self.count_fetched = count_fetched  # --inbox: what is claimed is what the run fetched
         self.batch = batch
+        self.claimed = claimed or []  # the first batch, claimed already (by the look-ahead, sfsync.overlap)
 
     def batches(self) -> Iterator[Batch]:
         after = taken = 0
@@ -185,10 +190,16 @@ class InboxSource:
             limit = self.batch if self.at_most is None else min(self.batch, self.at_most - taken)
             if limit <= 0:
                 return
-            rows = self.store.claim_staged(limit, after)
-            if not rows:
+            if self.claimed:  # handed over by the look-ahead (one process alone: sfsync.overlap)
+                rows, self.claimed = self.claimed, []
+                after = rows[-1].seq
+            else:
+                rows, after = self.claims.claim_staged(limit, after)
+            if not after:
                 return
-            after, taken = rows[-1].seq, taken + len(rows)
+            if not rows:
+                continue  # all of them belong to messages another replica holds
+            taken += len(rows)
             if self.count_fetched:
                 self.counts[Tally.FETCHED] += len(rows)
             for source in dict.fromkeys(r.source for r in rows):
@@ -200,8 +211,7 @@ class InboxSource:
             durable = set(result.confirm)
             # A report without a usable id never parses: it is a dead letter already.
             done = [r.key for r in rows if (rid := confirmable_id(r.raw)) is None or rid in durable]
-            self.store.inbox_done(done)
-            self.counts[Tally.DRAINED] += len(done)
+            self.counts[Tally.DRAINED] += len(self.claims.done(done))  # those still claimed here
 
         return commit
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -29,6 +29,9 @@ PAGE = 100  # MessageMedia serves at most this many reports a check
 FIRST_RECHECK_S = 0.1  # first wait before checking again while confirmed reports are still served
 RECHECK_GROWTH = 1.5  # each later wait this much longer, up to MAX_RECHECK_S
 MAX_RECHECK_S = 1.0
+# Ids confirmed this run that a check does not confirm again: the latest ones only (a long poll of a
+# large queue must not grow with it). One served again after that is confirmed again, harmlessly.
+CONFIRMED_KEPT = 10_000
 
 
 class PollEnd(Enum):
@@ -39,6 +42,7 @@ class PollEnd(Enum):
     CONFIRM_PENDING = "confirm_pending"  # confirmed reports still served after the wait: not drained
     UNCONFIRMABLE = "unconfirmable"  # only reports MessageMedia will not confirm are left
     WEDGED = "unconfirmable_head"  # a whole page of them: nothing behind them can be reached
+    ELSEWHERE = "polled_elsewhere"  # another replica holds the account's poll lease
 
 
 def confirmable_id(raw: Any) -> str | None:
@@ -47,8 +51,7 @@ def confirmable_id(raw: Any) -> str | None:
     rid = raw.get("delivery_report_id") if isinstance(raw, dict) else None
     if not isinstance(rid, str):
         return None
-    rid = rid.strip()
-    return rid if 0 < len(rid) <= MAX_ID else None
+    return rid if rid.strip() and len(rid) <= MAX_ID else None  # exactly as served: never stripped
 
 
 def staging_key(raw: Any) -> str:
@@ -95,13 +98,14 @@ class Check:
 class PollSource:
     def __init__(self, mm: MessageMediaClient, store: Store, *, wait_seconds: float,
                  stop: threading.Event, on_stage: Callable[[str], None],
-                 sleep: Callable[[float], Any] | None = None):
+                 sleep: Callable[[float], Any] | None = None, remember: int = CONFIRMED_KEPT):
         self.mm = mm
         self.store = store
         self.wait_seconds = wait_seconds
         self.on_stage = on_stage
         self.sleep = StopAwareSleep(stop, sleep)
-        self.confirmed: set[str] = set()  # ids confirmed this run
+        self.confirmed: OrderedDict[str, None] = OrderedDict()  # ids confirmed lately, oldest first
+        self.remember = remember
         self.shared: set[str] = set()  # ids served on two reports at once: one confirm cannot clear both
 
     def check(self) -> Check:
@@ -119,7 +123,9 @@ class PollSource:
         if to_confirm:
             self.on_stage("confirming")
             self.mm.confirm(to_confirm)
-            self.confirmed.update(to_confirm)
+            self.confirmed.update(dict.fromkeys(to_confirm))
+            while len(self.confirmed) > self.remember:
+                self.confirmed.popitem(last=False)
             self.on_stage("confirmed")
         again = sum(1 for i in ids if i not in new and i not in self.shared)
         unconfirmable = [r for r in raws if confirmable_id(r) is None

@@ -17,8 +17,9 @@ from sfsync.errors import StoreError
 
 # 2: the ledger keyed by (Task, message id), Task Ids canonical; 3: inbox rows name their source;
 # 4: inbox rows carry an explicit staging sequence (``seq``), the claim order on both backends;
-# 5: ledger, inbox, waiting and dead-letter rows name the MessageMedia account of their report.
-SCHEMA_VERSION = 5
+# 5: ledger, inbox, waiting and dead-letter rows name the MessageMedia account of their report;
+# 6: replicas: a ``leases`` table and inbox claim columns (used on PostgreSQL, see ``store.leases``).
+SCHEMA_VERSION = 6
 ACCOUNT_TABLES = ("ledger", "inbox", "waiting", "dead_letters")
 ADVISORY_KEY = 0x5F5359_4E43  # "_SYNC": serialises migrations between processes on one PostgreSQL database
 
@@ -150,6 +151,32 @@ def _sqlite_accounts(db: Any) -> None:
                        "json_extract(raw, '$.vendor_account_id.account_id') END AS TEXT), '')")
 
 
+_CLAIM_COLUMNS = (("claimed_by", "TEXT"), ("claim_key", "TEXT"), ("claim_expires", "TEXT"))
+_LEASES = "CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at {} NOT NULL)"
+_CLAIMED_INDEX = ("CREATE INDEX IF NOT EXISTS inbox_claimed ON inbox (claim_key) "
+                  "WHERE claimed_by IS NOT NULL AND processed_at IS NULL")
+
+
+def _sqlite_replicas(db: Any) -> None:
+    """Schema 5 -> 6: the replica tables and columns (SQLite keeps one process at a time by flock,
+    so it never fills them; they keep both schemas alike for ``store copy``)."""
+    have = [r["name"] for r in _columns(db, "inbox")]
+    for name, kind in _CLAIM_COLUMNS:
+        if name not in have:
+            db.execute(f"ALTER TABLE inbox ADD COLUMN {name} {kind}")
+    db.execute(_LEASES.format("TEXT"))
+    db.execute(_CLAIMED_INDEX)
+
+
+POSTGRES_REPLICAS = (
+    _LEASES.format("TIMESTAMPTZ"),  # the server's clock decides expiry, never a replica's
+    "ALTER TABLE inbox ADD COLUMN IF NOT EXISTS claimed_by TEXT",
+    "ALTER TABLE inbox ADD COLUMN IF NOT EXISTS claim_key TEXT",
+    "ALTER TABLE inbox ADD COLUMN IF NOT EXISTS claim_expires TIMESTAMPTZ",
+    _CLAIMED_INDEX,
+)
+
+
 @dataclass(frozen=True)
 class Step:
     version: int  # the version this step brings a store to
@@ -159,7 +186,8 @@ class Step:
 
 STEPS = (Step(2, _sqlite_ledger_per_task), Step(3, _sqlite_inbox_source), Step(4, _sqlite_inbox_seq),
          Step(5, _sqlite_accounts, tuple(f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS account TEXT NOT NULL DEFAULT ''"
-                                         for t in ACCOUNT_TABLES)))
+                                         for t in ACCOUNT_TABLES)),
+         Step(6, _sqlite_replicas, POSTGRES_REPLICAS))
 
 
 def stored_version(db: Any, dialect: str) -> int:

@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from sfsync.errors import AlreadyRunning, StoreError
 from sfsync.logs import redact_urls, register_secret
+from sfsync.store.leases import LeaseRunLock
 from sfsync.store.migrations import migrate_postgres, stored_version
 from sfsync.store.target import DEFAULT_CONNECT_TIMEOUT, StoreTarget
 
@@ -139,8 +140,9 @@ class PostgresBackend:
         with self.reading() as db:
             return stored_version(db, "postgresql")
 
-    def run_lock(self, lock_path: Any = None) -> AdvisoryRunLock:
-        return AdvisoryRunLock(self.target)
+    def run_lock(self, lock_path: Any = None) -> LeaseRunLock:
+        """A lease row, not a session lock: a lost host's lock expires at a known time (see store.leases)."""
+        return LeaseRunLock(self)
 
     def after_copy(self, db: Any) -> None:
         for table, column in (("dead_letters", "id"), ("runs", "id"), ("inbox", "seq")):

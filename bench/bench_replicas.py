@@ -1,0 +1,117 @@
+"""``scripts/bench --replicas 1,2,4 --store postgresql://...``: throughput and Salesforce calls by
+replica count on one PostgreSQL store.
+
+For each count R: a fresh schema, the same workload seeded into the simulators, R ``sfsync run
+--loop`` processes started together (each as a host of its own: its own state folder). One of them
+holds the poll lease and stages the queue; all of them claim and drain staged reports. The clock
+stops when MessageMedia's queue is confirmed and the store's inbox is drained; then every Task is
+checked against its message's final status, and the processes are stopped (SIGTERM).
+``--store postgresql`` starts a throwaway cluster (``bench/_pg.py``). The SQLite figures (``scripts/bench``
+without ``--replicas``) are unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from _common import SFSYNC, CallMeter, git_commit, worker_env
+from _pg import postgres
+from run_bench import check_tasks, floor_of
+
+from sfsync.sim.base import FaultConfig
+from sfsync.sim.harness import Simulators
+from sfsync.sim.seed import seed_simple
+
+
+def pending(url: str, password: str) -> int:
+    with psycopg.connect(url, password=password, autocommit=True) as conn:
+        try:
+            row = conn.execute("SELECT COUNT(*) FROM inbox WHERE processed_at IS NULL").fetchone()
+        except psycopg.errors.UndefinedTable:
+            return -1  # not migrated yet
+    return int(row[0]) if row else 0
+
+
+def one_count(p: argparse.Namespace, replicas: int, url: str, password: str, work: Path) -> dict[str, Any]:
+    faults = (FaultConfig(latency_ms=p.mm_latency_ms), FaultConfig(latency_ms=p.sf_latency_ms))
+    with Simulators(tls_dir=work / "tls", mm_faults=faults[0], sf_faults=faults[1]) as sims:
+        plan = seed_simple(sims, p.reports, p.tasks, seed=p.seed)
+        _, expected = floor_of(plan.reports)
+        meter = CallMeter(sims).start()
+        procs = []
+        started = time.monotonic()
+        for i in range(replicas):
+            env = worker_env(sims, work / f"host{i}", SFSYNC_STORE_URL=url, SFSYNC_STORE_PASSWORD=password)
+            with open(work / f"host{i}.log", "ab") as err:
+                procs.append(subprocess.Popen([SFSYNC, "run", "--loop", "--interval", "0.2"], env=env, cwd=work,
+                                              stdout=subprocess.DEVNULL, stderr=err))
+        try:
+            while sims.mm.stats()["unconfirmed"] or pending(url, password) != 0:
+                if time.monotonic() - started > p.timeout:
+                    raise SystemExit(f"bench: {replicas} replica(s) did not drain within {p.timeout:g} s")
+                if all(proc.poll() is not None for proc in procs):
+                    raise SystemExit(f"bench: every replica exited ({[x.returncode for x in procs]}); see {work}")
+                time.sleep(0.05)
+            wall = time.monotonic() - started
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        calls = meter.stop()
+        wrong = check_tasks(sims, plan.task_ids_by_message, expected)
+    return {"replicas": replicas, "wall_s": round(wall, 2), "reports_per_s": round(p.reports / wall, 1),
+            "salesforce_calls": calls.sf_rest, "salesforce_writes": calls.sf_writes,
+            "messagemedia_calls": calls.mm_total, "tasks_wrong": wrong}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench --replicas", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--replicas", required=True, help="replica counts, comma-separated (e.g. 1,2,4)")
+    parser.add_argument("--store", required=True,
+                        help="postgresql://user@host:port/db (password in SFSYNC_STORE_PASSWORD), or 'postgresql' "
+                             "for a throwaway cluster")
+    parser.add_argument("--reports", type=int, default=10_000, help="delivery reports (default 10,000)")
+    parser.add_argument("--tasks", type=int, default=5_000, help="Tasks they are spread over (default 5,000)")
+    parser.add_argument("--mm-latency-ms", type=float, default=40.0, help="per MessageMedia call (default 40)")
+    parser.add_argument("--sf-latency-ms", type=float, default=120.0, help="per Salesforce call (default 120)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--timeout", type=float, default=1800.0, help="per replica count, in seconds")
+    parser.add_argument("--skip-naive", action="store_true", help="accepted for symmetry: no naive run here")
+    p = parser.parse_args(argv)
+    counts = [int(c) for c in p.replicas.split(",") if c.strip()]
+    if not counts or min(counts) < 1:
+        parser.error("--replicas: counts of at least 1, e.g. 1,2,4")
+    rows = []
+    work = Path(tempfile.mkdtemp(prefix="sfsync-bench-replicas-"))
+    try:
+        with postgres(p.store) as server:
+            for count in counts:
+                print(f"bench: {count} replica(s), {p.reports:,} reports over {p.tasks:,} Tasks ...", flush=True)
+                rows.append(one_count(p, count, server.fresh(f"bench{count}"), server.password, work / str(count)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\n  replicas on one PostgreSQL store, {p.reports:,} reports over {p.tasks:,} Tasks, "
+          f"latency {p.mm_latency_ms:g}/{p.sf_latency_ms:g} ms (MessageMedia/Salesforce)")
+    print("  | replicas | wall s | reports/s | Salesforce calls | writes | MessageMedia calls | Tasks wrong |")
+    print("  |---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"  | {r['replicas']} | {r['wall_s']} | {r['reports_per_s']} | {r['salesforce_calls']} | "
+              f"{r['salesforce_writes']} | {r['messagemedia_calls']} | {r['tasks_wrong']} |")
+    print(json.dumps({"bench": "replicas", "commit": git_commit(), "params": {
+        "reports": p.reports, "tasks": p.tasks, "mm_latency_ms": p.mm_latency_ms, "sf_latency_ms": p.sf_latency_ms,
+        "seed": p.seed}, "runs": rows}, separators=(",", ":")))
+    return 1 if any(r["tasks_wrong"] for r in rows) else 0

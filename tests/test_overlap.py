@@ -1,0 +1,128 @@
+"""Polling and the drain's look-ups overlap (``sfsync.overlap``), at no extra Salesforce call.
+
+Assertions are on what the simulators saw: when each Salesforce call and each confirmation
+arrived, how many calls of each kind, the Tasks' fields and write history, the store's inbox.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sfsync.config import Settings
+from sfsync.engine import Worker, build_clients
+from sfsync.errors import EXIT_OK, RemoteError
+from sfsync.overlap import Lookahead
+from sfsync.pipeline import Pipeline
+from sfsync.sim.harness import Simulators
+from sfsync.sources.poll import PollSource, keyed
+from sfsync.store import Store
+from tests.conftest import add_tasks, fields_of, new_message_id, report
+
+MakeWorker = Callable[..., Worker]
+
+
+def _two_rounds(sims: Simulators, n_messages: int) -> tuple[list[str], list[dict[str, object]]]:
+    """Every message enroute, then every message submitted: a message's reports in different pages."""
+    messages = [new_message_id() for _ in range(n_messages)]
+    tasks = add_tasks(sims, messages)
+    reports = [report(m, "enroute", minute=1) for m in messages] + [report(m, "submitted", minute=2) for m in messages]
+    sims.mm.add_reports(reports)
+    return tasks, reports
+
+
+def test_look_ups_go_out_while_the_poll_runs_at_no_extra_call(sims: Simulators, make_worker: MakeWorker) -> None:
+    tasks, reports = _two_rounds(sims, 1500)  # 3,000 reports: 30 pages; 15 look-ups + 8 writes at the floor
+    sims.mm.faults.configure(latency_ms=25)
+    summary = make_worker().run()
+    assert summary.exit_code == EXIT_OK
+    calls = sims.sf.stats()["api_calls"]
+    assert calls.get("query") == 15 and calls.get("composite") == 8
+    last_confirm = max(at for _, at in sims.mm.confirm_log())
+    queries = [at for kind, at in sims.sf.call_log if kind == "query"]
+    assert sum(at < last_confirm for at in queries) >= 10, "the look-ups did not overlap the poll"
+    assert all(fields_of(sims, t) == ("Submitted", None) and len(sims.sf.history(t)) == 1 for t in tasks)
+
+    # The same reports again under new ids: decided against the ledger, by the look-ahead too: no call.
+    before = sims.sf.stats()["api_calls_total"]
+    sims.mm.add_reports([{**r, "delivery_report_id": str(uuid.uuid4())} for r in reports])
+    again = make_worker().run()
+    assert again.exit_code == EXIT_OK and again.counts["fetched"] == 3000
+    assert sims.sf.stats()["api_calls_total"] == before
+
+
+def test_salesforce_down_while_polling_polls_on_into_the_store(sims: Simulators, make_worker: MakeWorker) -> None:
+    tasks, _ = _two_rounds(sims, 300)
+    sims.sf.faults.configure(rate=1.0, kinds=["503"])
+    worker = make_worker(SFSYNC_RETRY_ATTEMPTS="2")
+    with pytest.raises(RemoteError):
+        worker.run()
+    # The look-ahead met the failure; polling went on: the queue is drained into the store, nothing written.
+    assert sims.mm.stats()["unconfirmed"] == 0 and worker.store.inbox_backlog()[0] == 600
+    assert all(sims.sf.history(t) == [] for t in tasks)
+
+    sims.sf.faults.configure(rate=0.0)
+    again = make_worker().run()
+    assert again.exit_code == EXIT_OK and again.exit_reason == "backlog_drained"
+    assert all(fields_of(sims, t) == ("Submitted", None) and len(sims.sf.history(t)) == 1 for t in tasks)
+    assert worker.store.inbox_backlog() == (0, None)
+
+
+def test_a_stop_mid_poll_leaves_the_look_ahead_claim_staged(sims: Simulators, make_worker: MakeWorker) -> None:
+    tasks, _ = _two_rounds(sims, 300)
+    worker = make_worker()
+    pages = []
+
+    def stop_after_four_pages(stage: str) -> None:
+        if stage == "staged":
+            pages.append(1)
+            if len(pages) == 4:
+                worker.stop.set()
+
+    worker.on_stage = stop_after_four_pages
+    summary = worker.run()
+    assert summary.exit_reason == "signal" and summary.counts["fetched"] == 400
+    assert worker.store.inbox_backlog()[0] == 400 and all(sims.sf.history(t) == [] for t in tasks)
+    again = make_worker().run()
+    assert again.exit_code == EXIT_OK
+    assert all(fields_of(sims, t) == ("Submitted", None) and len(sims.sf.history(t)) == 1 for t in tasks)
+
+
+def test_a_long_poll_remembers_only_the_latest_confirmations(sims: Simulators, settings_for: Callable[..., Settings],
+                                                             tmp_path: Path) -> None:
+    """Memory stays flat over a large queue: the ids confirmed this run are not all kept; each report
+    is still confirmed once, and staged once."""
+    messages = [new_message_id() for _ in range(500)]
+    sims.mm.add_reports([report(m, "delivered", "220") for m in messages])
+    settings = settings_for()
+    mm, _, _ = build_clients(settings, sleep=lambda seconds: None)
+    store = Store(tmp_path / "sfsync.db")
+    source = PollSource(mm, store, wait_seconds=1, stop=threading.Event(), on_stage=lambda stage: None, remember=150)
+    kept = []
+    while source.next_check().raws:
+        kept.append(len(source.confirmed))
+    assert max(kept) <= 150 and len(kept) == 5
+    counts = sims.mm.stats()["confirm_counts"]
+    assert len(counts) == 500 and set(counts.values()) == {1}
+    assert store.inbox_backlog()[0] == 500
+
+
+def test_the_look_ahead_holds_at_most_one_drain_batch(sims: Simulators, make_worker: MakeWorker) -> None:
+    messages = [new_message_id() for _ in range(1000)]
+    add_tasks(sims, messages)
+    worker = make_worker()
+    worker.store.stage("poll", keyed([report(m, "delivered", "220") for m in messages]))
+    pipeline = Pipeline(worker.settings, worker.store, worker.sf)
+    ahead = Lookahead(pipeline, worker.store, limit=300, on_stage=lambda stage: None).start()
+    deadline = time.monotonic() + 20
+    while sims.sf.stats()["api_calls"].get("query", 0) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rows = ahead.finish()
+    assert ahead.error is None and len(rows) == 300 and len(pipeline.parsed) <= 300
+    assert [r.key for r in rows] == [r.key for r in worker.store.claim_staged(300)]  # the oldest, in order
+    assert sims.sf.stats()["api_calls"].get("query") == 3  # whole queries for its 300 messages, no more
