@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,8 +35,14 @@ def state_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def worker_env(sims: Simulators, state_dir: Path) -> dict[str, str]:
-    return {**sims.env(), "SFSYNC_STATE_DIR": str(state_dir), "SFSYNC_RETRY_MAX_SECONDS": "30"}
+def worker_env(sims: Simulators, state_dir: Path, request: pytest.FixtureRequest) -> dict[str, str]:
+    env = {**sims.env(), "SFSYNC_STATE_DIR": str(state_dir), "SFSYNC_RETRY_MAX_SECONDS": "30"}
+    if os.environ.get("SFSYNC_TEST_STORE") == "postgresql":  # the worker's tests on the other backend
+        server: pgcluster.Server = request.getfixturevalue("pg_server")
+        url = server.fresh_database()
+        request.addfinalizer(lambda: server.drop_database(url))
+        env.update(SFSYNC_STORE_URL=url, SFSYNC_STORE_PASSWORD=server.password)
+    return env
 
 
 @pytest.fixture
