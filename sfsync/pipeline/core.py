@@ -16,7 +16,7 @@ from sfsync.pipeline.stages import result_row, task_id_from_metadata
 from sfsync.pipeline.types import Outcome, Parsed, Stage, TaskGuard, sole_writer
 from sfsync.store import Store, now_utc
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sfsync.pipeline")  # the name its log lines always had
 
 
 class PipelineCore:

@@ -26,7 +26,7 @@ from sfsync.pipeline.types import TASK_DELETED, BatchResult, Change, OnCommit, O
 from sfsync.pipeline.write import Writer
 from sfsync.store import WaitingReport
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sfsync.pipeline")  # the name its log lines always had
 
 
 class Pipeline(Writer):

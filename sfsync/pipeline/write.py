@@ -14,7 +14,7 @@ from sfsync.pipeline.stages import _stale_reason, change_row, concurrently
 from sfsync.pipeline.types import TASK_GONE, BatchResult, Change, MatchedBy, Matches, _Sent
 from sfsync.store import LedgerEntry
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sfsync.pipeline")  # the name its log lines always had
 
 
 class Writer(Planner):
