@@ -6,9 +6,10 @@ a body before its 2xx; the waiting list, the dead letters and the inbox are read
 The drain (``Worker.drain``) takes a source's batches through the pipeline, each batch's outcomes
 and the source's bookkeeping (inbox rows done, waiting rows removed, letters retired) in one
 commit. ``StopRules`` holds the one set of stop conditions (signal, ``--max-reports``,
-``--max-seconds``, the API budget); ``recorded_run`` the one run history and summary line;
-``Loop`` runs the engine again and again (``serve``'s drain). Salesforce unavailable or its budget
-spent stops the drain, never the polling: the next run drains the backlog.
+``--max-seconds``, the API budget); ``recorded_run`` (``sfsync.runs``) the one run history and
+summary line; ``Loop`` (``sfsync.loop``) runs the engine again and again (``serve``'s drain).
+Salesforce unavailable or its budget spent stops the drain, never the polling: the next run drains
+the backlog.
 """
 
 from __future__ import annotations
@@ -16,37 +17,33 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from typing import Any
 
+from sfsync.clients.build import account_clients, build_clients
 from sfsync.clients.bulk import BulkClient
 from sfsync.clients.messagemedia import MessageMediaClient
-from sfsync.clients.retry import BUDGET_BACKOFF_S, RetryCounter, RetryPolicy, StopAwareSleep, loop_backoff
+from sfsync.clients.retry import RetryCounter, StopAwareSleep
 from sfsync.clients.salesforce import SalesforceClient
 from sfsync.config import MMAccount, Settings
-from sfsync.domain.outcome import CountKey, Counts, ReportOutcome, ResultSink, Tally, discard
+from sfsync.domain.outcome import ReportOutcome, ResultSink, Tally, discard
 from sfsync.errors import (
-    EXIT_BUDGET,
-    EXIT_OK,
     EXIT_PARTIAL,
     EXIT_UNAVAILABLE,
-    EXIT_UNEXPECTED,
-    AlreadyRunning,
     AuthError,
     BudgetExhausted,
-    ConfigError,
     RemoteError,
     SfsyncError,
     StopRequested,
-    StoreError,
-    UsageError,
 )
+from sfsync.loop import Loop, LoopState
 from sfsync.overlap import Lookahead
 from sfsync.pipeline import BatchResult, Pipeline, Stage, _BudgetStop
 from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
 from sfsync.replicas import Solo, coordinator, poll_lease
+from sfsync.runs import RunOptions, RunSummary, recorded_run
 from sfsync.sources.accounts import AccountPolls
 from sfsync.sources.batch import Source
 from sfsync.sources.dead_letters import DeadLetterSource, LetterRetry
@@ -54,131 +51,19 @@ from sfsync.sources.inbox import DRAIN_BATCH, InboxSource
 from sfsync.sources.poll import PAGE, PollEnd, PollSource, confirmable_id, describe_ids
 from sfsync.sources.waiting import SOURCE as WAITING
 from sfsync.sources.waiting import WaitingSource
-from sfsync.store import StagedReport, Store, now_utc, open_store
+from sfsync.store import StagedReport, Store, open_store
 
 log = logging.getLogger("sfsync.run")
 CONFIRM_PENDING = PollEnd.CONFIRM_PENDING.value
 
-
-@dataclass
-class RunOptions:
-    once: bool = False
-    max_reports: int | None = None
-    max_seconds: float | None = None
-    dry_run: bool = False
-    retry_waiting: bool = False  # every waiting report now, ignoring its back-off
-    inbox: bool = False  # drain the push inbox instead of polling
-
-
-@dataclass
-class RunSummary:
-    counts: Counts = field(default_factory=Counts)
-    exit_reason: str = ""
-    exit_code: int = EXIT_OK
-    duration_s: float = 0.0
-    salesforce_calls: int = 0
-    messagemedia_calls: int = 0
-    api_usage: str = ""
-    retries: int = 0
-    covered: str = ""  # a dry run: what it planned, in words (how much of each source that was)
-    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)  # per account, with SFSYNC_MM_ACCOUNTS
-
-    def as_dict(self) -> dict[str, Any]:
-        """The summary as logged and kept in the run history (the field names dashboards read)."""
-        keys: tuple[CountKey, ...] = (
-            Tally.FETCHED, ReportOutcome.APPLIED, ReportOutcome.SKIPPED_STALE, ReportOutcome.SKIPPED_UNCHANGED,
-            ReportOutcome.WAITING, ReportOutcome.DEAD_LETTERED, Tally.CONFIRMED, ReportOutcome.HELD,
-            ReportOutcome.INVALID, Tally.UNKNOWN_CODE, Tally.WAITING_RETRIED, Tally.DRAINED)
-        dry = (ReportOutcome.WOULD_WRITE, ReportOutcome.WOULD_WAIT)
-        return {
-            **{k.value: self.counts[k] for k in keys},
-            **{k.value: self.counts[k] for k in dry if k in self.counts},
-            "salesforce_calls": self.salesforce_calls, "messagemedia_calls": self.messagemedia_calls,
-            "api_usage": self.api_usage, "retries": self.retries, "duration_s": round(self.duration_s, 3),
-            "exit_reason": self.exit_reason, "exit_code": self.exit_code,
-            **({"covered": self.covered} if self.covered else {}),
-            **({"accounts": self.accounts} if self.accounts else {}),
-        }
-
-
-def build_clients(settings: Settings, sleep: Callable[[float], Any] = time.sleep,
-                  stop: threading.Event | None = None) -> tuple[MessageMediaClient, SalesforceClient, RetryCounter]:
-    """Both clients with one retry policy; ``stop`` (the run's stop event) cuts every back-off short."""
-    counter = RetryCounter()
-    policy = RetryPolicy(settings.retry_attempts, settings.retry_max_seconds, sleep=sleep, counter=counter,
-                         stop=stop)
-    return (MessageMediaClient(settings, policy=policy), SalesforceClient(settings, policy=policy, sleep=sleep),
-            counter)
+__all__ = ["Loop", "LoopState", "RunOptions", "RunSummary", "StopRules", "Worker", "build_clients", "recorded_run",
+           "retry_dead_letters"]
 
 
 def _of(account: MMAccount) -> str:
     """The words naming an account of SFSYNC_MM_ACCOUNTS in a log line; nothing for the single account."""
     return f" of {account.label}" if account.name else ""
 
-
-def account_clients(settings: Settings, first: MessageMediaClient) -> list[MessageMediaClient]:
-    """One client per account polled (``SFSYNC_MM_ACCOUNTS``), sharing ``first``'s retry policy;
-    without the setting, ``first`` alone."""
-    accounts: Sequence[MMAccount] = settings.poll_accounts()
-    return [first, *(MessageMediaClient(settings, policy=first.policy, account=a) for a in accounts[1:])]
-
-
-@contextmanager
-def recorded_run(store: Store, kind: str, summary: RunSummary, mm: MessageMediaClient | Sequence[MessageMediaClient],
-                 sf: SalesforceClient, retries: RetryCounter, **log_extra: Any) -> Iterator[float]:
-    """Around one run (worker or backfill): a row in the run history, the exit status from how it
-    ended, the calls it made, and one ``run_summary`` log line. A budget stop is a clean end (exit
-    5); any other error is recorded, then raised again for the command to report."""
-    started = time.monotonic()
-    mms = [mm] if isinstance(mm, MessageMediaClient) else list(mm)
-    sf_before, mm_before, retries_before = sf.calls_total, sum(c.calls_total for c in mms), retries.total
-    run_id: int | None = None
-    error: BaseException | None = None
-    try:
-        run_id = store.start_run(kind)  # a store that cannot record the run ends it here, summarised
-        yield started
-    except BudgetExhausted as exc:
-        summary.exit_reason, summary.exit_code = "api_budget", EXIT_BUDGET
-        log.warning("%s", exc.__cause__ if isinstance(exc, _BudgetStop) else exc,  # it says the next run resumes
-                    extra={"event": "budget_stop"})
-    except StopRequested as exc:
-        # A signal cut a retry wait short: a clean stop, like one between batches.
-        summary.exit_reason = "signal"
-        log.warning("%s", exc, extra={"event": "signal_stop"})
-    except SfsyncError as exc:
-        known = isinstance(exc, AuthError | ConfigError | UsageError)
-        summary.exit_reason, summary.exit_code, error = type(exc).__name__ if known else "error", exc.exit_code, exc
-    except BaseException as exc:
-        summary.exit_reason, summary.exit_code, error = "crash", EXIT_UNEXPECTED, exc
-    finally:
-        if summary.exit_code == EXIT_OK and summary.counts[ReportOutcome.DEAD_LETTERED]:
-            summary.exit_code = EXIT_PARTIAL
-        summary.duration_s = time.monotonic() - started
-        summary.salesforce_calls = sf.calls_total - sf_before
-        summary.messagemedia_calls = sum(c.calls_total for c in mms) - mm_before
-        summary.retries = retries.total - retries_before
-        summary.api_usage = f"{sf.usage.used}/{sf.usage.max}" if sf.usage.max else "unknown"
-        error = _record_finish(store, run_id, summary, error)
-        log.info("%s finished: %s", log_extra.get("command", "run"), summary.exit_reason,
-                 extra={"event": "run_summary", **log_extra, **summary.as_dict()})
-    if error is not None:
-        raise error
-
-
-def _record_finish(store: Store, run_id: int | None, summary: RunSummary,
-                   error: BaseException | None) -> BaseException | None:
-    """Write the run's row. When the store cannot take it (a full disk), say so, but let the error
-    that ended the run reach the user; a run that had gone well fails with the store's error."""
-    if run_id is None:
-        return error
-    try:
-        store.finish_run(run_id, summary.as_dict(), summary.exit_reason, summary.exit_code)
-    except StoreError as exc:
-        log.error("could not record this run in the history: %s", exc, extra={"event": "run_not_recorded"})
-        if error is None:
-            summary.exit_reason, summary.exit_code = type(exc).__name__, exc.exit_code
-            return exc
-    return error
 
 
 @dataclass(frozen=True)
@@ -491,92 +376,3 @@ def retry_dead_letters(settings: Settings, store: Store, sf: SalesforceClient, l
     return worker.retry_letters(letter_ids)
 
 
-# -- the engine again and again: `run --loop` and `serve`'s drain ---------------------------------------------
-@dataclass
-class LoopState:
-    """How a long-running loop of runs fares (``/healthz`` shows it)."""
-
-    enabled: bool = True
-    runs: int = 0
-    last_finished: str | None = None
-    last_exit_reason: str | None = None
-    last_error: str | None = None
-    consecutive_failures: int = 0
-    skipped_locked: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
-
-
-class Loop:
-    """One run of the engine after another until the stop event (``run --loop``, ``serve``'s drain),
-    each when ``due`` says there is work. A run that fails or moves nothing backs off
-    (``loop_backoff``); the budget spent waits ``BUDGET_BACKOFF_S``; a cron run holding the lock is
-    waited for. Errors of a ``fatal`` kind end the loop; every wait ends at the stop event."""
-
-    def __init__(self, run_once: Callable[[], RunSummary], *, interval: float, stop: threading.Event,
-                 due: Callable[[], bool] = lambda: True, on_summary: Callable[[RunSummary], None] | None = None,
-                 state: LoopState | None = None, fatal: tuple[type[BaseException], ...] = (), name: str = "drain"):
-        self.run_once = run_once
-        self.interval = interval
-        self.stop = stop
-        self.due = due
-        self.on_summary = on_summary or (lambda summary: None)
-        self.state = state or LoopState()
-        self.fatal = fatal
-        self.name = name
-        self.exit_code = EXIT_OK  # the last run's, or the last failure's
-        self._lock = threading.Lock()
-
-    def forever(self, between: Callable[[], None] = lambda: None, *, at_once: bool = False) -> int:
-        """Runs until the stop event; the exit status of the last run (or failure)."""
-        delay = 0.0 if at_once else self.interval
-        while not self.stop.wait(delay):
-            delay = self.once()
-            between()
-        return self.exit_code
-
-    def once(self) -> float:
-        """One run if there is anything to do; returns the seconds to wait before the next."""
-        try:
-            if not self.due():
-                return self.interval
-            summary = self.run_once()
-        except self.fatal:
-            raise
-        except AlreadyRunning:
-            # A cron `sfsync run` holds the lock: its turn now, ours at the next interval.
-            with self._lock:
-                self.state.skipped_locked += 1
-            log.debug("%s skipped: another run holds the lock", self.name, extra={"event": f"{self.name}_locked"})
-            return self.interval
-        except SfsyncError as exc:
-            level = logging.ERROR if isinstance(exc, AuthError | ConfigError) else logging.WARNING
-            log.log(level, "%s failed: %s; nothing is lost, trying again", self.name, exc,
-                    extra={"event": f"{self.name}_error"})
-            return self._failed(exc, exc.exit_code)
-        except Exception as exc:
-            log.exception("%s crashed; trying again later", self.name, extra={"event": f"{self.name}_crash"})
-            return self._failed(exc, EXIT_UNEXPECTED)
-        self.on_summary(summary)
-        with self._lock:
-            state = self.state
-            state.runs += 1
-            state.last_finished = now_utc().isoformat(timespec="seconds")
-            state.last_exit_reason, state.last_error = summary.exit_reason, None
-            self.exit_code = summary.exit_code
-            if summary.exit_code == EXIT_BUDGET:
-                return BUDGET_BACKOFF_S
-            counts = summary.counts
-            if counts[ReportOutcome.HELD] and not (counts[ReportOutcome.APPLIED] or counts[Tally.DRAINED]):
-                state.consecutive_failures += 1  # nothing moved (writes failing transiently): back off
-                return loop_backoff(self.interval, state.consecutive_failures)
-            state.consecutive_failures = 0
-        return self.interval
-
-    def _failed(self, exc: BaseException, exit_code: int) -> float:
-        with self._lock:
-            self.exit_code = exit_code
-            self.state.last_error = f"{type(exc).__name__}: {exc}"
-            self.state.consecutive_failures += 1
-            return loop_backoff(self.interval, self.state.consecutive_failures)

@@ -41,12 +41,12 @@ MUTANTS = textwrap.dedent('''
 
         messagemedia.MessageMediaClient.fetch_reports = fetch_and_confirm
     elif mutant == "no_precedence":
-        from sfsync import pipeline
         from sfsync.domain.precedence import Action, same_values
+        from sfsync.pipeline import plan, record
 
-        pipeline.decide = lambda current, incoming: (
+        plan.decide = record.decide = lambda current, incoming: (
             Action.UNCHANGED if same_values(current, incoming) else Action.WRITE)
-        pipeline.merge = lambda current, incoming: incoming
+        plan.merge = lambda current, incoming: incoming
 ''')
 
 
