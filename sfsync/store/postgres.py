@@ -11,20 +11,18 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
-from types import TracebackType
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from sfsync.errors import AlreadyRunning, StoreError
+from sfsync.errors import StoreError
 from sfsync.logs import redact_urls, register_secret
 from sfsync.store.leases import LeaseRunLock
 from sfsync.store.migrations import migrate_postgres, stored_version
 from sfsync.store.target import DEFAULT_CONNECT_TIMEOUT, StoreTarget
 
-RUN_LOCK_KEY = 0x5F5359_4E44  # the advisory lock a run holds (migrations use their own)
 POOL_SIZE = 12  # connections at most: the receiver's threads and the drain's Salesforce concurrency
 
 
@@ -154,42 +152,3 @@ class PostgresBackend:
 
     def dispose(self) -> None:
         self._pool.close()
-
-
-class AdvisoryRunLock:
-    """One run at a time across every host using this database: a session-level advisory lock."""
-
-    def __init__(self, target: StoreTarget):
-        self.target = target
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def acquire(self) -> AdvisoryRunLock:
-        conn = connect(self.target)
-        with translated(self.target.label):
-            row = conn.execute("SELECT pg_try_advisory_lock(%s) AS got", (RUN_LOCK_KEY,)).fetchone()
-        if not row or not row["got"]:
-            conn.close()
-            raise AlreadyRunning(f"another sfsync run holds the run lock of the store ({self.target.label}); "
-                                 "this run exits without doing anything. Nothing to fix unless that run is stuck.")
-        self._conn = conn
-        return self
-
-    def release(self) -> None:
-        if self._conn is not None:
-            self._conn.close()  # the server drops the session's advisory locks
-            self._conn = None
-
-    def is_free(self) -> bool:
-        try:
-            self.acquire()
-        except AlreadyRunning:
-            return False
-        self.release()
-        return True
-
-    def __enter__(self) -> AdvisoryRunLock:
-        return self.acquire()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.release()
