@@ -208,7 +208,9 @@ def test_row_locks_in_a_bulk_job_are_retried_and_nothing_is_written_twice(
         sims: Simulators, make_backfill: MakeBackfill) -> None:
     seeded = seed(sims, 150, by_metadata_every=0)
     sims.sf.configure(lock_row_rate=0.3)
-    summary = make_backfill(bulk_threshold=10, env={"SFSYNC_RETRY_ATTEMPTS": "15",
+    # 15 attempts, and a time cap that lets them all happen (the injected sleeps still count against
+    # SFSYNC_RETRY_MAX_SECONDS: with the tests' 30 s a row got 6 tries, locked in all of them 1 run in 30).
+    summary = make_backfill(bulk_threshold=10, env={"SFSYNC_RETRY_ATTEMPTS": "15", "SFSYNC_RETRY_MAX_SECONDS": "3600",
                                                     "SFSYNC_FIELD_UPDATED": "SMS_Status_Updated__c"}).run()
     assert summary.exit_code == EXIT_OK
     assert_filled(sims, seeded)

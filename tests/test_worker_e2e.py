@@ -207,7 +207,8 @@ def test_row_lock_errors_retry_only_the_locked_records(sims: Simulators, make_wo
     tasks = add_tasks(sims, messages)
     sims.mm.add_reports([report(m, "delivered", "221") for m in messages])
     sims.sf.configure(lock_row_rate=0.3)
-    summary = make_worker().run()
+    # Enough tries that no row stays locked through all of them (0.3^15); the sleeps are injected.
+    summary = make_worker(SFSYNC_RETRY_ATTEMPTS="15", SFSYNC_RETRY_MAX_SECONDS="3600").run()
     assert all(fields_of(sims, t) == ("Delivered", "221") for t in tasks)
     assert summary.retries > 0
     assert all(len(sims.sf.history(t)) == 1 for t in tasks)  # each Task written once
