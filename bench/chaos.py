@@ -268,7 +268,8 @@ class Process:
 
 
 CHILD = Path(__file__).resolve().parent / "chaos_child.py"
-BOUNDARIES = ("staged", "confirmed", "looked_ahead", "matched", "wrote", "recorded")  # kill points, one run each
+# Kill points, one run each (see chaos_child.py).
+BOUNDARIES = ("staged", "confirmed", "looked_ahead", "wrote_ahead", "matched", "wrote", "recorded")
 
 
 def staged(state: Path) -> tuple[dict[str, float], int]:

@@ -2,9 +2,10 @@
 
 ``CHAOS_KILL_AT=stage:n`` kills the process (SIGKILL, no clean-up) the n-th time the run reaches
 ``stage``: ``staged`` (the inbox committed, nothing confirmed yet), ``looked_ahead`` (mid-poll:
-the look-ahead thread has looked up Tasks for staged reports, nothing drained), ``confirmed``, ``matched``
-(mid-drain: Tasks read, nothing written), ``wrote`` (a write answered, its outcome not yet
-recorded), ``recorded``. Without it, plain ``sfsync``.
+the look-ahead thread has looked up Tasks for staged reports), ``wrote_ahead`` (mid-poll: the
+look-ahead has written final statuses and recorded them), ``confirmed``, ``matched`` (Tasks read,
+nothing written), ``wrote`` (a write answered, its outcome not yet recorded: mid-poll when the
+look-ahead wrote first), ``recorded``. Without it, plain ``sfsync``.
 
 ``CHAOS_RECORD=path`` (the replica chaos run): after each drained batch is committed, append the
 staged reports this process marked drained, with its replica's name, to ``path`` (one line each),

@@ -134,7 +134,9 @@ class Measured:
 
 def run_sfsync(sims: Simulators, state: Path, reports: int, name: str, *extra: str) -> Measured:
     meter = CallMeter(sims).start()
-    child = run_child([SFSYNC, "run", *extra], worker_env(sims, state), cwd=state.parent, timeout=7200,
+    # BENCH_WRAP prefixes the command (a profiler, e.g. "py-spy record --idle -o out.json --format speedscope --").
+    wrap = os.environ.get("BENCH_WRAP", "").split()
+    child = run_child([*wrap, SFSYNC, "run", *extra], worker_env(sims, state), cwd=state.parent, timeout=7200,
                       measure=True)
     calls = meter.stop()
     summary = child.summary()

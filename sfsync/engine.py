@@ -145,6 +145,10 @@ class Worker:
             finally:
                 self._ahead = None
                 claimed = ahead.finish() if ahead else []
+                if ahead:  # what it wrote ahead is recorded: the run counts it
+                    for result in ahead.results:
+                        self._absorb(result, summary)
+                    summary.counts.update(ahead.counts)
             if polled in ("signal", "time_budget"):
                 summary.exit_reason = polled
                 return summary

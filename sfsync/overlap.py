@@ -1,44 +1,66 @@
-"""The drain's reads, overlapped with polling: while the poll source stages, look up the Tasks.
+"""The drain's reads, and its writes of final statuses, overlapped with polling.
 
 Polling is bound by MessageMedia's round trips (a check, then a confirm, per 100 reports); the
-drain's look-ups (one per 100 distinct messages) need nothing but staged reports. So while the
-poll runs, a thread claims what it staged (read only: the inbox, the ledger), works out which
-values the match stage will look up, and looks them up in whole queries of 100 values; the first
-drain batch then takes those rows instead of asking Salesforce again.
+drain needs nothing but staged reports. So while the poll runs, a thread claims what it staged,
+works out which values the match stage will look up, and looks them up in whole queries of 100
+values; the first drain batch then takes those rows instead of asking Salesforce again.
 
-It costs no extra call: a message the ledger settles is never looked up, only whole queries go
-out (the remainder is looked up with the rest, as before), and every value is looked up once per
-run. Nothing is written ahead: writing a non-final before its message's last report of the run
-has been staged could cost a second write of the same Task. The thread never writes the store
-(the poll and the drain, on the run's own thread, remain its only writers), holds at most one
-drain batch of staged reports (bounded memory), and any error it meets is handed to the drain,
-which would have met it first thing.
+It also writes ahead what no later report can change: once enough messages have a final status
+staged (a final is never replaced by a non-final one, and their values are looked up already),
+the thread takes their reports through the pipeline, whole writes of 200 Tasks at a time, and
+marks them drained in the transaction that records their outcomes, exactly as the drain would.
+A non-final is never written ahead: the message's next report, still to be polled, would cost a
+second write of the same Task. A Task written ahead is looked up again before anything else of
+this run decides on it (its looked-up row is stale).
+
+It costs no extra call: a message the ledger settles is never looked up, only whole queries and
+whole writes go out (the remainder goes with the drain, as before), and every value is looked up
+once per run. The thread holds at most one drain batch of staged reports (bounded memory); any
+error it meets is handed to the drain, which would have met it first thing. Only for a process
+alone on its store (SQLite: ``sfsync.replicas.Solo``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
-from sfsync.clients.salesforce import IN_LIST_LIMIT
+from sfsync.clients.salesforce import COLLECTION_LIMIT, IN_LIST_LIMIT
+from sfsync.domain.codes import resolve
+from sfsync.domain.outcome import Counts, Tally
+from sfsync.domain.reports import Report
 from sfsync.errors import SfsyncError
-from sfsync.pipeline import Pipeline
+from sfsync.pipeline import BatchResult, OnCommit, Pipeline, _BudgetStop
+from sfsync.pipeline.stages import task_id_from_metadata
+from sfsync.replicas import Solo
+from sfsync.sources.inbox import drained_keys
 from sfsync.store import StagedReport, Store
 
 log = logging.getLogger("sfsync.overlap")
 
 
 class Lookahead:
-    """A thread that looks up, while the poll stages, the Tasks the first drain batch will need."""
+    """A thread that looks up, while the poll stages, the Tasks the first drain batch will need,
+    and writes ahead the final statuses among them."""
 
-    def __init__(self, pipeline: Pipeline, store: Store, *, limit: int, on_stage: Callable[[str], None]):
+    def __init__(self, pipeline: Pipeline, store: Store, *, limit: int, on_stage: Callable[[str], None],
+                 write_ahead: bool = True):
         self.pipeline = pipeline
         self.store = store
         self.limit = limit  # staged reports held at most (one drain batch)
         self.on_stage = on_stage
-        self.rows: list[StagedReport] = []  # claimed in staging order, handed to the drain
+        # Messages with a final status are written ahead in groups of this many: whole sObject
+        # Collections writes (no Bulk API job: pipeline.bulk is the backfill's).
+        self.write_group = COLLECTION_LIMIT if write_ahead else 0
+        self.rows: list[StagedReport] = []  # claimed in staging order, not written ahead: the drain's
+        self.results: list[BatchResult] = []  # the batches written ahead, recorded (the run counts them)
+        self.counts: Counts = Counter()  # what they drained
         self.error: SfsyncError | None = None  # what stopped the look-ups (the drain raises it)
+        self._after = 0  # the last staged report claimed
+        self._finals: dict[str, tuple[str, str]] = {}  # held messages with a final, oldest first: their look-up
         self._pending: dict[tuple[str, str], None] = {}  # values to look up, in order
         self._seen: set[tuple[str, str]] = set()  # values pending or looked up
         self._wake = threading.Event()
@@ -74,6 +96,11 @@ class Lookahead:
                     return
                 self._claim(plan=True)
                 self._look_up()
+                self._write_ahead()
+        except _BudgetStop as stop:  # what was written before the budget ran out is recorded
+            self.results.append(stop.result)
+            self.error = stop
+            log.info("look-ahead stopped: %s", stop, extra={"event": "lookahead_stopped"})
         except SfsyncError as exc:  # the budget, Salesforce unavailable, credentials: the drain's to report
             self.error = exc
             log.info("look-ahead stopped: %s", exc, extra={"event": "lookahead_stopped"})
@@ -87,7 +114,10 @@ class Lookahead:
         room = self.limit - len(self.rows)
         if room <= 0:
             return
-        rows = self.store.claim_staged(room, self.rows[-1].seq if self.rows else 0)
+        rows = self.store.claim_staged(room, self._after)
+        if not rows:
+            return
+        self._after = rows[-1].seq
         self.rows += rows
         if not plan:
             return
@@ -95,6 +125,8 @@ class Lookahead:
             if value not in self._seen:
                 self._seen.add(value)
                 self._pending[value] = None
+        if self.write_group:
+            self._note_finals(rows)
 
     def _look_up(self) -> None:
         """Whole queries only: what is left over goes with the drain's own look-ups."""
@@ -106,3 +138,68 @@ class Lookahead:
                 del self._pending[value]
             self.pipeline.prefetch(values)
             self.on_stage("looked_ahead")
+
+    def _write_ahead(self) -> None:
+        """Whole groups of messages whose final status is staged and looked up (or settled by the
+        ledger): their reports through the pipeline, oldest first, while the poll goes on."""
+        if not self.write_group or self._finish.is_set():
+            return
+        ready = self._ready()
+        take = len(ready) // self.write_group * self.write_group
+        if not take:
+            return
+        chosen = set(ready[:take])
+        for message_id in chosen:
+            del self._finals[message_id]
+        reading = self.pipeline.parsed
+        mine = [r for r in self.rows if _message_of(reading.get(id(r.raw))) in chosen]
+        self.rows = [r for r in self.rows if _message_of(reading.get(id(r.raw))) not in chosen]
+        for source in dict.fromkeys(r.source for r in mine):
+            group = [r for r in mine if r.source == source]
+            result = self.pipeline.process([r.raw for r in group], source, on_commit=self._drained(group))
+            self.results.append(result)
+            self._forget_rows_of({c.task_id[:15] for c in result.changes})
+        self.on_stage("wrote_ahead")
+
+    def _ready(self) -> list[str]:
+        """Messages, oldest first, with a final status staged and their Task looked up (or settled
+        by the ledger: never queued for a look-up)."""
+        prefetched = self.pipeline.prefetched
+        return [m for m, value in self._finals.items() if value in prefetched or value not in self._seen]
+
+    def _note_finals(self, rows: list[StagedReport]) -> None:
+        """The messages of newly claimed reports that are final, each with the value its Task is
+        looked up by (a final beats every non-final: the message's status is final from now on)."""
+        key = self.pipeline.settings.metadata_task_key
+        for row in rows:
+            report = _report(self.pipeline.parsed.get(id(row.raw)))
+            if report is None or report.message_id in self._finals:
+                continue
+            code_map = self.pipeline.code_map
+            if resolve(report.status, report.code, code_map, message_id=report.message_id, quiet=True).final:
+                named = task_id_from_metadata(report, key)
+                self._finals[report.message_id] = ("Id", named) if named else ("msg", report.message_id)
+
+    def _drained(self, rows: list[StagedReport]) -> OnCommit:
+        def commit(result: BatchResult) -> None:  # in the transaction that records the outcomes
+            self.counts[Tally.DRAINED] += len(Solo(self.store).done(drained_keys(rows, result)))
+
+        return commit
+
+    def _forget_rows_of(self, written: set[str]) -> None:
+        """Looked-up rows of Tasks just written are stale: looked up again if anything else needs them."""
+        if not written:
+            return
+        for value, rows in list(self.pipeline.prefetched.items()):
+            if any(str(r.get("Id", ""))[:15] in written for r in rows):
+                del self.pipeline.prefetched[value]
+                self._seen.discard(value)
+
+
+def _report(reading: tuple[Any, Any] | None) -> Report | None:
+    return reading[1] if reading is not None and isinstance(reading[1], Report) else None
+
+
+def _message_of(reading: tuple[Any, Any] | None) -> str | None:
+    report = _report(reading)
+    return report.message_id if report is not None else None

@@ -126,3 +126,92 @@ def test_the_look_ahead_holds_at_most_one_drain_batch(sims: Simulators, make_wor
     assert ahead.error is None and len(rows) == 300 and len(pipeline.parsed) <= 300
     assert [r.key for r in rows] == [r.key for r in worker.store.claim_staged(300)]  # the oldest, in order
     assert sims.sf.stats()["api_calls"].get("query") == 3  # whole queries for its 300 messages, no more
+
+
+# -- writing final statuses ahead, while the poll runs -----------------------------------------------------
+def _waits_for_the_write_ahead(worker: Worker, after_pages: int) -> tuple[threading.Event, list[str]]:
+    """Holds the poll after ``after_pages`` pages until the look-ahead has written ahead (bounded), so
+    that the overlap is there to be checked whatever the machine's speed."""
+    wrote = threading.Event()
+    stages: list[str] = []
+
+    def on_stage(stage: str) -> None:
+        stages.append(stage)
+        if stage == "wrote_ahead":
+            wrote.set()
+        elif stage == "staged" and stages.count("staged") == after_pages:
+            wrote.wait(20)
+
+    worker.on_stage = on_stage
+    return wrote, stages
+
+
+def test_final_statuses_are_written_while_the_poll_runs_at_no_extra_call(sims: Simulators,
+                                                                        make_worker: MakeWorker) -> None:
+    messages = [new_message_id() for _ in range(1600)]
+    tasks = add_tasks(sims, messages)
+    late = [new_message_id() for _ in range(400)]  # still enroute at the end: the drain's, as before
+    late_tasks = add_tasks(sims, late)
+    sims.mm.add_reports([report(m, "enroute", minute=1) for m in messages + late]
+                        + [report(m, "delivered", "220", minute=2) for m in messages]
+                        + [report(m, "enroute", minute=3) for m in messages[:100]])  # late and stale
+    sims.mm.faults.configure(latency_ms=10)
+    worker = make_worker()
+    wrote, _ = _waits_for_the_write_ahead(worker, after_pages=37)
+    summary = worker.run()
+
+    assert summary.exit_code == EXIT_OK and wrote.is_set()
+    last_confirm = max(at for _, at in sims.mm.confirm_log())
+    writes = [at for kind, at in sims.sf.call_log if kind == "composite"]
+    assert sum(at < last_confirm for at in writes) >= 4, "no final status was written while the poll ran"
+    # The floor: 2,000 messages looked up in 20 queries, 2,000 changed Tasks in 10 writes; each Task once.
+    calls = sims.sf.stats()["api_calls"]
+    assert calls.get("query") == 20 and calls.get("composite") == 10
+    assert all(fields_of(sims, t) == ("Delivered", "220") and len(sims.sf.history(t)) == 1 for t in tasks)
+    assert all(fields_of(sims, t) == ("Sending", None) and len(sims.sf.history(t)) == 1 for t in late_tasks)
+    assert summary.counts["applied"] == 2000 and summary.counts["drained"] == 3700
+    assert summary.counts["skipped_stale"] == 1700 and worker.store.inbox_backlog() == (0, None)
+
+
+def test_a_task_written_ahead_is_looked_up_again_before_another_report_decides_on_it(
+        sims: Simulators, make_worker: MakeWorker) -> None:
+    """Two messages name one Task: the first's final is written ahead; the second's report, looked up
+    before that write, must not be decided on the stale row (it would replace Delivered by Sending)."""
+    messages = [new_message_id() for _ in range(300)]
+    tasks = add_tasks(sims, messages)
+    other = new_message_id()  # names the first Task in its metadata, its own id on no Task
+    sims.mm.add_reports([report(other, "enroute", minute=5, metadata={"sf_task_id": tasks[0]})]
+                        + [report(m, "delivered", "220", minute=1) for m in messages]
+                        + [report(new_message_id(), "enroute") for _ in range(300)])  # no Task: they wait
+    worker = make_worker(SFSYNC_SF_CONCURRENCY="1")
+    wrote, _ = _waits_for_the_write_ahead(worker, after_pages=4)
+    summary = worker.run()
+
+    assert summary.exit_code == EXIT_OK and wrote.is_set()
+    assert all(fields_of(sims, t) == ("Delivered", "220") and len(sims.sf.history(t)) == 1 for t in tasks)
+    assert summary.counts["applied"] == 300 and summary.counts["skipped_stale"] == 1
+
+
+def test_rows_locked_while_written_ahead_are_written_in_the_same_run(sims: Simulators,
+                                                                     make_worker: MakeWorker) -> None:
+    messages = [new_message_id() for _ in range(400)]
+    tasks = add_tasks(sims, messages)
+    sims.mm.add_reports([report(m, "delivered", "220") for m in messages]
+                        + [report(new_message_id(), "enroute") for _ in range(400)])  # no Task: they wait
+    worker = make_worker(SFSYNC_SF_CONCURRENCY="1", SFSYNC_RETRY_ATTEMPTS="1")  # a locked row is held at once
+    wrote, _ = _waits_for_the_write_ahead(worker, after_pages=4)
+    held_ahead = worker.on_stage
+
+    def unlock_after_the_write_ahead(stage: str) -> None:
+        held_ahead(stage)
+        if stage == "wrote_ahead":
+            sims.sf.configure(lock_row_rate=0.0)
+
+    worker.on_stage = unlock_after_the_write_ahead
+    sims.sf.configure(lock_row_rate=0.3)
+    summary = worker.run()
+    assert summary.exit_code == EXIT_OK and wrote.is_set() and summary.counts["held"] > 0
+    # Held by the write ahead, drained again by the run's second pass: nothing left, each Task once.
+    assert all(fields_of(sims, t) == ("Delivered", "220") and len(sims.sf.history(t)) == 1 for t in tasks)
+    assert summary.counts["applied"] == 400 and summary.counts["waiting"] == 400
+    assert worker.store.inbox_backlog() == (0, None)

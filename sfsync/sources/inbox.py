@@ -169,6 +169,13 @@ def stage_push(store: Store, reports: list[tuple[str, dict[str, Any]]]) -> int:
 
 
 # -- draining: what is staged ---------------------------------------------------------------------------
+def drained_keys(rows: list[StagedReport], result: BatchResult) -> list[str]:
+    """The inbox keys a batch's outcomes made durable (a report without a usable id never parses:
+    it is a dead letter already); the others were held, to be drained again."""
+    durable = set(result.confirm)
+    return [r.key for r in rows if (rid := confirmable_id(r.raw)) is None or rid in durable]
+
+
 class InboxSource:
     """Staged reports (polled and pushed), thousands at a time, in the order they were staged."""
 
@@ -208,10 +215,7 @@ class InboxSource:
 
     def _mark_drained(self, rows: list[StagedReport]) -> OnCommit:
         def commit(result: BatchResult) -> None:
-            durable = set(result.confirm)
-            # A report without a usable id never parses: it is a dead letter already.
-            done = [r.key for r in rows if (rid := confirmable_id(r.raw)) is None or rid in durable]
-            self.counts[Tally.DRAINED] += len(self.claims.done(done))  # those still claimed here
+            self.counts[Tally.DRAINED] += len(self.claims.done(drained_keys(rows, result)))  # those still claimed here
 
         return commit
 
