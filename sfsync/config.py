@@ -1,98 +1,28 @@
 """Settings from the environment (and optionally a ``.env`` file), validated once.
 
 Secrets are held in ``Secret`` so that no ``repr``, log line or error message can show them.
-Every error names the variable to set.
+Every error names the variable to set. One value's checks: ``sfsync.config_values``; the
+MessageMedia accounts a run polls: ``sfsync.mmaccounts``.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from urllib.parse import SplitResult, urlsplit
 
 from dotenv import dotenv_values
 
-from sfsync.bounds import PORT_MAX, OutOfRange, Range
+from sfsync.bounds import OutOfRange, Range
+from sfsync.config_values import HEADER_NAME, Secret, check_ca_bundle, check_header_value, check_url
 from sfsync.errors import ConfigError
 from sfsync.logs import redact_urls
+from sfsync.mmaccounts import ACCOUNT_VARIABLE, MMAccount, account_names, read_accounts
 from sfsync.store.target import StoreTarget, parse_store_url, store_password
 
 SALESFORCE_ID_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(__c)?$")
-
-
-class Secret:
-    """A string that never shows itself in repr/str; ``.value`` is the only way in."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str):
-        self._value = value
-
-    @property
-    def value(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')" if self._value else "Secret('')"
-
-    __str__ = __repr__
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")  # a MessageMedia account id, safe in a header
-ACCOUNT_VARIABLE = re.compile(r"^SFSYNC_MM_ACCOUNT_(?P<name>[A-Z0-9_]+)_API_(?:KEY|SECRET)$")
-
-
-@dataclass(frozen=True, repr=False)
-class MMAccount:
-    """One MessageMedia account polled by a run: its own key pair, or the parent's key pair with the
-    ``Account`` header naming it (a sub-account). ``name`` is "" for the single account of a
-    configuration without ``SFSYNC_MM_ACCOUNTS``."""
-
-    name: str
-    api_key: str
-    api_secret: Secret
-    header: str  # sent as the Account header; "" for none
-    key_variable: str = "SFSYNC_MM_API_KEY"
-    secret_variable: str = "SFSYNC_MM_API_SECRET"  # noqa: S105 - a variable's name
-
-    def __repr__(self) -> str:
-        how = f"Account: {self.header}" if self.header else "its own key"
-        return f"MMAccount({self.name or '(default)'}, {how})"
-
-    def __str__(self) -> str:
-        return self.name
-
-    @property
-    def label(self) -> str:
-        """How logs and errors name it."""
-        return f"account {self.name}" if self.name else "the account"
-
-    @property
-    def variables(self) -> str:
-        """The settings that make up its credentials, for an error message."""
-        if not self.name:
-            return "SFSYNC_MM_API_KEY, SFSYNC_MM_API_SECRET and SFSYNC_MM_ACCOUNT"
-        if self.header:
-            return f"SFSYNC_MM_API_KEY, SFSYNC_MM_API_SECRET and the sub-account id {self.name} in SFSYNC_MM_ACCOUNTS"
-        return f"{self.key_variable} and {self.secret_variable}"
-
-
-def account_variable(name: str, part: str) -> str:
-    """``SFSYNC_MM_ACCOUNT_<NAME>_API_KEY`` (``part`` KEY) or ``..._API_SECRET`` for an account name."""
-    return f"SFSYNC_MM_ACCOUNT_{re.sub(r'[^A-Za-z0-9]', '_', name).upper()}_API_{part}"
 
 
 @dataclass(frozen=True, repr=False)
@@ -247,75 +177,6 @@ NUMBERS: dict[str, Range] = {
     "SFSYNC_PUSH_MAX_SKEW_SECONDS": Range(1, 3600),
     "SFSYNC_PUSH_MAX_BODY_BYTES": Range(1024, 64 * 1024 * 1024, whole=True),
 }
-# An HTTP header name (RFC 9110 token).
-HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-# A secret sent in an HTTP header: visible ASCII only (headers are read as Latin-1, and trimmed).
-HEADER_VALUE = re.compile(r"^[\x21-\x7e]+$")
-
-
-def check_url(name: str, raw: str) -> str:
-    """An https URL with a host, and no user-info, bad port, query or fragment. Errors name the
-    variable and never repeat the user-info (it is a password in the wrong place)."""
-    try:
-        parts = urlsplit(raw)
-    except ValueError:
-        raise ConfigError(f"{name} is not a valid URL (e.g. https://api.messagemedia.com)") from None
-    if parts.scheme.lower() != "https":
-        scheme = f"{parts.scheme}://" if parts.scheme else "no scheme"
-        raise ConfigError(f"{name} must be an https:// URL (got {scheme}); sfsync never speaks plain HTTP")
-    if "@" in parts.netloc:
-        raise ConfigError(f"{name} must not carry a user name or password (the part before '@'): sfsync "
-                          "never sends credentials in a URL; set them in their own variables")
-    shown = f"https://{parts.netloc}" if _printable(parts.netloc) else "it"
-    if not parts.hostname or not _printable(raw) or any(c.isspace() for c in raw):
-        raise ConfigError(f"{name}: {shown} is not a valid https URL with a host name")
-    if _port(parts) is None:
-        raise ConfigError(f"{name}: the port of {shown} must be a whole number from 1 to {PORT_MAX}")
-    if parts.query or parts.fragment:
-        raise ConfigError(f"{name}: {shown} must have no query (?...) or fragment (#...)")
-    return raw.rstrip("/")
-
-
-def _printable(text: str) -> bool:
-    return text.isascii() and text.isprintable()
-
-
-def _port(parts: SplitResult) -> int | None:
-    """The URL's port (443 when none); None when it is not a port."""
-    try:
-        port = parts.port
-    except ValueError:
-        return None
-    if port is None:
-        return None if parts.netloc.endswith(":") else 443
-    return port if 1 <= port <= PORT_MAX else None
-
-
-def check_ca_bundle(name: str, raw: str) -> str:
-    """A file of PEM certificates that ``ssl`` can load: checked now, not on the first call."""
-    if not raw:
-        return raw
-    if not Path(raw).is_file():
-        raise ConfigError(f"{name}={raw!r}: no such file")
-    try:
-        ssl.create_default_context(cafile=raw)
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or type(exc).__name__
-        raise ConfigError(f"{name}={raw!r} is not a PEM bundle of CA certificates ({reason}); give the "
-                          "PEM file (-----BEGIN CERTIFICATE-----) of the CA that signed the service's certificate"
-                          ) from None
-    return raw
-
-
-def check_header_value(name: str, raw: str) -> str:
-    """A value sent in an HTTP header (a shared secret, Basic or Bearer credentials, the Account id):
-    the error never repeats it."""
-    if raw and not HEADER_VALUE.match(raw):
-        raise ConfigError(f"{name} must be visible ASCII characters only, without spaces (it travels in an "
-                          "HTTP header, where other characters never match); a secret: e.g. $(openssl rand -hex 32)")
-    return raw
-
-
 def _convert(name: str, kind: str, raw: str) -> object:
     raw = raw.strip()
     try:
@@ -330,7 +191,7 @@ def _convert(name: str, kind: str, raw: str) -> object:
         if kind == "header_str":
             return check_header_value(name, raw)
         if kind == "accounts":
-            return _account_names(name, raw)
+            return account_names(name, raw)
         if kind == "secret":
             return Secret(raw)
         if kind == "field":
@@ -414,55 +275,6 @@ def load_settings(env_file: str | Path | None = None, environ: Mapping[str, str]
         if not set(settings.truncate_fields) <= allowed:
             raise ConfigError(f"SFSYNC_TRUNCATE_FIELDS may name only {sorted(allowed)}")
     return settings
-
-
-def read_accounts(names: tuple[str, ...], env: Mapping[str, str],
-                  values: Mapping[str, object]) -> tuple[MMAccount, ...]:
-    """``SFSYNC_MM_ACCOUNTS``: each name is a sub-account (the parent key pair, ``Account: <name>``)
-    unless ``SFSYNC_MM_ACCOUNT_<NAME>_API_KEY`` and ``_API_SECRET`` give it its own key pair. Errors
-    name the variable, never a value of a key or secret."""
-    accounts: list[MMAccount] = []
-    by_variable: dict[str, str] = {}
-    for name in names:
-        key_var, secret_var = account_variable(name, "KEY"), account_variable(name, "SECRET")
-        if key_var in by_variable:
-            raise ConfigError(f"SFSYNC_MM_ACCOUNTS: {by_variable[key_var]!r} and {name!r} share the variables "
-                              f"{key_var}/_SECRET; give accounts names that differ in more than case or punctuation")
-        by_variable[key_var] = name
-        key = (env.get(key_var) or "").strip()
-        secret = (env.get(secret_var) or "").strip()
-        if bool(key) != bool(secret):
-            absent, present = (secret_var, key_var) if key else (key_var, secret_var)
-            raise ConfigError(f"{absent} is missing ({present} is set): account {name} needs both, or neither to "
-                              f"act for it with the parent key (SFSYNC_MM_API_KEY) and the header Account: {name}")
-        if key:
-            accounts.append(MMAccount(name, check_header_value(key_var, key),
-                                      Secret(check_header_value(secret_var, secret)), "", key_var, secret_var))
-        else:
-            parent_secret = values.get("mm_api_secret")
-            accounts.append(MMAccount(name, str(values.get("mm_api_key") or ""),
-                                      parent_secret if isinstance(parent_secret, Secret) else Secret(""), name))
-    orphans = sorted(n for n in env if ACCOUNT_VARIABLE.match(n) and n.rsplit("_API_", 1)[0] + "_API_KEY"
-                     not in by_variable and (env.get(n) or "").strip())
-    if orphans:
-        raise ConfigError(f"{orphans[0]} names no account of SFSYNC_MM_ACCOUNTS ({', '.join(names)}): "
-                          "add the account there or remove the variable")
-    return tuple(accounts)
-
-
-def _account_names(name: str, raw: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in raw.split(",") if n.strip())
-    if not names:
-        raise ConfigError(f"{name} lists no account (e.g. {name}=acme,beta)")
-    bad = [n for n in names if not ACCOUNT_NAME.match(n)]
-    if bad:
-        shown = bad[0] if _printable(bad[0]) and len(bad[0]) <= 100 else "one of them"
-        raise ConfigError(f"{name}: {shown!r} is not a MessageMedia account id (letters, digits, '_', '.', '-'; "
-                          "at most 100 characters)")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ConfigError(f"{name} lists {dupes[0]!r} twice")
-    return names
 
 
 def missing_variables(settings: Settings, *, messagemedia: bool = True, salesforce: bool = True) -> list[str]:

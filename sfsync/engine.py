@@ -27,7 +27,7 @@ from sfsync.clients.bulk import BulkClient
 from sfsync.clients.messagemedia import MessageMediaClient
 from sfsync.clients.retry import RetryCounter, StopAwareSleep
 from sfsync.clients.salesforce import SalesforceClient
-from sfsync.config import MMAccount, Settings
+from sfsync.config import Settings
 from sfsync.domain.outcome import ReportOutcome, ResultSink, Tally, discard
 from sfsync.errors import (
     EXIT_PARTIAL,
@@ -39,6 +39,7 @@ from sfsync.errors import (
     StopRequested,
 )
 from sfsync.loop import Loop, LoopState
+from sfsync.mmaccounts import MMAccount
 from sfsync.overlap import Lookahead
 from sfsync.pipeline import BatchResult, Pipeline, Stage, _BudgetStop
 from sfsync.reconcile import WAIT_SECONDS, BulkReconciler

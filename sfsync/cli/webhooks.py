@@ -67,7 +67,7 @@ def chosen_account(settings: Any, name: str | None) -> Any:
 
 def webhooks_command(args: argparse.Namespace) -> int:
     from sfsync.clients.messagemedia import WEBHOOK_EVENTS, MessageMediaClient
-    from sfsync.config import HEADER_VALUE
+    from sfsync.config_values import HEADER_VALUE
     from sfsync.logs import register_secret
     from sfsync.push.webhooks import redacted, webhook_body
 

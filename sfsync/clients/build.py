@@ -10,7 +10,8 @@ from typing import Any
 from sfsync.clients.messagemedia import MessageMediaClient
 from sfsync.clients.retry import RetryCounter, RetryPolicy
 from sfsync.clients.salesforce import SalesforceClient
-from sfsync.config import MMAccount, Settings
+from sfsync.config import Settings
+from sfsync.mmaccounts import MMAccount
 
 
 def build_clients(settings: Settings, sleep: Callable[[float], Any] = time.sleep,

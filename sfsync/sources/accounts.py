@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sfsync.config import MMAccount
 from sfsync.errors import AuthError, RemoteError, SfsyncError
+from sfsync.mmaccounts import MMAccount
 from sfsync.sources.poll import PollEnd
 
 # How the ends of several accounts' polls combine into the run's: the first found in this order.
