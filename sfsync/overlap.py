@@ -187,13 +187,14 @@ class Lookahead:
         return commit
 
     def _forget_rows_of(self, written: set[str]) -> None:
-        """Looked-up rows of Tasks just written are stale: looked up again if anything else needs them."""
+        """Looked-up rows of Tasks just written are stale: their values are looked up again (in a
+        whole query with others, or by the drain), and no message waiting on them is ready until then."""
         if not written:
             return
         for value, rows in list(self.pipeline.prefetched.items()):
             if any(str(r.get("Id", ""))[:15] in written for r in rows):
                 del self.pipeline.prefetched[value]
-                self._seen.discard(value)
+                self._pending[value] = None
 
 
 def _report(reading: tuple[Any, Any] | None) -> Report | None:
