@@ -22,7 +22,7 @@ from sfsync.pipeline import Pipeline
 from sfsync.sim.harness import Simulators
 from sfsync.sources.poll import PollSource, keyed
 from sfsync.store import Store
-from tests.conftest import add_tasks, fields_of, new_message_id, report
+from tests.conftest import add_tasks, composite_calls, fields_of, new_message_id, report
 
 MakeWorker = Callable[..., Worker]
 
@@ -129,9 +129,10 @@ def test_the_look_ahead_holds_at_most_one_drain_batch(sims: Simulators, make_wor
 
 
 # -- writing final statuses ahead, while the poll runs -----------------------------------------------------
-def _waits_for_the_write_ahead(worker: Worker, after_pages: int) -> tuple[threading.Event, list[str]]:
-    """Holds the poll after ``after_pages`` pages until the look-ahead has written ahead (bounded), so
-    that the overlap is there to be checked whatever the machine's speed."""
+def _waits_for_the_write_ahead(worker: Worker, after_pages: int,
+                               until: Callable[[], bool] = lambda: True) -> tuple[threading.Event, list[str]]:
+    """Holds the poll after ``after_pages`` pages until the look-ahead has written ahead and ``until``
+    holds (bounded), so that the overlap is there to be checked whatever the machine's speed."""
     wrote = threading.Event()
     stages: list[str] = []
 
@@ -140,7 +141,9 @@ def _waits_for_the_write_ahead(worker: Worker, after_pages: int) -> tuple[thread
         if stage == "wrote_ahead":
             wrote.set()
         elif stage == "staged" and stages.count("staged") == after_pages:
-            wrote.wait(20)
+            deadline = time.monotonic() + 20
+            while not (wrote.is_set() and until()) and time.monotonic() < deadline:
+                time.sleep(0.01)
 
     worker.on_stage = on_stage
     return wrote, stages
@@ -157,13 +160,14 @@ def test_final_statuses_are_written_while_the_poll_runs_at_no_extra_call(sims: S
                         + [report(m, "enroute", minute=3) for m in messages[:100]])  # late and stale
     sims.mm.faults.configure(latency_ms=10)
     worker = make_worker()
-    wrote, _ = _waits_for_the_write_ahead(worker, after_pages=37)
+    # The last page waits (bounded) for the 1,600 finals, staged and looked up by then, to be written.
+    wrote, _ = _waits_for_the_write_ahead(worker, after_pages=37, until=lambda: composite_calls(sims) >= 8)
     summary = worker.run()
 
     assert summary.exit_code == EXIT_OK and wrote.is_set()
     last_confirm = max(at for _, at in sims.mm.confirm_log())
     writes = [at for kind, at in sims.sf.call_log if kind == "composite"]
-    assert sum(at < last_confirm for at in writes) >= 4, "no final status was written while the poll ran"
+    assert sum(at < last_confirm for at in writes) == 8, "the final statuses were not written while the poll ran"
     # The floor: 2,000 messages looked up in 20 queries, 2,000 changed Tasks in 10 writes; each Task once.
     calls = sims.sf.stats()["api_calls"]
     assert calls.get("query") == 20 and calls.get("composite") == 10
