@@ -78,6 +78,25 @@ def test_later_event_wins_among_non_final(sims: Simulators, make_worker: MakeWor
     assert fields_of(sims, task) == ("Submitted", "210")
 
 
+@pytest.mark.parametrize("updated_field", ["", "SMS_Status_Updated__c"])
+@pytest.mark.parametrize("labels", [("failed", "400", "delivered", "220"), ("submitted", "210", "enroute", "200"),
+                                    ("delivered", None, "failed", "400")])
+def test_a_repeat_of_the_status_moves_its_time_on_so_an_older_report_still_loses(
+        sims: Simulators, make_worker: MakeWorker, updated_field: str, labels: tuple[str, ...]) -> None:
+    """Each report in its own run: A at minute 0 (written), A again at minute 2 (nothing to write),
+    then B at minute 1. B is older than the Task's latest known event: it must lose to A@2 (found by
+    the property test: the ledger kept A@0, so B won)."""
+    kept, kept_code, older, older_code = labels
+    message = new_message_id()
+    [task] = add_tasks(sims, [message])
+    for status, code, minute in [(kept, kept_code, 0), (kept, kept_code, 2), (older, older_code, 1)]:
+        sims.mm.add_reports([report(message, status, code, minute=minute)])
+        assert make_worker(SFSYNC_FIELD_UPDATED=updated_field).run().exit_code == EXIT_OK
+    label = {"failed": "Failed", "delivered": "Delivered", "submitted": "Submitted"}[kept]
+    assert fields_of(sims, task) == (label, kept_code)
+    assert len(sims.sf.history(task)) == 1  # the repeat and the older report cost no write
+
+
 def test_rerun_of_the_same_reports_makes_zero_writes(sims: Simulators, make_worker: MakeWorker) -> None:
     messages = [new_message_id() for _ in range(150)]
     add_tasks(sims, messages)

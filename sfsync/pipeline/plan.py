@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sfsync.domain.outcome import ReportOutcome, ReportResult, Tally
-from sfsync.domain.precedence import Action, decide, merge, wins
+from sfsync.domain.precedence import Action, Status, decide, merge, wins
 from sfsync.domain.reports import Report
 from sfsync.pipeline.match import Matcher
 from sfsync.pipeline.stages import (
@@ -23,6 +23,7 @@ from sfsync.pipeline.stages import (
     task_fields,
 )
 from sfsync.pipeline.types import BatchResult, Change, MatchedBy, Matches, Outcome, Plan
+from sfsync.store import LedgerEntry
 
 
 class Planner(Matcher):
@@ -40,11 +41,12 @@ class Planner(Matcher):
         result.counts[ReportOutcome.SKIPPED_STALE] += len(superseded)
         self.on_stage("resolved")
 
-        settled, rows = self._settled_by_ledger(winners, result)
+        settled, rows, refreshed = self._settled_by_ledger(winners, result)
         winners = {m: o for m, o in winners.items() if m not in settled}
         matches = self._match(winners)
         self.on_stage("matched")
-        plan = Plan(result, bad, resolved=[*superseded, *settled.values()])  # durable once the batch is recorded
+        plan = Plan(result, bad, resolved=[*superseded, *settled.values()],  # durable once the batch is recorded
+                    refreshed=refreshed)
         plan.rows += [ReportResult(ReportOutcome.INVALID, exc.report_id, None, error=f"invalid report: {exc.reason}")
                       for exc in bad]
         plan.rows += [result_row(ReportOutcome.SKIPPED_STALE, o, error=f"superseded by report "
@@ -67,12 +69,15 @@ class Planner(Matcher):
         return plan
 
     def _settled_by_ledger(self, winners: Mapping[str, Outcome], result: BatchResult
-                           ) -> tuple[dict[str, Outcome], list[ReportResult]]:
+                           ) -> tuple[dict[str, Outcome], list[ReportResult], list[LedgerEntry]]:
         """Messages whose report cannot change what sfsync last wrote on any of their Tasks (an older
         or equal non-final, a duplicate final): decided against the ledger, at no Salesforce call.
-        Returns them with their rows (one per Task the ledger knows)."""
+        Returns them with their rows (one per Task the ledger knows), and the ledger entries a later
+        report of the same values moves on (its event time: an older report arriving next must lose
+        to it, not to the first one written)."""
         settled: dict[str, Outcome] = {}
         rows: list[ReportResult] = []
+        refreshed: list[LedgerEntry] = []
         for message_id, entries in self.store.ledger_by_message(winners).items():
             outcome = winners[message_id]
             actions = [decide(_ledger_status(e), outcome.status) for e in entries]
@@ -86,10 +91,12 @@ class Planner(Matcher):
                 old = _ledger_status(entry)
                 if action is Action.UNCHANGED:
                     rows.append(result_row(ReportOutcome.SKIPPED_UNCHANGED, outcome, task=entry.task_id, old=old))
+                    if wins(old, outcome.status) and outcome.status.event_time != old.event_time:
+                        refreshed.append(_moved_on(entry, merge(old, outcome.status), outcome))
                 else:
                     rows.append(result_row(ReportOutcome.SKIPPED_STALE, outcome, task=entry.task_id, old=old,
                                            error=_stale_reason(old)))
-        return settled, rows
+        return settled, rows, refreshed
 
     def _decide(self, winners: Mapping[str, Outcome], matches: Matches) -> list[tuple[Change, Action]]:
         """Each matched Task against its report, by the precedence rule, with the ledger's entry for
@@ -150,6 +157,13 @@ class Planner(Matcher):
             if isinstance(known[1], Report):
                 reports.setdefault(known[1].report_id, known[1])
         winners, _ = collapse(resolve_all(reports.values(), self.code_map))
-        settled, _ = self._settled_by_ledger(winners, BatchResult())
+        settled, _, _ = self._settled_by_ledger(winners, BatchResult())
         named, by_field = self._look_up_keys({m: o for m, o in winners.items() if m not in settled})
         return [("Id", t) for t in named] + [("msg", m) for m in sorted(by_field)]
+
+
+def _moved_on(entry: LedgerEntry, held: Status, outcome: Outcome) -> LedgerEntry:
+    """The ledger entry of a Task whose values a later report repeats: the same values, known from
+    that report's time on."""
+    return LedgerEntry(entry.message_id, entry.task_id, entry.label, entry.code, entry.final, held.event_time,
+                       held.received_time, outcome.report.report_id, entry.account)

@@ -101,6 +101,7 @@ class Pipeline(Writer):
         now = self.clock()
         with self.store.transaction():
             self.record_written(written, [*unchanged, *sent.unchanged], source, result)
+            self.store.refresh_ledger(plan.refreshed)
             if not self.waits:
                 result.counts[ReportOutcome.NO_TASK] += len(unmatched)  # backfill: counted, nothing kept
             for outcome in unmatched if self.waits else []:

@@ -14,6 +14,7 @@ from sfsync.domain.outcome import Counts, ReportResult
 from sfsync.domain.precedence import Status
 from sfsync.domain.reports import InvalidReport, Report
 from sfsync.errors import BudgetExhausted
+from sfsync.store import LedgerEntry
 
 Stage = Callable[[str], None]
 OnCommit = Callable[["BatchResult"], None]
@@ -75,6 +76,7 @@ class Plan:
     resolved: list[Outcome] = field(default_factory=list)  # matched winners and the reports they superseded
     unmatched: list[Outcome] = field(default_factory=list)  # no Task found
     rows: list[ReportResult] = field(default_factory=list)  # outcomes decided without a write (stale, invalid)
+    refreshed: list[LedgerEntry] = field(default_factory=list)  # ledger entries a later same-value report moves on
 
 
 Parsed = dict[int, tuple[Any, "Report | InvalidReport"]]  # id(raw) -> (that raw, what it reads as)

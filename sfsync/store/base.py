@@ -149,6 +149,15 @@ class Store:
             db.executemany(f"INSERT INTO ledger ({_LEDGER_COLUMNS}, applied_at, account) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
+    def refresh_ledger(self, entries: Iterable[LedgerEntry]) -> None:
+        """Move ledger entries on to a later report of the same values: its event and received times
+        and its id. Nothing was written: the entry keeps its place among the Task's."""
+        rows = [(ts(e.event_time), ts(e.received_time), e.report_id, e.message_id, e.task_id) for e in entries]
+        if rows:
+            with self.transaction() as db:
+                db.executemany("UPDATE ledger SET event_time = ?, received_time = ?, report_id = ? "
+                               "WHERE message_id = ? AND task_id = ?", rows)
+
     # -- waiting for a Task --------------------------------------------------------------------------
     def add_waiting(self, report_id: str, message_id: str, raw: Mapping[str, Any], source: str, reason: str,
                     next_attempt: dt.datetime) -> None:
