@@ -25,7 +25,6 @@ from sfsync.domain.outcome import ReportOutcome, ReportResult, ResultSink, disca
 from sfsync.domain.reports import parse_report
 from sfsync.engine import Worker, build_clients
 from sfsync.errors import EXIT_BUDGET, EXIT_OK, EXIT_PARTIAL, AlreadyRunning, UsageError
-from sfsync.lock import RunLock
 from sfsync.sim.harness import Simulators
 from sfsync.sources.backfill import (
     Backfill,
@@ -36,7 +35,7 @@ from sfsync.sources.backfill import (
     report_from_record,
 )
 from sfsync.store import Store
-from tests.conftest import composite_calls, fields_of, report
+from tests.conftest import composite_calls, fields_of, report, store_of
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 WINDOW = Window(NOW - dt.timedelta(days=2), NOW)
@@ -385,7 +384,8 @@ def test_the_api_budget_stops_cleanly_and_resume_finishes(sims: Simulators, make
 def test_backfill_and_the_worker_never_write_together(sims: Simulators, make_backfill: MakeBackfill) -> None:
     seed(sims, 5)
     backfill = make_backfill()
-    with RunLock(backfill.settings.lock_path), pytest.raises(AlreadyRunning):
+    # The run lock the store names: the flock beside the SQLite file, or PostgreSQL's lease `run`.
+    with store_of(backfill.settings).run_lock(backfill.settings.lock_path), pytest.raises(AlreadyRunning):
         backfill.run()
     assert composite_calls(sims) == 0 and reporting_calls(sims) == 0
 

@@ -22,7 +22,7 @@ from sfsync.pipeline import Pipeline
 from sfsync.sim.harness import Simulators
 from sfsync.sources.poll import PollSource, keyed
 from sfsync.store import Store
-from tests.conftest import add_tasks, fields_of, new_message_id, report
+from tests.conftest import add_tasks, fields_of, new_message_id, on_postgresql, report
 
 MakeWorker = Callable[..., Worker]
 
@@ -45,7 +45,8 @@ def test_look_ups_go_out_while_the_poll_runs_at_no_extra_call(sims: Simulators, 
     assert calls.get("query") == 15 and calls.get("composite") == 8
     last_confirm = max(at for _, at in sims.mm.confirm_log())
     queries = [at for kind, at in sims.sf.call_log if kind == "query"]
-    assert sum(at < last_confirm for at in queries) >= 10, "the look-ups did not overlap the poll"
+    if not on_postgresql():  # the look-ahead runs only for a process alone on its store (SQLite)
+        assert sum(at < last_confirm for at in queries) >= 10, "the look-ups did not overlap the poll"
     assert all(fields_of(sims, t) == ("Submitted", None) and len(sims.sf.history(t)) == 1 for t in tasks)
 
     # The same reports again under new ids: decided against the ledger, by the look-ahead too: no call.

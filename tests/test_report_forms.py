@@ -18,8 +18,7 @@ import requests
 from sfsync.clients.http import make_session
 from sfsync.sim.harness import Simulators
 from sfsync.sim.messagemedia import DATE_FORMS, METADATA_SHAPES
-from sfsync.store import Store
-from tests.conftest import add_tasks, at, fields_of, new_message_id, report
+from tests.conftest import add_tasks, at, fields_of, new_message_id, report, store_of
 
 SFSYNC = str(Path(sys.executable).parent / "sfsync")
 
@@ -124,7 +123,7 @@ def test_backfill_reads_the_spec_form_in_its_timezone(sims: Simulators, worker_e
                     env=worker_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert fields_of(sims, task) == ("Delivered", "221")
-    ledger = Store(Path(worker_env["SFSYNC_STATE_DIR"]) / "sfsync.db").ledger([message])
+    ledger = store_of(worker_env).ledger([message])
     assert ledger[message].event_time == sent
 
 
