@@ -47,8 +47,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     picks its backend itself (``pg_url``, ``store_target``): it runs on PostgreSQL in the first pass."""
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
-        if "store_env" in names and not names & {"pg_url", "store_target"}:
+        if names & {"store_env", "module_store_env"} and not names & {"pg_url", "store_target"}:
             item.add_marker(pytest.mark.backends)
+
+
+def _store_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    if not on_postgresql():
+        return {}
+    server: pgcluster.Server = request.getfixturevalue("pg_server")
+    url = server.fresh_database()
+    request.addfinalizer(lambda: server.drop_database(url))
+    return {"SFSYNC_STORE_URL": url, "SFSYNC_STORE_PASSWORD": server.password}
 
 
 @pytest.fixture
@@ -56,12 +65,13 @@ def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
     """The store variables of this test's worker and CLI runs: none (the SQLite file in SFSYNC_STATE_DIR);
     with SFSYNC_TEST_STORE=postgresql, SFSYNC_STORE_URL of a fresh database on the throwaway cluster and
     its SFSYNC_STORE_PASSWORD. One per test: a CLI run and a worker in one test share the store."""
-    if not on_postgresql():
-        return {}
-    server: pgcluster.Server = request.getfixturevalue("pg_server")
-    url = server.fresh_database()
-    request.addfinalizer(lambda: server.drop_database(url))
-    return {"SFSYNC_STORE_URL": url, "SFSYNC_STORE_PASSWORD": server.password}
+    return _store_env(request)
+
+
+@pytest.fixture(scope="module")
+def module_store_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """``store_env`` for a module-scoped server (one store for the module's tests)."""
+    return _store_env(request)
 
 
 _opened: list[Store] = []
@@ -77,6 +87,12 @@ def store_of(where: Settings | Mapping[str, str]) -> Store:
     opened = open_store(target)
     _opened.append(opened)
     return opened
+
+
+def inbox_ids(store: Store) -> set[str]:
+    """Every report id in the store's inbox (staged, drained or not)."""
+    with store.backend.reading() as db:
+        return {row["report_id"] for row in db.execute("SELECT report_id FROM inbox").fetchall()}
 
 
 @pytest.fixture(autouse=True)
