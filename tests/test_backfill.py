@@ -575,7 +575,7 @@ def test_a_progress_bar_on_a_terminal(sims: Simulators, make_backfill: MakeBackf
 
 
 # -- `sfsync backfill` against `sfsync sim`, as an engineer runs it (scripts/backfill execs it) --
-def test_sfsync_backfill_against_sfsync_sim(tmp_path: Path) -> None:
+def test_sfsync_backfill_against_sfsync_sim(tmp_path: Path, store_env: dict[str, str]) -> None:
     sfsync = str(Path(sys.executable).parent / "sfsync")
     sim = subprocess.Popen([sfsync, "sim", "--seed-demo", "60", "--late-after", "600"], stdout=subprocess.PIPE,
                            stderr=subprocess.DEVNULL, text=True)
@@ -586,7 +586,7 @@ def test_sfsync_backfill_against_sfsync_sim(tmp_path: Path) -> None:
                "SFSYNC_MM_BASE_URL": info["messagemedia_url"], "SFSYNC_MM_API_KEY": info["mm_api_key"],
                "SFSYNC_MM_API_SECRET": info["mm_api_secret"], "SFSYNC_SF_LOGIN_URL": info["salesforce_login_url"],
                "SFSYNC_SF_CLIENT_ID": info["sf_client_id"], "SFSYNC_SF_CLIENT_SECRET": info["sf_client_secret"],
-               "SFSYNC_CA_BUNDLE": info["ca_bundle"], "SFSYNC_STATE_DIR": str(tmp_path / "state")}
+               "SFSYNC_CA_BUNDLE": info["ca_bundle"], "SFSYNC_STATE_DIR": str(tmp_path / "state"), **store_env}
         today = dt.datetime.now(dt.UTC).date()
         argv = [sfsync, "backfill", "--since", str(today - dt.timedelta(days=1)), "--until",
                 iso(dt.datetime.now(dt.UTC))]
