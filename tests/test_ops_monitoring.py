@@ -80,8 +80,7 @@ def test_textfile_counters_add_up_across_runs(tmp_path: Path) -> None:
     assert second["sfsync_last_success_timestamp_seconds"] == first["sfsync_last_success_timestamp_seconds"]
 
 
-def test_backlog_gauges_from_the_store(tmp_path: Path) -> None:
-    store = Store(tmp_path / "sfsync.db")
+def test_backlog_gauges_from_the_store(store: Store, tmp_path: Path) -> None:  # on both backends
     store.add_waiting("r1", "m1", {"delivery_report_id": "r1"}, "poll", "no Task",
                       dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5))
     store.inbox_add("r2", {"delivery_report_id": "r2"})
