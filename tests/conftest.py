@@ -7,7 +7,7 @@ import datetime as dt
 import itertools
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from sfsync.config import Settings, load_settings
 from sfsync.engine import Worker, build_clients
 from sfsync.sim.harness import Simulators
 from sfsync.store import Store, StoreTarget, open_store, parse_store_url, sqlite_target
+from sfsync.store.target import target_from_environ
 from tests import pgcluster
 
 T0 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
@@ -34,15 +35,76 @@ def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
 
+def on_postgresql() -> bool:
+    """True when the worker's tests run on the PostgreSQL store (``SFSYNC_TEST_STORE=postgresql``:
+    scripts/test's second pass)."""
+    return os.environ.get("SFSYNC_TEST_STORE") == "postgresql"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test whose worker or CLI gets its store through ``store_env`` (``worker_env`` and the tests' CLI
+    environments do) is marked ``backends``: scripts/test runs those again on PostgreSQL. Not a test that
+    picks its backend itself (``pg_url``, ``store_target``): it runs on PostgreSQL in the first pass."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & {"store_env", "module_store_env"} and not names & {"pg_url", "store_target"}:
+            item.add_marker(pytest.mark.backends)
+
+
+def _store_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    if not on_postgresql():
+        return {}
+    server: pgcluster.Server = request.getfixturevalue("pg_server")
+    url = server.fresh_database()
+    request.addfinalizer(lambda: server.drop_database(url))
+    return {"SFSYNC_STORE_URL": url, "SFSYNC_STORE_PASSWORD": server.password}
+
+
 @pytest.fixture
-def worker_env(sims: Simulators, state_dir: Path, request: pytest.FixtureRequest) -> dict[str, str]:
-    env = {**sims.env(), "SFSYNC_STATE_DIR": str(state_dir), "SFSYNC_RETRY_MAX_SECONDS": "30"}
-    if os.environ.get("SFSYNC_TEST_STORE") == "postgresql":  # the worker's tests on the other backend
-        server: pgcluster.Server = request.getfixturevalue("pg_server")
-        url = server.fresh_database()
-        request.addfinalizer(lambda: server.drop_database(url))
-        env.update(SFSYNC_STORE_URL=url, SFSYNC_STORE_PASSWORD=server.password)
-    return env
+def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The store variables of this test's worker and CLI runs: none (the SQLite file in SFSYNC_STATE_DIR);
+    with SFSYNC_TEST_STORE=postgresql, SFSYNC_STORE_URL of a fresh database on the throwaway cluster and
+    its SFSYNC_STORE_PASSWORD. One per test: a CLI run and a worker in one test share the store."""
+    return _store_env(request)
+
+
+@pytest.fixture(scope="module")
+def module_store_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """``store_env`` for a module-scoped server (one store for the module's tests)."""
+    return _store_env(request)
+
+
+_opened: list[Store] = []
+
+
+def store_of(where: Settings | Mapping[str, str]) -> Store:
+    """The store a worker with these settings, or a CLI run with this environment, uses (the SQLite file
+    in SFSYNC_STATE_DIR, or SFSYNC_STORE_URL's database); disposed at the end of the test."""
+    if isinstance(where, Settings):
+        target = where.store_target
+    else:
+        target = target_from_environ(where, Path(where["SFSYNC_STATE_DIR"]) / "sfsync.db")
+    opened = open_store(target)
+    _opened.append(opened)
+    return opened
+
+
+def inbox_ids(store: Store) -> set[str]:
+    """Every report id in the store's inbox (staged, drained or not)."""
+    with store.backend.reading() as db:
+        return {row["report_id"] for row in db.execute("SELECT report_id FROM inbox").fetchall()}
+
+
+@pytest.fixture(autouse=True)
+def _dispose_stores() -> Iterator[None]:
+    yield
+    while _opened:
+        _opened.pop().dispose()
+
+
+@pytest.fixture
+def worker_env(sims: Simulators, state_dir: Path, store_env: dict[str, str]) -> dict[str, str]:
+    return {**sims.env(), "SFSYNC_STATE_DIR": str(state_dir), "SFSYNC_RETRY_MAX_SECONDS": "30", **store_env}
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ from sfsync.domain.outcome import ReportOutcome, ReportResult, ResultSink, disca
 from sfsync.domain.reports import parse_report
 from sfsync.engine import Worker, build_clients
 from sfsync.errors import EXIT_BUDGET, EXIT_OK, EXIT_PARTIAL, AlreadyRunning, UsageError
-from sfsync.lock import RunLock
 from sfsync.sim.harness import Simulators
 from sfsync.sources.backfill import (
     Backfill,
@@ -36,7 +35,7 @@ from sfsync.sources.backfill import (
     report_from_record,
 )
 from sfsync.store import Store
-from tests.conftest import composite_calls, fields_of, report
+from tests.conftest import composite_calls, fields_of, report, store_of
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 WINDOW = Window(NOW - dt.timedelta(days=2), NOW)
@@ -385,7 +384,8 @@ def test_the_api_budget_stops_cleanly_and_resume_finishes(sims: Simulators, make
 def test_backfill_and_the_worker_never_write_together(sims: Simulators, make_backfill: MakeBackfill) -> None:
     seed(sims, 5)
     backfill = make_backfill()
-    with RunLock(backfill.settings.lock_path), pytest.raises(AlreadyRunning):
+    # The run lock the store names: the flock beside the SQLite file, or PostgreSQL's lease `run`.
+    with store_of(backfill.settings).run_lock(backfill.settings.lock_path), pytest.raises(AlreadyRunning):
         backfill.run()
     assert composite_calls(sims) == 0 and reporting_calls(sims) == 0
 
@@ -575,7 +575,7 @@ def test_a_progress_bar_on_a_terminal(sims: Simulators, make_backfill: MakeBackf
 
 
 # -- `sfsync backfill` against `sfsync sim`, as an engineer runs it (scripts/backfill execs it) --
-def test_sfsync_backfill_against_sfsync_sim(tmp_path: Path) -> None:
+def test_sfsync_backfill_against_sfsync_sim(tmp_path: Path, store_env: dict[str, str]) -> None:
     sfsync = str(Path(sys.executable).parent / "sfsync")
     sim = subprocess.Popen([sfsync, "sim", "--seed-demo", "60", "--late-after", "600"], stdout=subprocess.PIPE,
                            stderr=subprocess.DEVNULL, text=True)
@@ -586,7 +586,7 @@ def test_sfsync_backfill_against_sfsync_sim(tmp_path: Path) -> None:
                "SFSYNC_MM_BASE_URL": info["messagemedia_url"], "SFSYNC_MM_API_KEY": info["mm_api_key"],
                "SFSYNC_MM_API_SECRET": info["mm_api_secret"], "SFSYNC_SF_LOGIN_URL": info["salesforce_login_url"],
                "SFSYNC_SF_CLIENT_ID": info["sf_client_id"], "SFSYNC_SF_CLIENT_SECRET": info["sf_client_secret"],
-               "SFSYNC_CA_BUNDLE": info["ca_bundle"], "SFSYNC_STATE_DIR": str(tmp_path / "state")}
+               "SFSYNC_CA_BUNDLE": info["ca_bundle"], "SFSYNC_STATE_DIR": str(tmp_path / "state"), **store_env}
         today = dt.datetime.now(dt.UTC).date()
         argv = [sfsync, "backfill", "--since", str(today - dt.timedelta(days=1)), "--until",
                 iso(dt.datetime.now(dt.UTC))]

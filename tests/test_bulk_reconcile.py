@@ -17,8 +17,8 @@ from sfsync.config import Settings
 from sfsync.engine import Worker, build_clients
 from sfsync.errors import RemoteError
 from sfsync.sources.backfill import Backfill, BackfillOptions, Window
-from sfsync.store import LedgerEntry, Store
-from tests.conftest import add_tasks, fields_of, new_message_id, report
+from sfsync.store import LedgerEntry
+from tests.conftest import add_tasks, fields_of, new_message_id, report, store_of
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 WINDOW = Window(NOW - dt.timedelta(days=2), NOW)
@@ -85,7 +85,7 @@ def test_a_job_landing_after_a_kill_never_leaves_an_older_status(sims: object,
     settings = settings_for()
     backfill_killed_after_upload_complete(settings)
     assert all(sims.sf.history(t) == [] for _, t in seeded)  # type: ignore[attr-defined]  # closed, not landed
-    assert len(Store(settings.store_path).open_bulk_jobs()) == 1
+    assert len(store_of(settings).open_bulk_jobs()) == 1
 
     # Newer reports arrive before the job lands; `sfsync run` applies them.
     sims.mm.add_reports([report(m, "delivered", "220") for m, _ in seeded])  # type: ignore[attr-defined]
@@ -98,7 +98,7 @@ def test_a_job_landing_after_a_kill_never_leaves_an_older_status(sims: object,
     for _, task_id in seeded:
         assert fields_of(sims, task_id) == ("Delivered", "220")  # type: ignore[arg-type]
         assert vias(sims, task_id) == [("bulk", "Submitted"), ("composite", "Delivered")]
-    assert Store(settings.store_path).open_bulk_jobs() == []
+    assert store_of(settings).open_bulk_jobs() == []
 
 
 def test_a_job_that_wrote_over_a_newer_status_is_undone_from_the_ledger(
@@ -111,7 +111,7 @@ def test_a_job_that_wrote_over_a_newer_status_is_undone_from_the_ledger(
     assert worker(settings).run().counts["applied"] == 3
     # A job with older values, queued before those writes and processed after them (as a job
     # closed by an sfsync without this fix could), recorded as a backfill records its jobs.
-    store = Store(settings.store_path)
+    store = store_of(settings)
     _, sf, _ = build_clients(settings, sleep=no_sleep)
     path = tmp_path / "older.csv"
     with path.open("w", newline="") as out:
@@ -143,16 +143,16 @@ def test_a_job_still_running_after_the_bound_blocks_every_write(sims: object,
 
     with pytest.raises(RemoteError, match="still"):
         worker(settings, bulk_wait_s=0.3).run()
-    assert Store(settings.store_path).open_bulk_jobs() != []  # left recorded for the next run
+    assert store_of(settings).open_bulk_jobs() != []  # left recorded for the next run
     # Staged in the store, then confirmed: the drain waits for the job before it writes anything.
     assert sims.mm.stats()["unconfirmed"] == 0  # type: ignore[attr-defined]
-    assert Store(settings.store_path).inbox_backlog()[0] == 6
+    assert store_of(settings).inbox_backlog()[0] == 6
     assert all(h["via"] == "bulk" for _, t in seeded for h in sims.sf.history(t))  # type: ignore[attr-defined]
 
     summary = worker(settings).run()  # the job lands within this run's wait
     assert summary.counts["applied"] == 6
     assert all(fields_of(sims, t) == ("Delivered", "220") for _, t in seeded)  # type: ignore[arg-type]
-    assert Store(settings.store_path).open_bulk_jobs() == []
+    assert store_of(settings).open_bulk_jobs() == []
 
 
 def test_a_job_never_closed_is_aborted_and_a_resumed_backfill_settles_first(
@@ -160,7 +160,7 @@ def test_a_job_never_closed_is_aborted_and_a_resumed_backfill_settles_first(
     sims.sf.configure(bulk_processing_s=0.5)  # type: ignore[attr-defined]
     seeded = seed_submitted(sims, 8)
     settings = settings_for()
-    store = Store(settings.store_path)
+    store = store_of(settings)
     # A backfill killed after UploadComplete: its --resume waits for that job before it writes.
     backfill_killed_after_upload_complete(settings)
     # A process killed between creating a job and closing it leaves it Open: Salesforce never runs it.

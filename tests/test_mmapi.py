@@ -91,7 +91,7 @@ def test_bad_messagemedia_credentials_stop_the_run_with_exit_4(sims: Simulators,
 
 # -- confirmations that take effect late ------------------------------------------------------------------
 def test_a_confirm_delay_loses_nothing_writes_nothing_twice_and_the_exit_status_is_true(
-        sims: Simulators, tmp_path: Path) -> None:
+        sims: Simulators, tmp_path: Path, store_env: dict[str, str]) -> None:
     """MessageMedia answers 202 at once but keeps serving confirmed reports for a while. Reports are
     staged in the store before they are confirmed, so one run waits for each confirmation to land and
     drains the whole queue: nothing processed twice, one write per Task, exit 0."""
@@ -99,7 +99,7 @@ def test_a_confirm_delay_loses_nothing_writes_nothing_twice_and_the_exit_status_
     tasks = add_tasks(sims, messages)
     sims.mm.add_reports([report(m, "delivered", "221", minute=1) for m in messages])
     sims.mm.configure(confirm_delay_s=1.0)
-    env = cli_env(sims, tmp_path / "state")
+    env = cli_env(sims, tmp_path / "state", **store_env)
 
     first = sfsync("run", env=env, cwd=tmp_path)
     summary = summary_of(first.stderr)
@@ -117,12 +117,12 @@ def test_a_confirm_delay_loses_nothing_writes_nothing_twice_and_the_exit_status_
 
 
 def test_a_confirm_slower_than_the_wait_ends_the_poll_with_one_clear_line_and_exit_8(
-        sims: Simulators, tmp_path: Path) -> None:
+        sims: Simulators, tmp_path: Path, store_env: dict[str, str]) -> None:
     messages = [new_message_id() for _ in range(150)]
     tasks = add_tasks(sims, messages)
     sims.mm.add_reports([report(m, "delivered", "221", minute=1) for m in messages])
     sims.mm.configure(confirm_delay_s=3.0)
-    env = cli_env(sims, tmp_path / "state", SFSYNC_CONFIRM_WAIT_SECONDS="0.5")
+    env = cli_env(sims, tmp_path / "state", SFSYNC_CONFIRM_WAIT_SECONDS="0.5", **store_env)
 
     first = sfsync("run", env=env, cwd=tmp_path)
     summary = summary_of(first.stderr)
@@ -276,11 +276,11 @@ def test_the_simulator_inserts_values_raw_unless_escaped() -> None:
 
 
 def test_a_metadata_value_with_quote_and_backslash_survives_the_push(
-        sims: Simulators, tmp_path: Path, settings_for: Callable[..., Settings]) -> None:
+        sims: Simulators, tmp_path: Path, settings_for: Callable[..., Settings], store_env: dict[str, str]) -> None:
     settings = settings_for(SFSYNC_PUSH_SECRET=SECRET)
     server = PushServer(settings, port=0, drain=False, tls_cert=str(sims.ca.server_cert),
                         tls_key=str(sims.ca.server_key)).start()
-    env = cli_env(sims, tmp_path / "state", SFSYNC_PUSH_SECRET=SECRET)
+    env = cli_env(sims, tmp_path / "state", SFSYNC_PUSH_SECRET=SECRET, **store_env)
     awkward = 'a "quoted" \\ value'
     message, plain = new_message_id(), new_message_id()
     tasks = add_tasks(sims, [message, plain])

@@ -14,7 +14,7 @@ import pytest
 from sfsync.errors import UsageError
 from sfsync.sim.harness import Simulators
 from sfsync.sources.backfill import parse_window
-from sfsync.store import Store
+from tests.conftest import store_of
 
 SFSYNC = str(Path(sys.executable).with_name("sfsync"))
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
@@ -31,9 +31,11 @@ def test_until_now_and_a_near_future_end_are_now() -> None:
         parse_window("now", "2026-11-20", now=NOW)
 
 
-def test_list_shows_resumable_checkpoints(tmp_path: Path) -> None:
+def test_list_shows_resumable_checkpoints(tmp_path: Path, store_env: dict[str, str]) -> None:
     state = tmp_path / "state"
-    store = Store(state / "sfsync.db")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")}, "SFSYNC_STATE_DIR": str(state),
+           **store_env}
+    store = store_of(env)
     store.save_checkpoint("backfill:reporting:2026-11-01T00:00:00.000Z:2026-11-08T00:00:00.000Z:FAILED", {
         "source": "reporting", "since": "2026-11-01T00:00:00.000Z", "until": "2026-11-08T00:00:00.000Z",
         "timezone": "UTC", "cursor": {"page": 3}, "counts": {"pages": 3, "fetched": 300, "applied": 120},
@@ -41,7 +43,6 @@ def test_list_shows_resumable_checkpoints(tmp_path: Path) -> None:
     store.save_checkpoint("backfill:reporting:2026-10-01T00:00:00.000Z:2026-10-02T00:00:00.000Z:", {
         "source": "reporting", "since": "2026-10-01T00:00:00.000Z", "until": "2026-10-02T00:00:00.000Z",
         "timezone": "UTC", "cursor": {}, "counts": {"pages": 2}, "done": True})
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")}, "SFSYNC_STATE_DIR": str(state)}
     done = subprocess.run([SFSYNC, "backfill", "--list"], env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr

@@ -12,48 +12,50 @@ import sys
 from pathlib import Path
 
 from sfsync.store import Store
+from tests.conftest import store_of
 
 SFSYNC = str(Path(sys.executable).with_name("sfsync"))
 PHONE = "+61491570156"
 TEXT = "Your code is 4711, meet me at 9"
 
 
-def env_for(state: Path) -> dict[str, str]:
+def env_for(state: Path, store_env: dict[str, str]) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")}
-    return {**keep, "SFSYNC_STATE_DIR": str(state), "SFSYNC_LOG_FORMAT": "json"}
+    return {**keep, "SFSYNC_STATE_DIR": str(state), "SFSYNC_LOG_FORMAT": "json", **store_env}
 
 
-def seeded(tmp_path: Path) -> tuple[Path, Store]:
-    state = tmp_path / "state"
-    store = Store(state / "sfsync.db")
+def seeded(tmp_path: Path, store_env: dict[str, str]) -> tuple[dict[str, str], Store]:
+    """Two dead letters in the store of the returned environment (SQLite in tmp_path/state, or PostgreSQL)."""
+    env = env_for(tmp_path / "state", store_env)
+    store = store_of(env)
     raw = {"delivery_report_id": "dr-1", "message_id": "m-1", "source_number": PHONE, "original_text": TEXT,
            "status": "delivered", "metadata": {"note": f"call {PHONE}"}}
     store.add_dead_letter("dr-1", "m-1", raw, "poll", f"no Task for {PHONE}")
     store.add_dead_letter("dr-2", "m-2", {"delivery_report_id": "dr-2"}, "push", "code too long",
                           sf_error="STRING_TOO_LONG")
-    return state, store
+    return env, store
 
 
-def sfsync(state: Path, *args: str, stdin: int | None = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([SFSYNC, "dead-letters", *args], env=env_for(state), cwd=state.parent, stdin=stdin,
-                          capture_output=True, text=True, timeout=60)
+def sfsync(env: dict[str, str], *args: str, stdin: int | None = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SFSYNC, "dead-letters", *args], env=env, cwd=Path(env["SFSYNC_STATE_DIR"]).parent,
+                          stdin=stdin, capture_output=True, text=True, timeout=60)
 
 
-def test_purge_refuses_without_yes_off_a_terminal(tmp_path: Path) -> None:
-    state, store = seeded(tmp_path)
-    done = sfsync(state, "purge")
+def test_purge_refuses_without_yes_off_a_terminal(tmp_path: Path, store_env: dict[str, str]) -> None:
+    env, store = seeded(tmp_path, store_env)
+    done = sfsync(env, "purge")
     assert done.returncode == 2
     assert "--yes" in done.stderr
     assert store.dead_letter_count() == 2  # nothing deleted
-    done = sfsync(state, "purge", "--yes")
+    done = sfsync(env, "purge", "--yes")
     assert done.returncode == 0 and "purged 2" in done.stdout
     assert store.dead_letter_count() == 0
 
 
-def test_show_and_list_mask_phone_numbers_and_message_text(tmp_path: Path) -> None:
-    state, _ = seeded(tmp_path)
-    shown = sfsync(state, "show", "1")
-    listed = sfsync(state, "list", "--json")
+def test_show_and_list_mask_phone_numbers_and_message_text(tmp_path: Path, store_env: dict[str, str]) -> None:
+    env, _ = seeded(tmp_path, store_env)
+    shown = sfsync(env, "show", "1")
+    listed = sfsync(env, "list", "--json")
     for done in (shown, listed):
         assert done.returncode == 0, done.stderr
         assert PHONE not in done.stdout and "4711" not in done.stdout
@@ -63,9 +65,9 @@ def test_show_and_list_mask_phone_numbers_and_message_text(tmp_path: Path) -> No
     assert letter["raw"]["status"] == "delivered" and letter["report_id"] == "dr-1"
 
 
-def test_list_csv(tmp_path: Path) -> None:
-    state, _ = seeded(tmp_path)
-    done = sfsync(state, "list", "--csv")
+def test_list_csv(tmp_path: Path, store_env: dict[str, str]) -> None:
+    env, _ = seeded(tmp_path, store_env)
+    done = sfsync(env, "list", "--csv")
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     assert [r["id"] for r in rows] == ["1", "2"]
@@ -74,14 +76,13 @@ def test_list_csv(tmp_path: Path) -> None:
     assert set(rows[0]) >= {"id", "created_at", "report_id", "message_id", "source", "reason", "sf_error"}
 
 
-def test_status_shows_exit_statuses_and_hides_idle_runs(tmp_path: Path) -> None:
-    state, store = seeded(tmp_path)
+def test_status_shows_exit_statuses_and_hides_idle_runs(tmp_path: Path, store_env: dict[str, str]) -> None:
+    env, store = seeded(tmp_path, store_env)
     busy = store.start_run("run")
     store.finish_run(busy, {"fetched": 5, "applied": 4, "dead_lettered": 1}, "queue_empty", 6)
     for _ in range(3):
         idle = store.start_run("run")
         store.finish_run(idle, {"fetched": 0}, "nothing_to_do", 0)
-    env = env_for(state)
     done = subprocess.run([SFSYNC, "status"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     runs = [line for line in done.stdout.splitlines() if line.strip().startswith("#")]
@@ -96,9 +97,9 @@ def test_status_shows_exit_statuses_and_hides_idle_runs(tmp_path: Path) -> None:
     assert [r["exit_code"] for r in hidden["runs"]] == [6] and hidden["idle_runs_hidden"] == 3
 
 
-def test_show_of_a_letter_that_does_not_exist_is_not_found(tmp_path: Path) -> None:
-    state, _ = seeded(tmp_path)
-    done = sfsync(state, "show", "1", "99")
+def test_show_of_a_letter_that_does_not_exist_is_not_found(tmp_path: Path, store_env: dict[str, str]) -> None:
+    env, _ = seeded(tmp_path, store_env)
+    done = sfsync(env, "show", "1", "99")
     assert done.returncode == 10, done.stderr  # as documented: not found, not a usage error
     assert done.stderr.count("no dead letter #99") == 1, done.stderr
     assert json.loads(done.stdout)["report_id"] == "dr-1"  # the ones that exist are shown

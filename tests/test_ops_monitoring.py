@@ -25,7 +25,7 @@ from sfsync.ops.metrics import Backlog, render, write_textfile
 from sfsync.push.receiver import PushServer
 from sfsync.sim.harness import Simulators
 from sfsync.store import Store
-from tests.conftest import add_tasks, new_message_id, report
+from tests.conftest import add_tasks, new_message_id, on_postgresql, report, store_of
 
 SFSYNC = str(Path(sys.executable).with_name("sfsync"))
 
@@ -80,8 +80,7 @@ def test_textfile_counters_add_up_across_runs(tmp_path: Path) -> None:
     assert second["sfsync_last_success_timestamp_seconds"] == first["sfsync_last_success_timestamp_seconds"]
 
 
-def test_backlog_gauges_from_the_store(tmp_path: Path) -> None:
-    store = Store(tmp_path / "sfsync.db")
+def test_backlog_gauges_from_the_store(store: Store, tmp_path: Path) -> None:  # on both backends
     store.add_waiting("r1", "m1", {"delivery_report_id": "r1"}, "poll", "no Task",
                       dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5))
     store.inbox_add("r2", {"delivery_report_id": "r2"})
@@ -130,7 +129,8 @@ def log_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-def test_loop_serves_metrics_and_healthz_and_idles_quietly(sims: Simulators, tmp_path: Path) -> None:
+def test_loop_serves_metrics_and_healthz_and_idles_quietly(sims: Simulators, tmp_path: Path,
+                                                           store_env: dict[str, str]) -> None:
     messages = [new_message_id() for _ in range(2)]
     add_tasks(sims, messages)
     sims.mm.add_reports([report(m, "delivered", "220") for m in messages])
@@ -138,7 +138,7 @@ def test_loop_serves_metrics_and_healthz_and_idles_quietly(sims: Simulators, tmp
     with errors.open("w") as stderr:
         proc = subprocess.Popen([SFSYNC, "run", "--loop", "--interval", "0.1", "--metrics-port", "0",
                                  "--heartbeat", "0.5"],
-                                env=cli_env(sims, tmp_path / "state"),
+                                env=cli_env(sims, tmp_path / "state", **store_env),
                                 cwd=tmp_path, stderr=stderr, stdout=subprocess.DEVNULL)
     try:
         port = None
@@ -175,13 +175,16 @@ def test_loop_serves_metrics_and_healthz_and_idles_quietly(sims: Simulators, tmp
     assert heartbeats[-1]["idle_runs"] >= 1
 
 
-def test_already_running_is_logged_at_info(sims: Simulators, tmp_path: Path) -> None:
+def test_already_running_is_logged_at_info(sims: Simulators, tmp_path: Path, store_env: dict[str, str]) -> None:
     from sfsync.lock import RunLock
 
     state = tmp_path / "state"
     state.mkdir()
-    with RunLock(state / "sfsync.lock"):
-        done = subprocess.run([SFSYNC, "run"], env=cli_env(sims, state), cwd=tmp_path, capture_output=True,
+    env = cli_env(sims, state, **store_env)
+    # On PostgreSQL the run lock is the lease `run` of backfill and dead-letters retry (workers take none).
+    command = ["dead-letters", "retry"] if on_postgresql() else ["run"]
+    with store_of(env).run_lock(state / "sfsync.lock") if on_postgresql() else RunLock(state / "sfsync.lock"):
+        done = subprocess.run([SFSYNC, *command], env=env, cwd=tmp_path, capture_output=True,
                               text=True, timeout=60)
     assert done.returncode == 7
     lines = log_lines(done.stderr)
@@ -239,11 +242,12 @@ def test_connection_causes_in_words(cause: str, words: str) -> None:
     assert text.startswith("api.example.com: ") and words in text, text
 
 
-def test_budget_stop_says_the_next_run_resumes_once(sims: Simulators, tmp_path: Path) -> None:
+def test_budget_stop_says_the_next_run_resumes_once(sims: Simulators, tmp_path: Path,
+                                                    store_env: dict[str, str]) -> None:
     messages = [new_message_id() for _ in range(2)]
     add_tasks(sims, messages)
     sims.mm.add_reports([report(m, "delivered", "220") for m in messages])
-    env = cli_env(sims, tmp_path / "state", SFSYNC_API_BUDGET_PCT="0.0001")
+    env = cli_env(sims, tmp_path / "state", SFSYNC_API_BUDGET_PCT="0.0001", **store_env)
     done = subprocess.run([SFSYNC, "run"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 5, done.stderr
     assert done.stderr.count("the next run resumes") == 1, done.stderr

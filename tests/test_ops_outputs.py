@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sfsync.engine import RunOptions, Worker
 from sfsync.sim.harness import Simulators
-from tests.conftest import add_tasks, fields_of, new_message_id, report
+from tests.conftest import add_tasks, fields_of, new_message_id, report, store_of
 
 SFSYNC = str(Path(sys.executable).with_name("sfsync"))
 
@@ -29,7 +29,8 @@ def run(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProce
 
 
 def test_trace_explains_why_a_task_says_what_it_says(sims: Simulators, make_worker: Callable[..., Worker],
-                                                      worker_env: dict[str, str], tmp_path: Path) -> None:
+                                                      worker_env: dict[str, str], store_env: dict[str, str],
+                                                      tmp_path: Path) -> None:
     message = new_message_id()
     (task,) = add_tasks(sims, [message])
     worker = make_worker()
@@ -43,7 +44,7 @@ def test_trace_explains_why_a_task_says_what_it_says(sims: Simulators, make_work
     worker.store.inbox_add(late_again["delivery_report_id"], late_again)
     worker.run(RunOptions(inbox=True))
     assert fields_of(sims, task) == ("Delivered", "220")
-    env = {**cli_env(Path(worker_env["SFSYNC_STATE_DIR"]))}
+    env = cli_env(Path(worker_env["SFSYNC_STATE_DIR"]), **store_env)
     for query in (task[:15], task, message):
         done = run("trace", query, "--json", env=env, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
@@ -116,14 +117,13 @@ def test_webhooks_json_outputs(sims: Simulators, tmp_path: Path) -> None:
     assert "webhooks list" in again_removed.stderr and again_removed.stdout == ""
 
 
-def test_trace_shows_only_the_reports_of_what_was_asked(tmp_path: Path) -> None:
+def test_trace_shows_only_the_reports_of_what_was_asked(tmp_path: Path, store_env: dict[str, str]) -> None:
     """A message id, or an id nothing holds, never pulls in the other messages' reports; and the trace,
     read-only, logs no findings of its own (an unknown code, a status the code overrides)."""
-    from sfsync.store import Store
-
     state = tmp_path / "state"
     state.mkdir()
-    store = Store(state / "sfsync.db")
+    env = cli_env(state, **store_env)
+    store = store_of(env)
     mine, other = new_message_id(), new_message_id()
     for message in (mine, other):
         pushed = report(message, "failed", "402")  # "failed" but the code says Rejected
@@ -134,7 +134,6 @@ def test_trace_shows_only_the_reports_of_what_was_asked(tmp_path: Path) -> None:
         dead = report(message, "submitted", "210", minute=1)
         store.add_dead_letter(dead["delivery_report_id"], message, dead, "poll", "a validation rule")
     store.close()
-    env = cli_env(state)
     done = run("trace", mine, "--json", env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)["seen"]

@@ -22,7 +22,7 @@ from sfsync.errors import EXIT_CONFIG, EXIT_OK, EXIT_PARTIAL, EXIT_UNAVAILABLE
 from sfsync.sim.harness import Simulators
 from sfsync.sources.poll import keyed
 from sfsync.store import Store
-from tests.conftest import add_tasks, composite_calls, fields_of, new_message_id, report
+from tests.conftest import add_tasks, composite_calls, fields_of, new_message_id, report, store_of
 
 PHONE = "+61491570157"  # the reports' source number (tests.conftest.report)
 
@@ -39,6 +39,11 @@ def cli_env(worker_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_pat
     yield Path(worker_env["SFSYNC_STATE_DIR"])
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+def store_in(state: Path) -> Store:
+    """The store of the CLI runs cli_env set up (their SQLite file in ``state``, or the PostgreSQL database)."""
+    return store_of({**os.environ, "SFSYNC_STATE_DIR": str(state)})
 
 
 def rows_of(path: Path) -> list[dict[str, str]]:
@@ -107,7 +112,7 @@ def test_an_output_dir_that_cannot_be_written_is_exit_3_before_anything_is_fetch
 
 # -- dry runs -------------------------------------------------------------------------------------------
 def stage(state: Path, raws: list[dict[str, Any]]) -> None:
-    Store(state / "sfsync.db").stage("push", keyed(raws))
+    store_in(state).stage("push", keyed(raws))
 
 
 def test_a_dry_run_plans_the_first_page_and_every_staged_report_and_says_so(
@@ -256,7 +261,7 @@ def test_backfill_counts_tasks_deleted_since_the_message_was_sent(
     assert {r["ID"] for r in bad if r["OUTCOME"] == "task_deleted"} == set(late)
     assert all("ENTITY_IS_DELETED" in r["ERROR"] for r in bad if r["OUTCOME"] == "task_deleted")
     assert len(rows_of(out / "success.csv")) == 36
-    assert Store(cli_env / "sfsync.db").dead_letter_count() == 0
+    assert store_in(cli_env).dead_letter_count() == 0
     assert all(fields_of(sims, t) == ("Delivered", "221") for t in tasks[4:])
 
 
@@ -275,7 +280,7 @@ def dead_lettered(sims: Simulators, *stories: tuple[str, str]) -> list[str]:
 def test_dead_letter_retry_says_per_letter_what_happened(sims: Simulators, cli_env: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     tasks = dead_lettered(sims, ("delivered", "221"), ("failed", "414"), ("delivered", "220"))
-    store = Store(cli_env / "sfsync.db")
+    store = store_in(cli_env)
     letters = {d.message_id: d for d in store.dead_letters()}
     messages = [sims.sf.task(t)["SMS_Message_Id__c"] for t in tasks]  # type: ignore[index]
     sims.sf.add_validation_rule("SMS_Status__c", "Failed", "Failed needs a reason")
@@ -303,7 +308,7 @@ def test_dead_letter_retry_says_per_letter_what_happened(sims: Simulators, cli_e
 def test_dead_letter_retry_through_row_locks_says_each_letter_failed_transiently(
         sims: Simulators, cli_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     tasks = dead_lettered(sims, ("delivered", "221"), ("delivered", "220"))
-    before = {d.id for d in Store(cli_env / "sfsync.db").dead_letters()}
+    before = {d.id for d in store_in(cli_env).dead_letters()}
     monkeypatch.setenv("SFSYNC_RETRY_ATTEMPTS", "2")
     monkeypatch.setenv("SFSYNC_RETRY_MAX_SECONDS", "2")
     sims.sf.configure(lock_row_rate=1.0)
@@ -312,7 +317,7 @@ def test_dead_letter_retry_through_row_locks_says_each_letter_failed_transiently
     lines = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("#")]
     assert sorted(int(line.split()[0][1:]) for line in lines) == sorted(before)
     assert all("failed again, transient (kept as it was" in line and "UNABLE_TO_LOCK_ROW" in line for line in lines)
-    assert {d.id for d in Store(cli_env / "sfsync.db").dead_letters()} == before
+    assert {d.id for d in store_in(cli_env).dead_letters()} == before
     assert all(fields_of(sims, t) == (None, None) for t in tasks)
 
 

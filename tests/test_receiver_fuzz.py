@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from sfsync.push.receiver import DEFAULT_PATH
+from tests.conftest import inbox_ids, store_of
 
 SECRET = "push-secret-for-the-fuzzer-0123456789"
 HEADER = "X-SFSync-Secret"
@@ -44,14 +44,16 @@ EXAMPLES = 300
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """``sfsync serve --no-drain`` on a free port; yields its base URL and its store's path."""
+def live(tmp_path_factory: pytest.TempPathFactory,
+         module_store_env: dict[str, str]) -> Iterator[tuple[str, dict[str, str]]]:
+    """``sfsync serve --no-drain`` on a free port; yields its base URL and its environment (its store)."""
     state = tmp_path_factory.mktemp("fuzz") / "state"
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("SFSYNC_")},
-           "SFSYNC_STATE_DIR": str(state), "SFSYNC_PUSH_SECRET": SECRET, "SFSYNC_PUSH_MAX_BODY_BYTES": "16384"}
+           "SFSYNC_STATE_DIR": str(state), "SFSYNC_PUSH_SECRET": SECRET, "SFSYNC_PUSH_MAX_BODY_BYTES": "16384",
+           **module_store_env}
     # stderr to a file, never an unread pipe: the receiver logs a line per odd report, and a full pipe
     # would block it mid-request (a hang of the test's own making).
     log_path = state.parent / "serve.log"
@@ -68,7 +70,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]
             assert proc.poll() is None, f"sfsync serve exited: {log_path.read_text()[-2000:]}"
             assert time.monotonic() < deadline, "sfsync serve did not come up"
             time.sleep(0.1)
-        yield base, state / "sfsync.db"
+        yield base, env
     finally:
         proc.terminate()
         try:
@@ -79,7 +81,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]
         log_file.close()
 
 
-def test_openapi_is_valid_and_matches_the_routes(live: tuple[str, Path]) -> None:
+def test_openapi_is_valid_and_matches_the_routes(live: tuple[str, dict[str, str]]) -> None:
     base, _ = live
     answer = requests.get(f"{base}/openapi.json", timeout=5)  # unauthenticated
     assert answer.status_code == 200 and answer.headers["Content-Type"] == "application/json"
@@ -107,8 +109,8 @@ def pushed_ids(body: Any) -> list[str]:
     return [str(r["delivery_report_id"]).strip() for r in reports]
 
 
-def test_schemathesis_finds_no_5xx_no_drop_and_no_unstored_2xx(live: tuple[str, Path]) -> None:
-    base, state_db = live
+def test_schemathesis_finds_no_5xx_no_drop_and_no_unstored_2xx(live: tuple[str, dict[str, str]]) -> None:
+    base, env = live
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
     operations = {op.label: op for op in (result.ok() for result in schema.get_all_operations())}
     push_op = operations[f"POST {DEFAULT_PATH}"]  # (schemathesis leaves /openapi.json itself out)
@@ -150,6 +152,5 @@ def test_schemathesis_finds_no_5xx_no_drop_and_no_unstored_2xx(live: tuple[str, 
     assert elapsed < 90  # a guard against hangs: 15-40 s here, on two shared cores
     assert statuses.get(200, 0) >= 50, f"too few pushes reached the store: {statuses}"
     assert {400, 401} <= set(statuses), statuses
-    with contextlib.closing(sqlite3.connect(state_db)) as db:
-        stored = {row[0] for row in db.execute("SELECT report_id FROM inbox")}
+    stored = inbox_ids(store_of(env))
     assert acknowledged <= stored, f"answered 2xx but not stored: {sorted(acknowledged - stored)[:5]}"

@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import socket
-import sqlite3
 import ssl
 import threading
 import time
@@ -28,7 +27,7 @@ from sfsync.errors import UsageError
 from sfsync.push.receiver import PushServer
 from sfsync.sim.tls import EphemeralCA
 from sfsync.store import Store
-from tests.conftest import new_message_id, report
+from tests.conftest import inbox_ids, new_message_id, report, store_of
 
 SECRET = "push-secret-for-hostile-tests-0123"
 HEADER = "X-SFSync-Secret"
@@ -37,11 +36,12 @@ MakeServer = Callable[..., PushServer]
 
 
 @pytest.fixture
-def make_server(tmp_path: Path) -> Iterator[MakeServer]:
+def make_server(tmp_path: Path, store_env: dict[str, str]) -> Iterator[MakeServer]:
     started: list[PushServer] = []
 
     def make(**options: Any) -> PushServer:
-        settings = load_settings(environ={"SFSYNC_STATE_DIR": str(tmp_path / "state"), "SFSYNC_PUSH_SECRET": SECRET})
+        settings = load_settings(environ={"SFSYNC_STATE_DIR": str(tmp_path / "state"), "SFSYNC_PUSH_SECRET": SECRET,
+                                          **store_env})
         server = PushServer(settings, port=0, drain=False, **options)
         started.append(server)
         return server.start()
@@ -79,8 +79,7 @@ def push_json(server: PushServer, payload: Any, **kwargs: Any) -> tuple[int, dic
 
 
 def stored_ids(server: PushServer) -> set[str]:
-    with contextlib.closing(sqlite3.connect(server.settings.store_path)) as db:
-        return {row[0] for row in db.execute("SELECT report_id FROM inbox")}
+    return inbox_ids(store_of(server.settings))  # read afresh, not through the server's store
 
 
 class SlowClient(threading.Thread):

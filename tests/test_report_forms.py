@@ -18,8 +18,7 @@ import requests
 from sfsync.clients.http import make_session
 from sfsync.sim.harness import Simulators
 from sfsync.sim.messagemedia import DATE_FORMS, METADATA_SHAPES
-from sfsync.store import Store
-from tests.conftest import add_tasks, at, fields_of, new_message_id, report
+from tests.conftest import add_tasks, at, fields_of, new_message_id, report, store_of
 
 SFSYNC = str(Path(sys.executable).parent / "sfsync")
 
@@ -124,11 +123,11 @@ def test_backfill_reads_the_spec_form_in_its_timezone(sims: Simulators, worker_e
                     env=worker_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert fields_of(sims, task) == ("Delivered", "221")
-    ledger = Store(Path(worker_env["SFSYNC_STATE_DIR"]) / "sfsync.db").ledger([message])
+    ledger = store_of(worker_env).ledger([message])
     assert ledger[message].event_time == sent
 
 
-def test_sfsync_sim_serves_the_spec_form_and_run_applies_it(tmp_path: Path) -> None:
+def test_sfsync_sim_serves_the_spec_form_and_run_applies_it(tmp_path: Path, store_env: dict[str, str]) -> None:
     """`sfsync sim --report-date-form spec` (the demo's seed) drained by `sfsync run`: no report is
     lost to its date form; the only dead letter is the seeded deleted Task."""
     sim = subprocess.Popen([SFSYNC, "sim", "--seed-demo", "60", "--late-after", "600", "--report-date-form", "spec",
@@ -141,7 +140,7 @@ def test_sfsync_sim_serves_the_spec_form_and_run_applies_it(tmp_path: Path) -> N
                "SFSYNC_MM_BASE_URL": info["messagemedia_url"], "SFSYNC_MM_API_KEY": info["mm_api_key"],
                "SFSYNC_MM_API_SECRET": info["mm_api_secret"], "SFSYNC_SF_LOGIN_URL": info["salesforce_login_url"],
                "SFSYNC_SF_CLIENT_ID": info["sf_client_id"], "SFSYNC_SF_CLIENT_SECRET": info["sf_client_secret"],
-               "SFSYNC_CA_BUNDLE": info["ca_bundle"], "SFSYNC_STATE_DIR": str(tmp_path / "state")}
+               "SFSYNC_CA_BUNDLE": info["ca_bundle"], "SFSYNC_STATE_DIR": str(tmp_path / "state"), **store_env}
         session = make_session(info["ca_bundle"])
         [first] = session.get(info["messagemedia_url"] + "/v1/delivery_reports", timeout=10,
                               auth=(info["mm_api_key"], info["mm_api_secret"])).json()["delivery_reports"][:1]

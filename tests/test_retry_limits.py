@@ -62,10 +62,11 @@ def test_the_waits_of_one_call_never_add_up_past_the_cap(sims: Simulators,
     assert len(slept) < 29  # the cap ended the retries, not the attempts
 
 
-def test_sfsync_run_with_a_retry_after_beyond_the_cap_exits_8_in_seconds(sims: Simulators, tmp_path: Path) -> None:
+def test_sfsync_run_with_a_retry_after_beyond_the_cap_exits_8_in_seconds(sims: Simulators, tmp_path: Path,
+                                                                       store_env: dict[str, str]) -> None:
     sims.mm.add_reports([report(new_message_id(), "delivered")])
     sims.mm.faults.configure(rate=1.0, kinds=["429"], retry_after=40)
-    env = cli_env(sims, tmp_path, SFSYNC_RETRY_MAX_SECONDS="5")
+    env = cli_env(sims, tmp_path, SFSYNC_RETRY_MAX_SECONDS="5", **store_env)
     started = time.monotonic()
     result = subprocess.run([SFSYNC, "run"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert time.monotonic() - started < 10
@@ -77,13 +78,13 @@ def test_sfsync_run_with_a_retry_after_beyond_the_cap_exits_8_in_seconds(sims: S
 
 
 def test_sigterm_during_a_retry_wait_ends_the_run_at_once_and_loses_nothing(
-        sims: Simulators, tmp_path: Path, make_worker: Callable[..., Worker]) -> None:
+        sims: Simulators, tmp_path: Path, make_worker: Callable[..., Worker], store_env: dict[str, str]) -> None:
     message = new_message_id()
     (task,) = add_tasks(sims, [message])
     sims.mm.add_reports([report(message, "delivered", "220")])
     # Salesforce answers 429 "try again in 30 s" to everything: the run sits in a retry wait.
     sims.sf.faults.configure(rate=1.0, kinds=["429"], retry_after=30)
-    env = cli_env(sims, tmp_path, SFSYNC_RETRY_MAX_SECONDS="120", SFSYNC_RETRY_ATTEMPTS="6")
+    env = cli_env(sims, tmp_path, SFSYNC_RETRY_MAX_SECONDS="120", SFSYNC_RETRY_ATTEMPTS="6", **store_env)
     proc = subprocess.Popen([SFSYNC, "run"], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     try:
         lines = line_reader(proc.stderr)

@@ -32,7 +32,7 @@ from sfsync.errors import EXIT_AUTH, EXIT_CONFIG, EXIT_OK
 from sfsync.ops.doctor import run_checks
 from sfsync.sim.harness import Simulators
 from sfsync.store import Store
-from tests.conftest import add_tasks, new_message_id, report
+from tests.conftest import add_tasks, new_message_id, on_postgresql, report
 
 BIN = Path(sys.executable).parent
 SFSYNC = str(BIN / "sfsync")
@@ -99,6 +99,7 @@ def test_a_damaged_store_is_a_clear_error_and_nothing_is_confirmed(sims: Simulat
     assert sims.mm.confirm_log() == []
 
 
+@pytest.mark.skipif(on_postgresql(), reason="a damaged SQLite file: the PostgreSQL store has no file to damage")
 def test_doctor_reports_a_damaged_store(sims: Simulators, settings_for: Callable[..., Settings],
                                         state_dir: Path) -> None:
     db = seeded_store(state_dir)
