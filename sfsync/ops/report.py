@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sfsync import timeargs
+from sfsync.domain.reports import format_time
 from sfsync.errors import UsageError
 from sfsync.ops.report_data import (
     ACTION_GROUPS,
@@ -42,7 +43,8 @@ from sfsync.ops.report_html import render_html
 
 __all__ = [
     "ACTION_GROUPS", "COLOURS", "DRILL_DOWN_REPORT", "FALLBACK_LIST_VIEW", "GROUP_OF_LABEL", "NEW_CODE", "Group",
-    "Health", "StatusReport", "build", "group_of", "parse_window", "read_health", "render_html", "render_text",
+    "Health", "StatusReport", "build", "format_time", "group_of", "parse_window", "read_health", "render_html",
+    "render_text",
 ]
 
 
