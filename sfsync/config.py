@@ -35,7 +35,7 @@ class Settings:
     mm_accounts: tuple[MMAccount, ...] = ()  # SFSYNC_MM_ACCOUNTS: several accounts, each polled in turn
     # Salesforce: one of three ways to authenticate
     sf_login_url: str = ""
-    sf_audience: str = ""  # JWT bearer `aud`; empty: derived from the login URL (clients.salesforce.jwt_audience)
+    sf_audience: str = ""  # JWT bearer `aud`; empty: derived from the login URL (clients.sf_login.jwt_audience)
     sf_client_id: str = ""
     sf_client_secret: Secret = field(default_factory=lambda: Secret(""))
     sf_username: str = ""

@@ -4,35 +4,48 @@ Token: our own small OAuth client (simple-salesforce's login helpers hard-code s
 hosts): client credentials, JWT bearer (RS256), or a given token. REST: simple-salesforce with
 our session (CA bundle, timeouts). Every answer's ``Sforce-Limit-Info`` is read to keep within the
 configured share of the daily API allocation.
+
+The token request and the JWT audience rules live in ``clients.sf_login``.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import requests
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession
 from simple_salesforce.format import format_soql
 
 from sfsync.clients.http import make_session, why_unreachable
 from sfsync.clients.retry import RetryPolicy, parse_retry_after
+from sfsync.clients.sf_login import (
+    AUTH_ERRORS,
+    PRODUCTION_AUDIENCE,
+    SANDBOX_AUDIENCE,
+    _Token,
+    is_sandbox_host,
+    jwt_audience,
+    token_request,
+)
 from sfsync.config import Settings
 from sfsync.domain.ids import canonical_id, task_id
 from sfsync.errors import AuthError, BudgetExhausted, ConfigError, RemoteError
 from sfsync.logs import register_secret
+
+# Re-exported: callers import the login names from here.
+__all__ = [
+    "AUTH_ERRORS", "COLLECTION_LIMIT", "IN_LIST_LIMIT", "PRODUCTION_AUDIENCE", "SANDBOX_AUDIENCE", "VIEW_SETUP",
+    "SalesforceClient", "Usage", "WriteResult", "is_daily_limit", "is_lock_error", "is_sandbox_host", "jwt_audience",
+    "valid_task_id",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,12 +56,6 @@ LOCK_ERRORS = {"UNABLE_TO_LOCK_ROW"}
 CONFIG_ERRORS = {
     "MALFORMED_QUERY", "INVALID_FIELD", "INVALID_TYPE", "JSON_PARSER_ERROR", "INVALID_FIELD_FOR_INSERT_UPDATE",
 }
-# Token endpoint answers that say the credentials or the connected app are wrong; any other refusal
-# (unknown_error "retry your request", a proxy's HTML page, ...) is transient. Salesforce spells a
-# wrong consumer key invalid_client_id.
-AUTH_ERRORS = {"invalid_grant", "invalid_client", "invalid_client_id", "unauthorized_client", "unsupported_grant_type"}
-PRODUCTION_AUDIENCE = "https://login.salesforce.com"
-SANDBOX_AUDIENCE = "https://test.salesforce.com"
 # REQUEST_LIMIT_EXCEEDED names the limit it hit: only the daily allocation is a budget stop; the
 # concurrency limits (ConcurrentRequests, ConcurrentPerOrgLongTxn) clear in seconds.
 DAILY_LIMIT_MARK = "TotalRequests"
@@ -60,25 +67,6 @@ def is_lock_error(code: str, message: str) -> bool:
     """A record Salesforce could not lock: ``UNABLE_TO_LOCK_ROW``, or a trigger or flow failing on a
     lock (``CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY`` wrapping one). Transient: retry that record."""
     return code in LOCK_ERRORS or (code == "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY" and "lock" in message.lower())
-
-
-def jwt_audience(settings: Settings) -> str:
-    """The JWT bearer ``aud``: ``SFSYNC_SF_AUDIENCE`` when set, else test.salesforce.com for a
-    sandbox login URL and login.salesforce.com for any other (a My Domain ``aud`` is refused)."""
-    if settings.sf_audience:
-        return settings.sf_audience
-    return SANDBOX_AUDIENCE if is_sandbox_host(urlsplit(settings.sf_login_url).hostname or "") else PRODUCTION_AUDIENCE
-
-
-def is_sandbox_host(host: str) -> bool:
-    """Sandbox and scratch org login hosts: test.salesforce.com, enhanced My Domain
-    ``acme--uat.sandbox.my.salesforce.com`` (and ``.scratch.``), legacy ``acme--uat.my.salesforce.com``,
-    and the old ``csNN.salesforce.com`` instances."""
-    host = host.lower().rstrip(".")
-    first = host.split(".", 1)[0]
-    return (host == "test.salesforce.com" or host.endswith((".sandbox.my.salesforce.com", ".scratch.my.salesforce.com"))
-            or ("--" in first and host.endswith(".my.salesforce.com"))
-            or (re.fullmatch(r"cs\d+", first) is not None and host.endswith(".salesforce.com")))
 
 
 def is_daily_limit(code: str, message: str) -> bool:
@@ -111,14 +99,6 @@ class WriteResult:
     error_code: str | None = None
     message: str | None = None
     transient: bool = False  # still locked after retries: do not confirm, try next run
-
-
-@dataclass
-class _Token:
-    instance_url: str
-    access_token: str
-    identity: str = ""  # the token's id URL, .../id/<org id>/<user id>
-    obtained: float = field(default_factory=time.monotonic)
 
 
 class SalesforceClient:
@@ -170,79 +150,13 @@ class SalesforceClient:
         s = self.settings
         if s.sf_auth_mode == "token":
             return _Token(s.sf_instance_url, s.sf_access_token.value)
-        if s.sf_auth_mode == "jwt":
-            data = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": self._jwt_assertion()}
-        else:
-            data = {"grant_type": "client_credentials", "client_id": s.sf_client_id,
-                    "client_secret": s.sf_client_secret.value}
-
-        def once() -> _Token:
-            self.calls["token"] += 1
-            response = self.session.post(f"{s.sf_login_url}/services/oauth2/token", data=data,
-                                         headers={"Accept": "application/json"})
-            body = _json_or_none(response)
-            error = body.get("error") if isinstance(body, dict) else None
-            if response.status_code != 200 and error in AUTH_ERRORS:
-                raise self._login_refused(response.status_code, str(error), str(body.get("error_description", "")))
-            if response.status_code != 200 or not isinstance(body, dict) or not _usable_token(body):
-                # unknown_error ("retry your request"), 5xx, 429, a proxy's HTML page, a garbled grant.
-                detail = f"{error}: {body.get('error_description', '')}" if error else (
-                    "answer is not a token" if response.status_code == 200 else "not an OAuth error answer")
-                raise RemoteError(f"Salesforce token endpoint: HTTP {response.status_code} ({detail})", transient=True,
-                                  status=response.status_code,
-                                  retry_after=parse_retry_after(response.headers.get("Retry-After")))
-            instance = str(body.get("instance_url") or s.sf_instance_url or s.sf_login_url)
-            if not instance.startswith("https://"):
-                raise ConfigError(f"Salesforce returned a non-https instance URL {instance!r}")
-            return _Token(instance, str(body["access_token"]), str(body.get("id") or ""))
-
-        return self._retried("token", once)
-
-    def _login_refused(self, status: int, error: str, description: str) -> AuthError:
-        s = self.settings
-        flow = s.sf_auth_mode.replace("_", " ")
-        if s.sf_auth_mode == "jwt" and "audience" in description.lower():
-            sent = jwt_audience(s)
-            if sent in (PRODUCTION_AUDIENCE, SANDBOX_AUDIENCE):
-                other, kind = (SANDBOX_AUDIENCE, "a sandbox") if sent == PRODUCTION_AUDIENCE else (
-                    PRODUCTION_AUDIENCE, "a production org")
-                fix = f"If the org is {kind}, set SFSYNC_SF_AUDIENCE={other}"
-            else:
-                fix = (f"Set SFSYNC_SF_AUDIENCE={PRODUCTION_AUDIENCE} (production org), {SANDBOX_AUDIENCE} (sandbox), "
-                       "or your Experience Cloud site's URL")
-            return AuthError(f"Salesforce refused the JWT bearer login ({status} {error}: {description}): the JWT's "
-                             f"audience was {sent}. {fix} (SFSYNC_SF_LOGIN_URL stays your My Domain URL).")
-        return AuthError(
-            f"Salesforce refused the {flow} login ({status} {error}: {description}). Check SFSYNC_SF_LOGIN_URL (your "
-            "My Domain URL), SFSYNC_SF_CLIENT_ID and the secret or key, and that the connected app allows this flow."
-        )
+        return self._retried("token", token_request(s, self.session, self.calls))
 
     @property
     def user_id(self) -> str:
         """The integration user's Id, from the token's identity URL (empty for a given token)."""
         identity = self._token.identity if self._token else ""
         return identity.rstrip("/").rsplit("/", 1)[-1] if "/id/" in identity else ""
-
-    def _jwt_assertion(self) -> str:
-        s = self.settings
-        try:
-            with open(s.sf_private_key_file, "rb") as pem:
-                key = serialization.load_pem_private_key(pem.read(), password=None)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"SFSYNC_SF_PRIVATE_KEY_FILE: cannot read an unencrypted PEM private key ({exc})"
-            ) from exc
-        if not isinstance(key, rsa.RSAPrivateKey):
-            raise ConfigError("SFSYNC_SF_PRIVATE_KEY_FILE must hold an RSA private key (JWT bearer uses RS256)")
-
-        def b64(data: bytes) -> str:
-            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-        header = b64(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
-        claims = b64(json.dumps({"iss": s.sf_client_id, "sub": s.sf_username, "aud": jwt_audience(s),
-                                 "exp": int(time.time()) + 180}).encode())
-        signature = key.sign(f"{header}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256())
-        return f"{header}.{claims}.{b64(signature)}"
 
     # -- every call goes through here --------------------------------------------------------------------
     def _observe(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
@@ -437,16 +351,3 @@ def _checked_page(answer: Any, name: str) -> dict[str, Any]:
 
 def _query_more(url: str) -> Callable[[Salesforce], Any]:
     return lambda sf: sf.query_more(url, identifier_is_url=True)
-
-
-def _usable_token(grant: dict[str, Any]) -> bool:
-    """A grant's access token must be non-empty text (``null``, ``""`` or a number is no token)."""
-    token = grant.get("access_token")
-    return isinstance(token, str) and bool(token.strip())
-
-
-def _json_or_none(response: requests.Response) -> Any:
-    try:
-        return response.json()
-    except (ValueError, RecursionError):
-        return None

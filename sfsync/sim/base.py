@@ -4,235 +4,38 @@ request/response values, and fault and latency injection.
 A simulator is a ``SimApp`` subclass: it registers routes and says how its errors look
 (MessageMedia answers ``{"message": ...}``, Salesforce a JSON list). Everything under ``/_sim/``
 is the unauthenticated admin API and is never delayed or faulted.
+
+The request and response values live in ``sim.wire``, fault injection in ``sim.faults``; both are
+re-exported here, where the simulators and tests import them from.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import logging
-import random
 import re
 import socket
 import ssl
 import struct
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from email.message import Message
+from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from sfsync.sim.faults import ALL_FAULT_KINDS, FAULT_KINDS, FaultConfig, Faults
 from sfsync.sim.tls import EphemeralCA
+from sfsync.sim.wire import HttpError, Request, Response, _BodyReader
+
+__all__ = [
+    "ALL_FAULT_KINDS", "FAULT_KINDS", "FaultConfig", "Faults", "Handler", "HttpError", "Request", "Response",
+    "SimApp", "SimServer",
+]
 
 log = logging.getLogger("sfsync.sim")
-
-# Every kind of fault a simulator can inject on a remote call.
-#   500/502/503  an error answer in the service's own error shape
-#   429          Too Many Requests with a Retry-After header
-#   reset        the TCP connection is reset before any answer (nothing was applied)
-#   stall        no answer until well past the client's timeout (nothing was applied)
-#   malformed    200 with a truncated JSON body (nothing was applied)
-#   lost_response the request IS applied, then the connection is reset: the client cannot
-#                know it worked, so this is what proves idempotency
-FAULT_KINDS: tuple[str, ...] = ("500", "502", "503", "429", "reset", "stall", "malformed")
-ALL_FAULT_KINDS: tuple[str, ...] = (*FAULT_KINDS, "lost_response")
-
-
-class HttpError(Exception):
-    """Raised by a route to answer with an error in the simulator's own error shape."""
-
-    def __init__(self, status: int, message: str, code: str | None = None, details: Any = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.details = details
-
-
-class _BodyReader:
-    """Reads a request body of known length or in chunked transfer encoding, lazily, so a
-    route can stream a large upload (a Bulk API CSV) without holding it in memory."""
-
-    def __init__(self, rfile: Any, length: int | None, chunked: bool):
-        self._rfile = rfile
-        self._left = length or 0
-        self._chunked = chunked
-        self._chunk_left = 0
-        self._done = not chunked and not length
-        self._buffer = b""
-
-    def _raw_read(self, n: int) -> bytes:
-        if self._done:
-            return b""
-        if not self._chunked:
-            data = self._rfile.read(min(n, self._left))
-            self._left -= len(data)
-            if not data or self._left <= 0:
-                self._done = True
-            return data
-        if self._chunk_left == 0:
-            size_line = self._rfile.readline(65537)
-            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-            if size == 0:
-                # Trailer section: read to the blank line.
-                while self._rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                    pass
-                self._done = True
-                return b""
-            self._chunk_left = size
-        data = self._rfile.read(min(n, self._chunk_left))
-        self._chunk_left -= len(data)
-        if self._chunk_left == 0:
-            self._rfile.readline(3)  # CRLF after the chunk
-        if not data:
-            self._done = True
-        return data
-
-    def read(self, n: int = -1) -> bytes:
-        if n < 0:
-            parts = [self._buffer]
-            self._buffer = b""
-            while chunk := self._raw_read(1 << 16):
-                parts.append(chunk)
-            return b"".join(parts)
-        while len(self._buffer) < n and not self._done:
-            chunk = self._raw_read(max(n - len(self._buffer), 1 << 16))
-            if not chunk:
-                break
-            self._buffer += chunk
-        data, self._buffer = self._buffer[:n], self._buffer[n:]
-        return data
-
-    def lines(self) -> Iterator[bytes]:
-        """Yield lines (with their ending) with memory bounded by the longest line."""
-        pending = self._buffer
-        self._buffer = b""
-        while True:
-            cut = pending.find(b"\n")
-            if cut >= 0:
-                yield pending[: cut + 1]
-                pending = pending[cut + 1 :]
-                continue
-            chunk = self._raw_read(1 << 16)
-            if not chunk:
-                if pending:
-                    yield pending
-                return
-            pending += chunk
-
-    def drain(self) -> None:
-        while self._raw_read(1 << 16):
-            pass
-
-
-@dataclass
-class Request:
-    method: str
-    target: str  # the request target as sent: path and query
-    path: str
-    query: dict[str, list[str]]
-    headers: Message
-    reader: _BodyReader
-    params: dict[str, str] = field(default_factory=dict)
-    _body: bytes | None = None
-    principal: Any = None  # who the credentials name, once an app has authenticated the call
-    account: str = ""  # the account the call acts for, once an app has authenticated it
-
-    def body(self) -> bytes:
-        if self._body is None:
-            self._body = self.reader.read()
-        return self._body
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body() or b"null")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise HttpError(400, f"request body is not valid JSON: {exc}", "JSON_PARSER_ERROR") from exc
-
-    def arg(self, name: str, default: str | None = None) -> str | None:
-        values = self.query.get(name)
-        return values[0] if values else default
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def json(cls, status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
-        return cls(status, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})})
-
-    @classmethod
-    def text(cls, status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> Response:
-        return cls(status, text.encode(), {"Content-Type": content_type})
-
-
-@dataclass
-class FaultConfig:
-    latency_ms: float = 0.0
-    rate: float = 0.0
-    kinds: tuple[str, ...] = FAULT_KINDS
-    seed: int | None = None
-    stall_seconds: float = 15.0
-    retry_after: int = 1
-
-
-class Faults:
-    """Thread-safe fault and latency injection; a seed makes the sequence repeatable."""
-
-    def __init__(self, config: FaultConfig | None = None):
-        self._lock = threading.Lock()
-        self.config = FaultConfig()
-        self.rng = random.Random()
-        self.counts: Counter[str] = Counter()
-        self.configure(**vars(config or FaultConfig()))
-
-    def configure(self, **changes: Any) -> FaultConfig:
-        with self._lock:
-            for key, value in changes.items():
-                if not hasattr(self.config, key):
-                    raise HttpError(400, f"unknown fault setting {key!r}")
-                if key == "kinds":
-                    value = tuple(value)
-                    unknown = set(value) - set(ALL_FAULT_KINDS)
-                    if unknown:
-                        raise HttpError(400, f"unknown fault kinds {sorted(unknown)}")
-                setattr(self.config, key, value)
-            if "seed" in changes:
-                self.rng = random.Random(self.config.seed)
-            return self.config
-
-    def draw(self) -> str | None:
-        with self._lock:
-            if self.config.rate <= 0 or not self.config.kinds:
-                return None
-            if self.rng.random() >= self.config.rate:
-                return None
-            kind = self.rng.choice(self.config.kinds)
-            self.counts[kind] += 1
-            return kind
-
-    def chance(self, rate: float) -> bool:
-        """A seeded coin for app-level faults (UNABLE_TO_LOCK_ROW and the like)."""
-        with self._lock:
-            return rate > 0 and self.rng.random() < rate
-
-    def count(self, kind: str) -> None:
-        with self._lock:
-            self.counts[kind] += 1
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            cfg = vars(self.config).copy()
-            cfg["kinds"] = list(cfg["kinds"])
-            return {"config": cfg, "injected": dict(self.counts)}
-
 
 Handler = Callable[[Request], Response]
 

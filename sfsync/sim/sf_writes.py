@@ -1,0 +1,162 @@
+"""The Salesforce simulator's write and record endpoints: sObject Collections update, single-record
+get and update, describe, limits and the Bulk API 2.0 ingest routes, all through the one write rule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sfsync.sim.base import HttpError, Request, Response
+from sfsync.sim.bulk import RESULT_KINDS, BulkIngest
+from sfsync.sim.sf_records import TaskRecords
+from sfsync.sim.sf_schema import SOBJECT, TASK_PREFIX, RecordError
+
+MAX_COLLECTION = 200
+ROLLED_BACK = ("ALL_OR_NONE_OPERATION_ROLLED_BACK",
+               "Record rolled back because not all records were valid and the request was using AllOrNone header")
+
+
+class WritesMixin(TaskRecords):
+    """Record writes and reads, describe, limits and Bulk ingest, composed into ``SalesforceSim``."""
+
+    bulk: BulkIngest
+    api_usage: int
+
+    # -- writes --------------------------------------------------------------------------------
+    def _composite_update(self, request: Request) -> Response:
+        body = request.json()
+        records = body.get("records") if isinstance(body, dict) else None
+        if not isinstance(records, list):
+            raise HttpError(400, "The request body must be an object with a records list", "JSON_PARSER_ERROR")
+        if len(records) > MAX_COLLECTION:
+            raise HttpError(400, f"record limit reached. cannot submit more than {MAX_COLLECTION} records into this "
+                            "call", "EXCEEDED_ID_LIMIT")
+        all_or_none = body.get("allOrNone") is True
+        with self.lock:
+            outcomes = [self._check_item(record) for record in records]
+            failed = any(isinstance(o, RecordError) for o in outcomes)
+            results = [self._collection_result(o, rolled_back=all_or_none and failed) for o in outcomes]
+            if not (all_or_none and failed):
+                for outcome in outcomes:
+                    if not isinstance(outcome, RecordError):
+                        self._apply(*outcome, "composite")
+        return Response.json(200, results)
+
+    def _check_item(self, record: Any) -> tuple[str, dict[str, Any]] | RecordError:
+        try:
+            if not isinstance(record, dict):
+                raise RecordError("JSON_PARSER_ERROR", "each record must be a JSON object")
+            attributes = record.get("attributes")
+            kind = attributes.get("type") if isinstance(attributes, dict) else None
+            if not isinstance(kind, str) or kind.lower() != SOBJECT.lower():
+                raise RecordError("INVALID_TYPE", f"sObject type '{kind}' is not supported here: send "
+                                  "attributes.type Task")
+            raw_id = record.get("id", record.get("Id"))
+            values = {k: v for k, v in record.items() if k not in ("attributes", "id", "Id")}
+            return self._check(raw_id, values, from_csv=False)
+        except RecordError as err:
+            return err
+
+    def _collection_result(self, outcome: tuple[str, dict[str, Any]] | RecordError, *,
+                           rolled_back: bool) -> dict[str, Any]:
+        if isinstance(outcome, RecordError):
+            result: dict[str, Any] = {"success": False, "errors": [outcome.as_result()]}
+            if outcome.task_id:
+                result = {"id": outcome.task_id, **result}
+            return result
+        if rolled_back:
+            error = RecordError(*ROLLED_BACK)
+            return {"id": outcome[0], "success": False, "errors": [error.as_result()]}
+        return {"id": outcome[0], "success": True, "errors": []}
+
+    def _sobject_update(self, request: Request) -> Response:
+        body = request.json()
+        if not isinstance(body, dict):
+            raise HttpError(400, "The request body must be a JSON object", "JSON_PARSER_ERROR")
+        values = {k: v for k, v in body.items() if k != "attributes"}
+        with self.lock:
+            try:
+                task_id, changes = self._check(request.params["record_id"], values, from_csv=False)
+            except RecordError as err:
+                raise self._record_http_error(err) from None
+            self._apply(task_id, changes, "sobject")
+        return Response(204)
+
+    def _record_http_error(self, err: RecordError) -> HttpError:
+        if err.code in ("MALFORMED_ID", "INVALID_CROSS_REFERENCE_KEY", "MISSING_ARGUMENT"):
+            return HttpError(404, "The requested resource does not exist", "NOT_FOUND")
+        status = 404 if err.code == "ENTITY_IS_DELETED" else 400
+        return HttpError(status, err.message, err.code, err.fields)
+
+    def _sobject_get(self, request: Request) -> Response:
+        with self.lock:
+            try:
+                task_id = self._resolve_id(request.params["record_id"])
+            except RecordError as err:
+                raise self._record_http_error(err) from None
+            wanted = request.arg("fields")
+            names = list(self._schema)
+            if wanted:
+                specs = [self._schema_ci.get(n.strip().lower()) for n in wanted.split(",")]
+                if any(s is None for s in specs):
+                    raise HttpError(400, f"No such column in '{wanted}' on entity '{SOBJECT}'", "INVALID_FIELD")
+                names = [s.name for s in specs if s is not None]
+            return Response.json(200, self._project(task_id, names, request.params["version"]))
+
+    def _describe(self, request: Request) -> Response:
+        return Response.json(200, {"name": SOBJECT, "label": SOBJECT, "keyPrefix": TASK_PREFIX, "updateable": True,
+                                   "queryable": True, "fields": self.schema()})
+
+    def _limits(self, request: Request) -> Response:
+        if not self.settings.view_setup:
+            raise HttpError(403, "Insufficient Privileges: the limits resource requires the View Setup and "
+                            "Configuration permission", "INSUFFICIENT_ACCESS")
+        with self.lock:
+            limit, used = self.settings.daily_limit, self.api_usage
+        return Response.json(200, {"DailyApiRequests": {"Max": limit, "Remaining": max(0, limit - used)},
+                                   "DailyBulkV2QueryJobs": {"Max": 10000, "Remaining": 10000}})
+
+    # -- bulk ----------------------------------------------------------------------------------
+    def _job_id(self, request: Request) -> str:
+        return request.params["job_id"]
+
+    def _bulk_create(self, request: Request) -> Response:
+        return Response.json(200, self.bulk.create(request.json(), request.params["version"]))
+
+    def _bulk_upload(self, request: Request) -> Response:
+        self.bulk.upload(self._job_id(request), request.reader.lines(), request.headers.get("Content-Type") or "")
+        return Response(201)
+
+    def _bulk_delete(self, request: Request) -> Response:
+        self.bulk.delete(self._job_id(request))
+        return Response(204)
+
+    def _bulk_results(self, request: Request) -> Response:
+        # Salesforce matches this segment whatever its case: its docs say unprocessedrecords (as
+        # jsforce sends it), simple-salesforce sends unprocessedRecords.
+        kind = {k.lower(): k for k in RESULT_KINDS}.get(request.params["kind"].lower(), "")
+        if not kind:
+            raise HttpError(404, "The requested resource does not exist", "NOT_FOUND")
+        return Response.text(200, self.bulk.results(self._job_id(request), kind), "text/csv; charset=UTF-8")
+
+    def _bulk_columns(self, header: list[str]) -> list[str]:
+        with self.lock:
+            names = []
+            for column in header:
+                spec = self._schema_ci.get(column.lower())
+                if spec is None:
+                    raise ValueError(f"Field name not found : {column}")
+                names.append(spec.name)
+        if len(set(names)) != len(names):
+            raise ValueError("Duplicate field name in the header")
+        if "Id" not in names:
+            raise ValueError("Id column is required for update")
+        return names
+
+    def _bulk_write(self, raw_id: str, values: dict[str, str | None]) -> tuple[str, str | None]:
+        with self.lock:
+            try:
+                task_id, changes = self._check(raw_id, values, from_csv=True)
+            except RecordError as err:
+                return err.task_id or "", err.as_bulk()
+            self._apply(task_id, changes, "bulk")
+        return task_id, None
