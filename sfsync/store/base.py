@@ -80,7 +80,7 @@ class Store:
         return self.backend.transaction()
 
     def run_lock(self, lock_path: Path) -> Lock:
-        """One run at a time: an flock on ``lock_path`` for SQLite, an advisory lock for PostgreSQL."""
+        """One run at a time: an flock on ``lock_path`` for SQLite, the ``run`` lease row for PostgreSQL."""
         return self.backend.run_lock(lock_path)
 
     def close(self) -> None:

@@ -1,8 +1,8 @@
 """The PostgreSQL backend: psycopg 3 with a connection pool shared by the threads that use the store
 (the receiver's handlers, the drain's concurrent calls). Every transaction commits on the server
 before the store returns, so the lossless rule holds as on SQLite. Connection failures become
-``StoreError`` naming the database (never the password); the run lock is an advisory lock held
-by a session of its own, released by the server when that session ends, however it ends."""
+``StoreError`` naming the database (never the password); the run lock is the ``run`` lease row
+(``sfsync.store.leases``): a lost host's lock expires at a known time, whatever became of its session."""
 
 from __future__ import annotations
 
