@@ -5,19 +5,21 @@ drain needs nothing but staged reports. So while the poll runs, a thread claims 
 works out which values the match stage will look up, and looks them up in whole queries of 100
 values; the first drain batch then takes those rows instead of asking Salesforce again.
 
-It also writes ahead what no later report can change: once enough messages have a final status
-staged (a final is never replaced by a non-final one, and their values are looked up already),
-the thread takes their reports through the pipeline, whole writes of 200 Tasks at a time, and
-marks them drained in the transaction that records their outcomes, exactly as the drain would.
+It also writes final statuses ahead: once enough messages have a final status staged (a final is
+never replaced by a non-final one; only a second, later final of the same message, a rare case,
+would cost a second write) and their Tasks looked up, the thread takes their reports through the
+pipeline in groups of 200 messages (one sObject Collections write each at most), and marks them
+drained in the transaction that records their outcomes, exactly as the drain would.
 A non-final is never written ahead: the message's next report, still to be polled, would cost a
 second write of the same Task. A Task written ahead is looked up again before anything else of
 this run decides on it (its looked-up row is stale).
 
-It costs no extra call: a message the ledger settles is never looked up, only whole queries and
-whole writes go out (the remainder goes with the drain, as before), and every value is looked up
-once per run. The thread holds at most one drain batch of staged reports (bounded memory); any
-error it meets is handed to the drain, which would have met it first thing. Only for a process
-alone on its store (SQLite: ``sfsync.replicas.Solo``).
+It costs no extra call: a message the ledger settles is never looked up, only whole queries go out
+and writes only for whole groups (the remainder goes with the drain, as before), and every value is
+looked up once per run (again only for a Task written ahead that another message names). The
+thread holds at most one drain batch of staged reports (bounded memory); any error it meets is
+handed to the drain, which would have met it first thing. Only for a process alone on its store
+(SQLite: ``sfsync.replicas.Solo``).
 """
 
 from __future__ import annotations
