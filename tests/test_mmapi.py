@@ -137,6 +137,27 @@ def test_a_confirm_slower_than_the_wait_ends_the_poll_with_one_clear_line_and_ex
     assert all(fields_of(sims, t) == ("Delivered", "221") and len(sims.sf.history(t)) == 1 for t in tasks)
 
 
+def test_a_confirmation_that_never_takes_effect_is_sent_again_and_the_run_drains_the_queue(
+        sims: Simulators, tmp_path: Path, store_env: dict[str, str]) -> None:
+    """A 202 says the reports "will be marked as confirmed"; when that is lost on MessageMedia's side the
+    same page keeps being served. It is confirmed again (once it has been served for 2 s after its
+    confirmation), and the one run still drains everything, each report staged and written once."""
+    messages = [new_message_id() for _ in range(250)]
+    tasks = add_tasks(sims, messages)
+    sims.mm.add_reports([report(m, "delivered", "221", minute=1) for m in messages])
+    sims.mm.configure(lose_confirms=2)  # the first page's confirmation, and the first time it is sent again
+    env = cli_env(sims, tmp_path / "state", SFSYNC_CONFIRM_WAIT_SECONDS="10", **store_env)
+
+    first = sfsync("run", env=env, cwd=tmp_path)
+    summary = summary_of(first.stderr)
+    assert first.returncode == EXIT_OK, first.stderr
+    assert summary["exit_reason"] == "queue_empty" and sims.mm.stats()["unconfirmed"] == 0
+    assert summary["applied"] == 250 == summary["confirmed"] == summary["fetched"]
+    again = [e for e in log_events(first.stderr) if e.get("event") == "confirmed_again"]
+    assert again and sum(int(e["msg"].split()[0]) for e in again) == 200
+    assert all(fields_of(sims, t) == ("Delivered", "221") and len(sims.sf.history(t)) == 1 for t in tasks)
+
+
 def test_the_simulator_serves_confirmed_reports_until_the_delay_passes(sims: Simulators) -> None:
     session, base = api(sims)
     [rid] = sims.mm.add_reports([report(new_message_id(), "delivered")])

@@ -4,7 +4,8 @@ the v2-preview reporting API, and push (account webhooks, a configured ``push_ur
 
 Confirmations are accepted at once (202) but, like the real service's, may take effect later:
 with ``confirm_delay_s`` set, a confirmed report is still served by the poll until that many
-seconds have passed.
+seconds have passed; with ``lose_confirms`` set, that many confirmations are answered 202 and never
+take effect (the report is served until it is confirmed again).
 
 Signature keys (``/v1/iam/signature_keys``): a create answer is the only one carrying the public
 key; one key is enabled at a time, and while one is, every push is signed with it.
@@ -94,6 +95,7 @@ class MessageMediaSim(ReportsMixin, MessagesMixin, AuthMixin):
             "report_date_form": report_date_form,
             "auth_failure_status": auth_failure_status,
             "confirm_delay_s": 0.0,
+            "lose_confirms": 0,
             "record_exchanges": False,
             **copy.deepcopy(PUSH_DEFAULTS),
         }
@@ -102,6 +104,7 @@ class MessageMediaSim(ReportsMixin, MessagesMixin, AuthMixin):
         self.report_date_form = "iso_ms"
         self.auth_failure_status = 403
         self.confirm_delay_s = 0.0  # a confirmation takes effect this long after its 202
+        self.lose_confirms = 0  # the next this many confirmations are answered 202 and never take effect
         self.record_exchanges = False
         self.push_url: str | None = None
         self.push_headers: dict[str, str] = {}
@@ -166,8 +169,8 @@ class MessageMediaSim(ReportsMixin, MessagesMixin, AuthMixin):
 
     def configure(self, **settings: Any) -> dict[str, Any]:
         """Change behaviour at run time: reporting_metadata_shape, reporting_naive_timestamps,
-        report_date_form, auth_failure_status, confirm_delay_s, record_exchanges, and the push settings of
-        ``PUSH_DEFAULTS``. Returns the current settings (a signing key shown only as set)."""
+        report_date_form, auth_failure_status, confirm_delay_s, lose_confirms, record_exchanges, and the
+        push settings of ``PUSH_DEFAULTS``. Returns the current settings (a signing key shown only as set)."""
         with self.lock:
             for key, value in settings.items():
                 if key in PUSH_DEFAULTS:
@@ -184,6 +187,8 @@ class MessageMediaSim(ReportsMixin, MessagesMixin, AuthMixin):
                     not isinstance(value, int | float) or isinstance(value, bool) or value < 0
                 ):
                     raise ValueError("confirm_delay_s must be a non-negative number of seconds")
+                if key == "lose_confirms" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                    raise ValueError("lose_confirms must be a non-negative whole number")
                 if key not in self._initial_settings:
                     raise ValueError(f"unknown setting {key!r}")
             for key, value in settings.items():

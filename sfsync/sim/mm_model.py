@@ -157,6 +157,7 @@ class MessageMediaState(SimApp):
     account_id: str
     auth_failure_status: int
     confirm_delay_s: float
+    lose_confirms: int
     record_exchanges: bool
     report_date_form: str
     reporting_metadata_shape: str

@@ -185,7 +185,10 @@ class ReportsMixin(PushMixin):
         account = self._account(request)
         with self.lock:
             before = Counter(self._confirm_counts)
-            self.confirm(ids, account)
+            if self.lose_confirms:  # "will be marked as confirmed" (the spec's 202), and then is not
+                self.lose_confirms -= 1
+            else:
+                self.confirm(ids, account)
             confirmed = [i for i in dict.fromkeys(ids) if self._confirm_counts[i] > before[i]]
             self._confirm_calls.append({"header": request.headers.get("Account"), "account": account,
                                         "ids": list(ids), "confirmed": confirmed})

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ MAX_RECHECK_S = 1.0
 # Ids confirmed this run that a check does not confirm again: the latest ones only (a long poll of a
 # large queue must not grow with it). One served again after that is confirmed again, harmlessly.
 CONFIRMED_KEPT = 10_000
+# A report still served this long after its confirmation is confirmed again: a 202 only says it "will
+# be marked as confirmed", and one that never takes effect must not keep the queue from draining.
+RECONFIRM_AFTER_S = 2.0
 
 
 class PollEnd(Enum):
@@ -85,7 +89,7 @@ class Check:
 
     raws: list[Any]
     new: int  # reports staged for the first time
-    confirmed: int  # ids confirmed by this check
+    confirmed: int  # ids confirmed by this check for the first time this run
     served_again: int  # confirmable reports already staged (and confirmed by this run)
     unconfirmable: list[Any]  # reports without an id MessageMedia accepts
 
@@ -104,7 +108,7 @@ class PollSource:
         self.wait_seconds = wait_seconds
         self.on_stage = on_stage
         self.sleep = StopAwareSleep(stop, sleep)
-        self.confirmed: OrderedDict[str, None] = OrderedDict()  # ids confirmed lately, oldest first
+        self.confirmed: OrderedDict[str, float] = OrderedDict()  # ids confirmed lately (when), oldest first
         self.remember = remember
         self.shared: set[str] = set()  # ids served on two reports at once: one confirm cannot clear both
 
@@ -119,18 +123,25 @@ class PollSource:
         served = [i for i in map(confirmable_id, raws) if i is not None]
         self.shared.update(i for i, n in Counter(served).items() if n > 1)
         ids = list(dict.fromkeys(served))
-        to_confirm = [i for i in ids if i not in self.confirmed]
-        if to_confirm:
+        now = time.monotonic()
+        first = [i for i in ids if i not in self.confirmed]
+        lost = [i for i in ids if i in self.confirmed and now - self.confirmed[i] >= RECONFIRM_AFTER_S]
+        if first or lost:
             self.on_stage("confirming")
-            self.mm.confirm(to_confirm)
-            self.confirmed.update(dict.fromkeys(to_confirm))
+            self.mm.confirm(first + lost)
+            for i in first + lost:
+                self.confirmed[i] = now
+                self.confirmed.move_to_end(i)
             while len(self.confirmed) > self.remember:
                 self.confirmed.popitem(last=False)
             self.on_stage("confirmed")
+        if lost:
+            log.info("%d report(s) still served %gs or more after their confirmation: confirmed again", len(lost),
+                     RECONFIRM_AFTER_S, extra={"event": "confirmed_again"})
         again = sum(1 for i in ids if i not in new and i not in self.shared)
         unconfirmable = [r for r in raws if confirmable_id(r) is None
                          or (confirmable_id(r) in self.shared and confirmable_id(r) not in new)]
-        return Check(raws, len(new), len(to_confirm), again, unconfirmable)
+        return Check(raws, len(new), len(first), again, unconfirmable)
 
     def next_check(self) -> Check:
         """A check that moved the queue on; while MessageMedia serves only reports already staged
