@@ -8,7 +8,7 @@ import datetime as dt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sfsync.domain.precedence import Action, Status, decide, merge, strongest, wins
+from sfsync.domain.precedence import Action, Status, decide, known_later, merge, strongest, wins
 
 T0 = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
 LABELS = {"Sending": False, "Submitted": False, "Scheduled": False, "Unknown": False,
@@ -108,3 +108,13 @@ def test_any_interleaving_ends_as_event_order(reports: list[tuple[str, str | Non
     assert (strongest(list(arrival)).label, strongest(list(arrival)).code) == arrived
     if any(s.final for s in statuses):
         assert LABELS[in_event_order[0]]  # a final status, once seen, is where it ends
+
+
+def test_known_later_moves_on_only_to_a_later_known_time() -> None:
+    held = status("Failed", "400", minute=0, received=1)
+    assert known_later(held, status("Failed", "400", minute=2))
+    assert known_later(held, status("Failed", "400", minute=0, received=2))  # same event, received later
+    assert not known_later(held, status("Failed", "400", minute=0, received=1))
+    assert not known_later(held, status("Failed", "400", minute=-1))
+    assert not known_later(held, status("Failed", "400", minute=None))  # no time: never erases a known one
+    assert known_later(status("Failed", "400", minute=None), status("Failed", "400", minute=3))

@@ -55,6 +55,14 @@ def wins(current: Status | None, incoming: Status) -> bool:
     return _order(incoming) > _order(current)
 
 
+def known_later(current: Status, incoming: Status) -> bool:
+    """``incoming`` carries an event time and comes after ``current`` in time (or ``current`` has no
+    time): what is known of the values from then on. Never true for a report without a time."""
+    if incoming.event_time is None:
+        return False
+    return current.event_time is None or _order(incoming)[:2] > _order(current)[:2]
+
+
 def same_values(current: Status | None, incoming: Status) -> bool:
     """True when writing ``incoming`` would leave the Task's fields as they are."""
     return current is not None and current.label == incoming.label and current.code == incoming.code

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sfsync.domain.outcome import ReportOutcome, ReportResult, Tally
-from sfsync.domain.precedence import Action, Status, decide, merge, wins
+from sfsync.domain.precedence import Action, Status, decide, known_later, merge, wins
 from sfsync.domain.reports import Report
 from sfsync.pipeline.match import Matcher
 from sfsync.pipeline.stages import (
@@ -91,7 +91,7 @@ class Planner(Matcher):
                 old = _ledger_status(entry)
                 if action is Action.UNCHANGED:
                     rows.append(result_row(ReportOutcome.SKIPPED_UNCHANGED, outcome, task=entry.task_id, old=old))
-                    if wins(old, outcome.status) and outcome.status.event_time != old.event_time:
+                    if known_later(old, outcome.status):
                         refreshed.append(_moved_on(entry, merge(old, outcome.status), outcome))
                 else:
                     rows.append(result_row(ReportOutcome.SKIPPED_STALE, outcome, task=entry.task_id, old=old,
