@@ -241,8 +241,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {kills} kills done at {time.monotonic() - started:.1f} s; draining", flush=True)
                 while True:
                     pending, waiting = backlog(url, password, deleted)
-                    if sims.mm.stats()["unconfirmed"] == 0 and not pending and not waiting \
-                            and sims.mm.wait_for_pushes(0.1):
+                    through = sims.mm.stats()["unconfirmed"] == 0 and not pending
+                    if through and work.rest:
+                        work.release_rest(sims)  # the first half is confirmed and drained: the second comes
+                    elif through and not waiting and sims.mm.wait_for_pushes(0.1):
                         break
                     if time.monotonic() - started > p.budget:
                         raise TimeoutError(f"not drained within {p.budget:g} s: {sims.mm.stats()['unconfirmed']} "
