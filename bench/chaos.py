@@ -439,7 +439,8 @@ CHAOS_ENV = {"SFSYNC_HTTP_TIMEOUT": "2", "SFSYNC_RETRY_MAX_SECONDS": "30", "SFSY
 def drained(sims: Simulators, state: Path, work: Workload) -> bool:
     """The queue is empty and nothing waits, except reports for deleted Tasks: a Task named in
     metadata that the look-up does not return is never written blind, so they wait (then, past
-    SFSYNC_WAIT_MAX_AGE_HOURS, become dead letters)."""
+    SFSYNC_WAIT_MAX_AGE_HOURS, become dead letters). Once the first half of the queue is confirmed
+    and drained, this queues the second half (``Workload.release_rest``) and says False."""
     through = sims.mm.stats()["unconfirmed"] == 0 and staged(state)[1] == 0
     if through and work.rest:
         work.release_rest(sims)  # the first half is confirmed and drained: the second comes

@@ -37,7 +37,6 @@ from sfsync.domain.reports import Report
 from sfsync.errors import SfsyncError
 from sfsync.pipeline import BatchResult, OnCommit, Pipeline, _BudgetStop
 from sfsync.pipeline.stages import task_id_from_metadata
-from sfsync.replicas import Solo
 from sfsync.sources.inbox import drained_keys
 from sfsync.store import StagedReport, Store
 
@@ -48,15 +47,14 @@ class Lookahead:
     """A thread that looks up, while the poll stages, the Tasks the first drain batch will need,
     and writes ahead the final statuses among them."""
 
-    def __init__(self, pipeline: Pipeline, store: Store, *, limit: int, on_stage: Callable[[str], None],
-                 write_ahead: bool = True):
+    def __init__(self, pipeline: Pipeline, store: Store, *, limit: int, on_stage: Callable[[str], None]):
         self.pipeline = pipeline
         self.store = store
         self.limit = limit  # staged reports held at most (one drain batch)
         self.on_stage = on_stage
         # Messages with a final status are written ahead in groups of this many: whole sObject
         # Collections writes (no Bulk API job: pipeline.bulk is the backfill's).
-        self.write_group = COLLECTION_LIMIT if write_ahead else 0
+        self.write_group = COLLECTION_LIMIT
         self.rows: list[StagedReport] = []  # claimed in staging order, not written ahead: the drain's
         self.results: list[BatchResult] = []  # the batches written ahead, recorded (the run counts them)
         self.counts: Counts = Counter()  # what they drained
@@ -127,8 +125,7 @@ class Lookahead:
             if value not in self._seen:
                 self._seen.add(value)
                 self._pending[value] = None
-        if self.write_group:
-            self._note_finals(rows)
+        self._note_finals(rows)
 
     def _look_up(self) -> None:
         """Whole queries only: what is left over goes with the drain's own look-ups."""
@@ -144,7 +141,7 @@ class Lookahead:
     def _write_ahead(self) -> None:
         """Whole groups of messages whose final status is staged and looked up (or settled by the
         ledger): their reports through the pipeline, oldest first, while the poll goes on."""
-        if not self.write_group or self._finish.is_set():
+        if self._finish.is_set():
             return
         ready = self._ready()
         take = len(ready) // self.write_group * self.write_group
@@ -153,9 +150,11 @@ class Lookahead:
         chosen = set(ready[:take])
         for message_id in chosen:
             del self._finals[message_id]
-        reading = self.pipeline.parsed
-        mine = [r for r in self.rows if _message_of(reading.get(id(r.raw))) in chosen]
-        self.rows = [r for r in self.rows if _message_of(reading.get(id(r.raw))) not in chosen]
+        mine: list[StagedReport] = []
+        kept: list[StagedReport] = []
+        for row in self.rows:
+            (mine if _message_of(self.pipeline.parsed.get(id(row.raw))) in chosen else kept).append(row)
+        self.rows = kept
         for source in dict.fromkeys(r.source for r in mine):
             group = [r for r in mine if r.source == source]
             result = self.pipeline.process([r.raw for r in group], source, on_commit=self._drained(group))
@@ -172,19 +171,20 @@ class Lookahead:
     def _note_finals(self, rows: list[StagedReport]) -> None:
         """The messages of newly claimed reports that are final, each with the value its Task is
         looked up by (a final beats every non-final: the message's status is final from now on)."""
-        key = self.pipeline.settings.metadata_task_key
+        key, code_map = self.pipeline.settings.metadata_task_key, self.pipeline.code_map
         for row in rows:
             report = _report(self.pipeline.parsed.get(id(row.raw)))
             if report is None or report.message_id in self._finals:
                 continue
-            code_map = self.pipeline.code_map
             if resolve(report.status, report.code, code_map, message_id=report.message_id, quiet=True).final:
                 named = task_id_from_metadata(report, key)
                 self._finals[report.message_id] = ("Id", named) if named else ("msg", report.message_id)
 
     def _drained(self, rows: list[StagedReport]) -> OnCommit:
         def commit(result: BatchResult) -> None:  # in the transaction that records the outcomes
-            self.counts[Tally.DRAINED] += len(Solo(self.store).done(drained_keys(rows, result)))
+            done = drained_keys(rows, result)
+            self.store.inbox_done(done)
+            self.counts[Tally.DRAINED] += len(done)
 
         return commit
 
