@@ -19,9 +19,10 @@ import signal
 import sys
 from typing import Any
 
-from sfsync import engine as worker
-from sfsync import pipeline, replicas
+from sfsync import pipeline
 from sfsync.cli.main import main
+from sfsync.engine import worker
+from sfsync.store import replicas
 
 
 def kill_at(stage: str, nth: int) -> None:

@@ -331,8 +331,8 @@ def _install_webhook(env: dict[str, str], url: str) -> None:
     """The second receiver gets every report by an account webhook (sfsync's template; plain HTTP
     here, which ``sfsync webhooks install`` refuses, so the body is posted directly)."""
     from sfsync.clients.messagemedia import MessageMediaClient
-    from sfsync.config import load_settings
     from sfsync.push.webhooks import dr_template
+    from sfsync.settings.config import load_settings
 
     settings = load_settings(environ={k: v for k, v in env.items() if k != "SFSYNC_STORE_URL"})
     MessageMediaClient(settings).create_webhook({

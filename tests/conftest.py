@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from sfsync.config import Settings, load_settings
 from sfsync.engine import Worker, build_clients
+from sfsync.settings.config import Settings, load_settings
+from sfsync.settings.store_url import target_from_environ
 from sfsync.sim.harness import Simulators
 from sfsync.store import Store, StoreTarget, open_store, parse_store_url, sqlite_target
-from sfsync.store.target import target_from_environ
 from tests import pgcluster
 
 T0 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)

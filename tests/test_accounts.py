@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from sfsync.config import load_settings, missing_variables
 from sfsync.engine import RunSummary, Worker, build_clients
 from sfsync.errors import EXIT_AUTH, EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, ConfigError
 from sfsync.ops.doctor import run_checks
 from sfsync.ops.metrics import Backlog, render
 from sfsync.ops.trace import render as render_trace
 from sfsync.ops.trace import trace
+from sfsync.settings.config import load_settings, missing_variables
 from sfsync.sim.harness import Simulators
 from sfsync.store import SCHEMA_VERSION, LedgerEntry, Store
 from tests.conftest import add_tasks, fields_of, new_message_id, report

@@ -20,16 +20,15 @@ from typing import Any
 import pytest
 
 from sfsync.cli import main as cli
-from sfsync.config import Settings, load_settings
 from sfsync.domain.outcome import ReportOutcome, ReportResult, ResultSink, discard
 from sfsync.domain.reports import parse_report
 from sfsync.engine import Worker, build_clients
+from sfsync.engine.backfill import Backfill, BackfillSummary
 from sfsync.errors import EXIT_BUDGET, EXIT_OK, EXIT_PARTIAL, AlreadyRunning, UsageError
+from sfsync.settings.config import Settings, load_settings
 from sfsync.sim.harness import Simulators
 from sfsync.sources.backfill import (
-    Backfill,
     BackfillOptions,
-    BackfillSummary,
     Window,
     parse_window,
     report_from_record,

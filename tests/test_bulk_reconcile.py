@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from sfsync.clients.bulk import BulkClient
-from sfsync.config import Settings
 from sfsync.engine import Worker, build_clients
+from sfsync.engine.backfill import Backfill
 from sfsync.errors import RemoteError
-from sfsync.sources.backfill import Backfill, BackfillOptions, Window
+from sfsync.settings.config import Settings
+from sfsync.sources.backfill import BackfillOptions, Window
 from sfsync.store import LedgerEntry
 from tests.conftest import add_tasks, fields_of, new_message_id, report, store_of
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from sfsync.clients.http import make_session
-from sfsync.lock import RunLock
+from sfsync.store.lock import RunLock
 from tests.conftest import on_postgresql, store_of
 
 BIN = Path(sys.executable).parent

@@ -17,9 +17,9 @@ import pytest
 
 from sfsync import logs
 from sfsync.cli.main import build_parser
-from sfsync.config import NUMBERS, VARIABLES, Settings, load_settings
 from sfsync.errors import ConfigError
 from sfsync.push.auth import AuthFailed, check_date
+from sfsync.settings.config import NUMBERS, VARIABLES, Settings, load_settings
 from sfsync.sim.cli import build_parser as build_sim_parser
 from sfsync.sim.harness import Simulators
 from sfsync.sim.tls import EphemeralCA

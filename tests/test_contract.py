@@ -28,7 +28,7 @@ from referencing.jsonschema import DRAFT202012
 
 from sfsync.clients.http import make_session
 from sfsync.clients.messagemedia import MessageMediaClient
-from sfsync.config import Settings
+from sfsync.settings.config import Settings
 from sfsync.sim.harness import Simulators
 from sfsync.sim.messagemedia import Exchange
 from tests.conftest import add_tasks, new_message_id, report

@@ -24,8 +24,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from sfsync.clients.salesforce import SalesforceClient
-from sfsync.config import Settings
 from sfsync.ops.report import DRILL_DOWN_REPORT, StatusReport, build, read_health, render_html
+from sfsync.settings.config import Settings
 from sfsync.sim.harness import Simulators
 from sfsync.sim.soql import format_datetime
 from tests.conftest import new_message_id, on_postgresql, store_of

@@ -15,12 +15,13 @@ import pytest
 import requests
 
 from sfsync.clients.retry import StopAwareSleep, loop_backoff, waiting_next_try
-from sfsync.config import Settings
 from sfsync.engine import Loop, RunOptions, RunSummary, Worker, build_clients, retry_dead_letters
+from sfsync.engine.backfill import Backfill
 from sfsync.errors import EXIT_OK, EXIT_PARTIAL, RemoteError, StopRequested
 from sfsync.push.receiver import PushServer
+from sfsync.settings.config import Settings
 from sfsync.sim.harness import Simulators
-from sfsync.sources.backfill import Backfill, BackfillOptions, Window
+from sfsync.sources.backfill import BackfillOptions, Window
 from tests.conftest import add_tasks, fields_of, new_message_id, report
 
 SECRET = "engine-test-secret"

@@ -28,7 +28,6 @@ from sfsync.cli.main import exit_status
 from sfsync.clients.messagemedia import MessageMediaClient
 from sfsync.clients.retry import RetryPolicy
 from sfsync.clients.salesforce import AUTH_ERRORS, SalesforceClient
-from sfsync.config import Settings, load_settings
 from sfsync.domain.reports import InvalidReport, parse_report
 from sfsync.engine import Worker, build_clients
 from sfsync.errors import (
@@ -41,6 +40,7 @@ from sfsync.errors import (
     RemoteError,
     SfsyncError,
 )
+from sfsync.settings.config import Settings, load_settings
 from sfsync.sim.harness import Simulators
 from sfsync.sources.poll import confirmable_id
 from sfsync.store import Store

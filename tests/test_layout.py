@@ -14,7 +14,7 @@ from sfsync.cli import main as cli_main
 PACKAGE = Path(sfsync.__file__).parent
 # Argument types for argparse (ArgumentTypeError) live beside the values they check; the simulators have
 # their own command line.
-ARGPARSE_ALLOWED = {"sfsync.bounds", "sfsync.timeargs", "sfsync.sim.cli"}
+ARGPARSE_ALLOWED = {"sfsync.settings.bounds", "sfsync.settings.timeargs", "sfsync.sim.cli"}
 CLI_SUPPORT = {"sfsync.cli", "sfsync.cli.__main__", "sfsync.cli.main", "sfsync.cli.common", "sfsync.cli.outputs"}
 
 

@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sfsync.config import Settings, load_settings
 from sfsync.domain.codes import default_map
 from sfsync.domain.precedence import Status, strongest
 from sfsync.engine import build_clients
 from sfsync.pipeline import Pipeline, parse, resolve_all
+from sfsync.settings.config import Settings, load_settings
 from sfsync.sim.harness import Simulators
 from sfsync.store import Store
 from tests.conftest import report

@@ -23,11 +23,11 @@ import pytest
 import requests
 
 from sfsync.clients.http import make_session
-from sfsync.config import Settings
 from sfsync.errors import EXIT_AUTH, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 from sfsync.push.auth import load_public_keys
 from sfsync.push.receiver import PushServer
 from sfsync.push.webhooks import dr_template
+from sfsync.settings.config import Settings
 from sfsync.sim.harness import Simulators
 from sfsync.sim.push import render_template
 from tests.conftest import add_tasks, fields_of, new_message_id, report

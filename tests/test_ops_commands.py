@@ -13,11 +13,11 @@ import pytest
 
 from sfsync.cli.main import main
 from sfsync.clients.salesforce import SalesforceClient
-from sfsync.config import Settings
 from sfsync.engine import RunSummary, Worker
 from sfsync.ops.doctor import run_checks
 from sfsync.ops.metrics import render, write_textfile
 from sfsync.ops.report import build, parse_window, render_html
+from sfsync.settings.config import Settings
 from sfsync.sim.harness import Simulators
 from sfsync.sim.salesforce import DEFAULT_TASK_FIELDS
 from tests.conftest import add_tasks, new_message_id, report

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml  # PyYAML: part of the test extras
 
-from sfsync.config import VARIABLES
 from sfsync.domain.codes import default_map
+from sfsync.settings.config import VARIABLES
 
 REPO = Path(__file__).resolve().parents[1]
 SF_PROJECT = REPO / "config" / "salesforce"

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sfsync.config import Settings
 from sfsync.engine import RunSummary
 from sfsync.ops.metrics import Backlog, render, write_textfile
 from sfsync.push.receiver import PushServer
+from sfsync.settings.config import Settings
 from sfsync.sim.harness import Simulators
 from sfsync.store import Store
 from tests.conftest import add_tasks, new_message_id, on_postgresql, report, store_of
@@ -176,7 +176,7 @@ def test_loop_serves_metrics_and_healthz_and_idles_quietly(sims: Simulators, tmp
 
 
 def test_already_running_is_logged_at_info(sims: Simulators, tmp_path: Path, store_env: dict[str, str]) -> None:
-    from sfsync.lock import RunLock
+    from sfsync.store.lock import RunLock
 
     state = tmp_path / "state"
     state.mkdir()

@@ -1,4 +1,4 @@
-"""Polling and the drain's look-ups overlap (``sfsync.overlap``), at no extra Salesforce call.
+"""Polling and the drain's look-ups overlap (``sfsync.engine.lookahead``), at no extra Salesforce call.
 
 Assertions are on what the simulators saw: when each Salesforce call and each confirmation
 arrived, how many calls of each kind, the Tasks' fields and write history, the store's inbox.
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from sfsync.config import Settings
 from sfsync.engine import Worker, build_clients
+from sfsync.engine.lookahead import Lookahead
 from sfsync.errors import EXIT_OK, RemoteError
-from sfsync.overlap import Lookahead
 from sfsync.pipeline import Pipeline
+from sfsync.settings.config import Settings
 from sfsync.sim.harness import Simulators
 from sfsync.sources.poll import PollSource, keyed
 from sfsync.store import Store

@@ -29,16 +29,16 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from sfsync.config import Settings
 from sfsync.engine import Worker
 from sfsync.errors import ConfigError
-from sfsync.lock import RunLock
 from sfsync.push.auth import AuthFailed, PushAuth, check_date, load_public_keys, secret_matches
 from sfsync.push.receiver import AbortConnection, PushServer
 from sfsync.push.webhooks import dr_template
+from sfsync.settings.config import Settings
 from sfsync.sim.harness import Simulators
 from sfsync.sim.push import render_template, sign_headers
 from sfsync.store import Store
+from sfsync.store.lock import RunLock
 from tests.conftest import add_tasks, fields_of, new_message_id, on_postgresql, report, store_of
 
 SECRET = "push-secret-for-tests-0123456789"

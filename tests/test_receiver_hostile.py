@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from sfsync.config import load_settings
 from sfsync.errors import UsageError
 from sfsync.push.receiver import PushServer
+from sfsync.settings.config import load_settings
 from sfsync.sim.tls import EphemeralCA
 from sfsync.store import Store
 from tests.conftest import inbox_ids, new_message_id, report, store_of
@@ -229,7 +229,7 @@ def test_a_parser_failure_is_400_and_logged(make_server: MakeServer, monkeypatch
     def broken(raw: Any, default_tz: Any = None) -> Any:
         raise OverflowError("date value out of range")
 
-    monkeypatch.setattr("sfsync.sources.inbox.parse_report", broken)
+    monkeypatch.setattr("sfsync.push.body.parse_report", broken)
     server = make_server()
     status, answer = push_json(server, report(new_message_id(), "delivered"))
     assert status == 400 and "unreadable" in answer["reason"]

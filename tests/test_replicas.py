@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from sfsync import engine
-from sfsync.config import Settings
 from sfsync.engine import RunOptions, RunSummary, Worker, build_clients
+from sfsync.engine import worker as engine
 from sfsync.pipeline import Pipeline
-from sfsync.replicas import Replica, poll_lease
+from sfsync.settings.config import Settings
 from sfsync.sim.harness import Simulators
 from sfsync.sources.inbox import InboxSource
 from sfsync.store import Store, open_store, parse_store_url
 from sfsync.store.leases import Leases
+from sfsync.store.replicas import Replica, poll_lease
 from tests import pgcluster
 from tests.conftest import add_tasks, fields_of, new_message_id, report
 

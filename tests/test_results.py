@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from sfsync.config import Settings
 from sfsync.domain.outcome import ReportOutcome, ReportResult, Tally
 from sfsync.engine import RunOptions, Worker, build_clients
+from sfsync.settings.config import Settings
 from sfsync.sim.harness import Simulators
 from tests.conftest import add_tasks, fields_of, new_message_id, report
 

@@ -22,9 +22,9 @@ from typing import IO, Any
 
 import pytest
 
-from sfsync.config import Settings
 from sfsync.engine import Worker, build_clients
 from sfsync.errors import EXIT_OK, EXIT_UNAVAILABLE, RemoteError
+from sfsync.settings.config import Settings
 from sfsync.sim.harness import Simulators
 from tests.conftest import add_tasks, fields_of, new_message_id, report
 

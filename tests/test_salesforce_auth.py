@@ -13,11 +13,11 @@ import requests
 
 from sfsync.clients.retry import RetryPolicy
 from sfsync.clients.salesforce import SalesforceClient, jwt_audience
-from sfsync.config import Settings, load_settings
 from sfsync.engine import Worker
 from sfsync.errors import EXIT_AUTH, EXIT_BUDGET, EXIT_OK, EXIT_UNAVAILABLE, AuthError, RemoteError
 from sfsync.ops.doctor import run_checks
 from sfsync.push.receiver import PushServer
+from sfsync.settings.config import Settings, load_settings
 from sfsync.sim.harness import Simulators
 from tests.conftest import add_tasks, fields_of, new_message_id, report
 

@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 
-from sfsync.config import Settings
 from sfsync.errors import EXIT_AUTH, EXIT_CONFIG, EXIT_OK
 from sfsync.ops.doctor import run_checks
+from sfsync.settings.config import Settings
 from sfsync.sim.harness import Simulators
 from sfsync.store import Store
 from tests.conftest import add_tasks, new_message_id, on_postgresql, report
@@ -165,7 +165,7 @@ FILLED_MID_RUN = textwrap.dedent("""
     from pathlib import Path
     from sfsync import logs
     from sfsync.cli.main import exit_status
-    from sfsync.config import load_settings
+    from sfsync.settings.config import load_settings
     from sfsync.engine import Worker
 
     settings = load_settings()

@@ -12,9 +12,9 @@ import psycopg
 import pytest
 
 from sfsync.errors import ConfigError, StoreError
+from sfsync.settings.store_url import target_from_environ
 from sfsync.store import SCHEMA_VERSION, open_store, parse_store_url
 from sfsync.store.health import postgres_findings
-from sfsync.store.target import target_from_environ
 from tests import pgcluster
 
 DEFAULT = Path("/state/sfsync.db")

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from sfsync import timeargs
 from sfsync.errors import UsageError
 from sfsync.ops import report
+from sfsync.settings import timeargs
 from sfsync.sources import backfill
 
 SFSYNC = str(Path(sys.executable).parent / "sfsync")

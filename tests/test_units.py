@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 
 from sfsync import logs
 from sfsync.clients.salesforce import valid_task_id
-from sfsync.config import load_settings, missing_variables
-from sfsync.config_values import Secret
 from sfsync.domain.reports import InvalidReport, parse_report, parse_time, read_metadata
 from sfsync.errors import ConfigError
+from sfsync.settings.config import load_settings, missing_variables
+from sfsync.settings.values import Secret
 
 UTC = dt.UTC
 

@@ -11,8 +11,8 @@ import pytest
 
 from sfsync.engine import RunOptions, Worker
 from sfsync.errors import EXIT_BUDGET, EXIT_OK, EXIT_PARTIAL, AlreadyRunning, AuthError, ConfigError, RemoteError
-from sfsync.lock import RunLock
 from sfsync.sim.harness import Simulators
+from sfsync.store.lock import RunLock
 from tests.conftest import add_tasks, composite_calls, fields_of, new_message_id, on_postgresql, report, store_of
 
 MakeWorker = Callable[..., Worker]

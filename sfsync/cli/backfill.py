@@ -8,11 +8,11 @@ import json
 import shlex
 from typing import Any
 
-from sfsync import bounds
 from sfsync.cli.common import common_options, settings_for, stop_on_signals
 from sfsync.cli.outputs import Outputs, add_output_options
 from sfsync.domain.outcome import ReportOutcome, Tally
 from sfsync.errors import SfsyncError, UsageError
+from sfsync.settings import bounds
 
 
 def register(sub: Any) -> None:
@@ -80,7 +80,7 @@ def options_from(args: argparse.Namespace) -> Any:
 
 
 def backfill_command(args: argparse.Namespace) -> int:
-    from sfsync.sources.backfill import Backfill
+    from sfsync.engine.backfill import Backfill
 
     if args.list:
         return list_command(args)

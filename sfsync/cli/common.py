@@ -29,7 +29,7 @@ def common_options() -> argparse.ArgumentParser:
 def settings_for(args: argparse.Namespace, *, messagemedia: bool = True, salesforce: bool = True) -> Any:
     """Load settings, set up logging, and check the credentials this command needs."""
     from sfsync import logs
-    from sfsync.config import load_settings, require
+    from sfsync.settings.config import load_settings, require
 
     settings = load_settings(getattr(args, "env_file", None))
     logs.setup(getattr(args, "log_format", None) or settings.log_format,

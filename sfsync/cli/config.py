@@ -13,10 +13,10 @@ from typing import Any
 from dotenv import dotenv_values
 
 from sfsync.cli.common import common_options, settings_for, table
-from sfsync.config import VARIABLES, Settings
-from sfsync.config_values import Secret
 from sfsync.errors import EXIT_OK
 from sfsync.logs import redact_urls
+from sfsync.settings.config import VARIABLES, Settings
+from sfsync.settings.values import Secret
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ import json
 import sys
 from typing import Any
 
-from sfsync import bounds, timeargs
 from sfsync.cli.common import common_options, settings_for
 from sfsync.cli.outputs import Outputs
 from sfsync.errors import EXIT_OK, NotFound, UsageError
 from sfsync.logs import masked
+from sfsync.settings import bounds, timeargs
 
 
 def register(sub: Any) -> None:

@@ -16,8 +16,9 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sfsync import bounds, logs
+from sfsync import logs
 from sfsync.errors import EXIT_OK
+from sfsync.settings import bounds
 
 if TYPE_CHECKING:
     from sfsync.engine import RunSummary
@@ -34,8 +35,8 @@ def register(sub: Any) -> None:
 
 def main(args: argparse.Namespace) -> int:
     # Imported here: the simulators and the engine are not for `sfsync --help`.
-    from sfsync.config import load_settings
     from sfsync.engine import RunOptions, Worker
+    from sfsync.settings.config import load_settings
     from sfsync.sim.harness import Simulators
     from sfsync.sim.seed import seed_demo
 

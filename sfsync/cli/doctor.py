@@ -22,8 +22,8 @@ def register(sub: Any) -> None:
 
 def doctor_command(args: argparse.Namespace) -> int:
     from sfsync import logs
-    from sfsync.config import load_settings
     from sfsync.ops.doctor import run_checks
+    from sfsync.settings.config import load_settings
 
     settings = load_settings(args.env_file)
     logs.setup(args.log_format or settings.log_format)

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sfsync import timeargs
 from sfsync.cli.common import common_options, settings_for
 from sfsync.errors import EXIT_OK
+from sfsync.settings import timeargs
 
 
 def register(sub: Any) -> None:

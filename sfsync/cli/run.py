@@ -7,11 +7,11 @@ import logging
 import threading
 from typing import Any
 
-from sfsync import bounds, timeargs
 from sfsync.cli.common import common_options, idle_run, settings_for, stop_on_signals
 from sfsync.cli.outputs import Outputs, add_output_options
 from sfsync.domain.outcome import ReportOutcome
 from sfsync.errors import AlreadyRunning, AuthError, ConfigError, SfsyncError, UsageError
+from sfsync.settings import bounds, timeargs
 
 log = logging.getLogger("sfsync")
 

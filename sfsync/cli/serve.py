@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sfsync import bounds, timeargs
 from sfsync.cli.common import common_options, settings_for, stop_on_signals
 from sfsync.errors import EXIT_OK, ConfigError
 from sfsync.push.receiver import DEFAULT_PATH, DEFAULT_REQUEST_TIMEOUT_S, MAX_REQUEST_TIMEOUT_S
+from sfsync.settings import bounds, timeargs
 
 
 def register(sub: Any) -> None:

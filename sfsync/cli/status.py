@@ -6,9 +6,9 @@ import argparse
 import json
 from typing import Any
 
-from sfsync import bounds
 from sfsync.cli.common import common_options, idle_run, settings_for
 from sfsync.errors import EXIT_OK
+from sfsync.settings import bounds
 
 
 def register(sub: Any) -> None:

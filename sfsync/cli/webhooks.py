@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sfsync import bounds
 from sfsync.cli.common import common_options, settings_for
 from sfsync.errors import EXIT_OK, NotFound, RemoteError, UsageError
 from sfsync.push.webhooks import SIGNATURE_DIGESTS
+from sfsync.settings import bounds
 
 
 def register(sub: Any) -> None:
@@ -67,9 +67,9 @@ def chosen_account(settings: Any, name: str | None) -> Any:
 
 def webhooks_command(args: argparse.Namespace) -> int:
     from sfsync.clients.messagemedia import WEBHOOK_EVENTS, MessageMediaClient
-    from sfsync.config_values import HEADER_VALUE
     from sfsync.logs import register_secret
     from sfsync.push.webhooks import redacted, webhook_body
+    from sfsync.settings.values import HEADER_VALUE
 
     settings = settings_for(args, messagemedia=True, salesforce=False)
     client = MessageMediaClient(settings, account=chosen_account(settings, args.account))

@@ -10,8 +10,8 @@ from typing import Any
 from sfsync.clients.messagemedia import MessageMediaClient
 from sfsync.clients.retry import RetryCounter, RetryPolicy
 from sfsync.clients.salesforce import SalesforceClient
-from sfsync.config import Settings
-from sfsync.mmaccounts import MMAccount
+from sfsync.settings.accounts import MMAccount
+from sfsync.settings.config import Settings
 
 
 def build_clients(settings: Settings, sleep: Callable[[float], Any] = time.sleep,

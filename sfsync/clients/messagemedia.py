@@ -15,10 +15,10 @@ import requests
 
 from sfsync.clients.http import make_session, why_unreachable
 from sfsync.clients.retry import RetryPolicy, parse_retry_after
-from sfsync.config import Settings
 from sfsync.errors import AuthError, RemoteError
 from sfsync.logs import register_secret
-from sfsync.mmaccounts import MMAccount
+from sfsync.settings.accounts import MMAccount
+from sfsync.settings.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -35,10 +35,10 @@ from sfsync.clients.sf_login import (
     jwt_audience,
     token_request,
 )
-from sfsync.config import Settings
 from sfsync.domain.ids import canonical_id, task_id
 from sfsync.errors import AuthError, BudgetExhausted, ConfigError, RemoteError
 from sfsync.logs import register_secret
+from sfsync.settings.config import Settings
 
 # Re-exported: callers import the login names from here.
 __all__ = [

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from sfsync.clients.retry import parse_retry_after
-from sfsync.config import Settings
 from sfsync.errors import AuthError, ConfigError, RemoteError
+from sfsync.settings.config import Settings
 
 # Token endpoint answers that say the credentials or the connected app are wrong; any other refusal
 # (unknown_error "retry your request", a proxy's HTML page, ...) is transient. Salesforce spells a

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from sfsync.config import Settings, missing_variables
 from sfsync.domain.codes import default_map
 from sfsync.errors import AlreadyRunning, ConfigError, SfsyncError
-from sfsync.lock import RunLock
 from sfsync.logs import redact_urls
+from sfsync.settings.config import Settings, missing_variables
+from sfsync.store.lock import RunLock
 
 if TYPE_CHECKING:  # the clients are imported when the checks run, so `sfsync --help` stays quick
     from sfsync.clients.messagemedia import MessageMediaClient

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sfsync import timeargs
 from sfsync.domain.reports import format_time
 from sfsync.errors import UsageError
 from sfsync.ops.report_data import (
@@ -40,6 +39,7 @@ from sfsync.ops.report_data import (
     read_health,
 )
 from sfsync.ops.report_html import render_html
+from sfsync.settings import timeargs
 
 __all__ = [
     "ACTION_GROUPS", "COLOURS", "DRILL_DOWN_REPORT", "FALLBACK_LIST_VIEW", "GROUP_OF_LABEL", "NEW_CODE", "Group",

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from sfsync import __version__
-from sfsync.config import Settings
 from sfsync.domain.codes import default_map
 from sfsync.domain.reports import format_time
 from sfsync.errors import ConfigError, RemoteError
+from sfsync.settings.config import Settings
 from sfsync.store import StoreTarget, open_store, sqlite_target
 
 if TYPE_CHECKING:

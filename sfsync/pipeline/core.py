@@ -7,13 +7,13 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sfsync.bulkwrite import BulkWriter
 from sfsync.clients.salesforce import SalesforceClient
-from sfsync.config import Settings
 from sfsync.domain.codes import CodeMap, default_map
 from sfsync.domain.outcome import ReportOutcome, ReportResult, ResultSink, discard
+from sfsync.pipeline.bulk import BulkWriter
 from sfsync.pipeline.stages import result_row, task_id_from_metadata
 from sfsync.pipeline.types import Outcome, Parsed, Stage, TaskGuard, sole_writer
+from sfsync.settings.config import Settings
 from sfsync.store import Store, now_utc
 
 log = logging.getLogger("sfsync.pipeline")  # the name its log lines always had
@@ -30,7 +30,7 @@ class PipelineCore:
         """``results`` takes each report's result row once its outcome is durable (in a dry run, once
         decided). ``deleted_not_dead`` (backfill): a write Salesforce refuses because the Task was
         deleted is counted and reported as ``task_deleted``, not kept as a dead letter. ``guard``:
-        Task leases around each write (replicas on PostgreSQL, ``sfsync.replicas``). ``bulk``: the
+        Task leases around each write (replicas on PostgreSQL, ``sfsync.store.replicas``). ``bulk``: the
         Bulk API path above its threshold (backfill; None: Collections only). ``waits``: keep reports
         whose Task does not exist yet waiting (backfill counts them as ``no_task`` instead)."""
         self.settings = settings
@@ -46,7 +46,7 @@ class PipelineCore:
         self.clock = clock
         self.guard = guard
         self._field_lengths: dict[str, int] | None = None
-        # Read ahead (``sfsync.overlap``), each used once: look-up answers per looked-up value, and
+        # Read ahead (``sfsync.engine.lookahead``), each used once: look-up answers per looked-up value, and
         # staged reports as parsed (held with their raw object, so its identity stays unique).
         self.prefetched: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.parsed: Parsed = {}

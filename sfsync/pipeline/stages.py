@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
-from sfsync.config import Settings
 from sfsync.domain.codes import CodeMap, normalise_code, resolve
 from sfsync.domain.ids import canonical_id, task_id
 from sfsync.domain.outcome import ReportOutcome, ReportResult
@@ -16,6 +15,7 @@ from sfsync.domain.precedence import Status, strongest
 from sfsync.domain.reports import InvalidReport, Report, format_time, parse_report, parse_time, report_account
 from sfsync.errors import BudgetExhausted
 from sfsync.pipeline.types import Change, Outcome, Parsed
+from sfsync.settings.config import Settings
 from sfsync.store import LedgerEntry
 
 

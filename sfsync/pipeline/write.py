@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from sfsync.bulkwrite import BulkRow, BulkWriter
 from sfsync.clients.salesforce import COLLECTION_LIMIT, WriteResult
 from sfsync.domain.outcome import ReportOutcome, Tally
 from sfsync.domain.precedence import Action, wins
 from sfsync.errors import BudgetExhausted
+from sfsync.pipeline.bulk import BulkRow, BulkWriter
 from sfsync.pipeline.plan import Planner
 from sfsync.pipeline.stages import _stale_reason, change_row, concurrently
 from sfsync.pipeline.types import TASK_GONE, BatchResult, Change, MatchedBy, Matches, _Sent

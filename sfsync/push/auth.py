@@ -28,8 +28,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from sfsync.config import Settings
 from sfsync.errors import ConfigError
+from sfsync.settings.config import Settings
 
 SIGNATURE_HEADER = "X-MessageMedia-Signature"
 DIGEST_HEADER = "X-MessageMedia-Digest-Type"

@@ -27,8 +27,8 @@ from urllib.parse import urlsplit
 from sfsync.errors import ConfigError, UsageError
 from sfsync.httpd import BackgroundServer, Handler
 from sfsync.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from sfsync.push.body import json_content_type
 from sfsync.push.deadlines import Deadlines
-from sfsync.sources.inbox import json_content_type
 
 log = logging.getLogger("sfsync.serve")
 

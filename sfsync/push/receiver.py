@@ -25,12 +25,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from sfsync.config import Settings
-from sfsync.engine import Loop, LoopState, RunOptions, RunSummary, Worker
+from sfsync.engine import Loop, LoopState, RunOptions, RunSummary, Worker, work_due
 from sfsync.errors import ConfigError, UsageError
 from sfsync.logs import register_secret
 from sfsync.ops.metrics import MetricsState
 from sfsync.push.auth import AuthFailed, PushAuth
+from sfsync.push.body import MAX_JSON_DEPTH, BadPush, stage_push, validated
 from sfsync.push.http import (
     HEALTH_PATH,
     METRICS_PATH,
@@ -41,8 +41,7 @@ from sfsync.push.http import (
     tls_context,
 )
 from sfsync.push.openapi import openapi_document
-from sfsync.sources.inbox import MAX_JSON_DEPTH, BadPush, InboxSource, stage_push, validated
-from sfsync.sources.waiting import WaitingSource
+from sfsync.settings.config import Settings
 from sfsync.store import Store, now_utc, open_store
 
 log = logging.getLogger("sfsync.serve")
@@ -96,8 +95,6 @@ class PushServer:
         self._idle = threading.Condition(self._lock)
         self._worker_factory = worker_factory or self._default_worker
         self._worker: Any = None
-        self._inbox = InboxSource(self.store, Counter())
-        self._waiting = WaitingSource(self.store)
         # The drain: the engine's loop, run when the inbox or the waiting list has something due.
         self._loop = Loop(self._drain_run, interval=drain_interval, stop=self._stop, due=self._work_due,
                           on_summary=self.metrics.update, state=LoopState(enabled=drain))
@@ -249,7 +246,7 @@ class PushServer:
         return summary
 
     def _work_due(self) -> bool:
-        return self._inbox.pending() or self._waiting.due()
+        return work_due(self.store)
 
     def drain_once(self) -> float:
         """One drain if there is anything to do; returns the seconds to wait before the next."""

@@ -31,8 +31,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sfsync.clients.messagemedia import WEBHOOK_EVENTS
-from sfsync.config import Settings
 from sfsync.errors import ConfigError, RemoteError, UsageError
+from sfsync.settings.config import Settings
 
 # MessageMedia's bounds for a webhook (POST /v1/webhooks/messages).
 READ_TIMEOUT_MS = (1, 60_000)

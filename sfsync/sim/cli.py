@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from sfsync import bounds
+from sfsync.settings import bounds
 from sfsync.sim.base import ALL_FAULT_KINDS, FAULT_KINDS, FaultConfig
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sfsync.errors import AuthError, RemoteError, SfsyncError
-from sfsync.mmaccounts import MMAccount
+from sfsync.settings.accounts import MMAccount
 from sfsync.sources.poll import PollEnd
 
 # How the ends of several accounts' polls combine into the run's: the first found in this order.

@@ -22,9 +22,9 @@ from simple_salesforce.format import format_soql
 
 from sfsync.clients.messagemedia import MessageMediaClient
 from sfsync.clients.salesforce import SalesforceClient
-from sfsync.config import Settings
 from sfsync.domain.codes import CodeMap, normalise_code
 from sfsync.domain.reports import format_time, parse_time, read_metadata
+from sfsync.settings.config import Settings
 from sfsync.sources.backfill_window import BackfillOptions
 
 PAGE_SIZE = 100  # reporting API maximum

@@ -13,10 +13,10 @@ import zoneinfo
 from dataclasses import dataclass
 from typing import Any
 
-from sfsync import timeargs
 from sfsync.domain.outcome import Counts
 from sfsync.domain.reports import format_time
 from sfsync.errors import UsageError
+from sfsync.settings import timeargs
 from sfsync.store import Store, now_utc
 
 log = logging.getLogger("sfsync.sources.backfill")

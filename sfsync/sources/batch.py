@@ -26,6 +26,13 @@ class Batch:
     waiting: Mapping[str, WaitingReport] | None = None  # reports from the waiting list, by report id
 
 
+class StopCheck(Protocol):
+    """The engine's stop rules as a source sees them: why to stop now ('' to go on); ``budget``
+    also checks the Salesforce API budget (raising when it is spent)."""
+
+    def reason(self, taken: int = 0, *, budget: bool = False) -> str: ...
+
+
 class Source(Protocol):
     """A source the engine drains: batches until it has nothing more (or the engine stops asking)."""
 

@@ -3,11 +3,11 @@ PostgreSQL (SFSYNC_STORE_URL=postgresql://...). ``open_store`` opens either and 
 
 from __future__ import annotations
 
+from sfsync.settings.store_url import StoreTarget, parse_store_url, sqlite_target
 from sfsync.store.base import RUN_HISTORY, Store
 from sfsync.store.migrations import SCHEMA_VERSION
 from sfsync.store.records import DeadLetter, LedgerEntry, StagedReport, WaitingReport, now_utc
 from sfsync.store.sqlite import MIN_FREE_BYTES, free_bytes, integrity_problem, store_error
-from sfsync.store.target import StoreTarget, parse_store_url, sqlite_target
 
 __all__ = [
     "MIN_FREE_BYTES", "RUN_HISTORY", "SCHEMA_VERSION", "DeadLetter", "LedgerEntry", "StagedReport", "Store",

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sfsync.errors import StoreError
+from sfsync.settings.store_url import StoreTarget
 from sfsync.store.migrations import SCHEMA_VERSION, stored_version
 from sfsync.store.postgres import PgConn, connect
-from sfsync.store.target import StoreTarget
 
 _PRIVILEGES = """SELECT current_user AS who, current_schema() AS schema,
     has_schema_privilege(current_schema(), 'CREATE') AS can_create,

@@ -1,5 +1,5 @@
 """Leases and inbox claims for replicas sharing one PostgreSQL store (the SQL; the policy is in
-``sfsync.replicas``).
+``sfsync.store.replicas``).
 
 A lease is a row (name, holder, expires_at) whose expiry the database server's clock decides: a
 replica whose host is lost stops renewing, and at ``expires_at`` another may take the lease, at a

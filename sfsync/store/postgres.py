@@ -19,9 +19,9 @@ from psycopg_pool import ConnectionPool
 
 from sfsync.errors import StoreError
 from sfsync.logs import redact_urls, register_secret
+from sfsync.settings.store_url import DEFAULT_CONNECT_TIMEOUT, StoreTarget
 from sfsync.store.leases import LeaseRunLock
 from sfsync.store.migrations import migrate_postgres, stored_version
-from sfsync.store.target import DEFAULT_CONNECT_TIMEOUT, StoreTarget
 
 POOL_SIZE = 12  # connections at most: the receiver's threads and the drain's Salesforce concurrency
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sfsync.errors import ConfigError, StoreError
-from sfsync.lock import RunLock
+from sfsync.store.lock import RunLock
 from sfsync.store.migrations import migrate_sqlite, stored_version
 
 # -- SQLite's failures, in words an operator can act on ---------------------------------------------------

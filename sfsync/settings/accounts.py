@@ -7,8 +7,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sfsync.config_values import Secret, check_header_value, printable
 from sfsync.errors import ConfigError
+from sfsync.settings.values import Secret, check_header_value, printable
 
 ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")  # a MessageMedia account id, safe in a header
 ACCOUNT_VARIABLE = re.compile(r"^SFSYNC_MM_ACCOUNT_(?P<name>[A-Z0-9_]+)_API_(?:KEY|SECRET)$")

@@ -8,8 +8,8 @@ import ssl
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
-from sfsync.bounds import PORT_MAX
 from sfsync.errors import ConfigError
+from sfsync.settings.bounds import PORT_MAX
 
 
 class Secret:

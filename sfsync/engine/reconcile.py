@@ -26,15 +26,15 @@ from typing import Any
 from sfsync.clients.bulk import TERMINAL, BulkClient, JobInfo
 from sfsync.clients.retry import poll_until
 from sfsync.clients.salesforce import COLLECTION_LIMIT
-from sfsync.config import Settings
 from sfsync.domain.outcome import Counts, Tally
 from sfsync.domain.precedence import Status, strongest, wins
 from sfsync.domain.reports import Report
 from sfsync.errors import RemoteError
 from sfsync.pipeline import BatchResult, Change, Outcome, Pipeline, current_status, task_fields
+from sfsync.settings.config import Settings
 from sfsync.store import LedgerEntry
 
-log = logging.getLogger("sfsync.reconcile")
+log = logging.getLogger("sfsync.engine.reconcile")
 
 SOURCE = "reconcile"
 WAIT_SECONDS = 300.0  # how long a run waits for an interrupted backfill's Bulk API job to finish

@@ -2,7 +2,7 @@
 
 A number is read once, at start, through ``Range.read``: ``nan``, ``inf``, ``1e300`` and anything
 outside the range are refused with a message that gives the range. Settings turn the refusal
-into a configuration error (exit 3, see ``sfsync.config``); options into a usage error (exit 2,
+into a configuration error (exit 3, see ``sfsync.settings.config``); options into a usage error (exit 2,
 argparse's, through ``option``).
 """
 

@@ -1,8 +1,8 @@
 """Settings from the environment (and optionally a ``.env`` file), validated once.
 
 Secrets are held in ``Secret`` so that no ``repr``, log line or error message can show them.
-Every error names the variable to set. One value's checks: ``sfsync.config_values``; the
-MessageMedia accounts a run polls: ``sfsync.mmaccounts``.
+Every error names the variable to set. One value's checks: ``sfsync.settings.values``; the
+MessageMedia accounts a run polls: ``sfsync.settings.accounts``.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from sfsync.bounds import OutOfRange, Range
-from sfsync.config_values import HEADER_NAME, Secret, check_ca_bundle, check_header_value, check_url
 from sfsync.errors import ConfigError
 from sfsync.logs import redact_urls
-from sfsync.mmaccounts import ACCOUNT_VARIABLE, MMAccount, account_names, read_accounts
-from sfsync.store.target import StoreTarget, parse_store_url, store_password
+from sfsync.settings.accounts import ACCOUNT_VARIABLE, MMAccount, account_names, read_accounts
+from sfsync.settings.bounds import OutOfRange, Range
+from sfsync.settings.store_url import StoreTarget, parse_store_url, store_password
+from sfsync.settings.values import HEADER_NAME, Secret, check_ca_bundle, check_header_value, check_url
 
 SALESFORCE_ID_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(__c)?$")
 
@@ -53,7 +53,7 @@ class Settings:
     # Runtime
     ca_bundle: str = ""
     state_dir: Path = Path("var")
-    store_url: str = ""  # empty: the SQLite file in state_dir (sfsync.store.target reads the forms)
+    store_url: str = ""  # empty: the SQLite file in state_dir (sfsync.settings.store_url reads the forms)
     store_password: Secret = field(default_factory=lambda: Secret(""))  # PostgreSQL, or from the file below
     store_password_file: str = ""
     api_budget_pct: float = 90.0

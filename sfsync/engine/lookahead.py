@@ -19,7 +19,7 @@ and writes only for whole groups (the remainder goes with the drain, as before),
 looked up once per run (again only for a Task written ahead that another message names). The
 thread holds at most one drain batch of staged reports (bounded memory); any error it meets is
 handed to the drain, which would have met it first thing. Only for a process alone on its store
-(SQLite: ``sfsync.replicas.Solo``).
+(SQLite: ``sfsync.store.replicas.Solo``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from sfsync.pipeline.stages import task_id_from_metadata
 from sfsync.sources.inbox import drained_keys
 from sfsync.store import StagedReport, Store
 
-log = logging.getLogger("sfsync.overlap")
+log = logging.getLogger("sfsync.engine.lookahead")
 
 
 class Lookahead:

@@ -6,8 +6,8 @@ a body before its 2xx; the waiting list, the dead letters and the inbox are read
 The drain (``Worker.drain``) takes a source's batches through the pipeline, each batch's outcomes
 and the source's bookkeeping (inbox rows done, waiting rows removed, letters retired) in one
 commit. ``StopRules`` holds the one set of stop conditions (signal, ``--max-reports``,
-``--max-seconds``, the API budget); ``recorded_run`` (``sfsync.runs``) the one run history and
-summary line; ``Loop`` (``sfsync.loop``) runs the engine again and again (``serve``'s drain).
+``--max-seconds``, the API budget); ``recorded_run`` (``sfsync.engine.runs``) the one run history and
+summary line; ``Loop`` (``sfsync.engine.loop``) runs the engine again and again (``serve``'s drain).
 Salesforce unavailable or its budget spent stops the drain, never the polling: the next run drains
 the backlog.
 """
@@ -27,8 +27,10 @@ from sfsync.clients.bulk import BulkClient
 from sfsync.clients.messagemedia import MessageMediaClient
 from sfsync.clients.retry import RetryCounter, StopAwareSleep
 from sfsync.clients.salesforce import SalesforceClient
-from sfsync.config import Settings
-from sfsync.domain.outcome import ReportOutcome, ResultSink, Tally, discard
+from sfsync.domain.outcome import Counts, ReportOutcome, ResultSink, Tally, discard
+from sfsync.engine.lookahead import Lookahead
+from sfsync.engine.reconcile import WAIT_SECONDS, BulkReconciler
+from sfsync.engine.runs import RunOptions, RunSummary, recorded_run
 from sfsync.errors import (
     EXIT_PARTIAL,
     EXIT_UNAVAILABLE,
@@ -38,13 +40,9 @@ from sfsync.errors import (
     SfsyncError,
     StopRequested,
 )
-from sfsync.loop import Loop, LoopState
-from sfsync.mmaccounts import MMAccount
-from sfsync.overlap import Lookahead
 from sfsync.pipeline import BatchResult, Pipeline, Stage, _BudgetStop
-from sfsync.reconcile import WAIT_SECONDS, BulkReconciler
-from sfsync.replicas import Solo, coordinator, poll_lease
-from sfsync.runs import RunOptions, RunSummary, recorded_run
+from sfsync.settings.accounts import MMAccount
+from sfsync.settings.config import Settings
 from sfsync.sources.accounts import AccountPolls
 from sfsync.sources.batch import Source
 from sfsync.sources.dead_letters import DeadLetterSource, LetterRetry
@@ -53,12 +51,12 @@ from sfsync.sources.poll import PAGE, PollEnd, PollSource, confirmable_id, descr
 from sfsync.sources.waiting import SOURCE as WAITING
 from sfsync.sources.waiting import WaitingSource
 from sfsync.store import StagedReport, Store, open_store
+from sfsync.store.replicas import Solo, coordinator, poll_lease
 
 log = logging.getLogger("sfsync.run")
 CONFIRM_PENDING = PollEnd.CONFIRM_PENDING.value
 
-__all__ = ["Loop", "LoopState", "RunOptions", "RunSummary", "StopRules", "Worker", "build_clients", "recorded_run",
-           "retry_dead_letters"]
+__all__ = ["StopRules", "Worker", "build_clients", "retry_dead_letters", "work_due"]
 
 
 def _of(account: MMAccount) -> str:
@@ -111,7 +109,7 @@ class Worker:
         self.bulk_wait_s = bulk_wait_s
         self.results = results
         self.replica = coordinator(self.store, settings.lease_seconds)  # SQLite: alone; PostgreSQL: leases
-        self._ahead: Lookahead | None = None  # the look-ahead of the run in progress (sfsync.overlap)
+        self._ahead: Lookahead | None = None  # the look-ahead of the run in progress (sfsync.engine.lookahead)
 
     # -- one run --------------------------------------------------------------------------------------
     def run(self, options: RunOptions | None = None) -> RunSummary:
@@ -368,6 +366,11 @@ def _covered(page: int | None, staged: int) -> str:
             parts.append(f"{page} report(s): the whole of MessageMedia's queue as it stood (less than a page)")
     parts.append(f"{staged} staged report(s) not yet written: all of them")
     return "; ".join(parts)
+
+
+def work_due(store: Store) -> bool:
+    """Whether a drain has anything to do: a staged report, or a waiting report due."""
+    return InboxSource(store, Counts()).pending() or WaitingSource(store).due()
 
 
 def retry_dead_letters(settings: Settings, store: Store, sf: SalesforceClient, letter_ids: list[int],

@@ -29,7 +29,7 @@ from sfsync.errors import StoreError
 from sfsync.store import StagedReport, Store
 from sfsync.store.leases import Leases, holder_id
 
-log = logging.getLogger("sfsync.replicas")
+log = logging.getLogger("sfsync.store.replicas")
 DEFAULT_ACCOUNT = "default"
 
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from sfsync.clients.retry import BUDGET_BACKOFF_S, loop_backoff
 from sfsync.domain.outcome import ReportOutcome, Tally
+from sfsync.engine.runs import RunSummary
 from sfsync.errors import EXIT_BUDGET, EXIT_OK, EXIT_UNEXPECTED, AlreadyRunning, AuthError, ConfigError, SfsyncError
-from sfsync.runs import RunSummary
 from sfsync.store import now_utc
 
 log = logging.getLogger("sfsync.run")

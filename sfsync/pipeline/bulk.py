@@ -3,7 +3,7 @@
 The pipeline chooses the path (``Pipeline._send``): up to ``threshold`` changed Tasks go by sObject
 Collections, 200 a call; more, by one Bulk API update job, its CSV streamed from a temporary file.
 The job is recorded in the store, with what it writes on each Task, before it is closed (once closed
-Salesforce runs it even if this process dies: ``sfsync.reconcile`` settles a job left open), and
+Salesforce runs it even if this process dies: ``sfsync.engine.reconcile`` settles a job left open), and
 forgotten once its results are read back.
 """
 
@@ -19,10 +19,10 @@ from typing import Any
 
 from sfsync.clients.bulk import NULL, BulkClient
 from sfsync.clients.salesforce import WriteResult
-from sfsync.config import Settings
+from sfsync.settings.config import Settings
 from sfsync.store import LedgerEntry, Store
 
-log = logging.getLogger("sfsync.bulkwrite")
+log = logging.getLogger("sfsync.pipeline.bulk")
 
 
 @dataclass(frozen=True)

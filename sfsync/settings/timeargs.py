@@ -14,9 +14,9 @@ import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sfsync import bounds
 from sfsync.domain.reports import TimeOutOfRange, format_time, parse_time
 from sfsync.errors import UsageError
+from sfsync.settings import bounds
 
 EARLIEST = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
 LATEST = dt.datetime(3000, 1, 1, tzinfo=dt.UTC)  # excluded
@@ -81,7 +81,7 @@ class DurationRule:
 
     def _check(self, text: str | float) -> tuple[float, str]:
         """The value, and what is wrong with it ("" when nothing): the one numeric rule of
-        ``sfsync.bounds``, with the unit named."""
+        ``sfsync.settings.bounds``, with the unit named."""
         rule = bounds.Range(self.minimum, self.maximum, low_open=not self.inclusive_minimum)
         try:
             return float(rule.read(str(text)[:MAX_TEXT])), ""

@@ -1,0 +1,159 @@
+"""`sfsync backfill`: fill SMS Status and SMS Status Code for a past window, through the one engine.
+
+Used after an outage, at go-live, or when the fields were wiped. The window's pages are a source
+(``sfsync.sources.backfill.BackfillSource``); this runner drains it through the pipeline with the
+worker's drain (collapse per message, decide against the ledger, match, write by sObject
+Collections or a Bulk API 2.0 job above ``--bulk-threshold``, record), settles an interrupted
+backfill's Bulk API jobs first, and records the run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sfsync.clients.bulk import BulkClient
+from sfsync.clients.messagemedia import MessageMediaClient
+from sfsync.clients.retry import RetryCounter, StopAwareSleep
+from sfsync.clients.salesforce import SalesforceClient
+from sfsync.domain.outcome import CountKey, Counts, ReportOutcome, ResultSink, Tally, discard
+from sfsync.engine.reconcile import WAIT_SECONDS, BulkReconciler
+from sfsync.engine.runs import RunSummary, recorded_run
+from sfsync.engine.worker import StopRules, Worker, build_clients
+from sfsync.errors import RemoteError
+from sfsync.pipeline import Pipeline, Stage
+from sfsync.pipeline.bulk import BulkWriter
+from sfsync.settings.config import Settings
+from sfsync.sources.backfill import BackfillSource
+from sfsync.sources.backfill_pages import Page, ReportingSource, SalesforceSource
+from sfsync.sources.backfill_progress import Progress, redirect_logs
+from sfsync.sources.backfill_window import RETENTION_DAYS, BackfillOptions, starting_point
+from sfsync.store import Store, now_utc, open_store
+
+__all__ = ["Backfill", "BackfillSummary"]
+
+log = logging.getLogger("sfsync.sources.backfill")  # the name its log lines always had
+
+
+@dataclass
+class BackfillSummary(RunSummary):
+    window: str = ""
+    window_counts: Counts = field(default_factory=Counts)  # the whole window, resumed runs included
+    by_label: Counter[str] = field(default_factory=Counter)  # dry run: changes per SMS Status
+
+    def as_dict(self) -> dict[str, Any]:
+        data = super().as_dict()
+        for key in ("confirmed", "waiting", "waiting_retried"):  # nothing is confirmed or kept waiting
+            data.pop(key, None)
+        extra: tuple[CountKey, ...] = (Tally.PAGES, Tally.CHANGED, Tally.REFUSED, ReportOutcome.NO_TASK,
+                                       ReportOutcome.TASK_DELETED, Tally.NOT_FOUND, Tally.BULK_JOBS, Tally.BULK_ROWS)
+        return {"window": self.window, **{k.value: self.counts[k] for k in extra}, **data}
+
+
+class Backfill:
+    def __init__(self, settings: Settings, options: BackfillOptions, *, mm: MessageMediaClient | None = None,
+                 sf: SalesforceClient | None = None, store: Store | None = None, retries: RetryCounter | None = None,
+                 stop: threading.Event | None = None, sleep: Callable[[float], Any] = time.sleep,
+                 on_page: Callable[[int], None] | None = None, progress_stream: Any = None,
+                 bulk_wait_s: float = WAIT_SECONDS, on_stage: Stage | None = None, results: ResultSink = discard):
+        self.settings = settings
+        self.options = options
+        self.stop = stop or threading.Event()
+        if mm is None or sf is None:
+            built_mm, built_sf, retries = build_clients(settings, sleep=sleep, stop=self.stop)
+            mm, sf = mm or built_mm, sf or built_sf
+        self.mm, self.sf = mm, sf
+        self.retries = retries or RetryCounter()
+        self.store = store or open_store(settings.store_target)
+        self.on_page = on_page or (lambda page: None)
+        self.progress_stream = progress_stream
+        self.bulk = BulkClient(sf, sleep=StopAwareSleep(self.stop))  # a signal ends a wait for a job at once
+        # Never waits for a Task; a Task deleted since its message was sent is counted and reported, not a dead letter.
+        self.pipeline = Pipeline(settings, self.store, sf, dry_run=options.dry_run, on_stage=on_stage, waits=False,
+                                 results=results, deleted_not_dead=True,
+                                 bulk=BulkWriter(self.bulk, self.store, settings, threshold=options.bulk_threshold))
+        self.engine = Worker(settings, mm=mm, sf=sf, store=self.store, stop=self.stop, retries=self.retries)
+        self.bulk_wait_s = bulk_wait_s
+
+    def run(self) -> BackfillSummary:
+        if self.options.dry_run:  # writes nothing, so it need not keep the worker out
+            return self._run_recorded()
+        with self.store.run_lock(self.settings.lock_path):
+            return self._run_recorded()
+
+    def _run_recorded(self) -> BackfillSummary:
+        summary = BackfillSummary(window=str(self.options.window))
+        kind = "backfill-dry-run" if self.options.dry_run else "backfill"
+        with recorded_run(self.store, kind, summary, self.mm, self.sf, self.retries, command="backfill") as started:
+            summary.exit_reason = self._run(summary, StopRules(self.stop, started, self.sf.check_budget))
+        return summary
+
+    def _pages(self, cursor: dict[str, Any]) -> Iterator[Page]:
+        if self.options.from_salesforce:
+            return SalesforceSource(self.sf, self.mm, self.settings, self.pipeline.code_map, self.options
+                                    ).pages(cursor)
+        return ReportingSource(self.mm, self.options).pages(cursor)
+
+    def _run(self, summary: BackfillSummary, rules: StopRules) -> str:
+        o = self.options
+        start = starting_point(self.store, o)
+        if start.get("done"):
+            log.info("this window was backfilled completely already; nothing to resume (rerun without --resume "
+                     "to check it again)", extra={"event": "backfill_done"})
+            return "already_complete"
+        if o.window.since < now_utc() - dt.timedelta(days=RETENTION_DAYS):
+            log.warning("the window starts more than %d days ago: MessageMedia keeps messages %d days, older ones "
+                        "are not found", RETENTION_DAYS, RETENTION_DAYS, extra={"event": "retention"})
+        log.info("backfill from %s: %s%s", o.source, o.window, ", resuming" if o.resume else "",
+                 extra={"event": "backfill_start"})
+        progress = Progress(o.window, self.progress_stream)
+        source = BackfillSource(self._pages(dict(start["cursor"])), self.store, o, summary.counts, rules, start,
+                                progress=progress, on_page=self.on_page)
+        summary.window_counts = source.window_counts()
+        if not o.dry_run:
+            # An interrupted backfill's Bulk API job may still land: settle it first (by Collections).
+            BulkReconciler(Pipeline(self.settings, self.store, self.sf), self.bulk, wait_seconds=self.bulk_wait_s,
+                           sleep=StopAwareSleep(self.stop)).settle(summary.counts)
+            source.finish(done=False)  # resumable from here on
+        try:
+            with redirect_logs(progress):
+                if o.dry_run:
+                    reason = self._dry_run(source, summary)
+                else:
+                    reason = self.engine.drain(source, self.pipeline, summary, rules)
+                reason = reason or source.reason or "complete"
+                if source.held:
+                    # The checkpoint stays before these reports: --resume decides and writes them again.
+                    raise RemoteError(f"{source.held} report(s) could not be written (Salesforce kept the rows "
+                                      "locked or left them unprocessed); nothing is lost: run again with --resume",
+                                      transient=False)
+                if reason == "complete":
+                    progress.update(1.0, source.window_counts(), final=True)
+        finally:
+            progress.close()
+        summary.window_counts = source.finish(done=reason == "complete") if not o.dry_run else source.window_counts()
+        if reason != "complete":
+            log.info("stopped (%s): run the same command with --resume to continue", reason,
+                     extra={"event": "backfill_stopped"})
+        if o.dry_run:
+            read = f"{summary.counts[Tally.PAGES]} page(s), {summary.counts[Tally.FETCHED]} record(s) read"
+            summary.covered = (f"the whole window {o.window}: {read}" if reason == "complete" else
+                               f"the window {o.window} up to where it stopped ({reason}): {read}")
+        return "dry_run" if o.dry_run and reason == "complete" else reason
+
+    def _dry_run(self, source: BackfillSource, summary: BackfillSummary) -> str:
+        """Every batch through the same pipeline, deciding only: what it would write (each row to the
+        results sink), per SMS Status."""
+        for batch in source.batches():
+            result = self.pipeline.process(batch.raws, batch.source)
+            result.counts.pop(Tally.RECEIVED, None)
+            summary.counts.update(result.counts)
+            summary.counts[Tally.CHANGED] += len(result.changes)
+            summary.by_label.update(change.outcome.status.label for change in result.changes)
+        return ""
