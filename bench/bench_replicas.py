@@ -115,3 +115,9 @@ def main(argv: list[str]) -> int:
         "reports": p.reports, "tasks": p.tasks, "mm_latency_ms": p.mm_latency_ms, "sf_latency_ms": p.sf_latency_ms,
         "seed": p.seed}, "runs": rows}, separators=(",", ":")))
     return 1 if any(r["tasks_wrong"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

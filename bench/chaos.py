@@ -467,11 +467,6 @@ def log_events(processes: list[Process]) -> Iterator[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if any(a == "--replicas" or a.startswith("--replicas=") for a in args):
-        import chaos_replicas  # replicas on one PostgreSQL store: bench/chaos_replicas.py
-
-        return chaos_replicas.main(args)
     parser = argparse.ArgumentParser(prog="scripts/chaos", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reports", type=int, help="delivery reports to seed (default 2,000; --large 20,000)")

@@ -334,11 +334,6 @@ def staged_only(p: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if any(a == "--replicas" or a.startswith("--replicas=") for a in args):
-        import bench_replicas  # replicas on one PostgreSQL store: bench/bench_replicas.py
-
-        return bench_replicas.main(args)
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     # The workload, three times over: per message an enroute, a submitted and a final report,

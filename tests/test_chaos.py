@@ -51,7 +51,8 @@ MUTANTS = textwrap.dedent('''
 
 
 def run_chaos(*args: str, env: dict[str, str] | None = None, timeout: float = 115) -> tuple[int, dict[str, Any], str]:
-    done = subprocess.run([sys.executable, str(CHAOS), *args], cwd=REPO, env=env, capture_output=True, text=True,
+    script = CHAOS.with_name("chaos_replicas.py") if "--replicas" in args else CHAOS  # as scripts/chaos chooses
+    done = subprocess.run([sys.executable, str(script), *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)
     lines = done.stdout.strip().splitlines()
     figures = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}

@@ -28,6 +28,7 @@ from sfsync.cli.main import exit_status
 from sfsync.clients.messagemedia import MessageMediaClient
 from sfsync.clients.retry import RetryPolicy
 from sfsync.clients.salesforce import AUTH_ERRORS, SalesforceClient
+from sfsync.domain.keys import confirmable_id
 from sfsync.domain.reports import InvalidReport, parse_report
 from sfsync.engine import Worker, build_clients
 from sfsync.errors import (
@@ -42,7 +43,6 @@ from sfsync.errors import (
 )
 from sfsync.settings.config import Settings, load_settings
 from sfsync.sim.harness import Simulators
-from sfsync.sources.poll import confirmable_id
 from sfsync.store import Store
 from tests.conftest import at
 

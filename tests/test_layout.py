@@ -125,3 +125,80 @@ def test_every_module_imports_on_its_own_in_a_fresh_interpreter() -> None:
     done = subprocess.run([sys.executable, "-c", script, *names], capture_output=True, text=True, timeout=120,
                           check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# -- layers (issue #19): an import only goes down ---------------------------------------------------------------
+# From the top: the command line; push and ops; the engine; sources; the pipeline; clients and the store;
+# settings; the domain; what everything uses. The simulators stand apart: only the command line starts them.
+LAYERS: dict[str, int] = {
+    "cli": 9, "push": 8, "ops": 7, "engine": 6, "sources": 5, "pipeline": 4, "clients": 3, "store": 3,
+    "settings": 2, "domain": 1, "errors": 0, "logs": 0, "httpd": 0, "sfsync": 0,
+}
+# Same layer, but one must not use the other.
+FORBIDDEN = {("push", "sources"), ("sources", "engine")}
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "sfsync"
+
+
+def test_every_module_is_in_a_layer() -> None:
+    assert {_layer(m) for m in MODULES} - set(LAYERS) == {"sim"}
+
+
+def test_imports_only_go_down_the_layers() -> None:
+    upward = {}
+    for name, path in MODULES.items():
+        mine = _layer(name)
+        for other in (_layer(m) for m in _imports(path, top_level_only=False) if m in MODULES):
+            if other == mine:
+                continue
+            if other == "sim":
+                wrong = mine != "cli"  # the simulators are never imported by the worker
+            else:
+                wrong = mine != "sim" and (LAYERS[other] >= LAYERS[mine] or (mine, other) in FORBIDDEN)
+            if wrong:
+                upward.setdefault(name, set()).add(other)
+    assert upward == {}
+
+
+def test_no_private_name_is_imported_across_modules() -> None:
+    """A leading underscore means 'this module's own': no other module imports it (tests included)."""
+    found = {}
+    for path in [*MODULES.values(), *Path(__file__).parent.glob("*.py"), *BENCH.glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sfsync"):
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                if private:
+                    found[f"{path.name}: {node.module}"] = private
+    assert found == {}
+
+
+BENCH = PACKAGE.parent / "bench"
+
+
+def test_no_import_cycles_in_the_benchmarks() -> None:
+    """bench/ imports its own modules by name (scripts run from there), inside functions too."""
+    names = {p.stem: p for p in BENCH.glob("*.py")}
+    graph = {}
+    for stem, path in names.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name in names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in names:
+                deps.add(node.module)
+        graph[stem] = deps - {stem}
+    cycles = []
+    for start in graph:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, trail = stack.pop()
+            for dep in graph[node]:
+                if dep == start:
+                    cycles.append(trail)
+                elif dep not in seen:
+                    seen.add(dep)
+                    stack.append((dep, [*trail, dep]))
+    assert cycles == []

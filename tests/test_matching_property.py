@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sfsync.domain.codes import default_map
+from sfsync.domain.keys import keyed
 from sfsync.domain.precedence import Status, strongest
 from sfsync.engine import build_clients
 from sfsync.pipeline import Pipeline, parse, resolve_all
@@ -109,14 +110,14 @@ def test_no_final_status_is_ever_replaced_whatever_the_id_form(module_sims: Simu
             pipeline = Pipeline(config, store, sf)
             start = 0
             for size in scenario.batches:
-                result = pipeline.process(raws[start : start + size], "poll")
+                result = pipeline.process(keyed(raws[start : start + size]), "poll")
                 assert not result.held
                 start += size
         finally:
             store.close()
 
     # What each Task should end on: the precedence winner, in event order, of the reports aimed at it.
-    reports, bad = parse(raws, "poll")
+    reports, bad = parse(keyed(raws))
     assert not bad
     outcomes = resolve_all(reports, default_map())
     for index, (message, holds) in enumerate(scenario.tasks):

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from sfsync.cli import main as cli
+from sfsync.domain.keys import keyed
 from sfsync.errors import EXIT_CONFIG, EXIT_OK, EXIT_PARTIAL, EXIT_UNAVAILABLE
 from sfsync.sim.harness import Simulators
-from sfsync.sources.poll import keyed
 from sfsync.store import Store
 from tests.conftest import add_tasks, composite_calls, fields_of, new_message_id, report, store_of
 

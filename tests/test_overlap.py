@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from sfsync.domain.keys import keyed
 from sfsync.engine import Worker, build_clients
 from sfsync.engine.lookahead import Lookahead
 from sfsync.errors import EXIT_OK, RemoteError
 from sfsync.pipeline import Pipeline
 from sfsync.settings.config import Settings
 from sfsync.sim.harness import Simulators
-from sfsync.sources.poll import PollSource, keyed
+from sfsync.sources.poll import PollSource
 from sfsync.store import Store
 from tests.conftest import add_tasks, composite_calls, fields_of, new_message_id, on_postgresql, report
 
@@ -124,7 +125,7 @@ def test_the_look_ahead_holds_at_most_one_drain_batch(sims: Simulators, make_wor
     while sims.sf.stats()["api_calls"].get("query", 0) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     rows = ahead.finish()
-    assert ahead.error is None and len(rows) == 300 and len(pipeline.parsed) <= 300
+    assert ahead.error is None and len(rows) == 300 and ahead.cache.readings_held <= 300
     assert [r.key for r in rows] == [r.key for r in worker.store.claim_staged(300)]  # the oldest, in order
     assert sims.sf.stats()["api_calls"].get("query") == 3  # whole queries for its 300 messages, no more
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from sfsync.domain.keys import keyed
 from sfsync.engine import RunOptions, RunSummary, Worker, build_clients
 from sfsync.engine import worker as engine
 from sfsync.pipeline import Pipeline
@@ -181,12 +182,12 @@ def test_a_task_written_by_another_replica_since_the_plan_is_not_overwritten(
     def b_writes_first(stage: str) -> None:
         if stage == "matched":
             b_pipeline = Pipeline(b.settings, b.store, b.sf, guard=b.replica.task_guard)
-            b_pipeline.process([newer], "push")
+            b_pipeline.process(keyed([newer]), "push")
 
     assert isinstance(a.replica, Replica)
     with a.replica.session(), b.replica.session():
         a_pipeline = Pipeline(a.settings, a.store, a.sf, guard=a.replica.task_guard, on_stage=b_writes_first)
-        result = a_pipeline.process([older], "push")
+        result = a_pipeline.process(keyed([older]), "push")
 
     assert writes(sims, task) == [("Delivered", "221")]
     assert result.counts["skipped_stale"] == 1 and older["delivery_report_id"] in result.confirm

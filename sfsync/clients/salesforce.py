@@ -30,7 +30,7 @@ from sfsync.clients.sf_login import (
     AUTH_ERRORS,
     PRODUCTION_AUDIENCE,
     SANDBOX_AUDIENCE,
-    _Token,
+    LoginToken,
     is_sandbox_host,
     jwt_audience,
     token_request,
@@ -112,7 +112,7 @@ class SalesforceClient:
         self.usage = Usage()
         self.calls: Counter[str] = Counter()
         self._local = threading.local()
-        self._token: _Token | None = None
+        self._token: LoginToken | None = None
         self._sf: Salesforce | None = None
         self._login_lock = threading.Lock()
         for secret in (settings.sf_client_secret.value, settings.sf_access_token.value):
@@ -146,10 +146,10 @@ class SalesforceClient:
             self._sf = Salesforce(instance_url=token.instance_url, session_id=token.access_token,
                                   session=self.session, version=self.settings.sf_api_version)
 
-    def _fetch_token(self) -> _Token:
+    def _fetch_token(self) -> LoginToken:
         s = self.settings
         if s.sf_auth_mode == "token":
-            return _Token(s.sf_instance_url, s.sf_access_token.value)
+            return LoginToken(s.sf_instance_url, s.sf_access_token.value)
         return self._retried("token", token_request(s, self.session, self.calls))
 
     @property

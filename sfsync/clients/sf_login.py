@@ -50,14 +50,14 @@ def is_sandbox_host(host: str) -> bool:
 
 
 @dataclass
-class _Token:
+class LoginToken:
     instance_url: str
     access_token: str
     identity: str = ""  # the token's id URL, .../id/<org id>/<user id>
     obtained: float = field(default_factory=time.monotonic)
 
 
-def token_request(s: Settings, session: requests.Session, calls: Counter[str]) -> Callable[[], _Token]:
+def token_request(s: Settings, session: requests.Session, calls: Counter[str]) -> Callable[[], LoginToken]:
     """One attempt at a token by client credentials or JWT bearer (as ``s`` says); the caller retries it."""
     if s.sf_auth_mode == "jwt":
         data = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": jwt_assertion(s)}
@@ -65,7 +65,7 @@ def token_request(s: Settings, session: requests.Session, calls: Counter[str]) -
         data = {"grant_type": "client_credentials", "client_id": s.sf_client_id,
                 "client_secret": s.sf_client_secret.value}
 
-    def once() -> _Token:
+    def once() -> LoginToken:
         calls["token"] += 1
         response = session.post(f"{s.sf_login_url}/services/oauth2/token", data=data,
                                 headers={"Accept": "application/json"})
@@ -83,7 +83,7 @@ def token_request(s: Settings, session: requests.Session, calls: Counter[str]) -
         instance = str(body.get("instance_url") or s.sf_instance_url or s.sf_login_url)
         if not instance.startswith("https://"):
             raise ConfigError(f"Salesforce returned a non-https instance URL {instance!r}")
-        return _Token(instance, str(body["access_token"]), str(body.get("id") or ""))
+        return LoginToken(instance, str(body["access_token"]), str(body.get("id") or ""))
 
     return once
 

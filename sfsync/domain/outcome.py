@@ -89,6 +89,60 @@ LETTER_OF: dict[ReportOutcome, LetterOutcome] = {
 }
 
 
+class ExitReason(StrEnum):
+    """Why a run ended: the summary's ``exit_reason``, kept in the run history and shown by
+    ``--json``, ``sfsync status`` and the metrics. One list for every command."""
+
+    NONE = ""  # still running, or not decided yet
+    # polling
+    QUEUE_EMPTY = "queue_empty"  # MessageMedia's queue was drained into the store
+    NOTHING = "nothing_to_do"  # nothing polled, nothing staged
+    CONFIRM_PENDING = "confirm_pending"  # confirmed reports still served after the wait: not drained
+    UNCONFIRMABLE = "unconfirmable"  # only reports MessageMedia will not confirm are left
+    WEDGED = "unconfirmable_head"  # a whole page of them: nothing behind them can be reached
+    ELSEWHERE = "polled_elsewhere"  # another replica holds the account's poll lease
+    ONCE = "once"  # --once: one page staged
+    # the drain
+    BACKLOG_DRAINED = "backlog_drained"  # nothing new to poll; reports staged earlier were written
+    INBOX_EMPTY = "inbox_empty"  # --inbox: everything staged was drained
+    DRY_RUN = "dry_run"  # a dry run planned what it could see
+    LETTERS_RETRIED = "letters_retried"  # dead-letters retry: every letter tried
+    # backfill
+    COMPLETE = "complete"
+    ALREADY_COMPLETE = "already_complete"
+    MAX_PAGES = "max_pages"
+    # stops
+    SIGNAL = "signal"
+    MAX_REPORTS = "max_reports"
+    TIME_BUDGET = "time_budget"  # --max-seconds
+    API_BUDGET = "api_budget"  # the Salesforce API budget (SFSYNC_API_BUDGET_PCT) reached
+    # failures: the error's kind
+    AUTH_ERROR = "AuthError"
+    CONFIG_ERROR = "ConfigError"
+    USAGE_ERROR = "UsageError"
+    STORE_ERROR = "StoreError"
+    REMOTE_ERROR = "RemoteError"
+    BUDGET_EXHAUSTED = "BudgetExhausted"
+    STOP_REQUESTED = "StopRequested"
+    ERROR = "error"  # another sfsync error
+    CRASH = "crash"  # a bug: not an sfsync error
+
+    @classmethod
+    def of_error(cls, exc: BaseException) -> ExitReason:
+        """The reason for an error that ended a run: its kind where it has one of its own."""
+        for kind in type(exc).__mro__:
+            try:
+                return cls(kind.__name__)
+            except ValueError:
+                continue
+        return cls.ERROR
+
+    @property
+    def stopped(self) -> bool:
+        """A stop asked for from outside (a signal, --max-seconds): nothing more is done."""
+        return self in (ExitReason.SIGNAL, ExitReason.TIME_BUDGET)
+
+
 CountKey = ReportOutcome | Tally
 Counts = Counter[CountKey]
 _KEYS: dict[str, CountKey] = {k.value: k for k in (*ReportOutcome, *Tally)}

@@ -22,19 +22,20 @@ from sfsync.clients.bulk import BulkClient
 from sfsync.clients.messagemedia import MessageMediaClient
 from sfsync.clients.retry import RetryCounter, StopAwareSleep
 from sfsync.clients.salesforce import SalesforceClient
-from sfsync.domain.outcome import CountKey, Counts, ReportOutcome, ResultSink, Tally, discard
+from sfsync.domain.outcome import CountKey, Counts, ExitReason, ReportOutcome, ResultSink, Tally, discard
 from sfsync.engine.reconcile import WAIT_SECONDS, BulkReconciler
 from sfsync.engine.runs import RunSummary, recorded_run
-from sfsync.engine.worker import StopRules, Worker, build_clients
+from sfsync.engine.services import services
+from sfsync.engine.worker import StopRules, Worker
 from sfsync.errors import RemoteError
-from sfsync.pipeline import Pipeline, Stage
+from sfsync.pipeline import BatchResult, Pipeline, Stage
 from sfsync.pipeline.bulk import BulkWriter
 from sfsync.settings.config import Settings
 from sfsync.sources.backfill import BackfillSource
 from sfsync.sources.backfill_pages import Page, ReportingSource, SalesforceSource
 from sfsync.sources.backfill_progress import Progress, redirect_logs
 from sfsync.sources.backfill_window import RETENTION_DAYS, BackfillOptions, starting_point
-from sfsync.store import Store, now_utc, open_store
+from sfsync.store import Store, now_utc
 
 __all__ = ["Backfill", "BackfillSummary"]
 
@@ -65,20 +66,16 @@ class Backfill:
         self.settings = settings
         self.options = options
         self.stop = stop or threading.Event()
-        if mm is None or sf is None:
-            built_mm, built_sf, retries = build_clients(settings, sleep=sleep, stop=self.stop)
-            mm, sf = mm or built_mm, sf or built_sf
-        self.mm, self.sf = mm, sf
-        self.retries = retries or RetryCounter()
-        self.store = store or open_store(settings.store_target)
+        built = services(settings, stop=self.stop, mm=mm, sf=sf, store=store, retries=retries, sleep=sleep)
+        self.mm, self.sf, self.store, self.retries = built.mm, built.sf, built.store, built.retries
         self.on_page = on_page or (lambda page: None)
         self.progress_stream = progress_stream
-        self.bulk = BulkClient(sf, sleep=StopAwareSleep(self.stop))  # a signal ends a wait for a job at once
+        self.bulk = BulkClient(self.sf, sleep=StopAwareSleep(self.stop))  # a signal ends a wait for a job at once
         # Never waits for a Task; a Task deleted since its message was sent is counted and reported, not a dead letter.
-        self.pipeline = Pipeline(settings, self.store, sf, dry_run=options.dry_run, on_stage=on_stage, waits=False,
+        self.pipeline = Pipeline(settings, self.store, self.sf, dry_run=options.dry_run, on_stage=on_stage, waits=False,
                                  results=results, deleted_not_dead=True,
                                  bulk=BulkWriter(self.bulk, self.store, settings, threshold=options.bulk_threshold))
-        self.engine = Worker(settings, mm=mm, sf=sf, store=self.store, stop=self.stop, retries=self.retries)
+        self.engine = Worker(settings, mm=self.mm, sf=self.sf, store=self.store, stop=self.stop, retries=self.retries)
         self.bulk_wait_s = bulk_wait_s
 
     def run(self) -> BackfillSummary:
@@ -100,13 +97,13 @@ class Backfill:
                                     ).pages(cursor)
         return ReportingSource(self.mm, self.options).pages(cursor)
 
-    def _run(self, summary: BackfillSummary, rules: StopRules) -> str:
+    def _run(self, summary: BackfillSummary, rules: StopRules) -> ExitReason:
         o = self.options
         start = starting_point(self.store, o)
         if start.get("done"):
             log.info("this window was backfilled completely already; nothing to resume (rerun without --resume "
                      "to check it again)", extra={"event": "backfill_done"})
-            return "already_complete"
+            return ExitReason.ALREADY_COMPLETE
         if o.window.since < now_utc() - dt.timedelta(days=RETENTION_DAYS):
             log.warning("the window starts more than %d days ago: MessageMedia keeps messages %d days, older ones "
                         "are not found", RETENTION_DAYS, RETENTION_DAYS, extra={"event": "retention"})
@@ -123,37 +120,34 @@ class Backfill:
             source.finish(done=False)  # resumable from here on
         try:
             with redirect_logs(progress):
-                if o.dry_run:
-                    reason = self._dry_run(source, summary)
-                else:
-                    reason = self.engine.drain(source, self.pipeline, summary, rules)
-                reason = reason or source.reason or "complete"
+                planned = self._planned(summary) if o.dry_run else None
+                reason = self.engine.drain(source, self.pipeline, summary, rules, on_result=planned)
+                reason = reason or source.reason or ExitReason.COMPLETE
                 if source.held:
                     # The checkpoint stays before these reports: --resume decides and writes them again.
                     raise RemoteError(f"{source.held} report(s) could not be written (Salesforce kept the rows "
                                       "locked or left them unprocessed); nothing is lost: run again with --resume",
                                       transient=False)
-                if reason == "complete":
+                if reason is ExitReason.COMPLETE:
                     progress.update(1.0, source.window_counts(), final=True)
         finally:
             progress.close()
-        summary.window_counts = source.finish(done=reason == "complete") if not o.dry_run else source.window_counts()
-        if reason != "complete":
+        done = reason is ExitReason.COMPLETE
+        summary.window_counts = source.finish(done=done) if not o.dry_run else source.window_counts()
+        if reason is not ExitReason.COMPLETE:
             log.info("stopped (%s): run the same command with --resume to continue", reason,
                      extra={"event": "backfill_stopped"})
         if o.dry_run:
             read = f"{summary.counts[Tally.PAGES]} page(s), {summary.counts[Tally.FETCHED]} record(s) read"
-            summary.covered = (f"the whole window {o.window}: {read}" if reason == "complete" else
+            summary.covered = (f"the whole window {o.window}: {read}" if reason is ExitReason.COMPLETE else
                                f"the window {o.window} up to where it stopped ({reason}): {read}")
-        return "dry_run" if o.dry_run and reason == "complete" else reason
+        return ExitReason.DRY_RUN if o.dry_run and reason is ExitReason.COMPLETE else reason
 
-    def _dry_run(self, source: BackfillSource, summary: BackfillSummary) -> str:
-        """Every batch through the same pipeline, deciding only: what it would write (each row to the
-        results sink), per SMS Status."""
-        for batch in source.batches():
-            result = self.pipeline.process(batch.raws, batch.source)
-            result.counts.pop(Tally.RECEIVED, None)
-            summary.counts.update(result.counts)
+    @staticmethod
+    def _planned(summary: BackfillSummary) -> Callable[[BatchResult], None]:
+        """A dry run's tally of each batch the drain planned: the Tasks it would change, per SMS Status."""
+        def planned(result: BatchResult) -> None:
             summary.counts[Tally.CHANGED] += len(result.changes)
             summary.by_label.update(change.outcome.status.label for change in result.changes)
-        return ""
+
+        return planned

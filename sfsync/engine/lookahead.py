@@ -28,16 +28,16 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
 from sfsync.clients.salesforce import COLLECTION_LIMIT, IN_LIST_LIMIT
 from sfsync.domain.codes import resolve
+from sfsync.domain.keys import Item
 from sfsync.domain.outcome import Counts, Tally
 from sfsync.domain.reports import Report
 from sfsync.errors import SfsyncError
-from sfsync.pipeline import BatchResult, OnCommit, Pipeline, _BudgetStop
+from sfsync.pipeline import BatchResult, BudgetStop, OnCommit, Pipeline, ReadAhead
 from sfsync.pipeline.stages import task_id_from_metadata
-from sfsync.sources.inbox import drained_keys
+from sfsync.sources.inbox import drained
 from sfsync.store import StagedReport, Store
 
 log = logging.getLogger("sfsync.engine.lookahead")
@@ -59,6 +59,9 @@ class Lookahead:
         self.results: list[BatchResult] = []  # the batches written ahead, recorded (the run counts them)
         self.counts: Counts = Counter()  # what they drained
         self.error: SfsyncError | None = None  # what stopped the look-ups (the drain raises it)
+        # What it read: Task rows per looked-up value and the readings of the reports it claimed,
+        # handed to the drain (``cache``), which takes each once.
+        self.cache = ReadAhead()
         self._after = 0  # the last staged report claimed
         self._finals: dict[str, tuple[str, str]] = {}  # held messages with a final, oldest first: their look-up
         self._pending: dict[tuple[str, str], None] = {}  # values to look up, in order
@@ -97,7 +100,7 @@ class Lookahead:
                 self._claim(plan=True)
                 self._look_up()
                 self._write_ahead()
-        except _BudgetStop as stop:  # what was written before the budget ran out is recorded
+        except BudgetStop as stop:  # what was written before the budget ran out is recorded
             self.results.append(stop.result)
             self.error = stop
             log.info("look-ahead stopped: %s", stop, extra={"event": "lookahead_stopped"})
@@ -121,7 +124,7 @@ class Lookahead:
         self.rows += rows
         if not plan:
             return
-        for value in self.pipeline.lookup_values([r.raw for r in rows]):
+        for value in self.pipeline.lookup_values([Item(r.key, r.raw) for r in rows], self.cache):
             if value not in self._seen:
                 self._seen.add(value)
                 self._pending[value] = None
@@ -135,7 +138,7 @@ class Lookahead:
             values = list(self._pending)[:take]
             for value in values:
                 del self._pending[value]
-            self.pipeline.prefetch(values)
+            self.pipeline.look_up(values, self.cache)
             self.on_stage("looked_ahead")
 
     def _write_ahead(self) -> None:
@@ -153,11 +156,12 @@ class Lookahead:
         mine: list[StagedReport] = []
         kept: list[StagedReport] = []
         for row in self.rows:
-            (mine if _message_of(self.pipeline.parsed.get(id(row.raw))) in chosen else kept).append(row)
+            (mine if _message_of(self.cache.reading(row.key)) in chosen else kept).append(row)
         self.rows = kept
         for source in dict.fromkeys(r.source for r in mine):
             group = [r for r in mine if r.source == source]
-            result = self.pipeline.process([r.raw for r in group], source, on_commit=self._drained(group))
+            result = self.pipeline.process([Item(r.key, r.raw) for r in group], source,
+                                           on_commit=self._drained(group), ahead=self.cache)
             self.results.append(result)
             self._forget_rows_of({c.task_id[:15] for c in result.changes})
         self.on_stage("wrote_ahead")
@@ -165,15 +169,14 @@ class Lookahead:
     def _ready(self) -> list[str]:
         """Messages, oldest first, with a final status staged and their Task looked up (or settled
         by the ledger: never queued for a look-up)."""
-        prefetched = self.pipeline.prefetched
-        return [m for m, value in self._finals.items() if value in prefetched or value not in self._seen]
+        return [m for m, value in self._finals.items() if self.cache.has(value) or value not in self._seen]
 
     def _note_finals(self, rows: list[StagedReport]) -> None:
         """The messages of newly claimed reports that are final, each with the value its Task is
         looked up by (a final beats every non-final: the message's status is final from now on)."""
         key, code_map = self.pipeline.settings.metadata_task_key, self.pipeline.code_map
         for row in rows:
-            report = _report(self.pipeline.parsed.get(id(row.raw)))
+            report = _report(self.cache.reading(row.key))
             if report is None or report.message_id in self._finals:
                 continue
             if resolve(report.status, report.code, code_map, message_id=report.message_id, quiet=True).final:
@@ -182,7 +185,7 @@ class Lookahead:
 
     def _drained(self, rows: list[StagedReport]) -> OnCommit:
         def commit(result: BatchResult) -> None:  # in the transaction that records the outcomes
-            done = drained_keys(rows, result)
+            done = drained(rows, result)
             self.store.inbox_done(done)
             self.counts[Tally.DRAINED] += len(done)
 
@@ -193,16 +196,14 @@ class Lookahead:
         whole query with others, or by the drain), and no message waiting on them is ready until then."""
         if not written:
             return
-        for value, rows in list(self.pipeline.prefetched.items()):
-            if any(str(r.get("Id", ""))[:15] in written for r in rows):
-                del self.pipeline.prefetched[value]
-                self._pending[value] = None
+        for value in self.cache.forget_tasks(written):
+            self._pending[value] = None
 
 
-def _report(reading: tuple[Any, Any] | None) -> Report | None:
-    return reading[1] if reading is not None and isinstance(reading[1], Report) else None
+def _report(reading: object) -> Report | None:
+    return reading if isinstance(reading, Report) else None
 
 
-def _message_of(reading: tuple[Any, Any] | None) -> str | None:
+def _message_of(reading: object) -> str | None:
     report = _report(reading)
     return report.message_id if report is not None else None

@@ -30,7 +30,7 @@ from sfsync.domain.outcome import Counts, Tally
 from sfsync.domain.precedence import Status, strongest, wins
 from sfsync.domain.reports import Report
 from sfsync.errors import RemoteError
-from sfsync.pipeline import BatchResult, Change, Outcome, Pipeline, current_status, task_fields
+from sfsync.pipeline import BatchResult, Change, Pipeline, Resolved, current_status, task_fields
 from sfsync.settings.config import Settings
 from sfsync.store import LedgerEntry
 
@@ -56,7 +56,7 @@ def _change(task_id: str, winner: LedgerEntry, current: Status, settings: Settin
                            "status": winner.label, "reconciled_after_bulk_job": True}
     report = Report(winner.report_id or f"reconcile:{winner.message_id}", winner.message_id, winner.label.lower(),
                     winner.code, winner.event_time, winner.received_time, {}, raw)
-    outcome = Outcome(report, status_of(winner), True)
+    outcome = Resolved(report.report_id, report, status_of(winner), True)
     return Change(task_id, outcome, task_fields(outcome, settings), current)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from sfsync.clients.messagemedia import MessageMediaClient
 from sfsync.clients.retry import RetryCounter
 from sfsync.clients.salesforce import SalesforceClient
-from sfsync.domain.outcome import CountKey, Counts, ReportOutcome, Tally
+from sfsync.domain.outcome import CountKey, Counts, ExitReason, ReportOutcome, Tally
 from sfsync.errors import (
     EXIT_BUDGET,
     EXIT_OK,
@@ -26,7 +26,7 @@ from sfsync.errors import (
     StoreError,
     UsageError,
 )
-from sfsync.pipeline import _BudgetStop
+from sfsync.pipeline import BudgetStop
 from sfsync.store import Store
 
 log = logging.getLogger("sfsync.run")
@@ -45,7 +45,7 @@ class RunOptions:
 @dataclass
 class RunSummary:
     counts: Counts = field(default_factory=Counts)
-    exit_reason: str = ""
+    exit_reason: ExitReason = ExitReason.NONE
     exit_code: int = EXIT_OK
     duration_s: float = 0.0
     salesforce_calls: int = 0
@@ -67,7 +67,7 @@ class RunSummary:
             **{k.value: self.counts[k] for k in dry if k in self.counts},
             "salesforce_calls": self.salesforce_calls, "messagemedia_calls": self.messagemedia_calls,
             "api_usage": self.api_usage, "retries": self.retries, "duration_s": round(self.duration_s, 3),
-            "exit_reason": self.exit_reason, "exit_code": self.exit_code,
+            "exit_reason": self.exit_reason.value, "exit_code": self.exit_code,
             **({"covered": self.covered} if self.covered else {}),
             **({"accounts": self.accounts} if self.accounts else {}),
         }
@@ -89,18 +89,19 @@ def recorded_run(store: Store, kind: str, summary: RunSummary, mm: MessageMediaC
         run_id = store.start_run(kind)  # a store that cannot record the run ends it here, summarised
         yield started
     except BudgetExhausted as exc:
-        summary.exit_reason, summary.exit_code = "api_budget", EXIT_BUDGET
-        log.warning("%s", exc.__cause__ if isinstance(exc, _BudgetStop) else exc,  # it says the next run resumes
+        summary.exit_reason, summary.exit_code = ExitReason.API_BUDGET, EXIT_BUDGET
+        log.warning("%s", exc.__cause__ if isinstance(exc, BudgetStop) else exc,  # it says the next run resumes
                     extra={"event": "budget_stop"})
     except StopRequested as exc:
         # A signal cut a retry wait short: a clean stop, like one between batches.
-        summary.exit_reason = "signal"
+        summary.exit_reason = ExitReason.SIGNAL
         log.warning("%s", exc, extra={"event": "signal_stop"})
     except SfsyncError as exc:
         known = isinstance(exc, AuthError | ConfigError | UsageError)
-        summary.exit_reason, summary.exit_code, error = type(exc).__name__ if known else "error", exc.exit_code, exc
+        reason = ExitReason.of_error(exc) if known else ExitReason.ERROR
+        summary.exit_reason, summary.exit_code, error = reason, exc.exit_code, exc
     except BaseException as exc:
-        summary.exit_reason, summary.exit_code, error = "crash", EXIT_UNEXPECTED, exc
+        summary.exit_reason, summary.exit_code, error = ExitReason.CRASH, EXIT_UNEXPECTED, exc
     finally:
         if summary.exit_code == EXIT_OK and summary.counts[ReportOutcome.DEAD_LETTERED]:
             summary.exit_code = EXIT_PARTIAL
@@ -123,10 +124,10 @@ def _record_finish(store: Store, run_id: int | None, summary: RunSummary,
     if run_id is None:
         return error
     try:
-        store.finish_run(run_id, summary.as_dict(), summary.exit_reason, summary.exit_code)
+        store.finish_run(run_id, summary.as_dict(), summary.exit_reason.value, summary.exit_code)
     except StoreError as exc:
         log.error("could not record this run in the history: %s", exc, extra={"event": "run_not_recorded"})
         if error is None:
-            summary.exit_reason, summary.exit_code = type(exc).__name__, exc.exit_code
+            summary.exit_reason, summary.exit_code = ExitReason.of_error(exc), exc.exit_code
             return exc
     return error

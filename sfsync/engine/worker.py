@@ -27,10 +27,11 @@ from sfsync.clients.bulk import BulkClient
 from sfsync.clients.messagemedia import MessageMediaClient
 from sfsync.clients.retry import RetryCounter, StopAwareSleep
 from sfsync.clients.salesforce import SalesforceClient
-from sfsync.domain.outcome import Counts, ReportOutcome, ResultSink, Tally, discard
+from sfsync.domain.outcome import Counts, ExitReason, ReportOutcome, ResultSink, Tally, discard
 from sfsync.engine.lookahead import Lookahead
 from sfsync.engine.reconcile import WAIT_SECONDS, BulkReconciler
 from sfsync.engine.runs import RunOptions, RunSummary, recorded_run
+from sfsync.engine.services import services
 from sfsync.errors import (
     EXIT_PARTIAL,
     EXIT_UNAVAILABLE,
@@ -40,21 +41,20 @@ from sfsync.errors import (
     SfsyncError,
     StopRequested,
 )
-from sfsync.pipeline import BatchResult, Pipeline, Stage, _BudgetStop
+from sfsync.pipeline import BatchResult, BudgetStop, Pipeline, ReadAhead, Stage
 from sfsync.settings.accounts import MMAccount
 from sfsync.settings.config import Settings
 from sfsync.sources.accounts import AccountPolls
 from sfsync.sources.batch import Source
 from sfsync.sources.dead_letters import DeadLetterSource, LetterRetry
 from sfsync.sources.inbox import DRAIN_BATCH, InboxSource
-from sfsync.sources.poll import PAGE, PollEnd, PollSource, confirmable_id, describe_ids
+from sfsync.sources.poll import PAGE, PageSource, PollSource, describe_ids
 from sfsync.sources.waiting import SOURCE as WAITING
 from sfsync.sources.waiting import WaitingSource
-from sfsync.store import StagedReport, Store, open_store
+from sfsync.store import StagedReport, Store
 from sfsync.store.replicas import Solo, coordinator, poll_lease
 
 log = logging.getLogger("sfsync.run")
-CONFIRM_PENDING = PollEnd.CONFIRM_PENDING.value
 
 __all__ = ["StopRules", "Worker", "build_clients", "retry_dead_letters", "work_due"]
 
@@ -68,8 +68,8 @@ def _of(account: MMAccount) -> str:
 @dataclass(frozen=True)
 class StopRules:
     """The one set of stop conditions of every run: a signal, ``--max-reports``, ``--max-seconds``
-    and the Salesforce API budget. ``reason`` names the first that holds ('' for none); the budget
-    is checked only where Salesforce is about to be called, and raises ``BudgetExhausted``."""
+    and the Salesforce API budget. ``reason`` names the first that holds (NONE for none); the
+    budget is checked only where Salesforce is about to be called, and raises ``BudgetExhausted``."""
 
     stop: threading.Event
     started: float
@@ -77,16 +77,16 @@ class StopRules:
     max_reports: int | None = None
     max_seconds: float | None = None
 
-    def reason(self, taken: int = 0, *, budget: bool = False) -> str:
+    def reason(self, taken: int = 0, *, budget: bool = False) -> ExitReason:
         if self.stop.is_set():
-            return "signal"
+            return ExitReason.SIGNAL
         if self.max_reports is not None and taken >= self.max_reports:
-            return "max_reports"
+            return ExitReason.MAX_REPORTS
         if self.max_seconds is not None and time.monotonic() - self.started >= self.max_seconds:
-            return "time_budget"
+            return ExitReason.TIME_BUDGET
         if budget:
             self.budget()
-        return ""
+        return ExitReason.NONE
 
 
 class Worker:
@@ -97,19 +97,18 @@ class Worker:
         """``results`` takes every report's result row as the run decides it (``--output-dir``)."""
         self.settings = settings
         self.stop = stop or threading.Event()
-        if mm is None or sf is None:
-            built_mm, built_sf, retries = build_clients(settings, stop=self.stop)
-            mm, sf = mm or built_mm, sf or built_sf
-        self.mm = mm
-        self.mm_clients = account_clients(settings, mm)  # one poll source per account
-        self.sf = sf
-        self.retries = retries or RetryCounter()
-        self.store = store or open_store(settings.store_target)
+        built = services(settings, stop=self.stop, mm=mm, sf=sf, store=store, retries=retries)
+        self.mm, self.sf, self.store, self.retries = built.mm, built.sf, built.store, built.retries
+        self.mm_clients = account_clients(settings, self.mm)  # one poll source per account
         self.on_stage = on_stage or (lambda stage: None)
         self.bulk_wait_s = bulk_wait_s
         self.results = results
         self.replica = coordinator(self.store, settings.lease_seconds)  # SQLite: alone; PostgreSQL: leases
         self._ahead: Lookahead | None = None  # the look-ahead of the run in progress (sfsync.engine.lookahead)
+
+    def pipeline(self, *, dry_run: bool = False, results: ResultSink | None = None) -> Pipeline:
+        return Pipeline(self.settings, self.store, self.sf, dry_run=dry_run, on_stage=self.on_stage,
+                        results=results or self.results, guard=self.replica.task_guard)
 
     # -- one run --------------------------------------------------------------------------------------
     def run(self, options: RunOptions | None = None) -> RunSummary:
@@ -123,12 +122,11 @@ class Worker:
     def _run_locked(self, options: RunOptions) -> RunSummary:
         summary = RunSummary()
         kind = "dry-run" if options.dry_run else ("inbox" if options.inbox else "run")
-        pipeline = Pipeline(self.settings, self.store, self.sf, dry_run=options.dry_run, on_stage=self.on_stage,
-                            results=self.results, guard=self.replica.task_guard)
+        pipeline = self.pipeline(dry_run=options.dry_run)
         with recorded_run(self.store, kind, summary, self.mm_clients, self.sf, self.retries) as started:
             rules = self.rules(started, options)
             if options.dry_run:
-                summary.exit_reason = self._dry_run(pipeline, options, summary)
+                summary.exit_reason = self._dry_run(pipeline, options, summary, rules)
                 return summary
             unavailable: SfsyncError | None = None
             # The look-ahead reads what is staged without claiming it: only for a process alone on its
@@ -138,9 +136,9 @@ class Worker:
                                                                       on_stage=self.on_stage).start()
             try:
                 self._ahead = ahead
-                polled, unavailable = ("", None) if options.inbox else self._poll(options, summary, rules)
+                polled, unavailable = (ExitReason.NONE, None) if options.inbox else self._poll(options, summary, rules)
             except RemoteError as exc:  # MessageMedia failed: what is staged is still drained, then the error
-                unavailable, polled = exc, ""
+                unavailable, polled = exc, ExitReason.NONE
             finally:
                 self._ahead = None
                 claimed = ahead.finish() if ahead else []
@@ -148,29 +146,30 @@ class Worker:
                     for result in ahead.results:
                         self._absorb(result, summary)
                     summary.counts.update(ahead.counts)
-            if polled in ("signal", "time_budget"):
+            if polled.stopped:
                 summary.exit_reason = polled
                 return summary
             if ahead and ahead.error:
                 raise ahead.error  # the drain's first Salesforce call would meet it
-            drained = self._drain_all(pipeline, options, summary, rules, claimed)
-            if polled == PollEnd.NOTHING.value and summary.counts[Tally.DRAINED]:
-                polled = "backlog_drained"  # nothing new to poll; reports staged earlier were written
+            drained = self._drain_all(pipeline, options, summary, rules, claimed, ahead.cache if ahead else None)
+            if polled is ExitReason.NOTHING and summary.counts[Tally.DRAINED]:
+                polled = ExitReason.BACKLOG_DRAINED  # nothing new to poll; reports staged earlier were written
             summary.exit_reason = drained or polled or (
-                "inbox_empty" if summary.counts[Tally.DRAINED] else "nothing_to_do")
-            if polled == CONFIRM_PENDING:
+                ExitReason.INBOX_EMPTY if summary.counts[Tally.DRAINED] else ExitReason.NOTHING)
+            if polled is ExitReason.CONFIRM_PENDING:
                 summary.exit_code = EXIT_UNAVAILABLE  # the queue was not drained: never claim it was
-            elif polled == PollEnd.WEDGED.value:
+            elif polled is ExitReason.WEDGED:
                 summary.exit_code = EXIT_PARTIAL  # stuck: never exit 0
             if unavailable is not None:
                 raise unavailable
         return summary
 
     def _drain_all(self, pipeline: Pipeline, options: RunOptions, summary: RunSummary, rules: StopRules,
-                   claimed: list[StagedReport]) -> str:
+                   claimed: list[StagedReport], ahead: ReadAhead | None) -> ExitReason:
         """The drain, the only half that speaks to Salesforce: settle open Bulk jobs, then the
         due waiting reports, then everything staged (once more for rows a transient failure held);
-        ``claimed``: the first staged reports, claimed and read by the look-ahead."""
+        ``claimed``: the first staged reports, claimed and read by the look-ahead, ``ahead`` what
+        it read of them."""
         self.sf.check_budget()
         with self.replica.lease("bulk") as settling:  # one replica settles open Bulk jobs at a time
             if settling:
@@ -178,26 +177,25 @@ class Worker:
                                sleep=StopAwareSleep(self.stop)).settle(summary.counts)
         inbox_rules = rules if options.inbox else replace(rules, max_reports=None)
         at_most = options.max_reports if options.inbox else None
-        sources: list[tuple[str | None, Source]] = [  # (the lease it needs, the source)
-            ("waiting", WaitingSource(self.store, every=options.retry_waiting)),
+        sources: list[tuple[str | None, Source, ReadAhead | None]] = [  # (the lease it needs, the source, read)
+            ("waiting", WaitingSource(self.store, every=options.retry_waiting), None),
             (None, InboxSource(self.store, summary.counts, at_most=at_most, count_fetched=options.inbox,
-                               claims=self.replica, claimed=claimed)),
+                               claims=self.replica, claimed=claimed), ahead),
         ]
-        for lease, source in sources:
+        for lease, source, read in sources:
             with self.replica.lease(lease) if lease else nullcontext(True) as mine:
-                drained = self.drain(source, pipeline, summary, inbox_rules) if mine else ""
+                drained = self.drain(source, pipeline, summary, inbox_rules, read) if mine else ExitReason.NONE
             if drained:
                 return drained
-        pipeline.prefetched.clear()
-        pipeline.parsed.clear()
         if summary.counts[ReportOutcome.HELD]:  # once more for rows a transient failure held (row locks)
             again = InboxSource(self.store, summary.counts, at_most=at_most, count_fetched=options.inbox,
                                 claims=self.replica)
             return self.drain(again, pipeline, summary, inbox_rules)
-        return ""
+        return ExitReason.NONE
 
     # -- the poll sources, one per account: stage, then confirm ------------------------------------------
-    def _poll(self, options: RunOptions, summary: RunSummary, rules: StopRules) -> tuple[str, SfsyncError | None]:
+    def _poll(self, options: RunOptions, summary: RunSummary, rules: StopRules
+              ) -> tuple[ExitReason, SfsyncError | None]:
         """Poll each account in turn (one account: its errors end the run as they always did).
         Returns the combined end and the error of the accounts that failed, raised after the drain."""
         if len(self.mm_clients) == 1:
@@ -215,24 +213,25 @@ class Worker:
                 continue
             polls.ended(client.account, end, summary.counts[Tally.FETCHED] - before[0],
                         summary.counts[Tally.CONFIRMED] - before[1])
-            if end in ("signal", "time_budget"):
+            if end.stopped:
                 break
         summary.accounts = polls.counts
-        stopped = [e for e in polls.ends.values() if e in ("signal", "time_budget")]
+        stopped = [e for e in polls.ends.values() if e.stopped]
         return (stopped[0] if stopped else polls.end()), polls.error()
 
-    def poll_account(self, mm: MessageMediaClient, options: RunOptions, summary: RunSummary, rules: StopRules) -> str:
+    def poll_account(self, mm: MessageMediaClient, options: RunOptions, summary: RunSummary,
+                     rules: StopRules) -> ExitReason:
         """Poll one account under its lease (``poll:<account>``): another replica polling it leaves
         nothing to do here."""
         lease = poll_lease(mm.account.name)
         with self.replica.lease(lease) as polling:
             if not polling:
                 log.info("another replica polls MessageMedia now (lease %s)", lease, extra={"event": "poll_leased"})
-                return PollEnd.ELSEWHERE.value
+                return ExitReason.ELSEWHERE
             return self._poll_account_held(mm, options, summary, rules, lease)
 
     def _poll_account_held(self, mm: MessageMediaClient, options: RunOptions, summary: RunSummary,
-                           rules: StopRules, lease: str) -> str:
+                           rules: StopRules, lease: str) -> ExitReason:
         """Check one account's queue until it is drained into the store (or a limit stops it); its
         own ``--max-reports``."""
         source = PollSource(mm, self.store, wait_seconds=self.settings.confirm_wait_seconds, stop=self.stop,
@@ -243,7 +242,7 @@ class Worker:
             if reason:
                 return reason
             if self.replica.lost(lease):  # not renewed in time: another replica may poll now
-                return PollEnd.ELSEWHERE.value
+                return ExitReason.ELSEWHERE
             check = source.next_check()
             fetched += check.new
             if check.new and self._ahead:
@@ -251,51 +250,56 @@ class Worker:
             summary.counts[Tally.FETCHED] += check.new
             summary.counts[Tally.CONFIRMED] += check.confirmed
             if not check.raws:
-                return PollEnd.QUEUE_EMPTY.value if fetched else PollEnd.NOTHING.value
+                return ExitReason.QUEUE_EMPTY if fetched else ExitReason.NOTHING
             if check.new:
                 if options.once:
-                    return "once"
+                    return ExitReason.ONCE
                 continue
             if check.served_again:
                 log.warning("MessageMedia still serves %d report(s)%s staged and confirmed %gs ago or more (a "
                             "confirmation takes effect some time after its 202): the queue is not drained; the "
                             "next run continues (SFSYNC_CONFIRM_WAIT_SECONDS sets the wait)", check.served_again,
                             _of(mm.account), self.settings.confirm_wait_seconds,
-                            extra={"event": CONFIRM_PENDING, "account": mm.account.name})
-                return CONFIRM_PENDING
+                            extra={"event": ExitReason.CONFIRM_PENDING.value, "account": mm.account.name})
+                return ExitReason.CONFIRM_PENDING
             return self._unconfirmable(check.unconfirmable, mm.account)
 
     @staticmethod
-    def _unconfirmable(raws: list[Any], account: MMAccount) -> str:
+    def _unconfirmable(raws: list[Any], account: MMAccount) -> ExitReason:
         ids = describe_ids(raws) + _of(account)
         if len(raws) >= PAGE:
             log.error("the head of MessageMedia's queue holds %d report(s) whose ids MessageMedia will not accept "
                       "in a confirmation (%s): nothing behind them can be fetched. They are kept as dead letters "
                       "('sfsync dead-letters list'); ask MessageMedia support to remove them from the queue",
                       len(raws), ids, extra={"event": "queue_wedged", "account": account.name})
-            return PollEnd.WEDGED.value
+            return ExitReason.WEDGED
         log.warning("the queue holds only %d report(s) whose ids MessageMedia will not accept in a confirmation "
                     "(%s); they are kept as dead letters and stay at the head of the queue", len(raws), ids,
                     extra={"event": "unconfirmable", "account": account.name})
-        return PollEnd.UNCONFIRMABLE.value
+        return ExitReason.UNCONFIRMABLE
 
     # -- the drain: claim, pipeline, mark done in one commit ----------------------------------------------
-    def drain(self, source: Source, pipeline: Pipeline, summary: RunSummary, rules: StopRules) -> str:
+    def drain(self, source: Source, pipeline: Pipeline, summary: RunSummary, rules: StopRules,
+              ahead: ReadAhead | None = None,
+              on_result: Callable[[BatchResult], None] | None = None) -> ExitReason:
         """Each batch of a source through the pipeline, its outcomes and the source's bookkeeping in
-        one commit; returns why it stopped early, or '' once the source has nothing more."""
+        one commit; returns why it stopped early, or NONE once the source has nothing more.
+        ``ahead``: what the look-ahead read already; ``on_result``: each batch's result, as it ends."""
         for batch in source.batches():
             waiting_retry = batch.source == WAITING
             try:
-                result = pipeline.process(batch.raws, batch.source, waiting=batch.waiting,
-                                          on_commit=batch.on_commit)
-            except _BudgetStop as stop:
+                result = pipeline.process(batch.items, batch.source, waiting=batch.waiting,
+                                          on_commit=batch.on_commit, ahead=ahead)
+            except BudgetStop as stop:
                 self._absorb(stop.result, summary, waiting_retry=waiting_retry)
                 raise
             self._absorb(result, summary, waiting_retry=waiting_retry)
-            reason = rules.reason(summary.counts[Tally.FETCHED], budget=True)
+            if on_result is not None:
+                on_result(result)
+            reason = rules.reason(summary.counts[Tally.FETCHED], budget=not pipeline.dry_run)
             if reason:
                 return reason
-        return ""
+        return ExitReason.NONE
 
     def retry_letters(self, letter_ids: list[int]) -> LetterRetry:
         """Dead letters through the same drain (``sfsync dead-letters retry``), recorded as a run."""
@@ -303,44 +307,36 @@ class Worker:
             source = DeadLetterSource(self.store, letter_ids, results=self.results)
             summary = RunSummary()
             error: SfsyncError | None = None
-            pipeline = Pipeline(self.settings, self.store, self.sf, on_stage=self.on_stage, results=source.collect,
-                                guard=self.replica.task_guard)
+            pipeline = self.pipeline(results=source.collect)
             with recorded_run(self.store, "dead-letter-retry", summary, self.mm, self.sf, self.retries,
                               command="dead-letters retry") as started:
                 try:
                     summary.exit_reason = self.drain(source, pipeline, summary, self.rules(started, RunOptions())) \
-                        or "letters_retried"
+                        or ExitReason.LETTERS_RETRIED
                 except (RemoteError, BudgetExhausted, StopRequested) as exc:
                     error = exc
-                    summary.exit_reason, summary.exit_code = type(exc).__name__, exc.exit_code
+                    summary.exit_reason, summary.exit_code = ExitReason.of_error(exc), exc.exit_code
                     log.warning("dead-letter retry stopped: %s; the letters not retried are kept as they were", exc,
                                 extra={"event": "dead_letter_retry_stopped"})
             return source.outcome(error)
 
-    def _dry_run(self, pipeline: Pipeline, options: RunOptions, summary: RunSummary) -> str:
-        """What a run would do with everything a dry run can see; nothing staged, written or confirmed.
-        MessageMedia serves the oldest 100 unconfirmed reports, the same ones until they are confirmed:
-        without confirming, only that first page of its queue can be planned. Reports staged earlier
-        (polled or pushed, not yet written) are all planned."""
-        page: list[Any] = []
-        if not options.inbox:
-            page = [r for mm in self.mm_clients for r in mm.fetch_reports()]
-            self.on_stage("fetched")
-            summary.counts[Tally.FETCHED] += len(page)
-            if page:
-                self._absorb(pipeline.process(page, "poll"), summary)
-        on_page = {i for i in map(confirmable_id, page) if i is not None}
-        staged, after = 0, 0
-        while rows := self.store.claim_staged(DRAIN_BATCH, after):  # read only: nothing is marked done
-            after = rows[-1].seq
-            rows = [r for r in rows if confirmable_id(r.raw) not in on_page]  # planned with the page already
-            staged += len(rows)
-            summary.counts[Tally.FETCHED] += len(rows)
-            for source in dict.fromkeys(r.source for r in rows):
-                self._absorb(pipeline.process([r.raw for r in rows if r.source == source], source), summary)
-        summary.covered = _covered(None if options.inbox else len(page), staged)
+    def _dry_run(self, pipeline: Pipeline, options: RunOptions, summary: RunSummary, rules: StopRules) -> ExitReason:
+        """What a run would do with everything a dry run can see: the drain over read-only sources,
+        through a pipeline that plans only; nothing staged, written, confirmed or marked done.
+        MessageMedia serves the oldest 100 unconfirmed reports, the same ones until they are
+        confirmed: without confirming, only that first page of its queue can be planned. Reports
+        staged earlier (polled or pushed, not yet written) are all planned."""
+        page = PageSource([] if options.inbox else self.mm_clients, self.on_stage)
+        rules = replace(rules, max_reports=None)
+        self.drain(page, pipeline, summary, rules)
+        summary.counts[Tally.FETCHED] += page.fetched
+        staged = Counts()  # read only: Solo claims nothing on any store
+        self.drain(InboxSource(self.store, staged, count_fetched=True, claims=Solo(self.store), skip=page.keys),
+                   pipeline, summary, rules)
+        summary.counts[Tally.FETCHED] += staged[Tally.FETCHED]
+        summary.covered = _covered(None if options.inbox else page.fetched, staged[Tally.FETCHED])
         log.info("dry run covered %s", summary.covered, extra={"event": "dry_run_covered"})
-        return "dry_run" if page or staged else "nothing_to_do"
+        return ExitReason.DRY_RUN if page.fetched or staged[Tally.FETCHED] else ExitReason.NOTHING
 
     # -- helpers -------------------------------------------------------------------------------------------
     @staticmethod

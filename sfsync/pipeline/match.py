@@ -1,4 +1,4 @@
-"""Match: the Tasks of each message, by the Task Id in metadata or the message-id field; look-ahead."""
+"""Match: the Tasks of each message, by the Task Id in its metadata or by the message-id field."""
 
 from __future__ import annotations
 
@@ -6,33 +6,39 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from sfsync.clients.salesforce import IN_LIST_LIMIT
+from sfsync.clients.salesforce import IN_LIST_LIMIT, SalesforceClient
 from sfsync.domain.ids import canonical_id
 from sfsync.errors import BudgetExhausted
-from sfsync.pipeline.core import PipelineCore
-from sfsync.pipeline.stages import _answers, concurrently, task_id_from_metadata
-from sfsync.pipeline.types import Matches, Outcome
+from sfsync.pipeline.cache import ReadAhead, Value
+from sfsync.pipeline.stages import answers, concurrently, task_id_from_metadata
+from sfsync.pipeline.types import Matches, Resolved
+from sfsync.settings.config import Settings
 
 
-class Matcher(PipelineCore):
-    """The match step: the Tasks of each message."""
+class Matcher:
+    """Finds the Tasks of each message in queries of 100 values, a few at a time."""
 
-    def _match(self, winners: Mapping[str, Outcome]) -> Matches:
+    def __init__(self, settings: Settings, sf: SalesforceClient):
+        self.settings = settings
+        self.sf = sf
+
+    def match(self, winners: Mapping[str, Resolved], ahead: ReadAhead | None = None) -> Matches:
         """Tasks for each message: the Task named by the Task Id in its metadata when the look-up
         returns it, else the Tasks whose message-id field holds it. A Task is only ever written
         once its current state was read: a metadata Task Id the look-up does not return (deleted,
-        another org's, not visible) falls back to the message-id match."""
+        another org's, not visible) falls back to the message-id match. Values ``ahead`` holds
+        rows for are taken from it."""
         matches = Matches()
         if not winners:
             return matches
-        named, by_field = self._look_up_keys(winners)
-        returned = self._look_up(named, by_field, matches)
+        named, by_field = self.keys(winners)
+        returned = self.find(named, by_field, matches, ahead)
         missing = {m for tid, messages in named.items() if tid not in returned for m in messages}
         if missing:
-            self._look_up({}, missing, matches)
+            self.find({}, missing, matches)
         return matches
 
-    def _look_up_keys(self, winners: Mapping[str, Outcome]) -> tuple[dict[str, list[str]], set[str]]:
+    def keys(self, winners: Mapping[str, Resolved]) -> tuple[dict[str, list[str]], set[str]]:
         """What the match looks up: Task Ids named in metadata (-> the messages naming them, resends)
         and the message ids of the others."""
         named: dict[str, list[str]] = defaultdict(list)
@@ -45,42 +51,30 @@ class Matcher(PipelineCore):
                 by_field.add(message_id)
         return named, by_field
 
-    def prefetch(self, values: list[tuple[str, str]]) -> None:
-        """Look ``values`` up now (queries of 100, a few at a time) and keep each one's rows for the
-        match stage; raises what the look-up raised (the budget, Salesforce unavailable)."""
-        groups = [values[start : start + IN_LIST_LIMIT] for start in range(0, len(values), IN_LIST_LIMIT)]
+    def values(self, winners: Mapping[str, Resolved]) -> list[Value]:
+        named, by_field = self.keys(winners)
+        return [("Id", t) for t in named] + [("msg", m) for m in sorted(by_field)]
+
+    def look_up(self, values: list[Value], into: ReadAhead) -> None:
+        """Look ``values`` up now and keep each one's rows in ``into``; raises what the look-up
+        raised (the budget, Salesforce unavailable)."""
+        groups = _groups(values)
         for group, rows in zip(groups, self._find_groups(groups), strict=True):
             for value in group:
-                self.prefetched[value] = [r for r in rows if _answers(value, r, self.settings.field_message_id)]
+                into.put(value, [r for r in rows if answers(value, r, self.settings.field_message_id)])
 
-    def _find_groups(self, groups: list[list[tuple[str, str]]]) -> list[list[dict[str, Any]]]:
-        def find(group: list[tuple[str, str]]) -> list[dict[str, Any]]:
-            return self.sf.find_tasks([v for k, v in group if k == "Id"], [v for k, v in group if k != "Id"])
-
-        if len(groups) > 1:
-            self.sf.sf  # noqa: B018 - one token before the calls go out together
-        answers: list[list[dict[str, Any]]] = []
-        for rows in concurrently(find, groups, self.settings.sf_concurrency):
-            if isinstance(rows, BudgetExhausted):
-                raise rows
-            answers.append(rows)
-        return answers
-
-    def _look_up(self, named: Mapping[str, list[str]], by_field: set[str], matches: Matches) -> set[str]:
-        """One look-up (queries of 100 values, a few at a time; values fetched ahead are taken from
-        ``prefetched``); returns the Ids of the Tasks it found."""
+    def find(self, named: Mapping[str, list[str]], by_field: set[str], matches: Matches,
+             ahead: ReadAhead | None = None) -> set[str]:
+        """One look-up (values held ``ahead`` taken from it); adds what it found to ``matches`` and
+        returns the Ids of the Tasks it found."""
         msg_field = self.settings.field_message_id
-        returned: set[str] = set()
-        values = [("Id", t) for t in named] + [("msg", m) for m in sorted(by_field)]
+        values: list[Value] = [("Id", t) for t in named] + [("msg", m) for m in sorted(by_field)]
         found: list[dict[str, Any]] = []
-        if self.prefetched:
-            ahead = {v for v in values if v in self.prefetched}
-            for value in ahead:
-                found += self.prefetched.pop(value)
-            values = [v for v in values if v not in ahead]
-        groups = [values[start : start + IN_LIST_LIMIT] for start in range(0, len(values), IN_LIST_LIMIT)]
-        for rows in self._find_groups(groups):
+        if ahead is not None and len(ahead):
+            found, values = ahead.take(values)
+        for rows in self._find_groups(_groups(values)):
             found += rows
+        returned: set[str] = set()
         for row in found:
             tid = canonical_id(row.get("Id"))
             if tid is None:
@@ -93,3 +87,20 @@ class Matcher(PipelineCore):
             if row.get(msg_field) in by_field:
                 matches.add(str(row[msg_field]), row)
         return returned
+
+    def _find_groups(self, groups: list[list[Value]]) -> list[list[dict[str, Any]]]:
+        def find(group: list[Value]) -> list[dict[str, Any]]:
+            return self.sf.find_tasks([v for k, v in group if k == "Id"], [v for k, v in group if k != "Id"])
+
+        if len(groups) > 1:
+            self.sf.sf  # noqa: B018 - one token before the calls go out together
+        found: list[list[dict[str, Any]]] = []
+        for rows in concurrently(find, groups, self.settings.sf_concurrency):
+            if isinstance(rows, BudgetExhausted):
+                raise rows
+            found.append(rows)
+        return found
+
+
+def _groups(values: list[Value]) -> list[list[Value]]:
+    return [values[start : start + IN_LIST_LIMIT] for start in range(0, len(values), IN_LIST_LIMIT)]

@@ -1,4 +1,7 @@
-"""The plain data a batch passes through: outcomes, changes, plans, batch results."""
+"""The plain data a batch passes through: resolved reports, changes, plans, batch results.
+
+Every report is known by its key (``sfsync.domain.keys``) from the source that hands it over to
+the commit that records it: a batch result lists keys, never ids worked out again."""
 
 from __future__ import annotations
 
@@ -33,9 +36,10 @@ class MatchedBy(Enum):
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """A parsed report with what the code map makes of it."""
+class Resolved:
+    """A parsed report, its key, and what the code map makes of it."""
 
+    key: str
     report: Report
     status: Status
     known: bool
@@ -46,11 +50,20 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Invalid:
+    """A report that does not parse, with its key (kept as a dead letter)."""
+
+    key: str
+    raw: Any
+    error: InvalidReport
+
+
+@dataclass(frozen=True)
 class Change:
     """One Task write the pipeline decided on."""
 
     task_id: str  # canonical 18-character Id
-    outcome: Outcome
+    outcome: Resolved
     fields: dict[str, Any]
     current: Status | None
     matched_by: MatchedBy = MatchedBy.MESSAGE_ID
@@ -58,9 +71,12 @@ class Change:
 
 @dataclass
 class BatchResult:
-    confirm: list[str] = field(default_factory=list)  # report ids with a durable outcome
-    held: list[str] = field(default_factory=list)  # report ids to try again later (not confirmed)
-    dead: list[str] = field(default_factory=list)  # report ids kept as dead letters (new or already kept)
+    """What one batch came to. ``confirm``, ``held`` and ``dead`` list the keys of the batch's
+    reports (``sfsync.domain.keys``): every report handed in is in ``confirm`` or ``held``."""
+
+    confirm: list[str] = field(default_factory=list)  # keys with a durable outcome
+    held: list[str] = field(default_factory=list)  # keys to try again later (not marked done)
+    dead: list[str] = field(default_factory=list)  # keys kept as dead letters (new or already kept)
     counts: Counts = field(default_factory=Counts)
     changes: list[Change] = field(default_factory=list)  # what was (or, in a dry run, would be) written
 
@@ -70,16 +86,13 @@ class Plan:
     """What one batch would do, decided against the Tasks as they are now; nothing written yet."""
 
     result: BatchResult  # counts so far; ``changes`` set
-    bad: list[InvalidReport] = field(default_factory=list)
+    bad: list[Invalid] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)  # writes the precedence rule allows
     unchanged: list[Change] = field(default_factory=list)  # the Task already holds these values
-    resolved: list[Outcome] = field(default_factory=list)  # matched winners and the reports they superseded
-    unmatched: list[Outcome] = field(default_factory=list)  # no Task found
+    resolved: list[Resolved] = field(default_factory=list)  # matched winners and the reports they superseded
+    unmatched: list[Resolved] = field(default_factory=list)  # no Task found
     rows: list[ReportResult] = field(default_factory=list)  # outcomes decided without a write (stale, invalid)
     refreshed: list[LedgerEntry] = field(default_factory=list)  # ledger entries a later same-value report moves on
-
-
-Parsed = dict[int, tuple[Any, "Report | InvalidReport"]]  # id(raw) -> (that raw, what it reads as)
 
 
 @dataclass
@@ -101,16 +114,17 @@ def sole_writer(task_ids: Iterable[str]) -> Iterator[set[str] | None]:
 
 
 @dataclass(frozen=True)
-class _Sent:
-    """What a write step did: answers per change, changes found already in place, changes not sent."""
+class Sent:
+    """What a write step did: answers per change, changes found already in place, changes not sent
+    (the budget ran out, or a Bulk API job left them unprocessed), and that budget stop."""
 
-    written: list[tuple[Change, WriteResult]]
-    unchanged: list[Change]
-    unsent: list[Change]
-    budget_stop: BudgetExhausted | None
+    written: list[tuple[Change, WriteResult]] = field(default_factory=list)
+    unchanged: list[Change] = field(default_factory=list)
+    unsent: list[Change] = field(default_factory=list)
+    budget_stop: BudgetExhausted | None = None
 
 
-class _BudgetStop(BudgetExhausted):
+class BudgetStop(BudgetExhausted):
     """The budget ran out mid-batch; carries what was made durable before it did."""
 
     def __init__(self, result: BatchResult):

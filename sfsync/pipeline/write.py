@@ -1,73 +1,41 @@
-"""Write: send a plan's changes by sObject Collections (200 a call) or a Bulk API 2.0 job."""
+"""Write: send changes by sObject Collections (200 a call) or a Bulk API 2.0 job; the one chooser."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
-from sfsync.clients.salesforce import COLLECTION_LIMIT, WriteResult
-from sfsync.domain.outcome import ReportOutcome, Tally
-from sfsync.domain.precedence import Action, wins
+from sfsync.clients.salesforce import COLLECTION_LIMIT, SalesforceClient
+from sfsync.domain.outcome import Tally
 from sfsync.errors import BudgetExhausted
 from sfsync.pipeline.bulk import BulkRow, BulkWriter
-from sfsync.pipeline.plan import Planner
-from sfsync.pipeline.stages import _stale_reason, change_row, concurrently
-from sfsync.pipeline.types import TASK_GONE, BatchResult, Change, MatchedBy, Matches, _Sent
+from sfsync.pipeline.stages import concurrently
+from sfsync.pipeline.types import BatchResult, Change, Sent
+from sfsync.settings.config import Settings
 from sfsync.store import LedgerEntry
 
 log = logging.getLogger("sfsync.pipeline")  # the name its log lines always had
 
 
-class Writer(Planner):
+class Writer:
     """The write-path chooser: sObject Collections, or one Bulk API 2.0 job above its threshold."""
 
-    def _send_or_fall_back(self, changes: list[Change], result: BatchResult) -> _Sent:
-        """Write ``changes``; a Task found by the Id in metadata that Salesforce says is not there
-        (deleted since the look-up, ``TASK_GONE``) gives way to the message-id match, read and
-        decided afresh, before its report is dead-lettered with Salesforce's error."""
-        written, unsent, budget_stop = self._send(changes, result)
-        gone = [(c, a) for c, a in written
-                if not a.ok and a.error_code in TASK_GONE and c.matched_by is MatchedBy.TASK_ID]
-        if not gone or budget_stop:
-            return _Sent(written, [], unsent, budget_stop)
-        winners = {c.outcome.message_id: c.outcome for c, _ in gone}
-        gone_ids = {c.task_id for c, _ in gone}
-        matches = Matches()
-        try:
-            self._look_up({}, set(winners), matches)
-        except BudgetExhausted as exc:
-            return _Sent([p for p in written if p not in gone], [], [*unsent, *(c for c, _ in gone)], exc)
-        for rows in matches.rows.values():
-            rows[:] = [r for r in rows if r["Id"] not in gone_ids]
-        again: dict[str, Change] = {}
-        unchanged: list[Change] = []
-        for change, action in self._decide(winners, matches):
-            if action is Action.WRITE:
-                held = again.get(change.task_id)
-                if held is None or wins(held.outcome.status, change.outcome.status):
-                    again[change.task_id] = change
-            elif action is Action.UNCHANGED:
-                result.counts[ReportOutcome.SKIPPED_UNCHANGED] += 1
-                unchanged.append(change)
-            else:
-                result.counts[ReportOutcome.SKIPPED_STALE] += 1
-                self.results(change_row(ReportOutcome.SKIPPED_STALE, change, _stale_reason(change.current)))
-        found = {m for m, rows in matches.rows.items() if rows}
-        kept = [(c, a) for c, a in written if (c, a) not in gone or c.outcome.message_id not in found]
-        log.info("%d Task(s) named in metadata are not there; %d report(s) matched by message id instead",
-                 len(gone_ids), len(found), extra={"event": "metadata_task_gone"})
-        more, unsent_again, budget_stop = self._send(list(again.values()), result)
-        return _Sent([*kept, *more], unchanged, [*unsent, *unsent_again], budget_stop)
+    def __init__(self, settings: Settings, sf: SalesforceClient, *, bulk: BulkWriter | None = None,
+                 on_stage: Callable[[str], None]):
+        self.settings = settings
+        self.sf = sf
+        self.bulk = bulk  # the Bulk API path above its threshold (backfill; None: Collections only)
+        self.on_stage = on_stage
+        self._field_lengths: dict[str, int] | None = None
 
-    def _send(self, changes: list[Change], result: BatchResult
-              ) -> tuple[list[tuple[Change, WriteResult]], list[Change], BudgetExhausted | None]:
-        """The write-path chooser: a Bulk API job above the ``BulkWriter``'s threshold, else
-        sObject Collections. What was written, what was not sent, and a budget stop."""
+    def send(self, changes: list[Change], result: BatchResult) -> Sent:
+        """A Bulk API job above the ``BulkWriter``'s threshold, else sObject Collections."""
         if self.bulk is not None and self.bulk.chooses(len(changes)):
             return self._send_bulk(self.bulk, changes, result)
-        return self._send_collections(changes)
+        return self.send_collections(changes)
 
-    def _send_bulk(self, bulk: BulkWriter, changes: list[Change], result: BatchResult
-                   ) -> tuple[list[tuple[Change, WriteResult]], list[Change], BudgetExhausted | None]:
+    def _send_bulk(self, bulk: BulkWriter, changes: list[Change], result: BatchResult) -> Sent:
         """One Bulk API job; rows still locked go again through sObject Collections (with their
         back-off), rows the job never processed are not sent (held, tried again)."""
         rows = []
@@ -81,13 +49,11 @@ class Writer(Planner):
         try:
             job = bulk.write(rows)
         except BudgetExhausted as exc:
-            return [], list(changes), exc
+            return Sent(unsent=list(changes), budget_stop=exc)
         result.counts[Tally.BULK_JOBS] += 1
         result.counts[Tally.BULK_ROWS] += len(changes)
         self.on_stage("wrote")
-        written: list[tuple[Change, WriteResult]] = []
-        locked: list[Change] = []
-        unsent: list[Change] = []
+        written, locked, unsent = [], [], []
         for change in changes:
             answer = job.results.get(change.task_id[:15])
             if answer is None:
@@ -96,11 +62,10 @@ class Writer(Planner):
                 locked.append(change)
             else:
                 written.append((change, answer))
-        more, unsent_again, budget_stop = self._send_collections(locked)
-        return [*written, *more], [*unsent, *unsent_again], budget_stop
+        more = self.send_collections(locked)
+        return Sent([*written, *more.written], [], [*unsent, *more.unsent], more.budget_stop)
 
-    def _send_collections(self, changes: list[Change]
-                          ) -> tuple[list[tuple[Change, WriteResult]], list[Change], BudgetExhausted | None]:
+    def send_collections(self, changes: list[Change]) -> Sent:
         """sObject Collections writes, 200 a call, a few calls at a time (SFSYNC_SF_CONCURRENCY):
         what was written, what was not sent because the API budget ran out, and that stop."""
         chunks = [changes[start : start + COLLECTION_LIMIT] for start in range(0, len(changes), COLLECTION_LIMIT)]
@@ -108,12 +73,12 @@ class Writer(Planner):
         if len(chunks) > 1:
             self.sf.sf  # noqa: B018 - one token before the calls go out together
 
-        def send(chunk: list[Change]) -> list[WriteResult]:
+        def send(chunk: list[Change]) -> list[Any]:
             answers = self.sf.update_tasks(records[id(chunk)])
             self.on_stage("wrote")
             return answers
 
-        written: list[tuple[Change, WriteResult]] = []
+        written = []
         unsent: list[Change] = []
         budget_stop: BudgetExhausted | None = None
         for chunk, answers in zip(chunks, concurrently(send, chunks, self.settings.sf_concurrency), strict=True):
@@ -122,4 +87,20 @@ class Writer(Planner):
                 unsent += chunk
             else:
                 written += list(zip(chunk, answers, strict=True))
-        return written, unsent, budget_stop
+        return Sent(written, [], unsent, budget_stop)
+
+    def fit(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Cut text to the field's length, only for fields listed in SFSYNC_TRUNCATE_FIELDS."""
+        if not self.settings.truncate_fields:
+            return values
+        if self._field_lengths is None:
+            described = self.sf.describe_task().get("fields", [])
+            self._field_lengths = {f["name"]: int(f.get("length") or 0) for f in described if isinstance(f, dict)}
+        fitted = dict(values)
+        for name in self.settings.truncate_fields:
+            limit = self._field_lengths.get(name, 0)
+            value = fitted.get(name)
+            if isinstance(value, str) and limit and len(value) > limit:
+                log.warning("cut %s to %d characters as configured", name, limit, extra={"event": "truncated"})
+                fitted[name] = value[:limit]
+        return fitted

@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from sfsync.sim.faults import ALL_FAULT_KINDS, FAULT_KINDS, FaultConfig, Faults
 from sfsync.sim.tls import EphemeralCA
-from sfsync.sim.wire import HttpError, Request, Response, _BodyReader
+from sfsync.sim.wire import BodyReader, HttpError, Request, Response
 
 __all__ = [
     "ALL_FAULT_KINDS", "FAULT_KINDS", "FaultConfig", "Faults", "Handler", "HttpError", "Request", "Response",
@@ -41,7 +41,7 @@ Handler = Callable[[Request], Response]
 
 
 @dataclass
-class _Route:
+class Route:
     method: str
     regex: re.Pattern[str]
     name: str
@@ -57,15 +57,15 @@ class SimApp:
         self.lock = threading.RLock()  # guards the simulator's state
         self.stopping = threading.Event()
         self.base_url = ""  # set by SimServer once bound: https://127.0.0.1:PORT
-        self._routes: list[_Route] = []
+        self._routes: list[Route] = []
 
     # -- routing -----------------------------------------------------------------------------
     def route(self, method: str, pattern: str, handler: Handler, name: str | None = None) -> None:
         """Register ``handler`` for ``method`` on ``pattern`` (``{name}`` matches one segment)."""
         regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
-        self._routes.append(_Route(method.upper(), regex, name or pattern, handler))
+        self._routes.append(Route(method.upper(), regex, name or pattern, handler))
 
-    def match(self, request: Request) -> tuple[_Route | None, bool]:
+    def match(self, request: Request) -> tuple[Route | None, bool]:
         path_matched = False
         for route in self._routes:
             found = route.regex.match(request.path)
@@ -141,7 +141,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         length = self.headers.get("Content-Length")
         chunked = "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
-        reader = _BodyReader(self.rfile, int(length) if length and not chunked else None, chunked)
+        reader = BodyReader(self.rfile, int(length) if length and not chunked else None, chunked)
         request = Request(
             method=self.command,
             target=self.path,

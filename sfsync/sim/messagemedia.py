@@ -53,7 +53,7 @@ from sfsync.sim.mm_model import (
     now_timestamp,
     parse_timestamp,
 )
-from sfsync.sim.mm_push import PUSH_DEFAULTS, _check_push_setting
+from sfsync.sim.mm_push import PUSH_DEFAULTS, check_push_setting
 from sfsync.sim.mm_reports import ReportsMixin
 from sfsync.sim.push import Pusher, load_private_key
 
@@ -174,7 +174,7 @@ class MessageMediaSim(ReportsMixin, MessagesMixin, AuthMixin):
         with self.lock:
             for key, value in settings.items():
                 if key in PUSH_DEFAULTS:
-                    _check_push_setting(key, value)
+                    check_push_setting(key, value)
                 if key == "reporting_metadata_shape" and value not in METADATA_SHAPES:
                     raise ValueError(f"reporting_metadata_shape must be one of {METADATA_SHAPES}, not {value!r}")
                 if key == "report_date_form" and value not in DATE_FORMS:

@@ -13,9 +13,9 @@ from sfsync.sim.base import HttpError, Request, Response
 from sfsync.sim.mm_model import (
     MAX_IDS,
     MessageMediaState,
+    SendOrder,
     SimKey,
-    _Message,
-    _SendOrder,
+    StoredMessage,
     format_date_form,
     format_timestamp,
     parse_timestamp,
@@ -77,7 +77,7 @@ class MessagesMixin(MessageMediaState):
                 sent = parse_timestamp(fields.get("timestamp"))
                 msg = self._messages.get(raw["message_id"])
                 if msg is None:
-                    msg = _Message(raw["message_id"], account, sent or dt.datetime.now(dt.UTC))
+                    msg = StoredMessage(raw["message_id"], account, sent or dt.datetime.now(dt.UTC))
                     self._messages[msg.message_id] = msg
                 msg.fields.update(fields)
                 if sent is not None:
@@ -99,7 +99,7 @@ class MessagesMixin(MessageMediaState):
             return Response.json(200, copy.deepcopy(body))
 
     @staticmethod
-    def _status_of(msg: _Message) -> str:
+    def _status_of(msg: StoredMessage) -> str:
         if msg.latest is not None:
             return str(msg.latest.get("status"))
         return str(msg.fields.get("status", "delivered"))
@@ -145,7 +145,7 @@ class MessagesMixin(MessageMediaState):
             order = self._ordered_by_send_time()
             lo, hi = bisect.bisect_left(order.times, start), bisect.bisect_left(order.times, end)
             if direction != "outbound":  # the simulator only knows outbound messages
-                chosen: list[_Message] = []
+                chosen: list[StoredMessage] = []
             elif statuses is None and not meta_key and order.accounts <= set(accounts):
                 chosen = order.messages[lo:hi]  # no filter to apply: a slice (a million messages stay fast)
             else:
@@ -162,11 +162,11 @@ class MessagesMixin(MessageMediaState):
             "pagination": {"page": page, "page_size": page_size, "has_next": (page + 1) * page_size < len(chosen)},
         })
 
-    def _ordered_by_send_time(self) -> _SendOrder:
+    def _ordered_by_send_time(self) -> SendOrder:
         """Messages sorted by send time, built once after each change (call with the lock held)."""
         if self._send_order is None:
             ordered = sorted(self._messages.values(), key=lambda m: (m.sent_at, m.message_id))
-            self._send_order = _SendOrder(ordered, [m.sent_at for m in ordered], {m.account for m in ordered})
+            self._send_order = SendOrder(ordered, [m.sent_at for m in ordered], {m.account for m in ordered})
         return self._send_order
 
     @staticmethod
@@ -178,7 +178,7 @@ class MessagesMixin(MessageMediaState):
             raise HttpError(400, "Request validation failed", details=[f"{key}: not an ISO-8601 date-time"])
         return moment
 
-    def _reporting_record(self, msg: _Message, zone: dt.tzinfo) -> dict[str, Any]:
+    def _reporting_record(self, msg: StoredMessage, zone: dt.tzinfo) -> dict[str, Any]:
         raw_code = msg.latest.get("error_code") if msg.latest is not None else msg.fields.get("status_code")
         code = str(raw_code).strip() if raw_code is not None else None
         metadata = copy.deepcopy(msg.fields.get("metadata") or {})

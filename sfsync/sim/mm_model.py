@@ -53,7 +53,7 @@ def format_date_form(moment: dt.datetime, form: str, zone: dt.tzinfo = dt.UTC) -
     return format_timestamp(local) if not local.utcoffset() else local.isoformat(timespec="milliseconds")
 
 
-def _in_date_form(value: Any, form: str) -> Any:
+def in_date_form(value: Any, form: str) -> Any:
     moment = parse_timestamp(value, spec_form=True)
     if moment is None:
         return value
@@ -94,7 +94,7 @@ class SimKey:
 
 
 @dataclass
-class _Report:
+class StoredReport:
     wire: dict[str, Any]  # exactly what the poll serves; never mutated after insertion
     account: str
     confirmed_at: float | None = None
@@ -117,7 +117,7 @@ class Exchange:
 
 
 @dataclass
-class _SignatureKey:
+class SignatureKey:
     key_id: str
     account: str
     digest: str
@@ -132,14 +132,14 @@ class _SignatureKey:
 
 
 @dataclass(frozen=True)
-class _SendOrder:
-    messages: list[_Message]
+class SendOrder:
+    messages: list[StoredMessage]
     times: list[dt.datetime]
     accounts: set[str]
 
 
 @dataclass
-class _Message:
+class StoredMessage:
     message_id: str
     account: str
     sent_at: dt.datetime
@@ -181,15 +181,15 @@ class MessageMediaState(SimApp):
 
     # -- state -------------------------------------------------------------------------------
     def _clear(self) -> None:
-        self._reports: dict[str, _Report] = {}  # every report, in insertion order
-        self._queues: dict[str, OrderedDict[str, _Report]] = {}  # unconfirmed, per account
-        self._messages: dict[str, _Message] = {}
-        self._send_order: _SendOrder | None = None  # reporting's index, rebuilt after messages change
+        self._reports: dict[str, StoredReport] = {}  # every report, in insertion order
+        self._queues: dict[str, OrderedDict[str, StoredReport]] = {}  # unconfirmed, per account
+        self._messages: dict[str, StoredMessage] = {}
+        self._send_order: SendOrder | None = None  # reporting's index, rebuilt after messages change
         self._confirm_log: list[tuple[str, float]] = []
         self._confirm_counts: Counter[str] = Counter()
         self._confirm_unknown = 0
         self._webhooks: dict[str, dict[str, Any]] = {}  # id -> webhook as created, with its account
-        self._signature_keys: dict[str, _SignatureKey] = {}
+        self._signature_keys: dict[str, SignatureKey] = {}
         self._exchanges: collections.deque[Exchange] = collections.deque(maxlen=EXCHANGE_LOG_MAX)
         self._keys: dict[str, SimKey] = {k.api_key: k for k in self._initial_keys}
         self._confirm_calls: list[dict[str, Any]] = []

@@ -22,7 +22,7 @@ from sfsync.sim.mm_model import (
     WEBHOOK_READ_TIMEOUT_MS,
     WEBHOOK_RETRY_DELAY_S,
     MessageMediaState,
-    _SignatureKey,
+    SignatureKey,
     now_timestamp,
 )
 from sfsync.sim.push import DR_EVENTS, EVENTS, Delivery, PushConfig, digest_key, load_private_key
@@ -150,7 +150,7 @@ class PushMixin(MessageMediaState):
         if problems:
             raise HttpError(400, "Bad Request", details=problems)
         private = rsa.generate_private_key(public_exponent=65537, key_size=SIGNATURE_KEY_BITS)
-        key = _SignatureKey(str(uuid.uuid4()), self._account(request), str(digest), private, now_timestamp())
+        key = SignatureKey(str(uuid.uuid4()), self._account(request), str(digest), private, now_timestamp())
         der = private.public_key().public_bytes(serialization.Encoding.DER,
                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
         with self.lock:
@@ -162,7 +162,7 @@ class PushMixin(MessageMediaState):
         with self.lock:
             return [{**k.public(), "account": k.account} for k in self._signature_keys.values()]
 
-    def _key_of(self, request: Request, key_id: Any) -> _SignatureKey:
+    def _key_of(self, request: Request, key_id: Any) -> SignatureKey:
         key = self._signature_keys.get(key_id) if isinstance(key_id, str) else None
         if key is None or key.account != self._account(request):
             raise HttpError(404, "Entity not found")
@@ -258,7 +258,7 @@ def _webhook_problems(body: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _check_push_setting(key: str, value: Any) -> None:
+def check_push_setting(key: str, value: Any) -> None:
     def number(minimum: float) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool) and value >= minimum
 

@@ -13,7 +13,7 @@ from collections import Counter, OrderedDict
 from typing import Any
 
 from sfsync.sim.base import HttpError, Request, Response
-from sfsync.sim.mm_model import MAX_IDS, _in_date_form, _Message, _Report, now_timestamp, parse_timestamp
+from sfsync.sim.mm_model import MAX_IDS, StoredMessage, StoredReport, in_date_form, now_timestamp, parse_timestamp
 from sfsync.sim.mm_push import PushMixin
 
 
@@ -33,7 +33,7 @@ class ReportsMixin(PushMixin):
                 raise ValueError(f"duplicate delivery_report_id {clash[0]!r}")
             queue = self._queues.setdefault(account, OrderedDict())
             for wire in prepared:
-                stored = _Report(wire, account)
+                stored = StoredReport(wire, account)
                 self._reports[wire["delivery_report_id"]] = stored
                 queue[wire["delivery_report_id"]] = stored
                 self._apply_to_message(wire, account)
@@ -52,7 +52,7 @@ class ReportsMixin(PushMixin):
             for raw in reports:
                 rid = raw.get("delivery_report_id") if isinstance(raw, dict) else None
                 key = rid if isinstance(rid, str) and rid and rid not in self._reports else f"raw-{uuid.uuid4()}"
-                stored = _Report(raw, account)
+                stored = StoredReport(raw, account)
                 self._reports[key] = stored
                 queue[key] = stored
                 keys.append(key)
@@ -86,7 +86,7 @@ class ReportsMixin(PushMixin):
         at = parse_timestamp(wire.get("submitted_date"), spec_form=True) or dt.datetime.now(dt.UTC)
         msg = self._messages.get(wire["message_id"])
         if msg is None:
-            msg = _Message(wire["message_id"], account, at)
+            msg = StoredMessage(wire["message_id"], account, at)
             self._messages[msg.message_id] = msg
         for key, source in (("content", "original_text"), ("destination_number", "source_number"),
                             ("metadata", "metadata"), ("callback_url", "callback_url")):
@@ -167,7 +167,7 @@ class ReportsMixin(PushMixin):
         served = dict(wire)
         for key in ("submitted_date", "date_received"):
             if key in served:
-                served[key] = _in_date_form(served[key], self.report_date_form)
+                served[key] = in_date_form(served[key], self.report_date_form)
         return served
 
     def _confirm_route(self, request: Request) -> Response:

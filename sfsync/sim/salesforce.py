@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sfsync.sim import soql
-from sfsync.sim.base import FaultConfig, HttpError, Request, Response, _Route
+from sfsync.sim.base import FaultConfig, HttpError, Request, Response, Route
 from sfsync.sim.bulk import BulkIngest
-from sfsync.sim.sf_auth import LOGIN_AUDIENCES, OAuthMixin, _load_public_key
+from sfsync.sim.sf_auth import LOGIN_AUDIENCES, OAuthMixin, load_public_key
 from sfsync.sim.sf_query import QueryMixin
-from sfsync.sim.sf_records import _BOOL_SETTINGS, _SETTING_CHECKS, SimSettings
+from sfsync.sim.sf_records import BOOL_SETTINGS, SETTING_CHECKS, SimSettings
 from sfsync.sim.sf_schema import DEFAULT_TASK_FIELDS, FieldDef, RecordError, ValidationRule
 from sfsync.sim.sf_writes import WritesMixin
 
@@ -73,7 +73,7 @@ class SalesforceSim(QueryMixin, WritesMixin, OAuthMixin):
         self.client_secret = client_secret
         self.username = username
         self.password = password
-        self._jwt_key = _load_public_key(jwt_public_key_pem)
+        self._jwt_key = load_public_key(jwt_public_key_pem)
         self._initial_settings = SimSettings(lock_row_rate, token_ttl_s, daily_limit, query_page_size,
                                              bulk_processing_s, view_setup, view_all_data)
         self.jwt_audiences = {a.rstrip("/") for a in (*LOGIN_AUDIENCES, *jwt_audiences)}  # + Experience Cloud sites
@@ -90,7 +90,7 @@ class SalesforceSim(QueryMixin, WritesMixin, OAuthMixin):
         self.set_schema(DEFAULT_TASK_FIELDS)
         self.bulk = BulkIngest(self._bulk_columns, self._bulk_write, lambda: self.settings.bulk_processing_s,
                                self.stopping)
-        self._too_long = _Route("GET", re.compile(r"(?!)"), "uri_too_long", self._uri_too_long)
+        self._too_long = Route("GET", re.compile(r"(?!)"), "uri_too_long", self._uri_too_long)
         self._register_routes()
 
     # -- Python API (the admin routes call these) ----------------------------------------------
@@ -166,10 +166,10 @@ class SalesforceSim(QueryMixin, WritesMixin, OAuthMixin):
     def configure(self, **settings: Any) -> dict[str, Any]:
         with self.lock:
             for key, value in settings.items():
-                check = _SETTING_CHECKS.get(key)
-                if check is None and key not in _BOOL_SETTINGS:
+                check = SETTING_CHECKS.get(key)
+                if check is None and key not in BOOL_SETTINGS:
                     raise ValueError(f"unknown setting {key!r}")
-                if key in _BOOL_SETTINGS:
+                if key in BOOL_SETTINGS:
                     if not isinstance(value, bool):
                         raise ValueError(f"bad value for {key}: {value!r} (true or false)")
                     setattr(self.settings, key, value)
@@ -202,7 +202,7 @@ class SalesforceSim(QueryMixin, WritesMixin, OAuthMixin):
             self.faults.configure(**vars(copy.deepcopy(self._initial_faults)))
 
     # -- HTTP plumbing -------------------------------------------------------------------------
-    def match(self, request: Request) -> tuple[_Route | None, bool]:
+    def match(self, request: Request) -> tuple[Route | None, bool]:
         if len(request.target.encode()) > MAX_TARGET_BYTES:
             return self._too_long, True
         return super().match(request)
@@ -330,11 +330,11 @@ class SalesforceSim(QueryMixin, WritesMixin, OAuthMixin):
         if not isinstance(body, dict):
             raise HttpError(400, "send a JSON object of settings", "INVALID_INPUT")
         fault_keys = {f.name for f in dataclasses.fields(FaultConfig)}
-        unknown = set(body) - fault_keys - _SETTING_CHECKS.keys() - _BOOL_SETTINGS - {"expire_tokens"}
+        unknown = set(body) - fault_keys - SETTING_CHECKS.keys() - BOOL_SETTINGS - {"expire_tokens"}
         if unknown:
             raise HttpError(400, f"unknown settings {sorted(unknown)}", "INVALID_INPUT")
         try:
-            settings = self.configure(**{k: v for k, v in body.items() if k in _SETTING_CHECKS or k in _BOOL_SETTINGS})
+            settings = self.configure(**{k: v for k, v in body.items() if k in SETTING_CHECKS or k in BOOL_SETTINGS})
         except ValueError as exc:
             raise HttpError(400, str(exc), "INVALID_INPUT") from None
         self.faults.configure(**{k: v for k, v in body.items() if k in fault_keys})

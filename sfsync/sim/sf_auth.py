@@ -37,7 +37,7 @@ class _OAuthError(Exception):
         self.description = description
 
 
-def _load_public_key(pem: bytes | None) -> rsa.RSAPublicKey | None:
+def load_public_key(pem: bytes | None) -> rsa.RSAPublicKey | None:
     """The connected app's key: a PEM public key or the certificate uploaded to the app."""
     if pem is None:
         return None

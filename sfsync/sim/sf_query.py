@@ -9,7 +9,7 @@ from typing import Any
 
 from sfsync.sim import soql
 from sfsync.sim.base import HttpError, Request, Response
-from sfsync.sim.sf_records import TaskRecords, _Cursor
+from sfsync.sim.sf_records import QueryCursor, TaskRecords
 from sfsync.sim.sf_schema import SOBJECT, FieldDef
 
 MAX_OPEN_CURSORS = 20
@@ -47,7 +47,7 @@ class QueryMixin(TaskRecords):
             if plan.kind == "aggregate":
                 records = plan.aggregate(rows)
                 return Response.json(200, {"totalSize": len(records), "done": True, "records": records})
-            cursor = _Cursor([row["Id"] for row in plan.select(rows)], plan.fields)
+            cursor = QueryCursor([row["Id"] for row in plan.select(rows)], plan.fields)
             return Response.json(200, self._page(cursor, None, 0, version, self._page_size(request)))
 
     @staticmethod
@@ -115,7 +115,7 @@ class QueryMixin(TaskRecords):
             size = min(size, max(200, min(2000, int(found.group(1)))))
         return size
 
-    def _page(self, cursor: _Cursor, locator: str | None, start: int, version: str, size: int) -> dict[str, Any]:
+    def _page(self, cursor: QueryCursor, locator: str | None, start: int, version: str, size: int) -> dict[str, Any]:
         chunk = cursor.ids[start : start + size]
         end = start + len(chunk)
         page: dict[str, Any] = {"totalSize": len(cursor.ids), "done": end >= len(cursor.ids),

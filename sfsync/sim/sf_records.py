@@ -20,10 +20,10 @@ from sfsync.sim.sf_schema import (
     SOBJECT,
     TASK_PREFIX,
     FieldDef,
+    FieldIndex,
     HistoryEntry,
     RecordError,
     ValidationRule,
-    _FieldIndex,
 )
 
 
@@ -43,17 +43,17 @@ class SimSettings:
     token_proxy_errors: int = 0  # the next N token requests get a proxy's 403 HTML page
 
 
-_SETTING_CHECKS: dict[str, Callable[[Any], bool]] = {
+SETTING_CHECKS: dict[str, Callable[[Any], bool]] = {
     "lock_row_rate": lambda v: 0 <= v <= 1, "token_ttl_s": lambda v: v > 0, "daily_limit": lambda v: v >= 0,
     "query_page_size": lambda v: v >= 1, "bulk_processing_s": lambda v: v >= 0, "api_usage": lambda v: v >= 0,
     "concurrent_limit_calls": lambda v: v >= 0, "token_unknown_errors": lambda v: v >= 0,
     "token_proxy_errors": lambda v: v >= 0,
 }
-_BOOL_SETTINGS = {"view_setup", "view_all_data"}
+BOOL_SETTINGS = {"view_setup", "view_all_data"}
 
 
 @dataclass
-class _Cursor:
+class QueryCursor:
     """A query's result set, paged out by ``queryMore``."""
 
     ids: list[str]
@@ -75,8 +75,8 @@ class TaskRecords(SimApp):
         self._history: dict[str, HistoryEntry | list[HistoryEntry]] = {}
         self._field_sets: dict[tuple[str, ...], tuple[str, ...]] = {}  # one shared tuple per set of fields
         self._rules: list[ValidationRule] = []
-        self._cursors: OrderedDict[str, _Cursor] = OrderedDict()
-        self._index: dict[str, _FieldIndex] = {}
+        self._cursors: OrderedDict[str, QueryCursor] = OrderedDict()
+        self._index: dict[str, FieldIndex] = {}
         self._shared: set[str] = set()  # related records (WhoId/WhatId) the integration user can see
         self._reports: dict[str, dict[str, Any]] = {}  # Report Id -> its row
 
@@ -148,7 +148,7 @@ class TaskRecords(SimApp):
             index.add(task.get(name), task["Id"])
 
     def _rebuild_index(self) -> None:
-        self._index = {d.name: _FieldIndex(d) for d in self._schema.values() if d.indexed}
+        self._index = {d.name: FieldIndex(d) for d in self._schema.values() if d.indexed}
         for task in self._tasks.values():
             self._index_add(task)
 

@@ -97,7 +97,7 @@ class FieldDef:
 HistoryEntry = tuple[float, str, tuple[str, ...], tuple[Any, ...]]  # time, via, field names, values
 
 
-class _FieldIndex:
+class FieldIndex:
     """Task Ids by one field's value, so ``X = '..'`` and ``X IN (..)`` need no scan. A value held by
     one Task keeps its Id bare (external ids are mostly unique): a set per value costs 200 bytes."""
 

@@ -27,14 +27,14 @@ from sfsync.sim.soql_plan import (
     Plan,
     Predicate,
     Row,
-    _always,
-    _compare_predicate,
-    _key,
-    _range_predicate,
-    _sort_key,
+    always_true,
     category,
+    compare_predicate,
+    range_predicate,
+    sort_key_for,
+    sort_value,
 )
-from sfsync.sim.soql_tokens import _where
+from sfsync.sim.soql_tokens import where_in_text
 from sfsync.sim.soql_values import DATE_FUNCTIONS, SoqlError, canonical_id, format_datetime
 
 _LITERAL_FOR = {
@@ -58,7 +58,7 @@ class Binder:
         self.now = now or dt.datetime.now(dt.UTC)
 
     def error(self, code: str, pos: int, detail: str) -> SoqlError:
-        return SoqlError(code, _where(self.query.text, pos) + detail)
+        return SoqlError(code, where_in_text(self.query.text, pos) + detail)
 
     def resolve(self, ref: FieldRef, use: str = "select") -> FieldSpec:
         name = ref.name
@@ -90,7 +90,7 @@ class Binder:
                              "appropriate names.")
         if q.offset is not None and q.offset > 2000:
             raise SoqlError("NUMBER_OUTSIDE_VALID_RANGE", "Maximum SOQL offset allowed is 2000")
-        predicate = self.compile(q.where) if q.where is not None else _always
+        predicate = self.compile(q.where) if q.where is not None else always_true
         lookups = _lookups(q.where, self.indexed) if q.where is not None else None
         counts = [item for item in q.select if isinstance(item, Count)]
         plan = Plan(self.sobject, "records", [], predicate, lookups, [], q.limit, q.offset or 0)
@@ -175,7 +175,7 @@ class Binder:
         if isinstance(item.target, Count):
             raise self.error("MALFORMED_QUERY", item.target.pos, "Ordered field must be grouped or aggregated")
         spec = self.resolve(item.target, "order")
-        return _sort_key(spec.name, category(spec.type), item), item.desc
+        return sort_key_for(spec.name, category(spec.type), item), item.desc
 
     def aggregate_order_key(self, item: OrderItem, plan: Plan) -> tuple[Callable[[Row], Any], bool]:
         if isinstance(item.target, FieldRef):
@@ -183,11 +183,11 @@ class Binder:
             if name not in plan.group_by:
                 raise self.error("MALFORMED_QUERY", item.target.pos, f"Ordered field must be grouped or "
                                  f"aggregated: {name}")
-            return _sort_key(name, "string", item), item.desc
+            return sort_key_for(name, "string", item), item.desc
         counted = self.resolve(item.target.field).name if item.target.field else None
         for out_key, counted_name, _ in plan.aggregate_items:
             if counted_name == counted:
-                return _sort_key(out_key, "number", item), item.desc
+                return sort_key_for(out_key, "number", item), item.desc
         raise self.error("MALFORMED_QUERY", item.target.pos, "Ordered aggregate must also be selected")
 
     # -- conditions
@@ -207,19 +207,19 @@ class Binder:
         name, cat = spec.name, category(spec.type)
         if cmp.op in ("IN", "NOT IN"):
             assert isinstance(cmp.value, tuple)
-            # A null in the list matches null fields: _key(None) is None.
+            # A null in the list matches null fields: sort_value(None) is None.
             keys = {self.literal_key(spec, lit, in_list=True) for lit in cmp.value}
             if cmp.op == "IN":
-                return lambda row: _key(cat, row.get(name)) in keys
-            return lambda row: _key(cat, row.get(name)) not in keys
+                return lambda row: sort_value(cat, row.get(name)) in keys
+            return lambda row: sort_value(cat, row.get(name)) not in keys
         assert isinstance(cmp.value, Literal)
         lit = cmp.value
         if cmp.op == "LIKE":
             return self.compile_like(spec, lit)
         if lit.kind == "range":
             self.literal_key(spec, lit)
-            return _range_predicate(name, cat, cmp.op, self.range_bounds(cat, lit))
-        return _compare_predicate(name, cat, cmp.op, self.literal_key(spec, lit))
+            return range_predicate(name, cat, cmp.op, self.range_bounds(cat, lit))
+        return compare_predicate(name, cat, cmp.op, self.literal_key(spec, lit))
 
     def compile_like(self, spec: FieldSpec, lit: Literal) -> Predicate:
         if category(spec.type) != "string" or lit.kind != "string":
@@ -246,7 +246,7 @@ class Binder:
                     raise self.error("INVALID_QUERY_FILTER_OPERATOR", lit.pos, f"invalid ID field: {text}")
                 return canonical
             return text.casefold() or None  # Salesforce stores no empty text: '' means null
-        return _key(cat, lit.value)
+        return sort_value(cat, lit.value)
 
     def range_bounds(self, cat: str, lit: Literal) -> tuple[str, str]:
         """A date literal as [start, end) in the field's stored text form (UTC days)."""

@@ -34,7 +34,7 @@ def category(type_name: str) -> str:
     return CATEGORIES.get(type_name.lower(), "string")
 
 
-def _key(cat: str, value: Any) -> Any:
+def sort_value(cat: str, value: Any) -> Any:
     """A comparable form: text compares case-insensitively, as SOQL does."""
     if cat == "string" and isinstance(value, str):
         return value.casefold()
@@ -91,7 +91,7 @@ class Plan:
             if not self.predicate(row):
                 continue
             values = {name: self._group_value(name, row) for name in self.group_by}
-            key = tuple(_key("string", value) for value in values.values())
+            key = tuple(sort_value("string", value) for value in values.values())
             if key not in groups:
                 groups[key] = (values, [0] * len(counted))
             tally = groups[key][1]
@@ -117,11 +117,11 @@ class Plan:
 
 
 
-def _always(row: Row) -> bool:
+def always_true(row: Row) -> bool:
     return True
 
 
-def _compare_predicate(name: str, cat: str, op: str, key: Any) -> Predicate:
+def compare_predicate(name: str, cat: str, op: str, key: Any) -> Predicate:
     if key is None:
         if op == "=":
             return lambda row: row.get(name) is None
@@ -129,17 +129,17 @@ def _compare_predicate(name: str, cat: str, op: str, key: Any) -> Predicate:
             return lambda row: row.get(name) is not None
         return lambda row: False
     if op == "=":
-        return lambda row: (v := row.get(name)) is not None and _key(cat, v) == key
+        return lambda row: (v := row.get(name)) is not None and sort_value(cat, v) == key
     if op == "!=":  # unlike SQL, SOQL's != also matches nulls
-        return lambda row: (v := row.get(name)) is None or _key(cat, v) != key
+        return lambda row: (v := row.get(name)) is None or sort_value(cat, v) != key
     compare: dict[str, Callable[[Any], bool]] = {
         "<": lambda v: v < key, "<=": lambda v: v <= key, ">": lambda v: v > key, ">=": lambda v: v >= key,
     }
     test = compare[op]
-    return lambda row: (v := row.get(name)) is not None and test(_key(cat, v))
+    return lambda row: (v := row.get(name)) is not None and test(sort_value(cat, v))
 
 
-def _range_predicate(name: str, cat: str, op: str, bounds: tuple[str, str]) -> Predicate:
+def range_predicate(name: str, cat: str, op: str, bounds: tuple[str, str]) -> Predicate:
     start, end = bounds
     tests: dict[str, Callable[[Any], bool]] = {
         "=": lambda v: start <= v < end, "<": lambda v: v < start, "<=": lambda v: v < end,
@@ -151,13 +151,13 @@ def _range_predicate(name: str, cat: str, op: str, bounds: tuple[str, str]) -> P
     return lambda row: (v := row.get(name)) is not None and test(v)
 
 
-def _sort_key(name: str, cat: str, item: OrderItem) -> Callable[[Row], Any]:
+def sort_key_for(name: str, cat: str, item: OrderItem) -> Callable[[Row], Any]:
     # Tuples keep nulls apart from values; the rank puts them first or last whichever way we sort.
     null_rank = (2 if item.nulls_last else 0) if not item.desc else (0 if item.nulls_last else 2)
 
     def key(row: Row) -> Any:
         value = row.get(name)
-        return (null_rank,) if value is None else (1, _key(cat, value))
+        return (null_rank,) if value is None else (1, sort_value(cat, value))
 
     return key
 

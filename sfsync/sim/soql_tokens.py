@@ -115,10 +115,10 @@ def _escape(text: str, i: int) -> tuple[str, int]:
 
 
 def malformed(text: str, pos: int, detail: str) -> SoqlError:
-    return SoqlError("MALFORMED_QUERY", _where(text, pos) + detail)
+    return SoqlError("MALFORMED_QUERY", where_in_text(text, pos) + detail)
 
 
-def _where(text: str, pos: int) -> str:
+def where_in_text(text: str, pos: int) -> str:
     """Salesforce's error prefix: the line, a caret under the fault, and its row and column."""
     row = text.count("\n", 0, pos) + 1
     line_start = text.rfind("\n", 0, pos) + 1

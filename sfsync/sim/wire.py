@@ -22,7 +22,7 @@ class HttpError(Exception):
         self.details = details
 
 
-class _BodyReader:
+class BodyReader:
     """Reads a request body of known length or in chunked transfer encoding, lazily, so a
     route can stream a large upload (a Bulk API CSV) without holding it in memory."""
 
@@ -105,7 +105,7 @@ class Request:
     path: str
     query: dict[str, list[str]]
     headers: Message
-    reader: _BodyReader
+    reader: BodyReader
     params: dict[str, str] = field(default_factory=dict)
     _body: bytes | None = None
     principal: Any = None  # who the credentials name, once an app has authenticated the call

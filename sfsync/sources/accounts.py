@@ -11,24 +11,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sfsync.domain.outcome import ExitReason
 from sfsync.errors import AuthError, RemoteError, SfsyncError
 from sfsync.settings.accounts import MMAccount
-from sfsync.sources.poll import PollEnd
 
 # How the ends of several accounts' polls combine into the run's: the first found in this order.
-END_ORDER = (PollEnd.CONFIRM_PENDING.value, PollEnd.WEDGED.value, "max_reports", "once",
-             PollEnd.QUEUE_EMPTY.value, PollEnd.UNCONFIRMABLE.value, PollEnd.NOTHING.value)
+END_ORDER = (ExitReason.CONFIRM_PENDING, ExitReason.WEDGED, ExitReason.MAX_REPORTS, ExitReason.ONCE,
+             ExitReason.QUEUE_EMPTY, ExitReason.UNCONFIRMABLE, ExitReason.NOTHING)
 
 
 @dataclass
 class AccountPolls:
     """What each account's poll gave in one run: its end, or the error that stopped it."""
 
-    ends: dict[str, str] = field(default_factory=dict)
+    ends: dict[str, ExitReason] = field(default_factory=dict)
     failures: dict[str, SfsyncError] = field(default_factory=dict)
     counts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def ended(self, account: MMAccount, end: str, fetched: int, confirmed: int) -> None:
+    def ended(self, account: MMAccount, end: ExitReason, fetched: int, confirmed: int) -> None:
         self.ends[account.name] = end
         self.counts[account.name] = {"fetched": fetched, "confirmed": confirmed, "end": end}
 
@@ -37,10 +37,10 @@ class AccountPolls:
         self.counts[account.name] = {"fetched": fetched, "confirmed": confirmed,
                                      "end": "auth_error" if isinstance(error, AuthError) else "unavailable"}
 
-    def end(self) -> str:
-        """The run's poll end: the most telling of the accounts' ends ("" when none ended)."""
+    def end(self) -> ExitReason:
+        """The run's poll end: the most telling of the accounts' ends (NONE when none ended)."""
         found = set(self.ends.values())
-        return next((e for e in END_ORDER if e in found), next(iter(found), ""))
+        return next((e for e in END_ORDER if e in found), next(iter(found), ExitReason.NONE))
 
     def error(self) -> SfsyncError | None:
         """One error naming every failed account: refused credentials (exit 4) before an outage (8)."""

@@ -18,7 +18,8 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from sfsync.domain.outcome import Counts, Tally, counts_from
+from sfsync.domain.keys import keyed
+from sfsync.domain.outcome import Counts, ExitReason, Tally, counts_from
 from sfsync.pipeline import BatchResult, OnCommit
 from sfsync.sources.backfill_pages import (
     Page,
@@ -63,7 +64,7 @@ class BackfillSource:
         self.read_to = self.resume_at  # just after the last page read
         self.unrecorded = 0  # reports read whose batch is not recorded yet
         self.held = 0  # reports a transient failure held: the checkpoint stays before their batch
-        self.reason = ""  # why the pages stopped before the window's end ('' when they did not)
+        self.reason = ExitReason.NONE  # why the pages stopped before the window's end
 
     @property
     def batch_rows(self) -> int:
@@ -79,10 +80,10 @@ class BackfillSource:
             self._read(page)
             raws += page.raws
             if len(raws) >= self.batch_rows:
-                yield Batch(raws, SOURCE, on_commit=self._commit(page.resume_at))
+                yield Batch(keyed(raws), SOURCE, on_commit=self._commit(page.resume_at))
                 raws = []
         if raws and not self.held:  # stopped or complete: drain what was read, so --resume starts clean
-            yield Batch(raws, SOURCE, on_commit=self._commit(self.read_to))
+            yield Batch(keyed(raws), SOURCE, on_commit=self._commit(self.read_to))
 
     def _read(self, page: Page) -> None:
         self.counts[Tally.FETCHED] += page.records
@@ -93,10 +94,10 @@ class BackfillSource:
         self.progress.update(page.fraction, self.window_counts())
         self.on_page(page.number)
 
-    def _page_limit(self) -> str:
+    def _page_limit(self) -> ExitReason:
         if self.options.max_pages is not None and self.counts[Tally.PAGES] >= self.options.max_pages:
-            return "max_pages"
-        return ""
+            return ExitReason.MAX_PAGES
+        return ExitReason.NONE
 
     def _commit(self, cursor: dict[str, Any]) -> OnCommit:
         def commit(result: BatchResult) -> None:  # inside the transaction recording the batch's outcomes

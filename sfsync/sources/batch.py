@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
+from sfsync.domain.keys import Item
+from sfsync.domain.outcome import ExitReason
 from sfsync.pipeline import OnCommit
 from sfsync.store import WaitingReport
 
@@ -20,17 +22,17 @@ from sfsync.store import WaitingReport
 class Batch:
     """Reports claimed from one source, and how their outcomes are committed there."""
 
-    raws: list[Any]
+    items: list[Item]  # each report with its key, kept to the commit that marks it done
     source: str  # the pipeline's source label: poll | push | waiting | retry
     on_commit: OnCommit | None = None  # runs in the transaction that records the outcomes
-    waiting: Mapping[str, WaitingReport] | None = None  # reports from the waiting list, by report id
+    waiting: Mapping[str, WaitingReport] | None = None  # reports from the waiting list, by key
 
 
 class StopCheck(Protocol):
     """The engine's stop rules as a source sees them: why to stop now ('' to go on); ``budget``
     also checks the Salesforce API budget (raising when it is spent)."""
 
-    def reason(self, taken: int = 0, *, budget: bool = False) -> str: ...
+    def reason(self, taken: int = 0, *, budget: bool = False) -> ExitReason: ...
 
 
 class Source(Protocol):

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from sfsync.domain.keys import Item
 from sfsync.domain.outcome import LETTER_OF, LetterOutcome, ReportResult, ResultSink, discard
 from sfsync.errors import EXIT_OK, EXIT_PARTIAL, EXIT_UNAVAILABLE, SfsyncError
 from sfsync.pipeline import BatchResult, OnCommit
@@ -71,6 +72,11 @@ class LetterRetry:
         return EXIT_PARTIAL if self.failed_again else EXIT_OK
 
 
+def letter_key(letter: DeadLetter) -> str:
+    """A letter's report's key: the key it was kept under, or the letter's own for one without."""
+    return letter.report_id or f"letter:{letter.id}"
+
+
 def letter_raw(text: str) -> Any:
     try:
         return json.loads(text)
@@ -96,12 +102,12 @@ class DeadLetterSource:
     def batches(self) -> Iterator[Batch]:
         for start in range(0, len(self.letters), self.batch):
             chunk = self.letters[start : start + self.batch]
-            yield Batch([letter_raw(d.raw) for d in chunk], SOURCE, on_commit=self._retire(chunk))
+            yield Batch([Item(letter_key(d), letter_raw(d.raw)) for d in chunk], SOURCE, on_commit=self._retire(chunk))
 
     def _retire(self, chunk: list[DeadLetter]) -> OnCommit:
         def commit(result: BatchResult) -> None:
             durable = set(result.confirm) - set(result.dead)
-            self.store.mark_retried(d.id for d in chunk if d.report_id and d.report_id in durable)
+            self.store.mark_retried(d.id for d in chunk if d.report_id and letter_key(d) in durable)
 
         return commit
 

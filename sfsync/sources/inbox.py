@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
+from sfsync.domain.keys import Item
 from sfsync.domain.outcome import Counts, Tally
 from sfsync.pipeline import BatchResult, OnCommit
 from sfsync.sources.batch import Batch
-from sfsync.sources.poll import confirmable_id
 from sfsync.store import StagedReport, Store
 from sfsync.store.replicas import Claims, Solo
 
@@ -24,20 +24,20 @@ log = logging.getLogger("sfsync.sources.inbox")
 DRAIN_BATCH = 10_000
 
 
-# -- draining: what is staged ---------------------------------------------------------------------------
-def drained_keys(rows: list[StagedReport], result: BatchResult) -> list[str]:
-    """The inbox keys a batch's outcomes made durable (a report without a usable id never parses:
-    it is a dead letter already); the others were held, to be drained again."""
+def drained(rows: list[StagedReport], result: BatchResult) -> list[str]:
+    """The keys of the rows whose reports the batch made durable (the others were held, to be
+    drained again): each row's own key, as the pipeline carried it."""
     durable = set(result.confirm)
-    return [r.key for r in rows if (rid := confirmable_id(r.raw)) is None or rid in durable]
+    return [r.key for r in rows if r.key in durable]
 
 
 class InboxSource:
-    """Staged reports (polled and pushed), thousands at a time, in the order they were staged."""
+    """Staged reports (polled and pushed), thousands at a time, in the order they were staged.
+    ``skip``: keys not to hand over (a dry run planned them with the page already)."""
 
     def __init__(self, store: Store, counts: Counts, *, at_most: int | None = None,
                  count_fetched: bool = False, batch: int = DRAIN_BATCH, claims: Claims | None = None,
-                 claimed: list[StagedReport] | None = None):
+                 claimed: list[StagedReport] | None = None, skip: set[str] | None = None):
         self.store = store
         # Who claims: this process alone (SQLite), or a replica's claims on PostgreSQL (sfsync.store.replicas).
         self.claims: Claims = claims or Solo(store)
@@ -46,6 +46,7 @@ class InboxSource:
         self.count_fetched = count_fetched  # --inbox: what is claimed is what the run fetched
         self.batch = batch
         self.claimed = claimed or []  # the first batch, claimed already (by the look-ahead, sfsync.engine.lookahead)
+        self.skip = skip or set()
 
     def batches(self) -> Iterator[Batch]:
         after = taken = 0
@@ -60,6 +61,7 @@ class InboxSource:
                 rows, after = self.claims.claim_staged(limit, after)
             if not after:
                 return
+            rows = [r for r in rows if r.key not in self.skip]
             if not rows:
                 continue  # all of them belong to messages another replica holds
             taken += len(rows)
@@ -67,11 +69,11 @@ class InboxSource:
                 self.counts[Tally.FETCHED] += len(rows)
             for source in dict.fromkeys(r.source for r in rows):
                 group = [r for r in rows if r.source == source]
-                yield Batch([r.raw for r in group], source, on_commit=self._mark_drained(group))
+                yield Batch([Item(r.key, r.raw) for r in group], source, on_commit=self._mark_drained(group))
 
     def _mark_drained(self, rows: list[StagedReport]) -> OnCommit:
         def commit(result: BatchResult) -> None:
-            self.counts[Tally.DRAINED] += len(self.claims.done(drained_keys(rows, result)))  # those still claimed here
+            self.counts[Tally.DRAINED] += len(self.claims.done(drained(rows, result)))  # those still claimed here
 
         return commit
 

@@ -9,20 +9,18 @@ MessageMedia accepts is staged by a key made of its content; it cannot be confir
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 from sfsync.clients.messagemedia import MessageMediaClient
 from sfsync.clients.retry import StopAwareSleep, poll_until
-from sfsync.domain.reports import MAX_ID
+from sfsync.domain.keys import confirmable_id, keyed
+from sfsync.sources.batch import Batch
 from sfsync.store import Store
 
 log = logging.getLogger("sfsync.sources.poll")
@@ -36,51 +34,6 @@ CONFIRMED_KEPT = 10_000
 # A report still served this long after its confirmation is confirmed again: a 202 only says it "will
 # be marked as confirmed", and one that never takes effect must not keep the queue from draining.
 RECONFIRM_AFTER_S = 2.0
-
-
-class PollEnd(Enum):
-    """Why polling stopped (the run's exit reason when the drain has nothing to add)."""
-
-    QUEUE_EMPTY = "queue_empty"
-    NOTHING = "nothing_to_do"
-    CONFIRM_PENDING = "confirm_pending"  # confirmed reports still served after the wait: not drained
-    UNCONFIRMABLE = "unconfirmable"  # only reports MessageMedia will not confirm are left
-    WEDGED = "unconfirmable_head"  # a whole page of them: nothing behind them can be reached
-    ELSEWHERE = "polled_elsewhere"  # another replica holds the account's poll lease
-
-
-def confirmable_id(raw: Any) -> str | None:
-    """The id MessageMedia accepts in a confirmation, or None (blank, not a string, over 100
-    characters): the same reading of the id as the report parser's."""
-    rid = raw.get("delivery_report_id") if isinstance(raw, dict) else None
-    if not isinstance(rid, str):
-        return None
-    return rid if rid.strip() and len(rid) <= MAX_ID else None  # exactly as served: never stripped
-
-
-def staging_key(raw: Any) -> str:
-    """The inbox key of a report: its id, or for one without a confirmable id, its content."""
-    rid = confirmable_id(raw)
-    return rid if rid is not None else content_key(raw)
-
-
-def content_key(raw: Any) -> str:
-    text = json.dumps(raw, sort_keys=True, default=str)
-    return "raw:" + hashlib.sha256(text.encode()).hexdigest()
-
-
-def keyed(raws: list[Any]) -> list[tuple[str, Any]]:
-    """Each report with its inbox key; a second, different report served under an id already on
-    the page is kept by its content (one confirmation clears both)."""
-    first: dict[str, str] = {}
-    out = []
-    for raw in raws:
-        key = staging_key(raw)
-        text = json.dumps(raw, sort_keys=True, default=str)
-        if first.setdefault(key, text) != text:
-            key = content_key(raw)
-        out.append((key, raw))
-    return out
 
 
 @dataclass(frozen=True)
@@ -160,3 +113,23 @@ def describe_ids(raws: list[Any], limit: int = 5) -> str:
         shown.append(text if len(text) <= 40 else text[:37] + "...")
     more = f" and {len(raws) - limit} more" if len(raws) > limit else ""
     return ", ".join(shown) + more
+
+
+class PageSource:
+    """A dry run's look at MessageMedia: the first page of each account's queue, neither staged nor
+    confirmed (MessageMedia serves the oldest reports, the same ones until they are confirmed)."""
+
+    def __init__(self, clients: list[MessageMediaClient], on_stage: Callable[[str], None]):
+        self.clients = clients
+        self.on_stage = on_stage
+        self.keys: set[str] = set()  # the keys of the reports on the pages: planned already
+        self.fetched = 0
+
+    def batches(self) -> Iterator[Batch]:
+        page = [r for mm in self.clients for r in mm.fetch_reports()]
+        self.on_stage("fetched")
+        self.fetched = len(page)
+        if page:
+            items = keyed(page)
+            self.keys = {i.key for i in items}
+            yield Batch(items, "poll")

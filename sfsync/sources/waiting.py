@@ -1,14 +1,15 @@
 """The waiting source: reports kept while their Task did not exist, due for another try.
 
-They are durable already (the waiting list in the store); the pipeline takes a report off the list
-in the transaction that records its new outcome, or keeps it with its next try (the back-off is
-``sfsync.clients.retry.waiting_next_try``).
+They are durable already (the waiting list in the store, each row under its report's key); the
+pipeline takes a report off the list in the transaction that records its new outcome, or keeps it
+with its next try (the back-off is ``sfsync.clients.retry.waiting_next_try``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from sfsync.domain.keys import Item
 from sfsync.sources.batch import Batch
 from sfsync.store import Store, now_utc
 
@@ -29,7 +30,7 @@ class WaitingSource:
             if not rows:
                 return
             after = rows[-1].report_id
-            yield Batch([r.raw for r in rows], SOURCE, waiting={r.report_id: r for r in rows})
+            yield Batch([Item(r.report_id, r.raw) for r in rows], SOURCE, waiting={r.report_id: r for r in rows})
 
     def due(self) -> bool:
         return bool(self.store.due_waiting(now_utc(), limit=1))
