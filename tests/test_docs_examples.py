@@ -84,3 +84,18 @@ def test_runnable_block(tmp_path: Path, page: str, line: int, body: str) -> None
         assert len(rows) > 1 and rows[0].startswith("ID,MESSAGE_ID")
         assert "written by sfsync:" in out and "exit 0" in out
         assert re.search(r"^ok\s+salesforce token", out, flags=re.M)
+
+
+def test_the_strict_build_fails_on_a_broken_link(tmp_path: Path) -> None:
+    # scripts/test's mkdocs step, on a copy of the manual with one broken link: it must fail, naming it.
+    mkdocs = Path(sys.executable).with_name("mkdocs")
+    if not mkdocs.exists():
+        pytest.skip("mkdocs is not installed beside this interpreter")
+    shutil.copy(REPO / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    shutil.copytree(DOCS, tmp_path / "docs")
+    page = tmp_path / "docs" / "troubleshooting.md"
+    page.write_text(page.read_text() + "\nSee [the missing page](no-such-page.md).\n")
+    command = [str(mkdocs), "build", "--strict", "--site-dir", str(tmp_path / "site")]
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "no-such-page.md" in result.stderr, result.stderr
