@@ -1,18 +1,27 @@
 """One exception hierarchy for sfsync; each error knows its exit status.
 
-Exit statuses (documented in the README):
-  0  success (reports processed, or nothing to do)
+Exit statuses (docs/reference/exit-statuses.md is generated from this list, and a test fails when the
+list and the EXIT_* constants below disagree):
+  0  success: reports applied, or nothing to do (`exit_reason` says which; `polled_elsewhere`: on
+     PostgreSQL another replica holds the account's poll lease and this one drained)
   1  unexpected error (a bug: please report it with the log)
-  2  usage error (bad command-line arguments)
-  3  configuration error (a missing or invalid setting, a field Salesforce rejects), or the local
-     store cannot be used (damaged, read-only state folder, full disk)
-  4  authentication error (MessageMedia or Salesforce credentials refused)
-  5  Salesforce API budget reached: stopped cleanly, the next run resumes
-  6  partial: some reports were dead-lettered (see `sfsync dead-letters list`)
-  7  already running: another sfsync run holds the lock
-  8  a service stayed unavailable after every retry: nothing lost, the next run resumes
+  2  usage error: an unknown option, or a number, date or duration outside the option's range
+  3  configuration error (a missing or invalid setting, a field Salesforce rejects, an untrusted TLS
+     certificate), or the local store cannot be used (damaged, read-only state folder, full disk;
+     PostgreSQL unreachable or refusing the login; a schema newer than this sfsync), or an
+     `--output-dir` that cannot be written
+  4  authentication error (MessageMedia or Salesforce credentials refused; with several accounts, one
+     account's, the others polled and drained)
+  5  Salesforce API budget reached: stopped cleanly, polling went on into the store, the next run resumes
+  6  partial: some reports were dead-lettered (see `sfsync dead-letters list`); or (`exit_reason`
+     `unconfirmable_head`) a page of reports whose ids MessageMedia will not accept blocks the queue
+  7  already running: another sfsync run holds the lock (on PostgreSQL: only `backfill` and
+     `dead-letters retry`, never workers)
+  8  a service stayed unavailable after every retry, or an interrupted backfill's Bulk job is still
+     running, or (`exit_reason` `confirm_pending`) MessageMedia still served confirmed reports after
+     SFSYNC_CONFIRM_WAIT_SECONDS: nothing lost, the next run resumes
   9  `sfsync doctor`: at least one check failed (its line says what to fix)
-  10 not found: what was asked for does not exist (`sfsync codes 999`)
+  10 not found: what was asked for does not exist (`sfsync codes 999`, `trace ID`, `dead-letters show ID`)
   141 stdout was closed early (`sfsync codes --json | head -1`): the reader stopped, nothing wrong
 """
 

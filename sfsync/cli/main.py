@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Keeps Salesforce Task SMS Status fields in step with MessageMedia delivery reports.",
         epilog="Exit statuses: 0 ok, 1 unexpected error, 2 usage, 3 configuration, 4 authentication, "
         "5 API budget reached, 6 partial (dead letters), 7 already running, 8 service unavailable, "
-        "9 a doctor check failed, 10 not found, 141 stdout closed early. See the README.",
+        "9 a doctor check failed, 10 not found, 141 stdout closed early. See docs/reference/exit-statuses.md.",
     )
     parser.add_argument("--version", action="version", version=f"sfsync {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

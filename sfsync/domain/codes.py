@@ -86,7 +86,7 @@ def normalise_meaning(text: str) -> str:
 
 
 def _fail(path: Path, problem: str) -> ConfigError:
-    return ConfigError(f"code map {path}: {problem}. Fix the file (see README, 'The code map').")
+    return ConfigError(f"code map {path}: {problem}. Fix the file (see docs/configuration.md, 'The code map').")
 
 
 def load_code_map(path: Path | str | None = None) -> CodeMap:

@@ -255,7 +255,7 @@ def _usage(sf: SalesforceClient, settings: Settings) -> Check:
 
 VISIBILITY_OPTIONS = (
     "Tasks it cannot see are no error: their reports wait SFSYNC_WAIT_MAX_AGE_HOURS (24 h), then become dead "
-    "letters. Give it access in one of these ways (README, Task visibility): (1) View All Data in its permission "
+    "letters. Give it access in one of these ways (manual: Task visibility): (1) View All Data in its permission "
     "set: it reads every record of the org, simplest and broadest; (2) Read/Write access to the records the Tasks "
     "relate to (Name/Related To: a role above the Task owners', or sharing rules on those objects): Tasks follow "
     "their parent records; (3) make it the owner of the Tasks when they are logged"
