@@ -43,8 +43,8 @@ from sfsync.settings.config import Settings
 # Re-exported: callers import the login names from here.
 __all__ = [
     "AUTH_ERRORS", "COLLECTION_LIMIT", "IN_LIST_LIMIT", "PRODUCTION_AUDIENCE", "SANDBOX_AUDIENCE", "VIEW_SETUP",
-    "SalesforceClient", "Usage", "WriteResult", "is_daily_limit", "is_lock_error", "is_sandbox_host", "jwt_audience",
-    "valid_task_id",
+    "SalesforceClient", "Usage", "WriteResult", "aligned_results", "is_daily_limit", "is_lock_error",
+    "is_sandbox_host", "jwt_audience", "valid_task_id",
 ]
 
 log = logging.getLogger(__name__)
@@ -282,7 +282,8 @@ class SalesforceClient:
 
     # -- writes -------------------------------------------------------------------------------------------
     def update_tasks(self, records: list[dict[str, Any]]) -> list[WriteResult]:
-        """sObject Collections PATCH of at most 200 records, allOrNone false, results by position.
+        """sObject Collections PATCH of at most 200 records, allOrNone false, results matched by id
+        (``aligned_results``: an answer that cannot be matched is a transient failure, retried).
         Records failing with UNABLE_TO_LOCK_ROW are retried alone, with back-off."""
         if len(records) > COLLECTION_LIMIT:
             raise ValueError(f"at most {COLLECTION_LIMIT} records per call")
@@ -293,10 +294,9 @@ class SalesforceClient:
             nonlocal pending
             payload = {"allOrNone": False,
                        "records": [{"attributes": {"type": "Task"}, **r} for r in pending]}
-            answer = self._call("composite",
-                                lambda sf: _restful(sf, "composite/sobjects", method="PATCH", json=payload))
-            if not isinstance(answer, list) or len(answer) != len(pending):
-                raise RemoteError("Salesforce composite: answer does not hold one result per record", transient=True)
+            sent = list(pending)
+            answer = self._call("composite", lambda sf: aligned_results(
+                sent, _restful(sf, "composite/sobjects", method="PATCH", json=payload)))
             locked = []
             for record, result in zip(pending, answer, strict=True):
                 task_id = str(record["id"])
@@ -351,3 +351,62 @@ def _checked_page(answer: Any, name: str) -> dict[str, Any]:
 
 def _query_more(url: str) -> Callable[[Salesforce], Any]:
     return lambda sf: sf.query_more(url, identifier_is_url=True)
+
+
+def aligned_results(records: list[dict[str, Any]], answer: Any) -> list[dict[str, Any]]:
+    """An sObject Collections answer's results in the order of ``records`` (each with its ``id``).
+
+    Results are matched by the ``id`` each carries (Salesforce names it on success; on failure it
+    may be absent or null). A result without an id can only be matched by position: that is
+    accepted when the count matches and every result that does carry an id sits at its record's
+    position. Anything else (a count that differs, an id not sent or named twice, success without
+    an id, ``success: true`` with errors, a success that is not a boolean) is an answer that cannot
+    be trusted: a transient ``RemoteError``, so nothing is recorded from it and the writes are held
+    and tried again (a write applied meanwhile is found already there)."""
+
+    def garbled(why: str) -> RemoteError:
+        return RemoteError(f"Salesforce composite: the answer cannot be matched to the records sent ({why}); "
+                           "nothing recorded from it, the writes are tried again", transient=True)
+
+    if not isinstance(answer, list) or len(answer) != len(records):
+        raise garbled("not one result per record")
+    wanted = [canonical_id(str(r.get("id", ""))) for r in records]
+    position: dict[str, int] = {}
+    for i, rid in enumerate(wanted):
+        if rid is not None and rid not in position:
+            position[rid] = i
+    aligned: list[dict[str, Any] | None] = [None] * len(records)
+    idless: list[int] = []
+    in_place = True
+    for i, result in enumerate(answer):
+        if not isinstance(result, dict) or not isinstance(result.get("success"), bool):
+            raise garbled(f"result {i} has no success flag")
+        errors = result.get("errors")
+        if result["success"] and errors not in (None, []):
+            raise garbled(f"result {i} is a success with errors")
+        raw_id = result.get("id")
+        if raw_id in (None, ""):
+            if result["success"]:
+                raise garbled(f"result {i} is a success without an id")
+            idless.append(i)
+            continue
+        rid = canonical_id(raw_id)
+        at = position.get(rid) if rid is not None else None
+        if at is None:
+            raise garbled(f"result {i} names an id not sent ({str(raw_id)[:40]!r})")
+        if wanted.count(rid) > 1:  # the same record sent twice: only its position tells them apart
+            if wanted[i] != rid:
+                raise garbled(f"result {i} names a record sent twice, out of its place")
+            at = i
+        if aligned[at] is not None:
+            raise garbled(f"result {i} names an id twice ({rid})")
+        in_place = in_place and at == i
+        aligned[at] = result
+    if idless:
+        if not in_place:
+            raise garbled("results without an id among results out of place")
+        for i in idless:
+            aligned[i] = answer[i]
+    if any(r is None for r in aligned):  # cannot happen once the ids are unique and known; never guessed
+        raise garbled("a record without a result")
+    return [r for r in aligned if r is not None]
