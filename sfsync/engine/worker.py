@@ -270,12 +270,13 @@ class Worker:
         ids = describe_ids(raws) + _of(account)
         if len(raws) >= PAGE:
             log.error("the head of MessageMedia's queue holds %d report(s) whose ids MessageMedia will not accept "
-                      "in a confirmation (%s): nothing behind them can be fetched. They are kept as dead letters "
-                      "('sfsync dead-letters list'); ask MessageMedia support to remove them from the queue",
+                      "in a confirmation (%s): nothing behind them can be fetched. They are kept (applied, or as dead "
+                      "letters: 'sfsync dead-letters list'); ask MessageMedia support to remove them from the queue",
                       len(raws), ids, extra={"event": "queue_wedged", "account": account.name})
             return PollEnd.WEDGED.value
         log.warning("the queue holds only %d report(s) whose ids MessageMedia will not accept in a confirmation "
-                    "(%s); they are kept as dead letters and stay at the head of the queue", len(raws), ids,
+                    "(%s); they are kept (applied, or as dead letters) and stay at the head of the queue", len(raws),
+                    ids,
                     extra={"event": "unconfirmable", "account": account.name})
         return PollEnd.UNCONFIRMABLE.value
 
