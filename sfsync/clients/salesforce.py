@@ -52,6 +52,8 @@ T = TypeVar("T")
 
 IN_LIST_LIMIT = 100  # values per SOQL IN list: keeps the URI under 16,384 bytes with 36-char ids
 COLLECTION_LIMIT = 200  # records per sObject Collections call
+MAX_QUERY_PAGES = 5_000  # pages of one query (at least 200 records each: a million records)
+QUERY_MAX_SECONDS = 900.0  # one query's pages, all together
 LOCK_ERRORS = {"UNABLE_TO_LOCK_ROW"}
 CONFIG_ERRORS = {
     "MALFORMED_QUERY", "INVALID_FIELD", "INVALID_TYPE", "JSON_PARSER_ERROR", "INVALID_FIELD_FOR_INSERT_UPDATE",
@@ -242,13 +244,36 @@ class SalesforceClient:
 
     # -- look-ups -----------------------------------------------------------------------------------------
     def query_all(self, soql: str, name: str = "query") -> Iterator[dict[str, Any]]:
-        """All records of a query, page by page (each page is one API call, retried on its own)."""
+        """All records of a query, page by page (each page is one API call, retried on its own).
+
+        Bounded: a nextRecordsUrl served twice, a page that is not the last but holds no record,
+        more records than the query's totalSize, more than ``MAX_QUERY_PAGES`` pages or
+        ``QUERY_MAX_SECONDS`` is a runaway answer (``RemoteError``, exit 8), never a budget drain;
+        a signal or the run's --max-seconds ends it between pages (``StopRequested``)."""
+        started = time.monotonic()
         page = self._call(name, lambda sf: _checked_page(sf.query(soql), name))
+        total = page.get("totalSize")
+        seen: set[str] = set()
+        records = 0
         while True:
-            yield from page.get("records", [])
+            batch = page.get("records", [])
+            records += len(batch)
+            yield from batch
             next_url = page.get("nextRecordsUrl")
             if page.get("done", True) or not next_url:
                 return
+            why = ("its nextRecordsUrl repeats" if next_url in seen else
+                   "a page before the last holds no record" if not batch else
+                   f"more records than its totalSize ({total})" if isinstance(total, int) and records > total else
+                   f"more than {MAX_QUERY_PAGES} pages" if len(seen) + 1 >= MAX_QUERY_PAGES else
+                   f"still paging after {QUERY_MAX_SECONDS:g}s" if time.monotonic() - started > QUERY_MAX_SECONDS
+                   else "")
+            if why:
+                raise RemoteError(f"Salesforce {name}: a runaway answer ({why}, after {len(seen) + 1} page(s) and "
+                                  f"{records} record(s); next {next_url[:120]!r}): stopped; the next run tries again",
+                                  transient=False)
+            seen.add(next_url)
+            self.policy.check_stop(f"Salesforce {name}")
             page = self._call("query_more", lambda sf, url=next_url: _checked_page(  # type: ignore[misc]
                 _query_more(url)(sf), "query_more"))
 

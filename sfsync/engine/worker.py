@@ -118,6 +118,7 @@ class Worker:
             return self._run_locked(options)
 
     def rules(self, started: float, options: RunOptions) -> StopRules:
+        self.sf.policy.deadline = None if options.max_seconds is None else started + options.max_seconds
         return StopRules(self.stop, started, self.sf.check_budget, options.max_reports, options.max_seconds)
 
     def _run_locked(self, options: RunOptions) -> RunSummary:
