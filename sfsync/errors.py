@@ -104,3 +104,7 @@ class StopRequested(SfsyncError):
 
     exit_code = EXIT_OK
 
+    def __init__(self, message: str, *, reason: str = "signal"):
+        super().__init__(message)
+        self.reason = reason  # the run's exit reason: "signal", or "time_budget" for --max-seconds
+

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from sfsync import errors
-from sfsync.config import NUMBERS, VARIABLES
 from sfsync.ops import docref
 from sfsync.ops.docref import DocDrift
-from sfsync.settings_doc import MEANINGS, OTHER_VARIABLES
+from sfsync.settings.config import NUMBERS, VARIABLES
+from sfsync.settings.meanings import MEANINGS, OTHER_VARIABLES
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "docs" / "reference"
@@ -61,7 +61,8 @@ def test_a_variable_documented_as_read_elsewhere_must_be_read_there() -> None:
     others = {**OTHER_VARIABLES, "SFSYNC_NOT_READ": ("sfsync.domain.codes", "", "text", "nothing")}
     with pytest.raises(DocDrift, match=r"SFSYNC_NOT_READ: sfsync\.domain\.codes does not read it"):
         docref.setting_docs(others=others)
-    others = {**OTHER_VARIABLES, "SFSYNC_MM_ACCOUNT_<ID>_API_TOKEN": ("sfsync.mmaccounts", "", "text", "nothing")}
+    others = {**OTHER_VARIABLES,
+              "SFSYNC_MM_ACCOUNT_<ID>_API_TOKEN": ("sfsync.settings.accounts", "", "text", "nothing")}
     with pytest.raises(DocDrift, match="no such variable"):
         docref.setting_docs(others=others)
 

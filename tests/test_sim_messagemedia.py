@@ -433,16 +433,19 @@ def test_constructor_faults_apply_and_survive_reset(ca: EphemeralCA) -> None:
         assert s.get(running.url + "/v1/delivery_reports", timeout=TIMEOUT).status_code == 503
 
 
+FIXED_ID = "5b0e4a7e-0c1d-4f4e-9d64-3f0c2a1b9e77"
+
+
 def test_admin_api_round_trip(sim: MessageMediaSim, server: SimServer, http: requests.Session) -> None:
     admin = make_session(str(server.tls.ca_bundle))
     message_id = new_id()
     added = admin.post(url(server, "/_sim/reports"), timeout=TIMEOUT, json={"delivery_reports": [
         {"message_id": message_id, "status": "submitted", "error_code": "210"},
-        {"message_id": message_id, "status": "delivered", "delivery_report_id": "fixed-id"},
+        {"message_id": message_id, "status": "delivered", "delivery_report_id": FIXED_ID},
     ]})
     assert added.status_code == 200
     ids = added.json()["ids"]
-    assert len(ids) == 2 and ids[1] == "fixed-id"
+    assert len(ids) == 2 and ids[1] == FIXED_ID
     sub = admin.post(url(server, "/_sim/reports"), timeout=TIMEOUT,
                      json={"delivery_reports": [{"message_id": new_id()}], "account": "Sub"}).json()["ids"]
 

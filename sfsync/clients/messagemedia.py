@@ -8,7 +8,9 @@ and older docs with 401); 429, 5xx, connection errors, timeouts and malformed JS
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import math
+import re
+from collections import Counter, deque
 from typing import Any
 
 import requests
@@ -23,6 +25,8 @@ from sfsync.settings.config import Settings
 log = logging.getLogger(__name__)
 
 CONFIRM_LIMIT = 100  # ids per confirm call, as the API allows
+REFUSED_STATUSES = (400, 422)  # a confirmation refused for what it names: split to find which ids
+NAMED_ITEM = re.compile(r"delivery_report_ids\[(\d+)\]")  # "delivery_report_ids[3]: must be a valid uuid"
 WEBHOOK_EVENTS = ("ENROUTE_DR", "SUBMITTED_DR", "DELIVERED_DR", "EXPIRED_DR", "REJECTED_DR", "FAILED_DR")
 
 
@@ -98,14 +102,63 @@ class MessageMediaClient:
             raise RemoteError("MessageMedia fetch: the answer has no delivery_reports list", transient=True)
         return reports
 
-    def confirm(self, report_ids: list[str]) -> int:
-        """Confirm reports so they are not served again; returns how many ids were sent."""
+    def confirm(self, report_ids: list[str]) -> list[str]:
+        """Confirm reports so they are not served again; returns the ids MessageMedia refused.
+
+        A confirmation refused for what it names (400: the spec types every id as a uuid, and one id
+        it will not take refuses the whole request) is split to isolate the ids it refuses; the rest
+        are confirmed. The split follows the item numbers the refusal names when it names any (a
+        hint, checked by the calls themselves), else halves; either way at most ``split_budget``
+        calls per 100 ids: ids still undecided then are returned as refused (they stay staged and
+        unconfirmed, and come back in the next run)."""
         ids = list(dict.fromkeys(report_ids))
+        refused: list[str] = []
         for start in range(0, len(ids), CONFIRM_LIMIT):
-            chunk = ids[start : start + CONFIRM_LIMIT]
+            refused += self._confirm_chunk(ids[start : start + CONFIRM_LIMIT])
+        return refused
+
+    def _confirm_once(self, ids: list[str]) -> RemoteError | None:
+        """One confirm call: None when accepted, the refusal when MessageMedia refused what it names."""
+        try:
             self._call("confirm", "POST", "/v1/delivery_reports/confirmed", expect_json=False,
-                       json={"delivery_report_ids": chunk})
-        return len(ids)
+                       json={"delivery_report_ids": ids})
+        except RemoteError as exc:
+            if exc.transient or exc.status not in REFUSED_STATUSES:
+                raise
+            return exc
+        return None
+
+    def _confirm_chunk(self, chunk: list[str]) -> list[str]:
+        first = self._confirm_once(chunk)
+        if first is None:
+            return []
+        if len(chunk) == 1:
+            return list(chunk)
+        named = {int(n) for n in NAMED_ITEM.findall(str(first))} & set(range(len(chunk)))
+        if named and len(named) < len(chunk):  # the rest first, then the named ones, each checked
+            parts = [[c for n, c in enumerate(chunk) if n not in named], [chunk[n] for n in sorted(named)]]
+        else:
+            parts = _halves(chunk)
+        calls_left = split_budget(len(chunk)) - 1
+        refused: list[str] = []
+        queue = deque(parts)
+        while queue:
+            part = queue.popleft()
+            if calls_left <= 0:
+                refused += part  # undecided: not confirmed this run, kept staged
+                continue
+            calls_left -= 1
+            if self._confirm_once(part) is None:
+                continue
+            if len(part) == 1:
+                refused += part
+            else:
+                queue.extend(_halves(part))
+        log.warning("MessageMedia refused to confirm %d of %d report id(s)%s (%s): %s; they stay staged (applied or "
+                    "dead-lettered as usual) and at the head of its queue, not confirmed again this run",
+                    len(refused), len(chunk), f" of {self.account.label}" if self.account.name else "",
+                    _shown_ids(refused), first, extra={"event": "confirm_refused", "account": self.account.name})
+        return refused
 
     # -- messages and reporting (backfill) -------------------------------------------------------------
     def message(self, message_id: str) -> dict[str, Any] | None:
@@ -165,6 +218,22 @@ class MessageMediaClient:
         the one enabled before."""
         body = self._call("signature_keys", "PATCH", "/v1/iam/signature_keys/enabled", json={"key_id": key_id})
         return body if isinstance(body, dict) else {}
+
+
+def split_budget(size: int) -> int:
+    """Confirm calls allowed for a batch of ``size`` ids once it is refused: enough to bisect out
+    two refused ids (each costs two calls per halving), never one call per id."""
+    return 1 + 4 * max(1, math.ceil(math.log2(max(size, 2))))
+
+
+def _halves(ids: list[str]) -> list[list[str]]:
+    middle = len(ids) // 2
+    return [ids[:middle], ids[middle:]]
+
+
+def _shown_ids(ids: list[str], limit: int = 5) -> str:
+    shown = [repr(i) if len(i) <= 40 else repr(i[:37] + "...") for i in ids[:limit]]
+    return ", ".join(shown) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
 def _error_message(response: requests.Response) -> str:

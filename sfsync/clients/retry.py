@@ -162,8 +162,20 @@ class RetryPolicy:
         self.initial = initial
         self.max_wait = max_wait
         # Every back-off (tenacity's and the clients' own, e.g. row locks) sleeps through this.
-        self.sleep: Callable[[float], Any] = StopAwareSleep(stop, None if sleep is time.sleep else sleep)
+        aware = StopAwareSleep(stop, None if sleep is time.sleep else sleep)
+        self.sleep: Callable[[float], Any] = aware
+        self.stop_event = aware.stop
         self.counter = counter or RetryCounter()
+        # The run's --max-seconds as a time.monotonic() deadline (set by the worker): paged reads end there.
+        self.deadline: float | None = None
+
+    def check_stop(self, name: str) -> None:
+        """Between two pages of one read: a signal or the run's --max-seconds ends it (``StopRequested``)."""
+        if self.stop_event.is_set():
+            raise StopRequested(f"{name}: stopped by a signal between pages; the next run resumes")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise StopRequested(f"{name}: --max-seconds reached between pages; the next run resumes",
+                                reason="time_budget")
 
     def call(self, name: str, fn: Callable[[], T]) -> T:
         """Run ``fn``, retrying transient failures; the last failure is re-raised as it was."""

@@ -43,8 +43,8 @@ from sfsync.settings.config import Settings
 # Re-exported: callers import the login names from here.
 __all__ = [
     "AUTH_ERRORS", "COLLECTION_LIMIT", "IN_LIST_LIMIT", "PRODUCTION_AUDIENCE", "SANDBOX_AUDIENCE", "VIEW_SETUP",
-    "SalesforceClient", "Usage", "WriteResult", "is_daily_limit", "is_lock_error", "is_sandbox_host", "jwt_audience",
-    "valid_task_id",
+    "SalesforceClient", "Usage", "WriteResult", "aligned_results", "is_daily_limit", "is_lock_error",
+    "is_sandbox_host", "jwt_audience", "valid_task_id",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ T = TypeVar("T")
 
 IN_LIST_LIMIT = 100  # values per SOQL IN list: keeps the URI under 16,384 bytes with 36-char ids
 COLLECTION_LIMIT = 200  # records per sObject Collections call
+MAX_QUERY_PAGES = 5_000  # pages of one query (at least 200 records each: a million records)
+QUERY_MAX_SECONDS = 900.0  # one query's pages, all together
 LOCK_ERRORS = {"UNABLE_TO_LOCK_ROW"}
 CONFIG_ERRORS = {
     "MALFORMED_QUERY", "INVALID_FIELD", "INVALID_TYPE", "JSON_PARSER_ERROR", "INVALID_FIELD_FOR_INSERT_UPDATE",
@@ -242,13 +244,36 @@ class SalesforceClient:
 
     # -- look-ups -----------------------------------------------------------------------------------------
     def query_all(self, soql: str, name: str = "query") -> Iterator[dict[str, Any]]:
-        """All records of a query, page by page (each page is one API call, retried on its own)."""
+        """All records of a query, page by page (each page is one API call, retried on its own).
+
+        Bounded: a nextRecordsUrl served twice, a page that is not the last but holds no record,
+        more records than the query's totalSize, more than ``MAX_QUERY_PAGES`` pages or
+        ``QUERY_MAX_SECONDS`` is a runaway answer (``RemoteError``, exit 8), never a budget drain;
+        a signal or the run's --max-seconds ends it between pages (``StopRequested``)."""
+        started = time.monotonic()
         page = self._call(name, lambda sf: _checked_page(sf.query(soql), name))
+        total = page.get("totalSize")
+        seen: set[str] = set()
+        records = 0
         while True:
-            yield from page.get("records", [])
+            batch = page.get("records", [])
+            records += len(batch)
+            yield from batch
             next_url = page.get("nextRecordsUrl")
             if page.get("done", True) or not next_url:
                 return
+            why = ("its nextRecordsUrl repeats" if next_url in seen else
+                   "a page before the last holds no record" if not batch else
+                   f"more records than its totalSize ({total})" if isinstance(total, int) and records > total else
+                   f"more than {MAX_QUERY_PAGES} pages" if len(seen) + 1 >= MAX_QUERY_PAGES else
+                   f"still paging after {QUERY_MAX_SECONDS:g}s" if time.monotonic() - started > QUERY_MAX_SECONDS
+                   else "")
+            if why:
+                raise RemoteError(f"Salesforce {name}: a runaway answer ({why}, after {len(seen) + 1} page(s) and "
+                                  f"{records} record(s); next {next_url[:120]!r}): stopped; the next run tries again",
+                                  transient=False)
+            seen.add(next_url)
+            self.policy.check_stop(f"Salesforce {name}")
             page = self._call("query_more", lambda sf, url=next_url: _checked_page(  # type: ignore[misc]
                 _query_more(url)(sf), "query_more"))
 
@@ -282,7 +307,8 @@ class SalesforceClient:
 
     # -- writes -------------------------------------------------------------------------------------------
     def update_tasks(self, records: list[dict[str, Any]]) -> list[WriteResult]:
-        """sObject Collections PATCH of at most 200 records, allOrNone false, results by position.
+        """sObject Collections PATCH of at most 200 records, allOrNone false, results matched by id
+        (``aligned_results``: an answer that cannot be matched is a transient failure, retried).
         Records failing with UNABLE_TO_LOCK_ROW are retried alone, with back-off."""
         if len(records) > COLLECTION_LIMIT:
             raise ValueError(f"at most {COLLECTION_LIMIT} records per call")
@@ -293,10 +319,9 @@ class SalesforceClient:
             nonlocal pending
             payload = {"allOrNone": False,
                        "records": [{"attributes": {"type": "Task"}, **r} for r in pending]}
-            answer = self._call("composite",
-                                lambda sf: _restful(sf, "composite/sobjects", method="PATCH", json=payload))
-            if not isinstance(answer, list) or len(answer) != len(pending):
-                raise RemoteError("Salesforce composite: answer does not hold one result per record", transient=True)
+            sent = list(pending)
+            answer = self._call("composite", lambda sf: aligned_results(
+                sent, _restful(sf, "composite/sobjects", method="PATCH", json=payload)))
             locked = []
             for record, result in zip(pending, answer, strict=True):
                 task_id = str(record["id"])
@@ -351,3 +376,62 @@ def _checked_page(answer: Any, name: str) -> dict[str, Any]:
 
 def _query_more(url: str) -> Callable[[Salesforce], Any]:
     return lambda sf: sf.query_more(url, identifier_is_url=True)
+
+
+def aligned_results(records: list[dict[str, Any]], answer: Any) -> list[dict[str, Any]]:
+    """An sObject Collections answer's results in the order of ``records`` (each with its ``id``).
+
+    Results are matched by the ``id`` each carries (Salesforce names it on success; on failure it
+    may be absent or null). A result without an id can only be matched by position: that is
+    accepted when the count matches and every result that does carry an id sits at its record's
+    position. Anything else (a count that differs, an id not sent or named twice, success without
+    an id, ``success: true`` with errors, a success that is not a boolean) is an answer that cannot
+    be trusted: a transient ``RemoteError``, so nothing is recorded from it and the writes are held
+    and tried again (a write applied meanwhile is found already there)."""
+
+    def garbled(why: str) -> RemoteError:
+        return RemoteError(f"Salesforce composite: the answer cannot be matched to the records sent ({why}); "
+                           "nothing recorded from it, the writes are tried again", transient=True)
+
+    if not isinstance(answer, list) or len(answer) != len(records):
+        raise garbled("not one result per record")
+    wanted = [canonical_id(str(r.get("id", ""))) for r in records]
+    position: dict[str, int] = {}
+    for i, rid in enumerate(wanted):
+        if rid is not None and rid not in position:
+            position[rid] = i
+    aligned: list[dict[str, Any] | None] = [None] * len(records)
+    idless: list[int] = []
+    in_place = True
+    for i, result in enumerate(answer):
+        if not isinstance(result, dict) or not isinstance(result.get("success"), bool):
+            raise garbled(f"result {i} has no success flag")
+        errors = result.get("errors")
+        if result["success"] and errors not in (None, []):
+            raise garbled(f"result {i} is a success with errors")
+        raw_id = result.get("id")
+        if raw_id in (None, ""):
+            if result["success"]:
+                raise garbled(f"result {i} is a success without an id")
+            idless.append(i)
+            continue
+        rid = canonical_id(raw_id)
+        at = position.get(rid) if rid is not None else None
+        if at is None:
+            raise garbled(f"result {i} names an id not sent ({str(raw_id)[:40]!r})")
+        if wanted.count(rid) > 1:  # the same record sent twice: only its position tells them apart
+            if wanted[i] != rid:
+                raise garbled(f"result {i} names a record sent twice, out of its place")
+            at = i
+        if aligned[at] is not None:
+            raise garbled(f"result {i} names an id twice ({rid})")
+        in_place = in_place and at == i
+        aligned[at] = result
+    if idless:
+        if not in_place:
+            raise garbled("results without an id among results out of place")
+        for i in idless:
+            aligned[i] = answer[i]
+    if any(r is None for r in aligned):  # cannot happen once the ids are unique and known; never guessed
+        raise garbled("a record without a result")
+    return [r for r in aligned if r is not None]

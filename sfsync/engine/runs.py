@@ -94,7 +94,7 @@ def recorded_run(store: Store, kind: str, summary: RunSummary, mm: MessageMediaC
                     extra={"event": "budget_stop"})
     except StopRequested as exc:
         # A signal cut a retry wait short: a clean stop, like one between batches.
-        summary.exit_reason = ExitReason.SIGNAL
+        summary.exit_reason = ExitReason(exc.reason)  # signal, or time_budget (--max-seconds)
         log.warning("%s", exc, extra={"event": "signal_stop"})
     except SfsyncError as exc:
         known = isinstance(exc, AuthError | ConfigError | UsageError)

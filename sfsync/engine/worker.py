@@ -117,6 +117,7 @@ class Worker:
             return self._run_locked(options)
 
     def rules(self, started: float, options: RunOptions) -> StopRules:
+        self.sf.policy.deadline = None if options.max_seconds is None else started + options.max_seconds
         return StopRules(self.stop, started, self.sf.check_budget, options.max_reports, options.max_seconds)
 
     def _run_locked(self, options: RunOptions) -> RunSummary:
@@ -269,12 +270,13 @@ class Worker:
         ids = describe_ids(raws) + _of(account)
         if len(raws) >= PAGE:
             log.error("the head of MessageMedia's queue holds %d report(s) whose ids MessageMedia will not accept "
-                      "in a confirmation (%s): nothing behind them can be fetched. They are kept as dead letters "
-                      "('sfsync dead-letters list'); ask MessageMedia support to remove them from the queue",
+                      "in a confirmation (%s): nothing behind them can be fetched. They are kept (applied, or as dead "
+                      "letters: 'sfsync dead-letters list'); ask MessageMedia support to remove them from the queue",
                       len(raws), ids, extra={"event": "queue_wedged", "account": account.name})
             return ExitReason.WEDGED
         log.warning("the queue holds only %d report(s) whose ids MessageMedia will not accept in a confirmation "
-                    "(%s); they are kept as dead letters and stay at the head of the queue", len(raws), ids,
+                    "(%s); they are kept (applied, or as dead letters) and stay at the head of the queue", len(raws),
+                    ids,
                     extra={"event": "unconfirmable", "account": account.name})
         return ExitReason.UNCONFIRMABLE
 

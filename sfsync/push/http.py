@@ -29,6 +29,7 @@ from sfsync.httpd import BackgroundServer, Handler
 from sfsync.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sfsync.push.body import json_content_type
 from sfsync.push.deadlines import Deadlines
+from sfsync.push.framing import Recorder, framing_problem
 
 log = logging.getLogger("sfsync.serve")
 
@@ -223,6 +224,30 @@ class _Handler(Handler):
             if self.server.deadlines.disarm(self.connection):
                 self.close_connection = True
 
+    def parse_request(self) -> bool:
+        """The standard library's parse, then RFC 9112's framing rules on the header lines as they
+        arrived (``sfsync.push.framing``): an ambiguous request is 400 and the connection is closed,
+        whatever its method, before a byte of its body is read."""
+        rfile = self.rfile
+        recorder = Recorder(rfile)
+        self.rfile = recorder  # type: ignore[assignment]
+        try:
+            parsed = super().parse_request()
+        finally:
+            self.rfile = rfile
+        if not parsed:
+            return False
+        problem = framing_problem(recorder.lines)
+        if problem is None:
+            return True
+        self.server.app.count("bad_framing")
+        log.warning("request refused from %s: %s", self.client_address[0], problem,
+                    extra={"event": "push_bad_framing"})
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self._reply(Reply(400, {"error": "malformed", "reason": f"framing: {problem}"}, close=True))
+        return False
+
     def _peek(self) -> bytes:
         rfile = self.rfile
         if isinstance(rfile, io.BufferedReader):
@@ -321,7 +346,8 @@ class _Handler(Handler):
             return self._reply(Reply(411, {"error": "Content-Length required"}, close=True))
         length_text = lengths.pop().strip()
         if lengths or not re.fullmatch(r"[0-9]{1,18}", length_text):
-            return self._reply(Reply(400, {"error": "malformed", "reason": "bad Content-Length"}, close=True))
+            return self._reply(Reply(400, {"error": "malformed", "reason": "framing: bad Content-Length"},
+                                     close=True))
         length = int(length_text)
         if length > app.max_body:
             app.count("too_large")

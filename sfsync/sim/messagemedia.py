@@ -96,6 +96,8 @@ class MessageMediaSim(ReportsMixin, MessagesMixin, AuthMixin):
             "auth_failure_status": auth_failure_status,
             "confirm_delay_s": 0.0,
             "lose_confirms": 0,
+            "confirm_uuid_only": True,
+            "confirm_error_details": True,
             "record_exchanges": False,
             **copy.deepcopy(PUSH_DEFAULTS),
         }
@@ -105,6 +107,10 @@ class MessageMediaSim(ReportsMixin, MessagesMixin, AuthMixin):
         self.auth_failure_status = 403
         self.confirm_delay_s = 0.0  # a confirmation takes effect this long after its 202
         self.lose_confirms = 0  # the next this many confirmations are answered 202 and never take effect
+        # The confirm body's schema types each id ``format: uuid``: a request naming anything else is
+        # refused whole (400). Off: any string is taken (a lenient deployment, for tests of opaque ids).
+        self.confirm_uuid_only = True
+        self.confirm_error_details = True  # a 400 names the offending items (off: a bare message)
         self.record_exchanges = False
         self.push_url: str | None = None
         self.push_headers: dict[str, str] = {}
@@ -169,7 +175,8 @@ class MessageMediaSim(ReportsMixin, MessagesMixin, AuthMixin):
 
     def configure(self, **settings: Any) -> dict[str, Any]:
         """Change behaviour at run time: reporting_metadata_shape, reporting_naive_timestamps,
-        report_date_form, auth_failure_status, confirm_delay_s, lose_confirms, record_exchanges, and the
+        report_date_form, auth_failure_status, confirm_delay_s, lose_confirms, confirm_uuid_only,
+        confirm_error_details, record_exchanges, and the
         push settings of ``PUSH_DEFAULTS``. Returns the current settings (a signing key shown only as set)."""
         with self.lock:
             for key, value in settings.items():
@@ -181,7 +188,8 @@ class MessageMediaSim(ReportsMixin, MessagesMixin, AuthMixin):
                     raise ValueError(f"report_date_form must be one of {DATE_FORMS}, not {value!r}")
                 if key == "auth_failure_status" and value not in (401, 403):
                     raise ValueError(f"auth_failure_status must be 401 or 403, not {value!r}")
-                if key in ("reporting_naive_timestamps", "record_exchanges") and not isinstance(value, bool):
+                if key in ("reporting_naive_timestamps", "record_exchanges", "confirm_uuid_only",
+                           "confirm_error_details") and not isinstance(value, bool):
                     raise ValueError(f"{key} must be a boolean")
                 if key == "confirm_delay_s" and (
                     not isinstance(value, int | float) or isinstance(value, bool) or value < 0

@@ -158,6 +158,8 @@ class MessageMediaState(SimApp):
     auth_failure_status: int
     confirm_delay_s: float
     lose_confirms: int
+    confirm_uuid_only: bool
+    confirm_error_details: bool
     record_exchanges: bool
     report_date_form: str
     reporting_metadata_shape: str

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import itertools
+import re
 import time
 import uuid
 from collections import Counter, OrderedDict
@@ -15,6 +16,8 @@ from typing import Any
 from sfsync.sim.base import HttpError, Request, Response
 from sfsync.sim.mm_model import MAX_IDS, StoredMessage, StoredReport, in_date_form, now_timestamp, parse_timestamp
 from sfsync.sim.mm_push import PushMixin
+
+UUID_FORM = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 class ReportsMixin(PushMixin):
@@ -182,6 +185,12 @@ class ReportsMixin(PushMixin):
         if len(ids) > MAX_IDS:
             raise HttpError(400, "Request validation failed",
                             details=[f"delivery_report_ids: must contain at most {MAX_IDS} items, got {len(ids)}"])
+        if self.confirm_uuid_only:  # the spec: items {type: string, format: uuid}; one bad item refuses all
+            bad = [n for n, i in enumerate(ids) if not UUID_FORM.fullmatch(i)]
+            if bad:
+                details = [f"delivery_report_ids[{n}]: must be a valid uuid" for n in bad]
+                raise HttpError(400, "Request validation failed", details=details if self.confirm_error_details
+                                else None)
         account = self._account(request)
         with self.lock:
             before = Counter(self._confirm_counts)

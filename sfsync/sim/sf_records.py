@@ -41,15 +41,19 @@ class SimSettings:
     concurrent_limit_calls: int = 0  # the next N REST calls answer REQUEST_LIMIT_EXCEEDED (concurrency)
     token_unknown_errors: int = 0  # the next N token requests answer unknown_error "retry your request"
     token_proxy_errors: int = 0  # the next N token requests get a proxy's 403 HTML page
+    collection_shuffled_calls: int = 0  # the next N sObject Collections answers list their results reversed
+    collection_false_success_calls: int = 0  # the next N mark a refused record success: true (errors kept)
+    repeat_next_records_url: bool = False  # a queryMore page names itself as its nextRecordsUrl, for ever
 
 
 SETTING_CHECKS: dict[str, Callable[[Any], bool]] = {
     "lock_row_rate": lambda v: 0 <= v <= 1, "token_ttl_s": lambda v: v > 0, "daily_limit": lambda v: v >= 0,
     "query_page_size": lambda v: v >= 1, "bulk_processing_s": lambda v: v >= 0, "api_usage": lambda v: v >= 0,
     "concurrent_limit_calls": lambda v: v >= 0, "token_unknown_errors": lambda v: v >= 0,
-    "token_proxy_errors": lambda v: v >= 0,
+    "token_proxy_errors": lambda v: v >= 0, "collection_shuffled_calls": lambda v: v >= 0,
+    "collection_false_success_calls": lambda v: v >= 0,
 }
-BOOL_SETTINGS = {"view_setup", "view_all_data"}
+BOOL_SETTINGS = {"view_setup", "view_all_data", "repeat_next_records_url"}
 
 
 @dataclass

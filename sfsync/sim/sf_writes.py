@@ -39,7 +39,21 @@ class WritesMixin(TaskRecords):
                 for outcome in outcomes:
                     if not isinstance(outcome, RecordError):
                         self._apply(*outcome, "composite")
+            results = self._garbled(results)
         return Response.json(200, results)
+
+    def _garbled(self, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The answer as the ``collection_*_calls`` faults garble it (lock held): results in reverse
+        order, or refused records marked ``success: true`` with their errors kept. What was applied
+        is unchanged: only the answer lies."""
+        settings = self.settings
+        if settings.collection_false_success_calls:
+            settings.collection_false_success_calls -= 1
+            results = [{**r, "success": True} for r in results]
+        if settings.collection_shuffled_calls:
+            settings.collection_shuffled_calls -= 1
+            results = results[::-1]
+        return results
 
     def _check_item(self, record: Any) -> tuple[str, dict[str, Any]] | RecordError:
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from sfsync.clients.messagemedia import MessageMediaClient
 from sfsync.clients.salesforce import SalesforceClient
 from sfsync.domain.codes import CodeMap, normalise_code
 from sfsync.domain.reports import format_time, parse_time, read_metadata
+from sfsync.errors import RemoteError
 from sfsync.settings.config import Settings
 from sfsync.sources.backfill_window import BackfillOptions
 
@@ -123,9 +125,15 @@ class ReportingSource:
         window = self.options.window
         page = int(cursor.get("page", 0))
         number = 0
+        previous: str | None = None
         while True:
             body = self.mm.reporting_page(self.query(page))
             records = body["messages"]
+            served = json.dumps(records, sort_keys=True, default=str)
+            if records and served == previous:
+                raise RemoteError(f"MessageMedia reporting: a runaway answer (page {page} repeats page {page - 1} "
+                                  "and still says has_next): stopped; run again with --resume", transient=False)
+            previous = served
             pagination = body.get("pagination")
             has_next = isinstance(pagination, dict) and bool(pagination.get("has_next"))
             number += 1
@@ -185,6 +193,9 @@ class SalesforceSource:
                 rows = list(self.sf.query_all(soql))
                 if not rows:
                     return
+                if after and str(rows[-1]["Id"]) <= after:  # keyset paging that does not move on
+                    raise RemoteError(f"Salesforce query: a runaway answer (Tasks after {after} end at "
+                                      f"{rows[-1]['Id']}): stopped; run again with --resume", transient=False)
                 after = str(rows[-1]["Id"])
                 ids = list(dict.fromkeys(str(r[msg_field]) for r in rows))
                 messages = list(pool.map(self.mm.message, ids))

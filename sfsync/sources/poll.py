@@ -4,7 +4,9 @@ Each check's reports are committed to the store's inbox in one transaction and o
 to MessageMedia, so MessageMedia's queue drains at its own pace, whatever Salesforce is doing.
 Staging is idempotent by report id: a report served again (its confirmation not in effect yet, or a
 crash between commit and confirm) is recognised and never staged twice. A report without an id
-MessageMedia accepts is staged by a key made of its content; it cannot be confirmed.
+MessageMedia accepts is staged by a key made of its content; it cannot be confirmed. An id
+MessageMedia refuses in a confirmation (the client isolates it) is remembered for the run and
+counted with those: its report is staged as usual, and stays at the head of the queue.
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ class PollSource:
         self.confirmed: OrderedDict[str, float] = OrderedDict()  # ids confirmed lately (when), oldest first
         self.remember = remember
         self.shared: set[str] = set()  # ids served on two reports at once: one confirm cannot clear both
+        # Ids MessageMedia refused in a confirmation: never sent again by this source (one run). Their
+        # reports are staged like any other; they stay at the head of the queue, as unconfirmable ones do.
+        self.refused: set[str] = set()
 
     def check(self) -> Check:
         """Fetch one page, commit it to the inbox, then confirm its ids not yet confirmed this run."""
@@ -77,12 +82,16 @@ class PollSource:
         self.shared.update(i for i, n in Counter(served).items() if n > 1)
         ids = list(dict.fromkeys(served))
         now = time.monotonic()
-        first = [i for i in ids if i not in self.confirmed]
+        first = [i for i in ids if i not in self.confirmed and i not in self.refused]
         lost = [i for i in ids if i in self.confirmed and now - self.confirmed[i] >= RECONFIRM_AFTER_S]
         if first or lost:
             self.on_stage("confirming")
-            self.mm.confirm(first + lost)
+            refused = set(self.mm.confirm(first + lost))
+            self.refused |= refused
+            first = [i for i in first if i not in refused]
             for i in first + lost:
+                if i in refused:
+                    continue
                 self.confirmed[i] = now
                 self.confirmed.move_to_end(i)
             while len(self.confirmed) > self.remember:
@@ -91,8 +100,8 @@ class PollSource:
         if lost:
             log.info("%d report(s) still served %gs or more after their confirmation: confirmed again", len(lost),
                      RECONFIRM_AFTER_S, extra={"event": "confirmed_again"})
-        again = sum(1 for i in ids if i not in new and i not in self.shared)
-        unconfirmable = [r for r in raws if confirmable_id(r) is None
+        again = sum(1 for i in ids if i not in new and i not in self.shared and i not in self.refused)
+        unconfirmable = [r for r in raws if confirmable_id(r) is None or confirmable_id(r) in self.refused
                          or (confirmable_id(r) in self.shared and confirmable_id(r) not in new)]
         return Check(raws, len(new), len(first), again, unconfirmable)
 

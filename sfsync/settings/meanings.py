@@ -73,10 +73,10 @@ MEANINGS: dict[str, str] = {
 OTHER_VARIABLES: dict[str, tuple[str, str, str, str]] = {
     "SFSYNC_CODE_MAP": ("sfsync.domain.codes", "the bundled map", "path to a TOML file",
                         "Another code map, in the format of `config/status_codes.toml`."),
-    "SFSYNC_MM_ACCOUNT_<ID>_API_KEY": ("sfsync.mmaccounts", "", "visible ASCII, no spaces",
+    "SFSYNC_MM_ACCOUNT_<ID>_API_KEY": ("sfsync.settings.accounts", "", "visible ASCII, no spaces",
                                        "A listed account's own API key (`<ID>` upper-cased, other characters "
                                        "as `_`). Without it the account is a sub-account of `SFSYNC_MM_API_KEY`."),
-    "SFSYNC_MM_ACCOUNT_<ID>_API_SECRET": ("sfsync.mmaccounts", "", "visible ASCII, no spaces",
+    "SFSYNC_MM_ACCOUNT_<ID>_API_SECRET": ("sfsync.settings.accounts", "", "visible ASCII, no spaces",
                                           "That account's API secret: both or neither."),
 }
 
@@ -90,7 +90,7 @@ DEFAULTS_SHOWN: dict[str, str] = {
     "SFSYNC_MM_API_SECRET": "required",
 }
 
-# The kind of a setting (how sfsync.config reads it) -> the values it accepts. Numbers show their range.
+# The kind of a setting (how sfsync.settings.config reads it) -> the values it accepts. Numbers show their range.
 KIND_FORMS: dict[str, str] = {
     "url": "an `https://` URL, no user or password",
     "header_str": "visible ASCII, no spaces",
