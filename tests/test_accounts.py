@@ -296,8 +296,8 @@ def _of(account: str, rid: str) -> dict[str, object]:
 
 def test_the_store_keeps_each_reports_account(store: Store) -> None:
     store.stage("poll", [("a1", _of("Acme", "a1")), ("a2", _of("Acme", "a2")), ("b1", _of("Beta", "b1"))])
-    store.inbox_add("p1", _of("Beta", "p1"))  # pushed: the template carries vendor_account_id too
-    store.inbox_add("x1", {"delivery_report_id": "x1", "message_id": "m-x1"})  # names no account
+    store.stage("push", [("p1", _of("Beta", "p1"))])  # pushed: the template carries vendor_account_id too
+    store.stage("push", [("x1", {"delivery_report_id": "x1", "message_id": "m-x1"})])  # names no account
     store.add_waiting("w1", "m-w1", _of("Acme", "w1"), "poll", "no Task", dt.datetime.now(dt.UTC))
     store.add_dead_letter("d1", "m-d1", _of("Beta", "d1"), "poll", "bad")
     store.add_dead_letter(None, None, "not json at all", "push", "unreadable")

@@ -81,7 +81,7 @@ def seed_store(settings: Settings, now: dt.datetime) -> None:
     store.add_dead_letter("r-1", "m-1", {"x": 1}, "poll", "ENTITY_IS_DELETED")
     store.add_dead_letter("r-2", "m-2", {"x": 2}, "poll", "STRING_TOO_LONG")
     store.add_waiting("r-3", "m-3", {"x": 3}, "poll", "no Task yet", now + dt.timedelta(minutes=1))
-    store.inbox_add("r-4", {"x": 4})
+    store.stage("push", [("r-4", {"x": 4})])
     store.close()
 
 

@@ -83,8 +83,8 @@ def test_textfile_counters_add_up_across_runs(tmp_path: Path) -> None:
 def test_backlog_gauges_from_the_store(store: Store, tmp_path: Path) -> None:  # on both backends
     store.add_waiting("r1", "m1", {"delivery_report_id": "r1"}, "poll", "no Task",
                       dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5))
-    store.inbox_add("r2", {"delivery_report_id": "r2"})
-    store.inbox_add("r3", {"delivery_report_id": "r3"})
+    store.stage("push", [("r2", {"delivery_report_id": "r2"})])
+    store.stage("push", [("r3", {"delivery_report_id": "r3"})])
     store.add_dead_letter("r4", "m4", {"x": 1}, "poll", "bad")
     later = time.time() + 120
     values = samples(render(summary_of(), now=later, backlog=Backlog.of(store)))
@@ -108,7 +108,7 @@ def get(url: str) -> tuple[int, str, str]:
 def test_serve_has_metrics_and_healthz(settings_for: Callable[..., Settings]) -> None:
     server = PushServer(settings_for(SFSYNC_PUSH_SECRET="s3cret-s3cret"), port=0, drain=False).start()
     try:
-        server.store.inbox_add("r1", {"delivery_report_id": "r1"})
+        server.store.stage("push", [("r1", {"delivery_report_id": "r1"})])
         base = f"http://127.0.0.1:{server.port}"
         status, kind, text = get(base + "/metrics")
         assert status == 200 and kind.startswith("text/plain")

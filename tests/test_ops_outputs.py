@@ -35,13 +35,13 @@ def test_trace_explains_why_a_task_says_what_it_says(sims: Simulators, make_work
     (task,) = add_tasks(sims, [message])
     worker = make_worker()
     late_submitted = report(message, "submitted", "210", minute=5)
-    worker.store.inbox_add(late_submitted["delivery_report_id"], late_submitted)
+    worker.store.stage("push", [(late_submitted["delivery_report_id"], late_submitted)])
     worker.run(RunOptions(inbox=True))
     delivered = report(message, "delivered", "220", minute=1)
-    worker.store.inbox_add(delivered["delivery_report_id"], delivered)
+    worker.store.stage("push", [(delivered["delivery_report_id"], delivered)])
     worker.run(RunOptions(inbox=True))
     late_again = report(message, "submitted", "210", minute=9)
-    worker.store.inbox_add(late_again["delivery_report_id"], late_again)
+    worker.store.stage("push", [(late_again["delivery_report_id"], late_again)])
     worker.run(RunOptions(inbox=True))
     assert fields_of(sims, task) == ("Delivered", "220")
     env = cli_env(Path(worker_env["SFSYNC_STATE_DIR"]), **store_env)
@@ -127,7 +127,7 @@ def test_trace_shows_only_the_reports_of_what_was_asked(tmp_path: Path, store_en
     mine, other = new_message_id(), new_message_id()
     for message in (mine, other):
         pushed = report(message, "failed", "402")  # "failed" but the code says Rejected
-        store.inbox_add(pushed["delivery_report_id"], pushed)
+        store.stage("push", [(pushed["delivery_report_id"], pushed)])
         waiting = report(message, "delivered", "999", minute=2)  # an unknown code
         store.add_waiting(waiting["delivery_report_id"], message, waiting, "poll", "no Task yet",
                           dt.datetime.now(dt.UTC))

@@ -75,7 +75,8 @@ def test_an_old_sqlite_store_upgrades_in_place_keeping_every_row(tmp_path: Path,
     assert [(c.key, c.source) for c in store.claim_staged(10)] == [("z", "push"), ("m", "push"), ("b", "push")]
     assert store.inbox_count(pending_only=False) == 4
     assert store.ledger(["m1"])["m1"].label == "Delivered"
-    assert store.waiting_ids() == {"rw"} and store.due_waiting(None)[0].attempts == 2
+    [waiting] = store.due_waiting(None, limit=1000)
+    assert waiting.report_id == "rw" and waiting.attempts == 2
     assert store.dead_letter_count() == 1 and store.checkpoint("backfill:x") == {"page": 3}
     assert len(store.recent_runs()) == 1 and [j for j, _ in store.open_bulk_jobs()] == ["750x"]
     # New reports are staged after the old ones, in order, and a duplicate of an old one is no new report.

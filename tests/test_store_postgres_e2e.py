@@ -73,7 +73,7 @@ def test_staged_pushes_drain_from_postgresql(sims: Simulators, make_worker: Make
     tasks = add_tasks(sims, messages)
     for m in messages:
         body = report(m, "delivered", "221")
-        assert worker.store.inbox_add(body["delivery_report_id"], body)
+        assert worker.store.stage("push", [(body["delivery_report_id"], body)])
     summary = worker.run(RunOptions(inbox=True))
     assert summary.counts["applied"] == 30 and worker.store.inbox_count() == 0
     assert all(fields_of(sims, t) == ("Delivered", "221") for t in tasks)

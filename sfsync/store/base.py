@@ -192,10 +192,6 @@ class Store:
     def waiting_count(self) -> int:
         return int(self._one("SELECT COUNT(*) AS n FROM waiting")["n"])
 
-    def waiting_ids(self) -> set[str]:
-        return {r["report_id"] for r in self._rows("SELECT report_id FROM waiting")}
-
-    # -- dead letters --------------------------------------------------------------------------------
     def add_dead_letter(self, report_id: str | None, message_id: str | None, raw: Any, source: str, reason: str,
                         sf_error: str | None = None) -> bool:
         """Keep a report that cannot be applied; False when it was already kept."""
@@ -267,10 +263,6 @@ class Store:
                        "DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
                        (name, json.dumps(data, default=str), ts(now_utc())))
 
-    def delete_checkpoint(self, name: str) -> None:
-        with self.transaction() as db:
-            db.execute("DELETE FROM checkpoints WHERE name = ?", (name,))
-
     def checkpoints(self, prefix: str) -> list[tuple[str, dict[str, Any], dt.datetime | None]]:
         """(name, data, updated at) of the checkpoints whose name starts with ``prefix``, newest first."""
         rows = self._rows("SELECT * FROM checkpoints WHERE substr(name, 1, ?) = ? ORDER BY updated_at DESC",
@@ -278,11 +270,6 @@ class Store:
         return [(r["name"], json.loads(r["data"]), parse_ts(r["updated_at"])) for r in rows]
 
     # -- inbox (staged reports) ----------------------------------------------------------------------
-    def inbox_add(self, report_id: str, raw: Mapping[str, Any]) -> bool:
-        """Store a pushed report; False when that report id was already stored (a duplicate)."""
-        with self.transaction() as db:
-            return _stage_one(db, report_id, raw, ts(now_utc()) or "", "push") is not None
-
     def stage(self, source: str, reports: Iterable[tuple[str, Any]]) -> set[str]:
         """Commit reports (key, raw) to the inbox in one transaction; returns the keys that were new.
         A key staged before (drained or not) is left as it is: staging is idempotent."""

@@ -53,18 +53,6 @@ class Claims(Protocol):
         """Mark claimed reports drained; the keys marked."""
 
 
-class Coordinator(Claims, Protocol):
-    holder: str
-
-    def session(self, lock_path: Path) -> AbstractContextManager[object]: ...
-
-    def lease(self, name: str) -> AbstractContextManager[bool]: ...
-
-    def lost(self, name: str) -> bool: ...
-
-    def task_guard(self, task_ids: Iterable[str]) -> AbstractContextManager[set[str] | None]: ...
-
-
 class Solo:
     """One process at a time (SQLite): the flock is the run lock, and every lease is granted."""
 
