@@ -141,12 +141,10 @@ LETTER_COLUMNS = ("id", "created_at", "report_id", "message_id", "source", "reas
 
 def _letters_csv(letters: list[Any]) -> None:
     """The letters as CSV, every cell a spreadsheet would run made inert (``sfsync.ops.files``)."""
-    import csv
+    from sfsync.ops.files import CsvOut
 
-    from sfsync.ops.files import inert_row
-
-    out = csv.writer(sys.stdout, lineterminator="\n")
+    out = CsvOut(sys.stdout)
     out.writerow(LETTER_COLUMNS)
     for letter in letters:
         data = _letter_dict(letter)
-        out.writerow(inert_row("" if data[c] is None else data[c] for c in LETTER_COLUMNS))
+        out.writerow("" if data[c] is None else data[c] for c in LETTER_COLUMNS)

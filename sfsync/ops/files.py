@@ -14,11 +14,14 @@ or a carriage return is a formula to Excel, LibreOffice and Google Sheets (``=HY
 ``=1+cmd|'/C calc'!A0``). Every CSV sfsync writes (``success.csv``, ``error.csv``, ``dead-letters list
 --csv``) puts a single quote ``'`` before such a cell, which the spreadsheet shows as text. The values
 in these files are ids, SMS Statuses, codes and error text: no legitimate cell is a negative number,
-so nothing meant as a number is changed.
+so nothing meant as a number is changed. A row holding a carriage return anywhere is written with every
+cell quoted (Python's csv module quotes only the characters of the line terminator, ``\n`` here), so
+a reader never takes that ``\r`` for the end of a row.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import tempfile
 from collections.abc import Iterable
@@ -39,6 +42,19 @@ def inert(cell: Any) -> Any:
 
 def inert_row(cells: Iterable[Any]) -> list[Any]:
     return [inert(c) for c in cells]
+
+
+class CsvOut:
+    """A CSV writer (lines end in ``\n``) whose rows are made inert for spreadsheets."""
+
+    def __init__(self, out: IO[str]):
+        self._minimal = csv.writer(out, lineterminator="\n")
+        self._all = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
+
+    def writerow(self, cells: Iterable[Any]) -> None:
+        row = inert_row(cells)
+        quoted = any(isinstance(c, str) and "\r" in c for c in row)
+        (self._all if quoted else self._minimal).writerow(row)
 
 
 def refuse_link(path: Path, what: str) -> None:

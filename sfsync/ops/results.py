@@ -19,7 +19,6 @@ Status read from a Task, or a code from a report, is data, never a formula.
 
 from __future__ import annotations
 
-import csv
 import threading
 from collections import Counter
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import IO, Self
 from sfsync.domain.outcome import ReportOutcome, ReportResult
 from sfsync.errors import ConfigError
 from sfsync.logs import masked
-from sfsync.ops.files import inert_row, refuse_link, replacing
+from sfsync.ops.files import CsvOut, refuse_link, replacing
 
 SUCCESS_FILE = "success.csv"
 ERROR_FILE = "error.csv"
@@ -73,8 +72,7 @@ class ResultFiles:
             self._success.close()
             raise ConfigError(f"--output-dir {self.folder}: {ERROR_FILE} cannot be written there "
                               f"({exc.strerror or exc})") from exc
-        self._writers = {False: csv.writer(self._success, lineterminator="\n"),
-                         True: csv.writer(self._error, lineterminator="\n")}
+        self._writers = {False: CsvOut(self._success), True: CsvOut(self._error)}
         self._writers[False].writerow([*COLUMNS, "STATUS"])
         self._writers[True].writerow([*COLUMNS, "ERROR"])
         for out in (self._success, self._error):
@@ -106,7 +104,7 @@ class ResultFiles:
             last = f"{done}: {masked(row.error)}" if row.error else done
         cells = [row.task_id, row.message_id, row.report_id, row.old_status, row.old_code, row.new_status,
                  row.new_code, row.outcome.value, last]
-        self._writers[failed].writerow(inert_row("" if c is None else c for c in cells))
+        self._writers[failed].writerow("" if c is None else c for c in cells)
         self.counts[row.outcome] += 1
 
     def close(self) -> None:
