@@ -60,8 +60,8 @@ def raw(stream: Any) -> Any:
 def visible_output() -> Iterator[None]:
     """``sys.stdout`` and ``sys.stderr`` written through ``VisibleText`` while a command runs."""
     saved = sys.stdout, sys.stderr
-    sys.stdout = VisibleText(raw(sys.stdout))  # type: ignore[assignment]
-    sys.stderr = VisibleText(raw(sys.stderr))  # type: ignore[assignment]
+    sys.stdout = VisibleText(raw(sys.stdout))
+    sys.stderr = VisibleText(raw(sys.stderr))
     try:
         yield
     finally:
