@@ -25,10 +25,11 @@ def register(sub: Any) -> None:
 def doctor_command(args: argparse.Namespace) -> int:
     from sfsync import logs
     from sfsync.ops.doctor import run_checks
-    from sfsync.settings.config import load_settings
+    from sfsync.settings.config import load_settings, warn_unknown
 
     settings = load_settings(args.env_file)
     logs.setup(args.log_format or settings.log_format)
+    warn_unknown(settings)
     checks = run_checks(settings)
     if args.json:
         print(json.dumps([asdict(c) for c in checks], indent=2))
