@@ -232,12 +232,16 @@ def tables_of(db: Any, dialect: str) -> set[str]:
     return {str(r["name"]) for r in rows}
 
 
-def _columns_of(db: Any, dialect: str, table: str) -> set[str]:
+def _columns_of(db: Any, dialect: str, tables: set[str]) -> dict[str, set[str]]:
+    """The columns of each of ``tables`` (one query on PostgreSQL)."""
     if dialect == "sqlite":
-        return {str(r["name"]) for r in _columns(db, table)}
-    rows = db.execute("SELECT column_name AS name FROM information_schema.columns WHERE table_schema = "
-                      "current_schema() AND table_name = ?", (table,))
-    return {str(r["name"]) for r in rows}
+        return {t: {str(r["name"]) for r in _columns(db, t)} for t in tables}
+    found: dict[str, set[str]] = {t: set() for t in tables}
+    for row in db.execute("SELECT table_name AS t, column_name AS name FROM information_schema.columns "
+                          "WHERE table_schema = current_schema()"):
+        if row["t"] in found:
+            found[row["t"]].add(str(row["name"]))
+    return found
 
 
 @cache
@@ -249,7 +253,7 @@ def expected_columns() -> dict[str, frozenset[str]]:
     db.row_factory = sqlite3.Row
     try:
         migrate_sqlite(db, ":memory:")
-        return {t: frozenset(_columns_of(db, "sqlite", t)) for t in sorted(tables_of(db, "sqlite"))}
+        return {t: frozenset(c) for t, c in sorted(_columns_of(db, "sqlite", tables_of(db, "sqlite")).items())}
     finally:
         db.close()
 
@@ -267,10 +271,13 @@ def refuse_foreign(db: Any, dialect: str, name: str, version: int) -> None:
         return
     if version != SCHEMA_VERSION:
         return
-    for table, columns in expected_columns().items():
-        if table not in tables:
-            raise not_sfsync(name, f"schema {version} without its table {table}")
-        missing = sorted(columns - _columns_of(db, dialect, table))
+    expected = expected_columns()
+    absent = sorted(set(expected) - tables)
+    if absent:
+        raise not_sfsync(name, f"schema {version} without its table {absent[0]}")
+    have = _columns_of(db, dialect, set(expected))
+    for table, columns in expected.items():
+        missing = sorted(columns - have[table])
         if missing:
             raise not_sfsync(name, f"its table {table} has no column {', '.join(missing[:3])}")
 
