@@ -15,6 +15,8 @@ import sys
 import threading
 from typing import Any
 
+from sfsync.terminal import visible
+
 # a digit run of phone length, but never part of a word, a decimal, a path or a UUID (whose first group
 # can be eight digits: 1 message id in 40)
 PHONE = re.compile(r"(?<![\w.\-/])\+?\d{8,15}(?![\w.])(?!-[0-9A-Fa-f]{4}-)")
@@ -88,7 +90,7 @@ class TextFormatter(logging.Formatter):
         line = f"{record.levelname.lower():7} {_clean(record.getMessage(), mask)}{tail}"
         if record.exc_info:
             line += "\n" + _clean(self.formatException(record.exc_info), mask)
-        return line
+        return visible(line)  # a value in a line never drives the terminal (JSON lines are escaped already)
 
 
 class _StderrHandler(logging.StreamHandler):

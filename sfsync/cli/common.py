@@ -29,11 +29,12 @@ def common_options() -> argparse.ArgumentParser:
 def settings_for(args: argparse.Namespace, *, messagemedia: bool = True, salesforce: bool = True) -> Any:
     """Load settings, set up logging, and check the credentials this command needs."""
     from sfsync import logs
-    from sfsync.settings.config import load_settings, require
+    from sfsync.settings.config import load_settings, require, warn_unknown
 
     settings = load_settings(getattr(args, "env_file", None))
     logs.setup(getattr(args, "log_format", None) or settings.log_format,
                logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
+    warn_unknown(settings)  # a misspelled SFSYNC_* variable: one warning naming the closest setting
     return require(settings, messagemedia=messagemedia, salesforce=salesforce)
 
 

@@ -15,7 +15,7 @@ from dotenv import dotenv_values
 from sfsync.cli.common import common_options, settings_for, table
 from sfsync.errors import EXIT_OK
 from sfsync.logs import redact_urls
-from sfsync.settings.config import VARIABLES, Settings
+from sfsync.settings.config import VARIABLES, Settings, unknown_text
 from sfsync.settings.values import Secret
 
 
@@ -43,6 +43,9 @@ def effective(settings: Settings, env_file: str | None, environ: dict[str, str] 
         if not account.header:
             shown.append(Setting(account.key_variable, account.api_key, source(account.key_variable)))
             shown.append(Setting(account.secret_variable, _shown(account.api_secret), source(account.secret_variable)))
+    for name, closest in settings.unknown_variables:  # no setting: named (never its value) with the closest
+        where = "environment" if name in env else str(path)
+        shown.append(Setting(name, f"(ignored) {unknown_text(name, closest)}", where))
     return shown
 
 

@@ -140,10 +140,11 @@ LETTER_COLUMNS = ("id", "created_at", "report_id", "message_id", "source", "reas
 
 
 def _letters_csv(letters: list[Any]) -> None:
-    import csv
+    """The letters as CSV, every cell a spreadsheet would run made inert (``sfsync.ops.files``)."""
+    from sfsync.ops.files import CsvOut
 
-    out = csv.writer(sys.stdout, lineterminator="\n")
+    out = CsvOut(sys.stdout)
     out.writerow(LETTER_COLUMNS)
     for letter in letters:
         data = _letter_dict(letter)
-        out.writerow(["" if data[c] is None else data[c] for c in LETTER_COLUMNS])
+        out.writerow("" if data[c] is None else data[c] for c in LETTER_COLUMNS)

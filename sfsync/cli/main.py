@@ -72,12 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sfsync.sim.cli import main as sim_main
 
         return sim_main(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_USAGE
-    return exit_status(lambda: int(args.func(args)))
+    from sfsync.terminal import visible_output
+
+    with visible_output():  # no value shown (a Task's SMS Status, a file name...) drives the terminal
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return EXIT_USAGE
+        return exit_status(lambda: int(args.func(args)))
 
 
 def exit_status(command: Callable[[], int]) -> int:

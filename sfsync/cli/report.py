@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sfsync.cli.common import common_options, settings_for
-from sfsync.errors import EXIT_OK
+from sfsync.errors import EXIT_OK, ConfigError
 from sfsync.settings import timeargs
 
 
@@ -34,10 +34,20 @@ def report_command(args: argparse.Namespace) -> int:
     report = build(SalesforceClient(settings), settings, since, until)
     if args.html:
         report.health = read_health(settings.store_target)
-        Path(args.html).write_text(render_html(report), encoding="utf-8")
+        write_html(Path(args.html), render_html(report))
         print(f"wrote {args.html}")
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     elif not args.html:
         print(render_text(report))
     return EXIT_OK
+
+
+def write_html(path: Path, page: str) -> None:
+    """The page as a new file taking the name: never written through a link left at ``path``."""
+    from sfsync.ops.files import write_replacing
+
+    try:
+        write_replacing(path, page, "--html")
+    except OSError as exc:
+        raise ConfigError(f"--html {path}: cannot be written ({exc.strerror or exc})") from exc

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sfsync.domain.codes import default_map
 from sfsync.errors import AlreadyRunning, ConfigError, SfsyncError
 from sfsync.logs import redact_urls
-from sfsync.settings.config import Settings, missing_variables
+from sfsync.settings.config import Settings, missing_variables, unknown_text
 from sfsync.store.lock import RunLock
 
 if TYPE_CHECKING:  # the clients are imported when the checks run, so `sfsync --help` stays quick
@@ -47,6 +47,9 @@ def run_checks(settings: Settings, *, mm: MessageMediaClient | None = None,
                         "missing: " + ", ".join(missing) + " (see config/sfsync.env.example)" if missing
                         else f"Salesforce auth: {settings.sf_auth_mode.replace('_', ' ')}; fields "
                              f"{settings.field_status}, {settings.field_code}, {settings.field_message_id}"))
+    if settings.unknown_variables:  # a warning: the run goes on, without what was meant
+        checks.append(Check("unknown variables", "warn", "; ".join(
+            unknown_text(name, closest) for name, closest in settings.unknown_variables)))
     checks.append(_state_folder(settings))
     checks.append(_store_integrity(settings))
     checks.append(_store_space(settings))

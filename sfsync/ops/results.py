@@ -10,13 +10,15 @@ by a transient failure is tried again in the same run: its ``held`` row waits un
 dropped when a later row settles that report, so each report has one row. No report body is written:
 no phone number, no message text; free text is masked as the logs mask it.
 
-The files hold Task Ids and message ids: each is created 0600, and a folder created here 0700.
+The files hold Task Ids and message ids: each is created 0600, and a folder created here 0700. Each
+is a new file that takes its name (``sfsync.ops.files``): a symbolic link left in the folder under
+either name is refused (exit 3, naming it), never written through. Cells a spreadsheet would run as a
+formula (a leading ``=``, ``+``, ``-``, ``@``, tab or carriage return) get a leading ``'``: an SMS
+Status read from a Task, or a code from a report, is data, never a formula.
 """
 
 from __future__ import annotations
 
-import csv
-import os
 import threading
 from collections import Counter
 from pathlib import Path
@@ -26,6 +28,7 @@ from typing import IO, Self
 from sfsync.domain.outcome import ReportOutcome, ReportResult
 from sfsync.errors import ConfigError
 from sfsync.logs import masked
+from sfsync.ops.files import CsvOut, refuse_link, replacing
 
 SUCCESS_FILE = "success.csv"
 ERROR_FILE = "error.csv"
@@ -41,14 +44,8 @@ DONE = {  # the STATUS of a success row, in words
 
 
 def _private(path: Path) -> IO[str]:
-    """``path`` opened for writing, created (or cut back to nothing) readable by its owner only."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # an older file of the same name may have been readable by others
-        return os.fdopen(fd, "w", newline="", encoding="utf-8")
-    except BaseException:
-        os.close(fd)
-        raise
+    """``path`` opened for writing: a new file readable by its owner only, never one a link points to."""
+    return replacing(path, "--output-dir", mode=0o600)
 
 
 class ResultFiles:
@@ -63,6 +60,8 @@ class ResultFiles:
         try:
             if not self.folder.is_dir():
                 self.folder.mkdir(mode=0o700, parents=True)
+            for name in (SUCCESS_FILE, ERROR_FILE):  # both refused before either is made
+                refuse_link(self.folder / name, "--output-dir")
             self._success = _private(self.folder / SUCCESS_FILE)
         except OSError as exc:
             raise ConfigError(f"--output-dir {self.folder}: the result files cannot be written there "
@@ -73,8 +72,7 @@ class ResultFiles:
             self._success.close()
             raise ConfigError(f"--output-dir {self.folder}: {ERROR_FILE} cannot be written there "
                               f"({exc.strerror or exc})") from exc
-        self._writers = {False: csv.writer(self._success, lineterminator="\n"),
-                         True: csv.writer(self._error, lineterminator="\n")}
+        self._writers = {False: CsvOut(self._success), True: CsvOut(self._error)}
         self._writers[False].writerow([*COLUMNS, "STATUS"])
         self._writers[True].writerow([*COLUMNS, "ERROR"])
         for out in (self._success, self._error):
@@ -106,7 +104,7 @@ class ResultFiles:
             last = f"{done}: {masked(row.error)}" if row.error else done
         cells = [row.task_id, row.message_id, row.report_id, row.old_status, row.old_code, row.new_status,
                  row.new_code, row.outcome.value, last]
-        self._writers[failed].writerow(["" if c is None else c for c in cells])
+        self._writers[failed].writerow("" if c is None else c for c in cells)
         self.counts[row.outcome] += 1
 
     def close(self) -> None:

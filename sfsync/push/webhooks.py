@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,10 +165,10 @@ def write_public_key(path: Path, pem: bytes, *, append: bool) -> None:
             existing = path.read_bytes().rstrip() + b"\n"
         except OSError as exc:
             raise ConfigError(f"cannot read {path} ({exc})") from exc
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    from sfsync.ops.files import write_replacing
+
+    try:  # a new file taking the name: never written through a link (nor a planted path.tmp)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(existing + pem)
-        os.replace(tmp, path)
+        write_replacing(path, existing + pem, "the public key file", refuse=False)
     except OSError as exc:
         raise ConfigError(f"cannot write the public key to {path} ({exc})") from exc

@@ -17,7 +17,7 @@ from dotenv import dotenv_values
 
 from sfsync.errors import ConfigError
 from sfsync.logs import redact_urls
-from sfsync.settings.accounts import ACCOUNT_VARIABLE, MMAccount, account_names, read_accounts
+from sfsync.settings.accounts import ACCOUNT_VARIABLE, MMAccount, account_names, account_variable, read_accounts
 from sfsync.settings.bounds import OutOfRange, Range
 from sfsync.settings.store_url import StoreTarget, parse_store_url, store_password
 from sfsync.settings.values import HEADER_NAME, Secret, check_ca_bundle, check_header_value, check_url
@@ -72,6 +72,8 @@ class Settings:
     push_auth_mode: str = "all"  # with both configured: "all" of them, or "any" one, must pass
     push_max_skew_seconds: float = 300.0
     push_max_body_bytes: int = 65536
+    # SFSYNC_* variables that are no setting (a misspelling?): (name, the closest setting or ""); never a value
+    unknown_variables: tuple[tuple[str, str], ...] = ()
 
     def __repr__(self) -> str:
         """Secrets shown only as set or not; URLs without credentials."""
@@ -164,6 +166,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "SFSYNC_PUSH_MAX_SKEW_SECONDS": ("push_max_skew_seconds", "number"),
     "SFSYNC_PUSH_MAX_BODY_BYTES": ("push_max_body_bytes", "number"),
 }
+# SFSYNC_* variables read outside the settings (sfsync.domain.codes), and the test suite's own (tests/,
+# scripts/test: SFSYNC_TEST_* and two more), none of them warned about as unknown.
+OTHER_VARIABLES = ("SFSYNC_CODE_MAP",)
+TOOLING_PREFIX = "SFSYNC_TEST_"
+TOOLING_VARIABLES = ("SFSYNC_MM_OPENAPI", "SFSYNC_DASHBOARD_SHOTS")
 # The one place each numeric setting's range is declared: finite, checked once at start.
 NUMBERS: dict[str, Range] = {
     "SFSYNC_API_BUDGET_PCT": Range(0, 100, low_open=True),
@@ -249,6 +256,46 @@ def environment(env_file: str | Path | None = None, environ: Mapping[str, str] |
     return env
 
 
+def unknown_variables(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The ``SFSYNC_*`` variables that are no setting sfsync reads, each with the closest one ("" if
+    none is close): a misspelled ``SFSYNC_MM_APIKEY`` would otherwise be ignored without a word."""
+    import difflib
+
+    known = {*VARIABLES, *OTHER_VARIABLES}
+    candidates = sorted(known)
+    accounts = env.get("SFSYNC_MM_ACCOUNTS") or ""
+    for name in (n.strip() for n in accounts.split(",") if n.strip()):  # each account's own key pair
+        candidates += [account_variable(name, "KEY"), account_variable(name, "SECRET")]
+    found = []
+    for name in sorted(env):
+        if (not name.startswith("SFSYNC_") or name in known or name.startswith(TOOLING_PREFIX)
+                or name in TOOLING_VARIABLES or ACCOUNT_VARIABLE.match(name)):
+            continue  # (an account's variables are checked against SFSYNC_MM_ACCOUNTS when read)
+        close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+        found.append((name, close[0] if close else ""))
+    return tuple(found)
+
+
+def unknown_text(name: str, closest: str) -> str:
+    """What is said of an unknown variable: its name and the closest setting, never its value."""
+    return f"{name} is not an sfsync setting and is ignored" + (f": did you mean {closest}?" if closest else "")
+
+
+_warned: set[str] = set()
+
+
+def warn_unknown(settings: Settings) -> None:
+    """One warning per unknown ``SFSYNC_*`` variable, once per process (a loop reloads nothing, but a
+    command may load settings twice). Call it once logging is set up."""
+    import logging
+
+    for name, closest in settings.unknown_variables:
+        if name not in _warned:
+            _warned.add(name)
+            logging.getLogger("sfsync").warning("%s (in the environment or the .env file)", unknown_text(name, closest),
+                                                extra={"event": "unknown_variable", "variable": name})
+
+
 def load_settings(env_file: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Settings for the worker, without checking that credentials are present (see ``require``)."""
     env = environment(env_file, environ)
@@ -266,6 +313,7 @@ def load_settings(env_file: str | Path | None = None, environ: Mapping[str, str]
         orphans = sorted(n for n in env if ACCOUNT_VARIABLE.match(n) and (env.get(n) or "").strip())
         if orphans:
             raise ConfigError(f"{orphans[0]} is set but SFSYNC_MM_ACCOUNTS is not: list the account there")
+    values["unknown_variables"] = unknown_variables(env)
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.store_password and settings.store_password_file:
         raise ConfigError("set SFSYNC_STORE_PASSWORD or SFSYNC_STORE_PASSWORD_FILE, not both")

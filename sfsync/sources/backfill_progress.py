@@ -11,6 +11,7 @@ from typing import Any
 
 from sfsync.domain.outcome import Counts, ReportOutcome, Tally
 from sfsync.sources.backfill_window import Window
+from sfsync.terminal import raw
 
 log = logging.getLogger("sfsync.sources.backfill")
 LOG_EVERY_PAGES = 10
@@ -26,7 +27,7 @@ class Progress:
             return window.local(moment)[:16].replace("T", " ")
 
         title = f"backfill {when(window.since)}..{when(window.until)} {window.timezone}"
-        self.stream = stream or sys.stderr
+        self.stream = stream or raw(sys.stderr)  # the bar's own \r and cursor moves (its text is ours)
         self.every = every
         self.started = time.monotonic()
         self.fraction = 0.0

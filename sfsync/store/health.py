@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sfsync.errors import StoreError
 from sfsync.settings.store_url import StoreTarget
-from sfsync.store.migrations import SCHEMA_VERSION, stored_version
+from sfsync.store.migrations import SCHEMA_VERSION, refuse_foreign, stored_version
 from sfsync.store.postgres import PgConn, connect
 
 _PRIVILEGES = """SELECT current_user AS who, current_schema() AS schema,
@@ -34,7 +34,8 @@ def postgres_findings(target: StoreTarget) -> Finding:
     try:
         db = PgConn(conn, target.label)
         facts = db.execute(_PRIVILEGES).fetchone()
-        version = stored_version(db, "postgresql")
+        version = stored_version(db, "postgresql", target.label)
+        refuse_foreign(db, "postgresql", target.label, version)
     except StoreError as exc:
         return Finding("fail", str(exc))
     finally:

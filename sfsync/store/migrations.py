@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from sfsync.domain.ids import task_id
@@ -190,8 +191,17 @@ STEPS = (Step(2, _sqlite_ledger_per_task), Step(3, _sqlite_inbox_source), Step(4
          Step(6, _sqlite_replicas, POSTGRES_REPLICAS))
 
 
-def stored_version(db: Any, dialect: str) -> int:
-    """The schema version recorded in the store; 0 for an empty one."""
+def not_sfsync(name: str, why: str) -> StoreError:
+    """The store at ``name`` is another application's, or damaged: what to do about it."""
+    return StoreError(
+        f"the store {name} is not an sfsync store, or is damaged ({why}). sfsync leaves it as it is: move it "
+        "away or restore it from a backup, or point SFSYNC_STATE_DIR (for SQLite) or SFSYNC_STORE_URL at "
+        "another folder or database")
+
+
+def stored_version(db: Any, dialect: str, name: str = "(the store)") -> int:
+    """The schema version recorded in the store; 0 for an empty one. A ``StoreError`` when what is
+    recorded is not a version (another application's ``meta`` table)."""
     if dialect == "sqlite":
         found = db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
     else:
@@ -199,8 +209,77 @@ def stored_version(db: Any, dialect: str) -> int:
         found = found if found and found["name"] else None
     if not found:
         return 0
-    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    return int(row["value"]) if row else 0
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except Exception as exc:  # a meta table with other columns (sqlite3 or psycopg: no such column)
+        if type(exc).__name__ not in ("OperationalError", "UndefinedColumn", "ProgrammingError"):
+            raise
+        raise not_sfsync(name, "its meta table has no schema_version") from None
+    if row is None:
+        return 0
+    value = str(row["value"]).strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= 6):
+        shown = value[:20] if value.isprintable() else "not text"
+        raise not_sfsync(name, f"its schema_version is {shown!r}, not a number")
+    return int(value)
+
+
+def tables_of(db: Any, dialect: str) -> set[str]:
+    if dialect == "sqlite":
+        rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'")
+    else:
+        rows = db.execute("SELECT tablename AS name FROM pg_tables WHERE schemaname = current_schema()")
+    return {str(r["name"]) for r in rows}
+
+
+def _columns_of(db: Any, dialect: str, tables: set[str]) -> dict[str, set[str]]:
+    """The columns of each of ``tables`` (one query on PostgreSQL)."""
+    if dialect == "sqlite":
+        return {t: {str(r["name"]) for r in _columns(db, t)} for t in tables}
+    found: dict[str, set[str]] = {t: set() for t in tables}
+    for row in db.execute("SELECT table_name AS t, column_name AS name FROM information_schema.columns "
+                          "WHERE table_schema = current_schema()"):
+        if row["t"] in found:
+            found[row["t"]].add(str(row["name"]))
+    return found
+
+
+@cache
+def expected_columns() -> dict[str, frozenset[str]]:
+    """Every table of this version's schema and its columns (made once, in memory)."""
+    import sqlite3
+
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.row_factory = sqlite3.Row
+    try:
+        migrate_sqlite(db, ":memory:")
+        return {t: frozenset(c) for t, c in sorted(_columns_of(db, "sqlite", tables_of(db, "sqlite")).items())}
+    finally:
+        db.close()
+
+
+def refuse_foreign(db: Any, dialect: str, name: str, version: int) -> None:
+    """A ``StoreError`` unless the store is empty or holds sfsync's tables: checked before a migration
+    (``version`` 0 with tables in it: another application's) and when at ``SCHEMA_VERSION`` (every
+    table and column of the schema present)."""
+    tables = tables_of(db, dialect)
+    if version == 0:
+        others = sorted(tables - {"meta"})
+        if others:
+            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            raise not_sfsync(name, f"it holds tables ({shown}) but no sfsync schema version")
+        return
+    if version != SCHEMA_VERSION:
+        return
+    expected = expected_columns()
+    absent = sorted(set(expected) - tables)
+    if absent:
+        raise not_sfsync(name, f"schema {version} without its table {absent[0]}")
+    have = _columns_of(db, dialect, set(expected))
+    for table, columns in expected.items():
+        missing = sorted(columns - have[table])
+        if missing:
+            raise not_sfsync(name, f"its table {table} has no column {', '.join(missing[:3])}")
 
 
 def _refuse_newer(version: int, name: str) -> None:
@@ -217,8 +296,10 @@ def _record(db: Any) -> None:
 
 def migrate_sqlite(db: Any, name: str) -> tuple[int, int]:
     """Bring a SQLite store (inside a write transaction) to ``SCHEMA_VERSION``: (from, to)."""
-    version = stored_version(db, "sqlite")
+    version = stored_version(db, "sqlite", name)
     _refuse_newer(version, name)
+    if name != ":memory:":
+        refuse_foreign(db, "sqlite", name, version)
     if version == SCHEMA_VERSION:
         return version, version
     for statement in SQLITE_TABLES:  # new tables; those of an older schema are upgraded by the steps
@@ -227,14 +308,17 @@ def migrate_sqlite(db: Any, name: str) -> tuple[int, int]:
         if version < step.version:
             step.sqlite(db)
     _record(db)
+    if name != ":memory:":
+        refuse_foreign(db, "sqlite", name, SCHEMA_VERSION)  # an older schema's tables were sfsync's
     return version, SCHEMA_VERSION
 
 
 def migrate_postgres(db: Any, name: str) -> tuple[int, int]:
     """Bring a PostgreSQL store (inside a transaction) to ``SCHEMA_VERSION``, one process at a time."""
     db.execute("SELECT pg_advisory_xact_lock(?)", (ADVISORY_KEY,))
-    version = stored_version(db, "postgresql")
+    version = stored_version(db, "postgresql", name)
     _refuse_newer(version, name)
+    refuse_foreign(db, "postgresql", name, version)
     if version == SCHEMA_VERSION:
         return version, version
     reached = version
@@ -247,4 +331,5 @@ def migrate_postgres(db: Any, name: str) -> tuple[int, int]:
             for statement in step.postgres:
                 db.execute(statement)
     _record(db)
+    refuse_foreign(db, "postgresql", name, SCHEMA_VERSION)
     return version, SCHEMA_VERSION

@@ -136,7 +136,7 @@ class PostgresBackend:
 
     def schema_version(self) -> int:
         with self.reading() as db:
-            return stored_version(db, "postgresql")
+            return stored_version(db, "postgresql", self.name)
 
     def run_lock(self, lock_path: Any = None) -> LeaseRunLock:
         """A lease row, not a session lock: a lost host's lock expires at a known time (see store.leases)."""

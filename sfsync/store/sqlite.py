@@ -15,7 +15,7 @@ from typing import Any
 
 from sfsync.errors import ConfigError, StoreError
 from sfsync.store.lock import RunLock
-from sfsync.store.migrations import migrate_sqlite, stored_version
+from sfsync.store.migrations import SCHEMA_VERSION, migrate_sqlite, not_sfsync, refuse_foreign, stored_version
 
 # -- SQLite's failures, in words an operator can act on ---------------------------------------------------
 _CORRUPT = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
@@ -87,23 +87,60 @@ def _free_text(folder: Path) -> str:
     return "free space unknown" if free is None else f"{free // 1024} KB free"
 
 
+def not_a_file(path: Path) -> str | None:
+    """Why ``path`` cannot be a store file (a device such as /dev/null, a folder, a link to one), or None."""
+    if not path.exists() or path.is_file():
+        return None
+    return str(StoreError(
+        f"the store {path} is not a regular file ({'a folder' if path.is_dir() else 'a device or other special file'}"
+        f"{', through a link' if path.is_symlink() else ''}): move it away, or point SFSYNC_STATE_DIR at another "
+        "folder; sfsync then starts a new store there"))
+
+
+def _schema_problem(conn: sqlite3.Connection, path: Path) -> str | None:
+    """Why the sound SQLite file at ``path`` is not an sfsync store, or None. Read-only: a store at an
+    older schema is migrated in a copy in memory, never in the file."""
+    conn.row_factory = sqlite3.Row
+    try:
+        version = stored_version(conn, "sqlite", str(path))
+        if version in (0, SCHEMA_VERSION):
+            refuse_foreign(conn, "sqlite", str(path), version)
+        elif version < SCHEMA_VERSION:
+            trial = sqlite3.connect(":memory:", isolation_level=None)
+            trial.row_factory = sqlite3.Row
+            try:
+                conn.backup(trial)
+                trial.execute("BEGIN")
+                migrate_sqlite(trial, str(path))
+            except sqlite3.OperationalError as exc:
+                return str(not_sfsync(str(path), str(exc)))
+            finally:
+                trial.close()
+    except StoreError as exc:
+        return str(exc)
+    return None
+
+
 def integrity_problem(path: Path) -> str | None:
-    """What is wrong with the store file at ``path`` (SQLite's quick check, read-only), or None when
-    it is sound or does not exist yet. Never creates or changes the file."""
+    """What is wrong with the store file at ``path`` (not a regular file; SQLite's quick check; not
+    sfsync's tables), or None when it is sound or does not exist yet. Never creates or changes the file."""
     if not path.exists():
         return None
+    special = not_a_file(path)
+    if special:
+        return special
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error as exc:
         return str(store_error(exc, path) or exc)
     try:
         rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchmany(5)]
+        if rows == ["ok"]:
+            return _schema_problem(conn, path)
     except sqlite3.Error as exc:
         return str(store_error(exc, path) or exc)
     finally:
         conn.close()
-    if rows == ["ok"]:
-        return None
     return str(StoreError(
         f"the store {path} is damaged (quick_check: {'; '.join(rows)}). Stop sfsync, move the file aside (with "
         "its -wal and -shm files) or restore it from a backup: sfsync then starts a new store, and the ledger, "
@@ -182,6 +219,9 @@ class SqliteBackend:
             raise ConfigError(
                 f"cannot create the state folder {self.path.parent} ({exc}); set SFSYNC_STATE_DIR"
             ) from exc
+        problem = not_a_file(self.path)
+        if problem:
+            raise StoreError(problem)
         self._local = threading.local()
 
     @property
@@ -231,12 +271,15 @@ class SqliteBackend:
         yield self.db
 
     def migrate(self) -> tuple[int, int]:
-        with self.transaction() as db:
-            return migrate_sqlite(db, self.name)
+        try:
+            with self.transaction() as db:
+                return migrate_sqlite(db, self.name)
+        except sqlite3.OperationalError as exc:  # no such column, no such table: the tables are not ours
+            raise not_sfsync(self.name, str(exc)) from exc
 
     def schema_version(self) -> int:
         with self.reading() as db:
-            return stored_version(db, "sqlite")
+            return stored_version(db, "sqlite", self.name)
 
     def run_lock(self, lock_path: Any) -> RunLock:
         return RunLock(lock_path)
