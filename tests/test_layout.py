@@ -129,7 +129,8 @@ def test_every_module_imports_on_its_own_in_a_fresh_interpreter() -> None:
 
 # -- layers (issue #19): an import only goes down ---------------------------------------------------------------
 # From the top: the command line; push and ops; the engine; sources; the pipeline; clients and the store;
-# settings; the domain; what everything uses (terminal: how text reaches a terminal, below the logs). The simulators stand apart: only the command line starts them.
+# settings; the domain; what everything uses (terminal, how text reaches a terminal, below the logs).
+# The simulators stand apart: only the command line starts them.
 LAYERS: dict[str, int] = {
     "cli": 9, "push": 8, "ops": 7, "engine": 6, "sources": 5, "pipeline": 4, "clients": 3, "store": 3,
     "settings": 2, "domain": 1, "errors": 0, "logs": 0, "httpd": 0, "sfsync": 0, "terminal": -1,
