@@ -67,7 +67,7 @@ class RunSummary:
             **{k.value: self.counts[k] for k in dry if k in self.counts},
             "salesforce_calls": self.salesforce_calls, "messagemedia_calls": self.messagemedia_calls,
             "api_usage": self.api_usage, "retries": self.retries, "duration_s": round(self.duration_s, 3),
-            "exit_reason": self.exit_reason.value, "exit_code": self.exit_code,
+            "exit_reason": str(self.exit_reason), "exit_code": self.exit_code,
             **({"covered": self.covered} if self.covered else {}),
             **({"accounts": self.accounts} if self.accounts else {}),
         }
@@ -124,7 +124,7 @@ def _record_finish(store: Store, run_id: int | None, summary: RunSummary,
     if run_id is None:
         return error
     try:
-        store.finish_run(run_id, summary.as_dict(), summary.exit_reason.value, summary.exit_code)
+        store.finish_run(run_id, summary.as_dict(), str(summary.exit_reason), summary.exit_code)
     except StoreError as exc:
         log.error("could not record this run in the history: %s", exc, extra={"event": "run_not_recorded"})
         if error is None:
