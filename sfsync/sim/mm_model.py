@@ -68,13 +68,16 @@ def parse_timestamp(value: Any, zone: dt.tzinfo = dt.UTC, *, spec_form: bool = F
     zone is read in ``zone``. None when unreadable."""
     if not isinstance(value, str) or not value.strip():
         return None
+    text = value.strip()
+    if text[-1:] == "z":  # ISO 8601's UTC designator, in the lower case the spec's own examples use
+        text = text[:-1] + "Z"
     try:
-        moment = dt.datetime.fromisoformat(value.strip())
+        moment = dt.datetime.fromisoformat(text)
     except ValueError:
         if not spec_form:
             return None
         try:
-            moment = dt.datetime.strptime(value.strip(), "%m/%d/%Y %I:%M:%S %p")
+            moment = dt.datetime.strptime(text, "%m/%d/%Y %I:%M:%S %p")
         except ValueError:
             return None
     return moment.replace(tzinfo=zone) if moment.tzinfo is None else moment
