@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +160,7 @@ class MessageMediaState(SimApp):
 
     account_id: str
     auth_failure_status: int
+    clock: Callable[[], float]  # seconds since the epoch: when confirmations take effect (tests advance it)
     confirm_delay_s: float
     lose_confirms: int
     record_exchanges: bool
