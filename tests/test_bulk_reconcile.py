@@ -71,7 +71,7 @@ def wait_for_jobs(sims: object, timeout: float = 10.0) -> None:
         states = {j.state for j in sims.sf.bulk.jobs.values()}  # type: ignore[attr-defined]
         if states <= {"JobComplete", "Failed", "Aborted"}:
             return
-        time.sleep(0.05)
+        time.sleep(0.05)  # the poll interval of a wait on a condition, with a deadline
     raise AssertionError(f"jobs never finished: {states}")
 
 

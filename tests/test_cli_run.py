@@ -164,13 +164,13 @@ def test_loop_mode_keeps_applying_and_stops_on_sigterm(tmp_path: Path, store_env
         try:
             deadline = time.monotonic() + 20
             while fields_of(sims, t1)[0] is None and time.monotonic() < deadline:
-                time.sleep(0.1)
+                time.sleep(0.1)  # the poll interval of a wait on a condition, with a deadline
             # The second report arrives once the first run has ended, so a later run of the loop must take it.
             while "run_summary" not in log_path.read_text() and time.monotonic() < deadline:
-                time.sleep(0.05)
+                time.sleep(0.05)  # the poll interval of a wait on a condition, with a deadline
             sims.mm.add_reports([report(later, "failed", "414")])  # arrives while the daemon runs
             while fields_of(sims, t2)[0] is None and time.monotonic() < deadline:
-                time.sleep(0.1)
+                time.sleep(0.1)  # the poll interval of a wait on a condition, with a deadline
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=15) == 0
         finally:

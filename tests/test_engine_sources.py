@@ -40,7 +40,7 @@ def wait_for(check: Callable[[], bool], seconds: float = 15.0) -> bool:
     while time.monotonic() < deadline:
         if check():
             return True
-        time.sleep(0.05)
+        time.sleep(0.05)  # the poll interval of a wait on a condition, with a deadline
     return check()
 
 

@@ -66,7 +66,7 @@ def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
     while time.monotonic() < deadline:
         if check():
             return True
-        time.sleep(0.02)
+        time.sleep(0.02)  # the poll interval of a wait on a condition, with a deadline
     return check()
 
 
@@ -123,6 +123,8 @@ def test_a_confirm_slower_than_the_wait_ends_the_poll_with_one_clear_line_and_ex
     tasks = add_tasks(sims, messages)
     sims.mm.add_reports([report(m, "delivered", "221", minute=1) for m in messages])
     sims.mm.configure(confirm_delay_s=3.0)
+    ahead = [0.0]  # the simulator's clock, moved on instead of waiting out the confirmations' delay
+    sims.mm.clock = lambda: time.time() + ahead[0]
     env = cli_env(sims, tmp_path / "state", SFSYNC_CONFIRM_WAIT_SECONDS="0.5", **store_env)
 
     first = sfsync("run", env=env, cwd=tmp_path)
@@ -131,7 +133,7 @@ def test_a_confirm_slower_than_the_wait_ends_the_poll_with_one_clear_line_and_ex
     assert summary["exit_reason"] == "confirm_pending" and summary["applied"] == 100 == summary["confirmed"]
     pending = [e for e in log_events(first.stderr) if e.get("event") == "confirm_pending"]
     assert len(pending) == 1 and "not drained" in pending[0]["msg"]
-    time.sleep(3.1)
+    ahead[0] = 3.1  # the 3 s have passed for MessageMedia: the confirmations took effect
     again = sfsync("run", env=env, cwd=tmp_path)
     assert again.returncode in (EXIT_OK, EXIT_UNAVAILABLE), again.stderr
     assert summary_of(again.stderr)["applied"] == 50

@@ -397,7 +397,7 @@ def test_k8s_wrapper_forwards_sigterm(tmp_path: Path, term_rc: int) -> None:
         deadline = time.monotonic() + 5
         while not (tmp_path / "started").exists():
             assert time.monotonic() < deadline, "fake sfsync did not start"
-            time.sleep(0.01)
+            time.sleep(0.01)  # the poll interval of a wait on a condition, with a deadline
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == term_rc, "the wrapper exits with sfsync's own status"
     finally:

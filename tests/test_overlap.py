@@ -123,7 +123,7 @@ def test_the_look_ahead_holds_at_most_one_drain_batch(sims: Simulators, make_wor
     ahead = Lookahead(pipeline, worker.store, limit=300, on_stage=lambda stage: None).start()
     deadline = time.monotonic() + 20
     while sims.sf.stats()["api_calls"].get("query", 0) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.05)  # the poll interval of a wait on a condition, with a deadline
     rows = ahead.finish()
     assert ahead.error is None and len(rows) == 300 and ahead.cache.readings_held <= 300
     assert [r.key for r in rows] == [r.key for r in worker.store.claim_staged(300)]  # the oldest, in order
@@ -150,7 +150,7 @@ def _waits_for_the_write_ahead(worker: Worker, after_pages: int,
         elif stage == "staged" and stages.count("staged") == after_pages:
             deadline = time.monotonic() + 20
             while not (wrote.is_set() and until()) and time.monotonic() < deadline:
-                time.sleep(0.01)
+                time.sleep(0.01)  # the poll interval of a wait on a condition (bounded)
 
     worker.on_stage = on_stage
     return wrote, stages

@@ -118,7 +118,7 @@ def wait_until(check: Callable[[], bool], timeout: float = 10.0, step: float = 0
     while time.monotonic() < deadline:
         if check():
             return True
-        time.sleep(step)
+        time.sleep(step)  # the poll interval of a wait on a condition, with a deadline
     return check()
 
 

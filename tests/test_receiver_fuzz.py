@@ -69,7 +69,7 @@ def live(tmp_path_factory: pytest.TempPathFactory,
                     break
             assert proc.poll() is None, f"sfsync serve exited: {log_path.read_text()[-2000:]}"
             assert time.monotonic() < deadline, "sfsync serve did not come up"
-            time.sleep(0.1)
+            time.sleep(0.1)  # the poll interval of a wait for the server to come up, with a deadline
         yield base, env
     finally:
         proc.terminate()

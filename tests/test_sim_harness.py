@@ -199,7 +199,7 @@ def test_cli_runs_as_a_process_and_stops_on_sigterm() -> None:
         sf = salesforce(info)
         deadline = time.monotonic() + 10
         while sf.query("SELECT Id FROM Task")["totalSize"] < 19 and time.monotonic() < deadline:
-            time.sleep(0.1)
+            time.sleep(0.1)  # the poll interval of a wait on a condition, with a deadline
         assert sf.query("SELECT Id FROM Task")["totalSize"] == 19  # 20 less the deleted one
 
         started = time.monotonic()

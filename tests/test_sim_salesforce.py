@@ -163,7 +163,8 @@ def test_expired_token_raises_expired_session(running: Running) -> None:
     assert caught.value.content == [{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]
     running.sim.configure(token_ttl_s=0.05)
     short = running.salesforce()
-    time.sleep(0.1)
+    ahead = time.monotonic() + 0.1  # the simulator's clock moved past the TTL, instead of waiting it out
+    running.sim.monotonic = lambda: ahead
     with pytest.raises(SalesforceExpiredSession):
         short.restful("sobjects/Task/describe", timeout=TIMEOUT)
     assert running.rest("GET", "/services/data/v59.0/limits/", "made-up").status_code == 401
@@ -335,7 +336,7 @@ def test_single_record_get_and_patch(running: Running) -> None:
     ids = seed(running.sim, 2)
     sf = running.salesforce()
     before = running.sim.task(ids[0])["LastModifiedDate"]  # type: ignore[index]
-    time.sleep(0.002)
+    time.sleep(0.002)  # not synchronisation: the clock must tick past the stamp (ms resolution) for ">" below
     assert sf.restful(f"sobjects/Task/{ids[0]}", method="PATCH", json={"SMS_Status__c": "submitted"},
                       timeout=TIMEOUT) is None
     record = sf.restful(f"sobjects/Task/{ids[0]}", params={"fields": "Id,SMS_Status__c"}, timeout=TIMEOUT)
@@ -497,7 +498,7 @@ def wait_for_job(running: Running, token: str, job_id: str, timeout: float = 5) 
         seen.append(info["state"])
         if info["state"] in ("JobComplete", "Failed", "Aborted"):
             return info
-        time.sleep(0.01)
+        time.sleep(0.01)  # the poll interval of a wait on a condition, with a deadline
     raise AssertionError(f"job never finished: {seen[-3:]}")
 
 
@@ -665,8 +666,10 @@ def test_bulk_rows_land_only_after_upload_complete_and_asynchronously(running: R
         base = f"/services/data/v{version}/jobs/ingest/{job_id}"
         running.rest("PUT", base + "/batches", token, headers={"Content-Type": "text/csv"},
                      data=f"Id,SMS_Status__c\n{ids[0]},delivered\n{ids[1]},{'x' * 300}\n".encode())
-        time.sleep(0.3)
-        assert len(running.sim.history(ids[0])) == applied  # uploaded, not closed: nothing applied
+        # Uploaded, not closed: the job is still Open (rows are applied only after UploadComplete) and
+        # nothing was applied. Asserted on the job's state, not after a pause to "give it a chance".
+        assert running.rest("GET", base, token).json()["state"] == "Open"
+        assert len(running.sim.history(ids[0])) == applied
         closed = running.rest("PATCH", base, token, json={"state": "UploadComplete"}).json()
         assert closed["state"] == "UploadComplete"
         early = running.rest("GET", base + "/failedResults", token)
@@ -676,7 +679,7 @@ def test_bulk_rows_land_only_after_upload_complete_and_asynchronously(running: R
             states.append(running.rest("GET", base, token).json()["state"])
             if states[-1] == "JobComplete":
                 break
-            time.sleep(0.05)
+            time.sleep(0.05)  # the poll interval of a wait on a condition, with a deadline
         failed = running.rest("GET", base + "/failedResults", token).text.splitlines()
         assert failed[0] == ('"sf__Error","sf__Id",Id,SMS_Status__c' if version == "59.0"
                              else '"sf__Error",Id,SMS_Status__c')

@@ -35,7 +35,11 @@ def register(sub: Any) -> None:
                         help="time zone for dates and times given without one, ours and MessageMedia's (default UTC; "
                              "e.g. Australia/Sydney)")
     parser.add_argument("--status", action="append", metavar="STATUS",
-                        help="only messages now in this status (delivered, failed, ...); repeat or comma-separate")
+                        help="only messages now in this status (delivered, failed, enroute, ...: the reporting API's "
+                             "statuses, any case); repeat or comma-separate")
+    parser.add_argument("--account", metavar="NAME",
+                        help="read only this MessageMedia account of SFSYNC_MM_ACCOUNTS (default: every configured "
+                             "account, each with its own checkpoint)")
     parser.add_argument("--metadata", action="append", metavar="KEY=VALUE",
                         help="only messages whose metadata KEY is VALUE; repeat for more values of the same key")
     parser.add_argument("--from-salesforce", action="store_true",
@@ -57,13 +61,13 @@ def register(sub: Any) -> None:
 
 def options_from(args: argparse.Namespace) -> Any:
     from sfsync.sources.backfill import BackfillOptions, parse_window
+    from sfsync.sources.backfill_window import reporting_statuses
 
     missing = [name for name in ("since", "until") if getattr(args, name) is None]
     if missing:
         raise UsageError(f"sfsync backfill needs {' and '.join('--' + m for m in missing)} (or --list)")
     window = parse_window(args.since, args.until, args.timezone)
-    statuses = tuple(dict.fromkeys(s.strip().upper() for given in args.status or () for s in given.split(",")
-                                   if s.strip()))
+    statuses = reporting_statuses(args.status or ())
     pairs = [item.partition("=") for item in args.metadata or ()]
     if any(not key.strip() or not sep for key, sep, _ in pairs):
         raise UsageError("--metadata takes KEY=VALUE, e.g. --metadata campaign=spring")
@@ -76,7 +80,7 @@ def options_from(args: argparse.Namespace) -> Any:
     return BackfillOptions(window, from_salesforce=args.from_salesforce, statuses=statuses,
                            metadata_key=next(iter(keys), ""), metadata_values=tuple(v for _, _, v in pairs),
                            bulk_threshold=args.bulk_threshold, resume=args.resume, dry_run=args.dry_run,
-                           max_pages=args.max_pages)
+                           max_pages=args.max_pages, account=args.account or "")
 
 
 def backfill_command(args: argparse.Namespace) -> int:
@@ -86,6 +90,7 @@ def backfill_command(args: argparse.Namespace) -> int:
         return list_command(args)
     options = options_from(args)  # usage errors before any configuration is read
     settings = settings_for(args)
+    check_account(options.account, settings)
     outputs = Outputs(args, dry_run=options.dry_run)  # an unwritable --output-dir stops here, before any fetch
     try:
         summary = Backfill(settings, options, stop=stop_on_signals(), results=outputs).run()
@@ -104,11 +109,25 @@ def backfill_command(args: argparse.Namespace) -> int:
     return int(summary.exit_code)
 
 
+def check_account(name: str, settings: Any) -> None:
+    """``--account`` names one of the configured accounts (SFSYNC_MM_ACCOUNTS)."""
+    if not name:
+        return
+    names = [a.name for a in settings.poll_accounts() if a.name]
+    if not names:
+        raise UsageError(f"--account {name}: SFSYNC_MM_ACCOUNTS is not set, so there is one MessageMedia account "
+                         "(SFSYNC_MM_API_KEY); leave --account out")
+    if name not in names:
+        raise UsageError(f"--account {name} is not a configured account; SFSYNC_MM_ACCOUNTS has {', '.join(names)}")
+
+
 def print_dry_run(summary: Any) -> None:
     c = summary.counts
     print(f"dry run: {c[ReportOutcome.WOULD_WRITE]} Task update(s) would be written ({c[Tally.FETCHED]} records "
           f"read, {_skipped(c)} skipped as already right or superseded, {c[ReportOutcome.NO_TASK]} without a Task)")
     print(f"  covered: {summary.covered}")
+    if summary.accounts:
+        print(f"  accounts read: {', '.join(summary.accounts)}")  # (in order; figures in --json)
     if summary.by_label:
         print("  by SMS Status: " + ", ".join(f"{k} {n}" for k, n in sorted(summary.by_label.items())))
 
@@ -122,6 +141,8 @@ def print_summary(summary: Any) -> None:
           f"({c[ReportOutcome.DEAD_LETTERED]} new dead letter(s)); "
           f"Salesforce calls {summary.salesforce_calls}, MessageMedia calls {summary.messagemedia_calls}, "
           f"{summary.duration_s:.1f}s; exit {summary.exit_code}")
+    if summary.accounts:
+        print(f"  accounts read: {', '.join(summary.accounts)}")
     if w and w != c:
         print(f"  whole window so far: {w[Tally.PAGES]} page(s), {w[Tally.FETCHED]} records read, "
               f"{w[ReportOutcome.APPLIED]} Tasks written")
@@ -138,6 +159,8 @@ def resumable(store: Any) -> list[dict[str, Any]]:
         words = ["sfsync", "backfill", "--since", str(data.get("since")), "--until", str(data.get("until"))]
         if data.get("source") == "salesforce":
             words.append("--from-salesforce")
+        if data.get("account"):
+            words += ["--account", str(data["account"])]
         if statuses:
             words += ["--status", statuses]
         if metadata:

@@ -15,9 +15,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sfsync.clients.build import account_clients
 from sfsync.clients.bulk import BulkClient
 from sfsync.clients.messagemedia import MessageMediaClient
 from sfsync.clients.retry import RetryCounter, StopAwareSleep
@@ -27,7 +28,7 @@ from sfsync.engine.reconcile import WAIT_SECONDS, BulkReconciler
 from sfsync.engine.runs import RunSummary, recorded_run
 from sfsync.engine.services import services
 from sfsync.engine.worker import StopRules, Worker
-from sfsync.errors import RemoteError
+from sfsync.errors import RemoteError, UsageError
 from sfsync.pipeline import BatchResult, Pipeline, Stage
 from sfsync.pipeline.bulk import BulkWriter
 from sfsync.settings.config import Settings
@@ -40,6 +41,8 @@ from sfsync.store import Store, now_utc
 __all__ = ["Backfill", "BackfillSummary"]
 
 log = logging.getLogger("sfsync.sources.backfill")  # the name its log lines always had
+# A window's ends that let the next account be read.
+ENDED = (ExitReason.COMPLETE, ExitReason.ALREADY_COMPLETE, ExitReason.DRY_RUN)
 
 
 @dataclass
@@ -68,6 +71,12 @@ class Backfill:
         self.stop = stop or threading.Event()
         built = services(settings, stop=self.stop, mm=mm, sf=sf, store=store, retries=retries, sleep=sleep)
         self.mm, self.sf, self.store, self.retries = built.mm, built.sf, built.store, built.retries
+        # Every account of SFSYNC_MM_ACCOUNTS (or the one --account names), each with its own client.
+        self.clients = [c for c in account_clients(settings, self.mm) if not options.account
+                        or c.account.name == options.account]
+        if not self.clients:
+            raise UsageError(f"--account {options.account} is not a configured account; SFSYNC_MM_ACCOUNTS has "
+                             + ", ".join(a.name for a in settings.poll_accounts()))
         self.on_page = on_page or (lambda page: None)
         self.progress_stream = progress_stream
         self.bulk = BulkClient(self.sf, sleep=StopAwareSleep(self.stop))  # a signal ends a wait for a job at once
@@ -87,18 +96,58 @@ class Backfill:
     def _run_recorded(self) -> BackfillSummary:
         summary = BackfillSummary(window=str(self.options.window))
         kind = "backfill-dry-run" if self.options.dry_run else "backfill"
-        with recorded_run(self.store, kind, summary, self.mm, self.sf, self.retries, command="backfill") as started:
+        with recorded_run(self.store, kind, summary, self.clients, self.sf, self.retries,
+                          command="backfill") as started:
             summary.exit_reason = self._run(summary, StopRules(self.stop, started, self.sf.check_budget))
         return summary
 
-    def _pages(self, cursor: dict[str, Any]) -> Iterator[Page]:
-        if self.options.from_salesforce:
-            return SalesforceSource(self.sf, self.mm, self.settings, self.pipeline.code_map, self.options
-                                    ).pages(cursor)
-        return ReportingSource(self.mm, self.options).pages(cursor)
+    def _pages(self, cursor: dict[str, Any], options: BackfillOptions,
+               clients: list[MessageMediaClient]) -> Iterator[Page]:
+        if options.from_salesforce:
+            return SalesforceSource(self.sf, clients, self.settings, self.pipeline.code_map, options).pages(cursor)
+        return ReportingSource(clients[0], options).pages(cursor)
 
     def _run(self, summary: BackfillSummary, rules: StopRules) -> ExitReason:
-        o = self.options
+        """Each account's window in turn, each with its own checkpoint. --from-salesforce reads the
+        window's Tasks once and asks each account for a message until one knows it (a Task does not
+        say which account sent its message)."""
+        if self.options.from_salesforce:
+            reason = self._run_window(summary, rules, self.options, self.clients)
+            summary.accounts = {_name(c): {"reason": reason} for c in self.clients}  # asked in this order
+            return reason
+        runs = [(client, replace(self.options, account=client.account.name)) for client in self.clients]
+        if self.options.resume and len(runs) > 1:
+            # --resume continues each account that has a checkpoint; one a stopped run never reached starts.
+            if not any(self.store.checkpoint(o.key) is not None for _, o in runs):
+                starting_point(self.store, runs[0][1])  # the usage error: nothing to resume
+            runs = [(c, o if self.store.checkpoint(o.key) is not None else replace(o, resume=False)) for c, o in runs]
+        reasons: list[ExitReason] = []
+        total, covered = Counts(), []
+        for client, options in runs:
+            log.info("backfill of %s", client.account.label if client.account.name else "the MessageMedia account",
+                     extra={"event": "backfill_account", "account": client.account.name})
+            before = summary.counts.copy()
+            reason = self._run_window(summary, rules, options, [client])
+            read = {k.value: summary.counts[k] - before[k] for k in (Tally.PAGES, Tally.FETCHED, ReportOutcome.APPLIED)}
+            summary.accounts[_name(client)] = {"reason": reason, **read}
+            total += summary.window_counts
+            if summary.covered:
+                covered.append(f"{client.account.name}: {summary.covered}" if client.account.name else summary.covered)
+            reasons.append(reason)
+            if reason not in ENDED:
+                unread = [_name(c) for c, _ in runs[len(reasons):]]
+                if unread:
+                    log.info("not read yet: %s (--resume reads them)", ", ".join(unread),
+                             extra={"event": "backfill_accounts_unread"})
+                break
+        summary.window_counts, summary.covered = total, "; ".join(covered)
+        return next((r for r in reasons if r not in ENDED),
+                    ExitReason.ALREADY_COMPLETE if set(reasons) == {ExitReason.ALREADY_COMPLETE} else
+                    ExitReason.DRY_RUN if ExitReason.DRY_RUN in reasons else ExitReason.COMPLETE)
+
+    def _run_window(self, summary: BackfillSummary, rules: StopRules, o: BackfillOptions,
+                    clients: list[MessageMediaClient]) -> ExitReason:
+        summary.covered, summary.window_counts = "", Counts()
         start = starting_point(self.store, o)
         if start.get("done"):
             log.info("this window was backfilled completely already; nothing to resume (rerun without --resume "
@@ -110,8 +159,8 @@ class Backfill:
         log.info("backfill from %s: %s%s", o.source, o.window, ", resuming" if o.resume else "",
                  extra={"event": "backfill_start"})
         progress = Progress(o.window, self.progress_stream)
-        source = BackfillSource(self._pages(dict(start["cursor"])), self.store, o, summary.counts, rules, start,
-                                progress=progress, on_page=self.on_page)
+        source = BackfillSource(self._pages(dict(start["cursor"]), o, clients), self.store, o, summary.counts, rules,
+                                start, progress=progress, on_page=self.on_page)
         summary.window_counts = source.window_counts()
         if not o.dry_run:
             # An interrupted backfill's Bulk API job may still land: settle it first (by Collections).
@@ -151,3 +200,7 @@ class Backfill:
             summary.by_label.update(change.outcome.status.label for change in result.changes)
 
         return planned
+
+
+def _name(client: MessageMediaClient) -> str:
+    return client.account.name or "default"

@@ -176,6 +176,11 @@ class PushHTTPServer(BackgroundServer):
         if self._forget(request):
             self._slots.release()
 
+    def connections_by_client(self) -> dict[str, int]:
+        """Open connections per client address, as the per-client cap counts them."""
+        with self._connections_lock:
+            return dict(self._per_client)
+
     def close_connections(self) -> None:
         with self._connections_lock:
             open_connections = list(self._connections)

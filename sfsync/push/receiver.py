@@ -116,6 +116,10 @@ class PushServer:
         host = str(self._httpd.server_address[0])
         return f"{self.scheme}://{'127.0.0.1' if host == '0.0.0.0' else host}:{self.port}{self.path}"
 
+    def open_connections(self) -> dict[str, int]:
+        """Connections accepted and not yet closed, per client address (the per-client cap's count)."""
+        return self._httpd.connections_by_client()
+
     def start(self) -> PushServer:
         self._httpd.deadlines.start()
         self._httpd.start_thread("sfsync-serve")

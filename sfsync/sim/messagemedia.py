@@ -35,6 +35,8 @@ signature keys), ``mm_messages`` (messages and reporting) and ``mm_auth`` (crede
 from __future__ import annotations
 
 import copy
+import time
+from collections.abc import Callable
 from typing import Any
 
 from sfsync.sim.base import FaultConfig, Handler, HttpError, Request, Response
@@ -81,8 +83,10 @@ class MessageMediaSim(ReportsMixin, MessagesMixin, AuthMixin):
         account_id: str = DEFAULT_ACCOUNT,
         sub_accounts: tuple[str, ...] = (),
         keys: tuple[SimKey, ...] = (),
+        clock: Callable[[], float] = time.time,
     ):
         super().__init__(faults)
+        self.clock = clock  # when a confirmation takes effect (confirm_delay_s): a test may advance it
         self.api_key = api_key
         self.api_secret = api_secret
         self.account_id = account_id  # the key's own account, used when no Account header is sent

@@ -108,6 +108,9 @@ class MessagesMixin(MessageMediaState):
         body = request.json()
         if not isinstance(body, dict):
             raise HttpError(400, "Request validation failed", details=["a JSON object body is required"])
+        problems = _detail_problems(body)
+        if problems:
+            raise HttpError(400, "Request validation failed", details=problems)
         zone_name = body.get("timezone") or "UTC"
         try:
             zone = zoneinfo.ZoneInfo(str(zone_name))
@@ -119,13 +122,7 @@ class MessagesMixin(MessageMediaState):
         page = _int_field(body, "page", 0, 0, None)
         page_size = _int_field(body, "page_size", 50, 1, MAX_IDS)
         direction = str(body.get("direction") or "outbound").lower()
-        if direction not in ("outbound", "inbound"):
-            raise HttpError(400, "Request validation failed", details=["direction: must be outbound or inbound"])
         statuses = body.get("status")
-        if statuses is not None and (
-            not isinstance(statuses, list) or not all(isinstance(s, str) and s == s.upper() for s in statuses)
-        ):
-            raise HttpError(400, "Request validation failed", details=["status: a list of UPPERCASE statuses"])
         meta_key = body.get("metadata_key")
         meta_values = body.get("metadata_values")
         if body.get("metadata_value") is not None:
@@ -144,7 +141,7 @@ class MessagesMixin(MessageMediaState):
         with self.lock:
             order = self._ordered_by_send_time()
             lo, hi = bisect.bisect_left(order.times, start), bisect.bisect_left(order.times, end)
-            if direction != "outbound":  # the simulator only knows outbound messages
+            if direction == "inbound":  # the simulator only knows outbound messages
                 chosen: list[StoredMessage] = []
             elif statuses is None and not meta_key and order.accounts <= set(accounts):
                 chosen = order.messages[lo:hi]  # no filter to apply: a slice (a million messages stay fast)
@@ -213,6 +210,44 @@ class MessagesMixin(MessageMediaState):
         if not local.utcoffset():
             return format_timestamp(local)
         return local.isoformat(timespec="milliseconds")
+
+
+# The reporting detail request's schema (the spec's ``detailrequest``): what each field must be.
+DETAIL_STRINGS = ("start_date", "end_date", "timezone", "source", "destination", "metadata_key", "metadata_value",
+                  "opt_out", "mms_media")
+DETAIL_STRING_LISTS = ("sources", "destinations", "metadata_values", "accounts")
+DETAIL_ENUM_LISTS: dict[str, tuple[str, ...]] = {
+    "status": ("UNDEFINED", "QUEUED", "PROCESSING", "PROCESSED", "FAILED", "SCHEDULED", "CANCELLED", "DELIVERED",
+               "EXPIRED", "ENROUTE", "HELD", "SUBMITTED", "REJECTED", "READ"),  # MessageStatus
+    "message_format": ("MMS", "SMS", "TTS", "RCS", "CHANNEL"),  # format
+    "channels": ("SMS", "MMS", "TTS", "RCS", "WHATSAPP", "CHANNEL"),
+}
+DETAIL_DIRECTIONS = ("inbound", "outbound", "all")  # MessageDirection
+
+
+def _detail_problems(body: dict[str, Any]) -> list[str]:
+    """Where a reporting detail request breaks the spec's schema (each a 400 detail). Required fields
+    and the values the schema cannot say (a readable date, a known time zone) are checked after."""
+    problems: list[str] = []
+    for key in DETAIL_STRINGS:
+        if body.get(key) is not None and not isinstance(body[key], str):
+            problems.append(f"{key}: a string")
+    for key in DETAIL_STRING_LISTS:
+        value = body.get(key)
+        if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+            problems.append(f"{key}: a list of strings")
+    for key, allowed in DETAIL_ENUM_LISTS.items():
+        value = body.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            problems.append(f"{key}: a list of {', '.join(allowed)}")
+        elif unknown := [v for v in value if v not in allowed]:
+            problems.append(f"{key}: {', '.join(unknown)[:200]} not one of {', '.join(allowed)}")
+    direction = body.get("direction")
+    if direction is not None and (not isinstance(direction, str) or direction.lower() not in DETAIL_DIRECTIONS):
+        problems.append(f"direction: one of {', '.join(DETAIL_DIRECTIONS)}")
+    return problems
 
 
 def _int_field(body: dict[str, Any], key: str, default: int, low: int, high: int | None) -> int:

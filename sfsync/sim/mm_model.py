@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,13 +69,16 @@ def parse_timestamp(value: Any, zone: dt.tzinfo = dt.UTC, *, spec_form: bool = F
     zone is read in ``zone``. None when unreadable."""
     if not isinstance(value, str) or not value.strip():
         return None
+    text = value.strip()
+    if text[-1:] == "z":  # ISO 8601's UTC designator, in the lower case the spec's own examples use
+        text = text[:-1] + "Z"
     try:
-        moment = dt.datetime.fromisoformat(value.strip())
+        moment = dt.datetime.fromisoformat(text)
     except ValueError:
         if not spec_form:
             return None
         try:
-            moment = dt.datetime.strptime(value.strip(), "%m/%d/%Y %I:%M:%S %p")
+            moment = dt.datetime.strptime(text, "%m/%d/%Y %I:%M:%S %p")
         except ValueError:
             return None
     return moment.replace(tzinfo=zone) if moment.tzinfo is None else moment
@@ -156,6 +160,7 @@ class MessageMediaState(SimApp):
 
     account_id: str
     auth_failure_status: int
+    clock: Callable[[], float]  # seconds since the epoch: when confirmations take effect (tests advance it)
     confirm_delay_s: float
     lose_confirms: int
     confirm_uuid_only: bool

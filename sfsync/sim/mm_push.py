@@ -237,6 +237,8 @@ def _webhook_problems(body: dict[str, Any]) -> list[str]:
     events = body.get("events")
     if not isinstance(events, list) or not events:
         problems.append("events: at least one event is required")
+    elif not all(isinstance(e, str) for e in events):  # the spec's schema: an array of strings
+        problems.append("events: a list of event names (strings)")
     elif unknown := [e for e in events if e not in EVENTS]:
         problems.append(f"events: unknown {unknown}")
     headers = body.get("headers")

@@ -8,7 +8,6 @@ import copy
 import datetime as dt
 import itertools
 import re
-import time
 import uuid
 from collections import Counter, OrderedDict
 from typing import Any
@@ -120,7 +119,7 @@ class ReportsMixin(PushMixin):
             return copy.deepcopy(self._confirm_calls)
 
     def confirm_log(self) -> list[tuple[str, float]]:
-        """Every confirmation of a known report, in order: (report id, time.time())."""
+        """Every confirmation of a known report, in order: (report id, ``self.clock()``: time.time())."""
         with self.lock:
             return list(self._confirm_log)
 
@@ -128,7 +127,7 @@ class ReportsMixin(PushMixin):
         """Confirm reports of ``account``; returns how many were known. Unknown ids (and ids of
         another account) are ignored, as the real service does: it answers 202 regardless."""
         account = account or self.account_id
-        now = time.time()
+        now = self.clock()
         known = 0
         with self.lock:
             queue = self._queues.get(account, OrderedDict())
@@ -149,7 +148,7 @@ class ReportsMixin(PushMixin):
 
     def _settle(self) -> None:
         """Take out of the queues the reports whose confirmation has taken effect (lock held)."""
-        now = time.time()
+        now = self.clock()
         for queue in self._queues.values():
             done = [rid for rid, r in queue.items() if r.leaves_queue_at is not None and r.leaves_queue_at <= now]
             for rid in done:

@@ -67,8 +67,10 @@ class SalesforceSim(QueryMixin, WritesMixin, OAuthMixin):
         view_setup: bool = False,
         view_all_data: bool = False,
         jwt_audiences: Iterable[str] = (),
+        monotonic: Callable[[], float] = time.monotonic,
     ):
         super().__init__(faults)
+        self.monotonic = monotonic  # token expiry (token_ttl_s) reads this clock: a test may move it on
         self.client_id = client_id
         self.client_secret = client_secret
         self.username = username

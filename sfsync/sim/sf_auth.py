@@ -10,7 +10,7 @@ import json
 import secrets
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -67,13 +67,14 @@ class OAuthMixin(SimApp):
     jwt_audiences: set[str]
     _jwt_key: rsa.RSAPublicKey | None
     _tokens: dict[str, float]
+    monotonic: Callable[[], float]  # when a token expires (token_ttl_s): a test may move it on
 
     def _authenticate(self, request: Request) -> None:
         scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
         token = token.strip()
         with self.lock:
             expiry = self._tokens.get(token) if scheme.lower() in ("bearer", "oauth") else None
-            if expiry is not None and expiry <= time.monotonic():
+            if expiry is not None and expiry <= self.monotonic():
                 del self._tokens[token]
                 expiry = None
         if expiry is None:
@@ -158,7 +159,7 @@ class OAuthMixin(SimApp):
         identity = f"{self.base_url}/id/{ORG_ID}/{USER_ID}"
         signature = hmac.new(self.client_secret.encode(), (identity + issued_at).encode(), hashlib.sha256).digest()
         with self.lock:
-            self._tokens[token] = time.monotonic() + self.settings.token_ttl_s
+            self._tokens[token] = self.monotonic() + self.settings.token_ttl_s
         return {"access_token": token, "instance_url": self.base_url, "id": identity, "token_type": "Bearer",
                 "issued_at": issued_at, "signature": base64.b64encode(signature).decode(), "scope": "api"}
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -157,15 +157,25 @@ class ReportingSource:
 
 class SalesforceSource:
     """Tasks created in the window whose status is empty or not final, by Id (keyset paging, so
-    the cursor is the last Task Id), each message looked up at MessageMedia."""
+    the cursor is the last Task Id), each message looked up at MessageMedia: with several accounts
+    (SFSYNC_MM_ACCOUNTS), at each in turn until one knows it (a Task does not say which account sent
+    its message; a message no account knows costs one look-up per account)."""
 
-    def __init__(self, sf: SalesforceClient, mm: MessageMediaClient, settings: Settings, code_map: CodeMap,
-                 options: BackfillOptions):
+    def __init__(self, sf: SalesforceClient, mm: MessageMediaClient | Sequence[MessageMediaClient],
+                 settings: Settings, code_map: CodeMap, options: BackfillOptions):
         self.sf = sf
-        self.mm = mm
+        self.clients = [mm] if isinstance(mm, MessageMediaClient) else list(mm)
         self.settings = settings
         self.code_map = code_map
         self.options = options
+
+    def message(self, message_id: str) -> dict[str, Any] | None:
+        """The message from the first account that knows it; None when none does."""
+        for client in self.clients:
+            found = client.message(message_id)
+            if found is not None:
+                return found
+        return None
 
     def where(self, after: str) -> str:
         s, w = self.settings, self.options.window
@@ -198,7 +208,7 @@ class SalesforceSource:
                                       f"{rows[-1]['Id']}): stopped; run again with --resume", transient=False)
                 after = str(rows[-1]["Id"])
                 ids = list(dict.fromkeys(str(r[msg_field]) for r in rows))
-                messages = list(pool.map(self.mm.message, ids))
+                messages = list(pool.map(self.message, ids))
                 found = [m for m in messages if m is not None]
                 done += len(rows)
                 number += 1

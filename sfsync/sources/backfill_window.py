@@ -85,6 +85,25 @@ def parse_window(since: str, until: str, timezone: str = "UTC", now: dt.datetime
     return Window(start, end, name)
 
 
+# The statuses the reporting API filters on: MessageMedia's OpenAPI spec, components/schemas/MessageStatus
+# (the items of detailrequest.status, POST /v2-preview/reporting/messages/detail). Anything else is
+# refused with 400, so `--status` is checked against this list before anything is sent.
+REPORTING_STATUSES = ("UNDEFINED", "QUEUED", "PROCESSING", "PROCESSED", "FAILED", "SCHEDULED", "CANCELLED",
+                      "DELIVERED", "EXPIRED", "ENROUTE", "HELD", "SUBMITTED", "REJECTED", "READ")
+
+
+def reporting_statuses(given: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``--status`` values (repeated or comma-separated, any case) as the reporting API wants them:
+    UPPERCASE, each one of ``REPORTING_STATUSES`` (a usage error naming them otherwise)."""
+    statuses = tuple(dict.fromkeys(s.strip().upper() for value in given for s in value.split(",") if s.strip()))
+    unknown = [s for s in statuses if s not in REPORTING_STATUSES]
+    if unknown or (given and not statuses):
+        shown = ", ".join(repr(s.lower()) for s in unknown[:3]) if unknown else "an empty value"
+        raise UsageError(f"--status {shown} is not a status MessageMedia's reporting API knows; give one or more "
+                         f"of {', '.join(REPORTING_STATUSES)} (any case)")
+    return statuses
+
+
 @dataclass(frozen=True)
 class BackfillOptions:
     window: Window
@@ -97,6 +116,9 @@ class BackfillOptions:
     resume: bool = False
     dry_run: bool = False
     max_pages: int | None = None
+    # The MessageMedia account (SFSYNC_MM_ACCOUNTS) read: `--account`, or each configured account in turn;
+    # "" for the one account of a configuration without SFSYNC_MM_ACCOUNTS (or all, --from-salesforce).
+    account: str = ""
 
     @property
     def source(self) -> str:
@@ -108,8 +130,8 @@ class BackfillOptions:
         filters = ",".join(self.statuses)
         if self.metadata_key:
             filters += f";{self.metadata_key}=" + "|".join(self.metadata_values)
-        return f"backfill:{self.source}:{format_time(self.window.since)}:{format_time(self.window.until)}:{filters}"
-
+        source = f"{self.source}@{self.account}" if self.account else self.source  # one checkpoint per account
+        return f"backfill:{source}:{format_time(self.window.since)}:{format_time(self.window.until)}:{filters}"
 
 
 # -- the checkpoint -----------------------------------------------------------------------------------
@@ -138,5 +160,5 @@ def save_checkpoint(store: Store, options: BackfillOptions, cursor: dict[str, An
     store.save_checkpoint(options.key, {
         "source": options.source, "since": format_time(options.window.since),
         "until": format_time(options.window.until), "timezone": options.window.timezone, "cursor": cursor,
-        "counts": {str(k): n for k, n in counts.items()}, "done": done,
+        "counts": {str(k): n for k, n in counts.items()}, "done": done, "account": options.account,
     })
