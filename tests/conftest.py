@@ -174,6 +174,11 @@ def look_ups(sims: Simulators) -> int:
     return int(stats["api_calls"].get("query", 0)) + int(stats["subrequests"].get("query", 0))
 
 
+def call_times(sims: Simulators, kind: str) -> list[float]:
+    """When each call of ``kind`` or Composite subrequest of that kind reached the simulator."""
+    return sorted([at for k, at in sims.sf.call_log if k == kind] + [at for k, at in sims.sf.sub_log if k == kind])
+
+
 def sf_calls(sims: Simulators, *kinds: str) -> int:
     """API calls counted against the allocation, of the given kinds (all but the token when none)."""
     calls = sims.sf.stats()["api_calls"]
