@@ -269,6 +269,11 @@ def test_the_drain_costs_the_composite_floor(sims: Simulators, make_worker: Call
     floor = math.ceil(10 / 5) + math.ceil(5 / 5)
     assert look_ups(sims) == 10 and composite_calls(sims) == 5
     assert sf_calls(sims) == floor and summary.salesforce_calls - worker.sf.calls["token"] == floor
+    # What the run reports (Sforce-Limit-Info as read, and the run's calls as `sfsync status` shows them).
+    stats = sims.sf.stats()
+    assert summary.api_usage == f"{stats['api_usage']}/{stats['daily_limit']}" and stats["api_usage"] == floor
+    [run] = worker.store.recent_runs(1)
+    assert run["counts"]["salesforce_calls"] == summary.salesforce_calls
 
 
 def test_a_polled_run_with_the_look_ahead_costs_no_more_than_before(sims: Simulators,
