@@ -162,7 +162,27 @@ def fields_of(sims: Simulators, task_id: str) -> tuple[Any, Any]:
 
 
 def composite_calls(sims: Simulators) -> int:
-    return int(sims.sf.stats()["api_calls"].get("composite", 0))
+    """sObject Collections writes: plain calls and subrequests of Composite requests alike (the
+    API calls they cost are ``sf_calls``)."""
+    stats = sims.sf.stats()
+    return int(stats["api_calls"].get("composite", 0)) + int(stats["subrequests"].get("composite", 0))
+
+
+def look_ups(sims: Simulators) -> int:
+    """SOQL queries (first pages): plain calls and subrequests of Composite requests alike."""
+    stats = sims.sf.stats()
+    return int(stats["api_calls"].get("query", 0)) + int(stats["subrequests"].get("query", 0))
+
+
+def call_times(sims: Simulators, kind: str) -> list[float]:
+    """When each call of ``kind`` or Composite subrequest of that kind reached the simulator."""
+    return sorted([at for k, at in sims.sf.call_log if k == kind] + [at for k, at in sims.sf.sub_log if k == kind])
+
+
+def sf_calls(sims: Simulators, *kinds: str) -> int:
+    """API calls counted against the allocation, of the given kinds (all but the token when none)."""
+    calls = sims.sf.stats()["api_calls"]
+    return sum(n for kind, n in calls.items() if (kind in kinds if kinds else kind != "token"))
 
 
 # -- PostgreSQL: a throwaway cluster for the session, a database per test -------------------------------

@@ -240,7 +240,7 @@ def test_backfill_counts_tasks_deleted_since_the_message_was_sent(
     sent(sims, messages)
     sims.sf.delete_task(tasks[0])  # deleted before the backfill: the look-up finds nothing
     late = tasks[1:4]  # deleted after the look-up, before the write: Salesforce answers ENTITY_IS_DELETED
-    owner, name = (BulkClient, "update") if bulk else (SalesforceClient, "update_tasks")
+    owner, name = (BulkClient, "update") if bulk else (SalesforceClient, "update_tasks_many")
     write = getattr(owner, name)
 
     def delete_then_write(self: Any, *args: Any, **kwargs: Any) -> Any:

@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from sfsync.clients.salesforce import IN_LIST_LIMIT, SalesforceClient
+from sfsync.clients.salesforce import COMPOSITE_LIMIT, IN_LIST_LIMIT, SalesforceClient
 from sfsync.domain.ids import canonical_id
 from sfsync.errors import BudgetExhausted
 from sfsync.pipeline.cache import ReadAhead, Value
@@ -16,7 +16,8 @@ from sfsync.settings.config import Settings
 
 
 class Matcher:
-    """Finds the Tasks of each message in queries of 100 values, a few at a time."""
+    """Finds the Tasks of each message in queries of 100 values, five to a Composite request (one API
+    call), a few Composite requests at a time."""
 
     def __init__(self, settings: Settings, sf: SalesforceClient):
         self.settings = settings
@@ -89,16 +90,20 @@ class Matcher:
         return returned
 
     def _find_groups(self, groups: list[list[Value]]) -> list[list[dict[str, Any]]]:
-        def find(group: list[Value]) -> list[dict[str, Any]]:
-            return self.sf.find_tasks([v for k, v in group if k == "Id"], [v for k, v in group if k != "Id"])
+        """Each group's rows, in order: up to five groups' queries in one Composite request (a single
+        group as a plain query), several such calls at a time (SFSYNC_SF_CONCURRENCY)."""
+        def find(batch: list[list[Value]]) -> list[list[dict[str, Any]]]:
+            return self.sf.find_tasks_many([([v for k, v in group if k == "Id"], [v for k, v in group if k != "Id"])
+                                            for group in batch])
 
-        if len(groups) > 1:
+        batches = [groups[start : start + COMPOSITE_LIMIT] for start in range(0, len(groups), COMPOSITE_LIMIT)]
+        if len(batches) > 1:
             self.sf.sf  # noqa: B018 - one token before the calls go out together
         found: list[list[dict[str, Any]]] = []
-        for rows in concurrently(find, groups, self.settings.sf_concurrency):
+        for rows in concurrently(find, batches, self.settings.sf_concurrency):
             if isinstance(rows, BudgetExhausted):
                 raise rows
-            found.append(rows)
+            found += rows
         return found
 
 

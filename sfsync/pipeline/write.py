@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from sfsync.clients.salesforce import COLLECTION_LIMIT, SalesforceClient
+from sfsync.clients.salesforce import COLLECTION_LIMIT, COMPOSITE_LIMIT, SalesforceClient
 from sfsync.domain.outcome import Tally
 from sfsync.errors import BudgetExhausted
 from sfsync.pipeline.bulk import BulkRow, BulkWriter
@@ -66,27 +66,31 @@ class Writer:
         return Sent([*written, *more.written], [], [*unsent, *more.unsent], more.budget_stop)
 
     def send_collections(self, changes: list[Change]) -> Sent:
-        """sObject Collections writes, 200 a call, a few calls at a time (SFSYNC_SF_CONCURRENCY):
-        what was written, what was not sent because the API budget ran out, and that stop."""
+        """sObject Collections writes of 200, up to five to a Composite request (one API call; a
+        single chunk as a plain call), a few such calls at a time (SFSYNC_SF_CONCURRENCY): what was
+        written, what was not sent because the API budget ran out, and that stop."""
         chunks = [changes[start : start + COLLECTION_LIMIT] for start in range(0, len(changes), COLLECTION_LIMIT)]
         records = {id(chunk): [{"id": c.task_id, **self.fit(c.fields)} for c in chunk] for chunk in chunks}
-        if len(chunks) > 1:
+        batches = [chunks[start : start + COMPOSITE_LIMIT] for start in range(0, len(chunks), COMPOSITE_LIMIT)]
+        if len(batches) > 1:
             self.sf.sf  # noqa: B018 - one token before the calls go out together
 
-        def send(chunk: list[Change]) -> list[Any]:
-            answers = self.sf.update_tasks(records[id(chunk)])
+        def send(batch: list[list[Change]]) -> list[list[Any] | BudgetExhausted]:
+            answers = self.sf.update_tasks_many([records[id(chunk)] for chunk in batch])
             self.on_stage("wrote")
-            return answers
+            return list(answers)
 
         written = []
         unsent: list[Change] = []
         budget_stop: BudgetExhausted | None = None
-        for chunk, answers in zip(chunks, concurrently(send, chunks, self.settings.sf_concurrency), strict=True):
-            if isinstance(answers, BudgetExhausted):
-                budget_stop = budget_stop or answers  # record what was written, confirm only that, then stop
-                unsent += chunk
-            else:
-                written += list(zip(chunk, answers, strict=True))
+        for batch, batch_answers in zip(batches, concurrently(send, batches, self.settings.sf_concurrency),
+                                        strict=True):
+            for chunk, answers in zip(batch, _each(batch_answers, len(batch)), strict=True):
+                if isinstance(answers, BudgetExhausted):
+                    budget_stop = budget_stop or answers  # record what was written, confirm only that, then stop
+                    unsent += chunk
+                else:
+                    written += list(zip(chunk, answers, strict=True))
         return Sent(written, [], unsent, budget_stop)
 
     def fit(self, values: dict[str, Any]) -> dict[str, Any]:
@@ -104,3 +108,9 @@ class Writer:
                 log.warning("cut %s to %d characters as configured", name, limit, extra={"event": "truncated"})
                 fitted[name] = value[:limit]
         return fitted
+
+
+def _each(answers: list[list[Any] | BudgetExhausted] | BudgetExhausted,
+          count: int) -> list[list[Any] | BudgetExhausted]:
+    """A batch's answers chunk by chunk: a stop of the whole batch stands for each of its chunks."""
+    return [answers] * count if isinstance(answers, BudgetExhausted) else answers

@@ -27,6 +27,7 @@ from sfsync.sim import soql
 from sfsync.sim.base import FaultConfig, HttpError, Request, Response, Route
 from sfsync.sim.bulk import BulkIngest
 from sfsync.sim.sf_auth import LOGIN_AUDIENCES, OAuthMixin, load_public_key
+from sfsync.sim.sf_composite import CompositeMixin
 from sfsync.sim.sf_query import QueryMixin
 from sfsync.sim.sf_records import BOOL_SETTINGS, SETTING_CHECKS, SimSettings
 from sfsync.sim.sf_schema import DEFAULT_TASK_FIELDS, FieldDef, RecordError, ValidationRule
@@ -44,7 +45,7 @@ API = r"/services/data/v(?P<version>\d+\.\d+)"
 
 
 # -- the simulator -------------------------------------------------------------------------------
-class SalesforceSim(QueryMixin, WritesMixin, OAuthMixin):
+class SalesforceSim(CompositeMixin, QueryMixin, WritesMixin, OAuthMixin):
     """Salesforce's REST API for one object, Task. State lives in memory under ``self.lock``; the
     Python methods below are what tests and the harness use, and what the ``/_sim/`` routes call.
     The store and write rule (``sf_records``), OAuth (``sf_auth``), query (``sf_query``) and writes
@@ -83,6 +84,9 @@ class SalesforceSim(QueryMixin, WritesMixin, OAuthMixin):
         self.settings = dataclasses.replace(self._initial_settings)
         self.api_calls: Counter[str] = Counter()
         self.call_log: collections.deque[tuple[str, float]] = collections.deque(maxlen=10_000)  # (kind, when)
+        # Composite subrequests: tallied by kind, never counted as calls (the Composite request is the call).
+        self.subrequests: Counter[str] = Counter()
+        self.sub_log: collections.deque[tuple[str, float]] = collections.deque(maxlen=10_000)  # (kind, when)
         self.api_usage = 0
         self._tokens: dict[str, float] = {}
         self._last_stamp: tuple[int, str] = (-1, "")
@@ -188,7 +192,8 @@ class SalesforceSim(QueryMixin, WritesMixin, OAuthMixin):
     def stats(self) -> dict[str, Any]:
         with self.lock:
             return {"api_calls": dict(self.api_calls), "api_calls_total": sum(self.api_calls.values()),
-                    "api_usage": self.api_usage, "daily_limit": self.settings.daily_limit}
+                    "api_usage": self.api_usage, "daily_limit": self.settings.daily_limit,
+                    "subrequests": dict(self.subrequests)}
 
     def reset(self) -> None:
         """Back to the state after construction; issued tokens stay valid."""
@@ -199,6 +204,8 @@ class SalesforceSim(QueryMixin, WritesMixin, OAuthMixin):
             self.settings = dataclasses.replace(self._initial_settings)
             self.api_calls.clear()
             self.call_log.clear()
+            self.subrequests.clear()
+            self.sub_log.clear()
             self.api_usage = 0
             self.bulk.reset()
             self.faults.configure(**vars(copy.deepcopy(self._initial_faults)))
@@ -250,7 +257,8 @@ class SalesforceSim(QueryMixin, WritesMixin, OAuthMixin):
         self._rest("GET", r"/query/?", "query", lambda r: self._query(r, include_deleted=False))
         self._rest("GET", r"/queryAll/?", "query", lambda r: self._query(r, include_deleted=True))
         self._rest("GET", r"/query(?:All)?/{locator}/?", "query_more", self._query_more)
-        self._rest("PATCH", r"/composite/sobjects/?", "composite", self._composite_update)
+        self._rest("PATCH", r"/composite/sobjects/?", "composite", self._composite_update)  # sObject Collections
+        self._rest("POST", r"/composite/?", "composite_batch", self._composite)  # the Composite resource: one call
         self._rest("GET", r"/sobjects/Task/describe/?", "describe", self._describe)
         self._rest("GET", r"/sobjects/Task/{record_id}/?", "sobject", self._sobject_get)
         self._rest("PATCH", r"/sobjects/Task/{record_id}/?", "sobject", self._sobject_update)

@@ -44,6 +44,7 @@ class SimSettings:
     collection_shuffled_calls: int = 0  # the next N sObject Collections answers list their results reversed
     collection_false_success_calls: int = 0  # the next N mark a refused record success: true (errors kept)
     repeat_next_records_url: bool = False  # a queryMore page names itself as its nextRecordsUrl, for ever
+    composite_subrequest_failures: int = 0  # the next N Composite subrequests fail alone with a 500
 
 
 SETTING_CHECKS: dict[str, Callable[[Any], bool]] = {
@@ -51,7 +52,7 @@ SETTING_CHECKS: dict[str, Callable[[Any], bool]] = {
     "query_page_size": lambda v: v >= 1, "bulk_processing_s": lambda v: v >= 0, "api_usage": lambda v: v >= 0,
     "concurrent_limit_calls": lambda v: v >= 0, "token_unknown_errors": lambda v: v >= 0,
     "token_proxy_errors": lambda v: v >= 0, "collection_shuffled_calls": lambda v: v >= 0,
-    "collection_false_success_calls": lambda v: v >= 0,
+    "collection_false_success_calls": lambda v: v >= 0, "composite_subrequest_failures": lambda v: v >= 0,
 }
 BOOL_SETTINGS = {"view_setup", "view_all_data", "repeat_next_records_url"}
 
