@@ -16,7 +16,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -27,6 +26,18 @@ from simple_salesforce.format import format_soql
 
 from sfsync.clients.http import make_session, why_unreachable
 from sfsync.clients.retry import RetryPolicy, is_transient, parse_retry_after
+from sfsync.clients.sf_answers import (
+    LOCK_ERRORS,
+    Usage,
+    WriteResult,
+    aligned_results,
+    checked_page,
+    collection_body,
+    composite_answers,
+    is_daily_limit,
+    is_lock_error,
+    record_results,
+)
 from sfsync.clients.sf_login import (
     AUTH_ERRORS,
     PRODUCTION_AUDIENCE,
@@ -41,7 +52,7 @@ from sfsync.errors import AuthError, BudgetExhausted, ConfigError, RemoteError
 from sfsync.logs import register_secret
 from sfsync.settings.config import Settings
 
-# Re-exported: callers import the login names from here.
+# Re-exported: callers import the login and answer names from here.
 __all__ = [
     "AUTH_ERRORS", "COLLECTION_LIMIT", "COMPOSITE_LIMIT", "IN_LIST_LIMIT", "PRODUCTION_AUDIENCE", "SANDBOX_AUDIENCE",
     "VIEW_SETUP",
@@ -61,53 +72,18 @@ COMPOSITE_LIMIT = 5
 COMPOSITE_COLLECTIONS_SINCE = (43, 0)
 MAX_QUERY_PAGES = 5_000  # pages of one query (at least 200 records each: a million records)
 QUERY_MAX_SECONDS = 900.0  # one query's pages, all together
-LOCK_ERRORS = {"UNABLE_TO_LOCK_ROW"}
 CONFIG_ERRORS = {
     "MALFORMED_QUERY", "INVALID_FIELD", "INVALID_TYPE", "JSON_PARSER_ERROR", "INVALID_FIELD_FOR_INSERT_UPDATE",
 }
 # REQUEST_LIMIT_EXCEEDED names the limit it hit: only the daily allocation is a budget stop; the
 # concurrency limits (ConcurrentRequests, ConcurrentPerOrgLongTxn) clear in seconds.
-DAILY_LIMIT_MARK = "TotalRequests"
 VIEW_SETUP = "View Setup and Configuration"  # the permission GET /limits needs (sfsync runs never call it)
 _USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
-
-
-def is_lock_error(code: str, message: str) -> bool:
-    """A record Salesforce could not lock: ``UNABLE_TO_LOCK_ROW``, or a trigger or flow failing on a
-    lock (``CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY`` wrapping one). Transient: retry that record."""
-    return code in LOCK_ERRORS or (code == "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY" and "lock" in message.lower())
-
-
-def is_daily_limit(code: str, message: str) -> bool:
-    """``REQUEST_LIMIT_EXCEEDED`` for the daily allocation ("TotalRequests Limit exceeded."), as
-    opposed to a concurrency limit, which is transient."""
-    return code == "REQUEST_LIMIT_EXCEEDED" and DAILY_LIMIT_MARK.lower() in message.lower()
 
 
 def valid_task_id(value: str) -> bool:
     """A 15- or 18-character Task Id (key prefix 00T) in any form Salesforce accepts (``sfsync.domain.ids``)."""
     return task_id(value) is not None
-
-
-@dataclass
-class Usage:
-    used: int = 0
-    max: int = 0
-
-    @property
-    def ratio(self) -> float:
-        return self.used / self.max if self.max else 0.0
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """One record's outcome, from sObject Collections or a Bulk API job's results."""
-
-    task_id: str
-    ok: bool
-    error_code: str | None = None
-    message: str | None = None
-    transient: bool = False  # still locked after retries: do not confirm, try next run
 
 
 class SalesforceClient:
@@ -263,7 +239,7 @@ class SalesforceClient:
         ``QUERY_MAX_SECONDS`` is a runaway answer (``RemoteError``, exit 8), never a budget drain;
         a signal or the run's --max-seconds ends it between pages (``StopRequested``)."""
         started = time.monotonic()
-        page = self._call(name, lambda sf: _checked_page(sf.query(soql), name))
+        page = self._call(name, lambda sf: checked_page(sf.query(soql), name))
         yield from self._pages(page, name, started)
 
     def _pages(self, page: dict[str, Any], name: str, started: float) -> Iterator[dict[str, Any]]:
@@ -291,7 +267,7 @@ class SalesforceClient:
                                   transient=False)
             seen.add(next_url)
             self.policy.check_stop(f"Salesforce {name}")
-            page = self._call("query_more", lambda sf, url=next_url: _checked_page(  # type: ignore[misc]
+            page = self._call("query_more", lambda sf, url=next_url: checked_page(  # type: ignore[misc]
                 _query_more(url)(sf), "query_more"))
 
     def find_tasks(self, task_ids: Iterable[str], message_ids: Iterable[str]) -> list[dict[str, Any]]:
@@ -358,7 +334,7 @@ class SalesforceClient:
             failure: Exception
             if 200 <= status < 300:
                 try:
-                    page = _checked_page(body, "query")
+                    page = checked_page(body, "query")
                 except RemoteError as exc:
                     failure = exc
                 else:
@@ -389,7 +365,7 @@ class SalesforceClient:
         if len(subrequests) > COMPOSITE_LIMIT:
             raise ValueError(f"at most {COMPOSITE_LIMIT} query or Collections subrequests per Composite request")
         payload = {"allOrNone": False, "compositeRequest": subrequests}
-        return self._call("composite_batch", lambda sf: _composite_answers(
+        return self._call("composite_batch", lambda sf: composite_answers(
             subrequests, _restful(sf, "composite", method="POST", json=payload)))
 
     # -- writes -------------------------------------------------------------------------------------------
@@ -431,7 +407,7 @@ class SalesforceClient:
                     if isinstance(answer, BudgetExhausted):
                         stops[i] = answer
                     else:
-                        locked[i] = _record_results(pending[i], answer, results[i])
+                        locked[i] = record_results(pending[i], answer, results[i])
             pending = {i: rows for i, rows in locked.items() if rows}
             return pending
 
@@ -441,7 +417,7 @@ class SalesforceClient:
 
     def _collection_call(self, sent: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One plain sObject Collections PATCH, its results aligned to ``sent``."""
-        payload = _collection_body(sent)
+        payload = collection_body(sent)
         return self._call("composite", lambda sf: aligned_results(
             sent, _restful(sf, "composite/sobjects", method="PATCH", json=payload)))
 
@@ -451,7 +427,7 @@ class SalesforceClient:
             return [self._collection_call(lists[0])]
         version = self.settings.sf_api_version
         subs = [{"method": "PATCH", "url": f"/services/data/v{version}/composite/sobjects",
-                 "referenceId": f"write{n}", "body": _collection_body(sent)} for n, sent in enumerate(lists)]
+                 "referenceId": f"write{n}", "body": collection_body(sent)} for n, sent in enumerate(lists)]
         out: list[list[dict[str, Any]] | BudgetExhausted] = []
         for sent, (status, body, headers) in zip(lists, self._composite(subs), strict=True):
             failure: Exception
@@ -490,129 +466,5 @@ def _restful(sf: Salesforce, path: str, **kwargs: Any) -> Any:
         raise RemoteError(f"Salesforce {path}: an answer of an unexpected shape", transient=True) from exc
 
 
-def _checked_page(answer: Any, name: str) -> dict[str, Any]:
-    """A query page as the callers rely on it: a records list of objects, a text nextRecordsUrl
-    when there is more. Anything else is a garbled answer, tried again."""
-    records = answer.get("records", []) if isinstance(answer, dict) else None
-    if not isinstance(records, list):
-        raise RemoteError(f"Salesforce {name}: the answer has no records list", transient=True)
-    if not all(isinstance(r, dict) for r in records):
-        raise RemoteError(f"Salesforce {name}: the answer holds a record that is not an object", transient=True)
-    if not isinstance(answer.get("nextRecordsUrl"), str | None):
-        raise RemoteError(f"Salesforce {name}: the answer's nextRecordsUrl is not a path", transient=True)
-    return answer
-
-
-def _collection_body(records: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"allOrNone": False, "records": [{"attributes": {"type": "Task"}, **r} for r in records]}
-
-
-def _record_results(sent: list[dict[str, Any]], answer: list[dict[str, Any]],
-                    results: dict[str, WriteResult]) -> list[dict[str, Any]]:
-    """Each record's outcome into ``results`` (by its id); returns the records still locked."""
-    locked = []
-    for record, result in zip(sent, answer, strict=True):
-        task_id = str(record["id"])
-        if isinstance(result, dict) and result.get("success"):
-            results[task_id] = WriteResult(task_id, True)
-            continue
-        errors = result.get("errors") if isinstance(result, dict) else None
-        first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
-        code = str(first.get("statusCode", "UNKNOWN"))
-        message = str(first.get("message", ""))
-        if is_lock_error(code, message):
-            locked.append(record)
-            results[task_id] = WriteResult(task_id, False, code, message, transient=True)
-        else:
-            results[task_id] = WriteResult(task_id, False, code, message)
-    return locked
-
-
-def _composite_answers(subrequests: list[dict[str, Any]], answer: Any) -> list[tuple[int, Any, dict[str, Any]]]:
-    """A Composite answer's subrequest results in the order sent, matched by referenceId; one that
-    cannot be matched (a result missing, unknown or twice, no status) is a transient failure."""
-
-    def garbled(why: str) -> RemoteError:
-        return RemoteError(f"Salesforce composite_batch: the answer cannot be matched to the subrequests sent ({why})",
-                           transient=True)
-
-    results = answer.get("compositeResponse") if isinstance(answer, dict) else None
-    if not isinstance(results, list) or len(results) != len(subrequests):
-        raise garbled("not one result per subrequest")
-    by_reference: dict[str, tuple[int, Any, dict[str, Any]]] = {}
-    for result in results:
-        if not isinstance(result, dict) or not isinstance(result.get("httpStatusCode"), int):
-            raise garbled("a result without an httpStatusCode")
-        reference = result.get("referenceId")
-        if not isinstance(reference, str) or reference in by_reference:
-            raise garbled(f"a referenceId missing or twice ({str(reference)[:40]!r})")
-        headers = result.get("httpHeaders")
-        by_reference[reference] = (result["httpStatusCode"], result.get("body"),
-                                   headers if isinstance(headers, dict) else {})
-    try:
-        return [by_reference[str(sub["referenceId"])] for sub in subrequests]
-    except KeyError as exc:
-        raise garbled(f"no result for {exc}") from None
-
-
 def _query_more(url: str) -> Callable[[Salesforce], Any]:
     return lambda sf: sf.query_more(url, identifier_is_url=True)
-
-
-def aligned_results(records: list[dict[str, Any]], answer: Any) -> list[dict[str, Any]]:
-    """An sObject Collections answer's results in the order of ``records`` (each with its ``id``).
-
-    Results are matched by the ``id`` each carries (Salesforce names it on success; on failure it
-    may be absent or null). A result without an id can only be matched by position: that is
-    accepted when the count matches and every result that does carry an id sits at its record's
-    position. Anything else (a count that differs, an id not sent or named twice, success without
-    an id, ``success: true`` with errors, a success that is not a boolean) is an answer that cannot
-    be trusted: a transient ``RemoteError``, so nothing is recorded from it and the writes are held
-    and tried again (a write applied meanwhile is found already there)."""
-
-    def garbled(why: str) -> RemoteError:
-        return RemoteError(f"Salesforce composite: the answer cannot be matched to the records sent ({why}); "
-                           "nothing recorded from it, the writes are tried again", transient=True)
-
-    if not isinstance(answer, list) or len(answer) != len(records):
-        raise garbled("not one result per record")
-    wanted = [canonical_id(str(r.get("id", ""))) for r in records]
-    position: dict[str, int] = {}
-    for i, rid in enumerate(wanted):
-        if rid is not None and rid not in position:
-            position[rid] = i
-    aligned: list[dict[str, Any] | None] = [None] * len(records)
-    idless: list[int] = []
-    in_place = True
-    for i, result in enumerate(answer):
-        if not isinstance(result, dict) or not isinstance(result.get("success"), bool):
-            raise garbled(f"result {i} has no success flag")
-        errors = result.get("errors")
-        if result["success"] and errors not in (None, []):
-            raise garbled(f"result {i} is a success with errors")
-        raw_id = result.get("id")
-        if raw_id in (None, ""):
-            if result["success"]:
-                raise garbled(f"result {i} is a success without an id")
-            idless.append(i)
-            continue
-        rid = canonical_id(raw_id)
-        at = position.get(rid) if rid is not None else None
-        if at is None:
-            raise garbled(f"result {i} names an id not sent ({str(raw_id)[:40]!r})")
-        if wanted.count(rid) > 1:  # the same record sent twice: only its position tells them apart
-            if wanted[i] != rid:
-                raise garbled(f"result {i} names a record sent twice, out of its place")
-            at = i
-        if aligned[at] is not None:
-            raise garbled(f"result {i} names an id twice ({rid})")
-        in_place = in_place and at == i
-        aligned[at] = result
-    if idless:
-        if not in_place:
-            raise garbled("results without an id among results out of place")
-        for i in idless:
-            aligned[i] = answer[i]
-    if any(r is None for r in aligned):  # cannot happen once the ids are unique and known; never guessed
-        raise garbled("a record without a result")
-    return [r for r in aligned if r is not None]
