@@ -132,14 +132,15 @@ def test_the_look_ahead_holds_at_most_one_drain_batch(sims: Simulators, make_wor
     worker = make_worker()
     worker.store.stage("poll", keyed([report(m, "delivered", "220") for m in messages]))
     pipeline = Pipeline(worker.settings, worker.store, worker.sf)
-    ahead = Lookahead(pipeline, worker.store, limit=300, on_stage=lambda stage: None).start()
+    ahead = Lookahead(pipeline, worker.store, limit=600, on_stage=lambda stage: None).start()
     deadline = time.monotonic() + 20
-    while look_ups(sims) < 3 and time.monotonic() < deadline:
+    while look_ups(sims) < 5 and time.monotonic() < deadline:
         time.sleep(0.05)  # the poll interval of a wait on a condition, with a deadline
     rows = ahead.finish()
-    assert ahead.error is None and len(rows) == 300 and ahead.cache.readings_held <= 300
-    assert [r.key for r in rows] == [r.key for r in worker.store.claim_staged(300)]  # the oldest, in order
-    assert look_ups(sims) == 3  # whole queries for its 300 messages, no more
+    assert ahead.error is None and len(rows) == 600 and ahead.cache.readings_held <= 600
+    assert [r.key for r in rows] == [r.key for r in worker.store.claim_staged(600)]  # the oldest, in order
+    # One whole Composite call of five queries (500 of its 600 messages); the other 100 go with the drain.
+    assert look_ups(sims) == 5 and sims.sf.stats()["api_calls"].get("composite_batch") == 1
 
 
 # -- writing final statuses ahead, while the poll runs -----------------------------------------------------
@@ -181,13 +182,14 @@ def test_final_statuses_are_written_while_the_poll_runs_at_no_extra_call(sims: S
     sims.mm.faults.configure(latency_ms=10)
     worker = make_worker()
     # The last page waits (bounded) for the 1,600 finals, staged and looked up by then, to be written.
-    wrote, _ = _waits_for_the_write_ahead(worker, after_pages=37, until=lambda: composite_calls(sims) >= 8)
+    wrote, _ = _waits_for_the_write_ahead(worker, after_pages=37, until=lambda: composite_calls(sims) >= 5)
     summary = worker.run()
 
     assert summary.exit_code == EXIT_OK and wrote.is_set()
     last_confirm = max(at for _, at in sims.mm.confirm_log())
     writes = call_times(sims, "composite")
-    assert sum(at < last_confirm for at in writes) == 8, "the final statuses were not written while the poll ran"
+    # 1,000 of them in one Composite call of five writes while the poll ran; the other 600 with the drain.
+    assert sum(at < last_confirm for at in writes) == 5, "the final statuses were not written while the poll ran"
     # 2,000 messages looked up in 20 queries, 2,000 changed Tasks in 10 Collections writes (plain or inside
     # Composite requests, fewer calls than 30); each Task once.
     assert look_ups(sims) == 20 and composite_calls(sims) == 10 and sf_calls(sims) < 30
@@ -202,30 +204,31 @@ def test_a_task_written_ahead_is_looked_up_again_before_another_report_decides_o
         sims: Simulators, make_worker: MakeWorker) -> None:
     """Two messages name one Task: the first's final is written ahead; the second's report, looked up
     before that write, must not be decided on the stale row (it would replace Delivered by Sending)."""
-    messages = [new_message_id() for _ in range(300)]
+    # 1,500 values to look up (whole Composite calls): 1,000 of the finals written ahead, the first among them.
+    messages = [new_message_id() for _ in range(1499)]
     tasks = add_tasks(sims, messages)
     other = new_message_id()  # names the first Task in its metadata, its own id on no Task
     sims.mm.add_reports([report(other, "enroute", minute=5, metadata={"sf_task_id": tasks[0]})]
                         + [report(m, "delivered", "220", minute=1) for m in messages]
                         + [report(new_message_id(), "enroute") for _ in range(300)])  # no Task: they wait
     worker = make_worker(SFSYNC_SF_CONCURRENCY="1")
-    wrote, _ = _waits_for_the_write_ahead(worker, after_pages=4)
+    wrote, _ = _waits_for_the_write_ahead(worker, after_pages=15)
     summary = worker.run()
 
     assert summary.exit_code == EXIT_OK and wrote.is_set()
     assert all(fields_of(sims, t) == ("Delivered", "220") and len(sims.sf.history(t)) == 1 for t in tasks)
-    assert summary.counts["applied"] == 300 and summary.counts["skipped_stale"] == 1
+    assert summary.counts["applied"] == 1499 and summary.counts["skipped_stale"] == 1
 
 
 @sqlite_only
 def test_rows_locked_while_written_ahead_are_written_in_the_same_run(sims: Simulators,
                                                                      make_worker: MakeWorker) -> None:
-    messages = [new_message_id() for _ in range(400)]
+    messages = [new_message_id() for _ in range(1000)]  # a whole write-ahead group
     tasks = add_tasks(sims, messages)
     sims.mm.add_reports([report(m, "delivered", "220") for m in messages]
                         + [report(new_message_id(), "enroute") for _ in range(400)])  # no Task: they wait
     worker = make_worker(SFSYNC_SF_CONCURRENCY="1", SFSYNC_RETRY_ATTEMPTS="1")  # a locked row is held at once
-    wrote, _ = _waits_for_the_write_ahead(worker, after_pages=4)
+    wrote, _ = _waits_for_the_write_ahead(worker, after_pages=10)
     held_ahead = worker.on_stage
 
     def unlock_after_the_write_ahead(stage: str) -> None:
@@ -239,5 +242,5 @@ def test_rows_locked_while_written_ahead_are_written_in_the_same_run(sims: Simul
     assert summary.exit_code == EXIT_OK and wrote.is_set() and summary.counts["held"] > 0
     # Held by the write ahead, drained again by the run's second pass: nothing left, each Task once.
     assert all(fields_of(sims, t) == ("Delivered", "220") and len(sims.sf.history(t)) == 1 for t in tasks)
-    assert summary.counts["applied"] == 400 and summary.counts["waiting"] == 400
+    assert summary.counts["applied"] == 1000 and summary.counts["waiting"] == 400
     assert worker.store.inbox_backlog() == (0, None)

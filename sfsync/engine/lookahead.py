@@ -2,20 +2,22 @@
 
 Polling is bound by MessageMedia's round trips (a check, then a confirm, per 100 reports); the
 drain needs nothing but staged reports. So while the poll runs, a thread claims what it staged,
-works out which values the match stage will look up, and looks them up in whole queries of 100
-values; the first drain batch then takes those rows instead of asking Salesforce again.
+works out which values the match stage will look up, and looks them up in whole Composite calls (five
+queries of 100 values, one API call); the first drain batch then takes those rows instead of asking
+Salesforce again.
 
 It also writes final statuses ahead: once enough messages have a final status staged (a final is
 never replaced by a non-final one; only a second, later final of the same message, a rare case,
 would cost a second write) and their Tasks looked up, the thread takes their reports through the
-pipeline in groups of 200 messages (one sObject Collections write each at most), and marks them
+pipeline in groups of 1,000 messages (one Composite call of five sObject Collections writes at
+most), and marks them
 drained in the transaction that records their outcomes, exactly as the drain would.
 A non-final is never written ahead: the message's next report, still to be polled, would cost a
 second write of the same Task. A Task written ahead is looked up again before anything else of
 this run decides on it (its looked-up row is stale).
 
-It costs no extra call: a message the ledger settles is never looked up, only whole queries go out
-and writes only for whole groups (the remainder goes with the drain, as before), and every value is
+It costs no extra call: a message the ledger settles is never looked up, only whole Composite calls
+of look-ups go out and writes only for whole groups (the remainder goes with the drain, as before), and every value is
 looked up once per run (again only for a Task written ahead that another message names). The
 thread holds at most one drain batch of staged reports (bounded memory); any error it meets is
 handed to the drain, which would have met it first thing. Only for a process alone on its store
@@ -29,7 +31,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
-from sfsync.clients.salesforce import COLLECTION_LIMIT, IN_LIST_LIMIT
+from sfsync.clients.salesforce import COLLECTION_LIMIT, COMPOSITE_LIMIT, IN_LIST_LIMIT
 from sfsync.domain.codes import resolve
 from sfsync.domain.keys import Item
 from sfsync.domain.outcome import Counts, Tally
@@ -54,7 +56,7 @@ class Lookahead:
         self.on_stage = on_stage
         # Messages with a final status are written ahead in groups of this many: whole sObject
         # Collections writes (no Bulk API job: pipeline.bulk is the backfill's).
-        self.write_group = COLLECTION_LIMIT
+        self.write_group = COLLECTION_LIMIT * COMPOSITE_LIMIT  # a whole Composite call of five writes
         self.rows: list[StagedReport] = []  # claimed in staging order, not written ahead: the drain's
         self.results: list[BatchResult] = []  # the batches written ahead, recorded (the run counts them)
         self.counts: Counts = Counter()  # what they drained
@@ -132,9 +134,10 @@ class Lookahead:
 
     def _look_up(self) -> None:
         """Whole queries only: what is left over goes with the drain's own look-ups."""
-        per_round = IN_LIST_LIMIT * max(1, self.pipeline.settings.sf_concurrency)
-        while len(self._pending) >= IN_LIST_LIMIT and not self._finish.is_set():
-            take = min(per_round, len(self._pending) // IN_LIST_LIMIT * IN_LIST_LIMIT)
+        call = IN_LIST_LIMIT * COMPOSITE_LIMIT  # values one Composite call of five queries looks up
+        per_round = call * max(1, self.pipeline.settings.sf_concurrency)
+        while len(self._pending) >= call and not self._finish.is_set():
+            take = min(per_round, len(self._pending) // call * call)
             values = list(self._pending)[:take]
             for value in values:
                 del self._pending[value]
