@@ -7,6 +7,7 @@ on the same simulators, with wall time, throughput, API calls, peak memory and t
     scripts/bench --naive-sample 0                  # the naive script over every report (slow)
     scripts/bench --skip-naive --backfill 1000000   # the backfill of a million Tasks
     scripts/bench --replicas 1,2,4 --store postgresql://...   # by replica count (bench/bench_replicas.py)
+    scripts/bench --push 100 --window 2             # sfsync serve under 100 pushes/s (bench/bench_push.py)
     scripts/bench --staged 1000000                  # the drain of a million staged reports: peak RSS
 
 The simulators run in this process; every measured program is a child process (see _common.py).
