@@ -54,7 +54,9 @@ def run_command(args: argparse.Namespace) -> int:
     stop = stop_on_signals()
     worker = Worker(settings, stop=stop, results=outputs)
     options = RunOptions(once=args.once, max_reports=args.max_reports, max_seconds=args.max_seconds,
-                         dry_run=args.dry_run, retry_waiting=args.retry_waiting, inbox=args.inbox)
+                         dry_run=args.dry_run, retry_waiting=args.retry_waiting, inbox=args.inbox,
+                         # --loop: batches formed on purpose, the window its --interval (sfsync.engine.batching)
+                         batch_window=args.interval if args.loop else None)
     endpoint = None
     heartbeat = Heartbeat(args.heartbeat, stop)
     if args.metrics_port is not None:

@@ -23,8 +23,11 @@ def register(sub: Any) -> None:
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 in a container behind a proxy)")
     parser.add_argument("--port", type=bounds.PORT_OR_ANY, default=8080, help="port (default 8080)")
     parser.add_argument("--path", default=DEFAULT_PATH, help=f"path that accepts pushes (default {DEFAULT_PATH})")
-    parser.add_argument("--drain-interval", type=timeargs.DRAIN_INTERVAL.argument(), default=2.0, metavar="SECONDS",
-                        help="seconds between drains of the inbox into Salesforce (default 2)")
+    parser.add_argument("--batch-window", "--drain-interval", dest="drain_interval",
+                        type=timeargs.DRAIN_INTERVAL.argument(), default=2.0, metavar="SECONDS",
+                        help="the longest a pushed report waits for a fuller batch: the inbox is drained into "
+                             "Salesforce once 200 messages are staged (one write) or the oldest has waited this "
+                             "long (default 2; --drain-interval is its old name)")
     parser.add_argument("--no-drain", action="store_true",
                         help="only receive; drain with 'sfsync run --inbox' (cron) instead")
     parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")

@@ -51,3 +51,12 @@ def keyed(raws: Iterable[Any]) -> list[Item]:
             key = content_key(raw)
         out.append(Item(key, raw))
     return out
+
+
+def message_key(key: str, raw: Any) -> str:
+    """What groups staged reports into one claim and one write: their message id, or the report's
+    own key when it has none."""
+    message = raw.get("message_id") if isinstance(raw, dict) else None
+    if isinstance(message, str | int) and str(message).strip():
+        return "m:" + str(message).strip()
+    return "r:" + key

@@ -41,7 +41,10 @@ class Loop:
 
     def __init__(self, run_once: Callable[[], RunSummary], *, interval: float, stop: threading.Event,
                  due: Callable[[], bool] = lambda: True, on_summary: Callable[[RunSummary], None] | None = None,
-                 state: LoopState | None = None, fatal: tuple[type[BaseException], ...] = (), name: str = "drain"):
+                 state: LoopState | None = None, fatal: tuple[type[BaseException], ...] = (), name: str = "drain",
+                 tick: float | None = None):
+        """``tick``: how often to look whether work is ``due`` (and again right after a run that
+        went well); without it, every ``interval``. Back-offs grow from ``interval``."""
         self.run_once = run_once
         self.interval = interval
         self.stop = stop
@@ -50,6 +53,7 @@ class Loop:
         self.state = state or LoopState()
         self.fatal = fatal
         self.name = name
+        self.tick = interval if tick is None else tick
         self.exit_code = EXIT_OK  # the last run's, or the last failure's
         self._lock = threading.Lock()
 
@@ -65,7 +69,7 @@ class Loop:
         """One run if there is anything to do; returns the seconds to wait before the next."""
         try:
             if not self.due():
-                return self.interval
+                return self.tick
             summary = self.run_once()
         except self.fatal:
             raise
@@ -97,7 +101,7 @@ class Loop:
                 state.consecutive_failures += 1  # nothing moved (writes failing transiently): back off
                 return loop_backoff(self.interval, state.consecutive_failures)
             state.consecutive_failures = 0
-        return self.interval
+        return self.tick
 
     def _failed(self, exc: BaseException, exit_code: int) -> float:
         with self._lock:

@@ -40,6 +40,9 @@ class RunOptions:
     dry_run: bool = False
     retry_waiting: bool = False  # every waiting report now, ignoring its back-off
     inbox: bool = False  # drain the push inbox instead of polling
+    # Batches formed on purpose (sfsync.engine.batching): the drain takes what was staged when it
+    # began, and a replica that does not poll drains once no replica polls or this many seconds passed.
+    batch_window: float | None = None
 
 
 @dataclass

@@ -28,6 +28,7 @@ from sfsync.clients.messagemedia import MessageMediaClient
 from sfsync.clients.retry import RetryCounter, StopAwareSleep
 from sfsync.clients.salesforce import SalesforceClient
 from sfsync.domain.outcome import Counts, ExitReason, ReportOutcome, ResultSink, Tally, discard
+from sfsync.engine.batching import BatchWindow
 from sfsync.engine.lookahead import Lookahead
 from sfsync.engine.reconcile import WAIT_SECONDS, BulkReconciler
 from sfsync.engine.runs import RunOptions, RunSummary, recorded_run
@@ -152,7 +153,12 @@ class Worker:
                 return summary
             if ahead and ahead.error:
                 raise ahead.error  # the drain's first Salesforce call would meet it
-            drained = self._drain_all(pipeline, options, summary, rules, claimed, ahead.cache if ahead else None)
+            # A replica that does not poll leaves what the poller is still staging until the window has
+            # passed (or nobody polls): the reports of one message then land in one claim.
+            inbox = not (polled is ExitReason.ELSEWHERE and options.batch_window is not None
+                         and BatchWindow(options.batch_window).ready(self.store, full=False) is None)
+            drained = self._drain_all(pipeline, options, summary, rules, claimed, ahead.cache if ahead else None,
+                                      inbox=inbox)
             if polled is ExitReason.NOTHING and summary.counts[Tally.DRAINED]:
                 polled = ExitReason.BACKLOG_DRAINED  # nothing new to poll; reports staged earlier were written
             summary.exit_reason = drained or polled or (
@@ -166,7 +172,7 @@ class Worker:
         return summary
 
     def _drain_all(self, pipeline: Pipeline, options: RunOptions, summary: RunSummary, rules: StopRules,
-                   claimed: list[StagedReport], ahead: ReadAhead | None) -> ExitReason:
+                   claimed: list[StagedReport], ahead: ReadAhead | None, *, inbox: bool = True) -> ExitReason:
         """The drain, the only half that speaks to Salesforce: settle open Bulk jobs, then the
         due waiting reports, then everything staged (once more for rows a transient failure held);
         ``claimed``: the first staged reports, claimed and read by the look-ahead, ``ahead`` what
@@ -178,17 +184,21 @@ class Worker:
                                sleep=StopAwareSleep(self.stop)).settle(summary.counts)
         inbox_rules = rules if options.inbox else replace(rules, max_reports=None)
         at_most = options.max_reports if options.inbox else None
+        if options.batch_window is not None:  # what was staged when the drain began: then it ends
+            staged = self.store.inbox_backlog()[0]  # the look-ahead's rows among them (it marks nothing)
+            at_most = staged if at_most is None else min(at_most, staged)
         sources: list[tuple[str | None, Source, ReadAhead | None]] = [  # (the lease it needs, the source, read)
             ("waiting", WaitingSource(self.store, every=options.retry_waiting), None),
-            (None, InboxSource(self.store, summary.counts, at_most=at_most, count_fetched=options.inbox,
-                               claims=self.replica, claimed=claimed), ahead),
         ]
+        if inbox:
+            sources.append((None, InboxSource(self.store, summary.counts, at_most=at_most, count_fetched=options.inbox,
+                                              claims=self.replica, claimed=claimed), ahead))
         for lease, source, read in sources:
             with self.replica.lease(lease) if lease else nullcontext(True) as mine:
                 drained = self.drain(source, pipeline, summary, inbox_rules, read) if mine else ExitReason.NONE
             if drained:
                 return drained
-        if summary.counts[ReportOutcome.HELD]:  # once more for rows a transient failure held (row locks)
+        if inbox and summary.counts[ReportOutcome.HELD]:  # once more for rows a transient failure held (row locks)
             again = InboxSource(self.store, summary.counts, at_most=at_most, count_fetched=options.inbox,
                                 claims=self.replica)
             return self.drain(again, pipeline, summary, inbox_rules)
@@ -366,9 +376,14 @@ def _covered(page: int | None, staged: int) -> str:
     return "; ".join(parts)
 
 
-def work_due(store: Store) -> bool:
-    """Whether a drain has anything to do: a staged report, or a waiting report due."""
-    return InboxSource(store, Counts()).pending() or WaitingSource(store).due()
+def work_due(store: Store, window: BatchWindow | None = None) -> bool:
+    """Whether a drain has anything to do: a waiting report due, or staged reports (with a
+    ``window``: a batch of them ready, full or waited long enough)."""
+    if WaitingSource(store).due():
+        return True
+    if window is None:
+        return InboxSource(store, Counts()).pending()
+    return window.ready(store) is not None
 
 
 def retry_dead_letters(settings: Settings, store: Store, sf: SalesforceClient, letter_ids: list[int],

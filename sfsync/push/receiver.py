@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sfsync.engine import Loop, LoopState, RunOptions, RunSummary, Worker, work_due
+from sfsync.engine.batching import BatchWindow
 from sfsync.errors import ConfigError, UsageError
 from sfsync.logs import register_secret
 from sfsync.ops.metrics import MetricsState
@@ -51,6 +52,7 @@ DEFAULT_PATH = "/delivery-reports"
 DEFAULT_REQUEST_TIMEOUT_S = 20.0
 MAX_REQUEST_TIMEOUT_S = 300.0
 PRUNE_EVERY_S = 3600.0
+DRAIN_TICK_S = 0.2  # how often the drain looks whether a batch is ready (a cheap read of the store)
 __all__ = ["DEFAULT_PATH", "DEFAULT_REQUEST_TIMEOUT_S", "MAX_REQUEST_TIMEOUT_S", "AbortConnection", "PushServer"]
 
 
@@ -95,9 +97,12 @@ class PushServer:
         self._idle = threading.Condition(self._lock)
         self._worker_factory = worker_factory or self._default_worker
         self._worker: Any = None
-        # The drain: the engine's loop, run when the inbox or the waiting list has something due.
+        # The drain: the engine's loop, run when a batch is ready (a full write's worth staged, or the
+        # oldest staged report waited the window: sfsync.engine.batching) or a waiting report is due.
+        self.window = BatchWindow(drain_interval)
         self._loop = Loop(self._drain_run, interval=drain_interval, stop=self._stop, due=self._work_due,
-                          on_summary=self.metrics.update, state=LoopState(enabled=drain))
+                          on_summary=self.metrics.update, state=LoopState(enabled=drain),
+                          tick=min(DRAIN_TICK_S, drain_interval))
         self._next_prune = 0.0
         self._serve_thread: threading.Thread | None = None
         self._drain_thread: threading.Thread | None = None
@@ -246,11 +251,11 @@ class PushServer:
     def _drain_run(self) -> RunSummary:
         if self._worker is None:
             self._worker = self._worker_factory(self._stop)
-        summary: RunSummary = self._worker.run(RunOptions(inbox=True))
+        summary: RunSummary = self._worker.run(RunOptions(inbox=True, batch_window=self.drain_interval))
         return summary
 
     def _work_due(self) -> bool:
-        return work_due(self.store)
+        return work_due(self.store, self.window)
 
     def drain_once(self) -> float:
         """One drain if there is anything to do; returns the seconds to wait before the next."""

@@ -6,13 +6,13 @@ from __future__ import annotations
 from sfsync.settings.store_url import StoreTarget, parse_store_url, sqlite_target
 from sfsync.store.base import RUN_HISTORY, Store
 from sfsync.store.migrations import SCHEMA_VERSION
-from sfsync.store.records import DeadLetter, LedgerEntry, StagedReport, WaitingReport, now_utc
+from sfsync.store.records import DeadLetter, LedgerEntry, StagedOutlook, StagedReport, WaitingReport, now_utc
 from sfsync.store.sqlite import MIN_FREE_BYTES, free_bytes, integrity_problem, store_error
 
 __all__ = [
-    "MIN_FREE_BYTES", "RUN_HISTORY", "SCHEMA_VERSION", "DeadLetter", "LedgerEntry", "StagedReport", "Store",
-    "StoreTarget", "WaitingReport", "free_bytes", "integrity_problem", "now_utc", "open_store", "parse_store_url",
-    "sqlite_target", "store_error",
+    "MIN_FREE_BYTES", "RUN_HISTORY", "SCHEMA_VERSION", "DeadLetter", "LedgerEntry", "StagedOutlook", "StagedReport",
+    "Store", "StoreTarget", "WaitingReport", "free_bytes", "integrity_problem", "now_utc", "open_store",
+    "parse_store_url", "sqlite_target", "store_error",
 ]
 
 

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from sfsync.domain.ids import task_id
+from sfsync.domain.keys import message_key
 from sfsync.domain.reports import report_account
 from sfsync.store.backend import Backend, Conn, Lock
 from sfsync.store.records import (
     DeadLetter,
     LedgerEntry,
+    StagedOutlook,
     StagedReport,
     WaitingReport,
     dead_letter,
@@ -300,6 +302,16 @@ class Store:
         """How many staged reports wait to be drained, and when the oldest of them was staged."""
         row = self._one("SELECT COUNT(*) AS n, MIN(received_at) AS oldest FROM inbox WHERE processed_at IS NULL")
         return int(row["n"]), parse_ts(row["oldest"])
+
+    def staged_outlook(self, limit: int) -> StagedOutlook:
+        """What a drain would find staged now: how many messages the oldest ``limit`` unclaimed
+        reports belong to (as far as ``limit`` reports), when the oldest staged report was staged,
+        and the last staging sequence (a drain takes what was staged up to it)."""
+        rows = self._rows("SELECT seq, report_id, raw FROM inbox WHERE processed_at IS NULL AND claimed_by IS NULL "
+                          "ORDER BY seq LIMIT ?", (limit,))
+        messages = {message_key(r["report_id"], json.loads(r["raw"])) for r in rows}
+        last = self._one("SELECT MAX(seq) AS seq FROM inbox")["seq"]
+        return StagedOutlook(len(messages), self.inbox_backlog()[1], int(last or 0))
 
     def inbox_pending(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._rows("SELECT raw FROM inbox WHERE processed_at IS NULL ORDER BY seq LIMIT ?",

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
+from sfsync.domain.keys import message_key
 from sfsync.errors import AlreadyRunning, StoreError
 from sfsync.store.backend import Backend
 from sfsync.store.records import StagedReport, now_utc, parse_ts, ts
@@ -50,14 +51,6 @@ def holder_id() -> str:
     """A replica's name in leases and claims: host, process and a random part (two replicas in
     one process, as in the tests, are told apart)."""
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def message_key(report_id: str, raw: Any) -> str:
-    """What groups staged reports: their message id, or the report's own key when it has none."""
-    message = raw.get("message_id") if isinstance(raw, dict) else None
-    if isinstance(message, str | int) and str(message).strip():
-        return "m:" + str(message).strip()
-    return "r:" + report_id
 
 
 class Leases:

@@ -79,3 +79,13 @@ def entry(row: Mapping[str, Any]) -> LedgerEntry:
 def dead_letter(row: Mapping[str, Any]) -> DeadLetter:
     return DeadLetter(row["id"], row["report_id"], row["message_id"], row["raw"], row["source"], row["reason"],
                       row["sf_error"], parse_ts(row["created_at"]) or now_utc(), parse_ts(row["retried_at"]))
+
+
+@dataclass(frozen=True)
+class StagedOutlook:
+    """What is staged for a drain: the messages of the oldest unclaimed reports, the oldest staged
+    time (None: nothing staged), and the last staging sequence."""
+
+    messages: int
+    oldest: dt.datetime | None
+    last_seq: int

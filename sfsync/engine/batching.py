@@ -1,0 +1,56 @@
+"""Batches formed on purpose: a drain goes when a full write's worth is staged, or when the oldest
+staged report has waited the window, whichever comes first (Kafka's ``batch.size`` and ``linger.ms``).
+
+A drain takes a batch when the oldest unclaimed staged reports belong to at least ``full`` messages
+(200: one sObject Collections write; a message is one Task as a rule), or when the oldest staged
+report has waited ``window`` seconds. A final status is never held past the window for a fuller batch.
+Each drain takes only what was staged when it began (``StagedOutlook.last_seq``), so it ends; the next
+waits for the next batch, and due waiting reports, dead-letter retries and the run history go on
+between drains under any stream of pushes.
+
+For ``serve`` the window is ``--batch-window`` (``--drain-interval``); for replicas of ``run --loop``
+it is the loop's ``--interval``: a replica that does not hold the poll lease drains only once no
+other replica is polling or the window has passed, so that the reports of one message, still being
+staged, land in one claim, and more replicas never mean more Salesforce calls.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sfsync.clients.salesforce import COLLECTION_LIMIT
+from sfsync.store import StagedOutlook, Store, now_utc
+
+FULL_BATCH = COLLECTION_LIMIT  # messages: one sObject Collections write
+LOOK_AT = 5 * FULL_BATCH  # staged reports read to count messages (a message has a few reports at most)
+
+
+@dataclass(frozen=True)
+class BatchWindow:
+    window_s: float
+    full: int = FULL_BATCH
+    clock: Callable[[], dt.datetime] = now_utc
+
+    def outlook(self, store: Store) -> StagedOutlook:
+        return store.staged_outlook(max(LOOK_AT, self.full))
+
+    def ready(self, store: Store, *, full: bool = True) -> StagedOutlook | None:
+        """What a drain would take now, when a batch is ready (``full``: a full batch counts too,
+        else only the window), or None."""
+        seen = self.outlook(store)
+        if seen.oldest is None:
+            return None
+        if full and seen.messages >= self.full:
+            return seen
+        return seen if self.waited(seen) else None
+
+    def waited(self, seen: StagedOutlook) -> bool:
+        return seen.oldest is not None and (self.clock() - seen.oldest).total_seconds() >= self.window_s
+
+    def wait_s(self, seen: StagedOutlook | None) -> float:
+        """Seconds until the oldest staged report has waited the window (the loop's next look)."""
+        if seen is None or seen.oldest is None:
+            return self.window_s
+        return max(0.0, self.window_s - (self.clock() - seen.oldest).total_seconds())
