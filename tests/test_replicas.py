@@ -3,7 +3,9 @@ server and the simulators (each Task's write history, what MessageMedia was told
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
+import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -18,8 +20,9 @@ from sfsync.pipeline import Pipeline
 from sfsync.settings.config import Settings
 from sfsync.sim.harness import Simulators
 from sfsync.sources.inbox import InboxSource
-from sfsync.store import Store, open_store, parse_store_url
+from sfsync.store import Store, now_utc, open_store, parse_store_url
 from sfsync.store.leases import Leases
+from sfsync.store.records import ts
 from sfsync.store.replicas import Replica, poll_lease
 from tests import pgcluster
 from tests.conftest import add_tasks, fields_of, new_message_id, report
@@ -222,3 +225,31 @@ def test_a_task_whose_lease_another_replica_holds_is_left_for_a_later_pass(
     done = worker.run(RunOptions(inbox=True))
     assert done.counts["drained"] == 1 and writes(sims, task) == [("Delivered", "221")]
     assert Leases(store, "observer", 1).holders() == {}  # every lease given back
+
+
+def test_a_replica_that_does_not_poll_leaves_what_the_poller_stages_to_one_claim(
+        sims: Simulators, replica: Callable[..., Worker]) -> None:
+    """Issue #21: while another replica polls and keeps staging, a replica of `run --loop` claims
+    nothing (the message's later reports are still coming); once the poll has gone quiet for the
+    window it drains the backlog in one claim: each Task written once, with its final."""
+    poller, other = replica(), replica()
+    messages = [new_message_id() for _ in range(50)]
+    tasks = add_tasks(sims, messages)
+    window = 0.5  # --interval: the window (short, so that the quiet spell below is short)
+    assert isinstance(poller.replica, Replica)
+    with poller.replica.session(), poller.replica.lease(poll_lease(None)) as polling:
+        assert polling  # the poller holds the account's poll lease, as while it pages through the queue
+        poller.store.stage("poll", keyed([report(m, "submitted", "210", minute=1) for m in messages]))
+        with poller.store.backend.transaction() as db:  # staged three windows ago (no wait for it)
+            db.execute("UPDATE inbox SET received_at = ?", (ts(now_utc() - dt.timedelta(seconds=3 * window)),))
+        poller.store.stage("poll", keyed([report(new_message_id(), "enroute")]))  # the poller still pages on
+        quiet = other.run(RunOptions(batch_window=window))
+        assert quiet.exit_reason == "polled_elsewhere" and quiet.counts["drained"] == 0  # though the oldest waited
+        assert all(writes(sims, t) == [] for t in tasks)  # nothing claimed, nothing written
+        poller.store.stage("poll", keyed([report(m, "delivered", "221", minute=2) for m in messages]))
+        deadline = time.monotonic() + 20
+        drained = 0
+        while not drained and time.monotonic() < deadline:  # a wait on a condition, with a deadline
+            drained = other.run(RunOptions(batch_window=window)).counts["drained"]
+    assert drained == 101  # both reports of every message (and the one without a Task), in one claim
+    assert all(writes(sims, t) == [("Delivered", "221")] for t in tasks)

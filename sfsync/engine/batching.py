@@ -10,8 +10,9 @@ between drains under any stream of pushes.
 
 For ``serve`` the window is ``--batch-window`` (``--drain-interval``); for replicas of ``run --loop``
 it is the loop's ``--interval``: a replica that does not hold the poll lease drains only once no
-other replica is polling or the window has passed, so that the reports of one message, still being
-staged, land in one claim, and more replicas never mean more Salesforce calls.
+other replica polls, or the poller has staged nothing new for the window (its poll is over or
+stuck), or the oldest staged report has waited ten windows. The reports of one message, staged
+page after page, then land in one claim, and more replicas never mean more Salesforce calls.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sfsync.store import StagedOutlook, Store, now_utc
 
 FULL_BATCH = COLLECTION_LIMIT  # messages: one sObject Collections write
 LOOK_AT = 5 * FULL_BATCH  # staged reports read to count messages (a message has a few reports at most)
+SETTLE_WINDOWS = 10  # while another replica polls, the longest a staged report waits: this many windows
 
 
 @dataclass(frozen=True)
@@ -36,15 +38,26 @@ class BatchWindow:
     def outlook(self, store: Store) -> StagedOutlook:
         return store.staged_outlook(max(LOOK_AT, self.full))
 
-    def ready(self, store: Store, *, full: bool = True) -> StagedOutlook | None:
-        """What a drain would take now, when a batch is ready (``full``: a full batch counts too,
-        else only the window), or None."""
+    def ready(self, store: Store) -> StagedOutlook | None:
+        """What a drain would take now, when a batch is ready (full, or waited the window), or None."""
         seen = self.outlook(store)
         if seen.oldest is None:
             return None
-        if full and seen.messages >= self.full:
+        if seen.messages >= self.full:
             return seen
         return seen if self.waited(seen) else None
+
+    def settled(self, store: Store) -> StagedOutlook | None:
+        """For a replica that does not poll while another does: what is staged, once the poller has
+        staged nothing new for the window (its poll is over, or stuck) or the oldest staged report
+        has waited ``SETTLE_WINDOWS`` windows; else None. A message's reports, still being staged
+        page after page, then land in one claim (one look-up, one write), however short the window."""
+        seen = self.outlook(store)
+        if seen.oldest is None or seen.newest is None:
+            return None
+        quiet = (self.clock() - seen.newest).total_seconds() >= self.window_s
+        overdue = (self.clock() - seen.oldest).total_seconds() >= SETTLE_WINDOWS * self.window_s
+        return seen if quiet or overdue else None
 
     def waited(self, seen: StagedOutlook) -> bool:
         return seen.oldest is not None and (self.clock() - seen.oldest).total_seconds() >= self.window_s

@@ -153,10 +153,10 @@ class Worker:
                 return summary
             if ahead and ahead.error:
                 raise ahead.error  # the drain's first Salesforce call would meet it
-            # A replica that does not poll leaves what the poller is still staging until the window has
-            # passed (or nobody polls): the reports of one message then land in one claim.
+            # A replica that does not poll leaves what the poller is still staging alone until the poll
+            # has gone quiet for the window (sfsync.engine.batching): one message's reports, one claim.
             inbox = not (polled is ExitReason.ELSEWHERE and options.batch_window is not None
-                         and BatchWindow(options.batch_window).ready(self.store, full=False) is None)
+                         and BatchWindow(options.batch_window).settled(self.store) is None)
             drained = self._drain_all(pipeline, options, summary, rules, claimed, ahead.cache if ahead else None,
                                       inbox=inbox)
             if polled is ExitReason.NOTHING and summary.counts[Tally.DRAINED]:

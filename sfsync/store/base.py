@@ -310,8 +310,10 @@ class Store:
         rows = self._rows("SELECT seq, report_id, raw FROM inbox WHERE processed_at IS NULL AND claimed_by IS NULL "
                           "ORDER BY seq LIMIT ?", (limit,))
         messages = {message_key(r["report_id"], json.loads(r["raw"])) for r in rows}
-        last = self._one("SELECT MAX(seq) AS seq FROM inbox")["seq"]
-        return StagedOutlook(len(messages), self.inbox_backlog()[1], int(last or 0))
+        row = self._one("SELECT MAX(seq) AS seq FROM inbox")
+        times = self._one("SELECT MIN(received_at) AS oldest, MAX(received_at) AS newest FROM inbox "
+                          "WHERE processed_at IS NULL")
+        return StagedOutlook(len(messages), parse_ts(times["oldest"]), int(row["seq"] or 0), parse_ts(times["newest"]))
 
     def inbox_pending(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._rows("SELECT raw FROM inbox WHERE processed_at IS NULL ORDER BY seq LIMIT ?",

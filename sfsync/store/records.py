@@ -83,9 +83,10 @@ def dead_letter(row: Mapping[str, Any]) -> DeadLetter:
 
 @dataclass(frozen=True)
 class StagedOutlook:
-    """What is staged for a drain: the messages of the oldest unclaimed reports, the oldest staged
-    time (None: nothing staged), and the last staging sequence."""
+    """What is staged for a drain: the messages of the oldest unclaimed reports, the oldest and the
+    newest staged times of what waits (None: nothing staged), and the last staging sequence."""
 
     messages: int
     oldest: dt.datetime | None
     last_seq: int
+    newest: dt.datetime | None = None  # when the latest staged report not yet drained was staged
