@@ -418,11 +418,14 @@ def check(sims: Simulators, work: Workload, state: Path) -> Verdict:
 
 # -- driver -------------------------------------------------------------------------------------------------
 def run_once(sims: Simulators, state: Path, kill_after: float | None, timeout: float,
-             kill_at: str | None = None) -> Process:
+             kill_at: str | None = None, small: bool = False) -> Process:
+    """One `sfsync run`; ``small``: a workload too small for the look-ahead's whole Composite groups
+    (``SMALL_GROUPS`` instead, through chaos_child.py), so that it looks up and writes ahead all the same."""
     started = time.time()
-    if kill_at:
+    groups = {"CHAOS_GROUPS": SMALL_GROUPS} if small else {}
+    if kill_at or small:
         argv = [PYTHON, str(CHILD), "run", "--retry-waiting"]
-        env = worker_env(sims, state, **CHAOS_ENV, CHAOS_KILL_AT=kill_at)
+        env = worker_env(sims, state, **CHAOS_ENV, **groups, **({"CHAOS_KILL_AT": kill_at} if kill_at else {}))
     else:
         argv, env = [SFSYNC, "run", "--retry-waiting"], worker_env(sims, state, **CHAOS_ENV)
     result = run_child(argv, env, cwd=state.parent, kill_after=kill_after, timeout=timeout)
@@ -433,6 +436,8 @@ def run_once(sims: Simulators, state: Path, kill_after: float | None, timeout: f
     return Process(started, ended, result, waiting, dead)
 
 
+SMALL_GROUPS = "100,200"  # the look-ahead's groups for a small workload: one query, one write
+SMALL_WORKLOAD = 10_000  # reports: below this, the look-ahead's groups are SMALL_GROUPS
 CHAOS_ENV = {"SFSYNC_HTTP_TIMEOUT": "2", "SFSYNC_RETRY_MAX_SECONDS": "30", "SFSYNC_CONFIRM_WAIT_SECONDS": "10"}
 
 
@@ -529,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
                     # The first kills at the boundaries staging added, the others at random instants.
                     boundary = f"{BOUNDARIES[killed]}:1" if killed < len(BOUNDARIES) else None
                     proc = run_once(sims, state, None if boundary else rng.uniform(*kill_window), timeout=120,
-                                    kill_at=boundary)
+                                    kill_at=boundary, small=n_reports < SMALL_WORKLOAD)
                     processes.append(proc)
                     killed += proc.result.killed
                     attempts += 1
@@ -541,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
                 while not drained(sims, state, work):
                     if time.monotonic() - started > budget:
                         raise TimeoutError(f"not drained within the {budget:g} s budget: {stuck(state, work)}")
-                    proc = run_once(sims, state, None, timeout=max(10.0, budget - (time.monotonic() - started)))
+                    proc = run_once(sims, state, None, timeout=max(10.0, budget - (time.monotonic() - started)),
+                                    small=n_reports < SMALL_WORKLOAD)
                     processes.append(proc)
                     print(f"  run {len(processes):2}: exit {proc.result.returncode} after {proc.result.wall_s:4.1f} s "
                           f"({(proc.result.summary() or {}).get('exit_reason', '?')}); unconfirmed "
@@ -558,7 +564,8 @@ def main(argv: list[str] | None = None) -> int:
                 while not drained(sims, state, work):
                     if time.monotonic() - started > budget:
                         raise TimeoutError(f"rerun not drained within the {budget:g} s budget")
-                    proc = run_once(sims, state, None, timeout=max(10.0, budget - (time.monotonic() - started)))
+                    proc = run_once(sims, state, None, timeout=max(10.0, budget - (time.monotonic() - started)),
+                                    small=n_reports < SMALL_WORKLOAD)
                     processes.append(proc)
                     rerun_runs += 1
                 rerun_writes = sims.sf.stats()["api_calls"].get("composite", 0) - composite_before

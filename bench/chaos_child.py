@@ -7,6 +7,10 @@ look-ahead has written final statuses and recorded them), ``confirmed``, ``match
 nothing written), ``wrote`` (a write answered, its outcome not yet recorded: mid-poll when the
 look-ahead wrote first), ``recorded``. Without it, plain ``sfsync``.
 
+``CHAOS_GROUPS=lookups,writes`` (a small workload): the look-ahead looks up and writes ahead in
+groups of these many values and messages instead of whole Composite calls (500 and 1,000), so that
+a CI-sized queue still reaches the ``looked_ahead`` and ``wrote_ahead`` kill points.
+
 ``CHAOS_RECORD=path`` (the replica chaos run): after each drained batch is committed, append the
 staged reports this process marked drained, with its replica's name, to ``path`` (one line each),
 so that the checker can tell whether two replicas ever recorded one report's outcome.
@@ -21,7 +25,7 @@ from typing import Any
 
 from sfsync import pipeline
 from sfsync.cli.main import main
-from sfsync.engine import worker
+from sfsync.engine import lookahead, worker
 from sfsync.store import replicas
 
 
@@ -71,7 +75,14 @@ def record_drained(path: str) -> None:
     pipeline.Pipeline.process = processed  # type: ignore[method-assign]
 
 
+def small_groups(spec: str) -> None:
+    look_ups, _, writes = spec.partition(",")
+    lookahead.LOOK_UP_GROUP, lookahead.WRITE_GROUP = int(look_ups), int(writes or look_ups)
+
+
 if __name__ == "__main__":
+    if os.environ.get("CHAOS_GROUPS"):
+        small_groups(os.environ["CHAOS_GROUPS"])
     if os.environ.get("CHAOS_RECORD"):
         record_drained(os.environ["CHAOS_RECORD"])
     where, _, count = os.environ.get("CHAOS_KILL_AT", "").partition(":")

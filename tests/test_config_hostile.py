@@ -138,7 +138,8 @@ OPTION_CASES = [
     (["run", "--loop", "--metrics-port", "70000"], "--metrics-port"),
     (["serve", "--port", "70000"], "--port"),
     (["serve", "--port", "-1"], "--port"),
-    (["serve", "--drain-interval", "nan"], "--drain-interval"),
+    (["serve", "--drain-interval", "nan"], "--batch-window"),  # the old name of --batch-window
+    (["serve", "--batch-window", "0"], "--batch-window"),
     (["serve", "--max-connections", "0"], "--max-connections"),
     (["serve", "--inbox-retention-days", "1e300"], "--inbox-retention-days"),
     (["status", "--runs", "-5"], "--runs"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from sfsync.clients.retry import RetryPolicy
+from sfsync.clients.retry import BUDGET_BACKOFF_S, RetryPolicy
 from sfsync.clients.salesforce import SalesforceClient, jwt_audience
 from sfsync.engine import Worker
 from sfsync.errors import EXIT_AUTH, EXIT_BUDGET, EXIT_OK, EXIT_UNAVAILABLE, AuthError, RemoteError
@@ -189,7 +189,7 @@ def test_serve_drain_retries_a_concurrency_limit_instead_of_backing_off(
                                headers={"X-SFSync-Secret": secret}, timeout=10)
         assert pushed.status_code == 200
         sims.sf.configure(concurrent_limit_calls=1)
-        assert server.drain_once() == server.drain_interval  # not the 300 s budget back-off
+        assert server.drain_once() < BUDGET_BACKOFF_S  # retried at once, not the budget's back-off
         assert fields_of(sims, task) == ("Delivered", "221") and server.store.inbox_count() == 0
         assert server.drain_state.last_exit_reason != "api_budget"
     finally:

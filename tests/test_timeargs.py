@@ -131,7 +131,7 @@ def test_report_windows_are_read_or_refused(since: str | None, until: str | None
 
 
 RULES = [timeargs.REPORT_DAYS, timeargs.RUN_INTERVAL, timeargs.RUN_MAX_SECONDS, timeargs.OLDER_THAN_DAYS,
-         timeargs.DRAIN_INTERVAL, timeargs.INBOX_RETENTION_DAYS]
+         timeargs.BATCH_WINDOW, timeargs.INBOX_RETENTION_DAYS]
 
 
 @settings(max_examples=300)

@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--port", type=bounds.PORT_OR_ANY, default=8080, help="port (default 8080)")
     parser.add_argument("--path", default=DEFAULT_PATH, help=f"path that accepts pushes (default {DEFAULT_PATH})")
     parser.add_argument("--batch-window", "--drain-interval", dest="drain_interval",
-                        type=timeargs.DRAIN_INTERVAL.argument(), default=2.0, metavar="SECONDS",
+                        type=timeargs.BATCH_WINDOW.argument(), default=2.0, metavar="SECONDS",
                         help="the longest a pushed report waits for a fuller batch: the inbox is drained into "
                              "Salesforce once 200 messages are staged (one write) or the oldest has waited this "
                              "long (default 2; --drain-interval is its old name)")

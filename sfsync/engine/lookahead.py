@@ -44,6 +44,9 @@ from sfsync.store import StagedReport, Store
 
 log = logging.getLogger("sfsync.engine.lookahead")
 
+LOOK_UP_GROUP = IN_LIST_LIMIT * COMPOSITE_LIMIT  # values one Composite call of five queries looks up
+WRITE_GROUP = COLLECTION_LIMIT * COMPOSITE_LIMIT  # messages one Composite call of five writes writes
+
 
 class Lookahead:
     """A thread that looks up, while the poll stages, the Tasks the first drain batch will need,
@@ -56,7 +59,8 @@ class Lookahead:
         self.on_stage = on_stage
         # Messages with a final status are written ahead in groups of this many: whole sObject
         # Collections writes (no Bulk API job: pipeline.bulk is the backfill's).
-        self.write_group = COLLECTION_LIMIT * COMPOSITE_LIMIT  # a whole Composite call of five writes
+        self.write_group = WRITE_GROUP
+        self.look_up_group = LOOK_UP_GROUP
         self.rows: list[StagedReport] = []  # claimed in staging order, not written ahead: the drain's
         self.results: list[BatchResult] = []  # the batches written ahead, recorded (the run counts them)
         self.counts: Counts = Counter()  # what they drained
@@ -134,7 +138,7 @@ class Lookahead:
 
     def _look_up(self) -> None:
         """Whole queries only: what is left over goes with the drain's own look-ups."""
-        call = IN_LIST_LIMIT * COMPOSITE_LIMIT  # values one Composite call of five queries looks up
+        call = self.look_up_group
         per_round = call * max(1, self.pipeline.settings.sf_concurrency)
         while len(self._pending) >= call and not self._finish.is_set():
             take = min(per_round, len(self._pending) // call * call)

@@ -65,10 +65,11 @@ class Loop:
             between()
         return self.exit_code
 
-    def once(self) -> float:
-        """One run if there is anything to do; returns the seconds to wait before the next."""
+    def once(self, due: Callable[[], bool] | None = None) -> float:
+        """One run if there is anything to do (``due``, else the loop's own); returns the seconds to
+        wait before the next."""
         try:
-            if not self.due():
+            if not (due or self.due)():
                 return self.tick
             summary = self.run_once()
         except self.fatal:

@@ -258,8 +258,9 @@ class PushServer:
         return work_due(self.store, self.window)
 
     def drain_once(self) -> float:
-        """One drain if there is anything to do; returns the seconds to wait before the next."""
-        return self._loop.once()
+        """One drain now if anything is staged or due, without waiting for a batch to fill or its
+        window to pass (for tests and tools); returns the seconds the loop would wait before the next."""
+        return self._loop.once(due=lambda: work_due(self.store))
 
     def _drain_loop(self) -> None:
         self._loop.forever(between=self._prune)

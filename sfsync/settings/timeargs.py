@@ -107,7 +107,7 @@ REPORT_DAYS = DurationRule("--days", "days", 0, 36_500)
 RUN_INTERVAL = DurationRule("--interval", "seconds", 0.1, 7 * DAY_S, inclusive_minimum=True)  # no busy loop
 RUN_MAX_SECONDS = DurationRule("--max-seconds", "seconds", 0, 365 * DAY_S)
 OLDER_THAN_DAYS = DurationRule("--older-than-days", "days", 0, 36_500, inclusive_minimum=True)
-DRAIN_INTERVAL = DurationRule("--drain-interval", "seconds", 0.1, DAY_S, inclusive_minimum=True)
+BATCH_WINDOW = DurationRule("--batch-window", "seconds", 0.1, DAY_S, inclusive_minimum=True)  # also --drain-interval
 INBOX_RETENTION_DAYS = DurationRule("--inbox-retention-days", "days", 0, 3_650)
 
 
