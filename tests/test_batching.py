@@ -138,3 +138,26 @@ def test_under_continuous_pushes_waiting_retries_and_run_history_move(
     while server.store.inbox_backlog()[0] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert all(fields_of(sims, t) == ("Delivered", "220") for t in tasks)
+
+
+def test_a_full_batch_of_pushes_goes_at_once_whatever_the_window(
+        sims: Simulators, push_server: Callable[..., PushServer]) -> None:
+    """200 messages pushed to a receiver with a one-minute window reach their Tasks in seconds: a full
+    write does not wait for the window (nor for the loop's first look)."""
+    server = push_server(60.0)
+    messages = [new_message_id() for _ in range(FULL_BATCH)]
+    tasks = add_tasks(sims, messages)
+    conn = HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        for message in messages:
+            conn.request("POST", "/delivery-reports", body=json.dumps(report(message, "delivered", "220")),
+                         headers={"Content-Type": "application/json", HEADER: SECRET})
+            answer = conn.getresponse()
+            answer.read()
+            assert answer.status == 200
+    finally:
+        conn.close()
+    deadline = time.monotonic() + 20  # a third of the window: only the full batch can have sent them
+    while time.monotonic() < deadline and not all(fields_of(sims, t) == ("Delivered", "220") for t in tasks):
+        time.sleep(0.05)  # the poll interval of a wait on a condition, with a deadline
+    assert all(fields_of(sims, t) == ("Delivered", "220") for t in tasks)

@@ -79,7 +79,8 @@ def test_the_alerts_the_manual_promises_are_there() -> None:
         for name in _metrics_in(rule["expr"]):
             by_metric.setdefault(name, []).append(rule["alert"])
     for needed in ("sfsync_last_success_timestamp_seconds", "sfsync_backlog_dead_letters",
-                   "sfsync_backlog_oldest_inbox_age_seconds", "sfsync_salesforce_api_usage_ratio", "up"):
+                   "sfsync_backlog_oldest_inbox_age_seconds", "sfsync_salesforce_api_usage_ratio", "up",
+                   "sfsync_push_total"):
         assert needed in by_metric, f"no alert reads {needed}"
     monitoring = (REPO / "docs" / "monitoring.md").read_text()
     for rule in _rules():

@@ -106,15 +106,28 @@ def get(url: str) -> tuple[int, str, str]:
         return exc.code, exc.headers["Content-Type"], exc.read().decode()
 
 
+def get_status(request: urllib.request.Request) -> int:
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        return int(exc.code)
+
+
 def test_serve_has_metrics_and_healthz(settings_for: Callable[..., Settings]) -> None:
     server = PushServer(settings_for(SFSYNC_PUSH_SECRET="s3cret-s3cret"), port=0, drain=False).start()
     try:
         server.store.stage("push", [("r1", {"delivery_report_id": "r1"})])
         base = f"http://127.0.0.1:{server.port}"
+        refused = urllib.request.Request(server.url, data=b"{}", headers={"Content-Type": "application/json"})
+        assert get_status(refused) == 401  # no secret: refused, and counted
         status, kind, text = get(base + "/metrics")
         assert status == 200 and kind.startswith("text/plain")
         values = samples(text)
         assert values["sfsync_backlog_inbox_reports"] == 1
+        assert values['sfsync_push_total{outcome="unauthenticated"}'] == 1
+        assert values['sfsync_push_total{outcome="stored"}'] == 0
         assert any(k.startswith("sfsync_build_info{") for k in values)
         assert get(base + "/healthz")[0] == 200
     finally:

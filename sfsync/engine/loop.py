@@ -59,7 +59,7 @@ class Loop:
 
     def forever(self, between: Callable[[], None] = lambda: None, *, at_once: bool = False) -> int:
         """Runs until the stop event; the exit status of the last run (or failure)."""
-        delay = 0.0 if at_once else self.interval
+        delay = 0.0 if at_once else self.tick  # the first look after a tick, as every later one
         while not self.stop.wait(delay):
             delay = self.once()
             between()

@@ -216,7 +216,7 @@ def full_exposition() -> str:
     now = 1_800_000_000.0
     then = dt.datetime.fromtimestamp(now - 60, dt.UTC)
     backlog = Backlog(1, 1, 1, then, then, {"acme": {"inbox_pending": 1, "waiting": 1, "dead_letters": 1}})
-    return exposition(Snapshot(summary, totals, now, now, backlog, now))
+    return exposition(Snapshot(summary, totals, now, now, backlog, now, pushes={"stored": 2}))
 
 
 def metric_docs(text: str | None = None) -> list[MetricDoc]:

@@ -15,7 +15,7 @@ import platform
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,10 @@ _LAST_RUN = {
     "confirmed": "Reports confirmed to MessageMedia in the last run.",
     "held": "Reports left unconfirmed in the last run after transient write failures.",
 }
+# What the push receiver counts (sfsync_push_total{outcome=...}): reports stored or already stored, and
+# requests refused: 401, 400, 413, 415, a framing ambiguity, too many connections from one address, 503.
+PUSH_OUTCOMES = ("stored", "duplicates", "unauthenticated", "malformed", "too_large", "unsupported_type",
+                 "bad_framing", "refused_per_client", "store_errors")
 # Outcomes counted in sfsync_reports_total{outcome=...}: the run summary's counts of that name.
 OUTCOMES: tuple[str, ...] = tuple(k.value for k in (
     Tally.FETCHED, ReportOutcome.APPLIED, ReportOutcome.SKIPPED_STALE, ReportOutcome.SKIPPED_UNCHANGED,
@@ -94,6 +98,7 @@ class Snapshot:
     last_success: float | None = None
     backlog: Backlog | None = None
     now: float = field(default_factory=time.time)
+    pushes: Mapping[str, int] | None = None  # serve: what the receiver did with pushes, by outcome
 
 
 def _number(value: Any) -> float:
@@ -123,6 +128,8 @@ class _Collector:
         yield from self._times(snap)
         if snap.backlog is not None:
             yield from self._backlog(snap.backlog, snap.now)
+        if snap.pushes is not None:
+            yield from self._pushes(snap.pushes)
 
     @staticmethod
     def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
@@ -145,6 +152,14 @@ class _Collector:
                           _number(data.get("duration_s")))
         yield self._gauge("sfsync_last_run_exit_code", "Exit status of the last run (0 success).",
                           _number(data.get("exit_code")))
+
+    @staticmethod
+    def _pushes(pushes: Mapping[str, int]) -> Iterator[Metric]:
+        family = CounterMetricFamily("sfsync_push", "Pushed reports stored or found already stored, and push "
+                                     "requests refused, by outcome (sfsync serve).", labels=["outcome"])
+        for outcome in PUSH_OUTCOMES:
+            family.add_metric([outcome], float(pushes.get(outcome, 0)))
+        yield family
 
     @staticmethod
     def _totals(totals: Totals) -> Iterator[Metric]:
@@ -258,8 +273,10 @@ class MetricsState:
     """The figures of a long-running process (``run --loop``, ``serve``): updated after each run,
     read by ``/metrics``. The backlog is read from the store at each scrape."""
 
-    def __init__(self, store: Any = None):
+    def __init__(self, store: Any = None, pushes: Callable[[], Mapping[str, int]] | None = None):
+        """``pushes``: the receiver's counts by outcome (``serve``), read at each scrape."""
         self.store = store
+        self.pushes = pushes
         self.totals = Totals()
         self.summary: dict[str, Any] | None = None
         self.last_run: float | None = None
@@ -280,7 +297,8 @@ class MetricsState:
         backlog = Backlog.of(self.store) if self.store is not None else None
         with self._lock:
             totals = Totals(dict(self.totals.reports), dict(self.totals.calls), self.totals.runs)
-            snapshot = Snapshot(self.summary, totals, self.last_run, self.last_success, backlog)
+            snapshot = Snapshot(self.summary, totals, self.last_run, self.last_success, backlog,
+                                pushes=self.pushes() if self.pushes is not None else None)
         return exposition(snapshot)
 
 

@@ -88,7 +88,7 @@ class PushServer:
         self.drain_interval = drain_interval
         self.inbox_retention = dt.timedelta(days=inbox_retention_days)
         self.counts: Counter[str] = Counter()
-        self.metrics = MetricsState(self.store)  # GET /metrics: drain runs, backlog, build info
+        self.metrics = MetricsState(self.store, pushes=self.push_counts)  # GET /metrics: runs, backlog, pushes
         self.after_commit: Callable[[list[str]], None] | None = None  # test hook, see AbortConnection
         self.closing = threading.Event()
         self._stop = threading.Event()
@@ -224,6 +224,10 @@ class PushServer:
     def count(self, key: str, n: int = 1) -> None:
         with self._lock:
             self.counts[key] += n
+
+    def push_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counts)
 
     @property
     def drain_state(self) -> LoopState:
