@@ -136,7 +136,7 @@ def test_under_continuous_pushes_waiting_retries_and_run_history_move(
     assert seen_while_pushing["runs"] >= 2  # drains end and are recorded while pushes keep coming
     deadline = time.monotonic() + 30
     while server.store.inbox_backlog()[0] and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.05)  # the poll interval of a wait on a condition, with a deadline
     assert all(fields_of(sims, t) == ("Delivered", "220") for t in tasks)
 
 
