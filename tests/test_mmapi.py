@@ -336,3 +336,17 @@ def test_a_metadata_value_with_quote_and_backslash_survives_the_push(
     body = render_template(unescaped, report(message, "delivered", "221", metadata={"sf_task_id": awkward}))
     with pytest.raises(ValueError):
         json.loads(body)
+
+
+def test_a_webhook_created_whose_answer_was_lost_is_installed_once(sims: Simulators, tmp_path: Path) -> None:
+    """MessageMedia creates the webhook but the answer is lost; the retry meets 409 "already exists".
+    That is the webhook this install asked for: installed, exit 0, one webhook (before: exit 8)."""
+    # Seeded so that the list passes, the create's answer is lost, and its retry and the look-up pass.
+    sims.mm.faults.configure(rate=0.5, kinds=["lost_response"], seed=30, retry_after=0)
+    done = sfsync("webhooks", "install", "--url", "https://sfsync.example.com/dr",
+                  env=cli_env(sims, tmp_path / "s", SFSYNC_PUSH_SECRET=SECRET, SFSYNC_RETRY_ATTEMPTS="4"), cwd=tmp_path)
+    sims.mm.faults.configure(rate=0.0)
+    assert sims.mm.faults.snapshot()["injected"].get("lost_response") == 1
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    [hook] = sims.mm.webhooks()
+    assert hook["url"] == "https://sfsync.example.com/dr" and hook["id"] in done.stdout

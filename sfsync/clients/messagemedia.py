@@ -176,7 +176,18 @@ class MessageMediaClient:
 
     # -- webhooks (push mode) ----------------------------------------------------------------------------
     def create_webhook(self, payload: dict[str, Any]) -> dict[str, Any]:
-        body = self._call("webhooks", "POST", "/v1/webhooks/messages", json=payload)
+        """Create a webhook. A create is not idempotent: when its answer is lost, the retry meets 409
+        (a webhook with this URL already exists). That webhook is the one this call created (callers
+        look for an existing one first), so it is returned as created."""
+        try:
+            body = self._call("webhooks", "POST", "/v1/webhooks/messages", json=payload)
+        except RemoteError as exc:
+            same = [h for h in self.list_webhooks() if h.get("url") == payload.get("url")] if exc.status == 409 else []
+            if not same:
+                raise
+            log.info("the webhook to %s was created before its answer was lost; it is kept", payload.get("url"),
+                     extra={"event": "webhook_created_answer_lost"})
+            return same[0]
         return body if isinstance(body, dict) else {}
 
     def list_webhooks(self) -> list[dict[str, Any]]:
