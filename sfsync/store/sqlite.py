@@ -13,6 +13,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+
 from sfsync.errors import ConfigError, StoreError
 from sfsync.store.lock import RunLock
 from sfsync.store.migrations import SCHEMA_VERSION, migrate_sqlite, not_sfsync, refuse_foreign, stored_version
@@ -85,6 +87,23 @@ def _disk_nearly_full(folder: Path) -> bool:
 def _free_text(folder: Path) -> str:
     free = free_bytes(folder)
     return "free space unknown" if free is None else f"{free // 1024} KB free"
+
+
+def _locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+def _wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL. SQLite answers this pragma "database is locked" at once, without its busy
+    handler, while another connection (a second process starting) holds a lock: tried again, with
+    back-off, within the busy timeout; then the usual store error."""
+    try:
+        for attempt in Retrying(retry=retry_if_exception(_locked), stop=stop_after_delay(30),
+                                wait=wait_exponential(multiplier=0.01, max=0.5), reraise=True):
+            with attempt:
+                sqlite3.Connection.execute(conn, "PRAGMA journal_mode=WAL")  # untranslated: retried when locked
+    except sqlite3.Error as exc:
+        raise (store_error(exc, Path(str(getattr(conn, "store_path", "sfsync.db")))) or exc) from exc
 
 
 def not_a_file(path: Path) -> str | None:
@@ -238,7 +257,7 @@ class SqliteBackend:
             opened.store_path = self.path
             opened.row_factory = sqlite3.Row
             try:
-                opened.execute("PRAGMA journal_mode=WAL")
+                _wal(opened)
                 opened.execute("PRAGMA synchronous=FULL")  # committed means on disk: confirms rely on it
                 opened.execute("PRAGMA busy_timeout=30000")
             except BaseException:
