@@ -105,13 +105,15 @@ def test_a_store_newer_than_the_code_is_refused(store: Store, store_target: Stor
         open_store(store_target)
 
 
-def test_concurrent_starts_migrate_once(store_target: StoreTarget) -> None:
+def four_starts(target: StoreTarget) -> tuple[list[tuple[int, int]], list[BaseException]]:
+    """Four processes (threads here) opening ``target`` at once: each one's (from, to) migration, and
+    the errors met."""
     results: list[tuple[int, int]] = []
     errors: list[BaseException] = []
 
     def start() -> None:
         try:
-            opened = open_store(store_target)
+            opened = open_store(target)
             results.append(opened.migrated)
             opened.dispose()
         except BaseException as exc:
@@ -122,6 +124,11 @@ def test_concurrent_starts_migrate_once(store_target: StoreTarget) -> None:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
+    return results, errors
+
+
+def test_concurrent_starts_migrate_once(store_target: StoreTarget) -> None:
+    results, errors = four_starts(store_target)
     assert errors == []
     assert sorted(results) == [(0, SCHEMA_VERSION)] + [(SCHEMA_VERSION, SCHEMA_VERSION)] * 3
 
@@ -131,18 +138,5 @@ def test_first_starts_side_by_side_never_meet_a_locked_store(tmp_path: Path) -> 
     "database is locked" without waiting while another holds a lock (about 1 start in 13 failed so,
     exit 3); sfsync tries it again within the busy timeout."""
     for round_ in range(40):
-        target = sqlite_target(tmp_path / f"state{round_}" / "sfsync.db")
-        errors: list[BaseException] = []
-
-        def start(target: StoreTarget = target, errors: list[BaseException] = errors) -> None:
-            try:
-                open_store(target).dispose()
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=start) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
+        _, errors = four_starts(sqlite_target(tmp_path / f"state{round_}" / "sfsync.db"))
         assert errors == [], f"round {round_}: {errors}"
