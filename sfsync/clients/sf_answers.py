@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from simple_salesforce import Salesforce
+
 from sfsync.domain.ids import canonical_id
 from sfsync.errors import RemoteError
 
@@ -170,3 +172,12 @@ def aligned_results(records: list[dict[str, Any]], answer: Any) -> list[dict[str
     if any(r is None for r in aligned):  # cannot happen once the ids are unique and known; never guessed
         raise garbled("a record without a result")
     return [r for r in aligned if r is not None]
+
+
+def restful(sf: Salesforce, path: str, **kwargs: Any) -> Any:
+    """simple-salesforce's ``restful`` call, with an answer it cannot take (a bare JSON number or
+    null: it takes ``len()`` of the answer) as a garbled answer, tried again."""
+    try:
+        return sf.restful(path, **kwargs)
+    except TypeError as exc:
+        raise RemoteError(f"Salesforce {path}: an answer of an unexpected shape", transient=True) from exc
