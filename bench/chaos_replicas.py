@@ -39,16 +39,9 @@ from typing import Any
 import psycopg
 from _common import PYTHON, worker_env
 from _pg import postgres
-from chaos import (
-    CHAOS_ENV,
-    FAULT_KINDS,
-    FINAL_LABELS,
-    METADATA_KEY,
-    TokenExpiry,
-    Workload,
-    build_workload,
-    history,
-)
+from chaos import CHAOS_ENV, FAULT_KINDS, TokenExpiry
+from chaos_checks import history
+from chaos_workload import FINAL_LABELS, METADATA_KEY, Workload, build_workload
 
 from sfsync.sim.base import FaultConfig
 from sfsync.sim.harness import Simulators
@@ -146,7 +139,8 @@ def check(sims: Simulators, work: Workload, url: str, password: str, record: Pat
         task = sims.sf.task(msg.task_id) or {}
         if (task.get("SMS_Status__c"), task.get("SMS_Status_Code__c")) != msg.winner().values:
             verdict.lost.append(msg.message_id)
-        rank = {}  # values -> the best precedence key among the message's reports carrying them
+        # values -> the best precedence key among the message's reports carrying them
+        rank: dict[tuple[Any, Any], tuple[Any, ...]] = {}
         for seeded in msg.reports:
             rank[seeded.values] = max(rank.get(seeded.values, seeded.key()), seeded.key())
         seen_final, best = False, None
@@ -177,8 +171,8 @@ def check(sims: Simulators, work: Workload, url: str, password: str, record: Pat
     marked: Counter[str] = Counter()
     if record.exists():
         for line in record.read_text().splitlines():
-            _, _, key = line.partition(" ")
-            marked[key] += 1
+            _, _, staged_key = line.partition(" ")
+            marked[staged_key] += 1
     verdict.processed_twice = [k for k, n in marked.items() if n > 1]
     return verdict
 
