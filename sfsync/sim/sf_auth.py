@@ -9,8 +9,7 @@ import hmac
 import json
 import secrets
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -20,9 +19,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from sfsync.sim import soql
-from sfsync.sim.base import HttpError, Request, Response, SimApp
+from sfsync.sim.base import HttpError, Request, Response
 from sfsync.sim.bulk import USER_ID
-from sfsync.sim.sf_records import SimSettings
+from sfsync.sim.sf_records import TaskRecords
+from sfsync.sim.sf_usage import ApiUsage
 
 ORG_ID = soql.make_id("00D", 1)
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -54,41 +54,63 @@ def _b64url(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+class OAuth:
+    """Token grants and token checks: ``token`` is the route handler, ``authenticate`` the check
+    every REST route makes first. Issued tokens live here (a reset of the simulator keeps them)."""
 
-class OAuthMixin(SimApp):
-    """Token grants and token checks, composed into ``SalesforceSim``."""
+    def __init__(
+        self,
+        records: TaskRecords,
+        usage: ApiUsage,
+        *,
+        client_id: str,
+        client_secret: str,
+        username: str,
+        password: str,
+        jwt_public_key_pem: bytes | None,
+        jwt_audiences: Iterable[str],
+        clock: Callable[[], float],
+        base_url: Callable[[], str],
+    ):
+        self._records = records  # the lock, and the settings (token TTL, token faults)
+        self._usage = usage
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.username = username
+        self.password = password
+        self._jwt_key = load_public_key(jwt_public_key_pem)
+        self.jwt_audiences = {a.rstrip("/") for a in (*LOGIN_AUDIENCES, *jwt_audiences)}  # + Experience Cloud sites
+        self.clock = clock  # when a token expires (token_ttl_s): a test may move it on
+        self._base_url = base_url  # the server's address, known once it is bound
+        self._tokens: dict[str, float] = {}
 
-    settings: SimSettings
-    api_calls: Counter[str]
-    client_id: str
-    client_secret: str
-    username: str
-    password: str
-    jwt_audiences: set[str]
-    _jwt_key: rsa.RSAPublicKey | None
-    _tokens: dict[str, float]
-    monotonic: Callable[[], float]  # when a token expires (token_ttl_s): a test may move it on
-
-    def _authenticate(self, request: Request) -> None:
+    def authenticate(self, request: Request) -> None:
+        """Refuse a request without a live bearer token (401 INVALID_SESSION_ID)."""
         scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
         token = token.strip()
-        with self.lock:
+        with self._records.lock:
             expiry = self._tokens.get(token) if scheme.lower() in ("bearer", "oauth") else None
-            if expiry is not None and expiry <= self.monotonic():
+            if expiry is not None and expiry <= self.clock():
                 del self._tokens[token]
                 expiry = None
         if expiry is None:
             raise HttpError(401, "Session expired or invalid", "INVALID_SESSION_ID")
 
-    # -- OAuth ---------------------------------------------------------------------------------
-    def _oauth_token(self, request: Request) -> Response:
-        with self.lock:
-            self.api_calls["token"] += 1
-            unknown, proxy = self.settings.token_unknown_errors > 0, self.settings.token_proxy_errors > 0
+    def expire_tokens(self) -> None:
+        with self._records.lock:
+            self._tokens.clear()
+
+    # -- the token endpoint --------------------------------------------------------------------
+    def token(self, request: Request) -> Response:
+        """``POST /services/oauth2/token``."""
+        with self._records.lock:
+            self._usage.count_token()
+            settings = self._records.settings
+            unknown, proxy = settings.token_unknown_errors > 0, settings.token_proxy_errors > 0
             if unknown:
-                self.settings.token_unknown_errors -= 1
+                settings.token_unknown_errors -= 1
             elif proxy:
-                self.settings.token_proxy_errors -= 1
+                settings.token_proxy_errors -= 1
         if unknown:
             return Response.json(400, {"error": "unknown_error", "error_description": "retry your request"})
         if proxy:
@@ -156,10 +178,11 @@ class OAuthMixin(SimApp):
     def _issue_token(self) -> dict[str, Any]:
         token = f"{ORG_ID[:15]}!{secrets.token_urlsafe(48)}"
         issued_at = str(int(time.time() * 1000))
-        identity = f"{self.base_url}/id/{ORG_ID}/{USER_ID}"
+        base_url = self._base_url()
+        identity = f"{base_url}/id/{ORG_ID}/{USER_ID}"
         signature = hmac.new(self.client_secret.encode(), (identity + issued_at).encode(), hashlib.sha256).digest()
-        with self.lock:
-            self._tokens[token] = self.monotonic() + self.settings.token_ttl_s
-        return {"access_token": token, "instance_url": self.base_url, "id": identity, "token_type": "Bearer",
+        with self._records.lock:
+            self._tokens[token] = self.clock() + self._records.settings.token_ttl_s
+        return {"access_token": token, "instance_url": base_url, "id": identity, "token_type": "Bearer",
                 "issued_at": issued_at, "signature": base64.b64encode(signature).decode(), "scope": "api"}
 

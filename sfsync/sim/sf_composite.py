@@ -31,15 +31,16 @@ from __future__ import annotations
 
 import json
 import re
-import time
-from collections import Counter, deque
 from collections.abc import Callable
 from email.message import Message
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from sfsync.sim.base import HttpError, Request, Response
+from sfsync.sim.sf_query import QueryApi
 from sfsync.sim.sf_records import TaskRecords
+from sfsync.sim.sf_usage import ApiUsage
+from sfsync.sim.sf_writes import RecordApi
 from sfsync.sim.wire import BodyReader
 
 MAX_SUBREQUESTS = 25
@@ -50,6 +51,7 @@ INHERITED_HEADERS = {"accept", "authorization", "content-type"}  # the guide: ne
 _VERSIONED = re.compile(r"/services/data/v(?P<version>\d+\.\d+)(?P<rest>/.*)")
 
 Handler = Callable[[Request], Response]
+ErrorResponse = Callable[[int, str, str | None, Any], Response]  # (status, message, code, details) -> answer
 # (method, path under /services/data/vXX.X, kind as tallied, counts toward the 5 queries/collections)
 _SUBREQUESTS: tuple[tuple[str, re.Pattern[str], str, bool], ...] = (
     ("GET", re.compile(r"/query/?"), "query", True),
@@ -70,32 +72,31 @@ def _bad(message: str, code: str = "INVALID_API_INPUT") -> HttpError:
     return HttpError(400, message, code)
 
 
-class CompositeMixin(TaskRecords):
-    """``POST /composite``, composed into ``SalesforceSim``; it dispatches to the other mixins' handlers."""
+class CompositeApi:
+    """``POST /composite`` (``composite`` is its route handler): each subrequest runs through the
+    public handler of its own route on ``queries`` or ``record_api``; a failed one is answered in
+    ``error``'s shape, the simulator's own."""
 
-    subrequests: Counter[str]
-    sub_log: deque[tuple[str, float]]
-
-    # the handlers of the routes a subrequest may name (provided by the other mixins)
-    _query: Callable[..., Response]
-    _query_more: Handler
-    _composite_update: Handler
-    _sobject_get: Handler
-    _sobject_update: Handler
-    error: Callable[..., Response]
+    def __init__(self, records: TaskRecords, usage: ApiUsage, queries: QueryApi, record_api: RecordApi,
+                 error: ErrorResponse):
+        self._records = records  # the lock, and the composite_subrequest_failures setting
+        self._usage = usage
+        self._queries = queries
+        self._record_api = record_api
+        self._error = error
 
     def _handler_for(self, kind: str, method: str) -> Handler:
         if kind == "query":
-            return lambda r: self._query(r, include_deleted=False)
+            return self._queries.query
         if kind == "query_all":
-            return lambda r: self._query(r, include_deleted=True)
+            return self._queries.query_all
         if kind == "query_more":
-            return self._query_more
+            return self._queries.query_more
         if kind == "composite":
-            return self._composite_update
-        return self._sobject_get if method == "GET" else self._sobject_update
+            return self._record_api.collections_update
+        return self._record_api.sobject_get if method == "GET" else self._record_api.sobject_update
 
-    def _composite(self, request: Request) -> Response:
+    def composite(self, request: Request) -> Response:
         top_version = request.params["version"]
         body = request.json()
         if not isinstance(body, dict) or not isinstance(body.get("compositeRequest"), list):
@@ -182,19 +183,19 @@ class CompositeMixin(TaskRecords):
 
     def _run_subrequest(self, request: Request, kind: str) -> dict[str, Any]:
         reference = request.params.pop("_reference")
-        with self.lock:
-            self.subrequests[kind] += 1
-            self.sub_log.append((kind, time.time()))
-            failing = self.settings.composite_subrequest_failures > 0
+        with self._records.lock:
+            self._usage.count_subrequest(kind)
+            settings = self._records.settings
+            failing = settings.composite_subrequest_failures > 0
             if failing:
-                self.settings.composite_subrequest_failures -= 1
+                settings.composite_subrequest_failures -= 1
         if failing:
-            response = self.error(500, "simulated failure of this subrequest", "UNKNOWN_EXCEPTION")
+            response = self._error(500, "simulated failure of this subrequest", "UNKNOWN_EXCEPTION", None)
         else:
             try:
                 response = self._handler_for(kind, request.method)(request)
             except HttpError as exc:
-                response = self.error(exc.status, exc.message, exc.code, exc.details)
+                response = self._error(exc.status, exc.message, exc.code, exc.details)
         headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-type", "content-length")}
         body = json.loads(response.body) if response.body else None
         return {"body": body, "httpHeaders": headers, "httpStatusCode": response.status, "referenceId": reference}

@@ -1,15 +1,18 @@
-"""The Salesforce simulator's SOQL endpoints: query and queryAll over the Tasks (index look-ups,
-visibility, server-side cursors and paging), the running user's permissions and the deployed reports."""
+"""The Salesforce simulator's SOQL endpoints: query and queryAll over the Tasks (the candidate rows,
+by index look-up and visibility, come from the store), server-side cursors and paging, the running
+user's permissions and the deployed reports."""
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from sfsync.sim import soql
 from sfsync.sim.base import HttpError, Request, Response
-from sfsync.sim.sf_records import QueryCursor, TaskRecords
+from sfsync.sim.sf_records import TaskRecords
 from sfsync.sim.sf_schema import SOBJECT, FieldDef
 
 MAX_OPEN_CURSORS = 20
@@ -19,13 +22,36 @@ _REPORT_FIELDS = {"Id": "id", "Name": "string", "DeveloperName": "string", "Fold
                   "Format": "picklist"}
 
 
+@dataclass
+class QueryCursor:
+    """A query's result set, paged out by ``queryMore``."""
 
-class QueryMixin(TaskRecords):
-    """``/query``, ``/queryAll`` and their cursors, composed into ``SalesforceSim``."""
+    ids: list[str]
+    fields: list[str]
 
-    _cursor_numbers: Iterator[int]
 
-    # -- query ---------------------------------------------------------------------------------
+class QueryApi:
+    """``/query``, ``/queryAll`` and ``queryMore`` over ``records``; the open cursors live here."""
+
+    def __init__(self, records: TaskRecords):
+        self._records = records
+        self._cursors: OrderedDict[str, QueryCursor] = OrderedDict()
+        self._cursor_numbers = itertools.count(30_000_000_000, 7_907)  # never reused, even across reset()
+
+    def reset(self) -> None:
+        """Forget the open cursors."""
+        with self._records.lock:
+            self._cursors.clear()
+
+    # -- route handlers ------------------------------------------------------------------------
+    def query(self, request: Request) -> Response:
+        """``GET /query?q=``: live Tasks only."""
+        return self._query(request, include_deleted=False)
+
+    def query_all(self, request: Request) -> Response:
+        """``GET /queryAll?q=``: deleted Tasks too."""
+        return self._query(request, include_deleted=True)
+
     def _query(self, request: Request, *, include_deleted: bool) -> Response:
         text = request.arg("q")
         if text is None or not text.strip():
@@ -35,13 +61,13 @@ class QueryMixin(TaskRecords):
             return self._user_permissions(text, version)
         if self._sobject_of(text).lower() == REPORT.lower():
             return self._report_query(text, version)
-        with self.lock:
+        store = self._records
+        with store.lock:
             try:
-                plan = soql.compile_query(text, self._schema, sobject=SOBJECT,
-                                          indexed=["Id", *self._index.keys()])
+                plan = soql.compile_query(text, store.fields, sobject=SOBJECT, indexed=store.indexed_fields())
             except soql.SoqlError as exc:
                 raise HttpError(400, exc.message, exc.code) from None
-            rows = self._candidate_rows(plan, include_deleted)
+            rows = store.candidate_rows(plan, include_deleted)
             if plan.kind == "count":
                 return Response.json(200, {"totalSize": plan.count(rows), "done": True, "records": []})
             if plan.kind == "aggregate":
@@ -59,10 +85,11 @@ class QueryMixin(TaskRecords):
 
     def _user_permissions(self, text: str, version: str) -> Response:
         """``SELECT Permissions... FROM UserPermissionAccess``: the running user's effective permissions."""
-        with self.lock:
+        with self._records.lock:
+            settings = self._records.settings
             row = {"Id": soql.make_id("0Up", 1), "PermissionsApiEnabled": True,
-                   "PermissionsViewSetup": self.settings.view_setup,
-                   "PermissionsViewAllData": self.settings.view_all_data, "PermissionsModifyAllData": False}
+                   "PermissionsViewSetup": settings.view_setup,
+                   "PermissionsViewAllData": settings.view_all_data, "PermissionsModifyAllData": False}
         specs = {name: FieldDef(name, "id" if name == "Id" else "boolean") for name in row}
         try:
             plan = soql.compile_query(text, specs, sobject=USER_PERMISSIONS, indexed=[])
@@ -82,34 +109,14 @@ class QueryMixin(TaskRecords):
             raise HttpError(400, exc.message, exc.code) from None
         if plan.kind != "records":
             raise HttpError(400, "the simulator answers only records queries on Report", "MALFORMED_QUERY")
-        with self.lock:
-            rows = plan.select(list(self._reports.values()))
+        with self._records.lock:
+            rows = plan.select(self._records.reports())
         records = [{"attributes": {"type": REPORT, "url": f"/services/data/v{version}/sobjects/{REPORT}/{r['Id']}"},
                     **{f: r[f] for f in plan.fields}} for r in rows]
         return Response.json(200, {"totalSize": len(records), "done": True, "records": records})
 
-    def _candidate_rows(self, plan: soql.Plan, include_deleted: bool) -> Iterable[Mapping[str, Any]]:
-        """The Tasks a plan must look at: an index lookup when the plan allows one, else all."""
-        if plan.lookups is None:
-            rows: Iterable[dict[str, Any]] = self._tasks.values()
-        else:
-            ids: set[str] = set()
-            for name, values in plan.lookups:
-                if name == "Id":
-                    ids.update(c for v in values if (c := soql.canonical_id(v)) in self._tasks)
-                    continue
-                for value in values:
-                    ids.update(self._index[name].get(value))
-            # Generated Ids sort in creation order, the order a scan yields.
-            rows = [self._tasks[i] for i in sorted(ids)]
-        if not self.settings.view_all_data:  # rows the user cannot see are left out, silently
-            rows = (row for row in rows if self._visible(row))
-        if include_deleted or not self._deleted:
-            return rows
-        return (row for row in rows if row["Id"] not in self._deleted)
-
     def _page_size(self, request: Request) -> int:
-        size = self.settings.query_page_size
+        size = self._records.settings.query_page_size
         found = re.search(r"batchSize=(\d+)", request.headers.get("Sforce-Query-Options") or "")
         if found:  # a client may ask for smaller pages, 200 to 2000
             size = min(size, max(200, min(2000, int(found.group(1)))))
@@ -119,7 +126,7 @@ class QueryMixin(TaskRecords):
         chunk = cursor.ids[start : start + size]
         end = start + len(chunk)
         page: dict[str, Any] = {"totalSize": len(cursor.ids), "done": end >= len(cursor.ids),
-                                "records": [self._project(i, cursor.fields, version) for i in chunk]}
+                                "records": [self._records.project(i, cursor.fields, version) for i in chunk]}
         if not page["done"]:
             if locator is None:
                 locator = soql.make_id("01g", next(self._cursor_numbers))
@@ -129,15 +136,16 @@ class QueryMixin(TaskRecords):
             page["nextRecordsUrl"] = f"/services/data/v{version}/query/{locator}-{end}"
         return page
 
-    def _query_more(self, request: Request) -> Response:
+    def query_more(self, request: Request) -> Response:
+        """``GET /query/{locator}-{start}``: the next page of an open cursor."""
         found = re.fullmatch(r"(01g[0-9A-Za-z]{15})-(\d+)", request.params["locator"])
-        with self.lock:
+        with self._records.lock:
             cursor = self._cursors.get(found.group(1)) if found else None
             if found is None or cursor is None or int(found.group(2)) > len(cursor.ids):
                 raise HttpError(400, "invalid query locator", "INVALID_QUERY_LOCATOR")
             self._cursors.move_to_end(found.group(1))
             page = self._page(cursor, found.group(1), int(found.group(2)), request.params["version"],
                               self._page_size(request))
-            if self.settings.repeat_next_records_url and not page["done"]:
+            if self._records.settings.repeat_next_records_url and not page["done"]:
                 page["nextRecordsUrl"] = request.path  # a broken cursor: this page names itself, for ever
         return Response.json(200, page)

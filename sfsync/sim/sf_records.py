@@ -1,20 +1,22 @@
 """The Salesforce simulator's Task store and its one write rule: the in-memory Tasks with their
-history and indexes, what the integration user may see, and the validation (``_check``) and apply
-(``_apply``) steps that every write, whichever API it comes through, passes."""
+history and indexes, the deployed reports, the tunable settings, what the integration user may see,
+and the validation (``check``) and apply (``apply``) steps that every write, whichever API it comes
+through, passes. ``TaskRecords`` is a plain object the simulator's parts share; it knows nothing of HTTP."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import sys
+import itertools
+import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sfsync.sim import soql
-from sfsync.sim.base import SimApp
 from sfsync.sim.bulk import USER_ID
+from sfsync.sim.faults import Faults
 from sfsync.sim.sf_schema import (
     DEFAULT_TASK_FIELDS,
     SOBJECT,
@@ -24,6 +26,8 @@ from sfsync.sim.sf_schema import (
     HistoryEntry,
     RecordError,
     ValidationRule,
+    constrain,
+    convert,
 )
 
 
@@ -57,22 +61,40 @@ SETTING_CHECKS: dict[str, Callable[[Any], bool]] = {
 BOOL_SETTINGS = {"view_setup", "view_all_data", "repeat_next_records_url"}
 
 
-@dataclass
-class QueryCursor:
-    """A query's result set, paged out by ``queryMore``."""
+def checked_setting(key: str, value: Any) -> Any:
+    """``value`` if ``configure`` accepts it for ``key``; else ValueError naming what is wrong."""
+    check = SETTING_CHECKS.get(key)
+    if check is None and key not in BOOL_SETTINGS:
+        raise ValueError(f"unknown setting {key!r}")
+    if key in BOOL_SETTINGS:
+        if not isinstance(value, bool):
+            raise ValueError(f"bad value for {key}: {value!r} (true or false)")
+        return value
+    if check is None or isinstance(value, bool) or not isinstance(value, int | float) or not check(value):
+        raise ValueError(f"bad value for {key}: {value!r}")
+    return value
 
-    ids: list[str]
-    fields: list[str]
 
+class TaskRecords:
+    """The Tasks, their schema, the settings and the write rule. State lives under ``lock`` (the
+    simulator's own), which callers may hold across several calls; ``faults`` draws the row locks."""
 
-class TaskRecords(SimApp):
-    """The Tasks, their schema and the write rule. State lives under ``self.lock``."""
+    def __init__(self, lock: threading.RLock, faults: Faults, settings: SimSettings):
+        self.lock = lock
+        self.faults = faults
+        self._initial_settings = settings
+        self.settings = dataclasses.replace(settings)
+        self._last_stamp: tuple[int, str] = (-1, "")
+        self._task_numbers = itertools.count(10_000_000_000, 104_729)  # never reused, even across reset()
+        self._clear_data()
+        self.set_schema(DEFAULT_TASK_FIELDS)
 
-    settings: SimSettings
-    _schema: dict[str, FieldDef]
-    _schema_ci: dict[str, FieldDef]
-    _task_numbers: Iterator[int]
-    _last_stamp: tuple[int, str]
+    def reset(self) -> None:
+        """No Tasks, rules, shares or reports; the default schema and the settings given at construction."""
+        with self.lock:
+            self._clear_data()
+            self.set_schema(DEFAULT_TASK_FIELDS)
+            self.settings = dataclasses.replace(self._initial_settings)
 
     def _clear_data(self) -> None:
         self._tasks: dict[str, dict[str, Any]] = {}
@@ -80,12 +102,90 @@ class TaskRecords(SimApp):
         self._history: dict[str, HistoryEntry | list[HistoryEntry]] = {}
         self._field_sets: dict[tuple[str, ...], tuple[str, ...]] = {}  # one shared tuple per set of fields
         self._rules: list[ValidationRule] = []
-        self._cursors: OrderedDict[str, QueryCursor] = OrderedDict()
         self._index: dict[str, FieldIndex] = {}
         self._shared: set[str] = set()  # related records (WhoId/WhatId) the integration user can see
         self._reports: dict[str, dict[str, Any]] = {}  # Report Id -> its row
 
+    def set_setting(self, key: str, value: Any) -> None:
+        """One of ``SimSettings`` (not ``api_usage``, which is counted elsewhere), checked."""
+        value = checked_setting(key, value)
+        with self.lock:
+            if key in BOOL_SETTINGS:
+                setattr(self.settings, key, value)
+                return
+            kind = type(getattr(self.settings, key))
+            setattr(self.settings, key, kind(value))
 
+    # -- the Python API (the simulator's own delegates here) -------------------------------------
+    def add_tasks(self, records: list[dict[str, Any]]) -> list[str]:
+        """Store Tasks as given (system fields allowed); returns their 18-character Ids."""
+        now = soql.now_text()
+        with self.lock:
+            prepared = [self._prepare_seed(record, now) for record in records]
+            fresh = {task["Id"] for task in prepared}
+            if len(fresh) != len(prepared) or fresh & self._tasks.keys():
+                raise ValueError("duplicate Task Id")
+            for task in prepared:
+                self._tasks[task["Id"]] = task
+                self._index_add(task)
+        return [task["Id"] for task in prepared]
+
+    def task(self, task_id: str) -> dict[str, Any] | None:
+        """A copy of a live Task with every schema field (None when unset), or None."""
+        key = soql.canonical_id(task_id)
+        with self.lock:
+            task = self._tasks.get(key or "")
+            return self._public(task) if task is not None and key not in self._deleted else None
+
+    def tasks(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [self._public(t) for i, t in self._tasks.items() if i not in self._deleted]
+
+    def _public(self, task: Mapping[str, Any]) -> dict[str, Any]:
+        return {**dict.fromkeys(self._schema), **task}
+
+    def delete_task(self, task_id: str) -> None:
+        """Send a Task to the recycle bin: writes then fail with ENTITY_IS_DELETED."""
+        key = soql.canonical_id(task_id)
+        with self.lock:
+            if key not in self._tasks or key in self._deleted:
+                raise KeyError(task_id)
+            self._deleted.add(key)
+
+    def history(self, task_id: str) -> list[dict[str, Any]]:
+        key = soql.canonical_id(task_id) or ""
+        with self.lock:
+            past = self._history.get(key)
+            entries = [] if past is None else past if isinstance(past, list) else [past]
+            return [{"time": t, "via": via, "fields": dict(zip(names, values, strict=True))}
+                    for t, via, names, values in entries]
+
+    def add_validation_rule(self, field: str, forbidden_value: Any, message: str) -> int:
+        """A validation rule; returns how many there are now."""
+        with self.lock:
+            spec = self._schema_ci.get(field.lower())
+            if spec is None:
+                raise ValueError(f"unknown Task field {field!r}")
+            self._rules.append(ValidationRule(spec.name, forbidden_value, message))
+            return len(self._rules)
+
+    def share_related(self, record_ids: Iterable[str]) -> None:
+        with self.lock:
+            self._shared.update(c for r in record_ids if (c := soql.canonical_id(r)))
+
+    def add_report(self, developer_name: str, name: str, folder: str) -> str:
+        with self.lock:
+            report_id = soql.make_id("00O", len(self._reports) + 1)
+            self._reports[report_id] = {"Id": report_id, "Name": name, "DeveloperName": developer_name,
+                                        "FolderName": folder, "Format": "Summary"}
+        return report_id
+
+    def reports(self) -> list[dict[str, Any]]:
+        """The deployed reports' rows (never changed once added)."""
+        with self.lock:
+            return list(self._reports.values())
+
+    # -- schema ----------------------------------------------------------------------------------
     def set_schema(self, fields: list[dict[str, Any]]) -> None:
         defs = [FieldDef.from_dict(spec) for spec in fields]
         if not any(d.name == "Id" for d in defs):
@@ -101,13 +201,49 @@ class TaskRecords(SimApp):
         with self.lock:
             return [d.describe() for d in self._schema.values()]
 
-    def _project(self, task_id: str, fields: list[str], version: str) -> dict[str, Any]:
+    @property
+    def fields(self) -> Mapping[str, FieldDef]:
+        """The Task fields by name, in schema order. Read with the lock held."""
+        return self._schema
+
+    def field(self, name: str) -> FieldDef | None:
+        """The field of that name, whatever its case. Call with the lock held."""
+        return self._schema_ci.get(name.lower())
+
+    # -- reads -----------------------------------------------------------------------------------
+    def project(self, task_id: str, fields: list[str], version: str) -> dict[str, Any]:
+        """One Task as a REST record with these fields. Call with the lock held."""
         task = self._tasks[task_id]
         record: dict[str, Any] = {"attributes": {"type": SOBJECT,
                                                  "url": f"/services/data/v{version}/sobjects/{SOBJECT}/{task_id}"}}
         for name in fields:
             record[name] = task.get(name)
         return record
+
+    def indexed_fields(self) -> list[str]:
+        """The fields a query may look up by value instead of scanning: Id and the indexed ones."""
+        return ["Id", *self._index.keys()]
+
+    def candidate_rows(self, plan: soql.Plan, include_deleted: bool) -> Iterable[Mapping[str, Any]]:
+        """The Tasks a plan must look at: an index lookup when the plan allows one, else all; only
+        those the integration user sees. Call (and iterate) with the lock held."""
+        if plan.lookups is None:
+            rows: Iterable[dict[str, Any]] = self._tasks.values()
+        else:
+            ids: set[str] = set()
+            for name, values in plan.lookups:
+                if name == "Id":
+                    ids.update(c for v in values if (c := soql.canonical_id(v)) in self._tasks)
+                    continue
+                for value in values:
+                    ids.update(self._index[name].get(value))
+            # Generated Ids sort in creation order, the order a scan yields.
+            rows = [self._tasks[i] for i in sorted(ids)]
+        if not self.settings.view_all_data:  # rows the user cannot see are left out, silently
+            rows = (row for row in rows if self._visible(row))
+        if include_deleted or not self._deleted:
+            return rows
+        return (row for row in rows if row["Id"] not in self._deleted)
 
     def _visible(self, task: Mapping[str, Any]) -> bool:
         """A Task the integration user sees: View All Data, its own, or its Who/What shared with it.
@@ -126,7 +262,7 @@ class TaskRecords(SimApp):
             if spec is None:
                 raise ValueError(f"unknown Task field {key!r}")
             try:
-                task[spec.name] = self._convert(spec, value, from_csv=False)
+                task[spec.name] = convert(spec, value, from_csv=False)
             except RecordError as err:
                 raise ValueError(err.message) from None
         raw_id = task.get("Id")
@@ -163,10 +299,10 @@ class TaskRecords(SimApp):
             self._index[name].add(changes[name], task["Id"])
 
     # -- the one write rule ----------------------------------------------------------------------
-    def _check(self, raw_id: Any, values: Mapping[str, Any], *, from_csv: bool) -> tuple[str, dict[str, Any]]:
+    def check(self, raw_id: Any, values: Mapping[str, Any], *, from_csv: bool) -> tuple[str, dict[str, Any]]:
         """Validate one update as Salesforce would; returns the Task Id and the typed changes.
         Call with ``self.lock`` held."""
-        task_id = self._resolve_id(raw_id)
+        task_id = self.resolve_id(raw_id)
         task = self._tasks[task_id]
         if not self._visible(task):
             raise RecordError("INSUFFICIENT_ACCESS_OR_READONLY", "insufficient access rights on object id",
@@ -175,8 +311,8 @@ class TaskRecords(SimApp):
             changes: dict[str, Any] = {}
             for name, value in values.items():
                 spec = self._updateable(name)
-                converted = self._convert(spec, value, from_csv=from_csv)
-                self._constrain(spec, converted)
+                converted = convert(spec, value, from_csv=from_csv)
+                constrain(spec, converted)
                 changes[spec.name] = converted
             if self.faults.chance(self.settings.lock_row_rate):
                 raise RecordError("UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access to this record or 1 "
@@ -187,7 +323,7 @@ class TaskRecords(SimApp):
             raise
         return task_id, changes
 
-    def _resolve_id(self, raw_id: Any) -> str:
+    def resolve_id(self, raw_id: Any) -> str:
         if raw_id is None or raw_id == "":
             raise RecordError("MISSING_ARGUMENT", "Id not specified in an update call", ["Id"])
         task_id = raw_id if raw_id in self._tasks else soql.canonical_id(raw_id)
@@ -211,60 +347,6 @@ class TaskRecords(SimApp):
                               "for your profile or permission set.", [spec.name])
         return spec
 
-    def _convert(self, spec: FieldDef, value: Any, *, from_csv: bool) -> Any:
-        """A JSON (or CSV text) value in the field's stored form."""
-        if value is None:
-            return None
-        cat = spec.category
-        try:
-            if cat == "string" and (isinstance(value, str) or (isinstance(value, int | float)
-                                                                and not isinstance(value, bool))):
-                text = str(value)
-                if not text:
-                    return None  # Salesforce stores an empty text as null
-                return sys.intern(text) if len(text) <= 40 else text  # statuses repeat a million times
-            if cat == "id":
-                canonical = soql.canonical_id(value)
-                if canonical is None:
-                    raise RecordError("MALFORMED_ID", f"{spec.label}: id value of incorrect type: {value}",
-                                      [spec.name])
-                return canonical
-            if cat == "datetime":
-                parsed = value if isinstance(value, dt.datetime) else soql.parse_datetime(value)
-                return soql.format_datetime(parsed)
-            if cat == "date":
-                return (value if isinstance(value, dt.date) else dt.date.fromisoformat(value)).isoformat()
-            if cat == "boolean":
-                if isinstance(value, bool):
-                    return value
-                if from_csv and value.lower() in ("true", "false"):
-                    return value.lower() == "true"
-            if cat == "number" and not isinstance(value, bool):
-                if isinstance(value, int | float):
-                    return value
-                if from_csv:
-                    return float(value) if "." in value else int(value)
-        except (ValueError, TypeError, AttributeError):
-            pass
-        raise RecordError("INVALID_TYPE_ON_FIELD_IN_RECORD", f"{spec.label}: value not of required type: {value}",
-                          [spec.name])
-
-    def _constrain(self, spec: FieldDef, value: Any) -> None:
-        restricted = spec.type == "picklist" and spec.restricted_picklist
-        if value is None:
-            if spec.nillable:
-                return
-            if restricted:
-                raise RecordError("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", f"{spec.label}: bad value for "
-                                  "restricted picklist field: null", [spec.name])
-            raise RecordError("REQUIRED_FIELD_MISSING", f"Required fields are missing: [{spec.name}]", [spec.name])
-        if spec.category == "string" and spec.length and len(value) > spec.length:
-            raise RecordError("STRING_TOO_LONG", f"{spec.label}: data value too large: {value[:80]} (max length="
-                              f"{spec.length})", [spec.name])
-        if restricted and value not in spec.picklist_values:
-            raise RecordError("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", f"{spec.label}: bad value for restricted "
-                              f"picklist field: {value}", [spec.name])
-
     def _run_rules(self, task: Mapping[str, Any], changes: Mapping[str, Any]) -> None:
         # Rules see the record as it would be saved, not just the fields sent.
         for rule in self._rules:
@@ -272,7 +354,7 @@ class TaskRecords(SimApp):
             if value == rule.forbidden_value:
                 raise RecordError("FIELD_CUSTOM_VALIDATION_EXCEPTION", rule.message, [rule.field])
 
-    def _apply(self, task_id: str, changes: dict[str, Any], via: str) -> None:
+    def apply(self, task_id: str, changes: dict[str, Any], via: str) -> None:
         """Save checked changes, with LastModifiedDate and a history entry. Call with the lock held."""
         now = time.time()
         task = self._tasks[task_id]

@@ -1,9 +1,12 @@
 """The Salesforce simulator's Task schema: field definitions in describe's terms, the default Task
-fields, the per-field value index, validation rules and the per-record error every write path reports."""
+fields, the per-field value index, validation rules, the per-record error every write path reports,
+and how a sent value becomes a field's stored value (type conversion and field constraints)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,3 +163,61 @@ class ValidationRule:
     forbidden_value: Any
     message: str
 
+
+
+# -- values --------------------------------------------------------------------------------------
+def convert(spec: FieldDef, value: Any, *, from_csv: bool) -> Any:
+    """A JSON (or CSV text) value in the field's stored form."""
+    if value is None:
+        return None
+    cat = spec.category
+    try:
+        if cat == "string" and (isinstance(value, str) or (isinstance(value, int | float)
+                                                            and not isinstance(value, bool))):
+            text = str(value)
+            if not text:
+                return None  # Salesforce stores an empty text as null
+            return sys.intern(text) if len(text) <= 40 else text  # statuses repeat a million times
+        if cat == "id":
+            canonical = soql.canonical_id(value)
+            if canonical is None:
+                raise RecordError("MALFORMED_ID", f"{spec.label}: id value of incorrect type: {value}",
+                                  [spec.name])
+            return canonical
+        if cat == "datetime":
+            parsed = value if isinstance(value, dt.datetime) else soql.parse_datetime(value)
+            return soql.format_datetime(parsed)
+        if cat == "date":
+            return (value if isinstance(value, dt.date) else dt.date.fromisoformat(value)).isoformat()
+        if cat == "boolean":
+            if isinstance(value, bool):
+                return value
+            if from_csv and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+        if cat == "number" and not isinstance(value, bool):
+            if isinstance(value, int | float):
+                return value
+            if from_csv:
+                return float(value) if "." in value else int(value)
+    except (ValueError, TypeError, AttributeError):
+        pass
+    raise RecordError("INVALID_TYPE_ON_FIELD_IN_RECORD", f"{spec.label}: value not of required type: {value}",
+                      [spec.name])
+
+
+def constrain(spec: FieldDef, value: Any) -> None:
+    """Refuse a converted value the field does not allow (null, too long, off a restricted picklist)."""
+    restricted = spec.type == "picklist" and spec.restricted_picklist
+    if value is None:
+        if spec.nillable:
+            return
+        if restricted:
+            raise RecordError("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", f"{spec.label}: bad value for "
+                              "restricted picklist field: null", [spec.name])
+        raise RecordError("REQUIRED_FIELD_MISSING", f"Required fields are missing: [{spec.name}]", [spec.name])
+    if spec.category == "string" and spec.length and len(value) > spec.length:
+        raise RecordError("STRING_TOO_LONG", f"{spec.label}: data value too large: {value[:80]} (max length="
+                          f"{spec.length})", [spec.name])
+    if restricted and value not in spec.picklist_values:
+        raise RecordError("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", f"{spec.label}: bad value for restricted "
+                          f"picklist field: {value}", [spec.name])
