@@ -645,7 +645,7 @@ def test_reset_stops_the_pusher(sims: Simulators) -> None:
     assert wait_until(lambda: sims.mm.stats()["pushes"]["attempts"] >= 2)
     old = sims.mm.pusher
     sims.mm.reset()
-    assert old._threads and not any(t.is_alive() for t in old._threads)
+    assert old.workers() and not any(t.is_alive() for t in old.workers())
     assert sims.mm.stats()["pushes"]["attempts"] == 0
     assert sims.mm.configure()["push_url"] is None
 

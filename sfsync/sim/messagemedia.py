@@ -21,15 +21,18 @@ Accounts: every API key belongs to one account and may act for that account's su
 acts for; one naming an account the key may not act for is refused with 403 (the spec documents
 403 ``{"message": ...}`` for refused credentials; the exact wording of this refusal is not
 documented). Reports are queued per account: a check sees, and a confirm confirms, only the
-reports of the account acted for. State lives in memory under ``self.lock``. A message is
-derived from its reports (its status is the status of its latest report by ``submitted_date``)
-or added directly. Everything under ``/_sim/`` is
-the unauthenticated admin API; the Python methods and the admin routes share one code pa
+reports of the account acted for. State lives in memory under the simulator's ``lock``. A message
+is derived from its reports (its status is the status of its latest report by ``submitted_date``)
+or added directly. Everything under ``/_sim/`` is the unauthenticated admin API; the Python methods
+and the admin routes share one code path.
 
-This module is the simulator's front: construction and route table, settings, reset, stats, the
-error shape and the admin routes. Its areas live beside it: ``mm_model`` (constants, times, records,
-shared state), ``mm_reports`` (the report queue, poll and confirm), ``mm_push`` (pushes, webhooks,
-signature keys), ``mm_messages`` (messages and reporting) and ``mm_auth`` (credentials).
+This module is the simulator's front: ``MessageMediaSim``, the HTTP app, builds its parts and holds
+them; it keeps the route table, settings, reset, stats, the error shape and the admin routes, and
+hands everything else to a part. The parts live beside it, each given what it works with:
+``mm_model`` (constants, times, records, settings and the ``MessageMediaState`` they all share),
+``mm_auth`` (``AuthPart``: credentials), ``mm_reports`` (``ReportsPart``: the report queue, poll and
+confirm), ``mm_messages`` (``MessagesPart``: messages and reporting) and ``mm_push`` (``PushPart``:
+pushes, webhooks, signature keys).
 """
 
 from __future__ import annotations
@@ -39,9 +42,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sfsync.sim.base import FaultConfig, Handler, HttpError, Request, Response
-from sfsync.sim.mm_auth import AuthMixin
-from sfsync.sim.mm_messages import STATUS_CODES, MessagesMixin
+from sfsync.sim.base import FaultConfig, Handler, HttpError, Request, Response, SimApp
+from sfsync.sim.mm_auth import AuthPart
+from sfsync.sim.mm_messages import STATUS_CODES, MessagesPart
 from sfsync.sim.mm_model import (
     DATE_FORMS,
     DEFAULT_ACCOUNT,
@@ -49,15 +52,17 @@ from sfsync.sim.mm_model import (
     MAX_IDS,
     METADATA_SHAPES,
     Exchange,
+    MessageMediaState,
+    Settings,
     SimKey,
     format_date_form,
     format_timestamp,
     now_timestamp,
     parse_timestamp,
 )
-from sfsync.sim.mm_push import PUSH_DEFAULTS, check_push_setting
-from sfsync.sim.mm_reports import ReportsMixin
-from sfsync.sim.push import Pusher, load_private_key
+from sfsync.sim.mm_push import PUSH_DEFAULTS, PushPart, check_push_setting
+from sfsync.sim.mm_reports import ReportsPart
+from sfsync.sim.push import Pusher
 
 # Re-exported: tests, tools and the seeding code import these from here.
 __all__ = [
@@ -67,8 +72,11 @@ __all__ = [
 ]
 
 
-class MessageMediaSim(ReportsMixin, MessagesMixin, AuthMixin):
-    """The MessageMedia API on loopback. Run it with ``SimServer(MessageMediaSim(), ca)``."""
+class MessageMediaSim(SimApp):
+    """The MessageMedia API on loopback. Run it with ``SimServer(MessageMediaSim(), ca)``.
+
+    It holds one ``MessageMediaState`` and the parts that work on it (auth, reports, messages, push);
+    its Python methods hand each call to the part that does it."""
 
     def __init__(
         self,
@@ -86,12 +94,8 @@ class MessageMediaSim(ReportsMixin, MessagesMixin, AuthMixin):
         clock: Callable[[], float] = time.time,
     ):
         super().__init__(faults)
-        self.clock = clock  # when a confirmation takes effect (confirm_delay_s): a test may advance it
         self.api_key = api_key
         self.api_secret = api_secret
-        self.account_id = account_id  # the key's own account, used when no Account header is sent
-        # The constructor's keys: the default one (a parent of ``sub_accounts``) and any others.
-        self._initial_keys = (SimKey(api_key, api_secret, account_id, frozenset(sub_accounts)), *keys)
         self._initial_faults = copy.deepcopy(self.faults.config)
         self._initial_settings = {
             "reporting_metadata_shape": reporting_metadata_shape,
@@ -105,54 +109,35 @@ class MessageMediaSim(ReportsMixin, MessagesMixin, AuthMixin):
             "record_exchanges": False,
             **copy.deepcopy(PUSH_DEFAULTS),
         }
-        self.reporting_metadata_shape = "object"
-        self.reporting_naive_timestamps = False
-        self.report_date_form = "iso_ms"
-        self.auth_failure_status = 403
-        self.confirm_delay_s = 0.0  # a confirmation takes effect this long after its 202
-        self.lose_confirms = 0  # the next this many confirmations are answered 202 and never take effect
-        # The confirm body's schema types each id ``format: uuid``: a request naming anything else is
-        # refused whole (400). Off: any string is taken (a lenient deployment, for tests of opaque ids).
-        self.confirm_uuid_only = True
-        self.confirm_error_details = True  # a 400 names the offending items (off: a bare message)
-        self.record_exchanges = False
-        self.push_url: str | None = None
-        self.push_headers: dict[str, str] = {}
-        self.push_template: str | None = None
-        self.push_max_attempts = 6
-        self.push_retry_delay_s = 0.05
-        self.push_retry_max_delay_s = 2.0
-        self.push_timeout_s = 5.0
-        self.push_concurrency = 4
-        self.push_ca_bundle: str | None = None
-        self.push_date_offset_s = 0.0
-        self.sign_with_private_key_pem: str | None = None
-        self.sign_key_id = "sim-key"
-        self.sign_digest = "SHA512"
-        self._sign_key: Any = None
-        self.pusher = Pusher(self._push_config, self.stopping)
-        self.configure(**self._initial_settings)
-        self._clear()
+        # The constructor's keys: the default one (a parent of ``sub_accounts``) and any others.
+        initial_keys = (SimKey(api_key, api_secret, account_id, frozenset(sub_accounts)), *keys)
+        self._state = MessageMediaState(self.lock, Settings(**copy.deepcopy(self._initial_settings)), account_id,
+                                        initial_keys, clock)
+        self._auth = AuthPart(self._state)
+        self._push = PushPart(self._state, self.stopping)
+        self._messages = MessagesPart(self._state)
+        self._reports = ReportsPart(self._state, self._messages, self._push)
+        self.configure(**self._initial_settings)  # checks the constructor's settings
 
         api: list[tuple[str, str, Handler]] = [
-            ("GET", "/v1/delivery_reports", self._poll),
-            ("POST", "/v1/delivery_reports/confirmed", self._confirm_route),
-            ("GET", "/v1/messages/{message_id}", self._message_route),
-            ("POST", "/v2-preview/reporting/messages/detail", self._reporting_route),
-            ("POST", "/v1/webhooks/messages", self._create_webhook_route),
-            ("GET", "/v1/webhooks/messages", self._list_webhooks_route),
-            ("DELETE", "/v1/webhooks/messages/{webhook_id}", self._delete_webhook_route),
+            ("GET", "/v1/delivery_reports", self._reports.poll_route),
+            ("POST", "/v1/delivery_reports/confirmed", self._reports.confirm_route),
+            ("GET", "/v1/messages/{message_id}", self._messages.message_route),
+            ("POST", "/v2-preview/reporting/messages/detail", self._messages.reporting_route),
+            ("POST", "/v1/webhooks/messages", self._push.create_webhook_route),
+            ("GET", "/v1/webhooks/messages", self._push.list_webhooks_route),
+            ("DELETE", "/v1/webhooks/messages/{webhook_id}", self._push.delete_webhook_route),
             # "enabled" before "{key_id}": the first route that matches serves.
-            ("PATCH", "/v1/iam/signature_keys/enabled", self._enable_key_route),
-            ("GET", "/v1/iam/signature_keys/enabled", self._enabled_key_route),
-            ("DELETE", "/v1/iam/signature_keys/enabled", self._disable_key_route),
-            ("POST", "/v1/iam/signature_keys", self._create_key_route),
-            ("GET", "/v1/iam/signature_keys", self._list_keys_route),
-            ("GET", "/v1/iam/signature_keys/{key_id}", self._get_key_route),
-            ("DELETE", "/v1/iam/signature_keys/{key_id}", self._delete_key_route),
+            ("PATCH", "/v1/iam/signature_keys/enabled", self._push.enable_key_route),
+            ("GET", "/v1/iam/signature_keys/enabled", self._push.enabled_key_route),
+            ("DELETE", "/v1/iam/signature_keys/enabled", self._push.disable_key_route),
+            ("POST", "/v1/iam/signature_keys", self._push.create_key_route),
+            ("GET", "/v1/iam/signature_keys", self._push.list_keys_route),
+            ("GET", "/v1/iam/signature_keys/{key_id}", self._push.get_key_route),
+            ("DELETE", "/v1/iam/signature_keys/{key_id}", self._push.delete_key_route),
         ]
         for method, pattern, handler in api:
-            self.route(method, pattern, self._authenticated(handler), name=f"{method} {pattern}")
+            self.route(method, pattern, self._auth.guard(handler), name=f"{method} {pattern}")
         admin: list[tuple[str, str, Handler]] = [
             ("POST", "/_sim/reports", self._admin_add_reports),
             ("GET", "/_sim/reports", self._admin_reports),
@@ -169,14 +154,79 @@ class MessageMediaSim(ReportsMixin, MessagesMixin, AuthMixin):
         for method, pattern, handler in admin:
             self.route(method, pattern, handler)
 
+    # -- what the parts hold -----------------------------------------------------------------
+    @property
+    def account_id(self) -> str:
+        """The default key's own account, used when no Account header is sent."""
+        return self._state.account_id
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """When a confirmation takes effect (``confirm_delay_s``): a test may replace it to advance time."""
+        return self._state.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self._state.clock = clock
+
+    @property
+    def pusher(self) -> Pusher:
+        """The push part's pusher (a fresh one after ``reset``)."""
+        return self._push.pusher
+
     def add_key(self, api_key: str, api_secret: str, account: str, sub_accounts: tuple[str, ...] = ()) -> SimKey:
         """Another API key pair: of ``account`` (a separate account, or a parent of ``sub_accounts``).
         Kept until ``reset``."""
         key = SimKey(api_key, api_secret, account, frozenset(sub_accounts))
-        with self.lock:
-            self._keys[api_key] = key
+        self._auth.add_key(key)
         return key
 
+    def add_reports(self, reports: list[dict[str, Any]], account: str | None = None) -> list[str]:
+        """Queue delivery reports (in list order) for ``account`` (default: the key's own).
+        Each needs ``message_id``; other fields get realistic defaults. Returns the report ids."""
+        return self._reports.add_reports(reports, account)
+
+    def add_raw_reports(self, reports: list[Any], account: str | None = None) -> list[str]:
+        """Queue reports verbatim, however malformed (see ``ReportsPart.add_raw_reports``)."""
+        return self._reports.add_raw_reports(reports, account)
+
+    def reports(self, state: str = "unconfirmed") -> list[dict[str, Any]]:
+        """Copies of the reports in insertion order: ``unconfirmed``, ``confirmed`` or ``all``."""
+        return self._reports.reports(state)
+
+    def confirm(self, ids: list[str], account: str | None = None) -> int:
+        """Confirm reports of ``account``; returns how many were known (others are ignored)."""
+        return self._reports.confirm(ids, account)
+
+    def confirm_calls(self) -> list[dict[str, Any]]:
+        """Every confirm call that was authenticated, in order (see ``ReportsPart.confirm_calls``)."""
+        return self._reports.confirm_calls()
+
+    def confirm_log(self) -> list[tuple[str, float]]:
+        """Every confirmation of a known report, in order: (report id, ``clock()``)."""
+        return self._reports.confirm_log()
+
+    def add_messages(self, messages: list[dict[str, Any]]) -> list[str]:
+        """Add messages directly (see ``MessagesPart.add_messages``); returns their ids."""
+        return self._messages.add_messages(messages)
+
+    def push_log(self) -> list[dict[str, Any]]:
+        """Every push attempt, in order: report id, url, kind, attempt, status (HTTP status or error)."""
+        return self._push.push_log()
+
+    def wait_for_pushes(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued push was delivered or given up."""
+        return self._push.wait_for_pushes(timeout)
+
+    def webhooks(self, account: str | None = None) -> list[dict[str, Any]]:
+        """The webhooks created (of ``account``, or of every account), as the API shows them."""
+        return self._push.webhooks(account)
+
+    def signature_keys(self) -> list[dict[str, Any]]:
+        """Every signature key of every account, in creation order (as list and get show them)."""
+        return self._push.signature_keys()
+
+    # -- settings, reset, stats --------------------------------------------------------------
     def configure(self, **settings: Any) -> dict[str, Any]:
         """Change behaviour at run time: reporting_metadata_shape, reporting_naive_timestamps,
         report_date_form, auth_failure_status, confirm_delay_s, lose_confirms, confirm_uuid_only,
@@ -203,12 +253,12 @@ class MessageMediaSim(ReportsMixin, MessagesMixin, AuthMixin):
                     raise ValueError("lose_confirms must be a non-negative whole number")
                 if key not in self._initial_settings:
                     raise ValueError(f"unknown setting {key!r}")
+            current = self._state.settings
             for key, value in settings.items():
-                setattr(self, key, copy.deepcopy(value))
+                setattr(current, key, copy.deepcopy(value))
             if "sign_with_private_key_pem" in settings:
-                pem = self.sign_with_private_key_pem
-                self._sign_key = load_private_key(pem) if pem else None
-            shown = {key: getattr(self, key) for key in self._initial_settings}
+                self._push.use_private_key(current.sign_with_private_key_pem)
+            shown = {key: getattr(current, key) for key in self._initial_settings}
             if shown["sign_with_private_key_pem"]:
                 shown["sign_with_private_key_pem"] = "set"
             return shown
@@ -216,41 +266,42 @@ class MessageMediaSim(ReportsMixin, MessagesMixin, AuthMixin):
     def reset(self) -> None:
         """Back to as constructed: no reports or messages, counters cleared, the constructor's
         fault configuration and settings restored (a seeded fault sequence starts over)."""
-        self.pusher.stop()  # outside the lock: a push in flight may take its timeout to end
+        self._push.stop()  # outside the lock: a push in flight may take its timeout to end
         with self.lock:
             super().reset()
-            self._clear()
-            self.pusher = Pusher(self._push_config, self.stopping)
+            self._state.clear()
+            self._push.restart()
             self.faults.configure(**vars(copy.deepcopy(self._initial_faults)))
             self.configure(**self._initial_settings)
 
     def stats(self) -> dict[str, Any]:
+        state = self._state
         with self.lock:
-            self._settle()
+            self._reports.settle()
             calls = dict(self.calls)
-            unconfirmed = sum(len(q) for q in self._queues.values())
+            unconfirmed = sum(len(q) for q in state.queues.values())
             return {
                 "calls": calls,
                 "calls_total": sum(calls.values()),
                 "unconfirmed": unconfirmed,
-                "confirmed": len(self._reports) - unconfirmed,
-                "confirm_counts": dict(self._confirm_counts),
-                "confirm_unknown": self._confirm_unknown,
-                "messages": len(self._messages),
-                "webhooks": len(self._webhooks),
-                "served_after_confirm": sum(1 for q in self._queues.values() for r in q.values()
+                "confirmed": len(state.reports) - unconfirmed,
+                "confirm_counts": dict(state.confirm_counts),
+                "confirm_unknown": state.confirm_unknown,
+                "messages": len(state.messages),
+                "webhooks": len(state.webhooks),
+                "served_after_confirm": sum(1 for q in state.queues.values() for r in q.values()
                                             if r.confirmed_at is not None),
-                "pushes": self.pusher.snapshot(),
+                "pushes": self._push.counts(),
                 "faults": self.faults.snapshot(),
             }
 
     # -- the API -----------------------------------------------------------------------------
     def decorate(self, request: Request, response: Response) -> None:
-        if not self.record_exchanges:
+        if not self._state.settings.record_exchanges:
             return
         route, _ = self.match(request)
         with self.lock:
-            self._exchanges.append(Exchange(
+            self._state.exchanges.append(Exchange(
                 request.method, request.path, copy.deepcopy(request.query), route.name if route else "unrouted",
                 request.headers.get("Content-Type") or "", request._body or b"", response.status,
                 response.headers.get("Content-Type", ""), response.body,
@@ -259,7 +310,7 @@ class MessageMediaSim(ReportsMixin, MessagesMixin, AuthMixin):
     def exchanges(self) -> list[Exchange]:
         """The API calls seen while ``record_exchanges`` was on (the latest few thousand)."""
         with self.lock:
-            return list(self._exchanges)
+            return list(self._state.exchanges)
 
     def error(self, status: int, message: str, code: str | None = None, details: Any = None) -> Response:
         payload: dict[str, Any] = {"message": message}

@@ -59,8 +59,12 @@ STATUS_CODES: dict[str, str] = {
 _PRIVATE_MESSAGE_FIELDS = frozenset({"account", "account_id", "timestamp", "status_code"})
 
 
-class MessagesMixin(MessageMediaState):
-    """Messages and the reporting API, composed into ``MessageMediaSim``."""
+class MessagesPart:
+    """Messages (added directly, or derived from the reports ``apply_report`` is given), a message's
+    status and the reporting API."""
+
+    def __init__(self, state: MessageMediaState):
+        self.state = state
 
     def add_messages(self, messages: list[dict[str, Any]]) -> list[str]:
         """Add messages directly (``message_id`` required; ``status``, ``content``,
@@ -69,26 +73,47 @@ class MessagesMixin(MessageMediaState):
         for raw in messages:
             if not isinstance(raw, dict) or not raw.get("message_id"):
                 raise ValueError("every message needs a message_id")
-        with self.lock:
-            self._send_order = None
+        with self.state.lock:
+            self.state.send_order = None
             for raw in messages:
                 fields = dict(raw)
-                account = fields.get("account") or fields.get("account_id") or self.account_id
+                account = fields.get("account") or fields.get("account_id") or self.state.account_id
                 sent = parse_timestamp(fields.get("timestamp"))
-                msg = self._messages.get(raw["message_id"])
+                msg = self.state.messages.get(raw["message_id"])
                 if msg is None:
                     msg = StoredMessage(raw["message_id"], account, sent or dt.datetime.now(dt.UTC))
-                    self._messages[msg.message_id] = msg
+                    self.state.messages[msg.message_id] = msg
                 msg.fields.update(fields)
                 if sent is not None:
                     msg.sent_at, msg.sent_fixed = sent, True
             return [m["message_id"] for m in messages]
 
-    def _message_route(self, request: Request) -> Response:
+    def apply_report(self, wire: dict[str, Any], account: str) -> None:
+        """Derive the message of a new report: add it when unknown, and take the report's status when
+        it is the latest by ``submitted_date`` (called under the lock)."""
+        self.state.send_order = None
+        at = parse_timestamp(wire.get("submitted_date"), spec_form=True) or dt.datetime.now(dt.UTC)
+        msg = self.state.messages.get(wire["message_id"])
+        if msg is None:
+            msg = StoredMessage(wire["message_id"], account, at)
+            self.state.messages[msg.message_id] = msg
+        for key, source in (("content", "original_text"), ("destination_number", "source_number"),
+                            ("metadata", "metadata"), ("callback_url", "callback_url")):
+            # Addresses are inverted on reports: the report's source is the message's destination.
+            if source in wire:
+                msg.fields.setdefault(key, wire[source])
+        if not msg.sent_fixed:
+            msg.sent_at = min(msg.sent_at, at)
+        if msg.latest_at is None or at >= msg.latest_at:
+            msg.latest, msg.latest_at = wire, at
+        if str(wire.get("status")).lower() == "delivered" and (msg.delivered_at is None or at > msg.delivered_at):
+            msg.delivered_at = at
+
+    def message_route(self, request: Request) -> Response:
         message_id = request.params["message_id"]
-        with self.lock:
-            msg = self._messages.get(message_id)
-            if msg is None or msg.account != self._account(request):
+        with self.state.lock:
+            msg = self.state.messages.get(message_id)
+            if msg is None or msg.account != self.state.account_of(request):
                 raise HttpError(404, "Message not found", details=[f"no message with id {message_id}"])
             body: dict[str, Any] = {
                 "message_id": msg.message_id, "content": "", "destination_number": "", "format": "SMS",
@@ -104,7 +129,7 @@ class MessagesMixin(MessageMediaState):
             return str(msg.latest.get("status"))
         return str(msg.fields.get("status", "delivered"))
 
-    def _reporting_route(self, request: Request) -> Response:
+    def reporting_route(self, request: Request) -> Response:
         body = request.json()
         if not isinstance(body, dict):
             raise HttpError(400, "Request validation failed", details=["a JSON object body is required"])
@@ -129,16 +154,16 @@ class MessagesMixin(MessageMediaState):
             meta_values = [*(meta_values or []), body["metadata_value"]]
         if meta_values is not None and not meta_key:
             raise HttpError(400, "Request validation failed", details=["metadata_value needs metadata_key"])
-        accounts = body.get("accounts") or [self._account(request)]
+        accounts = body.get("accounts") or [self.state.account_of(request)]
         if not isinstance(accounts, list):
             raise HttpError(400, "Request validation failed", details=["accounts: a list of account ids"])
         key = request.principal
-        refused = [a for a in accounts if a != self._account(request)
+        refused = [a for a in accounts if a != self.state.account_of(request)
                    and not (isinstance(key, SimKey) and key.may_act_for(a))]
         if refused:
             raise HttpError(403, f"Not authorised to act on behalf of account {str(refused[0])[:100]}")
 
-        with self.lock:
+        with self.state.lock:
             order = self._ordered_by_send_time()
             lo, hi = bisect.bisect_left(order.times, start), bisect.bisect_left(order.times, end)
             if direction == "inbound":  # the simulator only knows outbound messages
@@ -161,10 +186,10 @@ class MessagesMixin(MessageMediaState):
 
     def _ordered_by_send_time(self) -> SendOrder:
         """Messages sorted by send time, built once after each change (call with the lock held)."""
-        if self._send_order is None:
-            ordered = sorted(self._messages.values(), key=lambda m: (m.sent_at, m.message_id))
-            self._send_order = SendOrder(ordered, [m.sent_at for m in ordered], {m.account for m in ordered})
-        return self._send_order
+        if self.state.send_order is None:
+            ordered = sorted(self.state.messages.values(), key=lambda m: (m.sent_at, m.message_id))
+            self.state.send_order = SendOrder(ordered, [m.sent_at for m in ordered], {m.account for m in ordered})
+        return self.state.send_order
 
     @staticmethod
     def _window_bound(body: dict[str, Any], key: str, zone: dt.tzinfo) -> dt.datetime:
@@ -179,6 +204,7 @@ class MessagesMixin(MessageMediaState):
         raw_code = msg.latest.get("error_code") if msg.latest is not None else msg.fields.get("status_code")
         code = str(raw_code).strip() if raw_code is not None else None
         metadata = copy.deepcopy(msg.fields.get("metadata") or {})
+        shape = self.state.settings.reporting_metadata_shape
         return {
             "message_id": msg.message_id,
             "account_id": msg.account,
@@ -193,8 +219,8 @@ class MessagesMixin(MessageMediaState):
             "source_address": msg.fields.get("source_number"),
             "content": msg.fields.get("content"),
             "metadata": (
-                [{"key": k, "value": v} for k, v in metadata.items()] if self.reporting_metadata_shape == "list"
-                else [{k: v} for k, v in metadata.items()] if self.reporting_metadata_shape == "single"
+                [{"key": k, "value": v} for k, v in metadata.items()] if shape == "list"
+                else [{k: v} for k, v in metadata.items()] if shape == "single"
                 else metadata
             ),
         }
@@ -202,11 +228,12 @@ class MessagesMixin(MessageMediaState):
     def _reporting_time(self, moment: dt.datetime | None, zone: dt.tzinfo) -> str | None:
         if moment is None:
             return None
+        settings = self.state.settings
         local = moment.astimezone(zone)
-        if self.reporting_naive_timestamps:
+        if settings.reporting_naive_timestamps:
             return local.replace(tzinfo=None).isoformat(timespec="seconds")
-        if self.report_date_form != "iso_ms":
-            return format_date_form(moment, self.report_date_form, zone)
+        if settings.report_date_form != "iso_ms":
+            return format_date_form(moment, settings.report_date_form, zone)
         if not local.utcoffset():
             return format_timestamp(local)
         return local.isoformat(timespec="milliseconds")

@@ -1,11 +1,12 @@
 """The MessageMedia simulator's data model: its constants, times in MessageMedia's wire forms, the
-records it keeps (keys, reports, messages, signature keys, recorded exchanges) and the state every
-area of the simulator shares (``MessageMediaState``, the base of its mixins)."""
+records it keeps (keys, reports, messages, signature keys, recorded exchanges), its run-time settings
+(``Settings``) and the state every part of the simulator shares (``MessageMediaState``)."""
 
 from __future__ import annotations
 
 import collections
 import datetime as dt
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,8 +14,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sfsync.sim.base import Request, SimApp
-from sfsync.sim.push import Pusher
+from sfsync.sim.base import Request
 
 MAX_IDS = 100  # the most reports one poll returns and one confirmation accepts
 AUTH_MESSAGE = "Invalid authentication credentials"
@@ -154,21 +154,21 @@ class StoredMessage:
     delivered_at: dt.datetime | None = None
 
 
-class MessageMediaState(SimApp):
-    """The simulator's in-memory state, under ``self.lock``, and the settings its areas read; the
-    mixins (``mm_reports``, ``mm_push``, ``mm_messages``, ``mm_auth``) build on it."""
+@dataclass
+class Settings:
+    """What ``MessageMediaSim.configure`` changes at run time (checked there; the parts read them)."""
 
-    account_id: str
-    auth_failure_status: int
-    clock: Callable[[], float]  # seconds since the epoch: when confirmations take effect (tests advance it)
-    confirm_delay_s: float
-    lose_confirms: int
-    confirm_uuid_only: bool
-    confirm_error_details: bool
-    record_exchanges: bool
-    report_date_form: str
     reporting_metadata_shape: str
     reporting_naive_timestamps: bool
+    report_date_form: str
+    auth_failure_status: int
+    confirm_delay_s: float  # a confirmation takes effect this long after its 202
+    lose_confirms: int  # the next this many confirmations are answered 202 and never take effect
+    # The confirm body's schema types each id ``format: uuid``: a request naming anything else is
+    # refused whole (400). Off: any string is taken (a lenient deployment, for tests of opaque ids).
+    confirm_uuid_only: bool
+    confirm_error_details: bool  # a 400 names the offending items (off: a bare message)
+    record_exchanges: bool
     push_url: str | None
     push_headers: dict[str, str]
     push_template: str | None
@@ -182,25 +182,37 @@ class MessageMediaState(SimApp):
     sign_with_private_key_pem: str | None
     sign_key_id: str
     sign_digest: str
-    _sign_key: Any
-    pusher: Pusher
-    _initial_keys: tuple[SimKey, ...]
 
-    # -- state -------------------------------------------------------------------------------
-    def _clear(self) -> None:
-        self._reports: dict[str, StoredReport] = {}  # every report, in insertion order
-        self._queues: dict[str, OrderedDict[str, StoredReport]] = {}  # unconfirmed, per account
-        self._messages: dict[str, StoredMessage] = {}
-        self._send_order: SendOrder | None = None  # reporting's index, rebuilt after messages change
-        self._confirm_log: list[tuple[str, float]] = []
-        self._confirm_counts: Counter[str] = Counter()
-        self._confirm_unknown = 0
-        self._webhooks: dict[str, dict[str, Any]] = {}  # id -> webhook as created, with its account
-        self._signature_keys: dict[str, SignatureKey] = {}
-        self._exchanges: collections.deque[Exchange] = collections.deque(maxlen=EXCHANGE_LOG_MAX)
-        self._keys: dict[str, SimKey] = {k.api_key: k for k in self._initial_keys}
-        self._confirm_calls: list[dict[str, Any]] = []
 
-    def _account(self, request: Request) -> str:
-        """The account the call acts for (checked by ``_authenticated``)."""
+class MessageMediaState:
+    """The simulator's in-memory state, guarded by ``lock``, and the settings its parts read. Each part
+    (``mm_auth``, ``mm_reports``, ``mm_messages``, ``mm_push``) is given this one object."""
+
+    def __init__(self, lock: threading.RLock, settings: Settings, account_id: str, keys: tuple[SimKey, ...],
+                 clock: Callable[[], float]):
+        self.lock = lock
+        self.settings = settings
+        self.account_id = account_id  # the default key's own account, used when no Account header is sent
+        # Seconds since the epoch: when confirmations take effect (a test may replace it to advance time).
+        self.clock = clock
+        self.initial_keys = keys  # the constructor's keys, restored by ``clear``
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every report, message, webhook, signature key, key added and log (lock held)."""
+        self.reports: dict[str, StoredReport] = {}  # every report, in insertion order
+        self.queues: dict[str, OrderedDict[str, StoredReport]] = {}  # unconfirmed, per account
+        self.messages: dict[str, StoredMessage] = {}
+        self.send_order: SendOrder | None = None  # reporting's index, rebuilt after messages change
+        self.confirm_log: list[tuple[str, float]] = []
+        self.confirm_counts: Counter[str] = Counter()
+        self.confirm_unknown = 0
+        self.webhooks: dict[str, dict[str, Any]] = {}  # id -> webhook as created, with its account
+        self.signature_keys: dict[str, SignatureKey] = {}
+        self.exchanges: collections.deque[Exchange] = collections.deque(maxlen=EXCHANGE_LOG_MAX)
+        self.keys: dict[str, SimKey] = {k.api_key: k for k in self.initial_keys}
+        self.confirm_calls: list[dict[str, Any]] = []
+
+    def account_of(self, request: Request) -> str:
+        """The account an authenticated call acts for (checked by ``AuthPart.guard``)."""
         return request.account or self.account_id

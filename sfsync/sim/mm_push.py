@@ -1,11 +1,13 @@
-"""The MessageMedia simulator's push side: a new report's pushes to the account's webhooks, to
-``push_url`` and to its ``callback_url`` (delivered by ``sfsync.sim.push``), the Webhooks and
-Signature Keys APIs that configure them, and the checks of the push settings."""
+"""The MessageMedia simulator's push side (``PushPart``): a new report's pushes to the account's
+webhooks, to ``push_url`` and to its ``callback_url`` (delivered by the ``Pusher`` of
+``sfsync.sim.push``), the Webhooks and Signature Keys APIs that configure them, and the checks of
+the push settings."""
 
 from __future__ import annotations
 
 import base64
 import copy
+import threading
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,7 +27,7 @@ from sfsync.sim.mm_model import (
     SignatureKey,
     now_timestamp,
 )
-from sfsync.sim.push import DR_EVENTS, EVENTS, Delivery, PushConfig, digest_key, load_private_key
+from sfsync.sim.push import DR_EVENTS, EVENTS, Delivery, PushConfig, Pusher, digest_key, load_private_key
 
 # Push settings for configure(), with their defaults.
 PUSH_DEFAULTS: dict[str, Any] = {
@@ -45,65 +47,90 @@ PUSH_DEFAULTS: dict[str, Any] = {
 }
 
 
-class PushMixin(MessageMediaState):
-    """Pushes, webhooks and signature keys, composed into ``MessageMediaSim``."""
+class PushPart:
+    """Pushes, webhooks and signature keys. Its ``pusher`` (``sfsync.sim.push``) delivers; ``stop`` and
+    ``restart`` end it and put a fresh one in its place."""
 
-    def _push_config(self) -> PushConfig:
-        sign_key, digest, key_id = self._sign_key, self.sign_digest, self.sign_key_id
-        with self.lock:
-            enabled = [k for k in self._signature_keys.values() if k.enabled]
+    def __init__(self, state: MessageMediaState, stopping: threading.Event):
+        self.state = state
+        self.stopping = stopping  # the server's stop event: the pusher's threads end when it is set
+        self.sign_key: rsa.RSAPrivateKey | None = None  # loaded from the sign_with_private_key_pem setting
+        self.pusher = Pusher(self.config, stopping)
+
+    def config(self) -> PushConfig:
+        """The pusher's settings as they are now (it asks before every push)."""
+        settings = self.state.settings
+        sign_key, digest, key_id = self.sign_key, settings.sign_digest, settings.sign_key_id
+        with self.state.lock:
+            enabled = [k for k in self.state.signature_keys.values() if k.enabled]
         if sign_key is None and enabled:  # the account's enabled signature key signs every push
             sign_key, digest, key_id = enabled[0].private_key, enabled[0].digest, enabled[0].key_id
         return PushConfig(
-            ca_bundle=self.push_ca_bundle, retry_delay_s=float(self.push_retry_delay_s),
-            retry_max_delay_s=float(self.push_retry_max_delay_s), timeout_s=float(self.push_timeout_s),
-            concurrency=int(self.push_concurrency), sign_key=sign_key, sign_digest=digest,
-            sign_key_id=key_id, date_offset_s=float(self.push_date_offset_s),
+            ca_bundle=settings.push_ca_bundle, retry_delay_s=float(settings.push_retry_delay_s),
+            retry_max_delay_s=float(settings.push_retry_max_delay_s), timeout_s=float(settings.push_timeout_s),
+            concurrency=int(settings.push_concurrency), sign_key=sign_key, sign_digest=digest,
+            sign_key_id=key_id, date_offset_s=float(settings.push_date_offset_s),
         )
 
+    def use_private_key(self, pem: str | None) -> None:
+        """Sign every push with this key (the sign_with_private_key_pem setting); None: not with it."""
+        self.sign_key = load_private_key(pem) if pem else None
+
+    def stop(self) -> None:
+        """Stop the pusher: pushes queued are dropped, one in flight may take its timeout to end."""
+        self.pusher.stop()
+
+    def restart(self) -> None:
+        """A fresh pusher, with no pushes and no log (after ``stop``)."""
+        self.pusher = Pusher(self.config, self.stopping)
+
     # -- push --------------------------------------------------------------------------------
-    def _push(self, wire: dict[str, Any], account: str) -> None:
+    def push_report(self, wire: dict[str, Any], account: str) -> None:
         """Queue the pushes of one new report (called under the lock; the HTTP is the pusher's)."""
+        settings = self.state.settings
         report = copy.deepcopy(wire)
         event = DR_EVENTS.get(str(report.get("status", "")).lower())
-        for hook in self._webhooks.values():
+        for hook in self.state.webhooks.values():
             if hook["_account"] == account and event in hook["events"] and hook["method"] != "GET":
                 retries = hook.get("retries")
                 self.pusher.submit(Delivery(
                     report, hook["url"], "webhook", hook["method"], dict(hook.get("headers") or {}),
                     hook.get("template") or None,
-                    max_attempts=(retries if isinstance(retries, int) else self.push_max_attempts - 1) + 1,
+                    max_attempts=(retries if isinstance(retries, int) else settings.push_max_attempts - 1) + 1,
                 ))
-        if self.push_url:
-            self.pusher.submit(Delivery(report, self.push_url, "push_url", "POST", dict(self.push_headers),
-                                        self.push_template, max_attempts=self.push_max_attempts))
+        if settings.push_url:
+            self.pusher.submit(Delivery(report, settings.push_url, "push_url", "POST", dict(settings.push_headers),
+                                        settings.push_template, max_attempts=settings.push_max_attempts))
         callback = report.get("callback_url")
         if isinstance(callback, str) and callback.startswith(("http://", "https://")):
             self.pusher.submit(Delivery(report, callback, "callback_url", "POST", {}, None,
-                                        max_attempts=self.push_max_attempts))
+                                        max_attempts=settings.push_max_attempts))
+
+    def counts(self) -> dict[str, Any]:
+        """The pusher's counters: queued, attempts, delivered, gave_up, pending."""
+        return self.pusher.snapshot()
 
     def push_log(self) -> list[dict[str, Any]]:
         """Every push attempt, in order: report id, url, kind, attempt, status (HTTP status or error)."""
-        with self.pusher._cv:
-            return [dict(entry) for entry in self.pusher.log]
+        return self.pusher.log_entries()
 
     def wait_for_pushes(self, timeout: float = 10.0) -> bool:
         """Wait until every queued push was delivered or given up."""
         return self.pusher.wait_idle(timeout)
 
     def webhooks(self, account: str | None = None) -> list[dict[str, Any]]:
-        with self.lock:
-            return [_public_hook(h) for h in self._webhooks.values()
+        with self.state.lock:
+            return [_public_hook(h) for h in self.state.webhooks.values()
                     if account is None or h["_account"] == account]
 
-    def _create_webhook_route(self, request: Request) -> Response:
+    def create_webhook_route(self, request: Request) -> Response:
         body = request.json()
         if not isinstance(body, dict):
             raise HttpError(400, "Request validation failed", details=["a JSON object body is required"])
         problems = _webhook_problems(body)
         if problems:
             raise HttpError(400, "Request validation failed", details=problems)
-        account = self._account(request)
+        account = self.state.account_of(request)
         hook: dict[str, Any] = {
             "id": str(uuid.uuid4()), "url": body["url"], "method": body["method"].upper(),
             "encoding": body["encoding"].upper(), "headers": dict(body.get("headers") or {}),
@@ -111,13 +138,13 @@ class PushMixin(MessageMediaState):
         }
         hook["read_timeout"] = WEBHOOK_READ_TIMEOUT_MS[2]
         hook.update({k: body[k] for k in ("read_timeout", "retries", "retry_delay") if body.get(k) is not None})
-        with self.lock:
-            if any(h["_account"] == account and h["url"] == hook["url"] for h in self._webhooks.values()):
+        with self.state.lock:
+            if any(h["_account"] == account and h["url"] == hook["url"] for h in self.state.webhooks.values()):
                 raise HttpError(409, "A webhook with this url already exists", details=[hook["url"]])
-            self._webhooks[hook["id"]] = {**hook, "_account": account}
+            self.state.webhooks[hook["id"]] = {**hook, "_account": account}
         return Response.json(201, hook)
 
-    def _list_webhooks_route(self, request: Request) -> Response:
+    def list_webhooks_route(self, request: Request) -> Response:
         try:
             page = int(request.arg("page") or 0)
             size = int(request.arg("page_size") or request.arg("pageSize") or 10)  # the spec's, an SDK's
@@ -125,20 +152,20 @@ class PushMixin(MessageMediaState):
             raise HttpError(400, "Request validation failed", details=["page and pageSize are integers"]) from exc
         if page < 0 or not 1 <= size <= 100:
             raise HttpError(400, "Request validation failed", details=["page >= 0, page_size 1 to 100"])
-        hooks = self.webhooks(self._account(request))
+        hooks = self.webhooks(self.state.account_of(request))
         return Response.json(200, {"page": page, "pageSize": size, "pageData": hooks[page * size : (page + 1) * size]})
 
-    def _delete_webhook_route(self, request: Request) -> Response:
+    def delete_webhook_route(self, request: Request) -> Response:
         webhook_id = request.params["webhook_id"]
-        with self.lock:
-            hook = self._webhooks.get(webhook_id)
-            if hook is None or hook["_account"] != self._account(request):
+        with self.state.lock:
+            hook = self.state.webhooks.get(webhook_id)
+            if hook is None or hook["_account"] != self.state.account_of(request):
                 raise HttpError(404, "Webhook not found", details=[f"no webhook with id {webhook_id}"])
-            del self._webhooks[webhook_id]
+            del self.state.webhooks[webhook_id]
         return Response(204)
 
     # -- signature keys ----------------------------------------------------------------------
-    def _create_key_route(self, request: Request) -> Response:
+    def create_key_route(self, request: Request) -> Response:
         body = request.json()
         problems = []
         digest = body.get("digest") if isinstance(body, dict) else None
@@ -150,69 +177,70 @@ class PushMixin(MessageMediaState):
         if problems:
             raise HttpError(400, "Bad Request", details=problems)
         private = rsa.generate_private_key(public_exponent=65537, key_size=SIGNATURE_KEY_BITS)
-        key = SignatureKey(str(uuid.uuid4()), self._account(request), str(digest), private, now_timestamp())
+        key = SignatureKey(str(uuid.uuid4()), self.state.account_of(request), str(digest), private, now_timestamp())
         der = private.public_key().public_bytes(serialization.Encoding.DER,
                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
-        with self.lock:
-            self._signature_keys[key.key_id] = key
+        with self.state.lock:
+            self.state.signature_keys[key.key_id] = key
         return Response.json(201, {**key.public(), "public_key": base64.b64encode(der).decode()})
 
     def signature_keys(self) -> list[dict[str, Any]]:
         """Every signature key of every account, in creation order (as list and get show them)."""
-        with self.lock:
-            return [{**k.public(), "account": k.account} for k in self._signature_keys.values()]
+        with self.state.lock:
+            return [{**k.public(), "account": k.account} for k in self.state.signature_keys.values()]
 
     def _key_of(self, request: Request, key_id: Any) -> SignatureKey:
-        key = self._signature_keys.get(key_id) if isinstance(key_id, str) else None
-        if key is None or key.account != self._account(request):
+        key = self.state.signature_keys.get(key_id) if isinstance(key_id, str) else None
+        if key is None or key.account != self.state.account_of(request):
             raise HttpError(404, "Entity not found")
         return key
 
-    def _list_keys_route(self, request: Request) -> Response:
+    def list_keys_route(self, request: Request) -> Response:
         try:
             page, size = int(request.arg("page") or ""), int(request.arg("page_size") or "")
         except ValueError as exc:
             raise HttpError(400, "Bad Request", details=["page and page_size are required integers"]) from exc
         if page < 0 or size < 1:
             raise HttpError(400, "Bad Request", details=["page property value is invalid"])
-        with self.lock:
-            keys = [k.public() for k in self._signature_keys.values() if k.account == self._account(request)]
+        with self.state.lock:
+            keys = [k.public() for k in self.state.signature_keys.values()
+                    if k.account == self.state.account_of(request)]
         return Response.json(200, keys[page * size : (page + 1) * size])
 
-    def _get_key_route(self, request: Request) -> Response:
-        with self.lock:
+    def get_key_route(self, request: Request) -> Response:
+        with self.state.lock:
             return Response.json(200, self._key_of(request, request.params["key_id"]).public())
 
-    def _delete_key_route(self, request: Request) -> Response:
-        with self.lock:
+    def delete_key_route(self, request: Request) -> Response:
+        with self.state.lock:
             key = self._key_of(request, request.params["key_id"])
-            del self._signature_keys[key.key_id]
+            del self.state.signature_keys[key.key_id]
         return Response(200)
 
-    def _enable_key_route(self, request: Request) -> Response:
+    def enable_key_route(self, request: Request) -> Response:
         body = request.json()
         key_id = body.get("key_id") if isinstance(body, dict) else None
         if not key_id:
             raise HttpError(400, "Bad Request", details=["/key_id: Key id cannot be null"])
-        with self.lock:
+        with self.state.lock:
             key = self._key_of(request, key_id)
-            for other in self._signature_keys.values():  # one enabled key at a time
+            for other in self.state.signature_keys.values():  # one enabled key at a time
                 if other.account == key.account:
                     other.enabled = False
             key.enabled = True
             return Response.json(200, key.public())
 
-    def _enabled_key_route(self, request: Request) -> Response:
-        with self.lock:
-            for key in self._signature_keys.values():
-                if key.enabled and key.account == self._account(request):
+    def enabled_key_route(self, request: Request) -> Response:
+        with self.state.lock:
+            for key in self.state.signature_keys.values():
+                if key.enabled and key.account == self.state.account_of(request):
                     return Response.json(200, key.public())
         raise HttpError(404, "Currently no key is enabled")
 
-    def _disable_key_route(self, request: Request) -> Response:
-        with self.lock:
-            for key in self._signature_keys.values():
-                if key.account == self._account(request):
+    def disable_key_route(self, request: Request) -> Response:
+        with self.state.lock:
+            for key in self.state.signature_keys.values():
+                if key.account == self.state.account_of(request):
                     key.enabled = False
         return Response(204)
 

@@ -276,6 +276,16 @@ class Pusher:
                 "kind": delivery.kind, "attempt": delivery.attempt, "status": outcome, "at": time.time(),
             })
 
+    def log_entries(self) -> list[dict[str, Any]]:
+        """Copies of the log: every attempt, in order."""
+        with self._cv:
+            return [dict(entry) for entry in self.log]
+
+    def workers(self) -> list[threading.Thread]:
+        """The delivery threads started so far (none before the first push)."""
+        with self._cv:
+            return list(self._threads)
+
     def idle(self) -> bool:
         with self._cv:
             return not self._heap and self._inflight == 0
