@@ -128,6 +128,7 @@ class Calls:
 
     salesforce: Counter[str] = field(default_factory=Counter)
     messagemedia: Counter[str] = field(default_factory=Counter)
+    composite: Counter[str] = field(default_factory=Counter)  # Composite calls by what they carry
 
     @property
     def sf_total(self) -> int:
@@ -140,8 +141,16 @@ class Calls:
 
     @property
     def sf_writes(self) -> int:
-        """Write calls: sObject Collections, single-record (neither script GETs a record) and Bulk API."""
-        return sum(n for kind, n in self.salesforce.items() if kind in ("composite", "sobject", "bulk"))
+        """Write calls: sObject Collections, single-record (neither script GETs a record), Bulk API,
+        and Composite requests carrying writes (a mixed one counts here and as a look-up)."""
+        plain = sum(n for kind, n in self.salesforce.items() if kind in ("composite", "sobject", "bulk"))
+        return plain + self.composite["writes"] + self.composite["mixed"]
+
+    @property
+    def sf_lookups(self) -> int:
+        """Look-up calls: queries and their further pages, and Composite requests carrying queries."""
+        plain = sum(n for kind, n in self.salesforce.items() if kind in ("query", "query_all", "query_more"))
+        return plain + self.composite["lookups"] + self.composite["mixed"]
 
     @property
     def mm_total(self) -> int:
@@ -149,6 +158,7 @@ class Calls:
 
     def as_dict(self) -> dict[str, Any]:
         return {"salesforce": dict(self.salesforce), "messagemedia": dict(self.messagemedia),
+                "salesforce_composite": dict(self.composite),
                 "salesforce_total": self.sf_total, "salesforce_rest": self.sf_rest,
                 "messagemedia_total": self.mm_total}
 
@@ -158,21 +168,21 @@ class CallMeter:
 
     def __init__(self, sims: Simulators):
         self.sims = sims
-        self._sf: Counter[str] = Counter()
-        self._mm: Counter[str] = Counter()
+        self._start: tuple[Counter[str], Counter[str], Counter[str]] = (Counter(), Counter(), Counter())
 
-    def _now(self) -> tuple[Counter[str], Counter[str]]:
-        return Counter(self.sims.sf.stats()["api_calls"]), Counter(self.sims.mm.stats()["calls"])
+    def _now(self) -> tuple[Counter[str], Counter[str], Counter[str]]:
+        sf = self.sims.sf.stats()
+        return Counter(sf["api_calls"]), Counter(self.sims.mm.stats()["calls"]), Counter(sf["composite_calls"])
 
     def start(self) -> CallMeter:
-        self._sf, self._mm = self._now()
+        self._start = self._now()
         return self
 
     def stop(self) -> Calls:
-        sf, mm = self._now()
-        sf.subtract(self._sf)
-        mm.subtract(self._mm)
-        return Calls(+sf, +mm)
+        sf, mm, composite = self._now()
+        for now, then in zip((sf, mm, composite), self._start, strict=True):
+            now.subtract(then)
+        return Calls(+sf, +mm, +composite)
 
 
 def git_commit() -> str:

@@ -286,7 +286,7 @@ def one_run(p: argparse.Namespace, rate: float, window: float, work: Path) -> Ru
         writes_by_task = [sum(1 for h in sims.sf.history(t) if FIELDS[0] in h["fields"]) for t in task_ids.values()]
     refused = sum(1 for push in pushes if push.status != 200)
     sf = calls.sf_rest
-    lookups = calls.salesforce.get("query", 0)
+    lookups = calls.sf_lookups
     run.figures = {
         "rate": rate, "window_s": window, "reports": len(pushes), "finals": finals, "earlier": len(pushes) - finals,
         "tasks": len(task_ids), "clients": p.clients,

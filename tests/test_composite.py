@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,8 @@ from sfsync.sim.harness import Simulators
 from tests.conftest import add_tasks, composite_calls, fields_of, look_ups, new_message_id, report, sf_calls
 
 V = "/services/data/v59.0"
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -152,6 +155,7 @@ def test_look_ups_go_five_to_a_call(sims: Simulators, client: SalesforceClient) 
     answers = client.find_tasks_many(groups)
     assert [found_messages(rows) for rows in answers] == [set(mids) for _, mids in groups]
     assert sf_calls(sims) == 2 and sims.sf.stats()["api_calls"]["composite_batch"] == 2  # 5 + 2 queries
+    assert sims.sf.stats()["composite_calls"] == {"lookups": 2}  # what the Composite calls carried
     assert client.calls["composite_batch"] == 2 and "query" not in client.calls
     assert client.usage.used == sims.sf.stats()["api_usage"]  # read from the Composite answer's Sforce-Limit-Info
     # A single look-up is the plain call.
@@ -205,6 +209,7 @@ def test_writes_go_five_to_a_call(sims: Simulators, client: SalesforceClient) ->
     # 5 Collections of 200 in one Composite request, the sixth alone as the plain call.
     assert calls["composite_batch"] == 1 and calls["composite"] == 1
     assert sims.sf.stats()["subrequests"] == {"composite": 5}
+    assert sims.sf.stats()["composite_calls"] == {"writes": 1}
 
 
 def test_rows_locked_inside_a_composite_answer_are_written_again(sims: Simulators,
@@ -289,3 +294,20 @@ def test_a_polled_run_with_the_look_ahead_costs_no_more_than_before(sims: Simula
     assert summary.exit_code == EXIT_OK and summary.counts["applied"] == 1000
     assert all(fields_of(sims, t) == ("Delivered", "220") and len(sims.sf.history(t)) == 1 for t in tasks)
     assert look_ups(sims) == 10 and composite_calls(sims) == 5 and sf_calls(sims) <= 15
+
+
+def test_the_benchmarks_count_composite_calls_as_look_ups_or_writes(
+        sims: Simulators, client: SalesforceClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The benchmarks' call split (look-ups + writes) covers every call, Composite ones included: the
+    push bench's look-ups column once counted only plain queries."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    from _common import CallMeter
+
+    messages = [new_message_id() for _ in range(700)]
+    tasks = add_tasks(sims, messages)
+    meter = CallMeter(sims).start()
+    client.find_tasks_many(groups_of(messages))  # 7 queries: two Composite calls
+    client.update_tasks_many(chunks_for(tasks, "Delivered"))  # 4 Collections: one Composite call
+    calls = meter.stop()
+    assert (calls.sf_lookups, calls.sf_writes) == (2, 1)
+    assert calls.sf_lookups + calls.sf_writes == calls.sf_rest == 3

@@ -68,6 +68,13 @@ def _version(text: str) -> tuple[int, int]:
     return int(major), int(minor or 0)
 
 
+def composite_content(methods: list[str]) -> str:
+    """What a Composite request carries, from its subrequests' methods: "lookups" (queries and record
+    reads only), "writes" (record writes only) or "mixed"; a call's content for the tally."""
+    reads = {method == "GET" for method in methods}
+    return "mixed" if len(reads) > 1 else "lookups" if reads == {True} else "writes"
+
+
 def _bad(message: str, code: str = "INVALID_API_INPUT") -> HttpError:
     return HttpError(400, message, code)
 
@@ -126,6 +133,7 @@ class CompositeApi:
         if heavy > MAX_QUERY_OR_COLLECTIONS:
             raise _bad(f"a Composite request holds at most {MAX_QUERY_OR_COLLECTIONS} query or sObject "
                        f"Collections subrequests, not {heavy}", "LIMIT_EXCEEDED")
+        self._usage.count_composite(composite_content([sub.method for sub, _, _ in prepared]))
         answers = [self._run_subrequest(sub, kind) for sub, kind, _ in prepared]
         return Response.json(200, {"compositeResponse": answers})
 

@@ -1,6 +1,7 @@
 """The Salesforce simulator's API call accounting: each REST call counted against the daily
 allocation (or refused with REQUEST_LIMIT_EXCEEDED, daily or concurrency), the calls by kind with
-when they came, token requests, and the Composite subrequests tallied apart (never counted as calls)."""
+when they came, token requests, the Composite subrequests tallied apart (never counted as calls), and the Composite
+calls by what they carry (look-ups or writes)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class ApiUsage:
         self.call_log: collections.deque[tuple[str, float]] = collections.deque(maxlen=10_000)  # (kind, when)
         self.subrequests: Counter[str] = Counter()
         self.sub_log: collections.deque[tuple[str, float]] = collections.deque(maxlen=10_000)  # (kind, when)
+        self.composite_calls: Counter[str] = Counter()  # Composite calls by what they carry (lookups, writes, mixed)
 
     def count(self, kind: str) -> None:
         """Count one REST call of ``kind``, or refuse it as Salesforce does past a limit."""
@@ -54,6 +56,11 @@ class ApiUsage:
             self.subrequests[kind] += 1
             self.sub_log.append((kind, time.time()))
 
+    def count_composite(self, content: str) -> None:
+        """A Composite request that passed its checks, tallied by what it carries (already counted as one call)."""
+        with self._records.lock:
+            self.composite_calls[content] += 1
+
     def set_used(self, used: int) -> None:
         with self._records.lock:
             self.used = used
@@ -72,12 +79,13 @@ class ApiUsage:
         with self._records.lock:
             return {"api_calls": dict(self.calls), "api_calls_total": sum(self.calls.values()),
                     "api_usage": self.used, "daily_limit": self._records.settings.daily_limit,
-                    "subrequests": dict(self.subrequests)}
+                    "subrequests": dict(self.subrequests), "composite_calls": dict(self.composite_calls)}
 
     def reset(self) -> None:
         with self._records.lock:
             self.calls.clear()
             self.call_log.clear()
             self.subrequests.clear()
+            self.composite_calls.clear()
             self.sub_log.clear()
             self.used = 0
