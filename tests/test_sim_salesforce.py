@@ -377,7 +377,7 @@ def test_describe_and_limits(running: Running) -> None:
     limits = sf.limits()
     assert limits["DailyApiRequests"] == {"Max": 100_000, "Remaining": 100_000 - 3}
     assert running.sim.stats() == {"api_calls": {"token": 1, "describe": 1, "limits": 2}, "api_calls_total": 4,
-                                   "api_usage": 3, "daily_limit": 100_000, "subrequests": {}}
+                                   "api_usage": 3, "daily_limit": 100_000, "subrequests": {}, "composite_calls": {}}
 
 
 def test_daily_limit_refuses_calls(running: Running) -> None:
