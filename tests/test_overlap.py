@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -149,24 +150,39 @@ sqlite_only = pytest.mark.skipif(on_postgresql(), reason="the look-ahead runs on
                                  "store (SQLite); on PostgreSQL replicas claim staged reports through leases")
 
 
-def _waits_for_the_write_ahead(worker: Worker, after_pages: int,
-                               until: Callable[[], bool] = lambda: True) -> tuple[threading.Event, list[str]]:
-    """Holds the poll after ``after_pages`` pages until the look-ahead has written ahead and ``until``
-    holds (bounded), so that the overlap is there to be checked whatever the machine's speed."""
-    wrote = threading.Event()
+@dataclass
+class Hold:
+    """A poll held (bounded) until the look-ahead wrote ahead: ``wrote`` once it did, ``timed_out``
+    when the bound ended the hold instead (the overlap was not there: a test asserts it was)."""
+
+    wrote: threading.Event = field(default_factory=threading.Event)
+    timed_out: bool = False
+
+    @property
+    def held_until_written(self) -> bool:
+        return self.wrote.is_set() and not self.timed_out
+
+
+def _waits_for_the_write_ahead(worker: Worker, after_pages: int, until: Callable[[], bool] = lambda: True) -> Hold:
+    """Holds the poll after ``after_pages`` pages are staged until the look-ahead has written ahead and
+    ``until`` holds (bounded), so that the overlap is there to be checked whatever the machine's speed."""
+    hold = Hold()
     stages: list[str] = []
 
     def on_stage(stage: str) -> None:
         stages.append(stage)
         if stage == "wrote_ahead":
-            wrote.set()
+            hold.wrote.set()
         elif stage == "staged" and stages.count("staged") == after_pages:
             deadline = time.monotonic() + 20
-            while not (wrote.is_set() and until()) and time.monotonic() < deadline:
+            while not (hold.wrote.is_set() and until()):
+                if time.monotonic() >= deadline:
+                    hold.timed_out = True
+                    return
                 time.sleep(0.01)  # the poll interval of a wait on a condition (bounded)
 
     worker.on_stage = on_stage
-    return wrote, stages
+    return hold
 
 
 @sqlite_only
@@ -182,10 +198,10 @@ def test_final_statuses_are_written_while_the_poll_runs_at_no_extra_call(sims: S
     sims.mm.faults.configure(latency_ms=10)
     worker = make_worker()
     # The last page waits (bounded) for the 1,600 finals, staged and looked up by then, to be written.
-    wrote, _ = _waits_for_the_write_ahead(worker, after_pages=37, until=lambda: composite_calls(sims) >= 5)
+    hold = _waits_for_the_write_ahead(worker, after_pages=37, until=lambda: composite_calls(sims) >= 5)
     summary = worker.run()
 
-    assert summary.exit_code == EXIT_OK and wrote.is_set()
+    assert summary.exit_code == EXIT_OK and hold.held_until_written
     last_confirm = max(at for _, at in sims.mm.confirm_log())
     writes = call_times(sims, "composite")
     # 1,000 of them in one Composite call of five writes while the poll ran; the other 600 with the drain.
@@ -212,12 +228,36 @@ def test_a_task_written_ahead_is_looked_up_again_before_another_report_decides_o
                         + [report(m, "delivered", "220", minute=1) for m in messages]
                         + [report(new_message_id(), "enroute") for _ in range(300)])  # no Task: they wait
     worker = make_worker(SFSYNC_SF_CONCURRENCY="1")
-    wrote, _ = _waits_for_the_write_ahead(worker, after_pages=15)
+    hold = _waits_for_the_write_ahead(worker, after_pages=15)
     summary = worker.run()
 
-    assert summary.exit_code == EXIT_OK and wrote.is_set()
+    assert summary.exit_code == EXIT_OK and hold.held_until_written
     assert all(fields_of(sims, t) == ("Delivered", "220") and len(sims.sf.history(t)) == 1 for t in tasks)
     assert summary.counts["applied"] == 1499 and summary.counts["skipped_stale"] == 1
+
+
+@sqlite_only
+def test_the_look_ahead_hears_of_a_page_once_it_is_staged_not_once_it_is_confirmed(
+        sims: Simulators, make_worker: MakeWorker) -> None:
+    """The page that completes a write-ahead group wakes the look-ahead as soon as it is committed:
+    the group is written while that page's confirmation is still to come. (It used to be woken after
+    the confirmation: a look-ahead idle between pages saw the group complete only a page later.)"""
+    messages = [new_message_id() for _ in range(1000)]  # a whole write-ahead group, in ten pages
+    tasks = add_tasks(sims, messages)
+    reports = [report(m, "delivered", "220") for m in messages]
+    sims.mm.add_reports(reports)
+    sims.mm.faults.configure(latency_ms=50)  # a slow poll: the look-ahead is idle between pages
+    worker = make_worker()
+    # Held at the tenth page's staging (bounded) until the group is written ahead.
+    hold = _waits_for_the_write_ahead(worker, after_pages=10)
+    summary = worker.run()
+
+    assert summary.exit_code == EXIT_OK and hold.held_until_written
+    last_page = {r["delivery_report_id"] for r in reports[900:]}
+    last_page_confirmed = min(at for report_id, at in sims.mm.confirm_log() if report_id in last_page)
+    writes = call_times(sims, "composite")
+    assert sum(at < last_page_confirmed for at in writes) == 5, "the group was written only after its last confirm"
+    assert all(fields_of(sims, t) == ("Delivered", "220") and len(sims.sf.history(t)) == 1 for t in tasks)
 
 
 @sqlite_only
@@ -228,7 +268,7 @@ def test_rows_locked_while_written_ahead_are_written_in_the_same_run(sims: Simul
     sims.mm.add_reports([report(m, "delivered", "220") for m in messages]
                         + [report(new_message_id(), "enroute") for _ in range(400)])  # no Task: they wait
     worker = make_worker(SFSYNC_SF_CONCURRENCY="1", SFSYNC_RETRY_ATTEMPTS="1")  # a locked row is held at once
-    wrote, _ = _waits_for_the_write_ahead(worker, after_pages=10)
+    hold = _waits_for_the_write_ahead(worker, after_pages=10)
     held_ahead = worker.on_stage
 
     def unlock_after_the_write_ahead(stage: str) -> None:
@@ -239,7 +279,7 @@ def test_rows_locked_while_written_ahead_are_written_in_the_same_run(sims: Simul
     worker.on_stage = unlock_after_the_write_ahead
     sims.sf.configure(lock_row_rate=0.3)
     summary = worker.run()
-    assert summary.exit_code == EXIT_OK and wrote.is_set() and summary.counts["held"] > 0
+    assert summary.exit_code == EXIT_OK and hold.held_until_written and summary.counts["held"] > 0
     # Held by the write ahead, drained again by the run's second pass: nothing left, each Task once.
     assert all(fields_of(sims, t) == ("Delivered", "220") and len(sims.sf.history(t)) == 1 for t in tasks)
     assert summary.counts["applied"] == 1000 and summary.counts["waiting"] == 400

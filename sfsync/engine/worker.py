@@ -241,12 +241,19 @@ class Worker:
                 return ExitReason.ELSEWHERE
             return self._poll_account_held(mm, options, summary, rules, lease)
 
+    def _poll_stage(self, stage: str) -> None:
+        """A stage of the poll: a page committed to the inbox wakes the look-ahead at once (it looks
+        up and writes ahead while the page's confirmation is in flight), then the run's own hook."""
+        if stage == "staged" and self._ahead:
+            self._ahead.staged()
+        self.on_stage(stage)
+
     def _poll_account_held(self, mm: MessageMediaClient, options: RunOptions, summary: RunSummary,
                            rules: StopRules, lease: str) -> ExitReason:
         """Check one account's queue until it is drained into the store (or a limit stops it); its
         own ``--max-reports``."""
         source = PollSource(mm, self.store, wait_seconds=self.settings.confirm_wait_seconds, stop=self.stop,
-                            on_stage=self.on_stage)
+                            on_stage=self._poll_stage)
         fetched = 0
         while True:
             reason = rules.reason(fetched)
@@ -256,8 +263,6 @@ class Worker:
                 return ExitReason.ELSEWHERE
             check = source.next_check()
             fetched += check.new
-            if check.new and self._ahead:
-                self._ahead.staged()
             summary.counts[Tally.FETCHED] += check.new
             summary.counts[Tally.CONFIRMED] += check.confirmed
             if not check.raws:
