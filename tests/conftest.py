@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from sfsync.engine import Worker, build_clients
 from sfsync.settings.config import Settings, load_settings
@@ -22,6 +23,15 @@ from tests import pgcluster
 
 T0 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC)
 _seq = itertools.count()
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 10.0, step: float = 0.02) -> bool:
+    """A wait on a condition with a deadline: True as soon as ``check()`` holds, False once ``timeout``
+    seconds have passed without it (tenacity asks again every ``step`` seconds). An exception that
+    ``check`` raises ends the wait at once."""
+    asking = Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(step),
+                      retry=retry_if_result(lambda held: not held), retry_error_callback=lambda state: False)
+    return bool(asking(check))
 
 
 @pytest.fixture

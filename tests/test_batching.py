@@ -21,7 +21,7 @@ from sfsync.push.receiver import PushServer
 from sfsync.settings.config import Settings
 from sfsync.sim.harness import Simulators
 from sfsync.store import Store, now_utc
-from tests.conftest import add_tasks, fields_of, new_message_id, report, store_of
+from tests.conftest import add_tasks, fields_of, new_message_id, report, store_of, wait_until
 
 SECRET = "batching-test-secret"
 HEADER = "X-SFSync-Secret"  # SFSYNC_PUSH_SECRET_HEADER's default
@@ -134,9 +134,7 @@ def test_under_continuous_pushes_waiting_retries_and_run_history_move(
     assert not pusher.is_alive()
     assert seen_while_pushing["late"] == ("Delivered", "221")  # retried between batches, not after the stream
     assert seen_while_pushing["runs"] >= 2  # drains end and are recorded while pushes keep coming
-    deadline = time.monotonic() + 30
-    while server.store.inbox_backlog()[0] and time.monotonic() < deadline:
-        time.sleep(0.05)  # the poll interval of a wait on a condition, with a deadline
+    wait_until(lambda: not server.store.inbox_backlog()[0], 30)
     assert all(fields_of(sims, t) == ("Delivered", "220") for t in tasks)
 
 
@@ -157,7 +155,6 @@ def test_a_full_batch_of_pushes_goes_at_once_whatever_the_window(
             assert answer.status == 200
     finally:
         conn.close()
-    deadline = time.monotonic() + 20  # a third of the window: only the full batch can have sent them
-    while time.monotonic() < deadline and not all(fields_of(sims, t) == ("Delivered", "220") for t in tasks):
-        time.sleep(0.05)  # the poll interval of a wait on a condition, with a deadline
+    # 20 s, a third of the window: only the full batch can have sent them.
+    wait_until(lambda: all(fields_of(sims, t) == ("Delivered", "220") for t in tasks), 20)
     assert all(fields_of(sims, t) == ("Delivered", "220") for t in tasks)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from sfsync.errors import RemoteError
 from sfsync.settings.config import Settings
 from sfsync.sources.backfill import BackfillOptions, Window
 from sfsync.store import LedgerEntry
-from tests.conftest import add_tasks, fields_of, new_message_id, report, store_of
+from tests.conftest import add_tasks, fields_of, new_message_id, report, store_of, wait_until
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 WINDOW = Window(NOW - dt.timedelta(days=2), NOW)
@@ -66,13 +65,11 @@ def worker(settings: Settings, **options: float) -> Worker:
 
 def wait_for_jobs(sims: object, timeout: float = 10.0) -> None:
     """Until the simulator has processed every Bulk API job (as Salesforce eventually does)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = {j.state for j in sims.sf.bulk.jobs.values()}  # type: ignore[attr-defined]
-        if states <= {"JobComplete", "Failed", "Aborted"}:
-            return
-        time.sleep(0.05)  # the poll interval of a wait on a condition, with a deadline
-    raise AssertionError(f"jobs never finished: {states}")
+    def states() -> set[str]:
+        return {j.state for j in sims.sf.bulk.jobs.values()}  # type: ignore[attr-defined]
+
+    assert wait_until(lambda: states() <= {"JobComplete", "Failed", "Aborted"}, timeout), \
+        f"jobs never finished: {states()}"
 
 
 def vias(sims: object, task_id: str) -> list[tuple[str, object]]:

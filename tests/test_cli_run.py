@@ -16,7 +16,7 @@ import pytest
 
 from sfsync.clients.http import make_session
 from sfsync.store.lock import RunLock
-from tests.conftest import on_postgresql, store_of
+from tests.conftest import on_postgresql, store_of, wait_until
 
 BIN = Path(sys.executable).parent
 SFSYNC = str(BIN / "sfsync")
@@ -145,7 +145,6 @@ def test_dry_run_prints_changes_and_writes_nothing(tmp_path: Path, sim_process: 
 
 
 def test_loop_mode_keeps_applying_and_stops_on_sigterm(tmp_path: Path, store_env: dict[str, str]) -> None:
-    import time
 
     from sfsync.sim.harness import Simulators
     from tests.conftest import add_tasks, fields_of, new_message_id, report
@@ -162,15 +161,11 @@ def test_loop_mode_keeps_applying_and_stops_on_sigterm(tmp_path: Path, store_env
         proc = subprocess.Popen([SFSYNC, "run", "--loop", "--interval", "0.2"], env=env, cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=log_file, text=True)
         try:
-            deadline = time.monotonic() + 20
-            while fields_of(sims, t1)[0] is None and time.monotonic() < deadline:
-                time.sleep(0.1)  # the poll interval of a wait on a condition, with a deadline
+            wait_until(lambda: fields_of(sims, t1)[0] is not None, 20)
             # The second report arrives once the first run has ended, so a later run of the loop must take it.
-            while "run_summary" not in log_path.read_text() and time.monotonic() < deadline:
-                time.sleep(0.05)  # the poll interval of a wait on a condition, with a deadline
+            wait_until(lambda: "run_summary" in log_path.read_text(), 20)
             sims.mm.add_reports([report(later, "failed", "414")])  # arrives while the daemon runs
-            while fields_of(sims, t2)[0] is None and time.monotonic() < deadline:
-                time.sleep(0.1)  # the poll interval of a wait on a condition, with a deadline
+            wait_until(lambda: fields_of(sims, t2)[0] is not None, 20)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=15) == 0
         finally:

@@ -22,7 +22,7 @@ from sfsync.push.receiver import PushServer
 from sfsync.settings.config import Settings
 from sfsync.sim.harness import Simulators
 from sfsync.sources.backfill import BackfillOptions, Window
-from tests.conftest import add_tasks, fields_of, new_message_id, report
+from tests.conftest import add_tasks, fields_of, new_message_id, report, wait_until
 
 SECRET = "engine-test-secret"
 HEADER = "X-SFSync-Secret"
@@ -35,28 +35,19 @@ def server(settings_for: Callable[..., Settings]) -> Iterator[PushServer]:
     push.stop()
 
 
-def wait_for(check: Callable[[], bool], seconds: float = 15.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)  # the poll interval of a wait on a condition, with a deadline
-    return check()
-
-
 def test_a_push_is_written_by_the_engine_drain(sims: Simulators, server: PushServer) -> None:
     message = new_message_id()
     [task] = add_tasks(sims, [message])
     answer = requests.post(server.url, data=json.dumps(report(message, "delivered", "221")),
                            headers={HEADER: SECRET, "Content-Type": "application/json"}, timeout=10)
     assert answer.status_code == 200 and answer.json() == {"stored": 1, "duplicates": 0}
-    assert wait_for(lambda: fields_of(sims, task) == ("Delivered", "221"))
+    assert wait_until(lambda: fields_of(sims, task) == ("Delivered", "221"), 15)
     assert len(sims.sf.history(task)) == 1
-    assert wait_for(lambda: server.store.inbox_count() == 0)  # the inbox row is done
+    assert wait_until(lambda: server.store.inbox_count() == 0, 15)  # the inbox row is done
     def recorded() -> bool:  # one run of the engine, finished, in the history
         return any(r["kind"] == "inbox" and r["counts"].get("applied") == 1 for r in server.store.recent_runs())
 
-    assert wait_for(recorded)
+    assert wait_until(recorded, 15)
 
 
 def test_a_waiting_report_is_retried_by_the_engine(sims: Simulators, make_worker: Callable[..., Worker]) -> None:

@@ -30,7 +30,7 @@ from sfsync.push.webhooks import dr_template
 from sfsync.settings.config import Settings
 from sfsync.sim.harness import Simulators
 from sfsync.sim.push import render_template
-from tests.conftest import add_tasks, fields_of, new_message_id, report
+from tests.conftest import add_tasks, fields_of, new_message_id, report, wait_until
 
 SFSYNC = str(Path(sys.executable).parent / "sfsync")
 SECRET = "push-secret-for-tests-0123456789"
@@ -59,15 +59,6 @@ def log_events(stderr: str) -> list[dict[str, Any]]:
 def summary_of(stderr: str) -> dict[str, Any]:
     [summary] = [e for e in log_events(stderr) if e.get("event") == "run_summary"]
     return summary
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)  # the poll interval of a wait on a condition, with a deadline
-    return check()
 
 
 def api(sims: Simulators) -> tuple[requests.Session, str]:

@@ -13,7 +13,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import yaml  # PyYAML: part of the test extras
 
 from sfsync.domain.codes import default_map
 from sfsync.settings.config import VARIABLES
+from tests.conftest import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 SF_PROJECT = REPO / "config" / "salesforce"
@@ -394,10 +394,7 @@ def test_k8s_wrapper_forwards_sigterm(tmp_path: Path, term_rc: int) -> None:
     env = {**_fake_sfsync(tmp_path), "TERM_RC": str(term_rc)}
     proc = subprocess.Popen(_wrapper_command(), env=env)
     try:
-        deadline = time.monotonic() + 5
-        while not (tmp_path / "started").exists():
-            assert time.monotonic() < deadline, "fake sfsync did not start"
-            time.sleep(0.01)  # the poll interval of a wait on a condition, with a deadline
+        assert wait_until((tmp_path / "started").exists, 5, step=0.01), "fake sfsync did not start"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == term_rc, "the wrapper exits with sfsync's own status"
     finally:

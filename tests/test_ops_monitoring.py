@@ -26,7 +26,7 @@ from sfsync.push.receiver import PushServer
 from sfsync.settings.config import Settings
 from sfsync.sim.harness import Simulators
 from sfsync.store import Store
-from tests.conftest import add_tasks, new_message_id, on_postgresql, report, store_of
+from tests.conftest import add_tasks, new_message_id, on_postgresql, report, store_of, wait_until
 
 SFSYNC = str(Path(sys.executable).with_name("sfsync"))
 
@@ -155,21 +155,21 @@ def test_loop_serves_metrics_and_healthz_and_idles_quietly(sims: Simulators, tmp
                                 env=cli_env(sims, tmp_path / "state", **store_env),
                                 cwd=tmp_path, stderr=stderr, stdout=subprocess.DEVNULL)
     try:
-        port = None
-        deadline = time.monotonic() + 20
-        while port is None and time.monotonic() < deadline:
-            for line in log_lines(errors.read_text()):
-                if line.get("event") == "metrics":
-                    port = line["port"]
-            time.sleep(0.05)  # the poll interval of a wait on a condition, with a deadline
+        def metrics_port() -> int | None:
+            return next((line["port"] for line in log_lines(errors.read_text()) if line.get("event") == "metrics"),
+                        None)
+
+        wait_until(lambda: metrics_port() is not None, 20)
+        port = metrics_port()
         assert port, errors.read_text()
         base = f"http://127.0.0.1:{port}"
         values: dict[str, float] = {}
-        while time.monotonic() < deadline:
-            values = samples(get(base + "/metrics")[2])
-            if values.get('sfsync_reports_total{outcome="applied"}') == 2:
-                break
-            time.sleep(0.05)  # the poll interval of a wait on a condition, with a deadline
+
+        def applied() -> float | None:
+            values.update(samples(get(base + "/metrics")[2]))
+            return values.get('sfsync_reports_total{outcome="applied"}')
+
+        wait_until(lambda: applied() == 2, 20)
         assert values['sfsync_reports_total{outcome="applied"}'] == 2
         assert values["sfsync_backlog_waiting_reports"] == 0
         status, kind, body = get(base + "/healthz")
@@ -177,10 +177,8 @@ def test_loop_serves_metrics_and_healthz_and_idles_quietly(sims: Simulators, tmp
         assert json.loads(body)["status"] == "ok"
         # Idle until two heartbeats were logged (a wait on the condition, with a deadline; not a guess
         # at how many runs fit in a stretch of time on a loaded machine).
-        while time.monotonic() < deadline + 20:
-            if sum(1 for line in log_lines(errors.read_text()) if line.get("event") == "heartbeat") >= 2:
-                break
-            time.sleep(0.05)  # the poll interval
+        wait_until(lambda: sum(1 for line in log_lines(errors.read_text()) if line.get("event") == "heartbeat") >= 2,
+                   40)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0

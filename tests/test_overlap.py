@@ -7,7 +7,6 @@ arrived, how many calls of each kind, the Tasks' fields and write history, the s
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from tests.conftest import (
     on_postgresql,
     report,
     sf_calls,
+    wait_until,
 )
 
 MakeWorker = Callable[..., Worker]
@@ -134,9 +134,7 @@ def test_the_look_ahead_holds_at_most_one_drain_batch(sims: Simulators, make_wor
     worker.store.stage("poll", keyed([report(m, "delivered", "220") for m in messages]))
     pipeline = Pipeline(worker.settings, worker.store, worker.sf)
     ahead = Lookahead(pipeline, worker.store, limit=600, on_stage=lambda stage: None).start()
-    deadline = time.monotonic() + 20
-    while look_ups(sims) < 5 and time.monotonic() < deadline:
-        time.sleep(0.05)  # the poll interval of a wait on a condition, with a deadline
+    wait_until(lambda: look_ups(sims) >= 5, 20)
     rows = ahead.finish()
     assert ahead.error is None and len(rows) == 600 and ahead.cache.readings_held <= 600
     assert [r.key for r in rows] == [r.key for r in worker.store.claim_staged(600)]  # the oldest, in order
@@ -174,12 +172,7 @@ def _waits_for_the_write_ahead(worker: Worker, after_pages: int, until: Callable
         if stage == "wrote_ahead":
             hold.wrote.set()
         elif stage == "staged" and stages.count("staged") == after_pages:
-            deadline = time.monotonic() + 20
-            while not (hold.wrote.is_set() and until()):
-                if time.monotonic() >= deadline:
-                    hold.timed_out = True
-                    return
-                time.sleep(0.01)  # the poll interval of a wait on a condition (bounded)
+            hold.timed_out = not wait_until(lambda: hold.wrote.is_set() and until(), 20, step=0.01)
 
     worker.on_stage = on_stage
     return hold

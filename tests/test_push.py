@@ -39,7 +39,7 @@ from sfsync.sim.harness import Simulators
 from sfsync.sim.push import render_template, sign_headers
 from sfsync.store import Store
 from sfsync.store.lock import RunLock
-from tests.conftest import add_tasks, fields_of, new_message_id, on_postgresql, report, store_of
+from tests.conftest import add_tasks, fields_of, new_message_id, on_postgresql, report, store_of, wait_until
 
 SECRET = "push-secret-for-tests-0123456789"
 HEADER = "X-SFSync-Secret"
@@ -111,15 +111,6 @@ def signed_post(http: requests.Session, server: PushServer, key: rsa.RSAPrivateK
 
 def inbox_total(store: Store) -> int:
     return store.inbox_count(pending_only=False)
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 10.0, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(step)  # the poll interval of a wait on a condition, with a deadline
-    return check()
 
 
 def free_port() -> int:

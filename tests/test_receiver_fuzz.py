@@ -35,7 +35,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from sfsync.push.receiver import DEFAULT_PATH
-from tests.conftest import inbox_ids, store_of
+from tests.conftest import inbox_ids, store_of, wait_until
 
 SECRET = "push-secret-for-the-fuzzer-0123456789"
 HEADER = "X-SFSync-Secret"
@@ -62,14 +62,14 @@ def live(tmp_path_factory: pytest.TempPathFactory,
                             env=env, stdout=subprocess.DEVNULL, stderr=log_file, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
+        def up() -> bool:
             with contextlib.suppress(requests.ConnectionError):
                 if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
+                    return True
             assert proc.poll() is None, f"sfsync serve exited: {log_path.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, "sfsync serve did not come up"
-            time.sleep(0.1)  # the poll interval of a wait for the server to come up, with a deadline
+            return False
+
+        assert wait_until(up, 20, step=0.1), "sfsync serve did not come up"
         yield base, env
     finally:
         proc.terminate()

@@ -27,7 +27,7 @@ from sfsync.push.receiver import PushServer
 from sfsync.settings.config import load_settings
 from sfsync.sim.tls import EphemeralCA
 from sfsync.store import Store
-from tests.conftest import inbox_ids, new_message_id, report, store_of
+from tests.conftest import inbox_ids, new_message_id, report, store_of, wait_until
 
 SECRET = "push-secret-for-hostile-tests-0123"
 HEADER = "X-SFSync-Secret"
@@ -80,10 +80,8 @@ def push_json(server: PushServer, payload: Any, **kwargs: Any) -> tuple[int, dic
 
 def wait_for_connections(server: PushServer, source: str, count: int, timeout: float = 10.0) -> None:
     """Wait (with a deadline) until the server holds ``count`` connections from ``source``."""
-    deadline = time.monotonic() + timeout
-    while server.open_connections().get(source, 0) != count:
-        assert time.monotonic() < deadline, f"{source} holds {server.open_connections()}, not {count}"
-        time.sleep(0.01)  # the poll interval of the wait
+    assert wait_until(lambda: server.open_connections().get(source, 0) == count, timeout, step=0.01), \
+        f"{source} holds {server.open_connections()}, not {count}"
 
 
 def stored_ids(server: PushServer) -> set[str]:
@@ -130,10 +128,9 @@ def test_slow_clients_are_cut_off_and_a_push_still_gets_through(make_server: Mak
     slow = [SlowClient(server, f"127.0.0.{3 + i}") for i in range(4)]
     for client in slow:
         client.start()
-    deadline = time.monotonic() + 10
-    while sum(server.open_connections().values()) < 4 and not any(c.cut_after is not None for c in slow):
-        assert time.monotonic() < deadline, server.open_connections()
-        time.sleep(0.01)  # the poll interval of the wait: until all four slots are held by slow clients
+    # Until all four slots are held by slow clients.
+    assert wait_until(lambda: sum(server.open_connections().values()) >= 4
+                      or any(c.cut_after is not None for c in slow), 10, step=0.01), server.open_connections()
     one = report(new_message_id(), "delivered", "221")
     # The push waits for a slot: only the request deadline (1.5 s) can free one, as the slow clients keep
     # sending and give up only after 8 s; so an answer within the push's own timeout (6 s) is the

@@ -22,6 +22,7 @@ from sfsync.clients.http import make_session
 from sfsync.sim.cli import main
 from sfsync.sim.harness import Simulators
 from sfsync.sim.seed import seed_demo, seed_simple
+from tests.conftest import wait_until
 
 TIMEOUT = 5
 INFO_KEYS = {
@@ -197,9 +198,7 @@ def test_cli_runs_as_a_process_and_stops_on_sigterm() -> None:
 
         # The late Tasks arrive after --late-after.
         sf = salesforce(info)
-        deadline = time.monotonic() + 10
-        while sf.query("SELECT Id FROM Task")["totalSize"] < 19 and time.monotonic() < deadline:
-            time.sleep(0.1)  # the poll interval of a wait on a condition, with a deadline
+        wait_until(lambda: sf.query("SELECT Id FROM Task")["totalSize"] >= 19, 10, step=0.1)
         assert sf.query("SELECT Id FROM Task")["totalSize"] == 19  # 20 less the deleted one
 
         started = time.monotonic()

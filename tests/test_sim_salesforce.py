@@ -31,6 +31,7 @@ from sfsync.sim import soql
 from sfsync.sim.base import SimServer
 from sfsync.sim.salesforce import SalesforceSim
 from sfsync.sim.tls import EphemeralCA
+from tests.conftest import wait_until
 
 TIMEOUT = 10
 CLIENT_ID = "sim-client-id"
@@ -491,15 +492,14 @@ def bulk_job(running: Running, token: str) -> str:
 
 
 def wait_for_job(running: Running, token: str, job_id: str, timeout: float = 5) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        info: dict[str, Any] = running.rest("GET", f"/services/data/v59.0/jobs/ingest/{job_id}", token).json()
-        seen.append(info["state"])
-        if info["state"] in ("JobComplete", "Failed", "Aborted"):
-            return info
-        time.sleep(0.01)  # the poll interval of a wait on a condition, with a deadline
-    raise AssertionError(f"job never finished: {seen[-3:]}")
+    seen: list[dict[str, Any]] = []
+
+    def finished() -> bool:
+        seen.append(running.rest("GET", f"/services/data/v59.0/jobs/ingest/{job_id}", token).json())
+        return seen[-1]["state"] in ("JobComplete", "Failed", "Aborted")
+
+    assert wait_until(finished, timeout, step=0.01), f"job never finished: {[i['state'] for i in seen[-3:]]}"
+    return seen[-1]
 
 
 def test_bulk_csv_quoting_nulls_and_unchanged_cells(running: Running) -> None:
@@ -674,12 +674,12 @@ def test_bulk_rows_land_only_after_upload_complete_and_asynchronously(running: R
         assert closed["state"] == "UploadComplete"
         early = running.rest("GET", base + "/failedResults", token)
         assert early.status_code == 400 and early.json()[0]["errorCode"] == "INVALIDJOBSTATE"
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            states.append(running.rest("GET", base, token).json()["state"])
-            if states[-1] == "JobComplete":
-                break
-            time.sleep(0.05)  # the poll interval of a wait on a condition, with a deadline
+
+        def complete(job: str = base) -> bool:
+            states.append(running.rest("GET", job, token).json()["state"])
+            return states[-1] == "JobComplete"
+
+        wait_until(complete, 10, step=0.05)
         failed = running.rest("GET", base + "/failedResults", token).text.splitlines()
         assert failed[0] == ('"sf__Error","sf__Id",Id,SMS_Status__c' if version == "59.0"
                              else '"sf__Error",Id,SMS_Status__c')

@@ -10,6 +10,7 @@ token, the budget, the retries and the error classification.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -129,23 +130,12 @@ class TaskCalls:
         subs = [{"method": "GET", "url": f"/services/data/v{version}/query/?{urlencode({'q': soql})}",
                  "referenceId": f"query{n}"} for n, soql in enumerate(soqls)]
         answers: list[list[dict[str, Any]]] = []
-        for soql, (status, body, headers) in zip(soqls, self._composite(subs), strict=True):
-            failure: Exception
-            if 200 <= status < 300:
-                try:
-                    page = checked_page(body, "query")
-                except RemoteError as exc:
-                    failure = exc
-                else:
-                    answers.append(list(self.connection.follow_pages(page, "query", started)))
-                    continue
+        for soql, answer in zip(soqls, self._composite(subs), strict=True):
+            page = self._settled(answer, "query", lambda body: checked_page(body, "query"))
+            if page is None:  # again alone: a plain call, through the retry policy
+                answers.append(list(self.connection.query_all(soql)))
             else:
-                failure = self.connection.classify(status, body, "query", headers)
-            if not is_transient(failure):
-                raise failure
-            log.info("Salesforce query failed inside a Composite request (%s); querying it again alone", failure,
-                     extra={"event": "composite_retry"})
-            answers.append(list(self.connection.query_all(soql)))  # alone: a plain call, through the retry policy
+                answers.append(list(self.connection.follow_pages(page, "query", started)))
         return answers
 
     def _composite(self, subrequests: list[dict[str, Any]]) -> list[tuple[int, Any, dict[str, Any]]]:
@@ -212,22 +202,32 @@ class TaskCalls:
         subs = [{"method": "PATCH", "url": f"/services/data/v{version}/composite/sobjects",
                  "referenceId": f"write{n}", "body": collection_body(sent)} for n, sent in enumerate(lists)]
         out: list[list[dict[str, Any]] | BudgetExhausted] = []
-        for sent, (status, body, headers) in zip(lists, self._composite(subs), strict=True):
-            failure: Exception
-            if 200 <= status < 300:
-                try:
-                    out.append(aligned_results(sent, body))
-                    continue
-                except RemoteError as exc:
-                    failure = exc
-            else:
-                failure = self.connection.classify(status, body, "composite", headers)
-            if not is_transient(failure):
-                raise failure
-            log.info("Salesforce write failed inside a Composite request (%s); sending it again alone", failure,
-                     extra={"event": "composite_retry"})
+        for sent, answer in zip(lists, self._composite(subs), strict=True):
+            results = self._settled(answer, "composite", functools.partial(aligned_results, sent))
+            if results is not None:
+                out.append(results)
+                continue
             try:
-                out.append(self._collection_call(sent))  # alone: a plain call, through the retry policy
+                out.append(self._collection_call(sent))  # again alone: a plain call, through the retry policy
             except BudgetExhausted as exc:
                 out.append(exc)
         return out
+
+    def _settled(self, answer: tuple[int, Any, dict[str, Any]], name: str, read: Callable[[Any], T]) -> T | None:
+        """One Composite subrequest's answer as its own call's would be taken: ``read`` of a 2xx body;
+        a permanent failure raised as the plain call raises it; None when it failed transiently or its
+        body could not be read (the caller sends it again alone)."""
+        status, body, headers = answer
+        failure: Exception
+        if 200 <= status < 300:
+            try:
+                return read(body)
+            except RemoteError as exc:
+                failure = exc
+        else:
+            failure = self.connection.classify(status, body, name, headers)
+        if not is_transient(failure):
+            raise failure
+        log.info("Salesforce %s failed inside a Composite request (%s); sending it again alone", name, failure,
+                 extra={"event": "composite_retry"})
+        return None
